@@ -1,0 +1,139 @@
+//! Configuration from the environment, and keeping the token out of every output.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+/// Where the database lives when `DATABASE_PATH` is not set.
+pub const DEFAULT_DATABASE_PATH: &str = "/data/bot_database.db";
+/// Where the polling loop leaves its heartbeat when `HEARTBEAT_PATH` is not set.
+pub const DEFAULT_HEARTBEAT_PATH: &str = "/tmp/bot-heartbeat";
+
+/// The bot's settings.
+#[derive(Clone)]
+pub struct Config {
+    /// `DATABASE_PATH`.
+    pub database_path: PathBuf,
+    /// `HEARTBEAT_PATH`: a file the polling loop touches after every poll.
+    pub heartbeat_path: PathBuf,
+}
+
+impl Config {
+    /// Reads the settings every command needs.
+    pub fn from_env() -> Config {
+        let var = |name: &str, default: &str| {
+            PathBuf::from(
+                std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| default.into()),
+            )
+        };
+        Config {
+            database_path: var("DATABASE_PATH", DEFAULT_DATABASE_PATH),
+            heartbeat_path: var("HEARTBEAT_PATH", DEFAULT_HEARTBEAT_PATH),
+        }
+    }
+}
+
+/// What `bot run` needs on top of [`Config`].
+pub struct Telegram {
+    /// `BOT_TOKEN`.
+    pub token: String,
+    /// `TELEGRAM_API_URL`, or Telegram's own.
+    pub api_url: Option<reqwest::Url>,
+}
+
+impl Telegram {
+    /// Reads `BOT_TOKEN` and `TELEGRAM_API_URL`.
+    pub fn from_env() -> anyhow::Result<Telegram> {
+        let token = std::env::var("BOT_TOKEN").unwrap_or_default();
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            bail!(
+                "BOT_TOKEN is not set: put the token @BotFather gave you in .env (see .env.example)"
+            );
+        }
+        if !looks_like_token(&token) {
+            bail!(
+                "BOT_TOKEN does not look like a bot token (expected <digits>:<letters>, as @BotFather gives it); check .env"
+            );
+        }
+        let api_url = match std::env::var("TELEGRAM_API_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            None => None,
+            Some(url) => Some(url.parse().with_context(|| {
+                format!("TELEGRAM_API_URL={url} is not a URL; use e.g. https://api.telegram.org")
+            })?),
+        };
+        Ok(Telegram { token, api_url })
+    }
+}
+
+fn looks_like_token(token: &str) -> bool {
+    token.split_once(':').is_some_and(|(id, secret)| {
+        !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_digit())
+            && !secret.is_empty()
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// Replaces the token, and anything shaped like a token in a Bot API URL, with `<BOT_TOKEN>`:
+/// reqwest puts the request URL, token included, into its errors.
+pub fn redact(text: &str, token: &str) -> String {
+    let mut text = if token.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(token, "<BOT_TOKEN>")
+    };
+    let mut from = 0;
+    while let Some(at) = text[from..].find("/bot").map(|i| i + from) {
+        let start = at + 4;
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == ':' || c == '_' || c == '-'))
+            .map_or(text.len(), |i| i + start);
+        if looks_like_token(&text[start..end]) {
+            text.replace_range(start..end, "<BOT_TOKEN>");
+        }
+        from = start;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_redacted_even_inside_a_url() {
+        let token = "123456:AAH-secret_value";
+        let error = format!(
+            "error sending request for url (http://api/bot{token}/GetUpdates): timed out {token}"
+        );
+        let shown = redact(&error, token);
+        assert!(!shown.contains("AAH-secret_value"), "{shown}");
+        assert_eq!(
+            shown,
+            "error sending request for url (http://api/bot<BOT_TOKEN>/GetUpdates): timed out <BOT_TOKEN>"
+        );
+        let other = redact(
+            "GET https://api.telegram.org/bot999:OTHER-token/getMe",
+            token,
+        );
+        assert_eq!(other, "GET https://api.telegram.org/bot<BOT_TOKEN>/getMe");
+        assert_eq!(redact("/botany is fine", token), "/botany is fine");
+    }
+
+    #[test]
+    fn token_shape() {
+        assert!(looks_like_token("123:abc-DEF_9"));
+        assert!(!looks_like_token("abc:def"));
+        assert!(!looks_like_token("123:"));
+        assert!(!looks_like_token("123 abc"));
+    }
+}

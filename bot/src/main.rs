@@ -1,0 +1,72 @@
+//! The Telegram bot (`bot run`, the default), its database commands (`bot db ...`) and its health
+//! check (`bot healthcheck`).
+
+mod commands;
+mod config;
+mod db_cli;
+mod health;
+mod polling;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use config::Config;
+
+/// The bot. Settings come from the environment: BOT_TOKEN, DATABASE_PATH, TELEGRAM_API_URL.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bot (the default).
+    Run,
+    /// The database: status, upgrade, stamp, adopt, backup, restore.
+    Db {
+        #[command(subcommand)]
+        command: db_cli::DbCommand,
+    },
+    /// Exit 0 only when the polling loop is alive and the database is current.
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = Config::from_env();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::Db { command } => db_cli::run(command, &config.database_path),
+        Command::Healthcheck => health::check(&config.heartbeat_path, &config.database_path),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let token = std::env::var("BOT_TOKEN").unwrap_or_default();
+            eprintln!(
+                "bot: {}",
+                config::redact(&format!("{error:#}"), token.trim())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(polling::run(config))
+}

@@ -1,0 +1,82 @@
+//! Compiles `sql/NNNN_<name>.up.sql` (and the optional `.down.sql`) into the crate, in order.
+
+use std::{env, fs, path::Path};
+
+fn main() {
+    let dir = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("sql");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut ups = Vec::new();
+    let mut downs = Vec::new();
+    for entry in fs::read_dir(&dir).expect("migrations/sql must exist") {
+        let path = entry.unwrap().path();
+        println!("cargo:rerun-if-changed={}", path.display());
+        let file = path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .expect("UTF-8 file name")
+            .to_owned();
+        let (stem, is_up) = if let Some(stem) = file.strip_suffix(".up.sql") {
+            (stem, true)
+        } else if let Some(stem) = file.strip_suffix(".down.sql") {
+            (stem, false)
+        } else {
+            panic!("migrations/sql/{file}: expected NNNN_<name>.up.sql or NNNN_<name>.down.sql");
+        };
+        let (number, name) = stem
+            .split_once('_')
+            .unwrap_or_else(|| panic!("migrations/sql/{file}: expected NNNN_<name>"));
+        let version: u32 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("migrations/sql/{file}: {number} is not a revision number"));
+        let entry = (
+            version,
+            name.to_owned(),
+            file.clone(),
+            path.display().to_string(),
+        );
+        if is_up {
+            ups.push(entry)
+        } else {
+            downs.push(entry)
+        }
+    }
+    ups.sort();
+    for (index, (version, _, file, _)) in ups.iter().enumerate() {
+        assert_eq!(
+            *version as usize,
+            index + 1,
+            "migrations/sql/{file}: revisions must be numbered 1, 2, 3, ... without gaps or repeats"
+        );
+    }
+    for (version, name, file, _) in &downs {
+        assert!(
+            ups.iter().any(|(v, n, _, _)| v == version && n == name),
+            "migrations/sql/{file}: a down file needs its up file"
+        );
+    }
+    let mut out = String::from(
+        "/// Every migration of the schema history, in order.\npub static MIGRATIONS: &[Migration] = &[\n",
+    );
+    for (version, name, file, path) in &ups {
+        let (down_file, down) = downs
+            .iter()
+            .find(|(v, _, _, _)| v == version)
+            .map(|(_, _, file, path)| {
+                (
+                    format!("Some({file:?})"),
+                    format!("Some(include_str!({path:?}))"),
+                )
+            })
+            .unwrap_or_else(|| ("None".into(), "None".into()));
+        out.push_str(&format!(
+            "    Migration {{ version: {version}, name: {name:?}, file: {file:?}, up: include_str!({path:?}), down_file: {down_file}, down: {down} }},\n"
+        ));
+    }
+    out.push_str("];\n");
+    fs::write(
+        Path::new(&env::var("OUT_DIR").unwrap()).join("migrations.rs"),
+        out,
+    )
+    .unwrap();
+}

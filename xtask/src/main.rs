@@ -1,1 +1,143 @@
-fn main() {}
+//! `cargo xtask`: the deploy tool. With no arguments it lists the tasks.
+
+mod compose;
+mod database;
+mod deploy;
+mod docker;
+mod exit;
+mod images;
+mod output;
+mod process;
+mod project;
+mod report;
+mod tasks;
+
+use std::time::Instant;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use xshell::Shell;
+
+use crate::deploy::Mode;
+use crate::exit::ExitCode;
+use crate::output::Printer;
+use crate::project::StackArgs;
+use crate::report::Report;
+
+/// Deploys and runs the bot with Docker Compose.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Set up a server: check it, build, create or adopt the database, start, wait until healthy.
+    FirstDeploy(StackArgs),
+    /// The database part alone: stop, back up, adopt, upgrade, start, wait until healthy.
+    ProdMigrate(StackArgs),
+    /// Build while the old bot runs, then migrate and start the new image. Idempotent.
+    ProdFullUpdate(StackArgs),
+    /// Containers, health, database state.
+    Status(tasks::status::Args),
+    /// Put a database file into the volume (it does not migrate).
+    Restore(tasks::restore::Args),
+    /// Send a message to the demo bot through the stand-in and print the answer.
+    Chat(tasks::chat::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let Some(task) = cli.task else {
+        // `cargo xtask` alone lists the tasks.
+        let _ = Cli::command().print_help();
+        return std::process::ExitCode::SUCCESS;
+    };
+    let sh = match Shell::new() {
+        Ok(sh) => sh,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    sh.change_dir(project::root());
+    let code = match task {
+        Task::FirstDeploy(args) => {
+            reported(&sh, "first-deploy", args, |sh, args, printer, report| {
+                deploy::run(sh, args, Mode::FirstDeploy, printer, report)
+            })
+        }
+        Task::ProdMigrate(args) => {
+            reported(&sh, "prod-migrate", args, |sh, args, printer, report| {
+                deploy::run(sh, args, Mode::Migrate, printer, report)
+            })
+        }
+        Task::ProdFullUpdate(args) => reported(
+            &sh,
+            "prod-full-update",
+            args,
+            |sh, args, printer, report| deploy::run(sh, args, Mode::FullUpdate, printer, report),
+        ),
+        Task::Restore(args) => {
+            let stack_args = args_stack(&args);
+            reported(&sh, "restore", stack_args, move |sh, _, printer, report| {
+                tasks::restore::run(sh, args, printer, report)
+            })
+        }
+        Task::Status(args) => plain(tasks::status::run(&sh, args)),
+        Task::Chat(args) => plain(tasks::chat::run(&sh, args)),
+    };
+    std::process::ExitCode::from(code as u8)
+}
+
+fn args_stack(args: &tasks::restore::Args) -> StackArgs {
+    args.stack_args().clone()
+}
+
+/// Runs a task that changes things, timing it and printing its final report.
+fn reported(
+    sh: &Shell,
+    task: &str,
+    args: StackArgs,
+    work: impl FnOnce(&Shell, &StackArgs, &Printer, &mut Report) -> anyhow::Result<()>,
+) -> ExitCode {
+    let printer = Printer::new(args.json);
+    let project = project::project_name(args.project_name.as_deref()).unwrap_or_default();
+    let mut report = Report::new(task, &project);
+    let started = Instant::now();
+    let result = work(sh, &args, &printer, &mut report);
+    report.seconds = started.elapsed().as_secs_f64();
+    let code = match &result {
+        Ok(()) => ExitCode::Success,
+        Err(error) => {
+            let code = exit::code_of(error);
+            report.result = match code {
+                ExitCode::Refused => "refused",
+                ExitCode::NotReady => "not-ready",
+                ExitCode::Usage => "usage",
+                _ => "failed",
+            }
+            .into();
+            report.error = Some(format!("{error:#}"));
+            eprintln!("error: {error:#}");
+            code
+        }
+    };
+    report.exit_code = code as i32;
+    printer.finish(&report);
+    code
+}
+
+fn plain(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::Success,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            exit::code_of(&error)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The one place that decides how progress is shown: indicatif spinners on a terminal, plain
+//! lines otherwise (indicatif hides itself when stderr is not a terminal). Progress goes to
+//! stderr; the final report to stdout.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::{Report, StepReport};
+
+/// Shows progress and the final report.
+pub struct Printer {
+    fancy: bool,
+    json: bool,
+}
+
+impl Printer {
+    /// A printer for this process's stderr; `json` sends the report to stdout as JSON.
+    pub fn new(json: bool) -> Printer {
+        Printer {
+            fancy: std::io::stderr().is_terminal(),
+            json,
+        }
+    }
+
+    /// Prints a line of progress.
+    pub fn info(&self, line: &str) {
+        eprintln!("{line}");
+    }
+
+    /// Runs one named step, showing it while it runs and recording it in the report.
+    pub fn step<T>(
+        &self,
+        report: &mut Report,
+        name: &str,
+        work: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let spinner = if self.fancy {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .expect("a valid template"),
+            );
+            bar.set_message(name.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Some(bar)
+        } else {
+            eprintln!("==> {name}");
+            None
+        };
+        let result = work();
+        let seconds = started.elapsed().as_secs_f64();
+        let ok = result.is_ok();
+        let line = format!(
+            "{} {name} ({seconds:.1}s)",
+            if ok { "ok  " } else { "FAIL" }
+        );
+        match spinner {
+            Some(bar) => bar.finish_and_clear(),
+            None => {}
+        }
+        eprintln!("{line}");
+        report.steps.push(StepReport {
+            name: name.to_owned(),
+            seconds,
+            result: if ok { "ok" } else { "failed" },
+            detail: None,
+        });
+        result
+    }
+
+    /// Adds a detail to the last step.
+    pub fn detail(&self, report: &mut Report, detail: impl Into<String>) {
+        let detail = detail.into();
+        eprintln!("     {detail}");
+        if let Some(step) = report.steps.last_mut() {
+            step.detail = Some(detail);
+        }
+    }
+
+    /// Prints the final report: JSON on stdout with `--json`, else for a person.
+    pub fn finish(&self, report: &Report) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string(report).expect("the report serializes")
+            );
+        } else {
+            print!("{}", report.human());
+        }
+    }
+}

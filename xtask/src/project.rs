@@ -1,0 +1,98 @@
+//! Where things are: the repository, the Compose project and its names, the options every
+//! deploy task shares.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::exit;
+
+/// Options shared by every task that drives the stack.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// Answer yes to every question (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Run with the Bot API stand-in instead of Telegram; no token needed.
+    #[arg(long)]
+    pub demo: bool,
+    /// The Compose project (else COMPOSE_PROJECT_NAME, else Compose's default, `docker`).
+    #[arg(long, short = 'p', value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The project name: the option, else COMPOSE_PROJECT_NAME, else what Compose derives from the
+/// compose file's folder (`docker`).
+pub fn project_name(option: Option<&str>) -> anyhow::Result<String> {
+    let name = option
+        .map(str::to_owned)
+        .or_else(|| {
+            std::env::var("COMPOSE_PROJECT_NAME")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| "docker".into());
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid {
+        return Err(exit::usage(format!(
+            "project name {name:?} is not valid for Compose: use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        )));
+    }
+    Ok(name)
+}
+
+/// Whether `.env` holds a non-empty BOT_TOKEN (the value itself is never read out).
+pub fn env_file_has_token(env_file: &Path) -> anyhow::Result<bool> {
+    if !env_file.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(env_file)
+        .with_context(|| format!("cannot read {}", env_file.display()))?;
+    Ok(text.lines().any(|line| {
+        line.trim()
+            .strip_prefix("BOT_TOKEN=")
+            .is_some_and(|value| !value.trim().trim_matches(['"', '\'']).is_empty())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_follow_compose_rules() {
+        assert_eq!(project_name(Some("tgbot-e2e_1")).unwrap(), "tgbot-e2e_1");
+        for bad in ["Upper", "-dash", "with space", ""] {
+            let error = project_name(Some(bad)).unwrap_err();
+            assert_eq!(exit::code_of(&error), exit::ExitCode::Usage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_found_without_being_read_out() {
+        let dir = std::env::temp_dir().join(format!("xtask-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(".env");
+        assert!(!env_file_has_token(&file).unwrap());
+        std::fs::write(&file, "# comment\nBOT_TOKEN=\n").unwrap();
+        assert!(!env_file_has_token(&file).unwrap());
+        std::fs::write(&file, "BOT_TOKEN=123:abc\n").unwrap();
+        assert!(env_file_has_token(&file).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

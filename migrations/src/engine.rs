@@ -127,20 +127,20 @@ pub enum Error {
         path: PathBuf,
     },
     /// Any other SQLite error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Sqlite {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// Could not read the file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The database has tables but no history, and the caller needs one.
     #[error(
@@ -245,9 +245,9 @@ pub struct Database {
 }
 
 fn check_header(path: &Path) -> Result<(), Error> {
-    let io = |source| Error::Io {
+    let io = |cause| Error::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
@@ -589,6 +589,12 @@ impl Database {
 
     /// Copies the live database to `dest` with the online backup API, then checks the copy.
     pub fn backup_to(&self, dest: &Path) -> Result<(), Error> {
+        if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(|cause| Error::Io {
+                path: folder.to_owned(),
+                cause,
+            })?;
+        }
         self.conn
             .backup(MAIN_DB, dest, NO_PROGRESS)
             .map_err(|e| sqlite_error(dest, e))?;
@@ -608,7 +614,7 @@ impl Database {
 pub fn check_integrity(path: &Path) -> Result<(), Error> {
     let db = Database::open_read_only(path)?.ok_or_else(|| Error::Io {
         path: path.to_owned(),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        cause: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
     let detail: String = db
         .conn
@@ -632,7 +638,7 @@ fn sqlite_error(path: &Path, e: rusqlite::Error) -> Error {
         },
         Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy { path },
-        _ => Error::Sqlite { path, source: e },
+        _ => Error::Sqlite { path, cause: e },
     }
 }
 

@@ -57,9 +57,8 @@ impl Printer {
             "{} {name} ({seconds:.1}s)",
             if ok { "ok  " } else { "FAIL" }
         );
-        match spinner {
-            Some(bar) => bar.finish_and_clear(),
-            None => {}
+        if let Some(bar) = spinner {
+            bar.finish_and_clear();
         }
         eprintln!("{line}");
         report.steps.push(StepReport {

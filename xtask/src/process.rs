@@ -5,6 +5,7 @@ use anyhow::bail;
 use xshell::Cmd;
 
 /// What a finished command printed.
+#[derive(Debug)]
 pub struct Finished {
     /// Standard output.
     pub stdout: String,

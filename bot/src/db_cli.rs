@@ -1,16 +1,21 @@
 //! `bot db ...`: the migration engine's commands, run where the database is (in the container).
+//!
+//! Every command takes `--json` and then prints one JSON object on stdout, on success and on
+//! failure (`{"error": ..., "exit_code": ...}`). Exit codes: 0 done, 1 failed (rolled back),
+//! 2 usage, 3 refused because of the database's state (nothing changed), 4 the file is not a
+//! SQLite database or is damaged, 5 the database stayed locked by another process.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use migrations::{Database, State, Status, head};
-use serde_json::json;
+use migrations::{Database, Error, Plan, State, Status, head, schema, schema_at};
+use serde_json::{Value, json};
 
 /// The database commands.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Tell the database's state: empty, unstamped, behind, current, ahead, modified.
+    /// Tell the database's state: empty, unstamped, foreign, behind, current, ahead, modified, drifted.
     Status {
         /// One JSON object on stdout.
         #[arg(long)]
@@ -18,50 +23,402 @@ pub enum DbCommand {
     },
     /// Apply every pending migration.
     Upgrade {
+        /// Print the plan and the SQL; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// Record a revision without running it (checked against the live schema).
+    /// Undo migrations down to a revision with their .down.sql files.
+    Downgrade {
+        /// The revision to go down to.
+        #[arg(long)]
+        to: u32,
+        /// Print the plan and the SQL; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a revision without running it (refused unless the live schema is that revision's).
     Stamp {
         /// A revision number, or `head`.
         revision: String,
         /// Stamp even when the live schema differs (recorded as `forced`).
         #[arg(long)]
         force: bool,
-    },
-    /// Stamp an unstamped database at the revision its live schema matches.
-    Adopt {
+        /// Print what would be recorded; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// Copy the live database with the online backup API and check the copy.
-    Backup {
-        /// Where to write the copy.
-        path: PathBuf,
+    /// Stamp an unstamped database at the revision its live schema matches.
+    Adopt {
+        /// Print what would be recorded; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
-    /// Replace the live database with a checked copy of FILE.
+    /// List the applied revisions: when and how (applied, stamped, forced).
+    History {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit non-zero when the database is modified, drifted, ahead or damaged (for CI).
+    Check {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the normalized schema: the live one, or a revision's.
+    Schema {
+        /// A revision instead of the live database.
+        #[arg(long)]
+        at: Option<u32>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the live database with the online backup API, check the copy, name its revision.
+    Backup {
+        /// Where to write the copy (a new file).
+        path: PathBuf,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the live database with FILE, after checking FILE (integrity_check).
     Restore {
         /// The database file to put in place.
         file: PathBuf,
         /// Give the restored file (and its folder) to this UID:GID (needs root).
         #[arg(long)]
         owner: Option<String>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn print_status(path: &Path, status: &Status, json: bool) -> anyhow::Result<()> {
-    if json {
-        let mut value = serde_json::to_value(status)?;
-        value["database"] = json!(path.display().to_string());
-        println!("{value}");
-        return Ok(());
+impl DbCommand {
+    fn json(&self) -> bool {
+        match self {
+            DbCommand::Status { json }
+            | DbCommand::Upgrade { json, .. }
+            | DbCommand::Downgrade { json, .. }
+            | DbCommand::Stamp { json, .. }
+            | DbCommand::Adopt { json, .. }
+            | DbCommand::History { json }
+            | DbCommand::Check { json }
+            | DbCommand::Schema { json, .. }
+            | DbCommand::Backup { json, .. }
+            | DbCommand::Restore { json, .. } => *json,
+        }
     }
+}
+
+/// Exit codes of `bot db`.
+pub mod exit {
+    /// The command failed while working; what it did was rolled back.
+    pub const FAILED: u8 = 1;
+    /// Refused because of the database's state; nothing was changed.
+    pub const REFUSED: u8 = 3;
+    /// The file is not a SQLite database, or is damaged.
+    pub const BAD_FILE: u8 = 4;
+    /// Another process kept the database locked.
+    pub const BUSY: u8 = 5;
+}
+
+/// The exit code for an error.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.chain().find_map(|e| e.downcast_ref::<Error>()) {
+        Some(e) if e.is_refusal() => exit::REFUSED,
+        Some(e) if e.is_bad_file() => exit::BAD_FILE,
+        Some(Error::Busy { .. }) => exit::BUSY,
+        _ if error.chain().any(|e| e.downcast_ref::<Refused>().is_some()) => exit::REFUSED,
+        _ => exit::FAILED,
+    }
+}
+
+/// A refusal found by the command itself (e.g. `check`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// Runs one database command against `path`; on failure prints the error (as JSON with
+/// `--json`) and exits with its code.
+pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
+    let json = command.json();
+    match execute(command, path) {
+        Ok(value) => {
+            if json {
+                println!("{value}");
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let code = exit_code(&error);
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": format!("{error:#}"), "exit_code": code, "database": path.display().to_string()})
+                );
+            }
+            eprintln!("bot: {error:#}");
+            std::process::exit(i32::from(code));
+        }
+    }
+}
+
+/// Prints a line for a person, unless the command prints JSON.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if !$json {
+            println!($($arg)*);
+        }
+    };
+}
+
+fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
+    let db_path = path.display().to_string();
+    match command {
+        DbCommand::Status { json } => {
+            let status = read_status(path)?;
+            if !json {
+                print_status(path, &status);
+            }
+            let mut value = serde_json::to_value(&status)?;
+            value["database"] = json!(db_path);
+            Ok(value)
+        }
+        DbCommand::Check { json } => {
+            let status = read_status(path)?;
+            if !json {
+                print_status(path, &status);
+            }
+            if matches!(
+                status.state,
+                State::Modified | State::Drifted | State::Ahead
+            ) {
+                let mut reason = format!("check failed: the database is {}", status.state.name());
+                for line in &status.difference {
+                    reason.push_str(&format!("\n  {line}"));
+                }
+                return Err(Refused(reason).into());
+            }
+            let mut value = serde_json::to_value(&status)?;
+            value["database"] = json!(db_path);
+            value["ok"] = json!(true);
+            Ok(value)
+        }
+        DbCommand::Upgrade { dry_run, json } => {
+            if dry_run {
+                let plan = match Database::open_read_only(path)? {
+                    Some(db) => db.plan_upgrade()?,
+                    None => Plan {
+                        from: None,
+                        to: head(),
+                        steps: migrations::MIGRATIONS
+                            .iter()
+                            .map(|m| migrations::PlannedStep {
+                                version: m.version,
+                                file: m.file,
+                                sql: m.up,
+                            })
+                            .collect(),
+                    },
+                };
+                return print_plan("upgrade", &plan, json);
+            }
+            let mut db = Database::open(path)?;
+            let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
+            if upgrade.applied.is_empty() {
+                say!(
+                    json,
+                    "nothing to apply: the database is at revision {}",
+                    upgrade.to
+                );
+            } else {
+                say!(
+                    json,
+                    "the database is at revision {} (applied {})",
+                    upgrade.to,
+                    upgrade.applied.len()
+                );
+            }
+            Ok(serde_json::to_value(&upgrade)?)
+        }
+        DbCommand::Downgrade { to, dry_run, json } => {
+            if dry_run {
+                let plan = open_existing_read_only(path)?.plan_downgrade(to)?;
+                return print_plan("downgrade", &plan, json);
+            }
+            let mut db = open_existing(path)?;
+            let downgrade = db.downgrade(to, |m| {
+                say!(json, "undoing {}", m.down_file.unwrap_or(m.file))
+            })?;
+            say!(
+                json,
+                "the database is at revision {to} (undid {})",
+                downgrade.applied.len()
+            );
+            Ok(serde_json::to_value(&downgrade)?)
+        }
+        DbCommand::Stamp {
+            revision,
+            force,
+            dry_run,
+            json,
+        } => {
+            let version = parse_revision(&revision)?;
+            if dry_run {
+                let difference = open_existing_read_only(path)?.check_stamp(version, force)?;
+                let how = if difference.is_empty() {
+                    "stamped"
+                } else {
+                    "forced"
+                };
+                say!(
+                    json,
+                    "would record revisions 1 to {version} as {how}; nothing was changed"
+                );
+                for line in &difference {
+                    say!(json, "  {line}");
+                }
+                return Ok(
+                    json!({"dry_run": true, "stamp": version, "how": how, "difference": difference}),
+                );
+            }
+            let mut db = Database::open_for_history(path)?;
+            db.stamp(version, force)?;
+            say!(json, "stamped revision {version}");
+            Ok(json!({"stamped": version, "forced": force}))
+        }
+        DbCommand::Adopt { dry_run, json } => {
+            if dry_run {
+                let version = open_existing_read_only(path)?.plan_adopt()?;
+                say!(
+                    json,
+                    "would record revision {version}, which the live schema matches; nothing was changed"
+                );
+                return Ok(json!({"dry_run": true, "adopt": version}));
+            }
+            let mut db = open_for_history(path)?;
+            let version = db.adopt()?;
+            say!(
+                json,
+                "adopted: the live schema is revision {version}, now recorded"
+            );
+            Ok(json!({"adopted": version}))
+        }
+        DbCommand::History { json } => {
+            let history = open_existing_read_only(path)?
+                .history()?
+                .unwrap_or_default();
+            if history.is_empty() {
+                say!(json, "no history: the database is not stamped");
+            }
+            for row in &history {
+                say!(
+                    json,
+                    "{:>4}  {:<24} {:<8} {}",
+                    row.version,
+                    row.name,
+                    row.how,
+                    row.applied_at
+                );
+            }
+            Ok(json!({"database": db_path, "history": history}))
+        }
+        DbCommand::Schema { at, json } => {
+            let schema = match at {
+                Some(version) if version > head() => bail!(Error::UnknownRevision {
+                    version,
+                    head: head()
+                }),
+                Some(version) => schema_at(version).clone(),
+                None => open_existing_read_only(path)?.schema()?,
+            };
+            say!(json, "{}", schema::render(&schema).trim_end());
+            Ok(json!({"at": at, "schema": schema}))
+        }
+        DbCommand::Backup { path: dest, json } => {
+            if dest.exists() {
+                bail!("{} exists already; choose a new file name", dest.display());
+            }
+            let info = open_existing_read_only(path)?.backup_to(&dest)?;
+            say!(
+                json,
+                "backed up to {} ({} bytes, integrity ok, revision {}, {})",
+                dest.display(),
+                info.bytes,
+                info.revision.map_or("none".into(), |r| r.to_string()),
+                info.state.name()
+            );
+            Ok(serde_json::to_value(&info)?)
+        }
+        DbCommand::Restore { file, owner, json } => {
+            let owner = owner.as_deref().map(parse_owner).transpose()?;
+            let mut db = Database::open(path)?;
+            let info = db.restore_from(&file)?;
+            drop(db);
+            if let Some((uid, gid)) = owner {
+                for target in [Some(path), path.parent()].into_iter().flatten() {
+                    std::os::unix::fs::chown(target, Some(uid), Some(gid)).with_context(|| {
+                        format!("cannot give {} to {uid}:{gid}", target.display())
+                    })?;
+                }
+            }
+            say!(
+                json,
+                "restored {} to {} (revision {}, {})",
+                file.display(),
+                path.display(),
+                info.revision.map_or("none".into(), |r| r.to_string()),
+                info.state.name()
+            );
+            Ok(serde_json::to_value(&info)?)
+        }
+    }
+}
+
+fn read_status(path: &Path) -> anyhow::Result<Status> {
+    Ok(match Database::open_read_only(path)? {
+        Some(db) => db.status()?,
+        None => Status {
+            state: State::Empty,
+            version: None,
+            head: head(),
+            pending: (1..=head()).collect(),
+            matches: None,
+            closest: None,
+            difference: Vec::new(),
+            foreign: None,
+            edited: Vec::new(),
+        },
+    })
+}
+
+fn print_status(path: &Path, status: &Status) {
     let version = status.version.map_or("none".into(), |v| v.to_string());
     println!("database: {}", path.display());
     println!("state:    {}", status.state.name());
     println!("revision: {version} (head {})", status.head);
+    if let Some(foreign) = &status.foreign {
+        println!(
+            "foreign:  {} history in table {} at {} (left as it is)",
+            foreign.tool,
+            foreign.table,
+            foreign.revision.as_deref().unwrap_or("no revision")
+        );
+    }
     if let Some(matches) = status.matches {
         println!("matches:  revision {matches} (run `bot db adopt` to record it)");
     }
@@ -75,7 +432,28 @@ fn print_status(path: &Path, status: &Status, json: bool) -> anyhow::Result<()> 
         let pending: Vec<String> = status.pending.iter().map(u32::to_string).collect();
         println!("pending:  {}", pending.join(", "));
     }
-    Ok(())
+}
+
+fn print_plan(what: &str, plan: &Plan, json: bool) -> anyhow::Result<Value> {
+    let from = plan.from.map_or("none".into(), |v| v.to_string());
+    say!(
+        json,
+        "{what} plan: revision {from} -> {} ({} steps); nothing was changed",
+        plan.to,
+        plan.steps.len()
+    );
+    for step in &plan.steps {
+        say!(
+            json,
+            "\n-- {} (revision {})\n{}",
+            step.file,
+            step.version,
+            step.sql.trim_end()
+        );
+    }
+    let mut value = serde_json::to_value(plan)?;
+    value["dry_run"] = json!(true);
+    Ok(value)
 }
 
 fn parse_revision(text: &str) -> anyhow::Result<u32> {
@@ -98,102 +476,24 @@ fn parse_owner(text: &str) -> anyhow::Result<(u32, u32)> {
     ))
 }
 
-/// Runs one database command against `path`.
-pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
-    match command {
-        DbCommand::Status { json } => {
-            let status = match Database::open_read_only(path)? {
-                Some(db) => db.status()?,
-                None => Status {
-                    state: State::Empty,
-                    version: None,
-                    head: head(),
-                    pending: (1..=head()).collect(),
-                    matches: None,
-                    closest: None,
-                    difference: Vec::new(),
-                },
-            };
-            print_status(path, &status, json)
-        }
-        DbCommand::Upgrade { json } => {
-            let mut db = Database::open(path)?;
-            let upgrade = db.upgrade(|m| {
-                if !json {
-                    println!("applying {}", m.file);
-                }
-            })?;
-            if json {
-                println!("{}", serde_json::to_string(&upgrade)?);
-            } else if upgrade.applied.is_empty() {
-                println!(
-                    "nothing to apply: the database is at revision {}",
-                    upgrade.to
-                );
-            } else {
-                println!(
-                    "the database is at revision {} (applied {})",
-                    upgrade.to,
-                    upgrade.applied.len()
-                );
-            }
-            Ok(())
-        }
-        DbCommand::Stamp { revision, force } => {
-            let version = parse_revision(&revision)?;
-            let mut db = open_existing(path)?;
-            db.stamp(version, force)?;
-            println!("stamped revision {version}");
-            Ok(())
-        }
-        DbCommand::Adopt { json } => {
-            let mut db = open_existing(path)?;
-            let version = db.adopt()?;
-            if json {
-                println!("{}", json!({"adopted": version}));
-            } else {
-                println!("adopted: the live schema is revision {version}, now recorded");
-            }
-            Ok(())
-        }
-        DbCommand::Backup { path: dest } => {
-            if dest.exists() {
-                bail!("{} exists already; choose a new file name", dest.display());
-            }
-            let db = open_existing(path)?;
-            db.backup_to(&dest)?;
-            println!("backed up to {}", dest.display());
-            Ok(())
-        }
-        DbCommand::Restore { file, owner } => {
-            let owner = owner.as_deref().map(parse_owner).transpose()?;
-            let mut db = Database::open(path)?;
-            db.restore_from(&file)?;
-            drop(db);
-            if let Some((uid, gid)) = owner {
-                for target in [Some(path), path.parent()].into_iter().flatten() {
-                    std::os::unix::fs::chown(target, Some(uid), Some(gid)).with_context(|| {
-                        format!("cannot give {} to {uid}:{gid}", target.display())
-                    })?;
-                }
-            }
-            let status = Database::open_read_only(path)?
-                .context("the restored file is gone")?
-                .status()?;
-            println!(
-                "restored {} to {} (state {})",
-                file.display(),
-                path.display(),
-                status.state.name()
-            );
-            Ok(())
-        }
-    }
-}
-
-fn open_existing(path: &Path) -> anyhow::Result<Database> {
+fn require_file(path: &Path) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("there is no database at {}", path.display());
     }
+    Ok(())
+}
+
+fn open_existing(path: &Path) -> anyhow::Result<Database> {
+    require_file(path)?;
     Ok(Database::open(path)?)
+}
+
+fn open_for_history(path: &Path) -> anyhow::Result<Database> {
+    require_file(path)?;
+    Ok(Database::open_for_history(path)?)
+}
+
+fn open_existing_read_only(path: &Path) -> anyhow::Result<Database> {
+    require_file(path)?;
+    Ok(Database::open_read_only(path)?.expect("the file exists"))
 }

@@ -14,4 +14,7 @@ mod engine;
 pub mod schema;
 
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
-pub use engine::{Database, Error, HISTORY_TABLE, HistoryRow, State, Status, Upgrade};
+pub use engine::{
+    BUSY_TIMEOUT, BackupInfo, Database, EditedFile, Error, ForeignHistory, HISTORY_TABLE,
+    HistoryRow, Plan, PlannedStep, State, Status, Upgrade, explain, inspect_copy,
+};

@@ -258,11 +258,43 @@ fn read_table(conn: &Connection, name: &str) -> rusqlite::Result<Table> {
     Ok(table)
 }
 
+/// What a difference is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    /// The table itself.
+    Table,
+    /// A column, by name.
+    Column(String),
+    /// A UNIQUE constraint, by its columns.
+    Unique(Vec<String>),
+    /// An index, by name.
+    Index(String),
+    /// A foreign key.
+    ForeignKey(ForeignKey),
+}
+
+/// Which way it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Expected but absent.
+    Missing,
+    /// Present but not expected.
+    Unexpected,
+    /// Present in both, different.
+    Differs,
+}
+
 /// One way in which a live schema differs from a revision's, phrased for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Difference {
     /// The table concerned.
     pub table: String,
+    /// What it is about.
+    pub subject: Subject,
+    /// Which way it differs.
+    pub change: Change,
     /// What differs, e.g. "column language_code missing".
     pub what: String,
 }
@@ -270,6 +302,35 @@ pub struct Difference {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "table {}: {}", self.table, self.what)
+    }
+}
+
+impl Schema {
+    /// Whether this schema has the subject of a difference, exactly as in `like` (for columns
+    /// and indexes, the same definition).
+    pub fn has(&self, table: &str, subject: &Subject, like: Option<&Schema>) -> bool {
+        let Some(t) = self.tables.get(table) else {
+            return false;
+        };
+        let other = like.and_then(|s| s.tables.get(table));
+        match subject {
+            Subject::Table => true,
+            Subject::Column(name) => {
+                match (t.columns.get(name), other.map(|o| o.columns.get(name))) {
+                    (Some(c), Some(Some(o))) => c == o,
+                    (Some(_), _) => true,
+                    (None, _) => false,
+                }
+            }
+            Subject::Unique(columns) => t.unique.contains(columns),
+            Subject::Index(name) => match (t.indexes.get(name), other.map(|o| o.indexes.get(name)))
+            {
+                (Some(i), Some(Some(o))) => i == o,
+                (Some(_), _) => true,
+                (None, _) => false,
+            },
+            Subject::ForeignKey(key) => t.foreign_keys.contains(key),
+        }
     }
 }
 
@@ -285,25 +346,40 @@ fn describe_key(key: &ForeignKey) -> String {
 /// How `actual` differs from `expected`, one line per difference, in a stable order.
 pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
     let mut out = Vec::new();
-    let mut push = |table: &str, what: String| {
+    let mut push = |table: &str, subject: Subject, change: Change, what: String| {
         out.push(Difference {
             table: table.to_owned(),
+            subject,
+            change,
             what,
         })
     };
     for (name, want) in &expected.tables {
         let Some(have) = actual.tables.get(name) else {
-            push(name, "table missing".into());
+            push(
+                name,
+                Subject::Table,
+                Change::Missing,
+                "table missing".into(),
+            );
             continue;
         };
         for (column, want_column) in &want.columns {
+            let subject = || Subject::Column(column.clone());
             let Some(have_column) = have.columns.get(column) else {
-                push(name, format!("column {column} missing"));
+                push(
+                    name,
+                    subject(),
+                    Change::Missing,
+                    format!("column {column} missing"),
+                );
                 continue;
             };
             if want_column.affinity != have_column.affinity {
                 push(
                     name,
+                    subject(),
+                    Change::Differs,
                     format!(
                         "column {column}: type affinity {} expected, found {}",
                         want_column.affinity, have_column.affinity
@@ -316,12 +392,19 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
                 } else {
                     "not expected"
                 };
-                push(name, format!("column {column}: NOT NULL {word}"));
+                push(
+                    name,
+                    subject(),
+                    Change::Differs,
+                    format!("column {column}: NOT NULL {word}"),
+                );
             }
             if want_column.default != have_column.default {
                 let show = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".into());
                 push(
                     name,
+                    subject(),
+                    Change::Differs,
                     format!(
                         "column {column}: default {} expected, found {}",
                         show(&want_column.default),
@@ -335,7 +418,12 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
                 } else {
                     "not part of the primary key, but is"
                 };
-                push(name, format!("column {column}: should be {word}"));
+                push(
+                    name,
+                    subject(),
+                    Change::Differs,
+                    format!("column {column}: should be {word}"),
+                );
             }
         }
         for column in have
@@ -343,19 +431,41 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
             .keys()
             .filter(|c| !want.columns.contains_key(*c))
         {
-            push(name, format!("unexpected column {column}"));
+            push(
+                name,
+                Subject::Column(column.clone()),
+                Change::Unexpected,
+                format!("unexpected column {column}"),
+            );
         }
         for unique in want.unique.difference(&have.unique) {
-            push(name, format!("UNIQUE ({}) missing", unique.join(", ")));
+            push(
+                name,
+                Subject::Unique(unique.clone()),
+                Change::Missing,
+                format!("UNIQUE ({}) missing", unique.join(", ")),
+            );
         }
         for unique in have.unique.difference(&want.unique) {
-            push(name, format!("unexpected UNIQUE ({})", unique.join(", ")));
+            push(
+                name,
+                Subject::Unique(unique.clone()),
+                Change::Unexpected,
+                format!("unexpected UNIQUE ({})", unique.join(", ")),
+            );
         }
         for (index, want_index) in &want.indexes {
             match have.indexes.get(index) {
-                None => push(name, format!("index {index} missing")),
+                None => push(
+                    name,
+                    Subject::Index(index.clone()),
+                    Change::Missing,
+                    format!("index {index} missing"),
+                ),
                 Some(have_index) if have_index != want_index => push(
                     name,
+                    Subject::Index(index.clone()),
+                    Change::Differs,
                     format!(
                         "index {index}: {}({}) expected, found {}({})",
                         if want_index.unique { "UNIQUE " } else { "" },
@@ -372,14 +482,26 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
             .keys()
             .filter(|i| !want.indexes.contains_key(*i))
         {
-            push(name, format!("unexpected index {index}"));
+            push(
+                name,
+                Subject::Index(index.clone()),
+                Change::Unexpected,
+                format!("unexpected index {index}"),
+            );
         }
         for key in want.foreign_keys.difference(&have.foreign_keys) {
-            push(name, format!("foreign key {} missing", describe_key(key)));
+            push(
+                name,
+                Subject::ForeignKey(key.clone()),
+                Change::Missing,
+                format!("foreign key {} missing", describe_key(key)),
+            );
         }
         for key in have.foreign_keys.difference(&want.foreign_keys) {
             push(
                 name,
+                Subject::ForeignKey(key.clone()),
+                Change::Unexpected,
                 format!("unexpected foreign key {}", describe_key(key)),
             );
         }
@@ -389,7 +511,53 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
         .keys()
         .filter(|t| !expected.tables.contains_key(*t))
     {
-        push(name, "unexpected table".into());
+        push(
+            name,
+            Subject::Table,
+            Change::Unexpected,
+            "unexpected table".into(),
+        );
+    }
+    out
+}
+
+/// The normalized schema as text, one line per fact, for `bot db schema`.
+pub fn render(schema: &Schema) -> String {
+    let mut out = String::new();
+    for (name, table) in &schema.tables {
+        out.push_str(&format!("table {name}\n"));
+        for (column, c) in &table.columns {
+            out.push_str(&format!("  column {column} {}", c.affinity));
+            if c.not_null {
+                out.push_str(" NOT NULL");
+            }
+            if let Some(default) = &c.default {
+                out.push_str(&format!(" DEFAULT {default}"));
+            }
+            if c.primary_key > 0 {
+                out.push_str(&format!(" PRIMARY KEY({})", c.primary_key));
+            }
+            out.push('\n');
+        }
+        for unique in &table.unique {
+            out.push_str(&format!("  unique ({})\n", unique.join(", ")));
+        }
+        for (index, i) in &table.indexes {
+            out.push_str(&format!(
+                "  index {index} {}({}){}\n",
+                if i.unique { "UNIQUE " } else { "" },
+                i.columns.join(", "),
+                if i.partial { " WHERE ..." } else { "" }
+            ));
+        }
+        for key in &table.foreign_keys {
+            out.push_str(&format!(
+                "  foreign key {} ON UPDATE {} ON DELETE {}\n",
+                describe_key(key),
+                key.on_update,
+                key.on_delete
+            ));
+        }
     }
     out
 }

@@ -256,3 +256,217 @@ fn backup_and_restore_round_trip() {
         .unwrap();
     assert_eq!(n, 50);
 }
+
+fn at_revision(path: &Path, k: u32) {
+    let mut db = Database::open(path).unwrap();
+    db.upgrade(|_| {}).unwrap();
+    db.downgrade(k, |_| {}).unwrap();
+}
+
+#[test]
+fn another_tools_history_is_foreign_matched_and_left_alone() {
+    let dir = TempDir::new("foreign");
+    let path = dir.file("bot.db");
+    unstamped_at(&path, 2);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('4bcff00da989');")
+        .unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let status = db.status().unwrap();
+    assert_eq!((status.state, status.matches), (State::Foreign, Some(2)));
+    let foreign = status.foreign.unwrap();
+    assert_eq!((foreign.tool, foreign.revision.as_deref()), ("alembic", Some("4bcff00da989")));
+    let error = db.upgrade(|_| {}).unwrap_err();
+    assert!(error.to_string().contains("alembic history in table alembic_version at 4bcff00da989"), "{error}");
+    assert_eq!(db.adopt().unwrap(), 2);
+    db.upgrade(|_| {}).unwrap();
+    assert_eq!(db.status().unwrap().state, State::Current);
+    let kept: String = db.connection().query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(kept, "4bcff00da989", "the other tool's table is left as it is");
+}
+
+#[test]
+fn a_schema_changed_by_hand_after_stamping_is_drifted_and_refused() {
+    let dir = TempDir::new("drift");
+    let path = dir.file("bot.db");
+    at_revision(&path, 2);
+    Connection::open(&path).unwrap().execute_batch("ALTER TABLE users DROP COLUMN last_seen_at").unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let status = db.status().unwrap();
+    assert_eq!((status.state, status.version), (State::Drifted, Some(2)));
+    assert_eq!(status.difference, vec!["table users: column last_seen_at missing (revision 2 adds it)"]);
+    let error = db.upgrade(|_| {}).unwrap_err();
+    assert!(matches!(error, Error::Drifted { version: 2, .. }), "{error}");
+    assert!(error.to_string().contains("column last_seen_at missing"));
+}
+
+#[test]
+fn downgrade_runs_down_files_in_order_and_stops_before_a_step_without_one() {
+    let dir = TempDir::new("down");
+    let path = dir.file("bot.db");
+    let mut db = Database::open(&path).unwrap();
+    db.upgrade(|_| {}).unwrap();
+    let plan = db.plan_downgrade(1).unwrap();
+    let files: Vec<&str> = plan.steps.iter().map(|s| s.file).collect();
+    assert_eq!(files, ["0004_users_rebuild.down.sql", "0003_command_log.down.sql", "0002_user_activity.down.sql"]);
+    let mut undone = Vec::new();
+    db.downgrade(1, |m| undone.push(m.version)).unwrap();
+    assert_eq!(undone, [4, 3, 2]);
+    let status = db.status().unwrap();
+    assert_eq!((status.state, status.version), (State::Behind, Some(1)));
+    let before = std::fs::read(&path).unwrap();
+    let error = db.downgrade(0, |_| panic!("nothing may run")).unwrap_err();
+    assert!(matches!(error, Error::NoDown { version: 1, .. }), "{error}");
+    assert!(error.to_string().contains("revision 1 (0001_initial.up.sql) has no .down.sql"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(matches!(db.downgrade(3, |_| {}), Err(Error::WrongDirection { at: 1, to: 3 })));
+}
+
+#[test]
+fn the_users_rebuild_keeps_every_row_and_reference() {
+    let dir = TempDir::new("rebuild");
+    let path = dir.file("bot.db");
+    at_revision(&path, 3);
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..2000i64 {
+            tx.execute(
+                "INSERT INTO users (telegram_id, username, first_name, is_admin, language_code) VALUES (?1, ?2, 'F', ?3, 'de')",
+                rusqlite::params![i + 10, format!("u{i}"), i % 7 == 0],
+            )
+            .unwrap();
+            tx.execute("INSERT INTO command_log (user_id, command) VALUES (last_insert_rowid(), '/start')", []).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let fingerprint = |conn: &Connection| -> (i64, i64, String) {
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM command_log c JOIN users u ON u.id = c.user_id),
+                    (SELECT group_concat(id || ':' || telegram_id || ':' || username || ':' || is_admin || ':' || language_code, ',') FROM users)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    let before = fingerprint(&Connection::open(&path).unwrap());
+    let mut db = Database::open(&path).unwrap();
+    assert_eq!(db.upgrade(|_| {}).unwrap().applied, vec![4]);
+    let conn = db.connection();
+    assert_eq!(fingerprint(conn), before);
+    assert_eq!((before.0, before.1), (2000, 2000));
+    let violations: i64 = conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(violations, 0);
+    let foreign_keys: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+    assert_eq!(foreign_keys, 1, "foreign keys are back on");
+    // The reference still works: deleting a user cascades to its log rows.
+    conn.execute("DELETE FROM users WHERE telegram_id = 10", []).unwrap();
+    let left: i64 = conn.query_row("SELECT count(*) FROM command_log", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 1999);
+}
+
+#[test]
+fn a_failing_migration_is_rolled_back_whole() {
+    let dir = TempDir::new("failing");
+    let path = dir.file("bot.db");
+    at_revision(&path, 3);
+    // The rebuild's CHECK refuses an is_admin the old BOOLEAN column allowed.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("INSERT INTO users (telegram_id, first_name, is_admin) VALUES (1, 'A', 0), (2, 'B', 2);")
+        .unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let error = db.upgrade(|_| {}).unwrap_err();
+    assert!(matches!(error, Error::MigrationFailed { file: "0004_users_rebuild.up.sql", at: 3, .. }), "{error}");
+    assert!(error.to_string().contains("CHECK constraint failed"), "{error}");
+    let status = db.status().unwrap();
+    assert_eq!((status.state, status.version), (State::Behind, Some(3)), "{:?}", status.difference);
+    let tables: i64 = db.connection().query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'new_users'", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 0, "nothing of the failed step stays");
+}
+
+#[test]
+fn dry_run_plans_change_nothing() {
+    let dir = TempDir::new("dryrun");
+    let path = dir.file("bot.db");
+    unstamped_at(&path, 1);
+    let before = std::fs::read(&path).unwrap();
+    let db = Database::open_read_only(&path).unwrap().unwrap();
+    assert_eq!(db.plan_adopt().unwrap(), 1);
+    assert!(db.check_stamp(1, false).unwrap().is_empty());
+    assert!(matches!(db.plan_upgrade(), Err(Error::Unstamped { .. })));
+    drop(db);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let mut db = Database::open(&path).unwrap();
+    db.adopt().unwrap();
+    let plan = db.plan_upgrade().unwrap();
+    assert_eq!(plan.steps.iter().map(|s| s.version).collect::<Vec<_>>(), (2..=head()).collect::<Vec<_>>());
+    assert!(plan.steps[0].sql.contains("ALTER TABLE users ADD COLUMN language_code"));
+    assert_eq!(db.status().unwrap().version, Some(1), "planning applied nothing");
+}
+
+#[test]
+fn two_upgrades_started_together_apply_each_migration_once() {
+    let dir = TempDir::new("race");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 5000);
+    Database::open(&path).unwrap().adopt().unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut db = Database::open(&path).unwrap();
+                barrier.wait();
+                db.upgrade(|_| {}).unwrap().applied
+            })
+        })
+        .collect();
+    let mut applied: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    applied.sort();
+    assert_eq!(applied, (2..=head()).collect::<Vec<_>>(), "each migration applied exactly once");
+    let db = Database::open(&path).unwrap();
+    assert_eq!(db.status().unwrap().state, State::Current);
+    assert_eq!(db.history().unwrap().unwrap().len() as u32, head());
+}
+
+#[test]
+fn a_damaged_file_is_refused_without_being_written() {
+    let dir = TempDir::new("damaged");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 3000);
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    let cut = std::fs::read(&path).unwrap();
+    let error = Database::open(&path).err().expect("a file cut short is refused");
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("cut short"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), cut);
+
+    // Garbage over the middle pages, with an intact header.
+    let mut scribbled = full.clone();
+    for byte in &mut scribbled[8192..full.len() - 4096] {
+        *byte = 0x5a;
+    }
+    std::fs::write(&path, &scribbled).unwrap();
+    let error = Database::open(&path).err().expect("a damaged file is refused");
+    assert!(error.is_bad_file(), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), scribbled);
+}
+
+#[test]
+fn backups_are_checked_and_name_their_revision_and_bad_copies_are_not_restored() {
+    let dir = TempDir::new("checked");
+    let path = dir.file("bot.db");
+    at_revision(&path, 2);
+    let info = Database::open(&path).unwrap().backup_to(&dir.file("copies/b.db")).unwrap();
+    assert_eq!((info.revision, info.state), (Some(2), State::Behind));
+    assert!(info.bytes > 0);
+    let bad = dir.file("bad.db");
+    std::fs::write(&bad, b"SQLite format 3\0 but nothing after").unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let error = Database::open(&path).unwrap().restore_from(&bad).unwrap_err();
+    assert!(error.is_bad_file(), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

@@ -23,6 +23,13 @@ pub enum DbCommand {
     },
     /// Apply every pending migration.
     Upgrade {
+        /// Adopt an unstamped database first (refused when its schema matches no revision).
+        #[arg(long)]
+        adopt: bool,
+        /// Back the database up to this new file first (online backup API, checked), when
+        /// anything is to change.
+        #[arg(long, value_name = "PATH")]
+        backup_to: Option<PathBuf>,
         /// Print the plan and the SQL; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -94,6 +101,19 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give the data folder and the database files to UID:GID where they belong to someone
+    /// else (the old app ran as root); needs root.
+    FixOwnership {
+        /// The owner, UID:GID.
+        #[arg(long)]
+        owner: String,
+        /// Only report; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the live database with FILE, after checking FILE (integrity_check).
     Restore {
         /// The database file to put in place.
@@ -119,6 +139,7 @@ impl DbCommand {
             | DbCommand::Check { json }
             | DbCommand::Schema { json, .. }
             | DbCommand::Backup { json, .. }
+            | DbCommand::FixOwnership { json, .. }
             | DbCommand::Restore { json, .. } => *json,
         }
     }
@@ -196,6 +217,7 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             }
             let mut value = serde_json::to_value(&status)?;
             value["database"] = json!(db_path);
+            value["bytes"] = json!(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
             Ok(value)
         }
         DbCommand::Check { json } => {
@@ -218,9 +240,33 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             value["ok"] = json!(true);
             Ok(value)
         }
-        DbCommand::Upgrade { dry_run, json } => {
+        DbCommand::Upgrade {
+            adopt,
+            backup_to,
+            dry_run,
+            json,
+        } => {
             if dry_run {
                 let plan = match Database::open_read_only(path)? {
+                    Some(db)
+                        if adopt
+                            && matches!(db.status()?.state, State::Unstamped | State::Foreign) =>
+                    {
+                        let version = db.plan_adopt()?;
+                        say!(json, "would adopt: the live schema is revision {version}");
+                        Plan {
+                            from: Some(version),
+                            to: head(),
+                            steps: migrations::MIGRATIONS[version as usize..]
+                                .iter()
+                                .map(|m| migrations::PlannedStep {
+                                    version: m.version,
+                                    file: m.file,
+                                    sql: m.up,
+                                })
+                                .collect(),
+                        }
+                    }
                     Some(db) => db.plan_upgrade()?,
                     None => Plan {
                         from: None,
@@ -238,6 +284,29 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 return print_plan("upgrade", &plan, json);
             }
             let mut db = Database::open(path)?;
+            let before = db.status()?;
+            let mut backup = None;
+            if let Some(dest) =
+                backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
+            {
+                let info = db.backup_to(&dest)?;
+                say!(
+                    json,
+                    "backed up to {} (revision {})",
+                    dest.display(),
+                    info.revision.map_or("none".into(), |r| r.to_string())
+                );
+                backup = Some(info);
+            }
+            let mut adopted = None;
+            if adopt && matches!(before.state, State::Unstamped | State::Foreign) {
+                let version = db.adopt()?;
+                say!(
+                    json,
+                    "adopted: the live schema is revision {version}, now recorded"
+                );
+                adopted = Some(version);
+            }
             let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
             if upgrade.applied.is_empty() {
                 say!(
@@ -253,7 +322,11 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     upgrade.applied.len()
                 );
             }
-            Ok(serde_json::to_value(&upgrade)?)
+            let mut value = serde_json::to_value(&upgrade)?;
+            value["state_before"] = json!(before.state);
+            value["adopted"] = json!(adopted);
+            value["backup"] = json!(backup);
+            Ok(value)
         }
         DbCommand::Downgrade { to, dry_run, json } => {
             if dry_run {
@@ -363,6 +436,56 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 info.state.name()
             );
             Ok(serde_json::to_value(&info)?)
+        }
+        DbCommand::FixOwnership { owner, check, json } => {
+            let (uid, gid) = parse_owner(&owner)?;
+            let mut targets = vec![path.parent().unwrap_or(Path::new("/")).to_path_buf()];
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                targets.push(PathBuf::from(format!("{}{suffix}", path.display())));
+            }
+            let mut wrong = Vec::new();
+            for target in targets {
+                use std::os::unix::fs::MetadataExt;
+                let Ok(meta) = std::fs::metadata(&target) else {
+                    continue;
+                };
+                if meta.uid() != uid || meta.gid() != gid {
+                    wrong.push(json!({"path": target.display().to_string(), "uid": meta.uid(), "gid": meta.gid()}));
+                    if !check {
+                        std::os::unix::fs::chown(&target, Some(uid), Some(gid)).with_context(
+                            || {
+                                format!(
+                                    "cannot give {} to {uid}:{gid} (run as root)",
+                                    target.display()
+                                )
+                            },
+                        )?;
+                    }
+                }
+            }
+            let verb = if check {
+                "owned by someone else"
+            } else {
+                "given to the bot"
+            };
+            for item in &wrong {
+                say!(
+                    json,
+                    "{} was {}:{}, {verb} ({uid}:{gid})",
+                    item["path"].as_str().unwrap_or(""),
+                    item["uid"],
+                    item["gid"]
+                );
+            }
+            if wrong.is_empty() {
+                say!(
+                    json,
+                    "the data folder and database files belong to {uid}:{gid}"
+                );
+            }
+            Ok(
+                json!({"owner": owner, "check": check, "wrong": wrong, "fixed": !check && !wrong.is_empty()}),
+            )
         }
         DbCommand::Restore { file, owner, json } => {
             let owner = owner.as_deref().map(parse_owner).transpose()?;

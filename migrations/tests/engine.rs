@@ -276,14 +276,28 @@ fn another_tools_history_is_foreign_matched_and_left_alone() {
     let status = db.status().unwrap();
     assert_eq!((status.state, status.matches), (State::Foreign, Some(2)));
     let foreign = status.foreign.unwrap();
-    assert_eq!((foreign.tool, foreign.revision.as_deref()), ("alembic", Some("4bcff00da989")));
+    assert_eq!(
+        (foreign.tool, foreign.revision.as_deref()),
+        ("alembic", Some("4bcff00da989"))
+    );
     let error = db.upgrade(|_| {}).unwrap_err();
-    assert!(error.to_string().contains("alembic history in table alembic_version at 4bcff00da989"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("alembic history in table alembic_version at 4bcff00da989"),
+        "{error}"
+    );
     assert_eq!(db.adopt().unwrap(), 2);
     db.upgrade(|_| {}).unwrap();
     assert_eq!(db.status().unwrap().state, State::Current);
-    let kept: String = db.connection().query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(kept, "4bcff00da989", "the other tool's table is left as it is");
+    let kept: String = db
+        .connection()
+        .query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        kept, "4bcff00da989",
+        "the other tool's table is left as it is"
+    );
 }
 
 #[test]
@@ -291,13 +305,22 @@ fn a_schema_changed_by_hand_after_stamping_is_drifted_and_refused() {
     let dir = TempDir::new("drift");
     let path = dir.file("bot.db");
     at_revision(&path, 2);
-    Connection::open(&path).unwrap().execute_batch("ALTER TABLE users DROP COLUMN last_seen_at").unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("ALTER TABLE users DROP COLUMN last_seen_at")
+        .unwrap();
     let mut db = Database::open(&path).unwrap();
     let status = db.status().unwrap();
     assert_eq!((status.state, status.version), (State::Drifted, Some(2)));
-    assert_eq!(status.difference, vec!["table users: column last_seen_at missing (revision 2 adds it)"]);
+    assert_eq!(
+        status.difference,
+        vec!["table users: column last_seen_at missing (revision 2 adds it)"]
+    );
     let error = db.upgrade(|_| {}).unwrap_err();
-    assert!(matches!(error, Error::Drifted { version: 2, .. }), "{error}");
+    assert!(
+        matches!(error, Error::Drifted { version: 2, .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("column last_seen_at missing"));
 }
 
@@ -309,7 +332,14 @@ fn downgrade_runs_down_files_in_order_and_stops_before_a_step_without_one() {
     db.upgrade(|_| {}).unwrap();
     let plan = db.plan_downgrade(1).unwrap();
     let files: Vec<&str> = plan.steps.iter().map(|s| s.file).collect();
-    assert_eq!(files, ["0004_users_rebuild.down.sql", "0003_command_log.down.sql", "0002_user_activity.down.sql"]);
+    assert_eq!(
+        files,
+        [
+            "0004_users_rebuild.down.sql",
+            "0003_command_log.down.sql",
+            "0002_user_activity.down.sql"
+        ]
+    );
     let mut undone = Vec::new();
     db.downgrade(1, |m| undone.push(m.version)).unwrap();
     assert_eq!(undone, [4, 3, 2]);
@@ -318,9 +348,17 @@ fn downgrade_runs_down_files_in_order_and_stops_before_a_step_without_one() {
     let before = std::fs::read(&path).unwrap();
     let error = db.downgrade(0, |_| panic!("nothing may run")).unwrap_err();
     assert!(matches!(error, Error::NoDown { version: 1, .. }), "{error}");
-    assert!(error.to_string().contains("revision 1 (0001_initial.up.sql) has no .down.sql"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("revision 1 (0001_initial.up.sql) has no .down.sql"),
+        "{error}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    assert!(matches!(db.downgrade(3, |_| {}), Err(Error::WrongDirection { at: 1, to: 3 })));
+    assert!(matches!(
+        db.downgrade(3, |_| {}),
+        Err(Error::WrongDirection { at: 1, to: 3 })
+    ));
 }
 
 #[test]
@@ -337,7 +375,11 @@ fn the_users_rebuild_keeps_every_row_and_reference() {
                 rusqlite::params![i + 10, format!("u{i}"), i % 7 == 0],
             )
             .unwrap();
-            tx.execute("INSERT INTO command_log (user_id, command) VALUES (last_insert_rowid(), '/start')", []).unwrap();
+            tx.execute(
+                "INSERT INTO command_log (user_id, command) VALUES (last_insert_rowid(), '/start')",
+                [],
+            )
+            .unwrap();
         }
         tx.commit().unwrap();
     }
@@ -356,13 +398,22 @@ fn the_users_rebuild_keeps_every_row_and_reference() {
     let conn = db.connection();
     assert_eq!(fingerprint(conn), before);
     assert_eq!((before.0, before.1), (2000, 2000));
-    let violations: i64 = conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+    let violations: i64 = conn
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(violations, 0);
-    let foreign_keys: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+    let foreign_keys: i64 = conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(foreign_keys, 1, "foreign keys are back on");
     // The reference still works: deleting a user cascades to its log rows.
-    conn.execute("DELETE FROM users WHERE telegram_id = 10", []).unwrap();
-    let left: i64 = conn.query_row("SELECT count(*) FROM command_log", [], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM users WHERE telegram_id = 10", [])
+        .unwrap();
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM command_log", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(left, 1999);
 }
 
@@ -378,11 +429,36 @@ fn a_failing_migration_is_rolled_back_whole() {
         .unwrap();
     let mut db = Database::open(&path).unwrap();
     let error = db.upgrade(|_| {}).unwrap_err();
-    assert!(matches!(error, Error::MigrationFailed { file: "0004_users_rebuild.up.sql", at: 3, .. }), "{error}");
-    assert!(error.to_string().contains("CHECK constraint failed"), "{error}");
+    assert!(
+        matches!(
+            error,
+            Error::MigrationFailed {
+                file: "0004_users_rebuild.up.sql",
+                at: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("CHECK constraint failed"),
+        "{error}"
+    );
     let status = db.status().unwrap();
-    assert_eq!((status.state, status.version), (State::Behind, Some(3)), "{:?}", status.difference);
-    let tables: i64 = db.connection().query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'new_users'", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        (status.state, status.version),
+        (State::Behind, Some(3)),
+        "{:?}",
+        status.difference
+    );
+    let tables: i64 = db
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'new_users'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(tables, 0, "nothing of the failed step stays");
 }
 
@@ -401,9 +477,20 @@ fn dry_run_plans_change_nothing() {
     let mut db = Database::open(&path).unwrap();
     db.adopt().unwrap();
     let plan = db.plan_upgrade().unwrap();
-    assert_eq!(plan.steps.iter().map(|s| s.version).collect::<Vec<_>>(), (2..=head()).collect::<Vec<_>>());
-    assert!(plan.steps[0].sql.contains("ALTER TABLE users ADD COLUMN language_code"));
-    assert_eq!(db.status().unwrap().version, Some(1), "planning applied nothing");
+    assert_eq!(
+        plan.steps.iter().map(|s| s.version).collect::<Vec<_>>(),
+        (2..=head()).collect::<Vec<_>>()
+    );
+    assert!(
+        plan.steps[0]
+            .sql
+            .contains("ALTER TABLE users ADD COLUMN language_code")
+    );
+    assert_eq!(
+        db.status().unwrap().version,
+        Some(1),
+        "planning applied nothing"
+    );
 }
 
 #[test]
@@ -423,9 +510,16 @@ fn two_upgrades_started_together_apply_each_migration_once() {
             })
         })
         .collect();
-    let mut applied: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut applied: Vec<u32> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     applied.sort();
-    assert_eq!(applied, (2..=head()).collect::<Vec<_>>(), "each migration applied exactly once");
+    assert_eq!(
+        applied,
+        (2..=head()).collect::<Vec<_>>(),
+        "each migration applied exactly once"
+    );
     let db = Database::open(&path).unwrap();
     assert_eq!(db.status().unwrap().state, State::Current);
     assert_eq!(db.history().unwrap().unwrap().len() as u32, head());
@@ -439,7 +533,9 @@ fn a_damaged_file_is_refused_without_being_written() {
     let full = std::fs::read(&path).unwrap();
     std::fs::write(&path, &full[..full.len() / 2]).unwrap();
     let cut = std::fs::read(&path).unwrap();
-    let error = Database::open(&path).err().expect("a file cut short is refused");
+    let error = Database::open(&path)
+        .err()
+        .expect("a file cut short is refused");
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("cut short"), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), cut);
@@ -450,7 +546,9 @@ fn a_damaged_file_is_refused_without_being_written() {
         *byte = 0x5a;
     }
     std::fs::write(&path, &scribbled).unwrap();
-    let error = Database::open(&path).err().expect("a damaged file is refused");
+    let error = Database::open(&path)
+        .err()
+        .expect("a damaged file is refused");
     assert!(error.is_bad_file(), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), scribbled);
 }
@@ -460,13 +558,19 @@ fn backups_are_checked_and_name_their_revision_and_bad_copies_are_not_restored()
     let dir = TempDir::new("checked");
     let path = dir.file("bot.db");
     at_revision(&path, 2);
-    let info = Database::open(&path).unwrap().backup_to(&dir.file("copies/b.db")).unwrap();
+    let info = Database::open(&path)
+        .unwrap()
+        .backup_to(&dir.file("copies/b.db"))
+        .unwrap();
     assert_eq!((info.revision, info.state), (Some(2), State::Behind));
     assert!(info.bytes > 0);
     let bad = dir.file("bad.db");
     std::fs::write(&bad, b"SQLite format 3\0 but nothing after").unwrap();
     let before = std::fs::read(&path).unwrap();
-    let error = Database::open(&path).unwrap().restore_from(&bad).unwrap_err();
+    let error = Database::open(&path)
+        .unwrap()
+        .restore_from(&bad)
+        .unwrap_err();
     assert!(error.is_bad_file(), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }

@@ -7,9 +7,13 @@ use migrations::{Database, MIGRATIONS, State, head};
 use rusqlite::Connection;
 
 fn handwritten(k: u32) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/handwritten/r{k}.sql"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/handwritten/r{k}.sql"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; every revision needs a hand-written twin here", path.display())
+        panic!(
+            "{}: {e}; every revision needs a hand-written twin here",
+            path.display()
+        )
     })
 }
 
@@ -19,7 +23,11 @@ fn status_of(sql: &str, name: &str) -> migrations::Status {
     let path = dir.join(format!("{name}.db"));
     let _ = std::fs::remove_file(&path);
     Connection::open(&path).unwrap().execute_batch(sql).unwrap();
-    let status = Database::open_read_only(&path).unwrap().unwrap().status().unwrap();
+    let status = Database::open_read_only(&path)
+        .unwrap()
+        .unwrap()
+        .status()
+        .unwrap();
     std::fs::remove_file(&path).unwrap();
     status
 }
@@ -30,7 +38,12 @@ fn each_revision_written_by_hand_in_another_style_matches_it() {
     for k in 1..=head() {
         let status = status_of(&handwritten(k), &format!("hand{k}"));
         assert_eq!(status.state, State::Unstamped, "revision {k}");
-        assert_eq!(status.matches, Some(k), "revision {k}: {:?}", status.difference);
+        assert_eq!(
+            status.matches,
+            Some(k),
+            "revision {k}: {:?}",
+            status.difference
+        );
     }
 }
 
@@ -43,7 +56,12 @@ fn expect_single_change(name: &str, edit: impl Fn(&str) -> String, expected: &st
     let status = status_of(&changed, name);
     assert_eq!(status.state, State::Unstamped, "{name}");
     assert_eq!(status.matches, None, "{name} must match no revision");
-    assert_eq!(status.closest, Some(head()), "{name}: {:?}", status.difference);
+    assert_eq!(
+        status.closest,
+        Some(head()),
+        "{name}: {:?}",
+        status.difference
+    );
     assert_eq!(status.difference, vec![expected.to_owned()], "{name}");
 }
 
@@ -57,12 +75,18 @@ fn each_single_change_matches_nothing_and_is_named() {
     );
     expect_single_change(
         "column added",
-        replace("  last_name     text,\n", "  last_name     text,\n  nickname text,\n"),
+        replace(
+            "  last_name     text,\n",
+            "  last_name     text,\n  nickname text,\n",
+        ),
         "table users: unexpected column nickname",
     );
     expect_single_change(
         "index removed",
-        replace("create index ix_users_last_seen_at on users (last_seen_at);", ""),
+        replace(
+            "create index ix_users_last_seen_at on users (last_seen_at);",
+            "",
+        ),
         "table users: index ix_users_last_seen_at missing (revision 4 adds it)",
     );
     expect_single_change(
@@ -77,7 +101,10 @@ fn each_single_change_matches_nothing_and_is_named() {
     );
     expect_single_change(
         "unique added",
-        replace("[username]    varchar ( 64 ),", "[username]    varchar ( 64 ) unique,"),
+        replace(
+            "[username]    varchar ( 64 ),",
+            "[username]    varchar ( 64 ) unique,",
+        ),
         "table users: unexpected UNIQUE (username)",
     );
     expect_single_change(
@@ -90,17 +117,26 @@ fn each_single_change_matches_nothing_and_is_named() {
     );
     expect_single_change(
         "foreign key added",
-        replace("COMMAND TEXT NOT NULL,", "COMMAND TEXT NOT NULL REFERENCES users (username),"),
+        replace(
+            "COMMAND TEXT NOT NULL,",
+            "COMMAND TEXT NOT NULL REFERENCES users (username),",
+        ),
         "table command_log: unexpected foreign key (command) -> users(username)",
     );
     expect_single_change(
         "NOT NULL removed",
-        replace("telegram_id   int       not null   unique,", "telegram_id   int   unique,"),
+        replace(
+            "telegram_id   int       not null   unique,",
+            "telegram_id   int   unique,",
+        ),
         "table users: column telegram_id: NOT NULL expected",
     );
     expect_single_change(
         "NOT NULL added",
-        replace("`first_name`  nvarchar(128),", "`first_name`  nvarchar(128) not null,"),
+        replace(
+            "`first_name`  nvarchar(128),",
+            "`first_name`  nvarchar(128) not null,",
+        ),
         "table users: column first_name: NOT NULL not expected",
     );
     expect_single_change(
@@ -110,7 +146,10 @@ fn each_single_change_matches_nothing_and_is_named() {
     );
     expect_single_change(
         "default added",
-        replace("language_code character(16),", "language_code character(16) default 'en',"),
+        replace(
+            "language_code character(16),",
+            "language_code character(16) default 'en',",
+        ),
         "table users: column language_code: default none expected, found 'en'",
     );
     expect_single_change(
@@ -127,7 +166,10 @@ fn a_column_removed_from_any_revision_matches_nothing() {
         let status = status_of(&sql, &format!("minus{k}"));
         assert_eq!(status.matches, None, "revision {k}");
         assert!(
-            status.difference.iter().any(|d| d.starts_with("table users: column last_name missing")),
+            status
+                .difference
+                .iter()
+                .any(|d| d.starts_with("table users: column last_name missing")),
             "revision {k}: {:?}",
             status.difference
         );

@@ -8,7 +8,7 @@ use xshell::{Cmd, Shell, cmd};
 
 use crate::docker::{self, ContainerState};
 use crate::exit;
-use crate::process::{self, Finished};
+use crate::process;
 use crate::project;
 
 /// Which Compose this machine has.
@@ -120,16 +120,6 @@ impl Stack {
             .env("BOT_ENV_FILE", &self.env_file)
     }
 
-    /// Runs the bot binary once in a throw-away container on the volume: `bot <args>`.
-    pub fn bot(&self, sh: &Shell, args: &[&str], what: &str) -> anyhow::Result<Finished> {
-        process::run(
-            self.cmd(sh)
-                .args(["run", "--rm", "--no-deps", "-T", "bot"])
-                .args(args),
-            what,
-        )
-    }
-
     /// The bot service's container (running or not), if there is one.
     pub fn bot_container(&self, sh: &Shell) -> anyhow::Result<Option<ContainerState>> {
         let project_label = format!("label=com.docker.compose.project={}", self.project);
@@ -146,11 +136,6 @@ impl Stack {
         }
     }
 
-    /// Stops the bot (not the stand-in); the container stays for `start`.
-    pub fn stop_bot(&self, sh: &Shell) -> anyhow::Result<()> {
-        process::run(self.cmd(sh).args(["stop", "bot"]), "stopping the bot").map(drop)
-    }
-
     /// Creates or updates and starts the services (the stand-in too in demo runs).
     pub fn up(&self, sh: &Shell) -> anyhow::Result<()> {
         let mut services = vec!["bot"];
@@ -160,6 +145,25 @@ impl Stack {
         process::run(
             self.cmd(sh).args(["up", "-d"]).args(services),
             "starting the stack",
+        )
+        .map(drop)
+    }
+
+    /// The services' logs (`-f` follows), straight to this terminal.
+    pub fn logs(&self, sh: &Shell, follow: bool, tail: usize) -> anyhow::Result<()> {
+        let tail = tail.to_string();
+        let mut c = self.cmd(sh).args(["logs", "--tail", &tail]);
+        if follow {
+            c = c.arg("-f");
+        }
+        c.arg("bot").run().map_err(Into::into)
+    }
+
+    /// Stops and removes the containers and network; the volume is never removed.
+    pub fn down(&self, sh: &Shell) -> anyhow::Result<()> {
+        process::run(
+            self.cmd(sh).args(["down", "--remove-orphans"]),
+            "stopping the stack",
         )
         .map(drop)
     }

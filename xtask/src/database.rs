@@ -1,18 +1,28 @@
-//! The database in the volume, as the bot binary reports it: the deploy asks `bot db ...` in a
-//! throw-away container and never opens SQLite itself.
+//! The database in the volume, as the bot binary reports it: the deploy asks `bot db ...` in
+//! throw-away containers and never opens the live database itself. Files move in and out with
+//! `docker cp` through created containers, which works with a remote DOCKER_HOST too.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
 use crate::exit;
 use crate::process;
 
+/// The bot's user and group in the image.
+pub const BOT_OWNER: &str = "10001:10001";
+
+/// Where the migration container writes the backup it takes before changing anything.
+pub const BACKUP_IN_CONTAINER: &str = "/tmp/pre-deploy.db";
+
 /// `bot db status --json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DbStatus {
-    /// empty, unstamped, behind, current, ahead, modified.
+    /// empty, unstamped, foreign, behind, current, ahead, modified, drifted.
     pub state: String,
     /// The recorded revision.
     pub version: Option<u32>,
@@ -27,19 +37,94 @@ pub struct DbStatus {
     /// What differs.
     #[serde(default)]
     pub difference: Vec<String>,
+    /// The file's size.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl DbStatus {
-    /// The revision the database will be at once adopted (or its recorded one).
+    /// The state of a volume that does not exist yet.
+    pub fn empty(head: u32) -> DbStatus {
+        DbStatus {
+            state: "empty".into(),
+            version: None,
+            head,
+            pending: (1..=head).collect(),
+            matches: None,
+            closest: None,
+            difference: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The revision the database is at, recorded or matched.
     pub fn effective_version(&self) -> Option<u32> {
         self.version.or(self.matches)
     }
+
+    /// Whether a deploy changes the database.
+    pub fn needs_migration(&self) -> bool {
+        self.state != "current"
+    }
 }
 
-/// Reads the database's state with the bot image's engine.
-pub fn status(sh: &Shell, stack: &Stack) -> anyhow::Result<DbStatus> {
-    let out = match stack.bot(
+/// Whether the project's volume exists.
+pub fn volume_exists(sh: &Shell, stack: &Stack) -> bool {
+    let volume = stack.volume();
+    cmd!(sh, "docker volume inspect {volume}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Creates the volume with Compose's labels, so Compose takes it for its own.
+pub fn create_volume(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
+    let volume = stack.volume();
+    let project = format!("com.docker.compose.project={}", stack.project);
+    process::run(
+        cmd!(sh, "docker volume create --label {project} --label com.docker.compose.volume=bot-data {volume}"),
+        "creating the database volume",
+    )
+    .map(drop)
+}
+
+fn last_json(out: &str, what: &str) -> anyhow::Result<Value> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{what} printed no JSON"))?;
+    serde_json::from_str(line).with_context(|| format!("{what} printed JSON of another shape"))
+}
+
+/// Runs `bot <args>` from `image` in a throw-away container on the volume, as `user`.
+pub fn bot_once(
+    sh: &Shell,
+    stack: &Stack,
+    image: &str,
+    user: &str,
+    args: &[&str],
+    what: &str,
+) -> anyhow::Result<process::Finished> {
+    let mount = format!("{}:/data", stack.volume());
+    process::run(
+        cmd!(sh, "docker run --rm --user {user} -v {mount} {image}").args(args),
+        what,
+    )
+}
+
+/// Reads the database's state with `image`'s engine. A volume that does not exist is empty.
+pub fn status(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<DbStatus> {
+    if !volume_exists(sh, stack) {
+        let head = image_head(sh, stack, image)?;
+        return Ok(DbStatus::empty(head));
+    }
+    let out = match bot_once(
         sh,
+        stack,
+        image,
+        BOT_OWNER,
         &["db", "status", "--json"],
         "reading the database's state",
     ) {
@@ -49,18 +134,29 @@ pub fn status(sh: &Shell, stack: &Stack) -> anyhow::Result<DbStatus> {
                 || e.to_string().contains("is damaged") =>
         {
             return Err(exit::refused(format!(
-                "{e:#}\nThe deploy changed nothing. Put a good database in place with `cargo xtask restore <file>`."
+                "{e:#}\nNothing was changed. Put a good database in place with `cargo xtask restore <file>`."
             )));
         }
         Err(e) => return Err(e),
     };
-    let line = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("`bot db status --json` printed no JSON")?;
-    serde_json::from_str(line).context("`bot db status --json` printed JSON of another shape")
+    serde_json::from_value(last_json(&out.stdout, "`bot db status --json`")?)
+        .context("`bot db status --json` printed JSON of another shape")
+}
+
+/// The newest revision `image` knows, without touching any volume.
+fn image_head(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<u32> {
+    let _ = stack;
+    let out = process::run(
+        cmd!(
+            sh,
+            "docker run --rm -e DATABASE_PATH=/tmp/none.db {image} db status --json"
+        ),
+        "reading the image's schema head",
+    )?;
+    last_json(&out.stdout, "`bot db status --json`")?["head"]
+        .as_u64()
+        .map(|h| h as u32)
+        .context("no head in `bot db status --json`")
 }
 
 /// Refuses, before anything changes, the states only a person can resolve.
@@ -74,13 +170,13 @@ pub fn refuse_unsafe(status: &DbStatus) -> anyhow::Result<()> {
             .join("\n")
     };
     match status.state.as_str() {
-        "unstamped" if status.matches.is_none() => Err(exit::refused(format!(
+        "unstamped" | "foreign" if status.matches.is_none() => Err(exit::refused(format!(
             "the database has tables but no migration history, and its schema matches no revision of this build (closest: revision {}):\n{}\nThe deploy changed nothing and the bot was left as it was. Make the schema match a revision (or restore a backup with `cargo xtask restore`), then deploy again.",
             status.closest.unwrap_or(0),
             differences()
         ))),
         "ahead" => Err(exit::refused(format!(
-            "the database is at revision {}, newer than this build's head {}: deploy the newer build, or restore a backup taken before it. The deploy changed nothing.",
+            "the database is at revision {}, newer than this build's head {}: deploy the newer build, or roll back with `cargo xtask rollback`. The deploy changed nothing.",
             status.version.unwrap_or(0),
             status.head
         ))),
@@ -88,68 +184,188 @@ pub fn refuse_unsafe(status: &DbStatus) -> anyhow::Result<()> {
             "migration files were edited after they were applied:\n{}\nPut them back (`git checkout migrations/sql`) and add a new migration instead. The deploy changed nothing.",
             differences()
         ))),
+        "drifted" => Err(exit::refused(format!(
+            "the live schema is not the revision its history records (someone changed it by hand):\n{}\nUndo that change or restore a backup. The deploy changed nothing.",
+            differences()
+        ))),
         _ => Ok(()),
     }
 }
 
-/// Backs the live database up inside the volume (`/data/backups/<name>`) with the online
-/// backup API, then copies it to `host_dir` on this machine, mode 0600.
-pub fn back_up(
+/// Finds database files in the volume that the bot's user does not own (the old app ran as
+/// root); gives them to the bot unless `check_only`. Returns the paths that were wrong.
+pub fn fix_ownership(
     sh: &Shell,
     stack: &Stack,
-    name: &str,
-    host_dir: &std::path::Path,
-) -> anyhow::Result<std::path::PathBuf> {
-    let in_volume = format!("/data/backups/{name}");
-    stack.bot(sh, &["db", "backup", &in_volume], "backing up the database")?;
-    std::fs::create_dir_all(host_dir)
-        .with_context(|| format!("cannot create {}", host_dir.display()))?;
-    let host_file = host_dir.join(name);
-    copy_out_of_volume(sh, stack, &in_volume, &host_file)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600))?;
-    Ok(host_file)
+    image: &str,
+    check_only: bool,
+) -> anyhow::Result<Vec<String>> {
+    if !volume_exists(sh, stack) {
+        return Ok(Vec::new());
+    }
+    let mut args = vec!["db", "fix-ownership", "--owner", BOT_OWNER, "--json"];
+    if check_only {
+        args.push("--check");
+    }
+    let out = bot_once(
+        sh,
+        stack,
+        image,
+        "0:0",
+        &args,
+        "checking who owns the database files",
+    )?;
+    let report = last_json(&out.stdout, "`bot db fix-ownership`")?;
+    Ok(report["wrong"]
+        .as_array()
+        .map(|wrong| {
+            wrong
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} (was {}:{})",
+                        w["path"].as_str().unwrap_or("?"),
+                        w["uid"],
+                        w["gid"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
-/// Copies a file out of the volume through a created (never started) container, which works
-/// with a remote DOCKER_HOST too.
-fn copy_out_of_volume(
+/// A created container that backs the database up, adopts it if needed and applies the pending
+/// migrations in one process: prepared while the old bot still runs, started once it stopped.
+pub struct MigrationContainer {
+    /// Its id.
+    pub id: String,
+}
+
+impl MigrationContainer {
+    /// Creates it (nothing runs yet).
+    pub fn create(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<MigrationContainer> {
+        let mount = format!("{}:/data", stack.volume());
+        let id = process::run(
+            cmd!(
+                sh,
+                "docker create --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
+            ),
+            "preparing the migration",
+        )?
+        .stdout
+        .trim()
+        .to_owned();
+        Ok(MigrationContainer { id })
+    }
+
+    /// Runs it to the end; returns what `bot db upgrade --json` reported.
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<Value> {
+        let id = &self.id;
+        let out = process::run_within(
+            cmd!(sh, "docker start -a {id}"),
+            "migrating the database",
+            std::time::Duration::from_secs(3600),
+        )?;
+        last_json(&out.stdout, "`bot db upgrade --json`")
+    }
+
+    /// Copies the backup it took to `host_file`.
+    pub fn copy_backup(&self, sh: &Shell, host_file: &Path) -> anyhow::Result<()> {
+        let source = format!("{}:{BACKUP_IN_CONTAINER}", self.id);
+        process::run(
+            cmd!(sh, "docker cp {source} {host_file}"),
+            "copying the backup to this machine",
+        )
+        .map(drop)
+    }
+
+    /// Removes it.
+    pub fn remove(self, sh: &Shell) {
+        let id = self.id;
+        let _ = cmd!(sh, "docker rm -f {id}")
+            .quiet()
+            .ignore_status()
+            .output();
+    }
+}
+
+/// Takes a checked online backup of the live database into `host_file` on this machine.
+pub fn back_up_to_host(
     sh: &Shell,
     stack: &Stack,
-    path: &str,
-    host_file: &std::path::Path,
+    image: &str,
+    host_file: &Path,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
-    let image = &stack.bot_image;
     let id = process::run(
-        cmd!(sh, "docker create -v {mount} {image}"),
-        "preparing the backup copy",
+        cmd!(sh, "docker create --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"),
+        "preparing the backup",
     )?
     .stdout
     .trim()
     .to_owned();
-    let source = format!("{id}:{path}");
-    let copied = process::run(
-        cmd!(sh, "docker cp {source} {host_file}"),
-        "copying the backup to this machine",
-    );
+    let source = format!("{id}:{BACKUP_IN_CONTAINER}");
+    let result = process::run(cmd!(sh, "docker start -a {id}"), "backing up the database")
+        .and_then(|_| {
+            process::run(
+                cmd!(sh, "docker cp {source} {host_file}"),
+                "copying the backup to this machine",
+            )
+        });
     let _ = cmd!(sh, "docker rm -f {id}")
         .quiet()
         .ignore_status()
         .output();
-    copied.map(drop)
+    result.map(drop)
 }
 
-/// Puts the backup at `/data/backups/<name>` back as the live database.
-pub fn restore_backup(sh: &Shell, stack: &Stack, name: &str) -> anyhow::Result<()> {
-    let in_volume = format!("/data/backups/{name}");
-    stack
-        .bot(
-            sh,
-            &["db", "restore", &in_volume],
-            "restoring the database from the backup",
-        )
-        .map(drop)
+/// Replaces the live database with `host_file` (checked by the engine first), owned by the
+/// bot's user. The bot must be stopped.
+pub fn restore_from_host(
+    sh: &Shell,
+    stack: &Stack,
+    image: &str,
+    host_file: &Path,
+) -> anyhow::Result<Value> {
+    let mount = format!("{}:/data", stack.volume());
+    let id = process::run(
+        cmd!(sh, "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db --owner {BOT_OWNER} --json"),
+        "preparing the restore",
+    )?
+    .stdout
+    .trim()
+    .to_owned();
+    let target = format!("{id}:/tmp/restore-source.db");
+    let result = process::run(
+        cmd!(sh, "docker cp {host_file} {target}"),
+        "copying the database file to Docker",
+    )
+    .and_then(|_| process::run(cmd!(sh, "docker start -a {id}"), "restoring the database"));
+    let _ = cmd!(sh, "docker rm -f {id}")
+        .quiet()
+        .ignore_status()
+        .output();
+    last_json(&result?.stdout, "`bot db restore --json`")
+}
+
+/// A temporary file on this machine, removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// A new name in the system's temporary folder.
+    pub fn new(label: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!(
+            "tgbot-{label}-{}-{}.db",
+            std::process::id(),
+            crate::deploy::timestamp()
+        )))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +381,7 @@ mod tests {
             matches,
             closest: Some(1),
             difference: vec!["table users: column last_name missing".into()],
+            bytes: 0,
         }
     }
 
@@ -174,6 +391,7 @@ mod tests {
             refuse_unsafe(&status(ok, None)).unwrap();
         }
         refuse_unsafe(&status("unstamped", Some(1))).unwrap();
+        refuse_unsafe(&status("foreign", Some(1))).unwrap();
         let error = refuse_unsafe(&status("unstamped", None)).unwrap_err();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Refused);
         assert!(
@@ -182,10 +400,11 @@ mod tests {
                 .contains("table users: column last_name missing"),
             "{error}"
         );
-        for refused in ["ahead", "modified"] {
+        for refused in ["ahead", "modified", "drifted", "foreign"] {
             assert_eq!(
                 exit::code_of(&refuse_unsafe(&status(refused, None)).unwrap_err()),
-                exit::ExitCode::Refused
+                exit::ExitCode::Refused,
+                "{refused}"
             );
         }
     }

@@ -1,24 +1,30 @@
-//! The deploy, step by step: check the machine, build, read the database, stop the bot, back up,
-//! adopt, upgrade, start, wait until healthy; and the rollback when a step after the stop fails.
+//! The deploy, step by step. Everything that can be done while the old bot runs is done first
+//! (check the machine, build, read the database, check ownership and room for the backup,
+//! prepare the migration); then the bot stops, one container backs the database up and
+//! migrates it, the backup is copied to this machine, the new bot starts and is waited for.
+//! When a step after the stop fails, the database comes back from the backup and the previous
+//! image starts again.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
 use xshell::{Shell, cmd};
 
+use crate::backups;
 use crate::compose::Stack;
-use crate::database::{self, DbStatus};
+use crate::database::{self, DbStatus, MigrationContainer};
 use crate::docker::{self, ContainerState};
 use crate::exit;
+use crate::history::{self, Record};
 use crate::images;
+use crate::lock::{self, DeployLock};
 use crate::output::Printer;
+use crate::process;
 use crate::project::{self, StackArgs};
 use crate::report::Report;
-
-/// How long the bot gets to become healthy.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Which deploy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,36 +37,41 @@ pub enum Mode {
     FullUpdate,
 }
 
+impl Mode {
+    /// The task's name.
+    pub fn task(self) -> &'static str {
+        match self {
+            Mode::FirstDeploy => "first-deploy",
+            Mode::Migrate => "prod-migrate",
+            Mode::FullUpdate => "prod-full-update",
+        }
+    }
+}
+
 /// Checks the machine and names the stack: the first step of every task.
 pub fn check_machine(
     sh: &Shell,
     args: &StackArgs,
-    mode: Option<Mode>,
+    needs_token: bool,
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<Stack> {
     printer.step(report, "check machine", || {
         let engine = docker::check_daemon(sh)?;
-        let stack = Stack::new(sh, &report_project(args)?, args.demo)?;
-        if !args.demo && mode.is_some() && !project::env_file_has_token(&stack.env_file)? {
+        let mut stack = Stack::new(sh, &project::project_name(args.project_name.as_deref())?, args.demo)?;
+        if let Some(env_file) = &args.env_file {
+            stack.env_file = std::fs::canonicalize(env_file)
+                .map_err(|e| exit::not_ready(format!("the environment file {}: {e}", env_file.display())))?;
+        }
+        if needs_token && !project::env_file_has_token(&stack.env_file)? {
             return Err(exit::not_ready(format!(
                 "no BOT_TOKEN in {}: copy .env.example to .env and put the token @BotFather gave you in it (or try it with --demo)",
                 stack.env_file.display()
             )));
         }
-        if mode == Some(Mode::Migrate) && docker::image_id(sh, &stack.bot_image)?.is_none() {
-            return Err(exit::not_ready(format!(
-                "there is no image {} to migrate with; run `cargo xtask first-deploy` first",
-                stack.bot_image
-            )));
-        }
         eprintln!("     Docker {engine}, {}, project {}", stack.flavour.describe(), stack.project);
         Ok(stack)
     })
-}
-
-fn report_project(args: &StackArgs) -> anyhow::Result<String> {
-    project::project_name(args.project_name.as_deref())
 }
 
 /// Asks before a change, unless `--yes`; without a terminal to ask on, refuses.
@@ -94,7 +105,7 @@ fn confirm_on(
     }
 }
 
-/// UTC time as `20261125T064430Z`, for file names.
+/// UTC time as `20261125T064430Z`, for file names and records.
 pub fn timestamp() -> String {
     format_utc(
         SystemTime::now()
@@ -124,21 +135,40 @@ fn format_utc(secs: u64) -> String {
     )
 }
 
-/// Where backups go on this machine.
-pub fn backup_dir(project: &str) -> PathBuf {
-    project::root().join("backups").join(project)
+/// The repository's git revision, if it is a git checkout.
+pub fn git_revision(sh: &Shell) -> Option<String> {
+    cmd!(sh, "git rev-parse --short=12 HEAD")
+        .quiet()
+        .ignore_status()
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-/// What the deploy changed so far, for the rollback.
-#[derive(Default)]
-struct Changes {
-    stopped_at: Option<Instant>,
-    backup_name: Option<String>,
-    database_touched: bool,
-    previous_image: Option<String>,
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
-/// Runs a deploy of the given mode.
+/// Keeps a copy of the environment file the bot is started with (mode 0600), so a rollback
+/// starts the previous bot with the environment it had.
+fn snapshot_env(state_dir: &Path, env_file: &Path, time: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = state_dir.join("env");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+    let snapshot = folder.join(format!("{time}.env"));
+    std::fs::copy(env_file, &snapshot)
+        .with_context(|| format!("cannot keep a copy of {}", env_file.display()))?;
+    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o600))?;
+    Ok(snapshot)
+}
+
+/// Runs a deploy of the given mode: takes the lock, deploys, records the deploy.
 pub fn run(
     sh: &Shell,
     args: &StackArgs,
@@ -146,180 +176,559 @@ pub fn run(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let stack = check_machine(sh, args, Some(mode), printer, report)?;
-    let before = stack.bot_container(sh)?;
-    if mode != Mode::Migrate {
-        // Keep the running image reachable by name for the rollback, before the tag moves.
-        if let Some(container) = &before {
-            let previous = format!("{}-previous", stack.bot_image);
-            let image = &container.image_id;
-            crate::process::run(
-                cmd!(sh, "docker tag {image} {previous}"),
-                "keeping the previous image",
+    locked_and_recorded(
+        sh,
+        args,
+        mode.task(),
+        report,
+        |state_dir, time, report, record| {
+            Deploy {
+                sh,
+                args,
+                mode,
+                printer,
+                state_dir: state_dir.to_owned(),
+                time: time.to_owned(),
+            }
+            .run(report, record)
+        },
+    )
+}
+
+/// Runs a task that changes the stack: under the project's deploy lock (not for a dry run),
+/// with one line in the deploy history for it.
+pub fn locked_and_recorded(
+    sh: &Shell,
+    args: &StackArgs,
+    task: &str,
+    report: &mut Report,
+    work: impl FnOnce(&Path, &str, &mut Report, &mut Record) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let started = timestamp();
+    let project = project::project_name(args.project_name.as_deref())?;
+    let state_dir = args.state_dir(&project);
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(DeployLock::acquire(&state_dir, task, &started)?)
+    };
+    let mut record = Record {
+        time: started.clone(),
+        task: task.into(),
+        operator: lock::operator(),
+        git_revision: git_revision(sh),
+        ..Record::default()
+    };
+    let result = work(&state_dir, &started, report, &mut record);
+    if !args.dry_run {
+        finish_record(&mut record, report, &result);
+        if let Err(e) = history::append(&state_dir, &record) {
+            eprintln!("warning: the deploy history was not written: {e:#}");
+        }
+    }
+    result
+}
+
+/// Fills the record's outcome from the report.
+pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Result<()>) {
+    record.steps = report.steps.iter().map(Into::into).collect();
+    record.downtime_seconds = report.downtime_seconds;
+    record.revision_before = report.revision_before;
+    record.revision_after = report.revision_after;
+    record.backup = report.backup.as_ref().map(PathBuf::from);
+    record.changed = report.changed;
+    record.result = match result {
+        Ok(()) if !report.changed => "nothing-to-do".into(),
+        Ok(()) => "ok".into(),
+        Err(_) if report.rolled_back => "rolled-back".into(),
+        Err(e) if exit::code_of(e) == exit::ExitCode::Refused => "refused".into(),
+        Err(_) => "failed".into(),
+    };
+    record.error = result.as_ref().err().map(|e| format!("{e:#}"));
+}
+
+struct Deploy<'a> {
+    sh: &'a Shell,
+    args: &'a StackArgs,
+    mode: Mode,
+    printer: &'a Printer,
+    state_dir: PathBuf,
+    time: String,
+}
+
+/// What the deploy changed so far, for the rollback.
+#[derive(Default)]
+struct Changes {
+    stopped_at: Option<Instant>,
+    migration: Option<MigrationContainer>,
+    migrated: bool,
+    backup_on_host: Option<PathBuf>,
+}
+
+impl Deploy<'_> {
+    fn run(&self, report: &mut Report, record: &mut Record) -> anyhow::Result<()> {
+        let (sh, args, printer) = (self.sh, self.args, self.printer);
+        report.dry_run = args.dry_run;
+        let mut stack = check_machine(sh, args, !args.demo, printer, report)?;
+        let before = stack.bot_container(sh)?;
+        let running = before.as_ref().is_some_and(|c| c.status == "running");
+        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
+        let env_hash = sha256_file(&stack.env_file)?;
+        record.image_before = before.as_ref().map(|c| c.image_id.clone());
+        record.env_before = last.as_ref().and_then(|r| r.env_after.clone());
+        record.env_sha256 = Some(env_hash.clone());
+
+        if args.dry_run {
+            return self.dry_run(&stack, before.as_ref(), report);
+        }
+
+        let previous_tag = format!("{}-previous", stack.bot_image);
+        if self.mode == Mode::Migrate {
+            if docker::image_id(sh, &stack.bot_image)?.is_none() {
+                return Err(exit::not_ready(format!(
+                    "there is no image {} to migrate with; run `cargo xtask first-deploy` first",
+                    stack.bot_image
+                )));
+            }
+        } else {
+            let built = printer.step(report, "build images", || {
+                // Keep the running image reachable by name for the rollback, before the tag moves.
+                if let Some(container) = &before {
+                    let image = &container.image_id;
+                    process::run(
+                        cmd!(sh, "docker tag {image} {previous_tag}"),
+                        "keeping the previous image",
+                    )?;
+                }
+                images::build(sh, &stack, args.schema_head)
+            })?;
+            let release_tag = format!(
+                "{}-{}-{}",
+                stack.bot_image,
+                record.git_revision.as_deref().unwrap_or("nogit"),
+                self.time.to_ascii_lowercase()
+            );
+            let built_id = &built.bot;
+            process::run(
+                cmd!(sh, "docker tag {built_id} {release_tag}"),
+                "tagging the release",
             )?;
+            printer.detail(
+                report,
+                format!(
+                    "{} = {} (also {release_tag})",
+                    stack.bot_image,
+                    short(&built.bot)
+                ),
+            );
         }
-        let built = printer.step(report, "build images", || images::build(sh, &stack))?;
-        printer.detail(
+        let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
+        record.image_before_tag = before.as_ref().map(|_| previous_tag.clone());
+        record.image_after = Some(image_id.clone());
+        report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
+
+        let status = printer.step(report, "read database", || {
+            database::status(sh, &stack, &stack.bot_image)
+        })?;
+        report.state_before = Some(status.state.clone());
+        report.revision_before = status.effective_version();
+        report.revision_after = status.effective_version();
+        printer.detail(report, describe(&status));
+        database::refuse_unsafe(&status)?;
+
+        let wrong_owner = printer.step(report, "check volume ownership", || {
+            database::fix_ownership(sh, &stack, &stack.bot_image, true)
+        })?;
+        if !wrong_owner.is_empty() {
+            printer.detail(
+                report,
+                format!(
+                    "owned by someone else, to give to the bot: {}",
+                    wrong_owner.join(", ")
+                ),
+            );
+        }
+
+        let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
+        let env_changes =
+            last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
+        let database_changes = status.needs_migration();
+        if !image_changes && !database_changes && !env_changes && running && wrong_owner.is_empty()
+        {
+            printer.info("nothing to do: the bot runs this image and environment, and the database is current");
+            if args.demo {
+                stack.up(sh)?; // the stand-in may be missing; the running bot is left alone
+            }
+            report.revision_after = status.version;
+            return Ok(());
+        }
+
+        if database_changes && status.state != "empty" {
+            printer.step(report, "check room for the backup", || {
+                backups::require_room(sh, &self.state_dir, status.bytes)
+            })?;
+        }
+        confirm(args.yes, &question(running, &status))?;
+        report.changed = true;
+        let env_snapshot = snapshot_env(&self.state_dir, &stack.env_file, &self.time)?;
+        record.env_after = Some(env_snapshot.clone());
+        stack.env_file = env_snapshot;
+
+        let mut changes = Changes::default();
+        let result = self.change(
+            &stack,
+            &status,
+            before.as_ref(),
+            !wrong_owner.is_empty(),
             report,
-            format!("{} = {}", stack.bot_image, short(&built.bot)),
+            &mut changes,
         );
-    }
-    let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
-    report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
-
-    let status = printer.step(report, "read database", || database::status(sh, &stack))?;
-    report.state_before = Some(status.state.clone());
-    report.revision_before = status.version;
-    report.revision_after = status.version;
-    printer.detail(report, describe(&status));
-    database::refuse_unsafe(&status)?;
-
-    let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
-    let database_changes = status.state != "current";
-    let running = before.as_ref().is_some_and(|c| c.status == "running");
-    if !image_changes && !database_changes && running {
-        printer.info("nothing to do: the bot runs this image and the database is current");
-        if args.demo {
-            stack.up(sh)?; // the stand-in may be missing; the bot is left alone
+        if let Some(stopped) = changes.stopped_at {
+            report.downtime_seconds = Some(stopped.elapsed().as_secs_f64());
         }
-        return Ok(());
+        if let Err(error) = result {
+            report.failed_step = report
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.result == "failed")
+                .map(|s| s.name.clone());
+            if changes.stopped_at.is_some() || changes.migrated {
+                printer.info(&format!("a step failed: {error:#}\nrolling back"));
+                let previous = Previous {
+                    image: before.as_ref().map(|_| previous_tag.clone()),
+                    env_file: record.env_before.clone().filter(|p| p.exists()),
+                    was_running: running,
+                };
+                match self.roll_back(&stack, &changes, &previous, report) {
+                    Ok(()) => report.rolled_back = true,
+                    Err(rollback_error) => {
+                        if let Some(migration) = changes.migration.take() {
+                            printer.info(&format!(
+                                "the pre-deploy backup stays in container {}",
+                                migration.id
+                            ));
+                        }
+                        return Err(error
+                            .context(format!("and the rollback failed too: {rollback_error:#}")));
+                    }
+                }
+            }
+            if let Some(migration) = changes.migration.take() {
+                migration.remove(sh);
+            }
+            return Err(error);
+        }
+        if let Some(migration) = changes.migration.take() {
+            migration.remove(sh);
+        }
+        let pruned = backups::prune(&self.state_dir, &stack.project, args.keep)?;
+        if !pruned.is_empty() {
+            printer.info(&format!(
+                "pruned {} old backups (keeping {})",
+                pruned.len(),
+                args.keep
+            ));
+        }
+        Ok(())
     }
 
+    fn change(
+        &self,
+        stack: &Stack,
+        status: &DbStatus,
+        before: Option<&ContainerState>,
+        fix_owner: bool,
+        report: &mut Report,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        if status.needs_migration() {
+            if !database::volume_exists(sh, stack) {
+                database::create_volume(sh, stack)?;
+            }
+            changes.migration = Some(printer.step(report, "prepare migration", || {
+                MigrationContainer::create(sh, stack, &stack.bot_image)
+            })?);
+        }
+        if let Some(container) = before.filter(|c| c.status == "running") {
+            printer.step(report, "stop bot", || stop_container(sh, &container.id))?;
+            changes.stopped_at = Some(Instant::now());
+        }
+        if fix_owner {
+            printer.step(report, "fix volume ownership", || {
+                database::fix_ownership(sh, stack, &stack.bot_image, false).map(drop)
+            })?;
+        }
+        if let Some(migration) = &changes.migration {
+            changes.migrated = true;
+            let outcome = printer.step(report, "migrate database", || migration.run(sh))?;
+            let applied = outcome["applied"].as_array().map_or(0, Vec::len);
+            printer.detail(
+                report,
+                format!(
+                    "{}applied {applied} migrations, now at revision {}",
+                    outcome["adopted"]
+                        .as_u64()
+                        .map(|v| format!("adopted revision {v}, "))
+                        .unwrap_or_default(),
+                    outcome["to"]
+                ),
+            );
+            report.revision_after = outcome["to"].as_u64().map(|v| v as u32);
+            if !outcome["backup"].is_null() {
+                let name =
+                    backups::name(&stack.project, &self.time, status.effective_version(), None);
+                let host_file = self.state_dir.join(&name);
+                printer.step(report, "save backup", || {
+                    migration.copy_backup(sh, &host_file)?;
+                    backups::seal(&host_file).map(drop)
+                })?;
+                printer.detail(report, host_file.display().to_string());
+                report.backup = Some(host_file.display().to_string());
+                changes.backup_on_host = Some(host_file);
+            }
+        }
+        if changes.stopped_at.is_none() {
+            changes.stopped_at = Some(Instant::now());
+        }
+        printer.step(report, "start bot", || stack.up(sh))?;
+        let timeout = Duration::from_secs(self.args.health_timeout);
+        printer.step(report, "wait until healthy", || {
+            wait_until_healthy(sh, stack, timeout)
+        })?;
+        Ok(())
+    }
+
+    fn roll_back(
+        &self,
+        stack: &Stack,
+        changes: &Changes,
+        previous: &Previous,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        if let Some(container) = stack
+            .bot_container(sh)?
+            .filter(|c| c.status == "running" || c.status == "restarting")
+        {
+            stop_container(sh, &container.id)?;
+        }
+        if changes.migrated {
+            printer.step(report, "rollback: restore database", || {
+                let staged;
+                let source = match &changes.backup_on_host {
+                    Some(file) => file.as_path(),
+                    None => {
+                        let migration = changes
+                            .migration
+                            .as_ref()
+                            .context("no migration container to take the backup from")?;
+                        staged = database::TempFile::new("rollback");
+                        migration
+                            .copy_backup(sh, &staged.0)
+                            .context("the database changed and its backup cannot be read back")?;
+                        staged.0.as_path()
+                    }
+                };
+                database::restore_from_host(sh, stack, &stack.bot_image, source).map(drop)
+            })?;
+        }
+        let Some(image) = &previous.image else {
+            report.revision_after = report.revision_before;
+            return Ok(()); // there was no bot before this deploy
+        };
+        let mut old = stack.clone();
+        old.bot_image = image.clone();
+        if let Some(env_file) = &previous.env_file {
+            old.env_file = env_file.clone();
+        }
+        printer.step(report, "rollback: start previous bot", || old.up(sh))?;
+        if previous.was_running {
+            let timeout = Duration::from_secs(self.args.health_timeout);
+            printer.step(report, "rollback: wait until healthy", || {
+                wait_until_healthy(sh, &old, timeout)
+            })?;
+        }
+        report.revision_after = report.revision_before;
+        Ok(())
+    }
+
+    /// Prints what the deploy would do and changes nothing: no image, container, volume or
+    /// backup is touched. The plan of migrations comes from this build's engine.
+    fn dry_run(
+        &self,
+        stack: &Stack,
+        before: Option<&ContainerState>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        let mut plan = Vec::new();
+        let bot = match self.mode {
+            Mode::Migrate => None,
+            _ => Some(printer.step(report, "build binaries", || {
+                images::build_binaries(sh, self.args.schema_head)
+            })?),
+        };
+        if bot.is_some() {
+            plan.push(format!(
+                "build images: docker build -f docker/Dockerfile -t {} target/docker-context",
+                stack.bot_image
+            ));
+        }
+        let (migrations, from, to) =
+            printer.step(report, "plan migrations", || self.plan_migrations(stack))?;
+        report.revision_before = from;
+        report.revision_after = to;
+        if before.is_some_and(|c| c.status == "running") {
+            plan.push("stop bot: docker stop <bot container>".into());
+        }
+        if !migrations.is_empty() {
+            plan.push(format!(
+                "migrate database: docker run --user {} -v {}:/data {} db upgrade --adopt --backup-to {}",
+                database::BOT_OWNER,
+                stack.volume(),
+                stack.bot_image,
+                database::BACKUP_IN_CONTAINER
+            ));
+            plan.push(format!(
+                "save backup: docker cp <migration>:{} {}/",
+                database::BACKUP_IN_CONTAINER,
+                self.state_dir.display()
+            ));
+        }
+        plan.push(format!(
+            "start bot: {} -p {} up -d bot{}",
+            match stack.flavour {
+                crate::compose::Flavour::V1(_) =>
+                    "docker-compose -f docker/docker-compose.prod.yml",
+                crate::compose::Flavour::Plugin(_) =>
+                    "docker compose -f docker/docker-compose.prod.yml",
+            },
+            stack.project,
+            if stack.demo { " telegram-standin" } else { "" }
+        ));
+        plan.push("wait until healthy: docker inspect <bot container> (health)".into());
+        printer.info("dry run: nothing was changed. The deploy would:");
+        for line in &plan {
+            printer.info(&format!("  {line}"));
+        }
+        for (file, sql) in &migrations {
+            printer.info(&format!("\n-- {file}\n{}", sql.trim_end()));
+        }
+        report.plan = plan;
+        report.migrations = migrations.iter().map(|(file, _)| file.clone()).collect();
+        Ok(())
+    }
+
+    /// The migrations this build would apply to the live database, with their SQL.
+    fn plan_migrations(&self, stack: &Stack) -> anyhow::Result<MigrationPlan> {
+        let sh = self.sh;
+        let image = match self.mode {
+            Mode::Migrate => stack.bot_image.clone(),
+            _ => docker::image_id(sh, &stack.bot_image)?.unwrap_or_default(),
+        };
+        let host_bot = project::root()
+            .join("target")
+            .join(images::TARGET)
+            .join("release/bot");
+        let plan_json = if !database::volume_exists(sh, stack)
+            || image.is_empty() && self.mode != Mode::Migrate
+        {
+            // No database yet: the plan is every migration of this build.
+            let out = process::run(
+                cmd!(sh, "{host_bot} db upgrade --dry-run --json")
+                    .env("DATABASE_PATH", "/nonexistent/bot_database.db"),
+                "planning the migrations",
+            )?;
+            serde_json::from_str::<serde_json::Value>(out.stdout.trim())?
+        } else {
+            // Copy the binary that will run into a created container on the volume and ask it.
+            let mount = format!("{}:/data", stack.volume());
+            let entry = if self.mode == Mode::Migrate {
+                "/bot"
+            } else {
+                "/tmp/bot-new"
+            };
+            let owner = database::BOT_OWNER;
+            let id = process::run(
+                cmd!(sh, "docker create --user {owner} -v {mount} --entrypoint {entry} {image} db upgrade --adopt --dry-run --json"),
+                "preparing the plan",
+            )?
+            .stdout
+            .trim()
+            .to_owned();
+            let result = (|| {
+                if self.mode != Mode::Migrate {
+                    let target = format!("{id}:/tmp/bot-new");
+                    process::run(
+                        cmd!(sh, "docker cp {host_bot} {target}"),
+                        "copying the new binary for the plan",
+                    )?;
+                }
+                process::run(cmd!(sh, "docker start -a {id}"), "planning the migrations")
+            })();
+            let _ = cmd!(sh, "docker rm -f {id}")
+                .quiet()
+                .ignore_status()
+                .output();
+            let out = result?;
+            let line = out
+                .stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .context("the plan printed no JSON")?;
+            serde_json::from_str(line)?
+        };
+        let from = plan_json["from"].as_u64().map(|v| v as u32);
+        let to = plan_json["to"].as_u64().map(|v| v as u32);
+        let steps = plan_json["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| {
+                        (
+                            s["file"].as_str().unwrap_or("?").to_owned(),
+                            s["sql"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((steps, from, to))
+    }
+}
+
+/// The migrations a dry run found (file and SQL), and the revisions before and after.
+type MigrationPlan = (Vec<(String, String)>, Option<u32>, Option<u32>);
+
+/// What to go back to.
+struct Previous {
+    image: Option<String>,
+    env_file: Option<PathBuf>,
+    was_running: bool,
+}
+
+fn question(running: bool, status: &DbStatus) -> String {
     let mut question = String::from("This will");
     if running {
         question.push_str(" stop the bot,");
     }
-    if database_changes {
+    if status.needs_migration() {
         question.push_str(&format!(
-            " migrate the database ({} -> revision {}),",
+            " back up and migrate the database ({} -> revision {}),",
             status.state, status.head
         ));
     }
     question.push_str(" and start the bot. Go ahead?");
-    confirm(args.yes, &question)?;
-
-    let mut changes = Changes {
-        previous_image: before
-            .as_ref()
-            .map(|_| format!("{}-previous", stack.bot_image)),
-        ..Changes::default()
-    };
-    report.changed = true;
-    let result = change(sh, &stack, &status, running, printer, report, &mut changes);
-    if let Some(stopped) = changes.stopped_at {
-        report.downtime_seconds = Some(stopped.elapsed().as_secs_f64());
-    }
-    if let Err(error) = result {
-        if changes.stopped_at.is_some() || changes.database_touched {
-            printer.info(&format!("a step failed: {error:#}\nrolling back"));
-            match roll_back(sh, &stack, &changes, before.as_ref(), printer, report) {
-                Ok(()) => report.rolled_back = true,
-                Err(rollback_error) => {
-                    return Err(error.context(format!(
-                        "and the rollback failed too: {rollback_error:#}; the backup is in {}",
-                        backup_dir(&stack.project).display()
-                    )));
-                }
-            }
-        }
-        return Err(error);
-    }
-    Ok(())
+    question
 }
 
-fn change(
-    sh: &Shell,
-    stack: &Stack,
-    status: &DbStatus,
-    running: bool,
-    printer: &Printer,
-    report: &mut Report,
-    changes: &mut Changes,
-) -> anyhow::Result<()> {
-    if running {
-        printer.step(report, "stop bot", || stack.stop_bot(sh))?;
-        changes.stopped_at = Some(Instant::now());
-    }
-    let database_changes = status.state != "current";
-    if database_changes && status.state != "empty" {
-        let name = format!(
-            "{}-{}-r{}.db",
-            stack.project,
-            timestamp(),
-            status
-                .effective_version()
-                .map_or("none".into(), |v| v.to_string())
-        );
-        let file = printer.step(report, "back up database", || {
-            database::back_up(sh, stack, &name, &backup_dir(&stack.project))
-        })?;
-        printer.detail(report, file.display().to_string());
-        report.backup = Some(file.display().to_string());
-        changes.backup_name = Some(name);
-    }
-    if status.state == "unstamped" {
-        changes.database_touched = true;
-        printer.step(report, "adopt database", || {
-            stack
-                .bot(sh, &["db", "adopt"], "adopting the database")
-                .map(drop)
-        })?;
-        printer.detail(
-            report,
-            format!("recorded revision {}", status.matches.unwrap_or(0)),
-        );
-    }
-    if database_changes {
-        changes.database_touched = true;
-        printer.step(report, "upgrade database", || {
-            stack
-                .bot(sh, &["db", "upgrade"], "upgrading the database")
-                .map(drop)
-        })?;
-        report.revision_after = Some(status.head);
-    }
-    if changes.stopped_at.is_none() {
-        changes.stopped_at = Some(Instant::now());
-    }
-    printer.step(report, "start bot", || stack.up(sh))?;
-    printer.step(report, "wait until healthy", || {
-        wait_until_healthy(sh, stack, HEALTH_TIMEOUT)
-    })?;
-    Ok(())
-}
-
-fn roll_back(
-    sh: &Shell,
-    stack: &Stack,
-    changes: &Changes,
-    before: Option<&ContainerState>,
-    printer: &Printer,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    let _ = stack.stop_bot(sh);
-    if changes.database_touched {
-        match &changes.backup_name {
-            Some(name) => printer.step(report, "rollback: restore database", || {
-                database::restore_backup(sh, stack, name)
-            })?,
-            None => bail!("the database changed but there was no backup to put back"),
-        }
-    }
-    let Some(before) = before else {
-        return Ok(()); // there was no bot before this deploy
-    };
-    let mut previous = stack.clone();
-    if let Some(image) = &changes.previous_image {
-        previous.bot_image = image.clone();
-    }
-    printer.step(report, "rollback: start previous bot", || previous.up(sh))?;
-    if before.status == "running" {
-        printer.step(report, "rollback: wait until healthy", || {
-            wait_until_healthy(sh, &previous, HEALTH_TIMEOUT)
-        })?;
-    }
-    report.revision_after = report.revision_before;
-    Ok(())
+/// Stops a container (SIGTERM; the bot exits within a second).
+pub fn stop_container(sh: &Shell, id: &str) -> anyhow::Result<()> {
+    process::run(cmd!(sh, "docker stop -t 10 {id}"), "stopping the bot").map(drop)
 }
 
 /// Waits until the bot's container reports healthy; fails at once when it exits or restarts.
@@ -353,7 +762,7 @@ pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyho
                 docker::logs_tail(sh, &state.id, 15)
             );
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -361,14 +770,14 @@ pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyho
 pub fn describe(status: &DbStatus) -> String {
     let revision = status.version.map_or("none".into(), |v| v.to_string());
     match status.state.as_str() {
-        "unstamped" => match status.matches {
+        "unstamped" | "foreign" => match status.matches {
             Some(m) => format!(
-                "unstamped: tables without history, matching revision {m} (head {})",
-                status.head
+                "{}: tables without our history, matching revision {m} (head {})",
+                status.state, status.head
             ),
             None => format!(
-                "unstamped: tables without history, matching no revision (head {})",
-                status.head
+                "{}: tables without our history, matching no revision (head {})",
+                status.state, status.head
             ),
         },
         "empty" => format!("empty (head {})", status.head),
@@ -376,7 +785,8 @@ pub fn describe(status: &DbStatus) -> String {
     }
 }
 
-fn short(id: &str) -> &str {
+/// An image id's first 12 hex digits.
+pub fn short(id: &str) -> &str {
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
 }
@@ -420,5 +830,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(no.to_string().contains("nothing was changed"));
+    }
+
+    #[test]
+    fn the_question_says_what_will_happen() {
+        let mut status = DbStatus::empty(4);
+        status.state = "behind".into();
+        let q = question(true, &status);
+        assert!(
+            q.contains("stop the bot") && q.contains("migrate the database (behind -> revision 4)"),
+            "{q}"
+        );
+        status.state = "current".into();
+        assert!(!question(false, &status).contains("migrate"));
     }
 }

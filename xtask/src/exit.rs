@@ -14,8 +14,10 @@ pub enum ExitCode {
     /// Refused before changing anything: the database needs a person (its schema matches no
     /// revision, it is newer than this build, a migration file was edited, it is damaged).
     Refused = 3,
-    /// The machine is not ready: Docker unreachable, Compose missing, no token.
+    /// The machine is not ready: Docker unreachable, Compose missing, no token, no room.
     NotReady = 4,
+    /// Another deploy of the project holds the lock.
+    Locked = 5,
 }
 
 /// An error that ends the task with a given exit code.
@@ -48,6 +50,15 @@ pub fn refused(message: impl Into<String>) -> anyhow::Error {
 pub fn not_ready(message: impl Into<String>) -> anyhow::Error {
     Exit {
         code: ExitCode::NotReady,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Another deploy holds the lock.
+pub fn locked(message: impl Into<String>) -> anyhow::Error {
+    Exit {
+        code: ExitCode::Locked,
         message: message.into(),
     }
     .into()

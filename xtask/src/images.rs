@@ -21,23 +21,9 @@ pub struct Built {
 
 /// Builds `bot` (and, in demo runs, `telegram-standin`) as static binaries, then their images
 /// from a context folder that holds only what the images need.
-pub fn build(sh: &Shell, stack: &Stack) -> anyhow::Result<Built> {
+pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Result<Built> {
     let root = project::root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    process::run(
-        cmd!(
-            sh,
-            "{cargo} build --release --locked --target {TARGET} -p bot -p telegram-standin"
-        )
-        .env(
-            format!(
-                "CARGO_TARGET_{}_RUSTFLAGS",
-                TARGET.to_uppercase().replace('-', "_")
-            ),
-            "-C target-feature=+crt-static",
-        ),
-        "building the static binaries",
-    )?;
+    build_binaries(sh, schema_head)?;
     let release = root.join("target").join(TARGET).join("release");
     let context = root.join("target/docker-context");
     // A fresh folder and fresh copies: the legacy builder can take a hard-linked binary for an
@@ -69,6 +55,30 @@ pub fn build(sh: &Shell, stack: &Stack) -> anyhow::Result<Built> {
         anyhow::anyhow!("the image {} was built but is not there", stack.bot_image)
     })?;
     Ok(Built { bot })
+}
+
+/// Builds `bot` and `telegram-standin` as static release binaries. `schema_head` builds an
+/// older release whose schema history stops at that revision (for tests and benchmarks).
+pub fn build_binaries(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let head = schema_head.map(|h| h.to_string()).unwrap_or_default();
+    process::run_within(
+        cmd!(
+            sh,
+            "{cargo} build --release --locked --target {TARGET} -p bot -p telegram-standin"
+        )
+        .env(
+            format!(
+                "CARGO_TARGET_{}_RUSTFLAGS",
+                TARGET.to_uppercase().replace('-', "_")
+            ),
+            "-C target-feature=+crt-static",
+        )
+        .env("TGBOT_SCHEMA_HEAD", head),
+        "building the static binaries",
+        std::time::Duration::from_secs(3600),
+    )
+    .map(drop)
 }
 
 fn build_image(sh: &Shell, dockerfile: &Path, context: &Path, tag: &str) -> anyhow::Result<()> {

@@ -1,11 +1,15 @@
 //! `cargo xtask`: the deploy tool. With no arguments it lists the tasks.
 
+mod backups;
+mod bench;
 mod compose;
 mod database;
 mod deploy;
 mod docker;
 mod exit;
+mod history;
 mod images;
+mod lock;
 mod output;
 mod process;
 mod project;
@@ -46,8 +50,35 @@ enum Task {
     Status(tasks::status::Args),
     /// Put a database file into the volume (it does not migrate).
     Restore(tasks::restore::Args),
+    /// Go back to the image (and backup) from before the last deploy.
+    Rollback(StackArgs),
+    /// Take a checked backup of the live database into the backup folder.
+    Backup(StackArgs),
+    /// The deploy history as a table.
+    History(StackArgs),
+    /// Run the preflight checks alone, each with its fix.
+    Doctor(StackArgs),
+    /// The bot's log.
+    Logs {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Follow the log.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Restart the bot and wait until it is healthy.
+    Restart(StackArgs),
+    /// Stop and remove the containers (never the volume).
+    Down(StackArgs),
+    /// What CI runs: fmt, clippy, every test.
+    Ci,
     /// Send a message to the demo bot through the stand-in and print the answer.
     Chat(tasks::chat::Args),
+    /// Measure the speed and size targets; write docs/BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,8 +119,21 @@ fn main() -> std::process::ExitCode {
                 tasks::restore::run(sh, args, printer, report)
             })
         }
+        Task::Rollback(args) => reported(&sh, "rollback", args, tasks::rollback::run),
+        Task::Backup(args) => reported(&sh, "backup", args, tasks::backup::run),
+        Task::Restart(args) => reported(&sh, "restart", args, tasks::ops::restart),
+        Task::Down(args) => reported(&sh, "down", args, tasks::ops::down),
+        Task::History(args) => plain(tasks::history::run(&args)),
+        Task::Doctor(args) => plain(tasks::doctor::run(&sh, &args)),
+        Task::Logs {
+            stack,
+            follow,
+            tail,
+        } => plain(tasks::ops::logs(&sh, &stack, follow, tail)),
+        Task::Ci => plain(tasks::ci::run(&sh)),
         Task::Status(args) => plain(tasks::status::run(&sh, args)),
         Task::Chat(args) => plain(tasks::chat::run(&sh, args)),
+        Task::Bench(args) => plain(bench::run(&sh, args)),
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -1,8 +1,15 @@
-//! Running programs: argv only (never a shell), output captured, failures that show the command
-//! and what it printed.
+//! Running programs: argv only (never a shell), output captured, every wait bounded by a
+//! timeout that says what it waited for, failures that show the command and what it printed.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use xshell::Cmd;
+
+/// How long a Docker or Compose command may take unless a step says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -13,21 +20,57 @@ pub struct Finished {
     pub stderr: String,
 }
 
-/// Runs `cmd` to the end; fails with the command line and the tail of its output when it exits
-/// non-zero. `what` says what the command was for.
+/// Runs `cmd` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
 pub fn run(cmd: Cmd<'_>, what: &str) -> anyhow::Result<Finished> {
+    run_within(cmd, what, DEFAULT_TIMEOUT)
+}
+
+/// Runs `cmd` to the end; fails with the command line and the tail of its output when it exits
+/// non-zero, and kills it when it outlives `timeout`. `what` says what the command was for.
+pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result<Finished> {
     let shown = cmd.to_string();
-    let output = match cmd.quiet().ignore_status().output() {
-        Ok(output) => output,
+    let mut command: Command = cmd.into();
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
         Err(e) => bail!("{what}: cannot run `{shown}`: {e}"),
     };
-    let finished = Finished {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{what}: `{shown}` did not finish within {:.1}s and was stopped; check that the Docker daemon answers (`docker info`)",
+                timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
-    if !output.status.success() {
-        let code = output
-            .status
+    let finished = Finished {
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+    };
+    if !status.success() {
+        let code = status
             .code()
             .map_or("a signal".to_owned(), |c| c.to_string());
         bail!(
@@ -72,6 +115,24 @@ mod tests {
         assert_eq!(
             run(sh.cmd("echo").arg("hi"), "echo").unwrap().stdout,
             "hi\n"
+        );
+    }
+
+    #[test]
+    fn a_command_that_outlives_its_timeout_is_stopped_and_named() {
+        let sh = xshell::Shell::new().unwrap();
+        let started = Instant::now();
+        let error = run_within(
+            sh.cmd("sleep").arg("30"),
+            "waiting for nothing",
+            Duration::from_millis(300),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            error.starts_with("waiting for nothing: `sleep 30` did not finish within 0.3s"),
+            "{error}"
         );
     }
 }

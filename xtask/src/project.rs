@@ -22,6 +22,41 @@ pub struct StackArgs {
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print the plan (steps, Docker commands, migrations) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The folder for backups, the deploy history and the deploy lock (one sub-folder per project).
+    #[arg(long, value_name = "DIR", env = "TGBOT_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// How many backups to keep per project.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub keep: usize,
+    /// The bot's environment file (default `.env`, or `docker/demo.env` with --demo).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Seconds to wait for the bot to become healthy.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    pub health_timeout: u64,
+    /// Build with the schema history only up to this revision (an older release, for tests and
+    /// benchmarks).
+    #[arg(long, value_name = "N", hide = true)]
+    pub schema_head: Option<u32>,
+}
+
+impl StackArgs {
+    /// The folder holding this project's backups, history and lock.
+    pub fn state_dir(&self, project: &str) -> PathBuf {
+        let base = self
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| root().join("backups"));
+        let base = if base.is_absolute() {
+            base
+        } else {
+            root().join(base)
+        };
+        base.join(project)
+    }
 }
 
 /// The repository's root.

@@ -45,8 +45,18 @@ pub struct Report {
     pub steps: Vec<StepReport>,
     /// Seconds for the whole task.
     pub seconds: f64,
+    /// The step that failed, when one did.
+    pub failed_step: Option<String>,
     /// The error, when it failed.
     pub error: Option<String>,
+    /// Whether this was a dry run (nothing changed).
+    pub dry_run: bool,
+    /// For a dry run: the steps it would take, with their Docker commands.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<String>,
+    /// For a dry run: the migrations it would apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<String>,
     /// The exit code.
     pub exit_code: i32,
 }
@@ -97,6 +107,12 @@ impl Report {
             if self.changed { "yes" } else { "nothing" },
             self.seconds
         ));
+        if let Some(step) = &self.failed_step {
+            out.push_str(&format!("  failed:   step \"{step}\"\n"));
+        }
+        if self.dry_run {
+            out.push_str("  dry run:  nothing was changed\n");
+        }
         if self.rolled_back {
             out.push_str("  rolled back: the previous bot and database are back\n");
         }

@@ -283,7 +283,7 @@ fn the_seeds_database_is_adopted_upgraded_and_served() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert!(
-        steps.contains(&"adopt database") && steps.contains(&"upgrade database"),
+        steps.contains(&"migrate database") && steps.contains(&"save backup"),
         "{steps:?}"
     );
 

@@ -1,14 +1,16 @@
-//! `cargo xtask status`: the bot's container, its health, and the database's state.
+//! `cargo xtask status`: the bot's container and health, its image, the database's revision and
+//! pending migrations, the last backup and the last deploy.
 
 use serde_json::json;
 use xshell::Shell;
 
+use crate::backups;
+use crate::compose::Stack;
 use crate::database;
 use crate::deploy;
 use crate::docker;
-use crate::output::Printer;
-use crate::project::StackArgs;
-use crate::report::Report;
+use crate::history;
+use crate::project::{self, StackArgs};
 
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
@@ -19,15 +21,21 @@ pub struct Args {
 
 /// Prints the status; `--json` prints one object.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
-    let printer = Printer::new(args.stack.json);
-    let mut report = Report::new("status", "");
-    let stack = deploy::check_machine(sh, &args.stack, None, &printer, &mut report)?;
+    docker::check_daemon(sh)?;
+    let stack = Stack::new(
+        sh,
+        &project::project_name(args.stack.project_name.as_deref())?,
+        args.stack.demo,
+    )?;
     let container = stack.bot_container(sh)?;
     let image = docker::image_id(sh, &stack.bot_image)?;
     let database = match image {
-        Some(_) => Some(database::status(sh, &stack)?),
+        Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
         None => None,
     };
+    let state_dir = args.stack.state_dir(&stack.project);
+    let last_backup = backups::list(&state_dir, &stack.project).pop();
+    let last_deploy = history::read(&state_dir)?.pop();
     if args.stack.json {
         let value = json!({
             "project": stack.project,
@@ -40,36 +48,54 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             "image_id": image,
             "database": database.as_ref().map(|d| json!({
                 "state": d.state, "version": d.version, "head": d.head, "pending": d.pending,
-                "matches": d.matches, "difference": d.difference,
+                "matches": d.matches, "difference": d.difference, "bytes": d.bytes,
             })),
+            "last_backup": last_backup,
+            "last_deploy": last_deploy,
         });
         println!("{value}");
         return Ok(());
     }
     println!(
-        "project:   {} ({})",
+        "project:     {} ({})",
         stack.project,
         stack.flavour.describe()
     );
     match &container {
         Some(c) => println!(
-            "bot:       {} {} (started {}, restarts {})",
+            "bot:         {} {} (started {}, restarts {}, image {})",
             c.status,
             c.health.as_deref().unwrap_or("no health check"),
             c.started_at,
-            c.restart_count
+            c.restart_count,
+            deploy::short(&c.image_id)
         ),
-        None => println!("bot:       no container (deploy with `cargo xtask first-deploy`)"),
+        None => println!("bot:         no container (deploy with `cargo xtask first-deploy`)"),
     }
     match (&image, &database) {
         (Some(id), Some(db)) => {
-            println!("image:     {} {}", stack.bot_image, id);
-            println!("database:  {}", deploy::describe(db));
+            println!("image:       {} {}", stack.bot_image, deploy::short(id));
+            println!("database:    {}", deploy::describe(db));
+            if !db.pending.is_empty() {
+                let pending: Vec<String> = db.pending.iter().map(u32::to_string).collect();
+                println!("pending:     {}", pending.join(", "));
+            }
             for line in &db.difference {
-                println!("           {line}");
+                println!("             {line}");
             }
         }
-        _ => println!("image:     none ({} is not built yet)", stack.bot_image),
+        _ => println!("image:       none ({} is not built yet)", stack.bot_image),
+    }
+    println!(
+        "last backup: {}",
+        last_backup.map_or("none".into(), |b| b.display().to_string())
+    );
+    match last_deploy {
+        Some(d) => println!(
+            "last deploy: {} {} by {}: {}",
+            d.time, d.task, d.operator, d.result
+        ),
+        None => println!("last deploy: none recorded"),
     }
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! `cargo xtask bench`: measures the speed and size targets side by side in one run and writes
+//! them, with the command that produced them, to `docs/BENCHMARKS.md`.
+
+mod engine;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use xshell::Shell;
+
+use crate::images;
+use crate::process;
+use crate::project;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run only these groups (engine, deploy, bot); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the results.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+/// One measured target.
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Ours, as shown.
+    pub ours: String,
+    /// The comparison, as shown ("" when there is none).
+    pub baseline: String,
+    /// The target, as shown.
+    pub target: String,
+    /// Whether the target was met.
+    pub met: bool,
+}
+
+/// A group's results and notes.
+pub struct Section {
+    /// The group's heading.
+    pub title: String,
+    /// How it was measured.
+    pub method: String,
+    /// The rows.
+    pub rows: Vec<Measurement>,
+}
+
+/// The working folder for benchmark files (large, kept between runs, never committed).
+pub fn work_dir() -> PathBuf {
+    project::root().join("target/bench")
+}
+
+/// The static release `bot` binary (the one the image ships), built if needed.
+pub fn bot_binary(sh: &Shell) -> anyhow::Result<PathBuf> {
+    images::build_binaries(sh, None)?;
+    Ok(project::root()
+        .join("target")
+        .join(images::TARGET)
+        .join("release/bot"))
+}
+
+/// Runs a program to the end and returns how long it took; fails when it fails.
+pub fn time(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<Duration> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let started = Instant::now();
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(took)
+}
+
+/// The median of some durations.
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// A duration for a table cell.
+pub fn show(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", duration.as_secs_f64())
+    }
+}
+
+/// Runs the benchmarks and writes the report.
+pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
+    let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
+    std::fs::create_dir_all(work_dir())?;
+    let mut sections = Vec::new();
+    if wanted("engine") {
+        sections.push(engine::run(sh)?);
+    }
+    let report = render(&sections, &args);
+    let output = project::root().join(&args.output);
+    if let Some(folder) = output.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    std::fs::write(&output, &report)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    print!("{report}");
+    eprintln!("written to {}", output.display());
+    let missed: Vec<&str> = sections
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| !r.met)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !missed.is_empty() {
+        eprintln!("targets missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({cpu})")
+}
+
+fn render(sections: &[Section], args: &Args) -> String {
+    let mut command = String::from("cargo xtask bench");
+    if !args.only.is_empty() {
+        command.push_str(&format!(" --only {}", args.only.join(",")));
+    }
+    let date = Shell::new()
+        .ok()
+        .and_then(|sh| {
+            process::run(
+                xshell::cmd!(sh, "date -u +%Y-%m-%dT%H:%MZ"),
+                "reading the date",
+            )
+            .ok()
+        })
+        .map(|o| o.stdout.trim().to_owned())
+        .unwrap_or_default();
+    let mut out = format!(
+        "# Benchmarks\n\nProduced by `{command}` on {date}, {}. Every number below comes from that one run; run it again to refresh this file.\n",
+        machine()
+    );
+    for section in sections {
+        out.push_str(&format!("\n## {}\n\n{}\n\n| measurement | ours | compared with | target | met |\n| --- | --- | --- | --- | --- |\n", section.title, section.method));
+        for row in &section.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                row.name,
+                row.ours,
+                if row.baseline.is_empty() {
+                    "-"
+                } else {
+                    &row.baseline
+                },
+                row.target,
+                if row.met { "yes" } else { "**no**" }
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,230 @@
+//! The deploy history: one JSON line per deploy in `deploys.jsonl` beside the backups, and
+//! `cargo xtask history`, which shows it as a table. No line ever holds a secret: the records
+//! name files and images, never the environment's contents.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::report::StepReport;
+
+/// One deploy, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Record {
+    /// When it started (UTC).
+    pub time: String,
+    /// The task.
+    pub task: String,
+    /// Who ran it.
+    pub operator: String,
+    /// The repository's git revision.
+    pub git_revision: Option<String>,
+    /// The image id the bot ran before.
+    pub image_before: Option<String>,
+    /// The tag kept for that image.
+    pub image_before_tag: Option<String>,
+    /// The image id it runs after.
+    pub image_after: Option<String>,
+    /// The environment file snapshot the bot ran with before.
+    pub env_before: Option<PathBuf>,
+    /// The environment file snapshot it runs with after.
+    pub env_after: Option<PathBuf>,
+    /// SHA-256 of the environment file deployed (to notice a changed `.env`).
+    pub env_sha256: Option<String>,
+    /// The database revision before.
+    pub revision_before: Option<u32>,
+    /// The database revision after.
+    pub revision_after: Option<u32>,
+    /// The backup taken before the database changed.
+    pub backup: Option<PathBuf>,
+    /// Every step with its duration.
+    pub steps: Vec<StepRecord>,
+    /// Seconds the bot was not running.
+    pub downtime_seconds: Option<f64>,
+    /// ok, failed, refused, rolled-back, nothing-to-do.
+    pub result: String,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// The error, when it failed.
+    pub error: Option<String>,
+}
+
+/// One step of a recorded deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Its duration.
+    pub seconds: f64,
+    /// ok or failed.
+    pub result: String,
+}
+
+impl From<&StepReport> for StepRecord {
+    fn from(step: &StepReport) -> StepRecord {
+        StepRecord {
+            name: step.name.clone(),
+            seconds: step.seconds,
+            result: step.result.to_owned(),
+        }
+    }
+}
+
+/// The history file in a project's state folder.
+pub fn file(state_dir: &Path) -> PathBuf {
+    state_dir.join("deploys.jsonl")
+}
+
+/// Appends one record (mode 0600).
+pub fn append(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state_dir)?;
+    let path = file(state_dir);
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the deploy history {}", path.display()))?;
+    writeln!(out, "{}", serde_json::to_string(record)?)?;
+    Ok(())
+}
+
+/// Every record, oldest first; lines that do not parse are skipped.
+pub fn read(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
+    let path = file(state_dir);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+/// The tasks that deploy a new image or schema.
+const DEPLOYS: &[&str] = &["first-deploy", "prod-migrate", "prod-full-update"];
+
+/// The last deploy that changed the stack, ended well and was not rolled back since: what
+/// `rollback` returns from.
+pub fn last_change(records: &[Record]) -> Option<&Record> {
+    let mut rolled_back = 0;
+    for record in records.iter().rev() {
+        if record.task == "rollback" && record.result == "ok" {
+            rolled_back += 1;
+        } else if DEPLOYS.contains(&record.task.as_str()) && record.changed && record.result == "ok"
+        {
+            if rolled_back == 0 {
+                return Some(record);
+            }
+            rolled_back -= 1;
+        }
+    }
+    None
+}
+
+/// The history as a table.
+pub fn table(records: &[Record]) -> String {
+    let mut out = format!(
+        "{:<17} {:<17} {:<10} {:<9} {:<8} {:>9} {:>9}  {}\n",
+        "time", "task", "operator", "git", "revision", "downtime", "took", "result"
+    );
+    for r in records {
+        let revision = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+        let took: f64 = r.steps.iter().map(|s| s.seconds).sum();
+        out.push_str(&format!(
+            "{:<17} {:<17} {:<10} {:<9} {:<8} {:>9} {:>8.1}s  {}{}\n",
+            r.time,
+            r.task,
+            r.operator,
+            r.git_revision
+                .as_deref()
+                .map_or("-", |g| &g[..g.len().min(9)]),
+            format!(
+                "{}->{}",
+                revision(r.revision_before),
+                revision(r.revision_after)
+            ),
+            r.downtime_seconds
+                .map_or("-".to_owned(), |d| format!("{d:.1}s")),
+            took,
+            r.result,
+            r.error
+                .as_deref()
+                .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_the_last_change_is_found() {
+        let dir = std::env::temp_dir().join(format!("xtask-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Record {
+            time: "20261125T070000Z".into(),
+            task: "prod-full-update".into(),
+            result: "ok".into(),
+            changed: true,
+            revision_before: Some(3),
+            revision_after: Some(4),
+            ..Record::default()
+        };
+        let noop = Record {
+            result: "ok".into(),
+            changed: false,
+            ..ok.clone()
+        };
+        let failed = Record {
+            result: "rolled-back".into(),
+            ..ok.clone()
+        };
+        let older = Record {
+            revision_before: Some(2),
+            revision_after: Some(3),
+            ..ok.clone()
+        };
+        for record in [&older, &ok, &noop, &failed] {
+            append(&dir, record).unwrap();
+        }
+        let records = read(&dir).unwrap();
+        assert_eq!(records.len(), 4);
+        let last = last_change(&records).unwrap();
+        assert_eq!(
+            (last.revision_before, last.revision_after),
+            (Some(3), Some(4))
+        );
+        let rollback = Record {
+            task: "rollback".into(),
+            ..ok.clone()
+        };
+        append(&dir, &rollback).unwrap();
+        let records = read(&dir).unwrap();
+        let before_that = last_change(&records).unwrap();
+        assert_eq!(
+            before_that.revision_after,
+            Some(3),
+            "a rolled back deploy is not rolled back twice"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(file(&dir)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let shown = table(&records);
+        assert!(
+            shown.contains("3->4") && shown.contains("rolled-back"),
+            "{shown}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

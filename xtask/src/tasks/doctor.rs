@@ -1,0 +1,124 @@
+//! `cargo xtask doctor`: the preflight checks alone, each with its fix.
+
+use serde_json::json;
+use xshell::Shell;
+
+use crate::backups;
+use crate::compose::{Flavour, Stack};
+use crate::database;
+use crate::docker;
+use crate::exit;
+use crate::project::{self, StackArgs};
+
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    fix: String,
+}
+
+/// Runs every check; fails (exit 4) when one fails.
+pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
+    let mut checks = Vec::new();
+    let project = project::project_name(args.project_name.as_deref())?;
+    let daemon = docker::check_daemon(sh);
+    checks.push(Check {
+        name: "Docker daemon reachable",
+        ok: daemon.is_ok(),
+        detail: daemon.as_ref().map_or_else(|e| e.to_string(), |v| format!("engine {v}")),
+        fix: "start it (`sudo systemctl start docker`) or point DOCKER_HOST / `docker context use` at one".into(),
+    });
+    let flavour = Flavour::detect(sh);
+    checks.push(Check {
+        name: "Docker Compose found",
+        ok: flavour.is_ok(),
+        detail: flavour.as_ref().map_or_else(|e| e.to_string(), Flavour::describe),
+        fix: "install the compose plugin (https://docs.docker.com/compose/install/) or docker-compose 1.28+".into(),
+    });
+    let stack = Stack::new(sh, &project, args.demo).ok();
+    let env_file = args
+        .env_file
+        .clone()
+        .or_else(|| stack.as_ref().map(|s| s.env_file.clone()))
+        .unwrap_or_else(|| project::root().join(".env"));
+    let token = project::env_file_has_token(&env_file).unwrap_or(false);
+    checks.push(Check {
+        name: "environment file with BOT_TOKEN",
+        ok: token,
+        detail: format!(
+            "{} {}",
+            env_file.display(),
+            if token {
+                "has a token"
+            } else {
+                "has no BOT_TOKEN"
+            }
+        ),
+        fix: "copy .env.example to .env and set BOT_TOKEN (or use --demo)".into(),
+    });
+    let state_dir = args.state_dir(&project);
+    let image = stack
+        .as_ref()
+        .filter(|_| daemon.is_ok())
+        .and_then(|s| docker::image_id(sh, &s.bot_image).ok().flatten().map(|_| s));
+    let live = image.and_then(|s| database::status(sh, s, &s.bot_image).ok());
+    let free = backups::free_bytes(sh, &state_dir);
+    let needed = live.as_ref().map_or(0, |l| l.bytes);
+    checks.push(Check {
+        name: "room for a backup",
+        ok: free
+            .as_ref()
+            .is_ok_and(|f| *f > needed + needed / 10 + 64 * 1024),
+        detail: match &free {
+            Ok(f) => format!(
+                "{f} bytes free in {}, the database has {needed}",
+                state_dir.display()
+            ),
+            Err(e) => e.to_string(),
+        },
+        fix: "free some space, or pass --backup-dir to a roomier disk".into(),
+    });
+    if let Some(s) = image {
+        let wrong = database::fix_ownership(sh, s, &s.bot_image, true);
+        checks.push(Check {
+            name: "database files owned by the bot",
+            ok: wrong.as_ref().is_ok_and(Vec::is_empty),
+            detail: match &wrong {
+                Ok(w) if w.is_empty() => format!("volume {}", s.volume()),
+                Ok(w) => w.join(", "),
+                Err(e) => e.to_string(),
+            },
+            fix: "run `cargo xtask prod-migrate` (it gives them to the bot's user 10001)".into(),
+        });
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if args.json {
+        let list: Vec<_> = checks
+            .iter()
+            .map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": if c.ok { None } else { Some(&c.fix) }}))
+            .collect();
+        println!(
+            "{}",
+            json!({"project": project, "ok": failed == 0, "checks": list})
+        );
+    } else {
+        for c in &checks {
+            println!(
+                "{} {}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+            if !c.ok {
+                println!("     fix: {}", c.fix);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(exit::not_ready(format!(
+            "{failed} of {} checks failed",
+            checks.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The everyday tasks: `logs`, `restart`, `down`.
+
+use xshell::Shell;
+
+use crate::deploy;
+use crate::exit;
+use crate::output::Printer;
+use crate::project::StackArgs;
+use crate::report::Report;
+
+/// `cargo xtask logs [-f]`: the bot's log.
+pub fn logs(sh: &Shell, args: &StackArgs, follow: bool, tail: usize) -> anyhow::Result<()> {
+    let stack = crate::compose::Stack::new(
+        sh,
+        &crate::project::project_name(args.project_name.as_deref())?,
+        args.demo,
+    )?;
+    stack.logs(sh, follow, tail)
+}
+
+/// `cargo xtask restart`: restarts the bot and waits until it is healthy.
+pub fn restart(
+    sh: &Shell,
+    args: &StackArgs,
+    printer: &Printer,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    deploy::locked_and_recorded(sh, args, "restart", report, |_, _, report, _| {
+        let stack = deploy::check_machine(sh, args, false, printer, report)?;
+        let container = stack.bot_container(sh)?.ok_or_else(|| {
+            exit::not_ready("there is no bot container; deploy first (`cargo xtask first-deploy`)")
+        })?;
+        if args.dry_run {
+            printer.info(&format!(
+                "dry run: would run `docker restart {}` and wait until healthy",
+                deploy::short(&container.id)
+            ));
+            report.dry_run = true;
+            return Ok(());
+        }
+        deploy::confirm(args.yes, "Restart the bot?")?;
+        report.changed = true;
+        let id = &container.id;
+        printer.step(report, "restart bot", || {
+            crate::process::run(
+                xshell::cmd!(sh, "docker restart -t 10 {id}"),
+                "restarting the bot",
+            )
+            .map(drop)
+        })?;
+        printer.step(report, "wait until healthy", || {
+            deploy::wait_until_healthy(
+                sh,
+                &stack,
+                std::time::Duration::from_secs(args.health_timeout),
+            )
+        })
+    })
+}
+
+/// `cargo xtask down`: stops and removes the containers; never the volume.
+pub fn down(
+    sh: &Shell,
+    args: &StackArgs,
+    printer: &Printer,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    deploy::locked_and_recorded(sh, args, "down", report, |_, _, report, _| {
+        let stack = deploy::check_machine(sh, args, false, printer, report)?;
+        if args.dry_run {
+            printer.info(&format!(
+                "dry run: would stop and remove the containers of {}; the volume {} stays",
+                stack.project,
+                stack.volume()
+            ));
+            report.dry_run = true;
+            return Ok(());
+        }
+        deploy::confirm(
+            args.yes,
+            &format!(
+                "Stop the bot and remove its containers? (the volume {} and its database stay)",
+                stack.volume()
+            ),
+        )?;
+        report.changed = true;
+        printer.step(report, "stop stack", || stack.down(sh))
+    })
+}

@@ -1,5 +1,6 @@
 //! Configuration from the environment, and keeping the token out of every output.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -72,6 +73,43 @@ impl Telegram {
     }
 }
 
+/// The Telegram user ids named in `ADMIN_IDS`: they may use /stats, as may users whose row has
+/// `is_admin = 1`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminIds(BTreeSet<i64>);
+
+impl AdminIds {
+    /// Reads `ADMIN_IDS`; unset or empty means no admins by id.
+    pub fn from_env() -> anyhow::Result<AdminIds> {
+        AdminIds::parse(&std::env::var("ADMIN_IDS").unwrap_or_default())
+    }
+
+    /// Parses a comma-separated list of Telegram user ids; blanks around ids and empty entries
+    /// are ignored, so `"1, 2,"` is fine.
+    pub fn parse(list: &str) -> anyhow::Result<AdminIds> {
+        let mut ids = BTreeSet::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let id: i64 = entry.parse().ok().filter(|id| *id > 0).with_context(|| {
+                format!(
+                    "ADMIN_IDS: {entry:?} is not a Telegram user id; give positive numbers separated by commas, e.g. ADMIN_IDS=12345678,87654321 (a user sees theirs in /me)"
+                )
+            })?;
+            ids.insert(id);
+        }
+        Ok(AdminIds(ids))
+    }
+
+    /// Whether `telegram_id` is listed.
+    pub fn contains(&self, telegram_id: i64) -> bool {
+        self.0.contains(&telegram_id)
+    }
+
+    /// How many ids are listed.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
 fn looks_like_token(token: &str) -> bool {
     token.split_once(':').is_some_and(|(id, secret)| {
         !id.is_empty()
@@ -127,6 +165,30 @@ mod tests {
         );
         assert_eq!(other, "GET https://api.telegram.org/bot<BOT_TOKEN>/getMe");
         assert_eq!(redact("/botany is fine", token), "/botany is fine");
+    }
+
+    #[test]
+    fn admin_ids_are_a_comma_separated_list_of_user_ids() {
+        let admins = AdminIds::parse(" 42, 7,,1000000000000 ,").unwrap();
+        assert!(admins.contains(42) && admins.contains(7) && admins.contains(1_000_000_000_000));
+        assert!(!admins.contains(43));
+        assert_eq!(admins.count(), 3);
+        assert_eq!(AdminIds::parse("").unwrap(), AdminIds::default());
+        assert_eq!(AdminIds::parse(" , ").unwrap().count(), 0);
+        assert_eq!(AdminIds::parse("42,42").unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_malformed_admin_id_is_refused_with_the_entry_named() {
+        for bad in ["42;7", "@ann", "-5", "0", "42 7"] {
+            let error = format!("{:#}", AdminIds::parse(bad).unwrap_err());
+            assert!(
+                error.contains("ADMIN_IDS") && error.contains("e.g."),
+                "{error}"
+            );
+        }
+        let error = format!("{:#}", AdminIds::parse("1,two,3").unwrap_err());
+        assert!(error.contains("\"two\""), "{error}");
     }
 
     #[test]

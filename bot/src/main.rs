@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 
 use config::Config;
 
-/// The bot. Settings come from the environment: BOT_TOKEN, DATABASE_PATH, TELEGRAM_API_URL.
+/// The bot. Settings come from the environment: BOT_TOKEN, DATABASE_PATH, TELEGRAM_API_URL,
+/// ADMIN_IDS, RUST_LOG.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -64,9 +65,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(polling::run(config))
+        .build()?;
+    let outcome = runtime.block_on(polling::run(config));
+    // A DNS lookup in flight runs on a blocking thread that cannot be interrupted; dropping the
+    // runtime would wait for it, and SIGTERM must stop the bot within a second.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    outcome
 }

@@ -1,13 +1,17 @@
 //! The real `bot` binary against the Bot API stand-in (in-process) and a real database file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use telegram_standin::{Config, IncomingMessage, Standin};
+use telegram_standin::{Config, Fault, FaultKind, IncomingMessage, SentMessage, Standin};
 
 const TOKEN: &str = "123456:TEST-TOKEN-abc";
+/// How long a test waits for an answer the bot should give at once.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 struct Sandbox {
     dir: PathBuf,
@@ -47,6 +51,7 @@ impl Sandbox {
             .env("BOT_TOKEN", token)
             .env("TELEGRAM_API_URL", self.standin.url())
             .env("RUST_LOG", "info")
+            .env_remove("ADMIN_IDS")
             .stdin(Stdio::null());
         command
     }
@@ -64,16 +69,35 @@ impl Sandbox {
         );
     }
 
+    /// Runs SQL on the database, as another process would (the bot may be running).
+    fn sql(&self, sql: &str) {
+        let conn = Connection::open(self.database()).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
     fn start_bot(&self) -> Running {
+        self.start_bot_with(&[])
+    }
+
+    /// Starts `bot run` with extra environment; returns once it polls. Its log goes to a file:
+    /// a pipe nobody reads would stall a chatty bot.
+    fn start_bot_with(&self, env: &[(&str, &str)]) -> Running {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = self.dir.join(format!(
+            "bot-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = self
             .command(&[], TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let running = Running(child);
+        let running = Running { child, log };
         wait_until(
-            Duration::from_secs(10),
+            ANSWER_WITHIN,
             || self.heartbeat().exists(),
             "the bot starts polling",
         );
@@ -85,12 +109,27 @@ impl Sandbox {
         message.first_name = Some(first_name.into());
         message.username = Some(format!("u{user_id}"));
         message.language_code = Some("en".into());
-        let after = self.standin.post_message(&message);
+        self.send(&message)
+    }
+
+    /// Posts the message and returns the one answer to it.
+    fn send(&self, message: &IncomingMessage) -> String {
+        let after = self.standin.post_message(message);
         let sent = self
             .standin
-            .wait_for_sent(after, Some(user_id), Duration::from_secs(10));
-        assert_eq!(sent.len(), 1, "one answer to {text:?}: {sent:?}");
+            .wait_for_sent(after, Some(message.user_id), ANSWER_WITHIN);
+        assert_eq!(sent.len(), 1, "one answer to {:?}: {sent:?}", message.text);
         sent[0].text.clone()
+    }
+
+    /// Posts every message at once and waits for `answers` answers.
+    fn send_all(&self, messages: &[IncomingMessage], answers: usize) -> Vec<SentMessage> {
+        let after = self.standin.post_messages(messages);
+        let sent = self
+            .standin
+            .wait_for_sent_count(after, answers, Duration::from_secs(120));
+        assert_eq!(sent.len(), answers, "every answer arrives");
+        sent
     }
 }
 
@@ -100,33 +139,40 @@ impl Drop for Sandbox {
     }
 }
 
-struct Running(Child);
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Running {
-    fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+    /// What the bot logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits for the exit: the status, the time from the
+    /// signal to the exit, and the whole log.
+    fn stop(mut self, signal: &str) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
-        Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        let status = self.0.wait().unwrap();
+        assert!(kill.success());
+        let status = self.child.wait().unwrap();
         let took = started.elapsed();
-        let mut log = String::new();
-        use std::io::Read;
-        self.0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        (status, took, log)
+        (status, took, self.log())
+    }
+
+    fn terminate(self) -> (std::process::ExitStatus, Duration, String) {
+        self.stop("TERM")
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -150,6 +196,37 @@ fn users(path: &Path) -> Vec<(i64, String, Option<String>, Option<String>)> {
         .unwrap()
 }
 
+/// `command_log` as (telegram id, command), in the order written.
+fn command_log(path: &Path) -> Vec<(i64, String)> {
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT users.telegram_id, command_log.command FROM command_log
+             JOIN users ON users.id = command_log.user_id ORDER BY command_log.id",
+        )
+        .unwrap();
+    statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A single value from the database.
+fn query<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
+    Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Log lines at WARN or ERROR.
+fn complaints(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
+
 #[test]
 fn start_registers_then_refreshes_and_help_lists_the_commands() {
     let sandbox = Sandbox::new("start");
@@ -165,8 +242,13 @@ fn start_registers_then_refreshes_and_help_lists_the_commands() {
         "Welcome back, Anna! Your details are up to date."
     );
     let help = sandbox.say(42, "Anna", "/help");
-    assert!(help.contains("/start") && help.contains("/help"), "{help}");
-    assert!(sandbox.say(7, "Bob", "/nope").contains("/help"));
+    for command in ["/start", "/help", "/me", "/stats"] {
+        assert!(help.contains(command), "{command} in {help}");
+    }
+    assert_eq!(
+        sandbox.say(7, "Bob", "/nope"),
+        "I don't know /nope. Send /help for the list of commands."
+    );
 
     let rows = users(&sandbox.database());
     assert_eq!(
@@ -181,7 +263,13 @@ fn start_registers_then_refreshes_and_help_lists_the_commands() {
     assert!(rows[0].3.is_some(), "last_seen_at is kept");
 
     let commands = sandbox.standin.commands();
-    assert_eq!(commands[0]["command"], "start", "{commands}");
+    let published: Vec<&str> = commands
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(published, ["start", "help", "me", "stats"], "{commands}");
 
     let health = sandbox.run(&["healthcheck"]);
     assert!(
@@ -267,7 +355,12 @@ fn db_commands_report_state_as_json() {
     let empty = status(&sandbox);
     assert_eq!(empty["state"], "empty");
     assert_eq!(empty["version"], serde_json::Value::Null);
-    assert_eq!(empty["pending"], serde_json::json!([1, 2]));
+    let head = empty["head"].as_u64().unwrap();
+    assert!(head >= 4, "{empty}");
+    assert_eq!(
+        empty["pending"],
+        serde_json::json!((1..=head).collect::<Vec<_>>())
+    );
     Connection::open(sandbox.database())
         .unwrap()
         .execute_batch(include_str!("../../migrations/sql/0001_initial.up.sql"))
@@ -294,6 +387,403 @@ fn db_commands_report_state_as_json() {
             current["version"].as_u64(),
             current["head"].as_u64()
         ),
-        (Some("current"), Some(2), Some(2))
+        (Some("current"), Some(head), Some(head))
+    );
+}
+
+#[test]
+fn me_shows_everything_stored_about_the_user() {
+    let sandbox = Sandbox::new("me");
+    sandbox.upgrade();
+    let bot = sandbox.start_bot();
+
+    assert_eq!(
+        sandbox.say(8, "Stranger", "/me"),
+        "I don't know you yet, so I store nothing about you. Send /start to register."
+    );
+    let mut ann = IncomingMessage::new(42, "/start");
+    ann.first_name = Some("Ann".into());
+    ann.last_name = Some("Lee".into());
+    ann.username = Some("ann_lee".into());
+    ann.language_code = Some("pt-BR".into());
+    sandbox.send(&ann);
+    ann.text = "/me".into();
+    let me = sandbox.send(&ann);
+    let stored = |column: &str| -> String {
+        query(
+            &sandbox.database(),
+            &format!("SELECT {column} FROM users WHERE telegram_id = 42"),
+        )
+    };
+    assert_eq!(
+        me,
+        format!(
+            "Here is what I store about you:\nTelegram id: 42\nUsername: @ann_lee\nFirst name: Ann\n\
+             Last name: Lee\nLanguage: pt-BR\nRegistered: {} UTC\nLast seen: {} UTC\nAdmin: no",
+            stored("created_at"),
+            stored("last_seen_at")
+        )
+    );
+
+    sandbox.sql("UPDATE users SET is_admin = 1 WHERE telegram_id = 42");
+    assert!(sandbox.send(&ann).ends_with("\nAdmin: yes"));
+    assert_eq!(users(&sandbox.database()).len(), 1, "/me does not register");
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn stats_is_for_admins_listed_in_admin_ids_or_flagged_in_the_database() {
+    let sandbox = Sandbox::new("stats");
+    sandbox.upgrade();
+    // An old user seen three days ago, with a command from two days ago (neither is "today"),
+    // and a flagged admin who registered two days ago and never wrote since.
+    sandbox.sql(
+        "INSERT INTO users (telegram_id, first_name, is_admin, created_at, last_seen_at)
+            VALUES (100, 'Old', 0, datetime('now', '-30 days'), datetime('now', '-3 days'));
+         INSERT INTO command_log (user_id, command, used_at)
+            SELECT id, 'help', datetime('now', '-2 days') FROM users WHERE telegram_id = 100;
+         INSERT INTO users (telegram_id, first_name, is_admin, created_at)
+            VALUES (9, 'Flagged', 1, datetime('now', '-2 days'));",
+    );
+    let bot = sandbox.start_bot_with(&[("ADMIN_IDS", " 42, 4242 ")]);
+
+    sandbox.say(42, "Ann", "/start");
+    sandbox.say(7, "Bob", "/start");
+    assert_eq!(
+        sandbox.say(7, "Bob", "/stats"),
+        "Sorry, /stats is only for the bot's admins. Send /help to see what you can use."
+    );
+    assert_eq!(
+        sandbox.say(42, "Ann", "/stats"),
+        "Users: 4\nNew in the last 7 days: 3\nActive in the last 24 hours: 2\n\
+         Commands in the last 24 hours: 4 (/start 2, /stats 2)"
+    );
+    assert_eq!(
+        sandbox.say(9, "Flagged", "/stats"),
+        "Users: 4\nNew in the last 7 days: 3\nActive in the last 24 hours: 3\n\
+         Commands in the last 24 hours: 5 (/stats 3, /start 2)",
+        "is_admin = 1 is an admin too"
+    );
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("ADMIN_IDS names 2 admin(s)"), "{log}");
+}
+
+#[test]
+fn a_malformed_admin_list_stops_the_bot_before_it_polls() {
+    let sandbox = Sandbox::new("admins");
+    sandbox.upgrade();
+    let output = sandbox
+        .command(&[], TOKEN)
+        .env("ADMIN_IDS", "42;7")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ADMIN_IDS: \"42;7\" is not a Telegram user id"),
+        "{stderr}"
+    );
+    assert_eq!(sandbox.standin.stats().calls.get("getupdates"), None);
+}
+
+#[test]
+fn every_message_of_a_known_user_updates_last_seen_language_and_the_command_log() {
+    let sandbox = Sandbox::new("seen");
+    sandbox.upgrade();
+    let bot = sandbox.start_bot();
+    let database = sandbox.database();
+    let language = || -> Option<String> {
+        query(
+            &database,
+            "SELECT language_code FROM users WHERE telegram_id = 42",
+        )
+    };
+    let seen_just_now = || -> bool {
+        query(
+            &database,
+            "SELECT last_seen_at >= datetime('now', '-1 minute') FROM users WHERE telegram_id = 42",
+        )
+    };
+
+    sandbox.say(42, "Ann", "/start");
+    assert_eq!(language().as_deref(), Some("en"));
+    sandbox.sql("UPDATE users SET last_seen_at = '2000-01-01 00:00:00' WHERE telegram_id = 42");
+
+    // Plain text gets no answer, but is seen: the answer after it is the one to /help.
+    let mut hello = IncomingMessage::new(42, "hello");
+    hello.language_code = Some("de".into());
+    sandbox.standin.post_message(&hello);
+    let mut help = IncomingMessage::new(42, "/help");
+    help.language_code = Some("de".into());
+    assert!(sandbox.send(&help).starts_with("Commands:"));
+    assert_eq!(language().as_deref(), Some("de"));
+    assert!(seen_just_now());
+
+    sandbox.sql("UPDATE users SET last_seen_at = '2000-01-01 00:00:00' WHERE telegram_id = 42");
+    let silent = IncomingMessage::new(42, "/me");
+    assert!(
+        sandbox.send(&silent).contains("Language: de"),
+        "no language sent: kept"
+    );
+    assert!(seen_just_now());
+
+    sandbox.say(42, "Ann", "/nope");
+    sandbox.say(42, "Ann", "/stats");
+    assert!(
+        sandbox
+            .say(42, "Ann", "/привет")
+            .starts_with("I don't know")
+    );
+    sandbox.say(77, "Eve", "/help");
+    sandbox.say(77, "Eve", "/me");
+    sandbox
+        .standin
+        .post_message(&IncomingMessage::new(77, "hello"));
+    sandbox.say(42, "Ann", "/help@demo_bot");
+
+    let logged: Vec<(i64, String)> = command_log(&database);
+    let expected: Vec<(i64, String)> = ["start", "help", "me", "nope", "stats", "help"]
+        .iter()
+        .map(|c| (42, c.to_string()))
+        .collect();
+    assert_eq!(
+        logged, expected,
+        "known users' commands, not plain text, not text that is no command's name"
+    );
+    assert_eq!(
+        users(&database).len(),
+        1,
+        "an unknown user's messages do not register them"
+    );
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+    assert!(complaints(&log).is_empty(), "{log}");
+}
+
+#[test]
+fn a_thousand_users_start_at_once_then_again_with_new_names() {
+    const USERS: i64 = 1000;
+    let sandbox = Sandbox::new("thousand");
+    sandbox.upgrade();
+    let bot = sandbox.start_bot();
+    let database = sandbox.database();
+    let round = |first_name: &str| -> Vec<IncomingMessage> {
+        (1..=USERS)
+            .map(|id| {
+                let mut message = IncomingMessage::new(500_000 + id, "/start");
+                message.first_name = Some(format!("{first_name} {id}"));
+                message
+            })
+            .collect()
+    };
+    let answers_by_chat = |sent: Vec<SentMessage>| -> HashMap<i64, Vec<String>> {
+        let mut by_chat: HashMap<i64, Vec<String>> = HashMap::new();
+        for message in sent {
+            by_chat
+                .entry(message.chat_id)
+                .or_default()
+                .push(message.text);
+        }
+        by_chat
+    };
+
+    let first = answers_by_chat(sandbox.send_all(&round("First"), USERS as usize));
+    assert_eq!(first.len(), USERS as usize, "every user got an answer");
+    for id in 1..=USERS {
+        assert_eq!(
+            first[&(500_000 + id)],
+            [format!(
+                "Welcome, First {id}! You are registered. Send /help to see what I can do."
+            )]
+        );
+    }
+    let count = |sql: &str| -> i64 { query(&database, sql) };
+    assert_eq!(count("SELECT count(*) FROM users"), USERS);
+    assert_eq!(
+        count("SELECT count(DISTINCT telegram_id) FROM users"),
+        USERS
+    );
+
+    let second = answers_by_chat(sandbox.send_all(&round("Second"), USERS as usize));
+    assert_eq!(second.len(), USERS as usize, "every user got an answer");
+    for id in 1..=USERS {
+        assert_eq!(
+            second[&(500_000 + id)],
+            [format!(
+                "Welcome back, Second {id}! Your details are up to date."
+            )]
+        );
+    }
+    assert_eq!(count("SELECT count(*) FROM users"), USERS, "no duplicates");
+    assert_eq!(
+        count("SELECT count(*) FROM users WHERE first_name = 'Second ' || (telegram_id - 500000)"),
+        USERS,
+        "every name updated"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM command_log WHERE command = 'start'"),
+        2 * USERS
+    );
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+    assert!(complaints(&log).is_empty(), "no error: {log}");
+}
+
+#[test]
+fn sigterm_or_sigint_during_a_long_poll_stops_the_bot_within_a_second() {
+    for signal in ["TERM", "INT"] {
+        // A stand-in each: one holds an abandoned poll for a while, which would count below.
+        let sandbox = Sandbox::new(&format!("signal-{signal}"));
+        sandbox.upgrade();
+        let bot = sandbox.start_bot();
+        sandbox.say(42, "Ann", "/start");
+        let wal = PathBuf::from(format!("{}-wal", sandbox.database().display()));
+        assert!(wal.exists(), "the bot's database is in WAL mode");
+        // The poll that brought /start has returned: a poll in flight now is the next one.
+        wait_until(
+            ANSWER_WITHIN,
+            || sandbox.standin.stats().polls_in_flight > 0,
+            "the bot's long poll is held",
+        );
+        let (status, took, log) = bot.stop(signal);
+        assert_eq!(status.code(), Some(0), "SIG{signal}: {log}");
+        assert!(
+            took < Duration::from_secs(1),
+            "SIG{signal}: stopped in {took:?}"
+        );
+        assert!(
+            log.contains(&format!("SIG{signal}: stopping")) && log.contains("database closed"),
+            "{log}"
+        );
+        assert!(
+            !wal.exists(),
+            "SIG{signal}: the database was closed cleanly (WAL checkpointed and removed)"
+        );
+        assert_eq!(users(&sandbox.database()).len(), 1, "the data is kept");
+    }
+}
+
+#[test]
+fn a_429_is_waited_out_as_telegram_asks_and_the_message_is_delivered() {
+    let sandbox = Sandbox::new("429");
+    sandbox.upgrade();
+    sandbox
+        .standin
+        .inject(Fault::too_many_requests("getUpdates", 2));
+    sandbox
+        .standin
+        .inject(Fault::too_many_requests("sendMessage", 2));
+    let bot = sandbox.start_bot();
+    assert_eq!(
+        sandbox.say(42, "Ann", "/start"),
+        "Welcome, Ann! You are registered. Send /help to see what I can do."
+    );
+
+    let stats = sandbox.standin.stats();
+    for method in ["getupdates", "sendmessage"] {
+        let refused: Vec<u64> = stats
+            .faults_applied
+            .iter()
+            .filter(|f| {
+                f.method == method && f.kind == FaultKind::TooManyRequests { retry_after: 2 }
+            })
+            .map(|f| f.at_ms)
+            .collect();
+        assert_eq!(refused.len(), 1, "{method}: {stats:?}");
+        let calls = &stats.calls_at_ms[method];
+        let next = calls
+            .iter()
+            .find(|at| **at > refused[0])
+            .unwrap_or_else(|| panic!("{method} was called again: {calls:?}"));
+        assert!(
+            next - refused[0] >= 2000,
+            "{method}: the next call came {} ms after the 429",
+            next - refused[0]
+        );
+    }
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("getUpdates: Telegram asks to wait 2s (429 Too Many Requests)")
+            && log.contains(
+                "sendMessage to chat 42: Telegram asks to wait 2s (429 Too Many Requests); waiting, then attempt 2 of 5"
+            ),
+        "{log}"
+    );
+}
+
+#[test]
+fn network_errors_and_5xx_are_retried_while_the_bot_stays_healthy() {
+    let sandbox = Sandbox::new("outage");
+    sandbox.upgrade();
+    let bot = sandbox.start_bot();
+    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
+    // The poll that brought /start has returned: a poll in flight now is the next one, past
+    // the point where faults apply, so the /help below arrives at once.
+    wait_until(
+        ANSWER_WITHIN,
+        || sandbox.standin.stats().polls_in_flight > 0,
+        "the bot's long poll is held",
+    );
+
+    // Two answers that are not HTTP, then a 502 (teloxide pauses 10 s inside that request).
+    sandbox
+        .standin
+        .inject(Fault::broken_response("getUpdates").times(Some(2)));
+    sandbox
+        .standin
+        .inject(Fault::server_error("getUpdates", 502));
+    sandbox
+        .standin
+        .inject(Fault::broken_response("sendMessage"));
+    // Ends the long poll in flight, so the next polls meet the faults.
+    let after = sandbox
+        .standin
+        .post_message(&IncomingMessage::new(42, "/help"));
+    assert_eq!(
+        sandbox
+            .standin
+            .wait_for_sent(after, Some(42), ANSWER_WITHIN)
+            .len(),
+        1,
+        "answered after one failed sendMessage"
+    );
+    wait_until(
+        ANSWER_WITHIN,
+        || sandbox.standin.stats().faults_applied.len() >= 3,
+        "the poll meets the faults",
+    );
+    let health = sandbox.run(&["healthcheck"]);
+    assert!(
+        health.status.success(),
+        "healthy during the outage: {}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let mut me = IncomingMessage::new(42, "/me");
+    me.first_name = Some("Ann".into());
+    let after = sandbox.standin.post_message(&me);
+    let answer = sandbox
+        .standin
+        .wait_for_sent(after, Some(42), Duration::from_secs(30));
+    assert!(answer[0].text.contains("Telegram id: 42"), "{answer:?}");
+    assert!(sandbox.standin.faults().is_empty(), "every fault was met");
+
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+    for expected in [
+        "getUpdates failed (1 in a row), retrying in 1.0s; the bot keeps running",
+        "getUpdates failed (2 in a row), retrying in 2.0s; the bot keeps running",
+        "getUpdates failed (3 in a row)",
+        "getUpdates works again after 3 failed attempts",
+        "sendMessage to chat 42 failed (attempt 1 of 5), retrying in 1.0s",
+        "sendMessage to chat 42 went through after 1 failed attempts",
+    ] {
+        assert!(log.contains(expected), "{expected:?} in:\n{log}");
+    }
+    assert!(
+        !log.contains("TEST-TOKEN"),
+        "the token never appears, not even in a URL:\n{log}"
     );
 }

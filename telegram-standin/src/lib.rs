@@ -3,12 +3,24 @@
 //! control API under `/control/` that plays the users: post a user's message, read what the bot
 //! sent.
 //!
+//! It never answers 5xx unless told to: faults are injected on purpose, in-process with
+//! [`Standin::inject`] or over the control API, and each applies to a number of calls.
+//!
 //! Control API (JSON):
 //! - `POST /control/messages` `{"user_id":42,"text":"/start","first_name":"Ann"}` queues a message
 //!   and answers `{"update_id":..,"sent_before":N}`.
-//! - `GET /control/sent?after=N&chat_id=42&wait_ms=5000` answers the messages the bot sent after
-//!   sequence number N, waiting up to `wait_ms` for the first.
-//! - `GET /control/stats` answers call counts and the time of every `getUpdates` call.
+//! - `POST /control/messages/batch` `[{...}, {...}]` queues many users' messages at once (one
+//!   `getUpdates` can see them all) and answers `{"update_ids":[..],"sent_before":N}`.
+//! - `GET /control/sent?after=N&chat_id=42&min=1&wait_ms=5000` answers the messages the bot sent
+//!   after sequence number N, waiting up to `wait_ms` until there are `min` (default 1).
+//! - `GET /control/stats` answers call counts, the arrival time of every call, the faults
+//!   applied, and how many long polls are being held.
+//! - `POST /control/faults` adds a [`Fault`], e.g.
+//!   `{"method":"sendMessage","kind":"too_many_requests","retry_after":2,"times":1}`,
+//!   `{"method":"*","kind":"delay","ms":300,"times":null}` (`null`: until cleared),
+//!   `{"method":"getUpdates","kind":"server_error","status":502}`,
+//!   `{"method":"getMe","kind":"broken_response"}`; `times` defaults to 1.
+//!   `GET /control/faults` lists those still pending; `DELETE /control/faults` clears them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,9 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response, Server};
 
 pub mod client;
+mod http;
+
+use http::{Reply, Request, Server};
 
 /// The longest a `getUpdates` long poll is held: well inside teloxide's 17 s request timeout.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(10);
@@ -94,13 +108,129 @@ pub struct SentMessage {
 
 /// Counters the tests and benchmarks read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Calls per method (lower-case name).
     pub calls: HashMap<String, u64>,
     /// Milliseconds since the Unix epoch of each `getUpdates` call's arrival.
     pub get_updates_at_ms: Vec<u64>,
+    /// Per method (lower-case name): milliseconds since the Unix epoch of each call's arrival,
+    /// faulted calls included.
+    pub calls_at_ms: HashMap<String, Vec<u64>>,
+    /// Every fault applied, in order.
+    pub faults_applied: Vec<AppliedFault>,
+    /// `getUpdates` calls being held right now (one abandoned by its client counts until its
+    /// timeout).
+    pub polls_in_flight: u64,
     /// Calls refused for a wrong token.
     pub unauthorized: u64,
+}
+
+/// What a [`Fault`] does to a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// 429, shaped as Telegram sends it, with `parameters.retry_after` in seconds.
+    TooManyRequests {
+        /// Seconds the client must wait.
+        retry_after: u32,
+    },
+    /// Waits this long, then answers as usual. Every matching delay applies, on top of at
+    /// most one other fault.
+    Delay {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// A 5xx (500..=599) with Telegram's error body. teloxide sleeps 10 s inside the request
+    /// on any 5xx before it reports the error.
+    ServerError {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// Bytes that are not HTTP: the client sees a network error.
+    BrokenResponse,
+}
+
+/// A fault to inject into the next calls of a Bot API method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// The method, in any case, or `*` for every method.
+    pub method: String,
+    /// What it does.
+    #[serde(flatten)]
+    pub kind: FaultKind,
+    /// How many calls it still applies to; `None` until cleared.
+    #[serde(default = "once")]
+    pub times: Option<u32>,
+}
+
+fn once() -> Option<u32> {
+    Some(1)
+}
+
+impl Fault {
+    /// One 429 for `method`, asking to wait `retry_after` seconds.
+    pub fn too_many_requests(method: &str, retry_after: u32) -> Fault {
+        Fault::once(method, FaultKind::TooManyRequests { retry_after })
+    }
+
+    /// A delay on every call of `method` until cleared.
+    pub fn delay(method: &str, delay: Duration) -> Fault {
+        let ms = delay.as_millis() as u64;
+        Fault::once(method, FaultKind::Delay { ms }).times(None)
+    }
+
+    /// One 5xx for `method`.
+    pub fn server_error(method: &str, status: u16) -> Fault {
+        Fault::once(method, FaultKind::ServerError { status })
+    }
+
+    /// One answer to `method` that is not HTTP.
+    pub fn broken_response(method: &str) -> Fault {
+        Fault::once(method, FaultKind::BrokenResponse)
+    }
+
+    /// The same fault for `times` calls (`None`: until cleared).
+    pub fn times(self, times: Option<u32>) -> Fault {
+        Fault { times, ..self }
+    }
+
+    fn once(method: &str, kind: FaultKind) -> Fault {
+        Fault {
+            method: method.to_owned(),
+            kind,
+            times: Some(1),
+        }
+    }
+
+    /// Why the fault cannot be applied, if it cannot.
+    fn check(&self) -> Result<(), String> {
+        if self.method.is_empty() {
+            return Err("a fault needs a method (or \"*\" for every method)".into());
+        }
+        match self.kind {
+            FaultKind::ServerError { status } if !(500..=599).contains(&status) => Err(format!(
+                "server_error needs a status from 500 to 599, not {status}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn matches(&self, method: &str) -> bool {
+        self.times != Some(0) && (self.method == "*" || self.method.eq_ignore_ascii_case(method))
+    }
+}
+
+/// A fault as it was applied to a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedFault {
+    /// The method called (lower-case).
+    pub method: String,
+    /// What was done.
+    #[serde(flatten)]
+    pub kind: FaultKind,
+    /// Milliseconds since the Unix epoch of the call's arrival.
+    pub at_ms: u64,
 }
 
 #[derive(Default)]
@@ -110,6 +240,7 @@ struct State {
     updates: Vec<(i64, Value)>,
     sent: Vec<SentMessage>,
     commands: Value,
+    faults: Vec<Fault>,
     stats: Stats,
 }
 
@@ -130,19 +261,12 @@ impl Shared {
 /// A running stand-in. Dropping it stops the server.
 pub struct Standin {
     shared: Arc<Shared>,
-    server: Arc<Server>,
-    addr: SocketAddr,
-    acceptor: Option<thread::JoinHandle<()>>,
+    server: Server,
 }
 
 impl Standin {
     /// Starts serving on `listen` (e.g. "127.0.0.1:0" for any free port).
     pub fn start(listen: &str, config: Config) -> std::io::Result<Standin> {
-        let server = Arc::new(Server::http(listen).map_err(std::io::Error::other)?);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("the stand-in listens on an IP address"))?;
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State {
@@ -153,39 +277,54 @@ impl Standin {
             }),
             changed: Condvar::new(),
         });
-        let acceptor = {
-            let server = Arc::clone(&server);
+        let server = {
             let shared = Arc::clone(&shared);
-            thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let shared = Arc::clone(&shared);
-                    // A thread each: long polls hold their request for seconds.
-                    thread::spawn(move || handle(&shared, request));
-                }
-            })
+            Server::start(listen, Arc::new(move |request| handle(&shared, request)))?
         };
-        Ok(Standin {
-            shared,
-            server,
-            addr,
-            acceptor: Some(acceptor),
-        })
+        Ok(Standin { shared, server })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The base URL to give the bot as its Bot API URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Queues a user's message for the bot's next `getUpdates`; returns the sent-message
     /// sequence number before it, for [`Standin::wait_for_sent`].
     pub fn post_message(&self, message: &IncomingMessage) -> u64 {
-        post_message(&self.shared, message).1
+        post_messages(&self.shared, std::slice::from_ref(message)).1
+    }
+
+    /// Queues many users' messages at once, so one `getUpdates` can see them all; returns the
+    /// sent-message sequence number before them.
+    pub fn post_messages(&self, messages: &[IncomingMessage]) -> u64 {
+        post_messages(&self.shared, messages).1
+    }
+
+    /// Adds a fault for the next calls of its method.
+    ///
+    /// # Panics
+    /// If the fault makes no sense (a `server_error` status outside 500..=599, no method).
+    pub fn inject(&self, fault: Fault) {
+        if let Err(e) = fault.check() {
+            panic!("{e}");
+        }
+        self.shared.lock().faults.push(fault);
+    }
+
+    /// The faults still pending.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.shared.lock().faults.clone()
+    }
+
+    /// Drops every pending fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
     }
 
     /// Every message the bot sent so far.
@@ -200,7 +339,18 @@ impl Standin {
         chat_id: Option<i64>,
         timeout: Duration,
     ) -> Vec<SentMessage> {
-        wait_for_sent(&self.shared, after, chat_id, timeout)
+        wait_for_sent(&self.shared, after, chat_id, 1, timeout)
+    }
+
+    /// Waits up to `timeout` until at least `count` messages were sent after `after`; returns
+    /// those sent so far (fewer on timeout).
+    pub fn wait_for_sent_count(
+        &self,
+        after: u64,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<SentMessage> {
+        wait_for_sent(&self.shared, after, None, count, timeout)
     }
 
     /// The commands the bot published with setMyCommands.
@@ -215,18 +365,7 @@ impl Standin {
 
     /// Blocks until the server stops (for the binary).
     pub fn join(mut self) {
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
+        self.server.join();
     }
 }
 
@@ -237,8 +376,20 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn post_message(shared: &Shared, message: &IncomingMessage) -> (i64, u64) {
+/// Queues the messages in one go; returns their update ids and the sequence number of the last
+/// message sent before them.
+fn post_messages(shared: &Shared, messages: &[IncomingMessage]) -> (Vec<i64>, u64) {
     let mut state = shared.lock();
+    let update_ids = messages
+        .iter()
+        .map(|message| push_update(&mut state, message))
+        .collect();
+    let sent_before = state.sent.last().map_or(0, |m| m.seq);
+    shared.changed.notify_all();
+    (update_ids, sent_before)
+}
+
+fn push_update(state: &mut State, message: &IncomingMessage) -> i64 {
     let update_id = state.next_update_id;
     state.next_update_id += 1;
     let message_id = state.next_message_id;
@@ -279,17 +430,17 @@ fn post_message(shared: &Shared, message: &IncomingMessage) -> (i64, u64) {
     state
         .updates
         .push((update_id, json!({"update_id": update_id, "message": body})));
-    let sent_before = state.sent.last().map_or(0, |m| m.seq);
-    shared.changed.notify_all();
-    (update_id, sent_before)
+    update_id
 }
 
 fn wait_for_sent(
     shared: &Shared,
     after: u64,
     chat_id: Option<i64>,
+    min: usize,
     timeout: Duration,
 ) -> Vec<SentMessage> {
+    let min = min.max(1);
     let deadline = Instant::now() + timeout;
     let mut state = shared.lock();
     loop {
@@ -300,7 +451,7 @@ fn wait_for_sent(
             .cloned()
             .collect();
         let now = Instant::now();
-        if !found.is_empty() || now >= deadline {
+        if found.len() >= min || now >= deadline {
             return found;
         }
         state = shared
@@ -311,57 +462,80 @@ fn wait_for_sent(
     }
 }
 
-fn respond(request: Request, status: u16, body: &Value) {
-    let header = Header::from_bytes("Content-Type", "application/json").expect("a valid header");
-    let response = Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(header);
-    let _ = request.respond(response);
+fn respond(status: u16, body: Value) -> Reply {
+    Reply::Json { status, body }
 }
 
-fn bot_error(request: Request, status: u16, description: &str) {
+fn bot_error(status: u16, description: &str) -> Reply {
     respond(
-        request,
         status,
-        &json!({"ok": false, "error_code": status, "description": description}),
-    );
+        json!({"ok": false, "error_code": status, "description": description}),
+    )
 }
 
-fn handle(shared: &Shared, mut request: Request) {
-    let url = request.url().to_owned();
+fn handle(shared: &Shared, request: Request) -> Reply {
+    let url = request.target;
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let mut body = String::new();
-    if request.as_reader().read_to_string(&mut body).is_err() {
-        return bot_error(request, 400, "Bad Request: body is not UTF-8");
-    }
+    let Ok(body) = String::from_utf8(request.body) else {
+        return bot_error(400, "Bad Request: body is not UTF-8");
+    };
     if let Some(rest) = path.strip_prefix("/control/") {
-        return control(shared, request, rest, query, &body);
+        return control(shared, &request.method, rest, query, &body);
     }
     let Some((token, method)) = path
         .strip_prefix("/bot")
         .and_then(|rest| rest.split_once('/'))
     else {
-        return bot_error(request, 404, "Not Found");
+        return bot_error(404, "Not Found");
     };
     if token != shared.config.token {
         shared.lock().stats.unauthorized += 1;
-        return bot_error(request, 401, "Unauthorized");
+        return bot_error(401, "Unauthorized");
     }
     let params: Value = if body.trim().is_empty() {
         json!({})
     } else {
         match serde_json::from_str(&body) {
             Ok(value) => value,
-            Err(_) => return bot_error(request, 400, "Bad Request: can't parse JSON"),
+            Err(_) => return bot_error(400, "Bad Request: can't parse JSON"),
         }
     };
     let method = method.to_ascii_lowercase();
-    {
+    let (delay, fault) = {
         let mut state = shared.lock();
+        let arrived = now_ms();
         *state.stats.calls.entry(method.clone()).or_default() += 1;
+        state
+            .stats
+            .calls_at_ms
+            .entry(method.clone())
+            .or_default()
+            .push(arrived);
         if method == "getupdates" {
-            state.stats.get_updates_at_ms.push(now_ms());
+            state.stats.get_updates_at_ms.push(arrived);
         }
+        take_faults(&mut state, &method, arrived)
+    };
+    if !delay.is_zero() {
+        thread::sleep(delay);
+    }
+    match fault {
+        None | Some(FaultKind::Delay { .. }) => {}
+        Some(FaultKind::TooManyRequests { retry_after }) => {
+            return respond(
+                429,
+                json!({
+                    "ok": false,
+                    "error_code": 429,
+                    "description": format!("Too Many Requests: retry after {retry_after}"),
+                    "parameters": {"retry_after": retry_after},
+                }),
+            );
+        }
+        Some(FaultKind::ServerError { status }) => {
+            return bot_error(status, &server_error_description(status));
+        }
+        Some(FaultKind::BrokenResponse) => return Reply::Raw(b"THIS IS NOT HTTP\r\n\r\n"),
     }
     let result = match method.as_str() {
         "getme" => json!({
@@ -387,11 +561,47 @@ fn handle(shared: &Shared, mut request: Request) {
         "getupdates" => get_updates(shared, &params),
         "sendmessage" => match send_message(shared, &params) {
             Some(message) => message,
-            None => return bot_error(request, 400, "Bad Request: chat_id and text are required"),
+            None => return bot_error(400, "Bad Request: chat_id and text are required"),
         },
-        _ => return bot_error(request, 404, "Not Found: method not found"),
+        _ => return bot_error(404, "Not Found: method not found"),
     };
-    respond(request, 200, &json!({"ok": true, "result": result}));
+    respond(200, json!({"ok": true, "result": result}))
+}
+
+/// Takes the faults for one call of `method`: the sum of the matching delays, and the first
+/// other matching fault. Each counts one use; used-up faults are dropped.
+fn take_faults(state: &mut State, method: &str, arrived: u64) -> (Duration, Option<FaultKind>) {
+    let mut delay = Duration::ZERO;
+    let mut chosen = None;
+    let mut applied = Vec::new();
+    for fault in state.faults.iter_mut().filter(|f| f.matches(method)) {
+        match fault.kind {
+            FaultKind::Delay { ms } => delay += Duration::from_millis(ms),
+            _ if chosen.is_some() => continue,
+            _ => chosen = Some(fault.kind.clone()),
+        }
+        if let Some(times) = &mut fault.times {
+            *times -= 1;
+        }
+        applied.push(AppliedFault {
+            method: method.to_owned(),
+            kind: fault.kind.clone(),
+            at_ms: arrived,
+        });
+    }
+    state.faults.retain(|f| f.times != Some(0));
+    state.stats.faults_applied.extend(applied);
+    (delay, chosen)
+}
+
+fn server_error_description(status: u16) -> String {
+    match status {
+        500 => "Internal Server Error".into(),
+        502 => "Bad Gateway".into(),
+        503 => "Service Unavailable".into(),
+        504 => "Gateway Timeout".into(),
+        other => format!("Server Error {other}"),
+    }
 }
 
 fn get_updates(shared: &Shared, params: &Value) -> Value {
@@ -407,6 +617,7 @@ fn get_updates(shared: &Shared, params: &Value) -> Value {
     let mut state = shared.lock();
     // As Telegram does: asking for an offset confirms every update before it.
     state.updates.retain(|(id, _)| *id >= offset);
+    state.stats.polls_in_flight += 1;
     loop {
         let ready: Vec<Value> = state
             .updates
@@ -416,6 +627,7 @@ fn get_updates(shared: &Shared, params: &Value) -> Value {
             .collect();
         let now = Instant::now();
         if !ready.is_empty() || now >= deadline {
+            state.stats.polls_in_flight -= 1;
             return Value::Array(ready);
         }
         state = shared
@@ -458,40 +670,65 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-fn control(shared: &Shared, request: Request, rest: &str, query: &str, body: &str) {
-    match (request.method(), rest) {
-        (Method::Post, "messages") => match serde_json::from_str::<IncomingMessage>(body) {
+fn control(shared: &Shared, method: &str, rest: &str, query: &str, body: &str) -> Reply {
+    let refused = |e: &dyn std::fmt::Display| respond(400, json!({"error": e.to_string()}));
+    match (method, rest) {
+        ("POST", "messages") => match serde_json::from_str::<IncomingMessage>(body) {
             Ok(message) => {
-                let (update_id, sent_before) = post_message(shared, &message);
+                let (update_ids, sent_before) = post_messages(shared, &[message]);
                 respond(
-                    request,
                     200,
-                    &json!({"update_id": update_id, "sent_before": sent_before}),
-                );
+                    json!({"update_id": update_ids[0], "sent_before": sent_before}),
+                )
             }
-            Err(e) => respond(request, 400, &json!({"error": e.to_string()})),
+            Err(e) => refused(&e),
         },
-        (Method::Get, "sent") => {
+        ("POST", "messages/batch") => match serde_json::from_str::<Vec<IncomingMessage>>(body) {
+            Ok(messages) => {
+                let (update_ids, sent_before) = post_messages(shared, &messages);
+                respond(
+                    200,
+                    json!({"update_ids": update_ids, "sent_before": sent_before}),
+                )
+            }
+            Err(e) => refused(&e),
+        },
+        ("POST", "faults") => {
+            let fault = serde_json::from_str::<Fault>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|fault| fault.check().map(|()| fault));
+            match fault {
+                Ok(fault) => {
+                    let mut state = shared.lock();
+                    state.faults.push(fault);
+                    respond(200, json!(state.faults))
+                }
+                Err(e) => refused(&e),
+            }
+        }
+        ("GET", "faults") => respond(200, json!(shared.lock().faults)),
+        ("DELETE", "faults") => {
+            shared.lock().faults.clear();
+            respond(200, json!([]))
+        }
+        ("GET", "sent") => {
             let after = query_param(query, "after")
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0);
             let chat_id = query_param(query, "chat_id").and_then(|c| c.parse().ok());
+            let min = query_param(query, "min")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1);
             let wait = query_param(query, "wait_ms")
                 .and_then(|w| w.parse().ok())
                 .unwrap_or(0u64)
-                .min(60_000);
-            let sent = wait_for_sent(shared, after, chat_id, Duration::from_millis(wait));
-            respond(request, 200, &json!(sent));
+                .min(600_000);
+            let sent = wait_for_sent(shared, after, chat_id, min, Duration::from_millis(wait));
+            respond(200, json!(sent))
         }
-        (Method::Get, "stats") => {
-            let stats = shared.lock().stats.clone();
-            respond(request, 200, &json!(stats));
-        }
-        (Method::Get, "commands") => {
-            let commands = shared.lock().commands.clone();
-            respond(request, 200, &commands);
-        }
-        (Method::Get, "health") => respond(request, 200, &json!({"ok": true})),
-        _ => respond(request, 404, &json!({"error": "unknown control endpoint"})),
+        ("GET", "stats") => respond(200, json!(shared.lock().stats)),
+        ("GET", "commands") => respond(200, shared.lock().commands.clone()),
+        ("GET", "health") => respond(200, json!({"ok": true})),
+        _ => respond(404, json!({"error": "unknown control endpoint"})),
     }
 }

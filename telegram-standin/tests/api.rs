@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use telegram_standin::{Config, IncomingMessage, Standin, client};
+use telegram_standin::{Config, Fault, FaultKind, IncomingMessage, Standin, client};
 
 fn call(standin: &Standin, token: &str, method: &str, body: Value) -> (u16, Value) {
     let (status, text) = client::request(
@@ -114,4 +114,339 @@ fn sent_messages_are_recorded_and_waited_for() {
     );
     let (status, _) = call(&standin, &token, "sendMessage", json!({"text": "no chat"}));
     assert_eq!(status, 400);
+}
+
+fn control(standin: &Standin, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let (status, text) = client::request(
+        &standin.url(),
+        method,
+        path,
+        body.as_deref(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn a_429_has_telegrams_shape_and_is_recorded_with_the_call_times() {
+    let standin = start();
+    let token = Config::default().token;
+    standin.inject(Fault::too_many_requests("sendMessage", 2));
+    let message = json!({"chat_id": 42, "text": "hello"});
+    let (status, body) = call(&standin, &token, "SendMessage", message.clone());
+    assert_eq!(status, 429);
+    assert_eq!(
+        body,
+        json!({
+            "ok": false,
+            "error_code": 429,
+            "description": "Too Many Requests: retry after 2",
+            "parameters": {"retry_after": 2},
+        })
+    );
+    assert!(standin.sent().is_empty(), "a refused call sends nothing");
+    assert!(standin.faults().is_empty(), "the fault was for one call");
+
+    let (status, _) = call(&standin, &token, "sendMessage", message);
+    assert_eq!(status, 200);
+    assert_eq!(standin.sent().len(), 1);
+    let stats = standin.stats();
+    assert_eq!(stats.calls_at_ms["sendmessage"].len(), 2);
+    assert_eq!(stats.faults_applied.len(), 1);
+    let applied = &stats.faults_applied[0];
+    assert_eq!(
+        (applied.method.as_str(), &applied.kind, applied.at_ms),
+        (
+            "sendmessage",
+            &FaultKind::TooManyRequests { retry_after: 2 },
+            stats.calls_at_ms["sendmessage"][0]
+        )
+    );
+}
+
+#[test]
+fn faults_apply_to_their_method_for_their_number_of_calls() {
+    let standin = start();
+    let token = Config::default().token;
+    standin.inject(Fault::server_error("getMe", 502).times(Some(2)));
+    for _ in 0..2 {
+        let (status, _) = call(
+            &standin,
+            &token,
+            "sendMessage",
+            json!({"chat_id": 1, "text": "x"}),
+        );
+        assert_eq!(status, 200, "another method is not affected");
+    }
+    for _ in 0..2 {
+        let (status, body) = call(&standin, &token, "getMe", json!({}));
+        assert_eq!(
+            (status, body["ok"].as_bool(), body["description"].as_str()),
+            (502, Some(false), Some("Bad Gateway"))
+        );
+    }
+    let (status, _) = call(&standin, &token, "getMe", json!({}));
+    assert_eq!(status, 200, "used up after two calls: 5xx-free again");
+    assert_eq!(standin.stats().faults_applied.len(), 2);
+}
+
+#[test]
+fn a_delay_holds_every_call_until_cleared_and_adds_to_another_fault() {
+    let standin = start();
+    let token = Config::default().token;
+    standin.inject(Fault::delay("*", Duration::from_millis(300)));
+    standin.inject(Fault::too_many_requests("getMe", 1));
+    let timed = |method: &str| {
+        let started = Instant::now();
+        let (status, _) = call(&standin, &token, method, json!({}));
+        (status, started.elapsed())
+    };
+    let (status, took) = timed("getMe");
+    assert_eq!(status, 429);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    let (status, took) = timed("getMe");
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert_eq!(standin.faults().len(), 1, "the delay stays until cleared");
+    standin.clear_faults();
+    let (status, took) = timed("getMe");
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(300), "{took:?}");
+}
+
+#[test]
+fn a_broken_response_is_not_http() {
+    let standin = start();
+    let token = Config::default().token;
+    standin.inject(Fault::broken_response("getMe"));
+    let error = client::request(
+        &standin.url(),
+        "POST",
+        &format!("/bot{token}/getMe"),
+        Some("{}"),
+        Duration::from_secs(5),
+    )
+    .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+    let (status, _) = call(&standin, &token, "getMe", json!({}));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn faults_are_controlled_over_http_too() {
+    let standin = start();
+    let token = Config::default().token;
+    let (status, pending) = control(
+        &standin,
+        "POST",
+        "/control/faults",
+        Some(json!({"method": "getUpdates", "kind": "too_many_requests", "retry_after": 3})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        pending,
+        json!([{"method": "getUpdates", "kind": "too_many_requests", "retry_after": 3, "times": 1}])
+    );
+    let (status, _) = control(
+        &standin,
+        "POST",
+        "/control/faults",
+        Some(json!({"method": "*", "kind": "delay", "ms": 10, "times": null})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(standin.faults()[1].times, None);
+    for wrong in [
+        json!({"method": "getMe", "kind": "server_error", "status": 200}),
+        json!({"method": "getMe", "kind": "explode"}),
+        json!({"method": "", "kind": "broken_response"}),
+    ] {
+        let (status, body) = control(&standin, "POST", "/control/faults", Some(wrong.clone()));
+        assert_eq!(status, 400, "{wrong} is refused: {body}");
+        assert!(body["error"].is_string());
+    }
+    let (status, body) = call(&standin, &token, "getUpdates", json!({"timeout": 0}));
+    assert_eq!(
+        (status, body["parameters"]["retry_after"].as_u64()),
+        (429, Some(3))
+    );
+    let (_, listed) = control(&standin, "GET", "/control/faults", None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let (status, _) = control(&standin, "DELETE", "/control/faults", None);
+    assert_eq!(status, 200);
+    assert!(standin.faults().is_empty());
+    let (_, stats) = control(&standin, "GET", "/control/stats", None);
+    assert_eq!(
+        stats["faults_applied"][0]["kind"], "too_many_requests",
+        "{stats}"
+    );
+}
+
+#[test]
+fn a_batch_of_messages_arrives_in_one_poll_and_sent_waits_for_a_count() {
+    let standin = start();
+    let token = Config::default().token;
+    let batch: Vec<Value> = (1..=3)
+        .map(|id| json!({"user_id": id, "text": "/start", "first_name": format!("U{id}")}))
+        .collect();
+    let (status, posted) = control(
+        &standin,
+        "POST",
+        "/control/messages/batch",
+        Some(json!(batch)),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(posted["update_ids"], json!([1, 2, 3]));
+    assert_eq!(posted["sent_before"], 0);
+    standin.post_messages(&[
+        IncomingMessage::new(4, "/help"),
+        IncomingMessage::new(5, "/me"),
+    ]);
+    let (_, polled) = call(&standin, &token, "getUpdates", json!({"timeout": 1}));
+    let chats: Vec<i64> = polled["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["message"]["chat"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(chats, [1, 2, 3, 4, 5]);
+
+    let answering = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for chat in 1..=3 {
+                std::thread::sleep(Duration::from_millis(50));
+                call(
+                    &standin,
+                    &token,
+                    "sendMessage",
+                    json!({"chat_id": chat, "text": "hi"}),
+                );
+            }
+        });
+        control(
+            &standin,
+            "GET",
+            "/control/sent?after=0&min=3&wait_ms=10000",
+            None,
+        )
+        .1
+    });
+    assert_eq!(answering.as_array().map(Vec::len), Some(3), "{answering}");
+    assert_eq!(standin.wait_for_sent_count(0, 3, Duration::ZERO).len(), 3);
+    assert_eq!(
+        standin
+            .wait_for_sent_count(0, 4, Duration::from_millis(50))
+            .len(),
+        3,
+        "on timeout, what was sent so far"
+    );
+}
+
+#[test]
+fn a_held_long_poll_is_counted_in_flight() {
+    let standin = start();
+    let token = Config::default().token;
+    std::thread::scope(|scope| {
+        let poll = scope.spawn(|| call(&standin, &token, "getUpdates", json!({"timeout": 2})));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while standin.stats().polls_in_flight == 0 {
+            assert!(Instant::now() < deadline, "the poll is held");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        poll.join().unwrap();
+    });
+    assert_eq!(standin.stats().polls_in_flight, 0);
+}
+
+/// Plays the bot: answers every message it polls, until `stop`.
+fn echo_bot(standin: &Standin, stop: &std::sync::atomic::AtomicBool) {
+    let token = Config::default().token;
+    let mut offset = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (_, polled) = call(
+            standin,
+            &token,
+            "getUpdates",
+            json!({"offset": offset, "timeout": 1}),
+        );
+        for update in polled["result"].as_array().unwrap() {
+            offset = update["update_id"].as_i64().unwrap() + 1;
+            let chat = update["message"]["chat"]["id"].clone();
+            call(
+                standin,
+                &token,
+                "sendMessage",
+                json!({"chat_id": chat, "text": "welcome"}),
+            );
+        }
+    }
+}
+
+#[test]
+fn load_prints_one_json_line_once_every_user_got_an_answer() {
+    let standin = start();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let output = std::thread::scope(|scope| {
+        scope.spawn(|| echo_bot(&standin, &stop));
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_telegram-standin"))
+            .args([
+                "load",
+                "--server",
+                &standin.url(),
+                "--users",
+                "150",
+                "--timeout-secs",
+                "60",
+            ])
+            .output()
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        output
+    });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("{\"messages\":150,\"seconds\":") && stdout.contains(",\"per_second\":"),
+        "the keys in the promised order: {stdout}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report.as_object().unwrap().len(), 3, "{report}");
+    assert_eq!(report["messages"], 150);
+    let seconds = report["seconds"].as_f64().unwrap();
+    let per_second = report["per_second"].as_f64().unwrap();
+    assert!(seconds > 0.0 && per_second > 0.0, "{report}");
+    assert!((per_second * seconds - 150.0).abs() < 2.0, "{report}");
+    let answered: std::collections::HashSet<i64> =
+        standin.sent().iter().map(|m| m.chat_id).collect();
+    assert_eq!(answered.len(), 150, "150 distinct users, each answered");
+}
+
+#[test]
+fn load_without_a_bot_gives_up_at_its_timeout_and_says_why() {
+    let standin = start();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_telegram-standin"))
+        .args([
+            "load",
+            "--server",
+            &standin.url(),
+            "--users",
+            "3",
+            "--timeout-secs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no report on stdout");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("only 0 of 3 users got an answer"),
+        "{stderr}"
+    );
 }

@@ -154,20 +154,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         .collect())
 }
 
-/// Keeps a copy of the environment file the bot is started with (mode 0600), so a rollback
-/// starts the previous bot with the environment it had.
-fn snapshot_env(state_dir: &Path, env_file: &Path, time: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let folder = state_dir.join("env");
-    std::fs::create_dir_all(&folder)?;
-    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
-    let snapshot = folder.join(format!("{time}.env"));
-    std::fs::copy(env_file, &snapshot)
-        .with_context(|| format!("cannot keep a copy of {}", env_file.display()))?;
-    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o600))?;
-    Ok(snapshot)
-}
-
 /// Runs a deploy of the given mode: takes the lock, deploys, records the deploy.
 pub fn run(
     sh: &Shell,
@@ -269,7 +255,7 @@ impl Deploy<'_> {
     fn run(&self, report: &mut Report, record: &mut Record) -> anyhow::Result<()> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
-        let mut stack = check_machine(sh, args, !args.demo, printer, report)?;
+        let stack = check_machine(sh, args, !args.demo, printer, report)?;
         let before = stack.bot_container(sh)?;
         let running = before.as_ref().is_some_and(|c| c.status == "running");
         let last = history::last_change(&history::read(&self.state_dir)?).cloned();
@@ -282,7 +268,15 @@ impl Deploy<'_> {
             return self.dry_run(&stack, before.as_ref(), report);
         }
 
+        // Keep the running image reachable by name for the rollback, before the tag moves.
         let previous_tag = format!("{}-previous", stack.bot_image);
+        if let Some(container) = &before {
+            let image = &container.image_id;
+            process::run(
+                cmd!(sh, "docker tag {image} {previous_tag}"),
+                "keeping the previous image",
+            )?;
+        }
         if self.mode == Mode::Migrate {
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 return Err(exit::not_ready(format!(
@@ -370,9 +364,8 @@ impl Deploy<'_> {
         }
         confirm(args.yes, &question(running, &status))?;
         report.changed = true;
-        let env_snapshot = snapshot_env(&self.state_dir, &stack.env_file, &self.time)?;
-        record.env_after = Some(env_snapshot.clone());
-        stack.env_file = env_snapshot;
+        // The path, never a copy: no file this tool writes holds a secret.
+        record.env_after = Some(stack.env_file.clone());
 
         let mut changes = Changes::default();
         let result = self.change(

@@ -27,9 +27,9 @@ pub struct Record {
     pub image_before_tag: Option<String>,
     /// The image id it runs after.
     pub image_after: Option<String>,
-    /// The environment file snapshot the bot ran with before.
+    /// The environment file the bot ran with before (its path; no copy is kept).
     pub env_before: Option<PathBuf>,
-    /// The environment file snapshot it runs with after.
+    /// The environment file it runs with after.
     pub env_after: Option<PathBuf>,
     /// SHA-256 of the environment file deployed (to notice a changed `.env`).
     pub env_sha256: Option<String>,

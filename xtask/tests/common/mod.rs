@@ -1,0 +1,355 @@
+//! What the end-to-end tests share: a Compose project of their own, `cargo xtask` as a user
+//! runs it, and ways to look into the volume.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+/// One deploy at a time: they share the CPU-heavy release build and the Docker engine.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "the end-to-end tests need a running Docker daemon: `docker version` cannot reach one. Start it (sudo systemctl start docker) or set DOCKER_HOST."
+    );
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// `cargo xtask <args>`, as a user types it.
+pub fn xtask(args: &[&str]) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut all = vec!["xtask"];
+    all.extend_from_slice(args);
+    run(&cargo, &all)
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let output = run("docker", args);
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A Compose project of its own, removed with its volume and images when the test ends.
+pub struct Project {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Project {
+    pub fn new(test: &str) -> Project {
+        require_docker();
+        let name = format!("tgbot-e2e-{test}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let project = Project { name, dir };
+        project.remove_stack();
+        project
+    }
+
+    pub fn xtask(&self, task: &str, extra: &[&str]) -> Output {
+        self.xtask_with_env(task, extra, &[])
+    }
+
+    /// `cargo xtask <task> --demo --project-name <name> <extra>` with more environment.
+    pub fn xtask_with_env(&self, task: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["xtask", task, "--demo", "--project-name", &self.name])
+            .args(extra)
+            .current_dir(root())
+            .stdin(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    }
+
+    pub fn image(&self) -> String {
+        format!("tgbot-bot:{}", self.name)
+    }
+
+    pub fn volume(&self) -> String {
+        format!("{}_bot-data", self.name)
+    }
+
+    /// `bot <args>` in a throw-away container on the project's volume.
+    pub fn bot(&self, args: &[&str]) -> Output {
+        let mount = format!("{}:/data", self.volume());
+        let image = self.image();
+        let mut all = vec!["run", "--rm", "-v", &mount, &image];
+        all.extend_from_slice(args);
+        run("docker", &all)
+    }
+
+    pub fn db_status(&self) -> Value {
+        let output = self.bot(&["db", "status", "--json"]);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// A consistent copy of the live database on this machine (the online backup API, so pages
+    /// still in the WAL are included).
+    pub fn copy_database(&self, label: &str) -> PathBuf {
+        let in_volume = format!("/data/test-copy-{label}.db");
+        let output = self.bot(&["db", "backup", &in_volume]);
+        assert!(output.status.success(), "{}", text(&output));
+        self.copy_out(&in_volume, label)
+    }
+
+    /// The raw file as it lies in the volume.
+    pub fn copy_out(&self, path: &str, label: &str) -> PathBuf {
+        let mount = format!("{}:/data", self.volume());
+        let id = docker(&["create", "-v", &mount, &self.image()]);
+        let host = self.dir.join(format!("{label}.db"));
+        let _ = std::fs::remove_file(&host);
+        docker(&["cp", &format!("{id}:{path}"), host.to_str().unwrap()]);
+        docker(&["rm", "-f", &id]);
+        host
+    }
+
+    /// Writes `file` into the live database with the engine's restore (the backup API), while
+    /// the bot keeps running: how a bad schema gets under a running bot.
+    pub fn overwrite_live_database(&self, file: &Path) {
+        let mount = format!("{}:/data", self.volume());
+        let id = docker(&[
+            "create",
+            "--user",
+            "0:0",
+            "-v",
+            &mount,
+            &self.image(),
+            "db",
+            "restore",
+            "/tmp/source.db",
+            "--owner",
+            "10001:10001",
+        ]);
+        docker(&[
+            "cp",
+            file.to_str().unwrap(),
+            &format!("{id}:/tmp/source.db"),
+        ]);
+        let output = run("docker", &["start", "-a", &id]);
+        docker(&["rm", "-f", &id]);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+
+    pub fn bot_container(&self) -> Value {
+        let id = docker(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.name),
+            "--filter",
+            "label=com.docker.compose.service=bot",
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
+        ]);
+        assert!(!id.is_empty(), "the project has no bot container");
+        let inspect: Value = serde_json::from_str(&docker(&["inspect", &id])).unwrap();
+        inspect[0].clone()
+    }
+
+    pub fn remove_stack(&self) {
+        let compose = root().join("docker/docker-compose.prod.yml");
+        for program in [vec!["docker-compose"], vec!["docker", "compose"]] {
+            let mut args: Vec<&str> = program[1..].to_vec();
+            args.extend([
+                "-f",
+                compose.to_str().unwrap(),
+                "-p",
+                &self.name,
+                "--profile",
+                "demo",
+                "down",
+                "-v",
+                "--remove-orphans",
+            ]);
+            let done = Command::new(program[0])
+                .args(&args)
+                .env("BOT_ENV_FILE", root().join("docker/demo.env"))
+                .env("BOT_IMAGE", self.image())
+                .env("STANDIN_IMAGE", format!("tgbot-standin:{}", self.name))
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if done {
+                break;
+            }
+        }
+        let _ = run("docker", &["volume", "rm", "-f", &self.volume()]);
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        self.remove_stack();
+        for image in [
+            self.image(),
+            format!("{}-previous", self.image()),
+            format!("tgbot-standin:{}", self.name),
+        ] {
+            let _ = run("docker", &["rmi", "-f", &image]);
+        }
+        let _ = std::fs::remove_dir_all(root().join("backups").join(&self.name));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The old app's database: its create-all schema (revision 1) and `users` users, no history.
+pub fn old_app_database(path: &Path, users: i64) {
+    let _ = std::fs::remove_file(path);
+    let mut conn = Connection::open(path).unwrap();
+    conn.execute_batch(include_str!("../../../migrations/sql/0001_initial.up.sql"))
+        .unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..users {
+        tx.execute(
+            "INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, '2024-01-02 03:04:05')",
+            rusqlite::params![70_000_000 + i, format!("user{i}"), format!("First{i}"), format!("Last{i}"), i % 50 == 0],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+pub fn report(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON report: {}", text(output)));
+    serde_json::from_str(line).unwrap()
+}
+
+impl Project {
+    /// The image id the bot's container runs.
+    pub fn running_image(&self) -> String {
+        self.bot_container()["Image"].as_str().unwrap().to_owned()
+    }
+
+    /// `bot db status --json` with the engine of `image`.
+    pub fn db_status_with(&self, image: &str) -> Value {
+        let mount = format!("{}:/data", self.volume());
+        let output = run(
+            "docker",
+            &["run", "--rm", "-v", &mount, image, "db", "status", "--json"],
+        );
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Every row of `users` and `command_log`, in order: to compare data exactly.
+    pub fn dump(&self, label: &str) -> String {
+        let copy = self.copy_database(label);
+        let conn = Connection::open(&copy).unwrap();
+        let mut out = String::new();
+        for query in [
+            "SELECT id, telegram_id, username, first_name, last_name, is_admin, created_at FROM users ORDER BY id",
+            "SELECT id, user_id, command, used_at FROM command_log ORDER BY id",
+        ] {
+            let Ok(mut statement) = conn.prepare(query) else {
+                continue;
+            };
+            let columns = statement.column_count();
+            let mut rows = statement.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                for i in 0..columns {
+                    let value: rusqlite::types::Value = row.get(i).unwrap();
+                    out.push_str(&format!("{value:?}|"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The default folder of backups, history and lock for this project.
+    pub fn state_dir(&self) -> PathBuf {
+        root().join("backups").join(&self.name)
+    }
+}
+
+/// A database at revision 3 (stamped), with `users` users; `bad_admin` gives one of them an
+/// `is_admin` of 2, which revision 4's CHECK refuses.
+pub fn revision_3_database(path: &Path, users: i64, bad_admin: bool) {
+    let _ = std::fs::remove_file(path);
+    let mut db = migrations::Database::open(path).unwrap();
+    db.upgrade(|_| {}).unwrap();
+    db.downgrade(3, |_| {}).unwrap();
+    drop(db);
+    let mut conn = Connection::open(path).unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..users {
+        let admin = if bad_admin && i == users / 2 {
+            2
+        } else {
+            i64::from(i % 10 == 0)
+        };
+        tx.execute(
+            "INSERT INTO users (telegram_id, username, first_name, last_name, is_admin) VALUES (?1, ?2, ?3, 'L', ?4)",
+            rusqlite::params![80_000_000 + i, format!("user{i}"), format!("First{i} with some padding to make rows larger"), admin],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO command_log (user_id, command) VALUES (last_insert_rowid(), '/start')",
+            [],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// Writes `lines` to a new environment file for the demo stand-in.
+pub fn env_file(dir: &Path, name: &str, token: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "BOT_TOKEN={token}\nTELEGRAM_API_URL=http://telegram-standin:8081\nRUST_LOG=info\n"
+        ),
+    )
+    .unwrap();
+    path
+}

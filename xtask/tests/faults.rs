@@ -1,0 +1,540 @@
+//! Deploys that cannot lose data, end to end on the real Docker engine: every fault ends with the
+//! previous bot healthy on the exact pre-deploy data and a non-zero exit naming the cause; two
+//! deploys at once; dry runs that change nothing; a token that appears nowhere.
+//!
+//! These tests need a running Docker daemon and fail, saying so, when there is none.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Project, SERIAL, docker, env_file, report, revision_3_database, root, run, text};
+use serde_json::Value;
+
+/// A deployed bot at revision 3 (an older release) with `users` users, one of whom the
+/// revision-4 rebuild refuses when `bad_admin`.
+fn deployed_at_revision_3(
+    project: &Project,
+    users: i64,
+    bad_admin: bool,
+    extra: &[&str],
+) -> String {
+    let mut args = vec!["--yes", "--schema-head", "3"];
+    args.extend_from_slice(extra);
+    let deploy = project.xtask("first-deploy", &args);
+    assert!(deploy.status.success(), "{}", text(&deploy));
+    let data = project.dir.join("revision-3.db");
+    revision_3_database(&data, users, bad_admin);
+    project.overwrite_live_database(&data);
+    let image = project.running_image();
+    let status = project.db_status_with(&image);
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_u64()),
+        (Some("current"), Some(3)),
+        "{status}"
+    );
+    image
+}
+
+fn steps(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The previous bot is back: same image, healthy, at revision 3, with exactly `data`.
+fn assert_previous_bot_is_back(project: &Project, image: &str, data: &str) {
+    let container = project.bot_container();
+    assert_eq!(
+        container["Image"].as_str(),
+        Some(image),
+        "the previous image runs"
+    );
+    assert_eq!(container["State"]["Health"]["Status"], "healthy");
+    let status = project.db_status_with(image);
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_u64()),
+        (Some("current"), Some(3)),
+        "{status}"
+    );
+    assert_eq!(
+        project.dump("after"),
+        data,
+        "the data is exactly as before the deploy"
+    );
+}
+
+#[test]
+fn a_migration_that_fails_halfway_brings_back_the_previous_bot_and_data() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("failmig");
+    let old_image = deployed_at_revision_3(&project, 500, true, &[]);
+    let data = project.dump("before");
+
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert_eq!(update.status.code(), Some(1), "{}", text(&update));
+    let outcome = report(&update);
+    assert_eq!(outcome["result"], "failed");
+    assert_eq!(outcome["rolled_back"], true, "{outcome}");
+    assert_eq!(outcome["failed_step"], "migrate database");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains("0004_users_rebuild.up.sql") && error.contains("CHECK constraint failed"),
+        "{error}"
+    );
+    assert!(steps(&outcome).contains(&"rollback: wait until healthy".to_owned()));
+    assert_previous_bot_is_back(&project, &old_image, &data);
+    let history = project.xtask("history", &["--json"]);
+    let deploys: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(
+        deploys["deploys"].as_array().unwrap().last().unwrap()["result"],
+        "rolled-back"
+    );
+}
+
+#[test]
+fn a_new_bot_that_never_gets_healthy_is_rolled_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("unhealthy");
+    let old_image = deployed_at_revision_3(&project, 300, false, &[]);
+    let data = project.dump("before");
+    let wrong = env_file(&project.dir, "wrong.env", "999999:WRONG-e2e-token");
+
+    let update = project.xtask(
+        "prod-full-update",
+        &["--yes", "--json", "--env-file", wrong.to_str().unwrap()],
+    );
+    assert_eq!(update.status.code(), Some(1), "{}", text(&update));
+    let outcome = report(&update);
+    assert_eq!(
+        (
+            outcome["rolled_back"].as_bool(),
+            outcome["failed_step"].as_str()
+        ),
+        (Some(true), Some("wait until healthy")),
+        "{outcome}"
+    );
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains("rejected BOT_TOKEN"),
+        "the cause is named: {error}"
+    );
+    assert!(
+        !text(&update).contains("WRONG-e2e-token"),
+        "the token is never shown"
+    );
+    assert!(
+        steps(&outcome).contains(&"rollback: restore database".to_owned()),
+        "the migrated database came back"
+    );
+    assert_previous_bot_is_back(&project, &old_image, &data);
+}
+
+#[test]
+fn a_build_that_fails_to_compile_never_stops_the_running_bot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("badbuild");
+    let old_image = deployed_at_revision_3(&project, 50, false, &[]);
+    let data = project.dump("before");
+    let container = project.bot_container();
+
+    // A checkout of this repository whose bot does not compile.
+    let copy = project.dir.join("checkout");
+    let files = run("git", &["ls-files", "-co", "--exclude-standard"]);
+    assert!(files.status.success(), "{}", text(&files));
+    for file in String::from_utf8_lossy(&files.stdout).lines() {
+        let target = copy.join(file);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        if root().join(file).is_file() {
+            std::fs::copy(root().join(file), &target).unwrap();
+        }
+    }
+    let main = copy.join("bot/src/main.rs");
+    let mut source = std::fs::read_to_string(&main).unwrap();
+    source.push_str("\ncompile_error!(\"injected by the broken-build test\");\n");
+    std::fs::write(&main, source).unwrap();
+    let backups = root().join("backups");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "xtask",
+            "prod-full-update",
+            "--demo",
+            "--yes",
+            "--json",
+            "--project-name",
+            &project.name,
+        ])
+        .arg("--backup-dir")
+        .arg(&backups)
+        .current_dir(&copy)
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let outcome = report(&output);
+    assert_eq!(outcome["failed_step"], "build images", "{outcome}");
+    assert!(
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected by the broken-build test"),
+        "{outcome}"
+    );
+    assert!(!steps(&outcome).contains(&"stop bot".to_owned()));
+    let after = project.bot_container();
+    assert_eq!(after["Id"], container["Id"]);
+    assert_eq!(
+        after["State"]["StartedAt"], container["State"]["StartedAt"],
+        "the bot was never stopped"
+    );
+    assert_previous_bot_is_back(&project, &old_image, &data);
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let output = run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "this test mounts a small tmpfs as a full backup disk and needs root (CAP_SYS_ADMIN) for it: {}",
+            text(&output)
+        );
+        SmallDisk(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = run("umount", &[self.0.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn a_backup_folder_with_no_room_stops_the_deploy_before_anything_changes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("nospace");
+    let disk = SmallDisk::mount(project.dir.join("small-disk"), "256k");
+    let backup_dir = disk.0.to_str().unwrap().to_owned();
+    let old_image = deployed_at_revision_3(&project, 3000, false, &["--backup-dir", &backup_dir]);
+    let data = project.dump("before");
+    let container = project.bot_container();
+
+    let update = project.xtask(
+        "prod-full-update",
+        &["--yes", "--json", "--backup-dir", &backup_dir],
+    );
+    assert_eq!(update.status.code(), Some(4), "{}", text(&update));
+    let outcome = report(&update);
+    assert_eq!(
+        outcome["failed_step"],
+        Value::Null,
+        "refused before any step changed something: {outcome}"
+    );
+    assert!(
+        outcome["error"]
+            .as_str()
+            .unwrap()
+            .contains("no room for the backup"),
+        "{outcome}"
+    );
+    assert!(!steps(&outcome).contains(&"stop bot".to_owned()));
+    assert_eq!(
+        project.bot_container()["State"]["StartedAt"],
+        container["State"]["StartedAt"]
+    );
+    assert_previous_bot_is_back(&project, &old_image, &data);
+}
+
+#[test]
+fn a_second_deploy_at_the_same_time_exits_at_once_naming_the_lock() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("lock");
+    deployed_at_revision_3(&project, 20_000, false, &[]);
+
+    let mut first = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "xtask",
+            "prod-full-update",
+            "--demo",
+            "--yes",
+            "--project-name",
+            &project.name,
+        ])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first is past its build (cargo's own lock is free again), start the second.
+    let mut first_log = Vec::new();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        first_log.push(line.clone());
+        if line.starts_with("ok   build images") {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let second = project.xtask("prod-full-update", &["--yes", "--json"]);
+    let took = started.elapsed();
+    first_log.extend(lines.map_while(Result::ok));
+    let first_status = first.wait().unwrap();
+
+    assert_eq!(second.status.code(), Some(5), "{}", text(&second));
+    let error = report(&second)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("another deploy of this project is running: prod-full-update by"),
+        "{error}"
+    );
+    assert!(error.contains("since"), "{error}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the second deploy waited {took:?}"
+    );
+    assert!(
+        first_status.success(),
+        "the first deploy went on: {}",
+        first_log.join("\n")
+    );
+    assert_eq!(project.db_status()["state"], "current");
+}
+
+/// Everything a dry run must leave alone: containers, images, the volume's database, backups.
+fn snapshot(project: &Project) -> String {
+    let containers = docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--format",
+        "{{.ID}} {{.Image}} {{.State}}",
+    ]);
+    let mut containers: Vec<&str> = containers.lines().collect();
+    containers.sort();
+    let started: Vec<String> = containers
+        .iter()
+        .map(|c| {
+            docker(&[
+                "inspect",
+                "--format",
+                "{{.State.StartedAt}} {{.RestartCount}}",
+                c.split(' ').next().unwrap(),
+            ])
+        })
+        .collect();
+    let images = docker(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]);
+    let mut images: Vec<&str> = images
+        .lines()
+        .filter(|l| l.contains(&project.name))
+        .collect();
+    images.sort();
+    let database = std::fs::read(project.copy_out("/data/bot_database.db", "snapshot")).unwrap();
+    let mut backups: Vec<String> = std::fs::read_dir(project.state_dir())
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let path = e.unwrap().path();
+                    format!(
+                        "{} {}",
+                        path.display(),
+                        std::fs::read(&path).map(|b| b.len()).unwrap_or(0)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    backups.sort();
+    let volumes = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}", project.volume()),
+    ]);
+    format!(
+        "{}\n{}\n{}\n{}\nvolume {volumes} database {} bytes, sum {}",
+        containers.join("\n"),
+        started.join("\n"),
+        images.join("\n"),
+        backups.join("\n"),
+        database.len(),
+        database.iter().map(|b| u64::from(*b)).sum::<u64>()
+    )
+}
+
+#[test]
+fn dry_runs_change_no_container_image_volume_or_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("dryrun");
+    deployed_at_revision_3(&project, 100, false, &[]);
+    let file = project.dir.join("other.db");
+    revision_3_database(&file, 10, false);
+    let before = snapshot(&project);
+
+    let update = project.xtask("prod-full-update", &["--dry-run", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    let plan = report(&update);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(
+        plan["migrations"],
+        serde_json::json!(["0004_users_rebuild.up.sql"]),
+        "{plan}"
+    );
+    assert!(
+        plan["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with("stop bot: docker stop"))
+    );
+    assert!(
+        String::from_utf8_lossy(&update.stderr).contains("CREATE TABLE new_users"),
+        "the SQL is shown"
+    );
+    for (task, extra) in [
+        ("prod-migrate", vec![]),
+        ("first-deploy", vec![]),
+        ("backup", vec![]),
+        ("restart", vec![]),
+        ("down", vec![]),
+        ("restore", vec![file.to_str().unwrap()]),
+    ] {
+        let mut args = vec!["--dry-run"];
+        args.extend(extra);
+        let output = project.xtask(task, &args);
+        assert!(output.status.success(), "{task}: {}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("dry run"),
+            "{task}: {}",
+            text(&output)
+        );
+    }
+    assert_eq!(snapshot(&project), before, "nothing changed");
+}
+
+#[test]
+fn the_token_appears_in_no_output_and_no_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("secret");
+    let token = "424242:e2e-SECRET-token-never-shown";
+    let secret = env_file(&project.dir, "secret.env", token);
+    let env = secret.to_str().unwrap();
+    let mut outputs = Vec::new();
+    // The stand-in accepts the secret token; the bot reads it from the environment file.
+    let mut xtask = |task: &str, extra: &[&str]| {
+        let mut args = vec!["--env-file", env];
+        args.extend_from_slice(extra);
+        let output = project.xtask_with_env(task, &args, &[("STANDIN_TOKEN", token)]);
+        outputs.push(text(&output));
+        output
+    };
+    assert!(
+        xtask("first-deploy", &["--yes", "--schema-head", "3", "--json"])
+            .status
+            .success(),
+        "{}",
+        outputs.join("\n")
+    );
+    xtask("chat", &["/start"]);
+    xtask("status", &[]);
+    xtask("status", &["--json"]);
+    xtask("doctor", &[]);
+    xtask("backup", &["--yes"]);
+    assert!(
+        xtask("prod-full-update", &["--yes", "--json"])
+            .status
+            .success(),
+        "{}",
+        outputs.join("\n")
+    );
+    xtask("prod-full-update", &["--dry-run"]);
+    xtask("history", &[]);
+    xtask("history", &["--json"]);
+    xtask("logs", &[]);
+    xtask("restart", &["--yes"]);
+    // A deploy that fails shows the bot's log lines: a wrong token of the same secrecy.
+    let wrong = env_file(&project.dir, "wrong.env", "777777:e2e-OTHER-secret-token");
+    let failed = project.xtask_with_env(
+        "prod-migrate",
+        &["--yes", "--json", "--env-file", wrong.to_str().unwrap()],
+        &[("STANDIN_TOKEN", token)],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    outputs.push(text(&failed));
+    let logs = run(
+        "docker",
+        &["logs", project.bot_container()["Id"].as_str().unwrap()],
+    );
+    outputs.push(text(&logs));
+
+    for (index, output) in outputs.iter().enumerate() {
+        assert!(
+            !output.contains(token),
+            "output {index} shows the token:\n{output}"
+        );
+        assert!(
+            !output.contains("e2e-OTHER-secret-token"),
+            "output {index} shows the token:\n{output}"
+        );
+    }
+    let mut files = Vec::new();
+    collect_files(&project.state_dir(), &mut files);
+    collect_files(&root().join("target/docker-context"), &mut files);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "jsonl")),
+        "the history was searched: {files:?}"
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(token) && !text.contains("e2e-SECRET"),
+            "{} holds the token",
+            file.display()
+        );
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}

@@ -12,6 +12,7 @@ const USAGE: &str = "usage:
   telegram-standin serve [--listen ADDR]          (token from STANDIN_TOKEN, default the demo token)
   telegram-standin chat [--server URL] [--user ID] [--wait-ms N] TEXT
   telegram-standin health [--server URL]
+  telegram-standin stats [--server URL]           (the control API's counters, as JSON)
   telegram-standin load [--server URL] --users N [--first-user ID] [--timeout-secs S]
       (prints one JSON line {messages, seconds, per_second} once every user got an answer)";
 
@@ -57,6 +58,12 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
             if let Ok(token) = std::env::var("STANDIN_TOKEN") {
                 config.token = token;
             }
+            if let Ok(ms) = std::env::var("STANDIN_MAX_LONG_POLL_MS") {
+                let ms: u64 = ms.parse().map_err(|_| {
+                    format!("STANDIN_MAX_LONG_POLL_MS={ms} is not a number of milliseconds")
+                })?;
+                config.max_long_poll = Duration::from_millis(ms);
+            }
             let standin = Standin::start(&listen, config)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!(
@@ -64,6 +71,21 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
                 standin.addr()
             );
             standin.join();
+            Ok(())
+        }
+        "stats" => {
+            let (status, body) = client::request(
+                &server,
+                "GET",
+                "/control/stats",
+                None,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| format!("cannot reach the stand-in at {server}: {e}"))?;
+            if status != 200 {
+                return Err(format!("{server}: status {status}"));
+            }
+            println!("{}", body.trim());
             Ok(())
         }
         "chat" => {

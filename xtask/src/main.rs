@@ -167,6 +167,14 @@ fn reported(
             }
             .into();
             report.error = Some(format!("{error:#}"));
+            if report.failed_step.is_none() {
+                report.failed_step = report
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|s| s.result == "failed")
+                    .map(|s| s.name.clone());
+            }
             eprintln!("error: {error:#}");
             code
         }

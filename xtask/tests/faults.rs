@@ -246,9 +246,8 @@ fn a_backup_folder_with_no_room_stops_the_deploy_before_anything_changes() {
     assert_eq!(update.status.code(), Some(4), "{}", text(&update));
     let outcome = report(&update);
     assert_eq!(
-        outcome["failed_step"],
-        Value::Null,
-        "refused before any step changed something: {outcome}"
+        outcome["failed_step"], "check room for the backup",
+        "{outcome}"
     );
     assert!(
         outcome["error"]

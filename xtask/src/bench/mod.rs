@@ -2,6 +2,7 @@
 //! them, with the command that produced them, to `docs/BENCHMARKS.md`.
 
 mod engine;
+mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,7 +18,7 @@ use crate::project;
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only these groups (engine, deploy, bot); all by default.
+    /// Run only these groups (engine, stack); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results.
@@ -106,11 +107,22 @@ pub fn show(duration: Duration) -> String {
 
 /// Runs the benchmarks and writes the report.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
-    let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
+    let wanted = |group: &str| {
+        args.only.is_empty()
+            || args
+                .only
+                .iter()
+                .any(|g| g == group || (g == "stack" && group != "engine"))
+    };
     std::fs::create_dir_all(work_dir())?;
     let mut sections = Vec::new();
     if wanted("engine") {
         sections.push(engine::run(sh)?);
+    }
+    if wanted("deploy") || wanted("bot") {
+        let (deploy, bot) = stack::run(sh)?;
+        sections.push(deploy);
+        sections.push(bot);
     }
     let report = render(&sections, &args);
     let output = project::root().join(&args.output);

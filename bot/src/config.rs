@@ -17,6 +17,9 @@ pub struct Config {
     pub database_path: PathBuf,
     /// `HEARTBEAT_PATH`: a file the polling loop touches after every poll.
     pub heartbeat_path: PathBuf,
+    /// `BOT_SCHEMA_WAIT_SECS`: how long `bot run` waits at start for a deploy to finish
+    /// migrating a database that is behind (0: refuse at once).
+    pub schema_wait: std::time::Duration,
 }
 
 impl Config {
@@ -33,6 +36,12 @@ impl Config {
         Config {
             database_path: var("DATABASE_PATH", DEFAULT_DATABASE_PATH),
             heartbeat_path: var("HEARTBEAT_PATH", DEFAULT_HEARTBEAT_PATH),
+            schema_wait: std::time::Duration::from_secs(
+                std::env::var("BOT_SCHEMA_WAIT_SECS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
         }
     }
 }

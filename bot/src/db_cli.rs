@@ -33,6 +33,10 @@ pub enum DbCommand {
         /// Print the plan and the SQL; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Open and check the database, then wait for a line `go` on stdin before anything else
+        /// (a deploy prepares this while the old bot still runs); any other line cancels.
+        #[arg(long)]
+        wait_for_go: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -244,6 +248,7 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             adopt,
             backup_to,
             dry_run,
+            wait_for_go,
             json,
         } => {
             if dry_run {
@@ -284,6 +289,16 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 return print_plan("upgrade", &plan, json);
             }
             let mut db = Database::open(path)?;
+            if wait_for_go {
+                eprintln!("bot: ready; waiting for go");
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read stdin")?;
+                if line.trim() != "go" {
+                    bail!("cancelled before anything was changed");
+                }
+            }
             let before = db.status()?;
             let mut backup = None;
             if let Some(dest) =

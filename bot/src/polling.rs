@@ -171,8 +171,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     health::clear(&config.heartbeat_path);
     let telegram = Telegram::from_env()?;
     let admins = AdminIds::from_env()?;
+    let mut shutdown = Box::pin(shutdown_signal()?);
+    if !config.schema_wait.is_zero() {
+        tokio::select! {
+            signal = &mut shutdown => {
+                tracing::info!("{signal}: stopping while waiting for the database");
+                return Ok(());
+            }
+            () = wait_for_schema(&config.database_path, config.schema_wait) => {}
+        }
+    }
     let store = Store::open(&config.database_path)?;
-    let shutdown = shutdown_signal()?;
     let mut bot = Bot::new(&telegram.token);
     if let Some(url) = telegram.api_url {
         bot = bot.set_api_url(url);
@@ -192,7 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // the handlers of a batch. A batch cut short is delivered again on the next start, since
     // its offset was not confirmed.
     let outcome = tokio::select! {
-        signal = shutdown => {
+        signal = &mut shutdown => {
             tracing::info!("{signal}: stopping; the request in flight is abandoned");
             Ok(())
         }
@@ -205,6 +214,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     outcome
+}
+
+/// Waits, up to `limit`, while the database is in a state a deploy's migration resolves
+/// (behind, unstamped, empty): during a deploy the new bot starts while its migration runs.
+/// It only reads; `Store::open` then refuses whatever is still not current.
+async fn wait_for_schema(path: &std::path::Path, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut told = false;
+    loop {
+        let path = path.to_owned();
+        let state = tokio::task::spawn_blocking(move || {
+            migrations::Database::open_read_only(&path)
+                .ok()
+                .flatten()
+                .and_then(|db| db.status().ok())
+                .map(|status| status.state)
+        })
+        .await
+        .ok()
+        .flatten();
+        let waitable = matches!(
+            state,
+            None | Some(
+                migrations::State::Behind
+                    | migrations::State::Unstamped
+                    | migrations::State::Foreign
+                    | migrations::State::Empty
+            )
+        );
+        if !waitable || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        if !told {
+            tracing::info!(
+                "the database is {}: waiting up to {}s for the deploy to migrate it",
+                state.map_or("missing", |s| s.name()),
+                limit.as_secs()
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// Resolves with the signal's name on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).

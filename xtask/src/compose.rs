@@ -138,15 +138,16 @@ impl Stack {
 
     /// Creates or updates and starts the services (the stand-in too in demo runs).
     pub fn up(&self, sh: &Shell) -> anyhow::Result<()> {
+        process::run(self.up_cmd(sh), "starting the stack").map(drop)
+    }
+
+    /// The `up -d` command for the bot (and the stand-in in demo runs).
+    pub fn up_cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
         let mut services = vec!["bot"];
         if self.demo {
             services.push("telegram-standin");
         }
-        process::run(
-            self.cmd(sh).args(["up", "-d"]).args(services),
-            "starting the stack",
-        )
-        .map(drop)
+        self.cmd(sh).args(["up", "-d"]).args(services)
     }
 
     /// The services' logs (`-f` follows), straight to this terminal.

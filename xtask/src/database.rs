@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value;
 use xshell::{Shell, cmd};
@@ -258,6 +258,76 @@ impl MigrationContainer {
         Ok(MigrationContainer { id })
     }
 
+    /// Creates one that opens and checks the database, then waits for `go` on its stdin.
+    pub fn create_waiting(
+        sh: &Shell,
+        stack: &Stack,
+        image: &str,
+    ) -> anyhow::Result<MigrationContainer> {
+        let mount = format!("{}:/data", stack.volume());
+        let id = process::run(
+            cmd!(
+                sh,
+                "docker create -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
+            ),
+            "preparing the migration",
+        )?
+        .stdout
+        .trim()
+        .to_owned();
+        Ok(MigrationContainer { id })
+    }
+
+    /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
+    /// and waiting.
+    pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
+        let mut child = std::process::Command::new("docker")
+            .args(["start", "-ai", &self.id])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run docker start")?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let errors = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("waiting for go") {
+                    let _ = ready_tx.send(());
+                } else {
+                    lines.push(line);
+                }
+            }
+            lines.join("\n")
+        });
+        let output = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        let mut waiting = WaitingMigration {
+            child,
+            stdin: Some(stdin),
+            output: Some(output),
+            errors: Some(errors),
+        };
+        if ready_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_err()
+        {
+            let (_, errors) = waiting.finish();
+            bail!("the migration container did not get ready within 120 s: {errors}");
+        }
+        Ok(waiting)
+    }
+
     /// Runs it to the end; returns what `bot db upgrade --json` reported.
     pub fn run(&self, sh: &Shell) -> anyhow::Result<Value> {
         let id = &self.id;
@@ -286,6 +356,68 @@ impl MigrationContainer {
             .quiet()
             .ignore_status()
             .output();
+    }
+}
+
+/// A migration container started and waiting for `go`.
+pub struct WaitingMigration {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    output: Option<std::thread::JoinHandle<String>>,
+    errors: Option<std::thread::JoinHandle<String>>,
+}
+
+impl WaitingMigration {
+    /// Lets it migrate; returns what `bot db upgrade --json` reported.
+    pub fn go(mut self) -> anyhow::Result<Value> {
+        if let Some(mut stdin) = self.stdin.take() {
+            std::io::Write::write_all(&mut stdin, b"go\n")
+                .context("cannot tell the migration to go")?;
+        }
+        let (status, errors) = self.finish();
+        let output = self
+            .output
+            .take()
+            .map(|o| o.join().unwrap_or_default())
+            .unwrap_or_default();
+        if !status.is_some_and(|s| s.success()) {
+            bail!(
+                "migrating the database failed:\n{}",
+                process::tail(&errors, 25)
+            );
+        }
+        last_json(&output, "`bot db upgrade --json`")
+    }
+
+    /// Tells it to stop without changing anything.
+    pub fn cancel(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = std::io::Write::write_all(&mut stdin, b"cancel\n");
+        }
+        let _ = self.finish();
+    }
+
+    fn finish(&mut self) -> (Option<std::process::ExitStatus>, String) {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    break None;
+                }
+            }
+        };
+        let errors = self
+            .errors
+            .take()
+            .map(|e| e.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, errors)
     }
 }
 

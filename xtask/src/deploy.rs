@@ -242,6 +242,17 @@ struct Deploy<'a> {
     time: String,
 }
 
+/// What the deploy found before changing anything.
+#[derive(Clone, Copy)]
+struct Found<'a> {
+    /// The bot's container before the deploy.
+    before: Option<&'a ContainerState>,
+    /// Database files in the volume belong to someone else.
+    fix_owner: bool,
+    /// The bot's image differs from the one running.
+    image_changes: bool,
+}
+
 /// What the deploy changed so far, for the rollback.
 #[derive(Default)]
 struct Changes {
@@ -249,6 +260,7 @@ struct Changes {
     migration: Option<MigrationContainer>,
     migrated: bool,
     backup_on_host: Option<PathBuf>,
+    serving_at: Option<Instant>,
 }
 
 impl Deploy<'_> {
@@ -368,16 +380,16 @@ impl Deploy<'_> {
         record.env_after = Some(stack.env_file.clone());
 
         let mut changes = Changes::default();
-        let result = self.change(
-            &stack,
-            &status,
-            before.as_ref(),
-            !wrong_owner.is_empty(),
-            report,
-            &mut changes,
-        );
+        let found = Found {
+            before: before.as_ref(),
+            fix_owner: !wrong_owner.is_empty(),
+            image_changes,
+        };
+        let result = self.change(&stack, &status, found, report, &mut changes);
         if let Some(stopped) = changes.stopped_at {
-            report.downtime_seconds = Some(stopped.elapsed().as_secs_f64());
+            let serving = changes.serving_at.unwrap_or_else(Instant::now);
+            report.downtime_seconds =
+                Some(serving.saturating_duration_since(stopped).as_secs_f64());
         }
         if let Err(error) = result {
             report.failed_step = report
@@ -430,16 +442,26 @@ impl Deploy<'_> {
         &self,
         stack: &Stack,
         status: &DbStatus,
-        before: Option<&ContainerState>,
-        fix_owner: bool,
+        found: Found<'_>,
         report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
+        let Found {
+            before,
+            fix_owner,
+            image_changes,
+        } = found;
+        if status.needs_migration() && !database::volume_exists(sh, stack) {
+            database::create_volume(sh, stack)?;
+        }
+        let running = before.filter(|c| c.status == "running");
+        if let Some(old) =
+            running.filter(|_| status.needs_migration() && image_changes && !fix_owner)
+        {
+            return self.replace_and_migrate(stack, status, old, report, changes);
+        }
         if status.needs_migration() {
-            if !database::volume_exists(sh, stack) {
-                database::create_volume(sh, stack)?;
-            }
             changes.migration = Some(printer.step(report, "prepare migration", || {
                 MigrationContainer::create(sh, stack, &stack.bot_image)
             })?);
@@ -456,6 +478,73 @@ impl Deploy<'_> {
         if let Some(migration) = &changes.migration {
             changes.migrated = true;
             let outcome = printer.step(report, "migrate database", || migration.run(sh))?;
+            self.record_migration(stack, status, &outcome, report, changes)?;
+        }
+        if changes.stopped_at.is_none() {
+            changes.stopped_at = Some(Instant::now());
+        }
+        printer.step(report, "start bot", || stack.up(sh))?;
+        let timeout = Duration::from_secs(self.args.health_timeout);
+        printer.step(report, "wait until healthy", || {
+            wait_until_healthy(sh, stack, timeout)
+        })?;
+        changes.serving_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The fast path for a new image with pending migrations: the migration container is
+    /// started and waits, ready, while the old bot still serves; Compose then replaces the bot,
+    /// and the moment the old one exits the migration goes. The new bot starts meanwhile and
+    /// waits (only reading) until the database is current, so the bot is down for about as
+    /// long as the migration takes, not for the sum of the Docker commands.
+    fn replace_and_migrate(
+        &self,
+        stack: &Stack,
+        status: &DbStatus,
+        old: &ContainerState,
+        report: &mut Report,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        let migration = printer.step(report, "prepare migration", || {
+            MigrationContainer::create_waiting(sh, stack, &stack.bot_image)
+        })?;
+        let waiting = printer.step(report, "start migration, waiting", || {
+            migration.start_waiting()
+        });
+        changes.migration = Some(migration);
+        let waiting = waiting?;
+        let up: std::process::Command = stack.up_cmd(sh).into();
+        let (outcome, stopped_at) = printer.step(report, "replace bot and migrate", || {
+            replace_then_go(up, &old.id, waiting)
+        })?;
+        changes.stopped_at = stopped_at.or(Some(Instant::now()));
+        changes.migrated = true;
+        let outcome = outcome?;
+        self.record_migration(stack, status, &outcome, report, changes)?;
+        let timeout = Duration::from_secs(self.args.health_timeout);
+        printer.step(report, "wait until healthy", || {
+            wait_until_healthy(sh, stack, timeout)
+        })?;
+        changes.serving_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Reports what the migration did and saves its backup on this machine.
+    fn record_migration(
+        &self,
+        stack: &Stack,
+        status: &DbStatus,
+        outcome: &serde_json::Value,
+        report: &mut Report,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        let migration = changes
+            .migration
+            .as_ref()
+            .context("no migration container")?;
+        {
             let applied = outcome["applied"].as_array().map_or(0, Vec::len);
             printer.detail(
                 report,
@@ -482,14 +571,6 @@ impl Deploy<'_> {
                 changes.backup_on_host = Some(host_file);
             }
         }
-        if changes.stopped_at.is_none() {
-            changes.stopped_at = Some(Instant::now());
-        }
-        printer.step(report, "start bot", || stack.up(sh))?;
-        let timeout = Duration::from_secs(self.args.health_timeout);
-        printer.step(report, "wait until healthy", || {
-            wait_until_healthy(sh, stack, timeout)
-        })?;
         Ok(())
     }
 
@@ -696,6 +777,62 @@ impl Deploy<'_> {
 
 /// The migrations a dry run found (file and SQL), and the revisions before and after.
 type MigrationPlan = (Vec<(String, String)>, Option<u32>, Option<u32>);
+
+/// Runs Compose's `up` (which stops the old bot and starts the new one) and tells the waiting
+/// migration to go the moment the old bot has exited. Returns the migration's outcome (or why
+/// it did not run) and when the old bot stopped. The step fails only on errors before or
+/// around the replacement; the migration's own failure comes back inside.
+fn replace_then_go(
+    mut up: std::process::Command,
+    old_id: &str,
+    waiting: database::WaitingMigration,
+) -> anyhow::Result<(anyhow::Result<serde_json::Value>, Option<Instant>)> {
+    use std::process::{Command, Stdio};
+    let mut old_exit = Command::new("docker")
+        .args(["wait", old_id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run docker wait")?;
+    let compose = std::thread::spawn(move || up.stdin(Stdio::null()).output());
+    let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
+    let stopped = loop {
+        if old_exit.try_wait()?.is_some() {
+            break true;
+        }
+        if compose.is_finished() || Instant::now() >= deadline {
+            break old_exit.try_wait()?.is_some();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stopped_at = stopped.then(Instant::now);
+    let outcome = if stopped {
+        waiting.go()
+    } else {
+        waiting.cancel();
+        let _ = old_exit.kill();
+        Err(anyhow::anyhow!(
+            "Compose did not stop the old bot, so nothing was migrated"
+        ))
+    };
+    let _ = old_exit.wait();
+    let output = compose
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Compose thread panicked"))?
+        .context("cannot run Compose")?;
+    if !output.status.success() {
+        bail!(
+            "starting the stack: Compose exited with {}:\n{}",
+            output
+                .status
+                .code()
+                .map_or("a signal".into(), |c| c.to_string()),
+            process::tail(&String::from_utf8_lossy(&output.stderr), 25)
+        );
+    }
+    Ok((outcome, stopped_at))
+}
 
 /// What to go back to.
 struct Previous {

@@ -787,3 +787,71 @@ fn network_errors_and_5xx_are_retried_while_the_bot_stays_healthy() {
         "the token never appears, not even in a URL:\n{log}"
     );
 }
+
+#[test]
+fn a_bot_started_while_its_migration_runs_waits_for_it_then_serves() {
+    let sandbox = Sandbox::new("schemawait");
+    // Revision 1 only: what a deploy finds before its migration has run.
+    let output = sandbox.run(&["db", "upgrade"]);
+    assert!(output.status.success());
+    let output = sandbox.run(&["db", "downgrade", "--to", "1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let child = sandbox
+        .command(&[], TOKEN)
+        .env("BOT_SCHEMA_WAIT_SECS", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut running = Running {
+        child,
+        log: sandbox.dir.join("unused.log"),
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "it waits instead of refusing"
+    );
+    assert!(
+        !sandbox.heartbeat().exists(),
+        "it does not poll before the schema is current"
+    );
+    assert_eq!(sandbox.standin.stats().calls.get("getupdates"), None);
+    sandbox.upgrade();
+    wait_until(
+        ANSWER_WITHIN,
+        || sandbox.heartbeat().exists(),
+        "the bot polls once the database is current",
+    );
+    assert!(sandbox.say(5, "Eve", "/start").starts_with("Welcome, Eve!"));
+}
+
+#[test]
+fn a_bot_waiting_for_its_schema_still_refuses_when_the_wait_ends() {
+    let sandbox = Sandbox::new("schemawaitend");
+    let output = sandbox.run(&["db", "upgrade"]);
+    assert!(output.status.success());
+    assert!(
+        sandbox
+            .run(&["db", "downgrade", "--to", "2"])
+            .status
+            .success()
+    );
+    let started = Instant::now();
+    let output = sandbox
+        .command(&[], TOKEN)
+        .env("BOT_SCHEMA_WAIT_SECS", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited first"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cargo xtask prod-migrate"), "{stderr}");
+}

@@ -300,18 +300,14 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 }
             }
             let before = db.status()?;
-            let mut backup = None;
+            // The copy is checked after the migration: the new bot may serve meanwhile.
+            let mut snapshot = None;
             if let Some(dest) =
                 backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
             {
-                let info = db.backup_to(&dest)?;
-                say!(
-                    json,
-                    "backed up to {} (revision {})",
-                    dest.display(),
-                    info.revision.map_or("none".into(), |r| r.to_string())
-                );
-                backup = Some(info);
+                let bytes = db.snapshot_to(&dest)?;
+                say!(json, "backed up to {} ({bytes} bytes)", dest.display());
+                snapshot = Some(dest);
             }
             let mut adopted = None;
             if adopt && matches!(before.state, State::Unstamped | State::Foreign) {
@@ -337,6 +333,21 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     upgrade.applied.len()
                 );
             }
+            let backup = match snapshot {
+                Some(dest) => {
+                    let info = migrations::inspect_copy(&dest).context(
+                        "the migration succeeded, but the backup taken before it failed its check",
+                    )?;
+                    say!(
+                        json,
+                        "the backup {} is sound (revision {:?})",
+                        dest.display(),
+                        info.revision
+                    );
+                    Some(info)
+                }
+                None => None,
+            };
             let mut value = serde_json::to_value(&upgrade)?;
             value["state_before"] = json!(before.state);
             value["adopted"] = json!(adopted);

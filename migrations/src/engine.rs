@@ -935,6 +935,14 @@ impl Database {
     /// Copies the live database to `dest` with the online backup API, then checks the copy and
     /// reads its revision.
     pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, Error> {
+        self.snapshot_to(dest)?;
+        inspect_copy(dest)
+    }
+
+    /// Copies the live database to `dest` with the online backup API, without checking the
+    /// copy: for a deploy's critical path, which checks the copy afterwards, off that path.
+    /// Returns the copy's size.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<u64, Error> {
         if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder).map_err(|cause| Error::Io {
                 path: folder.to_owned(),
@@ -944,7 +952,12 @@ impl Database {
         self.conn
             .backup(MAIN_DB, dest, NO_PROGRESS)
             .map_err(|e| sqlite_error(dest, e))?;
-        inspect_copy(dest)
+        std::fs::metadata(dest)
+            .map(|m| m.len())
+            .map_err(|cause| Error::Io {
+                path: dest.to_owned(),
+                cause,
+            })
     }
 
     /// Replaces the live database's content with the database at `source`, after checking it.

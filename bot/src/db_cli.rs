@@ -259,32 +259,10 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     {
                         let version = db.plan_adopt()?;
                         say!(json, "would adopt: the live schema is revision {version}");
-                        Plan {
-                            from: Some(version),
-                            to: head(),
-                            steps: migrations::MIGRATIONS[version as usize..]
-                                .iter()
-                                .map(|m| migrations::PlannedStep {
-                                    version: m.version,
-                                    file: m.file,
-                                    sql: m.up,
-                                })
-                                .collect(),
-                        }
+                        Plan::after(Some(version))
                     }
                     Some(db) => db.plan_upgrade()?,
-                    None => Plan {
-                        from: None,
-                        to: head(),
-                        steps: migrations::MIGRATIONS
-                            .iter()
-                            .map(|m| migrations::PlannedStep {
-                                version: m.version,
-                                file: m.file,
-                                sql: m.up,
-                            })
-                            .collect(),
-                    },
+                    None => Plan::after(None),
                 };
                 return print_plan("upgrade", &plan, json);
             }

@@ -188,6 +188,24 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
 }
 
+impl Plan {
+    /// Every migration after revision `from` (none: from the start) up to head.
+    pub fn after(from: Option<u32>) -> Plan {
+        Plan {
+            from,
+            to: head(),
+            steps: MIGRATIONS[from.unwrap_or(0) as usize..]
+                .iter()
+                .map(|m| PlannedStep {
+                    version: m.version,
+                    file: m.file,
+                    sql: m.up,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A checked copy.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupInfo {
@@ -696,31 +714,37 @@ impl Database {
                 foreign: status.foreign,
             });
         }
-        Ok(Plan {
-            from: status.version,
-            to: head(),
-            steps: status
-                .pending
-                .iter()
-                .map(|&v| {
-                    let m = migration(v).expect("pending revisions are known");
-                    PlannedStep {
-                        version: v,
-                        file: m.file,
-                        sql: m.up,
-                    }
-                })
-                .collect(),
-        })
+        Ok(Plan::after(status.version))
     }
 
     /// Applies every pending migration, each with its history row in one transaction taken with
     /// the write lock first; the history is read again under the lock, so two processes started
     /// together apply each migration once.
-    pub fn upgrade(&mut self, mut on_apply: impl FnMut(&Migration)) -> Result<Upgrade, Error> {
+    pub fn upgrade(&mut self, on_apply: impl FnMut(&Migration)) -> Result<Upgrade, Error> {
+        self.upgrade_to(head(), on_apply)
+    }
+
+    /// Applies the pending migrations up to revision `to` only.
+    pub fn upgrade_to(
+        &mut self,
+        to: u32,
+        mut on_apply: impl FnMut(&Migration),
+    ) -> Result<Upgrade, Error> {
+        if to > head() {
+            return Err(Error::UnknownRevision {
+                version: to,
+                head: head(),
+            });
+        }
         let plan = self.plan_upgrade()?;
+        if plan.from.unwrap_or(0) > to {
+            return Err(Error::WrongDirection {
+                at: plan.from.unwrap_or(0),
+                to,
+            });
+        }
         let mut applied = Vec::new();
-        for step in &plan.steps {
+        for step in plan.steps.iter().filter(|s| s.version <= to) {
             let m = migration(step.version).expect("planned revisions are known");
             if self.run_step(m, Direction::Up, &mut on_apply)? {
                 applied.push(step.version);
@@ -728,7 +752,7 @@ impl Database {
         }
         Ok(Upgrade {
             from: plan.from,
-            to: head(),
+            to,
             applied,
         })
     }

@@ -60,6 +60,23 @@ pub fn prune(dir: &Path, project: &str, keep: usize) -> anyhow::Result<Vec<PathB
     Ok(removed)
 }
 
+/// Prunes, and says so when it deleted anything.
+pub fn prune_and_tell(
+    printer: &crate::output::Printer,
+    dir: &Path,
+    project: &str,
+    keep: usize,
+) -> anyhow::Result<()> {
+    let pruned = prune(dir, project, keep)?;
+    if !pruned.is_empty() {
+        printer.info(&format!(
+            "pruned {} old backups (keeping {keep})",
+            pruned.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Free bytes in the file system holding `dir` (`df`, which every Linux has).
 pub fn free_bytes(sh: &Shell, dir: &Path) -> anyhow::Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -23,33 +23,39 @@ pub enum Flavour {
 impl Flavour {
     /// Finds Compose: the plugin first, then `docker-compose`.
     pub fn detect(sh: &Shell) -> anyhow::Result<Flavour> {
-        if let Ok(out) = cmd!(sh, "docker compose version --short")
-            .quiet()
-            .ignore_status()
-            .output()
-            && out.status.success()
-        {
-            return Ok(Flavour::Plugin(
-                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            ));
+        let version = |c: Cmd<'_>| {
+            c.quiet()
+                .ignore_status()
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        Flavour::from_versions(
+            version(cmd!(sh, "docker compose version --short")).as_deref(),
+            version(cmd!(sh, "docker-compose version --short")).as_deref(),
+        )
+        .ok_or_else(|| {
+            exit::not_ready(
+                "Docker Compose is missing: neither `docker compose` nor `docker-compose` runs; install the compose plugin (https://docs.docker.com/compose/install/)",
+            )
+        })
+    }
+
+    /// The flavour from what `docker compose version --short` and `docker-compose version
+    /// --short` printed (None where the command failed).
+    fn from_versions(plugin: Option<&str>, standalone: Option<&str>) -> Option<Flavour> {
+        let clean = |v: &str| v.trim().trim_start_matches('v').to_owned();
+        if let Some(version) = plugin.filter(|v| !v.trim().is_empty()) {
+            return Some(Flavour::Plugin(clean(version)));
         }
-        if let Ok(out) = cmd!(sh, "docker-compose version --short")
-            .quiet()
-            .ignore_status()
-            .output()
-            && out.status.success()
-        {
-            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            // docker-compose 2.x installed as a standalone binary is the plugin's code.
-            return Ok(if version.starts_with("1.") {
-                Flavour::V1(version)
-            } else {
-                Flavour::Plugin(version)
-            });
-        }
-        Err(exit::not_ready(
-            "Docker Compose is missing: neither `docker compose` nor `docker-compose` runs; install the compose plugin (https://docs.docker.com/compose/install/)",
-        ))
+        let version = clean(standalone.filter(|v| !v.trim().is_empty())?);
+        // docker-compose 2.x or later installed as a standalone binary is the plugin's code.
+        Some(if version.starts_with("1.") {
+            Flavour::V1(version)
+        } else {
+            Flavour::Plugin(version)
+        })
     }
 
     /// For reports: "docker-compose 1.29.2" or "docker compose 2.27.0".
@@ -82,9 +88,14 @@ pub struct Stack {
 impl Stack {
     /// Finds Compose and names everything for `project`.
     pub fn new(sh: &Shell, project: &str, demo: bool) -> anyhow::Result<Stack> {
+        Ok(Stack::with_flavour(Flavour::detect(sh)?, project, demo))
+    }
+
+    /// Names everything for `project` with a known Compose.
+    pub fn with_flavour(flavour: Flavour, project: &str, demo: bool) -> Stack {
         let root = project::root();
-        Ok(Stack {
-            flavour: Flavour::detect(sh)?,
+        Stack {
+            flavour,
             project: project.to_owned(),
             demo,
             bot_image: format!("tgbot-bot:{project}"),
@@ -95,7 +106,7 @@ impl Stack {
                 root.join(".env")
             },
             compose_file: root.join("docker/docker-compose.prod.yml"),
-        })
+        }
     }
 
     /// The named volume holding the database.
@@ -122,18 +133,27 @@ impl Stack {
 
     /// The bot service's container (running or not), if there is one.
     pub fn bot_container(&self, sh: &Shell) -> anyhow::Result<Option<ContainerState>> {
-        let project_label = format!("label=com.docker.compose.project={}", self.project);
+        let filters = self.bot_container_filters();
         let out = process::run(
-            cmd!(
-                sh,
-                "docker ps -a -q --no-trunc --filter {project_label} --filter label=com.docker.compose.service=bot --filter label=com.docker.compose.oneoff=False"
-            ),
+            cmd!(sh, "docker ps -a -q --no-trunc")
+                .args(filters.iter().flat_map(|f| ["--filter", f.as_str()])),
             "listing the bot's container",
         )?;
         match out.stdout.lines().next() {
             Some(id) => docker::inspect(sh, id.trim()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// How the bot's container is found. Compose v1 names it `<project>_bot_1`, v2 and later
+    /// `<project>-bot-1`; both set these labels, so names are never used. `oneoff=False` leaves
+    /// out the containers of `run`.
+    fn bot_container_filters(&self) -> Vec<String> {
+        vec![
+            format!("label=com.docker.compose.project={}", self.project),
+            "label=com.docker.compose.service=bot".into(),
+            "label=com.docker.compose.oneoff=False".into(),
+        ]
     }
 
     /// Creates or updates and starts the services (the stand-in too in demo runs).
@@ -169,26 +189,95 @@ impl Stack {
         .map(drop)
     }
 
+    /// Runs the stand-in's own client in its container: `telegram-standin <args>`.
+    pub fn standin(
+        &self,
+        sh: &Shell,
+        args: &[&str],
+        what: &str,
+    ) -> anyhow::Result<process::Finished> {
+        process::run(
+            self.cmd(sh)
+                .args(["exec", "-T", "telegram-standin", "/telegram-standin"])
+                .args(args),
+            what,
+        )
+        .context("is the demo stack up? (`cargo xtask first-deploy --demo`)")
+    }
+
     /// Sends `text` as a user through the stand-in and returns the bot's answers.
     pub fn chat(&self, sh: &Shell, text: &str, user: i64, wait_ms: u64) -> anyhow::Result<String> {
-        let user = user.to_string();
-        let wait = wait_ms.to_string();
-        let out = process::run(
-            self.cmd(sh).args([
-                "exec",
-                "-T",
-                "telegram-standin",
-                "/telegram-standin",
-                "chat",
-                "--user",
-                &user,
-                "--wait-ms",
-                &wait,
-                text,
-            ]),
-            "talking to the bot through the stand-in",
-        )
-        .context("is the demo stack up? (`cargo xtask first-deploy --demo`)")?;
-        Ok(out.stdout)
+        let (user, wait) = (user.to_string(), wait_ms.to_string());
+        let args = ["chat", "--user", &user, "--wait-ms", &wait, text];
+        Ok(self
+            .standin(sh, &args, "talking to the bot through the stand-in")?
+            .stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flavour_is_told_from_the_version_commands() {
+        assert_eq!(
+            Flavour::from_versions(Some("2.27.0\n"), Some("1.29.2")),
+            Some(Flavour::Plugin("2.27.0".into()))
+        );
+        assert_eq!(
+            Flavour::from_versions(Some("v2.20.2"), None),
+            Some(Flavour::Plugin("2.20.2".into()))
+        );
+        assert_eq!(
+            Flavour::from_versions(None, Some("1.29.2\n")),
+            Some(Flavour::V1("1.29.2".into()))
+        );
+        assert_eq!(
+            Flavour::from_versions(None, Some("2.24.6")),
+            Some(Flavour::Plugin("2.24.6".into())),
+            "a standalone v2"
+        );
+        assert_eq!(
+            Flavour::from_versions(Some("5.0.1"), None),
+            Some(Flavour::Plugin("5.0.1".into())),
+            "and later"
+        );
+        assert_eq!(Flavour::from_versions(None, None), None);
+        assert_eq!(Flavour::from_versions(Some(""), Some("")), None);
+    }
+
+    #[test]
+    fn each_flavour_gets_its_own_command_with_the_same_arguments() {
+        let sh = Shell::new().unwrap();
+        let v1 = Stack::with_flavour(Flavour::V1("1.29.2".into()), "proj", true);
+        let v2 = Stack::with_flavour(Flavour::Plugin("2.27.0".into()), "proj", false);
+        let file = project::root().join("docker/docker-compose.prod.yml");
+        assert_eq!(
+            v1.up_cmd(&sh).to_string(),
+            format!(
+                "docker-compose -f {} -p proj --profile demo up -d bot telegram-standin",
+                file.display()
+            )
+        );
+        assert_eq!(
+            v2.up_cmd(&sh).to_string(),
+            format!("docker compose -f {} -p proj up -d bot", file.display())
+        );
+        assert_eq!(
+            v1.volume(),
+            "proj_bot-data",
+            "the same volume name under both"
+        );
+        assert_eq!(v2.volume(), "proj_bot-data");
+    }
+
+    #[test]
+    fn the_bot_container_is_found_by_labels_both_flavours_set_not_by_name() {
+        let stack = Stack::with_flavour(Flavour::Plugin("2.27.0".into()), "proj", false);
+        let filters = stack.bot_container_filters();
+        assert!(filters.contains(&"label=com.docker.compose.project=proj".to_owned()));
+        assert!(filters.contains(&"label=com.docker.compose.oneoff=False".to_owned()));
+        assert!(filters.iter().all(|f| !f.starts_with("name=")));
     }
 }

@@ -392,12 +392,7 @@ impl Deploy<'_> {
                 Some(serving.saturating_duration_since(stopped).as_secs_f64());
         }
         if let Err(error) = result {
-            report.failed_step = report
-                .steps
-                .iter()
-                .rev()
-                .find(|s| s.result == "failed")
-                .map(|s| s.name.clone());
+            report.failed_step = report.last_failed_step();
             if changes.stopped_at.is_some() || changes.migrated {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
                 let previous = Previous {
@@ -427,14 +422,7 @@ impl Deploy<'_> {
         if let Some(migration) = changes.migration.take() {
             migration.remove(sh);
         }
-        let pruned = backups::prune(&self.state_dir, &stack.project, args.keep)?;
-        if !pruned.is_empty() {
-            printer.info(&format!(
-                "pruned {} old backups (keeping {})",
-                pruned.len(),
-                args.keep
-            ));
-        }
+        backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
         Ok(())
     }
 
@@ -484,9 +472,19 @@ impl Deploy<'_> {
             changes.stopped_at = Some(Instant::now());
         }
         printer.step(report, "start bot", || stack.up(sh))?;
+        self.wait_until_serving(stack, report, changes)
+    }
+
+    /// Waits until the new bot is healthy, and notes when it began to serve.
+    fn wait_until_serving(
+        &self,
+        stack: &Stack,
+        report: &mut Report,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
         let timeout = Duration::from_secs(self.args.health_timeout);
-        printer.step(report, "wait until healthy", || {
-            wait_until_healthy(sh, stack, timeout)
+        self.printer.step(report, "wait until healthy", || {
+            wait_until_healthy(self.sh, stack, timeout)
         })?;
         changes.serving_at = Some(Instant::now());
         Ok(())
@@ -522,12 +520,7 @@ impl Deploy<'_> {
         changes.migrated = true;
         let outcome = outcome?;
         self.record_migration(stack, status, &outcome, report, changes)?;
-        let timeout = Duration::from_secs(self.args.health_timeout);
-        printer.step(report, "wait until healthy", || {
-            wait_until_healthy(sh, stack, timeout)
-        })?;
-        changes.serving_at = Some(Instant::now());
-        Ok(())
+        self.wait_until_serving(stack, report, changes)
     }
 
     /// Reports what the migration did and saves its backup on this machine.

@@ -106,4 +106,41 @@ mod tests {
         DeployLock::acquire(&dir, "prod-migrate", "20261125T070002Z").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_lock_whose_holder_died_is_free() {
+        let dir = std::env::temp_dir().join(format!("xtask-lock-dead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("deploy.lock");
+        // Another process takes the same operating-system lock, then is killed with SIGKILL.
+        let mut holder = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\ntime.sleep(60)",
+            ])
+            .arg(&file)
+            .spawn()
+            .expect("python3 runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match DeployLock::acquire(&dir, "prod-migrate", "T") {
+                Err(e) => {
+                    assert_eq!(exit::code_of(&e), exit::ExitCode::Locked);
+                    break;
+                }
+                Ok(lock) => {
+                    drop(lock);
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the other process never took the lock"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        DeployLock::acquire(&dir, "prod-migrate", "T").expect("the dead holder's lock is free");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

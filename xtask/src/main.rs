@@ -168,12 +168,7 @@ fn reported(
             .into();
             report.error = Some(format!("{error:#}"));
             if report.failed_step.is_none() {
-                report.failed_step = report
-                    .steps
-                    .iter()
-                    .rev()
-                    .find(|s| s.result == "failed")
-                    .map(|s| s.name.clone());
+                report.failed_step = report.last_failed_step();
             }
             eprintln!("error: {error:#}");
             code

@@ -72,6 +72,15 @@ impl Report {
         }
     }
 
+    /// The name of the last step that failed.
+    pub fn last_failed_step(&self) -> Option<String> {
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.result == "failed")
+            .map(|s| s.name.clone())
+    }
+
     /// The report as a person reads it.
     pub fn human(&self) -> String {
         let mut out = format!(

@@ -537,3 +537,150 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+#[test]
+fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("rollback");
+    let old_image = deployed_at_revision_3(&project, 200, false, &[]);
+    let data = project.dump("before");
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    assert_eq!(report(&update)["revision_after"], 4);
+    let chat = project.xtask("chat", &["/start", "--user", "31337"]);
+    assert!(chat.status.success(), "{}", text(&chat));
+    let new_image = project.running_image();
+    assert_ne!(new_image, old_image);
+
+    let unasked = project.xtask("rollback", &[]);
+    assert_eq!(
+        unasked.status.code(),
+        Some(2),
+        "a question needs --yes without a terminal: {}",
+        text(&unasked)
+    );
+    let dry = project.xtask("rollback", &["--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert_eq!(
+        project.running_image(),
+        new_image,
+        "neither changed anything"
+    );
+
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    let outcome = report(&rollback);
+    assert_eq!(
+        (
+            outcome["revision_before"].as_u64(),
+            outcome["revision_after"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    assert!(
+        outcome["backup"]
+            .as_str()
+            .is_some_and(|b| b.contains("before-rollback")),
+        "the data since was kept aside: {outcome}"
+    );
+    assert_previous_bot_is_back(&project, &old_image, &data);
+    let status = project.xtask("status", &["--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["image_id"].as_str(),
+        Some(old_image.as_str()),
+        "the project's tag names the image that runs"
+    );
+
+    let again = project.xtask("rollback", &["--yes", "--json"]);
+    assert_eq!(
+        again.status.code(),
+        Some(3),
+        "nothing before the first deploy: {}",
+        text(&again)
+    );
+    assert_eq!(project.running_image(), old_image);
+}
+
+#[test]
+fn a_database_owned_by_root_is_found_and_given_to_the_bot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("rootowned");
+    let deploy = project.xtask("first-deploy", &["--yes"]);
+    assert!(deploy.status.success(), "{}", text(&deploy));
+    let mount = format!("{}:/data", project.volume());
+    let image = project.image();
+    let ownership = |owner: &str, check: bool| -> Value {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--user",
+            "0:0",
+            "-v",
+            &mount,
+            &image,
+            "db",
+            "fix-ownership",
+            "--owner",
+            owner,
+            "--json",
+        ];
+        if check {
+            args.push("--check");
+        }
+        let output = run("docker", &args);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    // As the old app left it: the data folder and the database owned by root.
+    ownership("0:0", false);
+    let wrong = ownership("10001:10001", true)["wrong"].clone();
+    assert!(
+        wrong
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["path"] == "/data/bot_database.db"),
+        "{wrong}"
+    );
+
+    let doctor = project.xtask("doctor", &["--json"]);
+    assert_eq!(doctor.status.code(), Some(4), "{}", text(&doctor));
+    let checks: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let ownership_check = checks["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "database files owned by the bot")
+        .unwrap()
+        .clone();
+    assert_eq!(ownership_check["ok"], false, "{checks}");
+    assert!(
+        ownership_check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/data/bot_database.db")
+    );
+
+    let migrate = project.xtask("prod-migrate", &["--yes", "--json"]);
+    assert!(migrate.status.success(), "{}", text(&migrate));
+    assert!(
+        steps(&report(&migrate)).contains(&"fix volume ownership".to_owned()),
+        "{}",
+        text(&migrate)
+    );
+    assert_eq!(
+        ownership("10001:10001", true)["wrong"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        project.bot_container()["State"]["Health"]["Status"],
+        "healthy"
+    );
+    let doctor = project.xtask("doctor", &["--json"]);
+    assert!(
+        doctor.status.success(),
+        "every check passes now: {}",
+        text(&doctor)
+    );
+}

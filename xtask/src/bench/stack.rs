@@ -272,16 +272,7 @@ fn wait_for_polls(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
 }
 
 fn poll_times(sh: &Shell, stack: &Stack) -> anyhow::Result<Vec<u64>> {
-    let out = process::run(
-        stack.cmd(sh).args([
-            "exec",
-            "-T",
-            "telegram-standin",
-            "/telegram-standin",
-            "stats",
-        ]),
-        "reading the stand-in's counters",
-    )?;
+    let out = stack.standin(sh, &["stats"], "reading the stand-in's counters")?;
     let stats: Value = serde_json::from_str(out.stdout.trim())?;
     Ok(stats["get_updates_at_ms"]
         .as_array()
@@ -340,18 +331,7 @@ fn image_size(sh: &Shell, image: &str) -> anyhow::Result<u64> {
 }
 
 fn throughput(sh: &Shell, stack: &Stack) -> anyhow::Result<(u64, f64, f64)> {
-    let out = process::run(
-        stack.cmd(sh).args([
-            "exec",
-            "-T",
-            "telegram-standin",
-            "/telegram-standin",
-            "load",
-            "--users",
-            "1000",
-        ]),
-        "loading the bot",
-    )?;
+    let out = stack.standin(sh, &["load", "--users", "1000"], "loading the bot")?;
     let load: Value = serde_json::from_str(out.stdout.trim())?;
     Ok((
         load["messages"].as_u64().unwrap_or(0),

@@ -69,14 +69,7 @@ pub fn run(
                 ),
             );
             report.backup = Some(host_file.display().to_string());
-            let pruned = backups::prune(state_dir, &stack.project, args.keep)?;
-            if !pruned.is_empty() {
-                printer.info(&format!(
-                    "pruned {} old backups (keeping {})",
-                    pruned.len(),
-                    args.keep
-                ));
-            }
+            backups::prune_and_tell(printer, state_dir, &stack.project, args.keep)?;
             Ok(())
         },
     )

@@ -513,12 +513,21 @@ impl Deploy<'_> {
         changes.migration = Some(migration);
         let waiting = waiting?;
         let up: std::process::Command = stack.up_cmd(sh).into();
-        let (outcome, stopped_at) = printer.step(report, "replace bot and migrate", || {
-            replace_then_go(up, &old.id, waiting)
-        })?;
-        changes.stopped_at = stopped_at.or(Some(Instant::now()));
-        changes.migrated = true;
+        let mut replaced = None;
+        let outcome = printer.step(report, "migrate database", || {
+            let r = replace_then_go(up, &old.id, waiting)?;
+            replaced = Some((r.stopped_at, r.went));
+            r.compose?;
+            r.migration
+        });
+        let (stopped_at, went) = replaced.unwrap_or((None, false));
+        changes.stopped_at = stopped_at;
+        changes.migrated = went;
         let outcome = outcome?;
+        printer.detail(
+            report,
+            "Compose replaced the bot meanwhile; the new one waited for the schema",
+        );
         self.record_migration(stack, status, &outcome, report, changes)?;
         self.wait_until_serving(stack, report, changes)
     }
@@ -771,15 +780,25 @@ impl Deploy<'_> {
 /// The migrations a dry run found (file and SQL), and the revisions before and after.
 type MigrationPlan = (Vec<(String, String)>, Option<u32>, Option<u32>);
 
+/// What happened while Compose replaced the bot.
+struct Replaced {
+    /// When the old bot exited, if it did.
+    stopped_at: Option<Instant>,
+    /// Whether the migration was told to go (so the database may have changed).
+    went: bool,
+    /// What the migration reported.
+    migration: anyhow::Result<serde_json::Value>,
+    /// Whether Compose succeeded.
+    compose: anyhow::Result<()>,
+}
+
 /// Runs Compose's `up` (which stops the old bot and starts the new one) and tells the waiting
-/// migration to go the moment the old bot has exited. Returns the migration's outcome (or why
-/// it did not run) and when the old bot stopped. The step fails only on errors before or
-/// around the replacement; the migration's own failure comes back inside.
+/// migration to go the moment the old bot has exited. Fails only when nothing could start.
 fn replace_then_go(
     mut up: std::process::Command,
     old_id: &str,
     waiting: database::WaitingMigration,
-) -> anyhow::Result<(anyhow::Result<serde_json::Value>, Option<Instant>)> {
+) -> anyhow::Result<Replaced> {
     use std::process::{Command, Stdio};
     let mut old_exit = Command::new("docker")
         .args(["wait", old_id])
@@ -800,7 +819,7 @@ fn replace_then_go(
         std::thread::sleep(Duration::from_millis(2));
     };
     let stopped_at = stopped.then(Instant::now);
-    let outcome = if stopped {
+    let migration = if stopped {
         waiting.go()
     } else {
         waiting.cancel();
@@ -810,21 +829,25 @@ fn replace_then_go(
         ))
     };
     let _ = old_exit.wait();
-    let output = compose
-        .join()
-        .map_err(|_| anyhow::anyhow!("the Compose thread panicked"))?
-        .context("cannot run Compose")?;
-    if !output.status.success() {
-        bail!(
+    let compose = match compose.join() {
+        Err(_) => Err(anyhow::anyhow!("the Compose thread panicked")),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot run Compose: {e}")),
+        Ok(Ok(output)) if !output.status.success() => Err(anyhow::anyhow!(
             "starting the stack: Compose exited with {}:\n{}",
             output
                 .status
                 .code()
                 .map_or("a signal".into(), |c| c.to_string()),
             process::tail(&String::from_utf8_lossy(&output.stderr), 25)
-        );
-    }
-    Ok((outcome, stopped_at))
+        )),
+        Ok(Ok(_)) => Ok(()),
+    };
+    Ok(Replaced {
+        stopped_at,
+        went: stopped,
+        migration,
+        compose,
+    })
 }
 
 /// What to go back to.

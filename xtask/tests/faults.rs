@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Project, SERIAL, docker, env_file, report, revision_3_database, root, run, text};
+use common::{
+    Project, SERIAL, docker, env_file, report, revision_3_database, root, run, steps, text,
+};
 use serde_json::Value;
 
 /// A deployed bot at revision 3 (an older release) with `users` users, one of whom the
@@ -37,15 +39,6 @@ fn deployed_at_revision_3(
         "{status}"
     );
     image
-}
-
-fn steps(report: &Value) -> Vec<String> {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// The previous bot is back: same image, healthy, at revision 3, with exactly `data`.

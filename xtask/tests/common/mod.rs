@@ -353,3 +353,13 @@ pub fn env_file(dir: &Path, name: &str, token: &str) -> PathBuf {
     .unwrap();
     path
 }
+
+/// The names of the steps in a report, in order.
+pub fn steps(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}

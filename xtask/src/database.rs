@@ -117,7 +117,7 @@ pub fn bot_once(
 /// Reads the database's state with `image`'s engine. A volume that does not exist is empty.
 pub fn status(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<DbStatus> {
     if !volume_exists(sh, stack) {
-        let head = image_head(sh, stack, image)?;
+        let head = image_head(sh, image)?;
         return Ok(DbStatus::empty(head));
     }
     let out = match bot_once(
@@ -144,8 +144,7 @@ pub fn status(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<DbStatus
 }
 
 /// The newest revision `image` knows, without touching any volume.
-fn image_head(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<u32> {
-    let _ = stack;
+fn image_head(sh: &Shell, image: &str) -> anyhow::Result<u32> {
     let out = process::run(
         cmd!(
             sh,

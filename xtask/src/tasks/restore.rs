@@ -123,7 +123,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                     backups::seal(&host_file).map(drop)
                 })?;
                 report.backup = Some(host_file.display().to_string());
-                backups::prune(state_dir, &stack.project, args.stack.keep)?;
+                backups::prune_and_tell(printer, state_dir, &stack.project, args.stack.keep)?;
             }
             printer.step(report, "restore database", || {
                 database::restore_from_host(sh, &stack, &stack.bot_image, &file).map(drop)

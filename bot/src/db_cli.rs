@@ -12,6 +12,8 @@ use clap::Subcommand;
 use migrations::{Database, Error, Plan, State, Status, head, schema, schema_at};
 use serde_json::{Value, json};
 
+use crate::import;
+
 /// The database commands.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -118,6 +120,31 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the SQLite databases in files and folders, found by their header (never opened).
+    FindDatabases {
+        /// Files or folders; folders are searched 6 levels deep, symlinks in them not followed.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy another app's database (SOURCE, never written) into this one, which must be absent,
+    /// empty, or a database with no tables; recovers a hot journal or WAL in a staged copy.
+    Import {
+        /// The old database file.
+        source: PathBuf,
+        /// Copy SOURCE to a temporary file, check it and report; write no database.
+        #[arg(long)]
+        check_only: bool,
+        /// Give the imported file (and its folder) to this UID:GID (needs root); with
+        /// --check-only only its syntax is checked.
+        #[arg(long)]
+        owner: Option<String>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the live database with FILE, after checking FILE (integrity_check).
     Restore {
         /// The database file to put in place.
@@ -144,6 +171,8 @@ impl DbCommand {
             | DbCommand::Schema { json, .. }
             | DbCommand::Backup { json, .. }
             | DbCommand::FixOwnership { json, .. }
+            | DbCommand::FindDatabases { json, .. }
+            | DbCommand::Import { json, .. }
             | DbCommand::Restore { json, .. } => *json,
         }
     }
@@ -175,7 +204,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// A refusal found by the command itself (e.g. `check`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Refused(String);
+pub(crate) struct Refused(pub(crate) String);
 
 /// Runs one database command against `path`; on failure prints the error (as JSON with
 /// `--json`) and exits with its code.
@@ -219,10 +248,8 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             if !json {
                 print_status(path, &status);
             }
-            let mut value = serde_json::to_value(&status)?;
-            value["database"] = json!(db_path);
-            value["bytes"] = json!(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
-            Ok(value)
+            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            status_value(path, &status, bytes)
         }
         DbCommand::Check { json } => {
             let status = read_status(path)?;
@@ -491,6 +518,76 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 json!({"owner": owner, "check": check, "wrong": wrong, "fixed": !check && !wrong.is_empty()}),
             )
         }
+        DbCommand::FindDatabases { paths, json } => {
+            let search = import::find_databases(&paths);
+            for missing in &search.missing {
+                eprintln!("bot: {missing}: no such file or folder; skipped");
+            }
+            for db in &search.databases {
+                let mut notes = String::new();
+                if db.journal {
+                    notes.push_str(", a non-empty -journal beside it");
+                }
+                if db.wal {
+                    notes.push_str(", a -wal beside it");
+                }
+                say!(json, "{} ({} bytes{notes})", db.path, db.bytes);
+            }
+            if search.databases.is_empty() {
+                eprintln!("bot: no SQLite database found");
+            }
+            Ok(serde_json::to_value(&search)?)
+        }
+        DbCommand::Import {
+            source,
+            check_only,
+            owner,
+            json,
+        } => {
+            let owner = owner.as_deref().map(parse_owner).transpose()?;
+            let imported =
+                import::import(&source, path, check_only, owner.filter(|_| !check_only))?;
+            let status = &imported.status;
+            let revision = match (status.version, status.matches, status.closest) {
+                (Some(version), _, _) => format!("at revision {version} ({})", status.state.name()),
+                (None, Some(matches), _) => format!("matches revision {matches}"),
+                (None, None, Some(closest)) => {
+                    format!("matches no revision (closest {closest})")
+                }
+                (None, None, None) => status.state.name().to_string(),
+            };
+            let users = imported
+                .users
+                .map_or("no users table".into(), |n| format!("{n} users"));
+            let recovered = match imported.recovered {
+                Some(import::Recovery::Journal) => " (recovered: its hot journal rolled back)",
+                Some(import::Recovery::Wal) => " (recovered: its WAL read)",
+                None => "",
+            };
+            let what = format!(
+                "{}: {users}, tables {}, {revision}{recovered}",
+                imported.source.display(),
+                imported.tables.join(", ")
+            );
+            match &imported.target {
+                Some(target) => say!(json, "imported {what}; now at {}", target.display()),
+                None => say!(
+                    json,
+                    "can import {what}; nothing was written (--check-only)"
+                ),
+            }
+            let shown = imported.target.as_deref().unwrap_or(&imported.source);
+            Ok(json!({
+                "source": imported.source.display().to_string(),
+                "bytes": imported.bytes,
+                "recovered": imported.recovered,
+                "users": imported.users,
+                "tables": imported.tables,
+                "status": status_value(shown, status, imported.bytes)?,
+                "target": imported.target.as_ref().map(|t| t.display().to_string()),
+                "check_only": check_only,
+            }))
+        }
         DbCommand::Restore { file, owner, json } => {
             let owner = owner.as_deref().map(parse_owner).transpose()?;
             let mut db = Database::open(path)?;
@@ -514,6 +611,14 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             Ok(serde_json::to_value(&info)?)
         }
     }
+}
+
+/// The object `status --json` prints: the [`Status`] plus `database` and `bytes`.
+fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(status)?;
+    value["database"] = json!(path.display().to_string());
+    value["bytes"] = json!(bytes);
+    Ok(value)
 }
 
 fn read_status(path: &Path) -> anyhow::Result<Status> {

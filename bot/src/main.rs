@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod db_cli;
 mod health;
+mod import;
 mod polling;
 mod store;
 
@@ -27,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run the bot (the default).
     Run,
-    /// The database: status, upgrade, stamp, adopt, backup, restore.
+    /// The database: status, upgrade, stamp, adopt, backup, restore, import.
     Db {
         #[command(subcommand)]
         command: db_cli::DbCommand,

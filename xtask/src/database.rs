@@ -89,7 +89,8 @@ pub fn create_volume(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
     .map(drop)
 }
 
-fn last_json(out: &str, what: &str) -> anyhow::Result<Value> {
+/// The last line of `out` that is a JSON object, parsed.
+pub fn last_json(out: &str, what: &str) -> anyhow::Result<Value> {
     let line = out
         .lines()
         .rev()

@@ -21,6 +21,7 @@ use crate::exit;
 use crate::history::{self, Record};
 use crate::images;
 use crate::lock::{self, DeployLock};
+use crate::old_app::{self, ImportArgs, OldApp};
 use crate::output::Printer;
 use crate::process;
 use crate::project::{self, StackArgs};
@@ -158,6 +159,7 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 pub fn run(
     sh: &Shell,
     args: &StackArgs,
+    import: &ImportArgs,
     mode: Mode,
     printer: &Printer,
     report: &mut Report,
@@ -171,6 +173,7 @@ pub fn run(
             Deploy {
                 sh,
                 args,
+                import,
                 mode,
                 printer,
                 state_dir: state_dir.to_owned(),
@@ -222,6 +225,7 @@ pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Resu
     record.revision_before = report.revision_before;
     record.revision_after = report.revision_after;
     record.backup = report.backup.as_ref().map(PathBuf::from);
+    record.imported_from = report.imported_from.clone();
     record.changed = report.changed;
     record.result = match result {
         Ok(()) if !report.changed => "nothing-to-do".into(),
@@ -236,6 +240,7 @@ pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Resu
 struct Deploy<'a> {
     sh: &'a Shell,
     args: &'a StackArgs,
+    import: &'a ImportArgs,
     mode: Mode,
     printer: &'a Printer,
     state_dir: PathBuf,
@@ -261,6 +266,10 @@ struct Changes {
     migrated: bool,
     backup_on_host: Option<PathBuf>,
     serving_at: Option<Instant>,
+    /// The old app's database was copied into the volume.
+    imported: bool,
+    /// The old app's container, kept out of Compose's sight.
+    kept: Option<old_app::Kept>,
 }
 
 impl Deploy<'_> {
@@ -268,7 +277,9 @@ impl Deploy<'_> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
         let stack = check_machine(sh, args, !args.demo, printer, report)?;
-        let before = stack.bot_container(sh)?;
+        let found_container = stack.bot_container(sh)?;
+        // The old app's container is no previous bot of ours: it is handled by `old_app`.
+        let before = found_container.clone().filter(ContainerState::is_ours);
         let running = before.as_ref().is_some_and(|c| c.status == "running");
         let last = history::last_change(&history::read(&self.state_dir)?).cloned();
         let env_hash = sha256_file(&stack.env_file)?;
@@ -277,7 +288,7 @@ impl Deploy<'_> {
         record.env_sha256 = Some(env_hash.clone());
 
         if args.dry_run {
-            return self.dry_run(&stack, before.as_ref(), report);
+            return self.dry_run(&stack, found_container.as_ref(), report);
         }
 
         // Keep the running image reachable by name for the rollback, before the tag moves.
@@ -333,18 +344,68 @@ impl Deploy<'_> {
         record.image_after = Some(image_id.clone());
         report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
 
-        let status = printer.step(report, "read database", || {
+        let old = if found_container.as_ref().is_some_and(|c| !c.is_ours())
+            || self.import.import.is_some()
+        {
+            let old = printer.step(report, "look for the old app", || {
+                old_app::look(sh, &stack.bot_image, found_container.as_ref(), self.import)
+            })?;
+            if let Some(c) = &old.container {
+                printer.detail(
+                    report,
+                    format!(
+                        "the bot container {} is not ours (image {}): the old app",
+                        c.name, c.config_image
+                    ),
+                );
+            }
+            if let Some(planned) = &old.import {
+                printer.detail(
+                    report,
+                    format!(
+                        "its database: {} ({}{})",
+                        planned.source,
+                        describe(&planned.checked.status),
+                        planned
+                            .checked
+                            .users
+                            .map(|u| format!(", {u} users"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            old
+        } else {
+            OldApp::default()
+        };
+        let mut status = printer.step(report, "read database", || {
             database::status(sh, &stack, &stack.bot_image)
         })?;
+        if let Some(planned) = &old.import {
+            if status.state != "empty" {
+                return Err(exit::refused(format!(
+                    "the volume {} already holds a database ({}); importing {} would replace it. Nothing was changed. To replace it anyway, take a backup (`cargo xtask backup`), then `cargo xtask down` and `docker volume rm {}`; or deploy with what the volume holds by passing --fresh.",
+                    stack.volume(),
+                    describe(&status),
+                    planned.source,
+                    stack.volume()
+                )));
+            }
+            status = planned.checked.status.clone();
+        }
         report.state_before = Some(status.state.clone());
         report.revision_before = status.effective_version();
         report.revision_after = status.effective_version();
         printer.detail(report, describe(&status));
         database::refuse_unsafe(&status)?;
 
-        let wrong_owner = printer.step(report, "check volume ownership", || {
-            database::fix_ownership(sh, &stack, &stack.bot_image, true)
-        })?;
+        let wrong_owner = if old.import.is_some() {
+            Vec::new() // the import gives the copy to the bot
+        } else {
+            printer.step(report, "check volume ownership", || {
+                database::fix_ownership(sh, &stack, &stack.bot_image, true)
+            })?
+        };
         if !wrong_owner.is_empty() {
             printer.detail(
                 report,
@@ -359,7 +420,12 @@ impl Deploy<'_> {
         let env_changes =
             last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
         let database_changes = status.needs_migration();
-        if !image_changes && !database_changes && !env_changes && running && wrong_owner.is_empty()
+        if !image_changes
+            && !database_changes
+            && !env_changes
+            && running
+            && wrong_owner.is_empty()
+            && old.container.is_none()
         {
             printer.info("nothing to do: the bot runs this image and environment, and the database is current");
             if args.demo {
@@ -374,7 +440,7 @@ impl Deploy<'_> {
                 backups::require_room(sh, &self.state_dir, status.bytes)
             })?;
         }
-        confirm(args.yes, &question(running, &status))?;
+        confirm(args.yes, &question(running, &status, &old))?;
         report.changed = true;
         // The path, never a copy: no file this tool writes holds a secret.
         record.env_after = Some(stack.env_file.clone());
@@ -385,7 +451,11 @@ impl Deploy<'_> {
             fix_owner: !wrong_owner.is_empty(),
             image_changes,
         };
-        let result = self.change(&stack, &status, found, report, &mut changes);
+        let result = if old.container.is_some() || old.import.is_some() {
+            self.replace_old_app(&stack, &status, &old, report, &mut changes)
+        } else {
+            self.change(&stack, &status, found, report, &mut changes)
+        };
         if let Some(stopped) = changes.stopped_at {
             let serving = changes.serving_at.unwrap_or_else(Instant::now);
             report.downtime_seconds =
@@ -393,6 +463,19 @@ impl Deploy<'_> {
         }
         if let Err(error) = result {
             report.failed_step = report.last_failed_step();
+            if old.container.is_some() || old.import.is_some() {
+                printer.info(&format!("a step failed: {error:#}\nrolling back"));
+                return match self.roll_back_old_app(&stack, &old, &mut changes, report) {
+                    Ok(()) => {
+                        report.rolled_back = true;
+                        Err(error)
+                    }
+                    Err(rollback_error) => {
+                        Err(error
+                            .context(format!("and the rollback failed too: {rollback_error:#}")))
+                    }
+                };
+            }
             if changes.stopped_at.is_some() || changes.migrated {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
                 let previous = Previous {
@@ -591,24 +674,7 @@ impl Deploy<'_> {
             stop_container(sh, &container.id)?;
         }
         if changes.migrated {
-            printer.step(report, "rollback: restore database", || {
-                let staged;
-                let source = match &changes.backup_on_host {
-                    Some(file) => file.as_path(),
-                    None => {
-                        let migration = changes
-                            .migration
-                            .as_ref()
-                            .context("no migration container to take the backup from")?;
-                        staged = database::TempFile::new("rollback");
-                        migration
-                            .copy_backup(sh, &staged.0)
-                            .context("the database changed and its backup cannot be read back")?;
-                        staged.0.as_path()
-                    }
-                };
-                database::restore_from_host(sh, stack, &stack.bot_image, source).map(drop)
-            })?;
+            self.restore_pre_deploy_database(stack, changes, report)?;
         }
         let Some(image) = &previous.image else {
             report.revision_after = report.revision_before;
@@ -627,6 +693,157 @@ impl Deploy<'_> {
             })?;
         }
         report.revision_after = report.revision_before;
+        Ok(())
+    }
+
+    /// Puts back the database as it was before the migration, from the backup the migration took.
+    fn restore_pre_deploy_database(
+        &self,
+        stack: &Stack,
+        changes: &Changes,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let sh = self.sh;
+        self.printer.step(report, "rollback: restore database", || {
+            let staged;
+            let source = match &changes.backup_on_host {
+                Some(file) => file.as_path(),
+                None => {
+                    let migration = changes
+                        .migration
+                        .as_ref()
+                        .context("no migration container to take the backup from")?;
+                    staged = database::TempFile::new("rollback");
+                    migration
+                        .copy_backup(sh, &staged.0)
+                        .context("the database changed and its backup cannot be read back")?;
+                    staged.0.as_path()
+                }
+            };
+            database::restore_from_host(sh, stack, &stack.bot_image, source).map(drop)
+        })
+    }
+
+    /// The deploy on a server where the old app's container is the project's bot (or whose
+    /// database comes from `--import`): the old app stops, its database is copied into the
+    /// volume with the backup API, adopted and migrated; its container is kept out of
+    /// Compose's sight; then the new bot starts and is waited for.
+    fn replace_old_app(
+        &self,
+        stack: &Stack,
+        status: &DbStatus,
+        old: &OldApp,
+        report: &mut Report,
+        changes: &mut Changes,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        if let Some(container) = old.container.as_ref().filter(|c| c.is_running()) {
+            printer.step(report, "stop old app", || stop_container(sh, &container.id))?;
+            changes.stopped_at = Some(Instant::now());
+        }
+        if !database::volume_exists(sh, stack) {
+            database::create_volume(sh, stack)?;
+        }
+        let mut status = status.clone();
+        if let Some(planned) = &old.import {
+            changes.imported = true;
+            let imported = printer.step(report, "import database", || {
+                old_app::import(sh, stack, &stack.bot_image, &planned.source)
+            })?;
+            let text = planned.describe(&imported);
+            printer.detail(report, text.clone());
+            report.imported_from = Some(text);
+            database::refuse_unsafe(&imported.status)?;
+            status = imported.status;
+        }
+        if status.needs_migration() {
+            let migration = printer.step(report, "prepare migration", || {
+                MigrationContainer::create(sh, stack, &stack.bot_image)
+            })?;
+            changes.migration = Some(migration);
+            changes.migrated = true;
+            let outcome = printer.step(report, "migrate database", || {
+                changes.migration.as_ref().expect("just set").run(sh)
+            })?;
+            self.record_migration(stack, &status, &outcome, report, changes)?;
+        }
+        if let Some(container) = &old.container {
+            let kept = printer.step(report, "keep old app's container", || {
+                old_app::keep(sh, stack, container)
+            })?;
+            printer.detail(
+                report,
+                format!(
+                    "stopped, kept as {} until the new bot is healthy",
+                    kept.copy_name
+                ),
+            );
+            changes.kept = Some(kept);
+        }
+        if changes.stopped_at.is_none() {
+            changes.stopped_at = Some(Instant::now());
+        }
+        printer.step(report, "start bot", || stack.up(sh))?;
+        self.wait_until_serving(stack, report, changes)?;
+        if let (Some(kept), Some(container)) = (&changes.kept, &old.container) {
+            report.old_app = Some(format!(
+                "{} is stopped; a copy is kept as {} (image {}). Once you no longer need it: docker rm {} && docker rmi {}",
+                container.name, kept.copy_name, kept.image, kept.copy_name, kept.image
+            ));
+        }
+        if let Some(migration) = changes.migration.take() {
+            migration.remove(sh);
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Deploy::replace_old_app`]: removes the new bot, discards the imported copy (or
+    /// restores the migrated database), and starts the old app again.
+    fn roll_back_old_app(
+        &self,
+        stack: &Stack,
+        old: &OldApp,
+        changes: &mut Changes,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        if let Some(ours) = stack.bot_container(sh)?.filter(ContainerState::is_ours) {
+            printer.step(report, "rollback: remove new bot", || {
+                let id = &ours.id;
+                process::run(cmd!(sh, "docker rm -f {id}"), "removing the new bot").map(drop)
+            })?;
+        }
+        if changes.imported {
+            if let Some(migration) = changes.migration.take() {
+                migration.remove(sh);
+            }
+            // The volume was empty before the import (checked), so nothing of value goes.
+            let volume = stack.volume();
+            printer.step(report, "rollback: discard imported database", || {
+                process::run(
+                    cmd!(sh, "docker volume rm -f {volume}"),
+                    "removing the volume with the imported copy",
+                )
+                .map(drop)
+            })?;
+        } else if changes.migrated {
+            self.restore_pre_deploy_database(stack, changes, report)?;
+            if let Some(migration) = changes.migration.take() {
+                migration.remove(sh);
+            }
+        }
+        report.revision_after = None;
+        if let Some(container) = &old.container {
+            let name = printer.step(report, "rollback: start old app", || {
+                old_app::bring_back(
+                    sh,
+                    &container.id,
+                    changes.kept.as_ref(),
+                    container.is_running(),
+                )
+            })?;
+            printer.detail(report, format!("the old app runs again as {name}"));
+        }
         Ok(())
     }
 
@@ -656,8 +873,26 @@ impl Deploy<'_> {
             printer.step(report, "plan migrations", || self.plan_migrations(stack))?;
         report.revision_before = from;
         report.revision_after = to;
-        if before.is_some_and(|c| c.status == "running") {
-            plan.push("stop bot: docker stop <bot container>".into());
+        match before {
+            Some(c) if !c.is_ours() => {
+                plan.push(format!(
+                    "look for the old app: {} is not ours; its mounts are searched for its database (bot db find-databases), which is checked on a copy (bot db import --check-only)",
+                    c.name
+                ));
+                plan.push(format!("stop old app: docker stop {}", c.name));
+                plan.push(format!(
+                    "import database: bot db import <its database> into {}:/data (the backup API), then adopt and migrate it",
+                    stack.volume()
+                ));
+                plan.push(format!(
+                    "keep old app's container: docker commit {} and a stopped copy out of Compose's sight",
+                    c.name
+                ));
+            }
+            Some(c) if c.status == "running" => {
+                plan.push("stop bot: docker stop <bot container>".into());
+            }
+            _ => {}
         }
         if !migrations.is_empty() {
             plan.push(format!(
@@ -857,10 +1092,19 @@ struct Previous {
     was_running: bool,
 }
 
-fn question(running: bool, status: &DbStatus) -> String {
+fn question(running: bool, status: &DbStatus, old: &OldApp) -> String {
     let mut question = String::from("This will");
     if running {
         question.push_str(" stop the bot,");
+    }
+    if let Some(c) = old.container.as_ref().filter(|c| c.is_running()) {
+        question.push_str(&format!(" stop the old app ({}),", c.name));
+    }
+    if let Some(planned) = &old.import {
+        question.push_str(&format!(
+            " copy its database {} into the volume,",
+            planned.source
+        ));
     }
     if status.needs_migration() {
         question.push_str(&format!(
@@ -982,12 +1226,12 @@ mod tests {
     fn the_question_says_what_will_happen() {
         let mut status = DbStatus::empty(4);
         status.state = "behind".into();
-        let q = question(true, &status);
+        let q = question(true, &status, &OldApp::default());
         assert!(
             q.contains("stop the bot") && q.contains("migrate the database (behind -> revision 4)"),
             "{q}"
         );
         status.state = "current".into();
-        assert!(!question(false, &status).contains("migrate"));
+        assert!(!question(false, &status, &OldApp::default()).contains("migrate"));
     }
 }

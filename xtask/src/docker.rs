@@ -60,7 +60,63 @@ pub struct ContainerState {
     pub restart_count: u64,
     /// Its last exit code.
     pub exit_code: i64,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// The image as the container was created from it (a tag or an id).
+    pub config_image: String,
+    /// Its labels (the image's and its own).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its bind mounts and volumes (tmpfs left out).
+    pub mounts: Vec<Mount>,
 }
+
+/// A bind mount or volume of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it appears inside the container.
+    pub destination: String,
+    /// What `--mount` needs for it: `type=bind,src=/host/path` or `type=volume,src=name`.
+    pub source: MountSource,
+}
+
+/// Where a mount's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A path on the engine's machine.
+    Bind(String),
+    /// A named (or anonymous) volume.
+    Volume(String),
+}
+
+impl Mount {
+    /// The `--mount` value that shows the same files at `destination`, read-only.
+    pub fn read_only_at(&self, destination: &str) -> String {
+        match &self.source {
+            MountSource::Bind(path) => {
+                format!("type=bind,src={path},dst={destination},readonly")
+            }
+            MountSource::Volume(name) => {
+                format!("type=volume,src={name},dst={destination},readonly")
+            }
+        }
+    }
+}
+
+impl ContainerState {
+    /// Whether this container is one of ours: its image carries our label (or, for containers
+    /// made before the label existed, it was created from a `tgbot-bot:` tag).
+    pub fn is_ours(&self) -> bool {
+        self.labels.contains_key(OUR_LABEL) || self.config_image.starts_with("tgbot-bot:")
+    }
+
+    /// Whether it is running (or restarting).
+    pub fn is_running(&self) -> bool {
+        self.status == "running" || self.status == "restarting"
+    }
+}
+
+/// The label our bot image carries (set in `docker/Dockerfile`).
+pub const OUR_LABEL: &str = "org.tgbot.image";
 
 /// Inspects one container.
 pub fn inspect(sh: &Shell, id: &str) -> anyhow::Result<ContainerState> {
@@ -87,6 +143,38 @@ pub fn inspect(sh: &Shell, id: &str) -> anyhow::Result<ContainerState> {
             .to_owned(),
         restart_count: c["RestartCount"].as_u64().unwrap_or(0),
         exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(0),
+        name: c["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        config_image: c["Config"]["Image"].as_str().unwrap_or_default().to_owned(),
+        labels: c["Config"]["Labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        mounts: c["Mounts"]
+            .as_array()
+            .map(|mounts| mounts.iter().filter_map(mount).collect())
+            .unwrap_or_default(),
+    })
+}
+
+fn mount(m: &Value) -> Option<Mount> {
+    let destination = m["Destination"].as_str()?.to_owned();
+    let source = match m["Type"].as_str()? {
+        "bind" => MountSource::Bind(m["Source"].as_str()?.to_owned()),
+        "volume" => MountSource::Volume(m["Name"].as_str()?.to_owned()),
+        _ => return None,
+    };
+    Some(Mount {
+        destination,
+        source,
     })
 }
 

@@ -39,6 +39,9 @@ pub struct Record {
     pub revision_after: Option<u32>,
     /// The backup taken before the database changed.
     pub backup: Option<PathBuf>,
+    /// Where the database came from, when the deploy imported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
     /// Every step with its duration.
     pub steps: Vec<StepRecord>,
     /// Seconds the bot was not running.

@@ -10,6 +10,7 @@ mod exit;
 mod history;
 mod images;
 mod lock;
+mod old_app;
 mod output;
 mod process;
 mod project;
@@ -40,12 +41,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Set up a server: check it, build, create or adopt the database, start, wait until healthy.
-    FirstDeploy(StackArgs),
+    /// Set up a server: check it, build, create, import or adopt the database, start, wait
+    /// until healthy.
+    FirstDeploy(DeployArgs),
     /// The database part alone: stop, back up, adopt, upgrade, start, wait until healthy.
-    ProdMigrate(StackArgs),
+    ProdMigrate(DeployArgs),
     /// Build while the old bot runs, then migrate and start the new image. Idempotent.
-    ProdFullUpdate(StackArgs),
+    ProdFullUpdate(DeployArgs),
     /// Containers, health, database state.
     Status(tasks::status::Args),
     /// Put a database file into the volume (it does not migrate).
@@ -81,6 +83,15 @@ enum Task {
     Bench(bench::Args),
 }
 
+/// The options of the deploy tasks.
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    #[command(flatten)]
+    import: old_app::ImportArgs,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let Some(task) = cli.task else {
@@ -97,22 +108,9 @@ fn main() -> std::process::ExitCode {
     };
     sh.change_dir(project::root());
     let code = match task {
-        Task::FirstDeploy(args) => {
-            reported(&sh, "first-deploy", args, |sh, args, printer, report| {
-                deploy::run(sh, args, Mode::FirstDeploy, printer, report)
-            })
-        }
-        Task::ProdMigrate(args) => {
-            reported(&sh, "prod-migrate", args, |sh, args, printer, report| {
-                deploy::run(sh, args, Mode::Migrate, printer, report)
-            })
-        }
-        Task::ProdFullUpdate(args) => reported(
-            &sh,
-            "prod-full-update",
-            args,
-            |sh, args, printer, report| deploy::run(sh, args, Mode::FullUpdate, printer, report),
-        ),
+        Task::FirstDeploy(args) => deploy_task(&sh, Mode::FirstDeploy, args),
+        Task::ProdMigrate(args) => deploy_task(&sh, Mode::Migrate, args),
+        Task::ProdFullUpdate(args) => deploy_task(&sh, Mode::FullUpdate, args),
         Task::Restore(args) => {
             let stack_args = args_stack(&args);
             reported(&sh, "restore", stack_args, move |sh, _, printer, report| {
@@ -136,6 +134,13 @@ fn main() -> std::process::ExitCode {
         Task::Bench(args) => plain(bench::run(&sh, args)),
     };
     std::process::ExitCode::from(code as u8)
+}
+
+fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {
+    let DeployArgs { stack, import } = args;
+    reported(sh, mode.task(), stack, |sh, args, printer, report| {
+        deploy::run(sh, args, &import, mode, printer, report)
+    })
 }
 
 fn args_stack(args: &tasks::restore::Args) -> StackArgs {

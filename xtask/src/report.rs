@@ -35,6 +35,12 @@ pub struct Report {
     pub state_before: Option<String>,
     /// The backup taken, on the host.
     pub backup: Option<String>,
+    /// Where the database came from, when the deploy imported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
+    /// What became of the old app's container, when the deploy replaced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_app: Option<String>,
     /// The image the bot runs after the task.
     pub image: Option<String>,
     /// Whether a failure was rolled back.
@@ -101,6 +107,12 @@ impl Report {
                     .map(|s| format!(" (was {s})"))
                     .unwrap_or_default()
             ));
+        }
+        if let Some(imported) = &self.imported_from {
+            out.push_str(&format!("  data:     {imported}\n"));
+        }
+        if let Some(old_app) = &self.old_app {
+            out.push_str(&format!("  old app:  {old_app}\n"));
         }
         if let Some(backup) = &self.backup {
             out.push_str(&format!("  backup:   {backup}\n"));

@@ -27,6 +27,7 @@ pub fn restart(
 ) -> anyhow::Result<()> {
     deploy::locked_and_recorded(sh, args, "restart", report, |_, _, report, _| {
         let stack = deploy::check_machine(sh, args, false, printer, report)?;
+        crate::old_app::refuse_if_old_app(sh, &stack, "restart")?;
         let container = stack.bot_container(sh)?.ok_or_else(|| {
             exit::not_ready("there is no bot container; deploy first (`cargo xtask first-deploy`)")
         })?;
@@ -67,6 +68,7 @@ pub fn down(
 ) -> anyhow::Result<()> {
     deploy::locked_and_recorded(sh, args, "down", report, |_, _, report, _| {
         let stack = deploy::check_machine(sh, args, false, printer, report)?;
+        crate::old_app::refuse_if_old_app(sh, &stack, "down")?;
         if args.dry_run {
             printer.info(&format!(
                 "dry run: would stop and remove the containers of {}; the volume {} stays",

@@ -52,6 +52,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
         report,
         |state_dir, time, report, _record| {
             let stack = deploy::check_machine(sh, &args.stack, false, printer, report)?;
+            crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 if args.stack.dry_run {
                     printer.info(&format!("would build {} first", stack.bot_image));

@@ -35,7 +35,22 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     };
     let state_dir = args.stack.state_dir(&stack.project);
     let last_backup = backups::list(&state_dir, &stack.project).pop();
-    let last_deploy = history::read(&state_dir)?.pop();
+    let records = history::read(&state_dir)?;
+    // Where the data came from: the last deploy that imported it and ended well.
+    let imported_from = records
+        .iter()
+        .rev()
+        .find(|r| r.result == "ok" && r.imported_from.is_some())
+        .map(|r| {
+            format!(
+                "{} (by {} at {})",
+                r.imported_from.as_deref().unwrap_or(""),
+                r.task,
+                r.time
+            )
+        });
+    let last_deploy = records.last().cloned();
+    let old_app = container.as_ref().filter(|c| !c.is_ours());
     if args.stack.json {
         let value = json!({
             "project": stack.project,
@@ -50,6 +65,8 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
                 "state": d.state, "version": d.version, "head": d.head, "pending": d.pending,
                 "matches": d.matches, "difference": d.difference, "bytes": d.bytes,
             })),
+            "old_app": old_app.map(|c| json!({"name": c.name, "image": c.config_image, "status": c.status})),
+            "imported_from": imported_from,
             "last_backup": last_backup,
             "last_deploy": last_deploy,
         });
@@ -62,6 +79,10 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         stack.flavour.describe()
     );
     match &container {
+        Some(c) if !c.is_ours() => println!(
+            "bot:         {} is the old app's container ({}, image {}), not ours; `cargo xtask first-deploy` brings its database over",
+            c.name, c.status, c.config_image
+        ),
         Some(c) => println!(
             "bot:         {} {} (started {}, restarts {}, image {})",
             c.status,
@@ -85,6 +106,9 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             }
         }
         _ => println!("image:       none ({} is not built yet)", stack.bot_image),
+    }
+    if let Some(imported) = &imported_from {
+        println!("data:        {imported}");
     }
     println!(
         "last backup: {}",

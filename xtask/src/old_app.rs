@@ -1,0 +1,692 @@
+//! The old app: a `bot` container of the project that is not ours (the app this workspace
+//! replaces, which made its tables with its own create-all). Its database is found through
+//! that container's mounts and brought into our volume while the old app is stopped; the
+//! container is kept, stopped, until the new bot is healthy, and put back running when the
+//! deploy fails.
+//!
+//! Compose finds a service's container by its labels, which Docker cannot change, so the first
+//! `up` of our stack would remove the old container. Before that `up`, the old container is
+//! committed to an image and a stopped copy of it is created under labels Compose does not
+//! look for, sharing its mounts (`--volumes-from`). A rollback recreates the container from
+//! that image with its own name, labels, restart policy and networks.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use xshell::{Shell, cmd};
+
+use crate::compose::Stack;
+use crate::database::{self, DbStatus};
+use crate::docker::{self, ContainerState, Mount};
+use crate::exit;
+use crate::process;
+
+/// Where the old app's mounts appear, read-only, in the containers that read them.
+const OLD_ROOT: &str = "/tgbot-old-app";
+
+/// The file the runbook names: the old app's database, looked at first.
+pub const RUNBOOK_PATH: &str = "/app/bot_database.db";
+
+/// Where a host file to import is copied in the container that reads it.
+const HOST_FILE_IN_CONTAINER: &str = "/tmp/import-source.db";
+
+/// The label a kept copy of the old container carries (its value: the project).
+pub const KEPT_LABEL: &str = "org.tgbot.kept-for";
+
+/// Options that decide where the database comes from on a server with an old app.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ImportArgs {
+    /// Bring this database into the volume: a file on this machine, or CONTAINER:PATH (a file
+    /// on one of that container's mounts).
+    #[arg(long, value_name = "FILE|CONTAINER:PATH", conflicts_with = "fresh")]
+    pub import: Option<String>,
+    /// Import nothing: deploy with the volume as it is (empty on a new server), even where the
+    /// old app's container has a database.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Where an imported database comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file on a mount of a container (the old app's).
+    Container {
+        /// The container's id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// The file's path inside it.
+        path: String,
+    },
+    /// A file on this machine.
+    HostFile(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Container { name, path, .. } => write!(f, "{name}:{path}"),
+            Source::HostFile(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// What `bot db import --check-only` found in the source: a checked copy's state.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The copy's state, as `bot db status` tells it.
+    pub status: DbStatus,
+    /// Rows in `users`, when there is such a table.
+    pub users: Option<u64>,
+    /// The crash leftover SQLite recovered on the copy ("journal" or "wal").
+    pub recovered: Option<String>,
+}
+
+impl Checked {
+    fn from_json(value: &Value) -> anyhow::Result<Checked> {
+        let mut status: DbStatus = serde_json::from_value(value["status"].clone())
+            .context("`bot db import` printed a status of another shape")?;
+        if status.bytes == 0 {
+            status.bytes = value["bytes"].as_u64().unwrap_or(0);
+        }
+        Ok(Checked {
+            status,
+            users: value["users"].as_u64(),
+            recovered: value["recovered"].as_str().map(str::to_owned),
+        })
+    }
+}
+
+/// A database to bring into the volume, checked while the old app still ran.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Where it comes from.
+    pub source: Source,
+    /// What the check found.
+    pub checked: Checked,
+}
+
+impl Planned {
+    /// For the report and the history: `imported from CONTAINER:PATH, 50 users, matched revision 1`.
+    pub fn describe(&self, imported: &Checked) -> String {
+        let mut text = format!("imported from {}", self.source);
+        if let Some(users) = imported.users {
+            text.push_str(&format!(", {users} users"));
+        }
+        match (imported.status.version, imported.status.matches) {
+            (Some(v), _) => text.push_str(&format!(", at revision {v}")),
+            (None, Some(m)) => text.push_str(&format!(", matched revision {m}")),
+            (None, None) => {}
+        }
+        if let Some(recovered) = &imported.recovered {
+            text.push_str(&format!(
+                " (a {recovered} left by a killed writer was recovered on the copy)"
+            ));
+        }
+        text
+    }
+}
+
+/// What the deploy found of an old app before changing anything.
+#[derive(Debug, Clone, Default)]
+pub struct OldApp {
+    /// The project's `bot` container when it is not ours.
+    pub container: Option<ContainerState>,
+    /// The database to import, if any.
+    pub import: Option<Planned>,
+}
+
+/// Refuses a task that would replace or remove the bot's container when that container is the
+/// old app's: only a deploy brings its database over.
+pub fn refuse_if_old_app(sh: &Shell, stack: &Stack, task: &str) -> anyhow::Result<()> {
+    match stack.bot_container(sh)? {
+        Some(c) if !c.is_ours() => Err(exit::refused(format!(
+            "the project's bot container {} runs {}, which is not this workspace's bot (the old app?); `{task}` would act on it. Deploy with `cargo xtask first-deploy`, which finds the old app's database and brings it over. Nothing was changed.",
+            c.name, c.config_image
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Looks for the old app and, unless told otherwise, for the one database to bring over. Reads
+/// only: the old app keeps running. `image` is our bot image, whose `bot db` does the reading.
+pub fn look(
+    sh: &Shell,
+    image: &str,
+    before: Option<&ContainerState>,
+    args: &ImportArgs,
+) -> anyhow::Result<OldApp> {
+    let container = before.filter(|c| !c.is_ours()).cloned();
+    let source = match (&args.import, &container) {
+        (Some(spec), _) => Some(parse_source(sh, spec)?),
+        (None, _) if args.fresh => None,
+        (None, None) => None,
+        (None, Some(old)) => Some(find_the_one(sh, image, old)?),
+    };
+    let import = match source {
+        Some(source) => {
+            let checked = check(sh, image, &source)?;
+            Some(Planned { source, checked })
+        }
+        None => None,
+    };
+    Ok(OldApp { container, import })
+}
+
+/// `FILE` (an existing file here) or `CONTAINER:PATH`.
+fn parse_source(sh: &Shell, spec: &str) -> anyhow::Result<Source> {
+    let as_file = Path::new(spec);
+    if as_file.is_file() {
+        return Ok(Source::HostFile(std::fs::canonicalize(as_file)?));
+    }
+    let Some((container, path)) = spec
+        .split_once(':')
+        .filter(|(c, p)| !c.is_empty() && p.starts_with('/'))
+    else {
+        return Err(exit::usage(format!(
+            "--import {spec}: there is no such file here, and it is not CONTAINER:/path/in/container"
+        )));
+    };
+    let state = docker::inspect(sh, container).map_err(|e| {
+        exit::usage(format!(
+            "--import {spec}: there is no container {container} ({e:#})"
+        ))
+    })?;
+    Ok(Source::Container {
+        id: state.id,
+        name: state.name,
+        path: path.to_owned(),
+    })
+}
+
+/// The old container's mounts as read-only `--mount` options under [`OLD_ROOT`].
+fn mount_args(old: &ContainerState) -> Vec<String> {
+    old.mounts
+        .iter()
+        .flat_map(|m| {
+            [
+                "--mount".to_owned(),
+                m.read_only_at(&format!("{OLD_ROOT}{}", m.destination)),
+            ]
+        })
+        .collect()
+}
+
+/// The mount of `old` that holds `path`, if any (the deepest one).
+fn mount_holding<'a>(old: &'a ContainerState, path: &str) -> Option<&'a Mount> {
+    old.mounts
+        .iter()
+        .filter(|m| {
+            path == m.destination
+                || path.starts_with(&format!("{}/", m.destination.trim_end_matches('/')))
+        })
+        .max_by_key(|m| m.destination.len())
+}
+
+/// Finds the SQLite files on the old container's mounts; exactly one is the database to
+/// import, else the deploy is refused with what was found and the options that decide.
+fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result<Source> {
+    let found = if old.mounts.is_empty() {
+        Vec::new()
+    } else {
+        let mut places: Vec<String> = old
+            .mounts
+            .iter()
+            .map(|m| format!("{OLD_ROOT}{}", m.destination))
+            .collect();
+        places.sort();
+        let out = process::run(
+            cmd!(sh, "docker run --rm --user 0:0 --network none")
+                .args(mount_args(old))
+                .arg(image)
+                .args(["db", "find-databases", "--json"])
+                .args(&places),
+            "looking for the old app's database on its mounts",
+        )?;
+        let listing = database::last_json(&out.stdout, "`bot db find-databases`")?;
+        candidates(&listing)
+    };
+    let mounts: Vec<String> = old.mounts.iter().map(|m| m.destination.clone()).collect();
+    match found.as_slice() {
+        [one] => Ok(Source::Container {
+            id: old.id.clone(),
+            name: old.name.clone(),
+            path: one.0.clone(),
+        }),
+        [] => Err(exit::refused(format!(
+            "the project's bot container {} is not ours (the old app, image {}), and no SQLite database was found on its mounts ({}). Nothing was changed; the old app runs on.\nSay where its database is with `--import CONTAINER:PATH` or `--import FILE`, or pass `--fresh` to start with an empty database on purpose.",
+            old.name,
+            old.config_image,
+            if mounts.is_empty() {
+                "it has none".to_owned()
+            } else {
+                mounts.join(", ")
+            }
+        ))),
+        several => Err(exit::refused(format!(
+            "the project's bot container {} is not ours (the old app, image {}), and its mounts hold {} SQLite databases:\n{}\nNothing was changed; the old app runs on. Say which one to bring over with `--import {}:PATH` (or `--import FILE`), or pass `--fresh` to start with an empty database on purpose.",
+            old.name,
+            old.config_image,
+            several.len(),
+            several
+                .iter()
+                .map(|(path, bytes)| format!("  {}:{path} ({bytes} bytes)", old.name))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            old.name
+        ))),
+    }
+}
+
+/// The databases `bot db find-databases` listed, as paths inside the old container with their
+/// sizes; the runbook's path first.
+fn candidates(listing: &Value) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = listing["databases"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|d| {
+                    let path = d["path"].as_str()?.strip_prefix(OLD_ROOT)?.to_owned();
+                    Some((path, d["bytes"].as_u64().unwrap_or(0)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(path, _)| path != RUNBOOK_PATH);
+    found
+}
+
+/// Runs `bot db import <args>` in a throw-away container that sees the source, as root (the
+/// old app's files are root's), with more `docker run` options `extra`.
+fn run_import(
+    sh: &Shell,
+    image: &str,
+    source: &Source,
+    extra: &[String],
+    args: &[&str],
+    what: &str,
+) -> anyhow::Result<Value> {
+    let out = match source {
+        Source::Container { id, path, .. } => {
+            let old = docker::inspect(sh, id)?;
+            if mount_holding(&old, path).is_none() {
+                return Err(exit::refused(format!(
+                    "{source}: {path} is not on a bind mount or volume of {}, so it cannot be read safely. Stop the app, copy the file out (`docker cp {}:{path} .`) and pass `--import FILE`. Nothing was changed.",
+                    old.name, old.name
+                )));
+            }
+            let inside = format!("{OLD_ROOT}{path}");
+            process::run_within(
+                cmd!(sh, "docker run --rm --user 0:0 --network none")
+                    .args(mount_args(&old))
+                    .args(extra)
+                    .arg(image)
+                    .args(["db", "import", &inside])
+                    .args(args),
+                what,
+                copy_timeout(0),
+            )?
+        }
+        Source::HostFile(file) => {
+            let id = process::run(
+                cmd!(sh, "docker create --user 0:0 --network none")
+                    .args(extra)
+                    .arg(image)
+                    .args(["db", "import", HOST_FILE_IN_CONTAINER])
+                    .args(args),
+                "preparing the import",
+            )?
+            .stdout
+            .trim()
+            .to_owned();
+            let result = (|| {
+                let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+                // The crash leftovers travel with the file, so SQLite recovers the copy.
+                for suffix in ["", "-journal", "-wal"] {
+                    let from = PathBuf::from(format!("{}{suffix}", file.display()));
+                    if suffix.is_empty() || from.exists() {
+                        let to = format!("{id}:{HOST_FILE_IN_CONTAINER}{suffix}");
+                        process::run_within(
+                            cmd!(sh, "docker cp {from} {to}"),
+                            "copying the database to import to Docker",
+                            copy_timeout(size),
+                        )?;
+                    }
+                }
+                process::run_within(cmd!(sh, "docker start -a {id}"), what, copy_timeout(size))
+            })();
+            let _ = cmd!(sh, "docker rm -f {id}")
+                .quiet()
+                .ignore_status()
+                .output();
+            result?
+        }
+    };
+    database::last_json(&out.stdout, "`bot db import`")
+}
+
+/// A time limit for copying `bytes`: three minutes, and a minute more per 2 GB.
+fn copy_timeout(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(180 + bytes / 33_000_000)
+}
+
+/// Checks the source on a copy (the old app still runs) and reads its state.
+fn check(sh: &Shell, image: &str, source: &Source) -> anyhow::Result<Checked> {
+    let value = run_import(
+        sh,
+        image,
+        source,
+        &[],
+        &["--check-only", "--json"],
+        "checking the database to import",
+    )
+    .map_err(|e| match exit::code_of(&e) {
+        exit::ExitCode::Failed => exit::refused(format!(
+            "the database to import, {source}, cannot be used: {e:#}\nNothing was changed; the old app runs on."
+        )),
+        _ => e,
+    })?;
+    Checked::from_json(&value)
+}
+
+/// Copies the source into the volume (the old app must be stopped), checked, owned by the bot.
+pub fn import(sh: &Shell, stack: &Stack, image: &str, source: &Source) -> anyhow::Result<Checked> {
+    let volume = format!("type=volume,src={},dst=/data", stack.volume());
+    let value = run_import(
+        sh,
+        image,
+        source,
+        &["--mount".to_owned(), volume],
+        &["--owner", database::BOT_OWNER, "--json"],
+        "importing the database",
+    )?;
+    Checked::from_json(&value)
+}
+
+/// The old container, kept out of Compose's sight until the new bot is healthy.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Its name.
+    pub original_name: String,
+    /// The image it was committed to.
+    pub image: String,
+    /// The stopped copy's name.
+    pub copy_name: String,
+    restart_policy: String,
+    networks: Vec<(String, Vec<String>)>,
+}
+
+/// Commits the (stopped) old container and creates a stopped copy that shares its mounts,
+/// under labels Compose does not look for.
+pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<Kept> {
+    let raw = inspect_raw(sh, &old.id)?;
+    let restart_policy = raw["HostConfig"]["RestartPolicy"]["Name"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("no")
+        .to_owned();
+    let networks = raw["NetworkSettings"]["Networks"]
+        .as_object()
+        .map(|all| {
+            all.iter()
+                .map(|(name, n)| {
+                    let aliases = n["Aliases"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str())
+                                // Docker adds the short id itself.
+                                .filter(|x| !old.id.starts_with(x))
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (name.clone(), aliases)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let image = format!("tgbot-old-app:{}", stack.project);
+    let id = &old.id;
+    process::run_within(
+        cmd!(sh, "docker commit {id} {image}"),
+        "keeping the old app's container (docker commit)",
+        copy_timeout(0),
+    )?;
+    let copy_name = format!("{}-kept-by-tgbot", old.name);
+    let _ = cmd!(sh, "docker rm -f {copy_name}")
+        .quiet()
+        .ignore_status()
+        .output();
+    let kept_for = format!("{KEPT_LABEL}={}", stack.project);
+    process::run(
+        cmd!(
+            sh,
+            "docker create --name {copy_name} --volumes-from {id} --network none --label com.docker.compose.project= --label com.docker.compose.service= --label com.docker.compose.oneoff=True --label {kept_for} {image}"
+        ),
+        "keeping the old app's container (a stopped copy)",
+    )?;
+    Ok(Kept {
+        original_name: old.name.clone(),
+        image,
+        copy_name,
+        restart_policy,
+        networks,
+    })
+}
+
+fn inspect_raw(sh: &Shell, id: &str) -> anyhow::Result<Value> {
+    let out = process::run(
+        cmd!(sh, "docker container inspect {id}"),
+        "inspecting the old app's container",
+    )?;
+    let all: Value = serde_json::from_str(&out.stdout).context("docker inspect printed no JSON")?;
+    Ok(all[0].clone())
+}
+
+fn exists(sh: &Shell, id: &str) -> bool {
+    cmd!(sh, "docker container inspect {id}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts the old app again. The container itself when Compose has not removed it yet;
+/// otherwise it is recreated from the kept image with its own name, labels (so its Compose
+/// manages it again), mounts, restart policy and networks. Returns its name.
+pub fn bring_back(
+    sh: &Shell,
+    old_id: &str,
+    kept: Option<&Kept>,
+    start: bool,
+) -> anyhow::Result<String> {
+    if exists(sh, old_id) {
+        if start {
+            process::run(
+                cmd!(sh, "docker start {old_id}"),
+                "starting the old app again",
+            )?;
+        }
+        if let Some(kept) = kept {
+            let copy = &kept.copy_name;
+            let _ = cmd!(sh, "docker rm -f {copy}")
+                .quiet()
+                .ignore_status()
+                .output();
+        }
+        return Ok(inspect_raw(sh, old_id)?["Name"]
+            .as_str()
+            .unwrap_or(old_id)
+            .trim_start_matches('/')
+            .to_owned());
+    }
+    let Some(kept) = kept else {
+        bail!("the old app's container {old_id} is gone and no copy of it was kept");
+    };
+    let Kept {
+        original_name: name,
+        image,
+        copy_name: copy,
+        restart_policy: restart,
+        networks,
+        ..
+    } = kept;
+    let mut create = cmd!(
+        sh,
+        "docker create --name {name} --volumes-from {copy} --restart {restart}"
+    );
+    if let Some((network, aliases)) = networks.first() {
+        create = create.args(["--network", network]);
+        for alias in aliases {
+            create = create.args(["--network-alias", alias]);
+        }
+    }
+    let id = process::run(create.arg(image), "recreating the old app's container")?
+        .stdout
+        .trim()
+        .to_owned();
+    for (network, aliases) in networks.iter().skip(1) {
+        let alias_args: Vec<String> = aliases
+            .iter()
+            .flat_map(|a| ["--alias".to_owned(), a.clone()])
+            .collect();
+        process::run(
+            cmd!(sh, "docker network connect")
+                .args(alias_args)
+                .args([network, &id]),
+            "connecting the old app to its network",
+        )?;
+    }
+    if start {
+        process::run(cmd!(sh, "docker start {id}"), "starting the old app again")?;
+    }
+    let _ = cmd!(sh, "docker rm -f {copy}")
+        .quiet()
+        .ignore_status()
+        .output();
+    Ok(name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::MountSource;
+    use serde_json::json;
+
+    fn old(mounts: &[(&str, MountSource)]) -> ContainerState {
+        ContainerState {
+            id: "abc".into(),
+            image_id: "sha256:1".into(),
+            status: "running".into(),
+            health: None,
+            health_output: None,
+            started_at: String::new(),
+            restart_count: 0,
+            exit_code: 0,
+            name: "docker_bot_1".into(),
+            config_image: "oldbot:latest".into(),
+            labels: Default::default(),
+            mounts: mounts
+                .iter()
+                .map(|(d, s)| Mount {
+                    destination: (*d).into(),
+                    source: s.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_runbooks_path_comes_first_and_paths_are_the_old_containers() {
+        let listing = json!({"databases": [
+            {"path": "/tgbot-old-app/app/a.db", "bytes": 1},
+            {"path": "/tgbot-old-app/app/bot_database.db", "bytes": 2},
+        ]});
+        assert_eq!(
+            candidates(&listing),
+            vec![("/app/bot_database.db".into(), 2), ("/app/a.db".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn the_deepest_mount_holds_a_path() {
+        let c = old(&[
+            ("/app", MountSource::Bind("/srv/app".into())),
+            ("/app/data", MountSource::Volume("v".into())),
+            ("/app/bot_database.db", MountSource::Bind("/srv/db".into())),
+        ]);
+        assert_eq!(
+            mount_holding(&c, "/app/data/x.db").unwrap().destination,
+            "/app/data"
+        );
+        assert_eq!(
+            mount_holding(&c, "/app/bot_database.db")
+                .unwrap()
+                .destination,
+            "/app/bot_database.db"
+        );
+        assert_eq!(
+            mount_holding(&c, "/app/other.db").unwrap().destination,
+            "/app"
+        );
+        assert!(mount_holding(&c, "/application/x.db").is_none());
+        assert!(mount_holding(&c, "/etc/x.db").is_none());
+    }
+
+    #[test]
+    fn mounts_are_shown_read_only_under_their_own_root() {
+        let c = old(&[
+            (
+                "/app/bot_database.db",
+                MountSource::Bind("/srv/db file".into()),
+            ),
+            ("/srv/state", MountSource::Volume("p_appdata".into())),
+        ]);
+        assert_eq!(
+            mount_args(&c),
+            vec![
+                "--mount",
+                "type=bind,src=/srv/db file,dst=/tgbot-old-app/app/bot_database.db,readonly",
+                "--mount",
+                "type=volume,src=p_appdata,dst=/tgbot-old-app/srv/state,readonly",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_import_is_described_with_its_source_users_and_revision() {
+        let mut status = DbStatus::empty(4);
+        status.state = "unstamped".into();
+        status.matches = Some(1);
+        let checked = Checked {
+            status,
+            users: Some(50),
+            recovered: None,
+        };
+        let planned = Planned {
+            source: Source::Container {
+                id: "abc".into(),
+                name: "docker_bot_1".into(),
+                path: RUNBOOK_PATH.into(),
+            },
+            checked: checked.clone(),
+        };
+        assert_eq!(
+            planned.describe(&checked),
+            "imported from docker_bot_1:/app/bot_database.db, 50 users, matched revision 1"
+        );
+    }
+
+    #[test]
+    fn only_our_image_or_label_makes_a_container_ours() {
+        let mut c = old(&[]);
+        assert!(!c.is_ours());
+        c.config_image = "tgbot-bot:docker".into();
+        assert!(c.is_ours());
+        c.config_image = "sha256:0123".into();
+        c.labels.insert(docker::OUR_LABEL.into(), "bot".into());
+        assert!(c.is_ours());
+    }
+}

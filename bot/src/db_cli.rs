@@ -2,14 +2,34 @@
 //!
 //! Every command takes `--json` and then prints one JSON object on stdout, on success and on
 //! failure (`{"error": ..., "exit_code": ...}`). Exit codes: 0 done, 1 failed (rolled back),
-//! 2 usage, 3 refused because of the database's state (nothing changed), 4 the file is not a
-//! SQLite database or is damaged, 5 the database stayed locked by another process.
+//! 2 usage, 3 refused because of the database's state or place (nothing changed: e.g. a
+//! missing or read-only folder), 4 the file is not a SQLite database (a folder, another kind of
+//! file) or is damaged (cut short, failing `quick_check`), 5 the database stayed locked by
+//! another process (the message says whether by a writer or by a reader).
+//!
+//! Before anything reads the database, what a writer killed mid-transaction left beside it is
+//! recovered the way SQLite recovers it (a read-write open rolls back a hot `-journal`; the
+//! last connection folds a `-wal` into the file), by every command, `status` included: this
+//! never changes committed data, and is what the bot's own first read would do. A line on
+//! stderr says so, and the JSON object gets `"recovered": "journal"` or `"wal"` (else null).
+//! When this user may not write the folder, the command refuses and names the journal.
+//!
+//! A 0-byte file is what a failed copy (or `touch`) leaves: `status` reports it (state `empty`,
+//! `"zero_bytes": true`); `upgrade` builds the schema into it, as into a new file, and says so
+//! on stderr (`"zero_bytes": true`), since an upgrade killed before its first commit leaves one
+//! too.
+//!
+//! `DATABASE_BUSY_TIMEOUT` (seconds, default 30) sets how long a command waits for another
+//! process's lock.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use migrations::{Database, Error, Plan, State, Status, head, schema, schema_at};
+use migrations::{
+    Database, Error, LockHolder, Plan, Recovery, State, Status, head, schema, schema_at,
+};
 use serde_json::{Value, json};
 
 use crate::import;
@@ -145,10 +165,15 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the live database with FILE, after checking FILE (integrity_check).
+    /// Replace the live database with FILE, after checking FILE (integrity_check); the database
+    /// it replaces is kept beside it as `<name>.replaced-<UTC time>`.
     Restore {
         /// The database file to put in place.
         file: PathBuf,
+        /// Restore FILE even when it is 0 bytes or has no tables while the live database has
+        /// tables.
+        #[arg(long)]
+        force: bool,
         /// Give the restored file (and its folder) to this UID:GID (needs root).
         #[arg(long)]
         owner: Option<String>,
@@ -176,12 +201,26 @@ impl DbCommand {
             | DbCommand::Restore { json, .. } => *json,
         }
     }
+
+    /// Whether the command reads or writes the database at DATABASE_PATH (so that what a
+    /// killed writer left must be recovered first).
+    fn reads_the_database(&self) -> bool {
+        match self {
+            DbCommand::Schema { at, .. } => at.is_none(),
+            DbCommand::FixOwnership { .. }
+            | DbCommand::FindDatabases { .. }
+            | DbCommand::Import { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 /// Exit codes of `bot db`.
 pub mod exit {
     /// The command failed while working; what it did was rolled back.
     pub const FAILED: u8 = 1;
+    /// A setting or an argument is wrong.
+    pub const USAGE: u8 = 2;
     /// Refused because of the database's state; nothing was changed.
     pub const REFUSED: u8 = 3;
     /// The file is not a SQLite database, or is damaged.
@@ -197,6 +236,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         Some(e) if e.is_bad_file() => exit::BAD_FILE,
         Some(Error::Busy { .. }) => exit::BUSY,
         _ if error.chain().any(|e| e.downcast_ref::<Refused>().is_some()) => exit::REFUSED,
+        _ if error.chain().any(|e| e.downcast_ref::<Usage>().is_some()) => exit::USAGE,
         _ => exit::FAILED,
     }
 }
@@ -206,28 +246,146 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 #[error("{0}")]
 pub(crate) struct Refused(pub(crate) String);
 
+/// A wrong setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The remedy for an engine error, naming the commands that help; `path` is DATABASE_PATH.
+fn advice(error: &Error, path: &Path) -> Option<String> {
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .display();
+    let db = path.display();
+    let about_the_database = |p: &Path| p == path;
+    Some(match error {
+        Error::Folder { path: p } => format!(
+            "Point DATABASE_PATH at the database file inside it; `bot db find-databases {}` lists the SQLite databases in it.",
+            p.display()
+        ),
+        Error::MissingFolder { .. } => format!(
+            "Check DATABASE_PATH: is the volume mounted at {folder}? Once the folder exists, `bot db upgrade` creates the database (or `bot db import` copies an old one in)."
+        ),
+        Error::ReadOnly { .. } => "Run the command as a user who may write them (the bot's user), or give the folder and the database files to that user: `bot db fix-ownership --owner UID:GID` as root. If the volume is mounted read-only, mount it read-write.".to_string(),
+        Error::NeedsRecovery { .. } => format!(
+            "Run `bot db status` as a user who may write {db} and its folder {folder} (the bot's user): it recovers it and says so. `bot db fix-ownership --owner UID:GID` as root gives the folder and the files to that user; a read-only mount must be mounted read-write."
+        ),
+        Error::Busy { holder: LockHolder::Writer, .. } => "Stop the other writer and retry: is the bot still running, or another `bot db` command? DATABASE_BUSY_TIMEOUT sets how many seconds to wait.".to_string(),
+        Error::Busy { holder: LockHolder::Readers, .. } => "Let the reader finish and retry: a `sqlite3` shell or a database browser holding a transaction open, a long query or a backup in progress (in rollback-journal mode a write commits only when no one reads). DATABASE_BUSY_TIMEOUT sets how many seconds to wait.".to_string(),
+        Error::NotADatabase { path: p }
+        | Error::Truncated { path: p, .. }
+        | Error::Corrupt { path: p, .. }
+            if about_the_database(p) =>
+        {
+            format!(
+                "Nothing writes into it. Move it away with anything beside it (`mv {db} {db}.damaged`, and its -journal and -wal if any), then put a good copy in place: `bot db restore BACKUP`, or `bot db import OLD_DATABASE`."
+            )
+        }
+        Error::Drifted { version, forced: Some(forced), .. } => format!(
+            "Make the live schema revision {version}'s: `bot db diff --to {version}` prints the differences as SQL where SQLite can express them. Or restore the backup taken before the stamp of revision {forced} (`bot db restore FILE`)."
+        ),
+        Error::Drifted { version, .. } => format!(
+            "`bot db diff --to {version}` prints the differences as SQL where SQLite can express them."
+        ),
+        Error::NoMatch { closest, extra_tables, .. } if !extra_tables.is_empty() => format!(
+            "No revision has the table{} {}: the old app's own? If the bot does not need {}, drop {} (after `bot db backup FILE`); to keep {}, add {} in a migration. `bot db diff --to {closest}` prints every difference as SQL where SQLite can express it; for a new project, `bot db baseline FILE` prints this database's schema as a first migration.",
+            if extra_tables.len() == 1 { "" } else { "s" },
+            extra_tables.join(", "),
+            if extra_tables.len() == 1 { "it" } else { "them" },
+            if extra_tables.len() == 1 { "it" } else { "them" },
+            if extra_tables.len() == 1 { "it" } else { "them" },
+            if extra_tables.len() == 1 { "it" } else { "them" },
+        ),
+        Error::NoMatch { closest, .. } => format!(
+            "Make the schema revision {closest}'s (`bot db diff --to {closest}` prints the differences as SQL where SQLite can express them) or restore a backup, then retry."
+        ),
+        Error::EmptySource { .. } => "Check that it is the right file. To replace the database with it anyway, pass --force: the database it replaces is kept beside it as <name>.replaced-<time>.".to_string(),
+        _ => return None,
+    })
+}
+
 /// Runs one database command against `path`; on failure prints the error (as JSON with
 /// `--json`) and exits with its code.
 pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
     let json = command.json();
-    match execute(command, path) {
-        Ok(value) => {
+    let mut recovered = None;
+    let result = set_busy_timeout()
+        .and_then(|()| {
+            if command.reads_the_database() {
+                recovered = Database::recover(path)?;
+                if let Some(how) = recovered {
+                    eprintln!("bot: {}", recovered_line(path, how));
+                }
+            }
+            Ok(())
+        })
+        .and_then(|()| execute(command, path));
+    match result {
+        Ok(mut value) => {
             if json {
+                if value.is_object() && recovered.is_some() {
+                    value["recovered"] = json!(recovered);
+                }
                 println!("{value}");
             }
             Ok(())
         }
         Err(error) => {
             let code = exit_code(&error);
+            let mut message = format!("{error:#}");
+            if let Some(advice) = error
+                .chain()
+                .find_map(|e| e.downcast_ref::<Error>())
+                .and_then(|e| advice(e, path))
+            {
+                message = format!("{message}\n{advice}");
+            }
             if json {
                 println!(
                     "{}",
-                    json!({"error": format!("{error:#}"), "exit_code": code, "database": path.display().to_string()})
+                    json!({"error": message, "exit_code": code, "database": path.display().to_string(), "recovered": recovered})
                 );
             }
-            eprintln!("bot: {error:#}");
+            eprintln!("bot: {message}");
             std::process::exit(i32::from(code));
         }
+    }
+}
+
+/// Applies DATABASE_BUSY_TIMEOUT (seconds) to the engine.
+fn set_busy_timeout() -> anyhow::Result<()> {
+    let Ok(text) = std::env::var("DATABASE_BUSY_TIMEOUT") else {
+        return Ok(());
+    };
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| {
+            Usage(format!(
+                "DATABASE_BUSY_TIMEOUT={text:?} is not a number of seconds (e.g. 30 or 0.5)"
+            ))
+        })?;
+    migrations::set_busy_timeout(Duration::from_secs_f64(seconds));
+    Ok(())
+}
+
+/// The line that says what was recovered.
+fn recovered_line(path: &Path, how: Recovery) -> String {
+    match how {
+        Recovery::Journal => format!(
+            "recovered {}: rolled back the hot journal {}-journal a writer killed mid-transaction left; the database is as its last commit left it",
+            path.display(),
+            path.display()
+        ),
+        Recovery::Wal => format!(
+            "recovered {}: folded the write-ahead log {}-wal, which no process had open (a writer was killed), into the database; its committed transactions are kept",
+            path.display(),
+            path.display()
+        ),
     }
 }
 
@@ -245,16 +403,23 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
     match command {
         DbCommand::Status { json } => {
             let status = read_status(path)?;
+            let size = file_size(path);
             if !json {
-                print_status(path, &status);
+                print_status(path, &status, size);
             }
-            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            status_value(path, &status, bytes)
+            status_value(path, &status, size.unwrap_or(0))
         }
         DbCommand::Check { json } => {
-            let status = read_status(path)?;
+            // Unlike `status`, `check` reads every page (`quick_check`): it fails on damage.
+            let status = match Database::open_read_only(path)? {
+                Some(db) => {
+                    db.quick_check()?;
+                    db.status()?
+                }
+                None => read_status(path)?,
+            };
             if !json {
-                print_status(path, &status);
+                print_status(path, &status, file_size(path));
             }
             if matches!(
                 status.state,
@@ -293,7 +458,16 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 };
                 return print_plan("upgrade", &plan, json);
             }
+            let size = file_size(path);
             let mut db = Database::open(path)?;
+            match size {
+                None => say!(json, "creating {}", path.display()),
+                Some(0) => eprintln!(
+                    "bot: {} is a 0-byte file, not a database SQLite wrote: building the schema into an empty file. If it should hold data, a copy into it failed: stop, and put the data in place with `bot db restore BACKUP` or `bot db import OLD_DATABASE`",
+                    path.display()
+                ),
+                Some(_) => {}
+            }
             if wait_for_go {
                 eprintln!("bot: ready; waiting for go");
                 let mut line = String::new();
@@ -314,14 +488,17 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 say!(json, "backed up to {} ({bytes} bytes)", dest.display());
                 snapshot = Some(dest);
             }
-            let mut adopted = None;
-            if adopt && matches!(before.state, State::Unstamped | State::Foreign) {
-                let version = db.adopt()?;
+            // Decided again under the write lock: another process may have adopted it meanwhile.
+            let adopted = if adopt {
+                db.adopt_if_unstamped()?
+            } else {
+                None
+            };
+            if let Some(version) = adopted {
                 say!(
                     json,
                     "adopted: the live schema is revision {version}, now recorded"
                 );
-                adopted = Some(version);
             }
             let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
             if upgrade.applied.is_empty() {
@@ -357,6 +534,7 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             value["state_before"] = json!(before.state);
             value["adopted"] = json!(adopted);
             value["backup"] = json!(backup);
+            value["zero_bytes"] = json!(size == Some(0));
             Ok(value)
         }
         DbCommand::Downgrade { to, dry_run, json } => {
@@ -370,7 +548,8 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             })?;
             say!(
                 json,
-                "the database is at revision {to} (undid {})",
+                "the database is at revision {} (undid {})",
+                downgrade.to,
                 downgrade.applied.len()
             );
             Ok(serde_json::to_value(&downgrade)?)
@@ -400,10 +579,21 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     json!({"dry_run": true, "stamp": version, "how": how, "difference": difference}),
                 );
             }
-            let mut db = Database::open_for_history(path)?;
-            db.stamp(version, force)?;
-            say!(json, "stamped revision {version}");
-            Ok(json!({"stamped": version, "forced": force}))
+            let difference = open_existing(path)?.stamp(version, force)?;
+            if difference.is_empty() {
+                say!(json, "stamped revision {version}");
+            } else {
+                say!(
+                    json,
+                    "stamped revision {version} with --force (recorded as forced) over a schema that differs:"
+                );
+                for line in &difference {
+                    say!(json, "  {line}");
+                }
+            }
+            Ok(
+                json!({"stamped": version, "forced": !difference.is_empty(), "difference": difference}),
+            )
         }
         DbCommand::Adopt { dry_run, json } => {
             if dry_run {
@@ -414,8 +604,7 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 );
                 return Ok(json!({"dry_run": true, "adopt": version}));
             }
-            let mut db = open_for_history(path)?;
-            let version = db.adopt()?;
+            let version = open_existing(path)?.adopt()?;
             say!(
                 json,
                 "adopted: the live schema is revision {version}, now recorded"
@@ -588,18 +777,28 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 "check_only": check_only,
             }))
         }
-        DbCommand::Restore { file, owner, json } => {
+        DbCommand::Restore {
+            file,
+            owner,
+            force,
+            json,
+        } => {
             let owner = owner.as_deref().map(parse_owner).transpose()?;
+            if !file.exists() {
+                bail!("{}: no such file; nothing was changed", file.display());
+            }
             let mut db = Database::open(path)?;
-            let info = db.restore_from(&file)?;
+            let restored = db.restore_from(&file, force)?;
             drop(db);
             if let Some((uid, gid)) = owner {
-                for target in [Some(path), path.parent()].into_iter().flatten() {
+                let targets = [Some(path), restored.replaced.as_deref(), path.parent()];
+                for target in targets.into_iter().flatten() {
                     std::os::unix::fs::chown(target, Some(uid), Some(gid)).with_context(|| {
                         format!("cannot give {} to {uid}:{gid}", target.display())
                     })?;
                 }
             }
+            let info = &restored.info;
             say!(
                 json,
                 "restored {} to {} (revision {}, {})",
@@ -608,17 +807,40 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 info.revision.map_or("none".into(), |r| r.to_string()),
                 info.state.name()
             );
-            Ok(serde_json::to_value(&info)?)
+            match &restored.replaced {
+                Some(kept) => say!(
+                    json,
+                    "the database it replaced is kept as {}",
+                    kept.display()
+                ),
+                None => say!(
+                    json,
+                    "the database it replaced had no tables; nothing was kept"
+                ),
+            }
+            Ok(serde_json::to_value(&restored)?)
         }
     }
 }
 
-/// The object `status --json` prints: the [`Status`] plus `database` and `bytes`.
+/// The object `status --json` prints: the [`Status`] plus `database`, `bytes`, `exists` and
+/// `zero_bytes` (a file of 0 bytes is `empty`, and may be a failed copy).
 fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Value> {
+    let size = file_size(path);
     let mut value = serde_json::to_value(status)?;
     value["database"] = json!(path.display().to_string());
     value["bytes"] = json!(bytes);
+    value["exists"] = json!(size.is_some());
+    value["zero_bytes"] = json!(size == Some(0));
     Ok(value)
+}
+
+/// The file's size, `None` when there is none.
+fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 fn read_status(path: &Path) -> anyhow::Result<Status> {
@@ -634,15 +856,29 @@ fn read_status(path: &Path) -> anyhow::Result<Status> {
             difference: Vec::new(),
             foreign: None,
             edited: Vec::new(),
+            forced: None,
+            extra_tables: Vec::new(),
         },
     })
 }
 
-fn print_status(path: &Path, status: &Status) {
+fn print_status(path: &Path, status: &Status, size: Option<u64>) {
     let version = status.version.map_or("none".into(), |v| v.to_string());
     println!("database: {}", path.display());
+    match size {
+        None => println!("file:     none yet (`bot db upgrade` creates it)"),
+        Some(0) => println!(
+            "file:     0 bytes: an empty file, not a database SQLite wrote (a failed copy?); `bot db upgrade` would build the schema into it"
+        ),
+        Some(bytes) => println!("file:     {bytes} bytes"),
+    }
     println!("state:    {}", status.state.name());
     println!("revision: {version} (head {})", status.head);
+    if let Some(forced) = status.forced {
+        println!(
+            "forced:   revision {forced} was stamped with --force over a schema that differed from it"
+        );
+    }
     if let Some(foreign) = &status.foreign {
         println!(
             "foreign:  {} history in table {} at {} (left as it is)",
@@ -659,6 +895,12 @@ fn print_status(path: &Path, status: &Status) {
     }
     for line in &status.difference {
         println!("  {line}");
+    }
+    if !status.extra_tables.is_empty() {
+        println!(
+            "extra:    {} (in no revision): drop what the bot does not need, or keep it by adding it in a migration; `bot db diff --to N` prints the differences as SQL",
+            status.extra_tables.join(", ")
+        );
     }
     if !status.pending.is_empty() {
         let pending: Vec<String> = status.pending.iter().map(u32::to_string).collect();
@@ -718,11 +960,6 @@ fn require_file(path: &Path) -> anyhow::Result<()> {
 fn open_existing(path: &Path) -> anyhow::Result<Database> {
     require_file(path)?;
     Ok(Database::open(path)?)
-}
-
-fn open_for_history(path: &Path) -> anyhow::Result<Database> {
-    require_file(path)?;
-    Ok(Database::open_for_history(path)?)
 }
 
 fn open_existing_read_only(path: &Path) -> anyhow::Result<Database> {

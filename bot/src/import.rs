@@ -25,8 +25,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use migrations::{BUSY_TIMEOUT, Database, Error, Status, inspect_copy};
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use migrations::{Database, Error, Status, busy_timeout, inspect_copy};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::db_cli::Refused;
@@ -554,7 +554,7 @@ fn recover(staged: &Path, wal: bool) -> Result<(), Error> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    conn.busy_timeout(busy_timeout()).map_err(err)?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
         row.get::<_, i64>(0)
     })
@@ -569,16 +569,7 @@ fn recover(staged: &Path, wal: bool) -> Result<(), Error> {
 }
 
 fn sqlite_error(path: &Path, e: rusqlite::Error) -> Error {
-    let path = path.to_owned();
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
-            path,
-            detail: e.to_string(),
-        },
-        Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy { path },
-        _ => Error::Sqlite { path, cause: e },
-    }
+    Error::from_sqlite(path, e)
 }
 
 /// An error met while reading the source or a copy of it, naming the source: a bad file or a
@@ -603,7 +594,11 @@ fn about_source(error: Error, source: &Path) -> Error {
             path,
             detail: format!("integrity_check of its copy: {detail}"),
         },
-        Error::Busy { .. } => Error::Busy { path },
+        Error::Busy { holder, waited, .. } => Error::Busy {
+            path,
+            holder,
+            waited,
+        },
         other => other,
     }
 }

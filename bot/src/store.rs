@@ -90,6 +90,13 @@ impl Store {
     /// Opens the database; refuses unless its schema is current, since the bot never creates
     /// or changes tables itself.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        // What a killed writer left (the old app's hot journal) is recovered as SQLite does,
+        // before anything is read: never "attempt to write a readonly database".
+        if let Some(recovery) = Database::recover(path)? {
+            tracing::warn!(
+                "recovered a {recovery:?} left by a writer that was killed mid-transaction"
+            );
+        }
         let db = match Database::open_read_only(path)? {
             Some(db) => db,
             None => bail!(

@@ -66,8 +66,38 @@ fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
 /// Runs `args`, expects exit `code` with `needle` in the message (on stderr, and in the JSON
 /// object with `--json`), and the database file byte-for-byte as before.
 fn refused(db: &Path, args: &[&str], code: i32, needle: &str) {
-    let before = std::fs::read(db).unwrap();
-    let output = run(db, args);
+    refused_by(db, args, code, &[needle], &|_| {});
+}
+
+/// What lies at the database path and beside it: a file's bytes, a folder's names, or nothing.
+fn snapshot(db: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    ["", "-journal", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let path = PathBuf::from(format!("{}{suffix}", db.display()));
+            let seen = if path.is_dir() {
+                let mut names: Vec<String> = std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                Some(names.join("\n").into_bytes())
+            } else {
+                std::fs::read(&path).ok()
+            };
+            (path.display().to_string(), seen)
+        })
+        .collect()
+}
+
+/// Runs `args` (with the command adjusted by `setup`), expects exit `code` with every needle in
+/// the message on stderr and in the JSON object with `--json`, no "readonly database" anywhere,
+/// and the database path and its sidecars as before (bytes, or a folder's names, or absent).
+fn refused_by(db: &Path, args: &[&str], code: i32, needles: &[&str], setup: &dyn Fn(&mut Command)) {
+    let before = snapshot(db);
+    let mut command = bot(db, args);
+    setup(&mut command);
+    let output = command.output().unwrap();
     assert_eq!(
         output.status.code(),
         Some(code),
@@ -75,25 +105,32 @@ fn refused(db: &Path, args: &[&str], code: i32, needle: &str) {
         show(&output)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: {needle:?} not in {stderr}"
-    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} not in {stderr}"
+        );
+    }
+    assert!(!stderr.contains("readonly database"), "{stderr}");
     let mut with_json = args.to_vec();
     with_json.push("--json");
-    let output = run(db, &with_json);
+    let mut command = bot(db, &with_json);
+    setup(&mut command);
+    let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(code));
     let object: serde_json::Value =
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&output)));
     assert_eq!(object["exit_code"], code);
+    for needle in needles {
+        assert!(
+            object["error"].as_str().unwrap().contains(needle),
+            "{object}"
+        );
+    }
     assert!(
-        object["error"].as_str().unwrap().contains(needle),
-        "{object}"
-    );
-    assert_eq!(
-        std::fs::read(db).unwrap(),
-        before,
-        "{args:?} changed the file"
+        snapshot(db) == before,
+        "{args:?} changed {} or a file beside it",
+        db.display()
     );
 }
 
@@ -364,11 +401,18 @@ fn files_that_are_not_sqlite_or_are_damaged_are_refused_untouched() {
     }
     std::fs::write(dir.db(), &bytes).unwrap();
     refused(&dir.db(), &["db", "upgrade"], BAD_FILE, "damaged");
-    refused(
+    let backup = dir.0.join("backup.db");
+    ok(&backup, &["db", "upgrade"]);
+    refused_by(
         &dir.db(),
-        &["db", "restore", "/nonexistent.db"],
+        &["db", "restore", backup.to_str().unwrap()],
         BAD_FILE,
-        "damaged",
+        &[
+            "damaged",
+            "Nothing writes into it. Move it away",
+            "then put a good copy in place: `bot db restore BACKUP`",
+        ],
+        &|_| {},
     );
 }
 
@@ -540,4 +584,897 @@ fn sigkill_during_the_users_rebuild_never_loses_a_row_or_leaves_a_half_revision(
         outcomes[0] > 0,
         "some kills landed inside the rebuild (seed {seed})"
     );
+}
+
+/// Starts every command (with `--json`) while this process holds the write lock, checks that
+/// each of them is still waiting, then releases the lock and collects what they reported:
+/// every command reads the database before any of them may write.
+fn started_while_the_lock_is_held(db: &Path, commands: &[&[&str]]) -> Vec<Output> {
+    let holder = Connection::open(db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut children: Vec<_> = commands
+        .iter()
+        .map(|args| {
+            let mut all = args.to_vec();
+            all.push("--json");
+            bot(db, &all)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let waiting: Vec<bool> = children
+        .iter_mut()
+        .map(|child| child.try_wait().unwrap().is_none())
+        .collect();
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    for ((args, waited), output) in commands.iter().zip(waiting).zip(&outputs) {
+        assert!(
+            waited,
+            "{args:?} finished while another process held the write lock: it decided without it\n{}",
+            show(output)
+        );
+    }
+    outputs
+}
+
+fn report(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(output)))
+}
+
+fn numbers(value: &serde_json::Value) -> Vec<u64> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+/// The state and the recorded revisions, checked to be each revision once, in order.
+fn history_of(db: &Path) -> (String, Vec<u64>) {
+    let status = ok(db, &["db", "status"]);
+    let history = ok(db, &["db", "history"]);
+    let versions: Vec<u64> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["version"].as_u64().unwrap())
+        .collect();
+    (status["state"].as_str().unwrap().to_string(), versions)
+}
+
+fn old_app_with_users(db: &Path, users: i64) {
+    sql(db, REVISION_1);
+    let conn = Connection::open(db).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..users {
+        conn.execute(
+            "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'x')",
+            [i],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn two_upgrade_adopts_held_at_the_lock_adopt_once_and_apply_each_revision_once() {
+    let dir = Dir::new("race-adopt-upgrade");
+    old_app_with_users(&dir.db(), 2000);
+    let head = ok(&dir.db(), &["db", "status"])["head"].as_u64().unwrap();
+    let outputs = started_while_the_lock_is_held(
+        &dir.db(),
+        &[&["db", "upgrade", "--adopt"], &["db", "upgrade", "--adopt"]],
+    );
+    let mut applied = Vec::new();
+    let mut adopted = Vec::new();
+    for output in &outputs {
+        assert!(output.status.success(), "{}", show(output));
+        let report = report(output);
+        applied.extend(numbers(&report["applied"]));
+        if !report["adopted"].is_null() {
+            adopted.push(report["adopted"].as_u64().unwrap());
+        }
+        assert_eq!(report["to"], head, "{report}");
+    }
+    applied.sort();
+    assert_eq!(adopted, [1], "adopted by exactly one process");
+    assert_eq!(applied, (2..=head).collect::<Vec<_>>());
+    assert_eq!(
+        history_of(&dir.db()),
+        ("current".to_string(), (1..=head).collect::<Vec<_>>())
+    );
+}
+
+#[test]
+fn two_adopts_held_at_the_lock_record_the_revision_once() {
+    let dir = Dir::new("race-adopt");
+    old_app_with_users(&dir.db(), 100);
+    let outputs = started_while_the_lock_is_held(&dir.db(), &[&["db", "adopt"], &["db", "adopt"]]);
+    let mut codes: Vec<Option<i32>> = outputs.iter().map(|o| o.status.code()).collect();
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(REFUSED)], "{outputs:?}");
+    let refusal = outputs.iter().find(|o| !o.status.success()).unwrap();
+    assert!(
+        report(refusal)["error"]
+            .as_str()
+            .unwrap()
+            .contains("already has a migration history (state behind)"),
+        "{}",
+        show(refusal)
+    );
+    assert_eq!(history_of(&dir.db()), ("behind".to_string(), vec![1]));
+}
+
+#[test]
+fn stamp_and_upgrade_adopt_held_at_the_lock_leave_a_consistent_history() {
+    let dir = Dir::new("race-stamp");
+    old_app_with_users(&dir.db(), 2000);
+    let head = ok(&dir.db(), &["db", "status"])["head"].as_u64().unwrap();
+    let outputs = started_while_the_lock_is_held(
+        &dir.db(),
+        &[&["db", "stamp", "1"], &["db", "upgrade", "--adopt"]],
+    );
+    assert!(outputs[1].status.success(), "{}", show(&outputs[1]));
+    // The stamp runs before the upgrade's first step (it succeeds), or after it (refused:
+    // the live schema is no longer revision 1).
+    match outputs[0].status.code() {
+        Some(0) => {}
+        Some(REFUSED) => assert!(
+            report(&outputs[0])["error"]
+                .as_str()
+                .unwrap()
+                .contains("the live schema is not revision 1"),
+            "{}",
+            show(&outputs[0])
+        ),
+        _ => panic!("{}", show(&outputs[0])),
+    }
+    assert_eq!(
+        history_of(&dir.db()),
+        ("current".to_string(), (1..=head).collect::<Vec<_>>())
+    );
+}
+
+#[test]
+fn downgrade_and_upgrade_held_at_the_lock_leave_a_consistent_history_and_true_reports() {
+    let dir = Dir::new("race-down");
+    ok(&dir.db(), &["db", "upgrade"]);
+    ok(&dir.db(), &["db", "downgrade", "--to", "2"]);
+    let head = ok(&dir.db(), &["db", "status"])["head"].as_u64().unwrap();
+    let outputs = started_while_the_lock_is_held(
+        &dir.db(),
+        &[&["db", "downgrade", "--to", "1"], &["db", "upgrade"]],
+    );
+    let upgrade = report(&outputs[1]);
+    assert!(outputs[1].status.success(), "{}", show(&outputs[1]));
+    // Whichever ran first, the upgrade ends at head: after the downgrade it applies 2 again.
+    assert_eq!(upgrade["to"], head, "{upgrade}");
+    match outputs[0].status.code() {
+        Some(0) => {
+            assert_eq!(numbers(&report(&outputs[0])["applied"]), [2]);
+            assert_eq!(numbers(&upgrade["applied"]), (2..=head).collect::<Vec<_>>());
+        }
+        Some(REFUSED) => {
+            let error = report(&outputs[0])["error"].as_str().unwrap().to_string();
+            assert!(
+                error.contains("another process changed it meanwhile"),
+                "{error}"
+            );
+            assert_eq!(numbers(&upgrade["applied"]), (3..=head).collect::<Vec<_>>());
+        }
+        _ => panic!("{}", show(&outputs[0])),
+    }
+    assert_eq!(
+        history_of(&dir.db()),
+        ("current".to_string(), (1..=head).collect::<Vec<_>>())
+    );
+}
+
+#[test]
+fn restore_and_upgrade_held_at_the_lock_leave_a_consistent_history() {
+    let dir = Dir::new("race-restore");
+    let backup = dir.0.join("at-2.db");
+    ok(&backup, &["db", "upgrade"]);
+    ok(&backup, &["db", "downgrade", "--to", "2"]);
+    sql(
+        &backup,
+        "INSERT INTO users (telegram_id, first_name) VALUES (7, 'from the backup')",
+    );
+    ok(&dir.db(), &["db", "upgrade"]);
+    let head = ok(&dir.db(), &["db", "status"])["head"].as_u64().unwrap();
+    let outputs = started_while_the_lock_is_held(
+        &dir.db(),
+        &[
+            &["db", "restore", backup.to_str().unwrap()],
+            &["db", "upgrade"],
+        ],
+    );
+    for output in &outputs {
+        assert!(output.status.success(), "{}", show(output));
+    }
+    let upgrade = report(&outputs[1]);
+    let (state, versions) = history_of(&dir.db());
+    if numbers(&upgrade["applied"]).is_empty() {
+        // The upgrade found nothing to do, then the restore put revision 2 in place.
+        assert_eq!((state.as_str(), versions), ("behind", vec![1, 2]));
+    } else {
+        assert_eq!(numbers(&upgrade["applied"]), (3..=head).collect::<Vec<_>>());
+        assert_eq!(
+            (state.as_str(), versions),
+            ("current", (1..=head).collect::<Vec<_>>())
+        );
+    }
+    let users: i64 = Connection::open(dir.db())
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM users WHERE telegram_id = 7",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(users, 1, "the backup's rows are in place");
+}
+
+/// Set for the writer process `writer_killed_mid_transaction` runs as: the database it writes.
+const WRITER_ENV: &str = "BOT_DB_CLI_TEST_WRITER";
+/// Set (with WRITER_ENV) for a writer in WAL mode.
+const WRITER_WAL_ENV: &str = "BOT_DB_CLI_TEST_WRITER_WAL";
+/// What the writer prints once its rows are written and not committed.
+const WRITER_READY: &str = "writer: in the transaction";
+
+/// Not a test on its own: the writer process that `kill_a_writer_mid_transaction` starts (this
+/// test binary, run for this function alone) and SIGKILLs in the middle of a transaction.
+#[test]
+#[ignore = "the helper process of other tests; does nothing on its own"]
+fn writer_killed_mid_transaction() {
+    let Some(db) = std::env::var_os(WRITER_ENV) else {
+        return;
+    };
+    let conn = Connection::open(db).unwrap();
+    if std::env::var_os(WRITER_WAL_ENV).is_some() {
+        // Committed rows stay in the WAL (no checkpoint), then a transaction never commits.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 0..100 {
+            conn.execute(
+                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'committed in the WAL')",
+                [500_000 + i],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("COMMIT; PRAGMA cache_size = 8; BEGIN")
+            .unwrap();
+    } else {
+        // A tiny cache makes SQLite spill changed pages into the database file before COMMIT,
+        // after writing their old content to the journal.
+        conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA cache_size = 8; BEGIN")
+            .unwrap();
+    }
+    for i in 0..20_000 {
+        conn.execute(
+            "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'a row that never commits')",
+            [1_000_000 + i],
+        )
+        .unwrap();
+    }
+    // libtest may print "test writer_killed_mid_transaction ... " before it on the same line.
+    println!("{WRITER_READY}");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Set for the process `lock_holder` runs as: the database, then the SQL it runs and holds.
+const HOLDER_ENV: &str = "BOT_DB_CLI_TEST_HOLDER";
+
+/// Not a test on its own: the process `LockHolder` starts to hold a lock on a database.
+#[test]
+#[ignore = "the helper process of other tests; does nothing on its own"]
+fn lock_holder() {
+    let Some(setting) = std::env::var_os(HOLDER_ENV) else {
+        return;
+    };
+    let setting = setting.to_string_lossy().into_owned();
+    let (db, statements) = setting.split_once('\n').unwrap();
+    let conn = Connection::open(db).unwrap();
+    for statement in statements.split(';') {
+        let mut statement = conn.prepare(statement).unwrap();
+        let mut rows = statement.raw_query();
+        while rows.next().unwrap().is_some() {}
+    }
+    println!("{WRITER_READY}");
+    // Holds the lock until this process is killed.
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Another process holding a lock on a database (with the statements given) until dropped.
+struct LockHolder(std::process::Child);
+
+impl LockHolder {
+    fn start(db: &Path, statements: &str) -> LockHolder {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "lock_holder",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLDER_ENV, format!("{}\n{statements}", db.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.ends_with(WRITER_READY));
+        assert!(ready, "the lock holder holds its lock");
+        LockHolder(child)
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a writer on `db` (rollback-journal mode, or WAL), SIGKILLs it in the middle of its
+/// transaction, and checks that it left a hot journal (or a WAL).
+fn kill_a_writer_mid_transaction(db: &Path, wal: bool) {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "writer_killed_mid_transaction",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WRITER_ENV, db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if wal {
+        command.env(WRITER_WAL_ENV, "1");
+    }
+    let mut writer = command.spawn().unwrap();
+    let ready = BufReader::new(writer.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.ends_with(WRITER_READY));
+    writer.kill().unwrap(); // SIGKILL
+    writer.wait().unwrap();
+    assert!(ready, "the writer got into its transaction");
+    let left = beside(db, if wal { "-wal" } else { "-journal" });
+    assert!(
+        std::fs::metadata(&left).unwrap().len() > 0,
+        "{} left",
+        left.display()
+    );
+}
+
+fn beside(db: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", db.display()))
+}
+
+fn count_users(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Whether the tests run as root (who may write anything): then a command runs as `nobody` to
+/// meet a folder it may not write.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs the command as `nobody` when the tests run as root.
+fn as_nobody(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    if running_as_root() {
+        command.uid(65534).gid(65534);
+    }
+}
+
+/// Makes `folder` one the command may not write: as root, `nobody` may not write a folder of
+/// root's; otherwise the folder is made read-only (undone by the returned guard).
+struct ReadOnlyFolder(PathBuf);
+
+impl ReadOnlyFolder {
+    fn new(folder: &Path) -> ReadOnlyFolder {
+        use std::os::unix::fs::PermissionsExt;
+        if !running_as_root() {
+            std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        ReadOnlyFolder(folder.to_owned())
+    }
+}
+
+impl Drop for ReadOnlyFolder {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn a_hot_journal_left_by_a_killed_writer_is_named_or_rolled_back_and_said() {
+    let dir = Dir::new("hot-journal");
+    old_app_with_users(&dir.db(), 50);
+    let committed = std::fs::read(dir.db()).unwrap();
+    kill_a_writer_mid_transaction(&dir.db(), false);
+    assert_ne!(
+        std::fs::read(dir.db()).unwrap(),
+        committed,
+        "uncommitted pages were spilled into the database file"
+    );
+    let journal = format!("{}-journal", dir.db().display());
+
+    // A user who may not write the folder cannot roll it back: the journal is named, with the
+    // command that recovers it, and nothing is touched.
+    {
+        let _read_only = ReadOnlyFolder::new(&dir.0);
+        for args in [&["db", "status"][..], &["db", "upgrade", "--adopt"]] {
+            refused_by(
+                &dir.db(),
+                args,
+                REFUSED,
+                &[
+                    &format!(
+                        "a hot journal {journal} lies beside it, left by a writer that was killed mid-transaction"
+                    ),
+                    "cannot write the folder",
+                    "Run `bot db status` as a user who may write",
+                ],
+                &as_nobody,
+            );
+        }
+    }
+
+    let output = run(&dir.db(), &["db", "status", "--json"]);
+    assert!(output.status.success(), "{}", show(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("rolled back the hot journal {journal}")),
+        "{stderr}"
+    );
+    let status = report(&output);
+    assert_eq!(
+        (&status["recovered"], &status["state"], &status["matches"]),
+        (
+            &serde_json::json!("journal"),
+            &serde_json::json!("unstamped"),
+            &serde_json::json!(1)
+        )
+    );
+    assert!(std::fs::metadata(&journal).map_or(true, |m| m.len() == 0));
+    assert_eq!(count_users(&dir.db()), 50, "the committed rows only");
+    let again = ok(&dir.db(), &["db", "status"]);
+    assert!(again["recovered"].is_null(), "{again}");
+}
+
+#[test]
+fn upgrade_adopt_recovers_a_hot_journal_before_it_checks_and_migrates() {
+    let dir = Dir::new("hot-upgrade");
+    old_app_with_users(&dir.db(), 50);
+    kill_a_writer_mid_transaction(&dir.db(), false);
+    let output = run(&dir.db(), &["db", "upgrade", "--adopt", "--json"]);
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("rolled back the hot journal"));
+    let upgraded = report(&output);
+    assert_eq!(
+        (&upgraded["recovered"], &upgraded["adopted"]),
+        (&serde_json::json!("journal"), &serde_json::json!(1))
+    );
+    assert_eq!(ok(&dir.db(), &["db", "check"])["state"], "current");
+    assert_eq!(count_users(&dir.db()), 50);
+}
+
+#[test]
+fn a_wal_left_by_a_killed_writer_is_folded_in_and_said() {
+    let dir = Dir::new("hot-wal");
+    old_app_with_users(&dir.db(), 50);
+    kill_a_writer_mid_transaction(&dir.db(), true);
+    let output = run(&dir.db(), &["db", "status", "--json"]);
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("folded the write-ahead log"),
+        "{}",
+        show(&output)
+    );
+    assert_eq!(report(&output)["recovered"], "wal");
+    // Folded in and removed; the read-only connection `status` then reads with creates an
+    // empty one again, as any reader of a WAL-mode database does.
+    assert_eq!(
+        std::fs::metadata(beside(&dir.db(), "-wal")).map_or(0, |m| m.len()),
+        0
+    );
+    assert_eq!(
+        count_users(&dir.db()),
+        150,
+        "the committed rows, and only them"
+    );
+}
+
+#[test]
+fn damaged_table_pages_are_refused_by_every_write_and_by_check_untouched() {
+    let dir = Dir::new("damaged-pages");
+    old_app_with_users(&dir.db(), 3000);
+    let mut bytes = std::fs::read(dir.db()).unwrap();
+    let len = bytes.len();
+    // Page 1 (the schema) stays intact; the table's and its indexes' pages do not.
+    for byte in &mut bytes[2 * 4096..len - 4096] {
+        *byte = 0x5a;
+    }
+    std::fs::write(dir.db(), &bytes).unwrap();
+    // `status` stays fast: it reads the schema, not every page.
+    assert_eq!(ok(&dir.db(), &["db", "status"])["state"], "unstamped");
+    for args in [
+        &["db", "adopt"][..],
+        &["db", "stamp", "1"],
+        &["db", "stamp", "1", "--force"],
+        &["db", "upgrade", "--adopt"],
+        &["db", "check"],
+    ] {
+        refused_by(
+            &dir.db(),
+            args,
+            BAD_FILE,
+            &["the database file is damaged", "Nothing writes into it"],
+            &|_| {},
+        );
+    }
+}
+
+#[test]
+fn restore_refuses_an_empty_file_over_users_and_keeps_what_it_replaces() {
+    let dir = Dir::new("restore-empty");
+    old_app_with_users(&dir.db(), 40);
+    let zero = dir.0.join("zero.db");
+    std::fs::write(&zero, b"").unwrap();
+    let no_tables = dir.0.join("no-tables.db");
+    sql(&no_tables, "PRAGMA user_version = 3");
+    refused_by(
+        &dir.db(),
+        &["db", "restore", zero.to_str().unwrap()],
+        REFUSED,
+        &[
+            "zero.db: the file is 0 bytes, but the live database has 1 tables; nothing was changed",
+            "pass --force",
+        ],
+        &|_| {},
+    );
+    refused_by(
+        &dir.db(),
+        &["db", "restore", no_tables.to_str().unwrap()],
+        REFUSED,
+        &["no-tables.db: the file holds no tables, but the live database has 1 tables"],
+        &|_| {},
+    );
+
+    let backup = dir.0.join("backup.db");
+    old_app_with_users(&backup, 3);
+    let output = run(&dir.db(), &["db", "restore", backup.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", show(&output));
+    let said = String::from_utf8_lossy(&output.stdout);
+    let kept = PathBuf::from(
+        said.lines()
+            .find_map(|line| line.strip_prefix("the database it replaced is kept as "))
+            .unwrap_or_else(|| panic!("{said}")),
+    );
+    assert!(
+        kept.display()
+            .to_string()
+            .starts_with(&format!("{}.replaced-", dir.db().display())),
+        "{}",
+        kept.display()
+    );
+    assert_eq!((count_users(&dir.db()), count_users(&kept)), (3, 40));
+
+    let forced = ok(
+        &dir.db(),
+        &["db", "restore", zero.to_str().unwrap(), "--force"],
+    );
+    let kept_again = PathBuf::from(forced["replaced"].as_str().unwrap());
+    assert_ne!(kept_again, kept);
+    assert_eq!(count_users(&kept_again), 3);
+    assert_eq!(ok(&dir.db(), &["db", "status"])["state"], "empty");
+}
+
+#[test]
+fn a_zero_byte_file_is_reported_as_such_and_upgrade_says_it_builds_into_it() {
+    let dir = Dir::new("zero");
+    let missing = ok(&dir.db(), &["db", "status"]);
+    assert_eq!(
+        (
+            &missing["state"],
+            &missing["exists"],
+            &missing["zero_bytes"]
+        ),
+        (
+            &serde_json::json!("empty"),
+            &serde_json::json!(false),
+            &serde_json::json!(false)
+        )
+    );
+    std::fs::write(dir.db(), b"").unwrap();
+    let zero = ok(&dir.db(), &["db", "status"]);
+    assert_eq!(
+        (
+            &zero["state"],
+            &zero["exists"],
+            &zero["zero_bytes"],
+            &zero["bytes"]
+        ),
+        (
+            &serde_json::json!("empty"),
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!(0)
+        )
+    );
+    let said = run(&dir.db(), &["db", "status"]);
+    assert!(
+        String::from_utf8_lossy(&said.stdout)
+            .contains("0 bytes: an empty file, not a database SQLite wrote (a failed copy?)"),
+        "{}",
+        show(&said)
+    );
+    let output = run(&dir.db(), &["db", "upgrade", "--json"]);
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "is a 0-byte file, not a database SQLite wrote: building the schema into an empty file"
+        ),
+        "{}",
+        show(&output)
+    );
+    let upgraded = report(&output);
+    assert_eq!(upgraded["zero_bytes"], true);
+    assert_eq!(upgraded["to"], zero["head"]);
+}
+
+#[test]
+fn a_folder_at_the_database_path_is_named() {
+    let dir = Dir::new("folder");
+    let folder = dir.0.join("bot_database.db");
+    std::fs::create_dir_all(folder.join("inside")).unwrap();
+    for args in [&["db", "status"][..], &["db", "upgrade"], &["db", "adopt"]] {
+        refused_by(
+            &folder,
+            args,
+            BAD_FILE,
+            &[
+                &format!(
+                    "{} is a folder, not a SQLite database file; nothing was changed",
+                    folder.display()
+                ),
+                &format!("`bot db find-databases {}`", folder.display()),
+            ],
+            &|_| {},
+        );
+    }
+}
+
+#[test]
+fn a_file_cut_short_is_named_as_such() {
+    let dir = Dir::new("short");
+    let mut short = b"SQLite format 3\0".to_vec();
+    short.extend_from_slice(&[0x10, 0, 1, 1, 0, 64, 32, 32]);
+    short.resize(40, 0);
+    std::fs::write(dir.db(), &short).unwrap();
+    for args in [&["db", "status"][..], &["db", "upgrade"], &["db", "adopt"]] {
+        refused_by(
+            &dir.db(),
+            args,
+            BAD_FILE,
+            &[
+                "the database file is damaged: it is 40 bytes, shorter than the 100-byte header every SQLite database starts with",
+                "Move it away",
+            ],
+            &|_| {},
+        );
+    }
+    std::fs::remove_file(dir.db()).unwrap();
+    old_app_with_users(&dir.db(), 3000);
+    let full = std::fs::read(dir.db()).unwrap();
+    std::fs::write(dir.db(), &full[..full.len() / 2]).unwrap();
+    refused_by(
+        &dir.db(),
+        &["db", "status"],
+        BAD_FILE,
+        &[&format!(
+            "it is {} bytes but its header says {}: it was cut short",
+            full.len() / 2,
+            full.len()
+        )],
+        &|_| {},
+    );
+}
+
+#[test]
+fn a_missing_folder_is_named_and_nothing_is_created() {
+    let dir = Dir::new("nofolder");
+    let db = dir.0.join("volume/bot_database.db");
+    for args in [&["db", "status"][..], &["db", "upgrade"], &["db", "adopt"]] {
+        refused_by(
+            &db,
+            args,
+            REFUSED,
+            &[
+                &format!(
+                    "the folder {} does not exist",
+                    dir.0.join("volume").display()
+                ),
+                "Check DATABASE_PATH: is the volume mounted",
+            ],
+            &|_| {},
+        );
+    }
+    assert!(!dir.0.join("volume").exists());
+}
+
+#[test]
+fn a_folder_this_user_may_not_write_is_named() {
+    let dir = Dir::new("rofolder");
+    old_app_with_users(&dir.db(), 10);
+    if running_as_root() {
+        // `nobody` may write the file, not the folder (where SQLite writes its journal).
+        std::os::unix::fs::chown(dir.db(), Some(65534), Some(65534)).unwrap();
+    }
+    let _read_only = ReadOnlyFolder::new(&dir.0);
+    for args in [
+        &["db", "upgrade", "--adopt"][..],
+        &["db", "adopt"],
+        &["db", "stamp", "1"],
+    ] {
+        refused_by(
+            &dir.db(),
+            args,
+            REFUSED,
+            &[
+                &format!("cannot write the folder {}", dir.0.display()),
+                "SQLite writes a -journal beside the database",
+                "`bot db fix-ownership --owner UID:GID` as root",
+            ],
+            &as_nobody,
+        );
+    }
+    let elsewhere = dir.0.join("new.db");
+    refused_by(
+        &elsewhere,
+        &["db", "upgrade"],
+        REFUSED,
+        &[&format!("cannot write the folder {}", dir.0.display())],
+        &as_nobody,
+    );
+    assert!(!elsewhere.exists());
+}
+
+#[test]
+fn a_writer_and_a_reader_holding_the_lock_are_told_apart() {
+    let dir = Dir::new("busy");
+    old_app_with_users(&dir.db(), 10);
+    let short_wait = |command: &mut Command| {
+        command.env("DATABASE_BUSY_TIMEOUT", "0.3");
+    };
+    // In another process: closing any descriptor of the file (as reading it to compare does)
+    // would drop this process's own locks.
+    let writer = LockHolder::start(&dir.db(), "BEGIN IMMEDIATE");
+    refused_by(
+        &dir.db(),
+        &["db", "adopt"],
+        5,
+        &[
+            "another process is writing to the database (it holds the write lock) for 0.3s",
+            "Stop the other writer and retry: is the bot still running",
+        ],
+        &short_wait,
+    );
+    drop(writer);
+    let reader = LockHolder::start(&dir.db(), "BEGIN; SELECT count(*) FROM users");
+    refused_by(
+        &dir.db(),
+        &["db", "adopt"],
+        5,
+        &[
+            "another process kept a read transaction open on the database, so this write could not commit",
+            "Let the reader finish and retry",
+        ],
+        &short_wait,
+    );
+    drop(reader);
+    assert_eq!(ok(&dir.db(), &["db", "adopt"])["adopted"], 1);
+    refused_by(
+        &dir.db(),
+        &["db", "status"],
+        2,
+        &["DATABASE_BUSY_TIMEOUT=\"soon\" is not a number of seconds"],
+        &|command| {
+            command.env("DATABASE_BUSY_TIMEOUT", "soon");
+        },
+    );
+}
+
+#[test]
+fn a_forced_stamp_is_blamed_on_the_stamp_not_on_a_hand_edit() {
+    let dir = Dir::new("forced");
+    sql(
+        &dir.db(),
+        &REVISION_1.replace("\tlast_name VARCHAR(128),\n", ""),
+    );
+    let stamped = ok(&dir.db(), &["db", "stamp", "1", "--force"]);
+    assert_eq!(stamped["forced"], true);
+    let status = run(&dir.db(), &["db", "status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(
+            "forced:   revision 1 was stamped with --force over a schema that differed from it"
+        ),
+        "{}",
+        show(&status)
+    );
+    assert_eq!(ok(&dir.db(), &["db", "status"])["forced"], 1);
+    refused_by(
+        &dir.db(),
+        &["db", "upgrade"],
+        REFUSED,
+        &[
+            "table users: column last_name missing",
+            "Revision 1 was stamped with --force over a schema that differed",
+            "`bot db diff --to 1` prints the differences as SQL",
+        ],
+        &|_| {},
+    );
+    let output = run(&dir.db(), &["db", "upgrade"]);
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("by hand"),
+        "{}",
+        show(&output)
+    );
+}
+
+#[test]
+fn an_extra_table_of_the_old_app_is_not_a_dead_end() {
+    let dir = Dir::new("extra");
+    sql(&dir.db(), REVISION_1);
+    sql(
+        &dir.db(),
+        "CREATE TABLE settings (key VARCHAR(64) PRIMARY KEY, value TEXT)",
+    );
+    let status = ok(&dir.db(), &["db", "status"]);
+    assert_eq!(status["extra_tables"], serde_json::json!(["settings"]));
+    for args in [&["db", "adopt"][..], &["db", "upgrade", "--adopt"]] {
+        refused_by(
+            &dir.db(),
+            args,
+            REFUSED,
+            &[
+                "matches no revision of this build (closest: revision 1)",
+                "No revision has the table settings: the old app's own?",
+                "If the bot does not need it, drop it (after `bot db backup FILE`); to keep it, add it in a migration",
+                "`bot db diff --to 1` prints every difference as SQL",
+                "`bot db baseline FILE` prints this database's schema as a first migration",
+            ],
+            &|_| {},
+        );
+    }
 }

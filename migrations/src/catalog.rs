@@ -98,7 +98,7 @@ mod tests {
                 "username"
             ]
         );
-        assert!(users.unique.contains(&vec!["telegram_id".to_owned()]));
+        assert!(users.unique.iter().any(|u| u.columns == ["telegram_id"]));
     }
 
     #[test]

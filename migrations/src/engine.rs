@@ -1,25 +1,51 @@
 //! The engine: reads a database's state, applies and undoes migrations under the write lock,
 //! stamps, adopts, backs up and restores.
+//!
+//! By concern: `error` (what goes wrong, by cause), `file` (the file before SQLite reads it:
+//! where it is, its header, whether this user may write it, and the recovery of what a killed
+//! writer left), `write` (every write of the history, decided under the write lock) and
+//! `restore`; this file opens databases and reads their state.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::backup::NO_PROGRESS;
-use rusqlite::{Connection, ErrorCode, MAIN_DB, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, MAIN_DB, OpenFlags};
 use serde::Serialize;
 
+mod error;
+mod file;
+mod restore;
+mod write;
+
+pub use error::{Error, LockHolder};
+pub use file::Recovery;
+pub use restore::Restored;
+
 use crate::catalog::{MIGRATIONS, Migration, head, migration, schema_at};
-use crate::schema::{self, Change, Difference, Schema};
+use crate::schema::{self, Change, Difference, Object, Schema, Subject};
 
 /// The engine's own history table.
 pub const HISTORY_TABLE: &str = "schema_history";
 
-const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
-
-/// How long a statement waits for another process's lock before failing.
+/// How long a statement waits for another process's lock before failing, unless
+/// [`set_busy_timeout`] said otherwise.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(BUSY_TIMEOUT.as_millis() as u64);
+
+/// Sets how long the engine's connections in this process wait for another process's lock
+/// (the command line's `DATABASE_BUSY_TIMEOUT`).
+pub fn set_busy_timeout(timeout: Duration) {
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    BUSY_TIMEOUT_MS.store(millis, Ordering::Relaxed);
+}
+
+/// How long the engine's connections wait for another process's lock.
+pub fn busy_timeout() -> Duration {
+    Duration::from_millis(BUSY_TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 /// Other migration tools' history tables: recognised, reported, left as they are.
 const FOREIGN_TOOLS: &[(&str, &str, &str)] = &[
@@ -137,6 +163,12 @@ pub struct Status {
     pub foreign: Option<ForeignHistory>,
     /// For `modified`: the edited files with both checksums.
     pub edited: Vec<EditedFile>,
+    /// The newest revision the history says was stamped with `--force` (over a schema that
+    /// differed then), if any.
+    pub forced: Option<u32>,
+    /// For `unstamped` and `foreign` with no match, and `drifted`: live tables that no
+    /// revision has (e.g. the old app's own).
+    pub extra_tables: Vec<String>,
 }
 
 /// One row of the history table.
@@ -219,266 +251,23 @@ pub struct BackupInfo {
     pub bytes: u64,
 }
 
-/// Everything that can go wrong, each saying what to do next.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The file is not a SQLite database.
-    #[error(
-        "{path}: not a SQLite database (its first bytes are not \"SQLite format 3\"); point DATABASE_PATH at the right file or restore a backup"
-    )]
-    NotADatabase {
-        /// The file.
-        path: PathBuf,
-    },
-    /// SQLite found the file damaged.
-    #[error(
-        "{path}: the database file is damaged ({detail}); nothing was written to it. Restore it from a backup"
-    )]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What SQLite said.
-        detail: String,
-    },
-    /// Another process holds the lock for longer than the busy timeout.
-    #[error(
-        "{path}: the database stayed locked by another process for {}s; stop the other writer (is the bot still running?) and retry",
-        BUSY_TIMEOUT.as_secs()
-    )]
-    Busy {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Any other SQLite error.
-    #[error("{path}: {cause}")]
-    Sqlite {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        cause: rusqlite::Error,
-    },
-    /// Could not read the file.
-    #[error("{path}: {cause}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        cause: std::io::Error,
-    },
-    /// The database has tables but no history of ours, and the caller needs one.
-    #[error(
-        "the database has tables but no migration history of this engine{}; run `bot db adopt` (or `cargo xtask prod-migrate`) to record the revision its schema matches",
-        .foreign.as_ref().map(|f| format!(" ({} history in table {} at {}, left as it is)", f.tool, f.table, f.revision.as_deref().unwrap_or("no revision"))).unwrap_or_else(|| " (made by the old app's create-all?)".into())
-    )]
-    Unstamped {
-        /// Another tool's history, if present.
-        foreign: Option<ForeignHistory>,
-    },
-    /// An unstamped schema matches no revision.
-    #[error(
-        "the database's schema matches no revision of this build (closest: revision {closest}); nothing was changed. Differences:\n  {}\nFix the schema by hand or restore a backup, then retry",
-        .difference.join("\n  ")
-    )]
-    NoMatch {
-        /// The closest revision.
-        closest: u32,
-        /// The differences to it.
-        difference: Vec<String>,
-    },
-    /// The database is at a revision this build does not know.
-    #[error(
-        "the database is at revision {version}, newer than this build knows (head is {head}); nothing was changed. Deploy the newer build or restore a backup taken before it"
-    )]
-    Ahead {
-        /// The recorded revision.
-        version: u32,
-        /// This build's head.
-        head: u32,
-    },
-    /// An applied migration's file was edited.
-    #[error(
-        "applied migrations were edited since they ran; nothing was changed:\n  {}\nPut the files back as they were (git checkout migrations/sql) and add a new migration instead",
-        .edited.iter().map(|e| format!("{} changed since it was applied: recorded checksum {}, file now {}", e.file, e.recorded, e.current)).collect::<Vec<_>>().join("\n  ")
-    )]
-    Modified {
-        /// The edited files.
-        edited: Vec<EditedFile>,
-    },
-    /// The live schema is not the recorded revision's.
-    #[error(
-        "the history says revision {version}, but the live schema differs from it; nothing was changed. Differences:\n  {}\nSomeone changed the schema by hand: undo that, or restore a backup",
-        .difference.join("\n  ")
-    )]
-    Drifted {
-        /// The recorded revision.
-        version: u32,
-        /// How the live schema differs from it.
-        difference: Vec<String>,
-    },
-    /// A migration's SQL failed; its transaction was rolled back.
-    #[error(
-        "migration {file} failed: {cause}; it was rolled back, the database is still at revision {at}"
-    )]
-    MigrationFailed {
-        /// The file.
-        file: &'static str,
-        /// The revision the database stays at.
-        at: u32,
-        /// The error.
-        cause: rusqlite::Error,
-    },
-    /// A migration left rows that break foreign keys; rolled back.
-    #[error(
-        "migration {file} left {count} rows that break foreign keys (first: table {table}); it was rolled back, the database is still at revision {at}"
-    )]
-    ForeignKeys {
-        /// The file.
-        file: &'static str,
-        /// Violations found.
-        count: usize,
-        /// The first table with one.
-        table: String,
-        /// The revision the database stays at.
-        at: u32,
-    },
-    /// No such revision.
-    #[error("revision {version} does not exist; this build knows revisions 1 to {head}")]
-    UnknownRevision {
-        /// The revision asked for.
-        version: u32,
-        /// This build's head.
-        head: u32,
-    },
-    /// `stamp` asked for a revision the live schema is not.
-    #[error(
-        "the live schema is not revision {version}; nothing was changed. Differences:\n  {}\nStamp the revision it matches (`bot db adopt`), or pass --force if you are sure",
-        .difference.join("\n  ")
-    )]
-    StampMismatch {
-        /// The revision asked for.
-        version: u32,
-        /// How the live schema differs from it.
-        difference: Vec<String>,
-    },
-    /// `adopt` on a database that already has a history.
-    #[error("the database already has a migration history (state {}); nothing to adopt", .state.name())]
-    AlreadyStamped {
-        /// Its state.
-        state: State,
-    },
-    /// A downgrade would pass a revision that cannot be undone.
-    #[error(
-        "revision {version} ({file}) has no .down.sql, so the database cannot go below it; nothing was changed"
-    )]
-    NoDown {
-        /// The revision.
-        version: u32,
-        /// Its up file.
-        file: &'static str,
-    },
-    /// A downgrade target above the current revision, or an upgrade target below it.
-    #[error("the database is at revision {at}; cannot go to {to} in that direction")]
-    WrongDirection {
-        /// The revision now.
-        at: u32,
-        /// The revision asked for.
-        to: u32,
-    },
-    /// A copy failed its integrity check.
-    #[error("{path}: integrity check failed: {detail}; the copy cannot be trusted")]
-    IntegrityCheck {
-        /// The copy.
-        path: PathBuf,
-        /// What SQLite reported.
-        detail: String,
-    },
-}
-
-impl Error {
-    /// Whether the error is a refusal on the database's state (nothing was changed), as
-    /// opposed to a failure while working.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Error::Unstamped { .. }
-                | Error::NoMatch { .. }
-                | Error::Ahead { .. }
-                | Error::Modified { .. }
-                | Error::Drifted { .. }
-                | Error::StampMismatch { .. }
-                | Error::AlreadyStamped { .. }
-                | Error::NoDown { .. }
-                | Error::WrongDirection { .. }
-                | Error::UnknownRevision { .. }
-        )
-    }
-
-    /// Whether the file itself is the problem (not SQLite, damaged, or a bad copy).
-    pub fn is_bad_file(&self) -> bool {
-        matches!(
-            self,
-            Error::NotADatabase { .. } | Error::Corrupt { .. } | Error::IntegrityCheck { .. }
-        )
-    }
-}
-
 /// An open database file.
 pub struct Database {
     conn: Connection,
     path: PathBuf,
-}
-
-/// Checks that `path` looks like a SQLite database whose header agrees with its size, without
-/// opening it through SQLite.
-fn check_file(path: &Path) -> Result<(), Error> {
-    let io = |cause| Error::Io {
-        path: path.to_owned(),
-        cause,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len == 0 {
-        return Ok(()); // SQLite treats an empty file as an empty database.
-    }
-    let mut header = [0u8; 100];
-    if len < 100 || file.read_exact(&mut header).is_err() || &header[..16] != SQLITE_HEADER {
-        return Err(Error::NotADatabase {
-            path: path.to_owned(),
-        });
-    }
-    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65_536,
-        size => u64::from(size),
-    };
-    if page_size < 512 || !page_size.is_power_of_two() {
-        return Err(Error::Corrupt {
-            path: path.to_owned(),
-            detail: format!("the header names an impossible page size {page_size}"),
-        });
-    }
-    // The in-header page count is valid when its "version valid for" matches the change counter.
-    let change_counter = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
-    let pages = u32::from_be_bytes(header[28..32].try_into().expect("4 bytes"));
-    let valid_for = u32::from_be_bytes(header[92..96].try_into().expect("4 bytes"));
-    if pages > 0 && valid_for == change_counter && u64::from(pages) * page_size > len {
-        return Err(Error::Corrupt {
-            path: path.to_owned(),
-            detail: format!(
-                "the file is {len} bytes but its header says {} ({pages} pages): it was cut short",
-                u64::from(pages) * page_size
-            ),
-        });
-    }
-    Ok(())
+    recovered: Option<Recovery>,
 }
 
 impl Database {
-    /// Opens an existing database for reading only; `Ok(None)` when there is no file.
+    /// Opens an existing database for reading only; `Ok(None)` when there is no file (in a
+    /// folder that exists). Refuses a folder, a missing folder, a file that is not SQLite or is
+    /// shorter than its header says, and a hot journal beside it ([`Database::recover`]
+    /// recovers that). Never writes.
     pub fn open_read_only(path: &Path) -> Result<Option<Database>, Error> {
-        if !path.exists() {
+        let Some(len) = file::locate(path)? else {
             return Ok(None);
-        }
-        check_file(path)?;
+        };
+        file::check_header(path, len)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -486,21 +275,34 @@ impl Database {
         Self::finish_open(path, conn).map(Some)
     }
 
-    /// Opens a database for writing, creating the file when there is none. An existing file
-    /// is first checked (header, size, `quick_check`) on a read-only connection, so a file
-    /// that is not SQLite or is damaged is never opened for writing.
+    /// Recovers what a writer killed mid-transaction left beside the database (a hot journal
+    /// is rolled back, a WAL no process has open is checkpointed), as SQLite does on a
+    /// read-write open; `None` when there was nothing to recover. Refuses, naming the journal,
+    /// when a hot journal needs recovering and this process may not write the file and its
+    /// folder. The database's committed content is not changed.
+    pub fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
+        match file::locate(path)? {
+            Some(_) => file::recover(path),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens a database for writing, creating the file when there is none (its folder must
+    /// exist). In this order: refuses a folder, a missing folder, and a folder or file this
+    /// process may not write; recovers what a killed writer left ([`Database::recover`]);
+    /// checks the file (header, size, `quick_check`) on a read-only connection. So nothing is
+    /// ever written into a file that is not SQLite or is damaged, except SQLite's own rollback
+    /// of a hot journal, which puts back the pages a killed writer overwrote.
     pub fn open(path: &Path) -> Result<Database, Error> {
+        let exists = file::locate(path)?.is_some();
+        file::check_writable(path, exists)?;
+        let recovered = if exists { file::recover(path)? } else { None };
         if let Some(db) = Self::open_read_only(path)? {
             db.quick_check()?;
         }
-        Self::finish_open(path, Connection::open(path))
-    }
-
-    /// Opens for writing after the cheap checks only (header, size, schema readable): for
-    /// commands that only write the history table, so that they stay fast on large files.
-    pub fn open_for_history(path: &Path) -> Result<Database, Error> {
-        drop(Self::open_read_only(path)?);
-        Self::finish_open(path, Connection::open(path))
+        let mut db = Self::finish_open(path, Connection::open(path))?;
+        db.recovered = recovered;
+        Ok(db)
     }
 
     fn finish_open(path: &Path, conn: rusqlite::Result<Connection>) -> Result<Database, Error> {
@@ -508,8 +310,11 @@ impl Database {
         let db = Database {
             conn,
             path: path.to_owned(),
+            recovered: None,
         };
-        db.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.err(e))?;
+        db.conn
+            .busy_timeout(busy_timeout())
+            .map_err(|e| db.err(e))?;
         // Reading the schema table notices a damaged or foreign file before anything else.
         db.conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
@@ -519,7 +324,9 @@ impl Database {
         Ok(db)
     }
 
-    fn quick_check(&self) -> Result<(), Error> {
+    /// Runs `PRAGMA quick_check` (every page of every table and index is read): refuses a
+    /// damaged file.
+    pub fn quick_check(&self) -> Result<(), Error> {
         let detail: String = self
             .conn
             .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
@@ -531,6 +338,11 @@ impl Database {
             });
         }
         Ok(())
+    }
+
+    /// What [`Database::open`] recovered before it checked the file, if anything.
+    pub fn recovered(&self) -> Option<Recovery> {
+        self.recovered
     }
 
     /// The file's path.
@@ -628,6 +440,12 @@ impl Database {
             difference: Vec::new(),
             foreign: None,
             edited: Vec::new(),
+            forced: history
+                .iter()
+                .filter(|row| row.how == "forced")
+                .map(|row| row.version)
+                .max(),
+            extra_tables: Vec::new(),
         };
         let Some(version) = history.iter().map(|row| row.version).max() else {
             status.foreign = self.foreign_history()?;
@@ -648,6 +466,7 @@ impl Database {
                 Err((closest, difference)) => {
                     status.closest = Some(closest);
                     status.difference = difference;
+                    status.extra_tables = extra_tables(&live);
                 }
             }
             return Ok(status);
@@ -676,6 +495,7 @@ impl Database {
         if !drift.is_empty() {
             status.state = State::Drifted;
             status.difference = drift;
+            status.extra_tables = extra_tables(&live);
             return Ok(status);
         }
         status.pending = (version + 1..=head()).collect();
@@ -701,6 +521,8 @@ impl Database {
             State::Drifted => Err(Error::Drifted {
                 version: status.version.unwrap_or_default(),
                 difference: status.difference,
+                forced: status.forced,
+                extra_tables: status.extra_tables,
             }),
             _ => Ok(status),
         }
@@ -715,46 +537,6 @@ impl Database {
             });
         }
         Ok(Plan::after(status.version))
-    }
-
-    /// Applies every pending migration, each with its history row in one transaction taken with
-    /// the write lock first; the history is read again under the lock, so two processes started
-    /// together apply each migration once.
-    pub fn upgrade(&mut self, on_apply: impl FnMut(&Migration)) -> Result<Upgrade, Error> {
-        self.upgrade_to(head(), on_apply)
-    }
-
-    /// Applies the pending migrations up to revision `to` only.
-    pub fn upgrade_to(
-        &mut self,
-        to: u32,
-        mut on_apply: impl FnMut(&Migration),
-    ) -> Result<Upgrade, Error> {
-        if to > head() {
-            return Err(Error::UnknownRevision {
-                version: to,
-                head: head(),
-            });
-        }
-        let plan = self.plan_upgrade()?;
-        if plan.from.unwrap_or(0) > to {
-            return Err(Error::WrongDirection {
-                at: plan.from.unwrap_or(0),
-                to,
-            });
-        }
-        let mut applied = Vec::new();
-        for step in plan.steps.iter().filter(|s| s.version <= to) {
-            let m = migration(step.version).expect("planned revisions are known");
-            if self.run_step(m, Direction::Up, &mut on_apply)? {
-                applied.push(step.version);
-            }
-        }
-        Ok(Upgrade {
-            from: plan.from,
-            to,
-            applied,
-        })
     }
 
     /// What `downgrade --to` would run: every `.down.sql` from the current revision down to
@@ -786,90 +568,6 @@ impl Database {
             to,
             steps,
         })
-    }
-
-    /// Undoes migrations down to revision `to` with their `.down.sql` files, each in its own
-    /// transaction with its history row removed.
-    pub fn downgrade(
-        &mut self,
-        to: u32,
-        mut on_undo: impl FnMut(&Migration),
-    ) -> Result<Upgrade, Error> {
-        let plan = self.plan_downgrade(to)?;
-        let mut undone = Vec::new();
-        for step in &plan.steps {
-            let m = migration(step.version).expect("planned revisions are known");
-            if self.run_step(m, Direction::Down, &mut on_undo)? {
-                undone.push(step.version);
-            }
-        }
-        Ok(Upgrade {
-            from: plan.from,
-            to,
-            applied: undone,
-        })
-    }
-
-    /// Runs one migration's up or down SQL unless another process did first; true when this
-    /// one did. Foreign keys are off around the transaction (SQLite ignores the pragma inside
-    /// one) and checked before COMMIT.
-    fn run_step(
-        &mut self,
-        m: &'static Migration,
-        direction: Direction,
-        on_run: &mut impl FnMut(&Migration),
-    ) -> Result<bool, Error> {
-        let path = self.path.clone();
-        let err = |e| sqlite_error(&path, e);
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = OFF")
-            .map_err(err)?;
-        let result = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(err)?;
-            create_history_table(&tx).map_err(err)?;
-            let at: u32 = tx
-                .query_row(
-                    &format!("SELECT coalesce(max(version), 0) FROM {HISTORY_TABLE}"),
-                    [],
-                    |row| row.get(0),
-                )
-                .map_err(err)?;
-            let (wanted_at, sql, file) = match direction {
-                Direction::Up => (m.version - 1, m.up, m.file),
-                Direction::Down => (
-                    m.version,
-                    m.down.expect("planned"),
-                    m.down_file.expect("planned"),
-                ),
-            };
-            if at != wanted_at {
-                return Ok(false); // another process moved the database meanwhile
-            }
-            on_run(m);
-            tx.execute_batch(sql)
-                .map_err(|cause| match sqlite_error(&path, cause) {
-                    Error::Sqlite { cause, .. } => Error::MigrationFailed { file, at, cause },
-                    other => other,
-                })?;
-            check_foreign_keys(&tx, &path, file, at)?;
-            match direction {
-                Direction::Up => tx.execute(
-                    &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, 'applied')"),
-                    rusqlite::params![m.version, m.name, m.checksum()],
-                ),
-                Direction::Down => tx.execute(&format!("DELETE FROM {HISTORY_TABLE} WHERE version = ?1"), [m.version]),
-            }
-            .map_err(err)?;
-            tx.commit().map_err(err)?;
-            Ok(true)
-        })();
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = ON")
-            .map_err(err)?;
-        result
     }
 
     /// Checks that stamping `version` is right: the revision exists and the live schema is
@@ -906,35 +604,6 @@ impl Database {
         Ok(difference)
     }
 
-    /// Records `version` as the database's revision without running anything. Refuses unless the
-    /// live schema is that revision's, or `force` is set (then the history says `forced`).
-    /// Another tool's history table is left as it is.
-    pub fn stamp(&mut self, version: u32, force: bool) -> Result<(), Error> {
-        let difference = self.check_stamp(version, force)?;
-        let path = self.path.clone();
-        let err = |e| sqlite_error(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        create_history_table(&tx).map_err(err)?;
-        tx.execute(&format!("DELETE FROM {HISTORY_TABLE}"), [])
-            .map_err(err)?;
-        let how = if difference.is_empty() {
-            "stamped"
-        } else {
-            "forced"
-        };
-        for m in &MIGRATIONS[..version as usize] {
-            tx.execute(
-                &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, ?4)"),
-                rusqlite::params![m.version, m.name, m.checksum(), how],
-            )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
-    }
-
     /// The revision `adopt` would record: the one the live schema of an unstamped (or foreign)
     /// database matches; refuses, naming the difference to the closest revision, when none does.
     pub fn plan_adopt(&self) -> Result<u32, Error> {
@@ -947,13 +616,8 @@ impl Database {
         status.matches.ok_or(Error::NoMatch {
             closest: status.closest.unwrap_or(0),
             difference: status.difference,
+            extra_tables: status.extra_tables,
         })
-    }
-
-    /// Stamps an unstamped database at the revision its live schema matches.
-    pub fn adopt(&mut self) -> Result<u32, Error> {
-        let version = self.plan_adopt()?;
-        self.stamp(version, false).map(|()| version)
     }
 
     /// Copies the live database to `dest` with the online backup API, then checks the copy and
@@ -983,59 +647,6 @@ impl Database {
                 cause,
             })
     }
-
-    /// Replaces the live database's content with the database at `source`, after checking it.
-    pub fn restore_from(&mut self, source: &Path) -> Result<BackupInfo, Error> {
-        let info = inspect_copy(source)?;
-        self.conn
-            .restore(MAIN_DB, source, NO_PROGRESS)
-            .map_err(|e| sqlite_error(source, e))?;
-        Ok(info)
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Direction {
-    Up,
-    Down,
-}
-
-fn create_history_table(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
-            version INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            checksum TEXT NOT NULL,
-            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-            how TEXT NOT NULL CHECK (how IN ('applied', 'stamped', 'forced'))
-        )"
-    ))
-}
-
-/// Fails when the transaction left rows that break a foreign key.
-fn check_foreign_keys(
-    tx: &Transaction<'_>,
-    path: &Path,
-    file: &'static str,
-    at: u32,
-) -> Result<(), Error> {
-    let violations: Vec<String> = tx
-        .prepare("PRAGMA foreign_key_check")
-        .and_then(|mut check| {
-            check
-                .query_map([], |row| row.get::<_, String>(0))?
-                .collect()
-        })
-        .map_err(|e| sqlite_error(path, e))?;
-    match violations.first() {
-        Some(table) => Err(Error::ForeignKeys {
-            file,
-            count: violations.len(),
-            table: table.clone(),
-            at,
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Checks a copy (`integrity_check`) and reads its revision.
@@ -1064,26 +675,69 @@ pub fn inspect_copy(path: &Path) -> Result<BackupInfo, Error> {
 }
 
 fn sqlite_error(path: &Path, e: rusqlite::Error) -> Error {
-    let path = path.to_owned();
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
-            path,
-            detail: e.to_string(),
-        },
-        Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy { path },
-        _ => Error::Sqlite { path, cause: e },
-    }
+    Error::from_sqlite(path, e)
 }
 
-/// The differences to `version` as review comments: what is missing or extra, and which
-/// revision adds it.
+/// The live tables that no revision has.
+fn extra_tables(live: &Schema) -> Vec<String> {
+    live.tables
+        .keys()
+        .filter(|table| !(1..=head()).any(|r| schema_at(r).tables.contains_key(*table)))
+        .cloned()
+        .collect()
+}
+
+/// The differences to `version` as review comments: what is missing or extra, which revision
+/// adds or changes it, and what a later migration would do to an object it does not expect
+/// (a rebuild drops a table's triggers, indexes and unknown columns, and fails on a view or
+/// another table's trigger that reads the table).
 pub fn explain(differences: &[Difference], version: u32) -> Vec<String> {
+    // Each later migration's rebuilt (dropped, then created again) and dropped tables.
+    let later: Vec<(u32, String, bool)> = MIGRATIONS[version as usize..]
+        .iter()
+        .flat_map(|m| {
+            schema::dropped_tables(m.up).into_iter().map(move |table| {
+                let rebuilt = schema_at(m.version).tables.contains_key(&table);
+                (m.version, table, rebuilt)
+            })
+        })
+        .collect();
+    let consequence = |d: &Difference| -> Option<String> {
+        let (object_table, fails) = match &d.object {
+            Object::Table(table) => (Some(table.as_str()), false),
+            Object::Trigger { table, .. } => (Some(table.as_str()), true),
+            Object::View(_) => (None, true),
+        };
+        later.iter().find_map(|(r, table, rebuilt)| {
+            let verb = if *rebuilt { "rebuilds" } else { "drops" };
+            if object_table == Some(table.as_str()) {
+                let what = match d.subject {
+                    Subject::Column(_) => "it and its data",
+                    _ => "it",
+                };
+                Some(format!(
+                    "; revision {r} {verb} {table} and would drop {what}"
+                ))
+            } else if fails && *rebuilt && d.reads.contains(table) {
+                Some(format!(
+                    "; revision {r} rebuilds {table} and would fail on it"
+                ))
+            } else {
+                None
+            }
+        })
+    };
     differences
         .iter()
         .map(|d| {
             let first_with = |like: Option<&Schema>| {
-                (1..=head()).find(|&r| schema_at(r).has(&d.table, &d.subject, like))
+                (1..=head()).find(|&r| schema_at(r).has(&d.object, &d.subject, like))
+            };
+            let line = match (&d.object, d.change) {
+                (Object::View(_) | Object::Trigger { .. }, Change::Unexpected) => {
+                    format!("{}: not in revision {version}", d.object)
+                }
+                _ => d.to_string(),
             };
             let note = match d.change {
                 Change::Missing => first_with(Some(schema_at(version)))
@@ -1091,17 +745,24 @@ pub fn explain(differences: &[Difference], version: u32) -> Vec<String> {
                     .map(|r| format!(" (revision {r} adds it)")),
                 Change::Unexpected => first_with(None)
                     .filter(|&r| r > version)
-                    .map(|r| format!(" (revision {r} adds it)")),
+                    .map(|r| format!(" (revision {r} adds it)"))
+                    .or_else(|| consequence(d))
+                    .or_else(|| match (&d.object, &d.subject) {
+                        (Object::Table(table), Subject::Whole) => Some(format!(
+                            " (no revision has it: if the bot does not need it, save its rows elsewhere and DROP TABLE {table}; or add a migration that creates it)"
+                        )),
+                        _ => None,
+                    }),
                 Change::Differs => (1..=version)
                     .rev()
                     .take_while(|&r| {
-                        schema_at(r).has(&d.table, &d.subject, Some(schema_at(version)))
+                        schema_at(r).has(&d.object, &d.subject, Some(schema_at(version)))
                     })
                     .last()
-                    .filter(|&r| r > 1 && schema_at(r - 1).has(&d.table, &d.subject, None))
+                    .filter(|&r| r > 1 && schema_at(r - 1).has(&d.object, &d.subject, None))
                     .map(|r| format!(" (revision {r} changes it)")),
             };
-            format!("{d}{}", note.unwrap_or_default())
+            format!("{line}{}", note.unwrap_or_default())
         })
         .collect()
 }

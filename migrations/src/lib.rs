@@ -14,33 +14,130 @@
 //!   live schema matches, or none), `foreign` (another tool's history such as `alembic_version`,
 //!   reported and left alone), `behind`, `current`, `ahead`, `modified` (an applied file was
 //!   edited: both checksums), `drifted` (the live schema is not the recorded revision's).
-//! - Matching compares structure, not SQL text ([`schema`]): tables, columns (name, type affinity,
-//!   NOT NULL, default, primary key), UNIQUE constraints, indexes, foreign keys.
+//! - Matching compares behaviour, not SQL text ([`schema`]; the rule is below).
 //! - Each migration and its history row run in one transaction taken with the write lock first
 //!   (`BEGIN IMMEDIATE`, busy timeout [`BUSY_TIMEOUT`]), the history read again under the lock:
 //!   two processes started together apply each migration once. Foreign keys are switched off
 //!   around the transaction and `foreign_key_check` runs before COMMIT. A database is always
 //!   before or after a migration, never in between.
-//! - A file that is not SQLite, or is damaged, is refused before it is ever opened for writing.
+//! - Every command that writes the history (`stamp`, `adopt`, `upgrade --adopt`, each step of
+//!   `upgrade` and `downgrade`, `restore`) reads the history and the schema again under the
+//!   write lock and decides there: a decision never rests on a state another process changed.
+//!   A downgrade that finds the database moved stops ([`Error::Moved`]); `restore` holds one lock
+//!   from its decision to the end of its copy.
+//! - A folder, a missing folder, a folder this user may not write, a file that is not SQLite,
+//!   is shorter than its header says or fails `quick_check` is refused before it is ever opened
+//!   for writing. What a writer killed mid-transaction left (a hot `-journal`, a `-wal` no
+//!   process has open) is first recovered as SQLite recovers it ([`Database::recover`]), the
+//!   only write before the check: it puts back the committed state.
+//! - `restore` refuses a file of 0 bytes or without tables over a database with tables (unless
+//!   forced), and keeps the database it replaces as `<name>.replaced-<UTC time>` ([`Restored`]).
+//!
+//! # When a live schema "matches revision N"
+//!
+//! Only when every statement the bot and the migrations run behaves the same on it as on
+//! revision N's own schema. [`schema::read`] takes what SQLite records, from `sqlite_schema` and
+//! pragmas only (never table data, so `status` stays fast on any size of file):
+//!
+//! | what | from |
+//! | --- | --- |
+//! | tables, `WITHOUT ROWID`, `STRICT` | `PRAGMA table_list` (`type`, `wr`, `strict`) |
+//! | columns: declared type, NOT NULL, default, primary key, generated (VIRTUAL, STORED) | `pragma_table_xinfo` (`hidden` 2 and 3) |
+//! | whether the primary key is the rowid | SQLite itself: a rowid table whose key is one column and has no index of origin `pk` |
+//! | CHECK, COLLATE on a column, conflict clauses (`ON CONFLICT ...` of PRIMARY KEY, UNIQUE, NOT NULL), AUTOINCREMENT, generated expressions, `DEFERRABLE INITIALLY DEFERRED` | the `CREATE TABLE` text in `sqlite_schema.sql` |
+//! | UNIQUE constraints and indexes: keys, sort order, collation per key, unique, origin | `pragma_index_list`, `pragma_index_xinfo` |
+//! | index expressions and a partial index's WHERE | the `CREATE INDEX` text |
+//! | foreign keys and their ON UPDATE / ON DELETE actions | `pragma_foreign_key_list` |
+//! | views and triggers | their own rows of `sqlite_schema` |
+//!
+//! SQL text (CHECK, WHERE, expressions, generated columns, defaults that are expressions, views,
+//! triggers) is compared in a canonical spelling: keywords upper case, names lower case and
+//! unquoted (`"Is_Admin"`, `[is_admin]` and `is_admin` are one name: SQLite's names ignore ASCII
+//! case), comments dropped, one space between tokens, brackets around a whole expression
+//! dropped, `==` read as `=` and `<>` as `!=`. String literals keep their case.
+//!
+//! Anything SQLite records that revision N does not have, or the other way round, is a named
+//! difference: a table, column, view or trigger; a column's type affinity, NOT NULL, default,
+//! place in the primary key, rowid-ness, collation, generated expression or NOT NULL conflict
+//! clause; `WITHOUT ROWID`, `STRICT`, AUTOINCREMENT, the PRIMARY KEY's conflict clause; a UNIQUE
+//! constraint's keys or conflict clause; a CHECK; an index's name, keys (column or expression,
+//! collation, sort order), uniqueness or WHERE; a foreign key's columns, target, actions or
+//! deferral. Each line says what was expected and what was found, with the definition (a
+//! UNIQUE index and a plain one read differently), and what a later migration would do to it:
+//! `trigger keep_admins on users: not in revision 1; revision 4 rebuilds users and would drop
+//! it`, `view admins: not in revision 1; revision 4 rebuilds users and would fail on it`.
+//!
+//! ## What is tolerated, and why
+//!
+//! Each of these reads the same for every statement, so they match:
+//!
+//! - **How it is spelled**: identifier quoting and case, keyword case, whitespace, comments,
+//!   constraint names (`CONSTRAINT pk_users PRIMARY KEY (id)`): SQLite resolves names without
+//!   regard to ASCII case and never uses a constraint's name but in an error message.
+//! - **The declared type, beyond its affinity**: `VARCHAR(255)`, `TEXT` and `NVARCHAR(64)` are all
+//!   TEXT affinity, and SQLite enforces no length. (In a STRICT table the type matters, but a
+//!   STRICT table is itself a difference.) The one exception is the rowid, below.
+//! - **NOT NULL on a rowid alias**: `INTEGER PRIMARY KEY` is never NULL (an insert of NULL gives
+//!   it the next rowid), so with or without `NOT NULL` it behaves the same; likewise the key of a
+//!   WITHOUT ROWID table.
+//! - **A default, as the value an insert stores**: a constant default goes through the column's
+//!   affinity like any inserted value, so it is compared as SQLite stores it, asked of SQLite
+//!   (an in-memory table with the same affinity): `DEFAULT FALSE`, `0`, `(0)`, `0.0`, `'0'` all
+//!   store the integer 0 in a NUMERIC or INTEGER column, `TRUE` and `1` store 1; in a TEXT column
+//!   `0` and `'0'` both store the text `'0'` but `0.0` stores `'0.0'`, a difference. `DEFAULT
+//!   NULL` is no default. A default that is an expression (`CURRENT_TIMESTAMP`, a function) is
+//!   compared as canonical text, brackets around it dropped.
+//! - **Where a constraint is written**: UNIQUE, PRIMARY KEY and CHECK as column or table
+//!   constraints are the same constraint; `REFERENCES users` names the primary key of `users`
+//!   as `REFERENCES users (id)` does; `ON CONFLICT ABORT`, `COLLATE BINARY`, `NOT DEFERRABLE`
+//!   and `DEFERRABLE INITIALLY IMMEDIATE` are the defaults written out; a foreign key's `MATCH`
+//!   clause is parsed but not enforced by SQLite.
+//! - **A UNIQUE constraint on exactly the primary key** (DB Browser's `"id" INTEGER NOT NULL
+//!   UNIQUE`): the key already enforces it.
+//! - **Column order**: every statement of the bot and of the migrations names its columns.
+//! - **A UNIQUE index standing in for a UNIQUE constraint** (SQLAlchemy's `unique=True,
+//!   index=True` makes `CREATE UNIQUE INDEX ix_users_telegram_id` instead of `UNIQUE
+//!   (telegram_id)`): for inserts, updates and `ON CONFLICT (telegram_id)` upserts a full UNIQUE
+//!   index and a UNIQUE constraint are the same rule. The migrations differ in one way: a
+//!   rebuild (revision 4) copies what its own `CREATE TABLE` says, not the old table's indexes;
+//!   since revision 4's `CREATE TABLE` declares `UNIQUE (telegram_id)` itself, the rebuild turns
+//!   the index into the constraint and the result is exactly revision 4 (a test upgrades such a
+//!   database from revision 1 to head). So an index stands in only where that holds: it is
+//!   UNIQUE, has no WHERE, has the same keys (collation and order included), and the revision
+//!   has no index of that name and no conflict clause on the constraint (an index cannot carry
+//!   one). The other way round is not tolerated: when a revision declares a named UNIQUE index, a
+//!   later migration may `DROP INDEX` it by name, which a constraint's automatic index refuses.
+//!   What is left: a stand-in index's name is taken, so a future migration that creates an index
+//!   of that very name would fail (and roll back, with a message naming it).
+//!
+//! Not tolerated, though a tool may write it unasked: SQLAlchemy 1.3's `Boolean` adds `CHECK
+//! (is_admin IN (0, 1))`, which revision 1 lacks (an insert of 2 fails there and not here);
+//! `BIGINT` or `INT` primary keys (not the rowid: an insert without an id fails, or stores a
+//! NULL id); AUTOINCREMENT (ids are never reused). These are all in the corpus
+//! (`tests/corpus/expected.json`), with the reason for each verdict.
 //!
 //! # JSON
 //!
 //! `bot db <command> --json` prints one object on stdout. On failure every command prints
-//! `{"error": "...", "exit_code": N, "database": "..."}` (exit codes: 1 failed and rolled back,
-//! 2 usage, 3 refused because of the database's state, 4 not a SQLite database or damaged,
-//! 5 locked by another process). On success:
+//! `{"error": "...", "exit_code": N, "database": "...", "recovered": ...}` (exit codes: 1 failed
+//! and rolled back, 2 usage, 3 refused because of the database's state or place (a missing or
+//! read-only folder, a hot journal this user cannot roll back), 4 not a SQLite database (or a
+//! folder) or damaged, 5 locked by another process, a writer or a reader). Every object of a
+//! command that reads the database has `"recovered"`: `"journal"` (a hot journal was rolled
+//! back), `"wal"` (a WAL no process had open was folded in) or null. On success:
 //!
 //! | command | object |
 //! | --- | --- |
-//! | `status`, `check` | a [`Status`]: `{"state","version","head","pending","matches","closest","difference","foreign","edited","database","bytes"}` (`check` adds `"ok": true`) |
-//! | `upgrade` | an [`Upgrade`] `{"from","to","applied"}` plus `"state_before"`, `"adopted"` (with `--adopt`) and `"backup"` (a [`BackupInfo`], with `--backup-to`) |
+//! | `status`, `check` | a [`Status`]: `{"state","version","head","pending","matches","closest","difference","foreign","edited","forced","extra_tables","database","bytes","exists","zero_bytes"}` (`check` adds `"ok": true`; `zero_bytes`: the file exists and is 0 bytes, state `empty`) |
+//! | `upgrade` | an [`Upgrade`] `{"from","to","applied"}` plus `"state_before"`, `"adopted"` (with `--adopt`), `"backup"` (a [`BackupInfo`], with `--backup-to`) and `"zero_bytes"` (the schema was built into a 0-byte file) |
 //! | `upgrade --dry-run`, `downgrade --dry-run` | a [`Plan`] `{"from","to","steps":[{"version","file","sql"}]}` plus `"dry_run": true` |
 //! | `downgrade` | an [`Upgrade`]; `applied` lists the revisions undone |
-//! | `stamp` | `{"stamped": N, "forced": bool}`; with `--dry-run`: `{"dry_run": true, "stamp": N, "how", "difference"}` |
+//! | `stamp` | `{"stamped": N, "forced": bool, "difference"}` (`forced`: recorded as forced, the schema differed); with `--dry-run`: `{"dry_run": true, "stamp": N, "how", "difference"}` |
 //! | `adopt` | `{"adopted": N}`; with `--dry-run`: `{"dry_run": true, "adopt": N}` |
 //! | `history` | `{"database", "history": [`[`HistoryRow`]`]}` |
 //! | `schema` | `{"at": N or null, "schema": `[`schema::Schema`]`}` |
-//! | `backup`, `restore` | a [`BackupInfo`] `{"path","revision","state","bytes"}` |
+//! | `backup` | a [`BackupInfo`] `{"path","revision","state","bytes"}` |
+//! | `restore` | a [`Restored`]: the [`BackupInfo`] of the file restored plus `"replaced"` (where the database it replaced is kept, or null when it had no tables) |
 //! | `fix-ownership` | `{"owner","check","wrong":[{"path","uid","gid"}],"fixed"}` |
 //!
 //! For example, the old app's database, before `adopt`:
@@ -56,5 +153,6 @@ pub mod schema;
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
     BUSY_TIMEOUT, BackupInfo, Database, EditedFile, Error, ForeignHistory, HISTORY_TABLE,
-    HistoryRow, Plan, PlannedStep, State, Status, Upgrade, explain, inspect_copy,
+    HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, State, Status, Upgrade,
+    busy_timeout, explain, inspect_copy, set_busy_timeout,
 };

@@ -5,6 +5,17 @@ use std::path::{Path, PathBuf};
 use migrations::{Database, Error, HISTORY_TABLE, MIGRATIONS, State, head};
 use rusqlite::Connection;
 
+/// The error and its causes, as the command line prints them.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -258,7 +269,7 @@ fn backup_and_restore_round_trip() {
     drop(db);
     let target = dir.file("restored.db");
     let mut restored = Database::open(&target).unwrap();
-    restored.restore_from(&copy).unwrap();
+    restored.restore_from(&copy, false).unwrap();
     let n: i64 = restored
         .connection()
         .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
@@ -450,8 +461,9 @@ fn a_failing_migration_is_rolled_back_whole() {
         "{error}"
     );
     assert!(
-        error.to_string().contains("CHECK constraint failed"),
-        "{error}"
+        chain(&error).contains("CHECK constraint failed"),
+        "{}",
+        chain(&error)
     );
     let status = db.status().unwrap();
     assert_eq!(
@@ -545,8 +557,18 @@ fn a_damaged_file_is_refused_without_being_written() {
     let error = Database::open(&path)
         .err()
         .expect("a file cut short is refused");
-    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            Error::Truncated {
+                expected: Some(_),
+                ..
+            }
+        ),
+        "{error}"
+    );
     assert!(error.to_string().contains("cut short"), "{error}");
+    assert!(error.is_bad_file());
     assert_eq!(std::fs::read(&path).unwrap(), cut);
 
     // Garbage over the middle pages, with an intact header.
@@ -578,8 +600,506 @@ fn backups_are_checked_and_name_their_revision_and_bad_copies_are_not_restored()
     let before = std::fs::read(&path).unwrap();
     let error = Database::open(&path)
         .unwrap()
-        .restore_from(&bad)
+        .restore_from(&bad, false)
         .unwrap_err();
     assert!(error.is_bad_file(), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+/// The SQL that records revision `version` in the history, as the engine does.
+fn history_row(version: u32, how: &str) -> String {
+    let m = &MIGRATIONS[version as usize - 1];
+    format!(
+        "INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES ({}, '{}', '{}', '{how}');",
+        m.version,
+        m.name,
+        m.checksum()
+    )
+}
+
+/// What another process does while `work` waits: a connection of its own takes the write lock,
+/// `work` starts in a thread (opening and checking the database, reading its state), and once
+/// `work` waits for the lock, the other connection runs `meanwhile` and commits. Returns what
+/// `work` returned: a decision taken before the lock cannot know of `meanwhile`.
+fn while_another_process_writes<T: Send + 'static>(
+    path: &Path,
+    meanwhile: &str,
+    work: impl FnOnce(&mut Database) -> T + Send + 'static,
+) -> T {
+    let holder = Connection::open(path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (ready, opened) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    let worker = std::thread::spawn(move || {
+        let mut db = Database::open(&path).unwrap();
+        ready.send(()).unwrap();
+        work(&mut db)
+    });
+    opened.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!worker.is_finished(), "the work waits for the write lock");
+    holder.execute_batch(meanwhile).unwrap();
+    holder.execute_batch("COMMIT").unwrap();
+    worker.join().unwrap()
+}
+
+fn versions(path: &Path) -> Vec<u32> {
+    Database::open_read_only(path)
+        .unwrap()
+        .unwrap()
+        .history()
+        .unwrap()
+        .unwrap_or_default()
+        .iter()
+        .map(|row| row.version)
+        .collect()
+}
+
+fn state(path: &Path) -> (State, Option<u32>) {
+    let status = Database::open_read_only(path)
+        .unwrap()
+        .unwrap()
+        .status()
+        .unwrap();
+    (status.state, status.version)
+}
+
+#[test]
+fn adopt_decides_under_the_lock() {
+    let dir = TempDir::new("adopt-lock");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 10);
+    let adopted = while_another_process_writes(
+        &path,
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)",
+        |db| db.adopt(),
+    );
+    match adopted {
+        Err(Error::NoMatch { extra_tables, .. }) => assert_eq!(extra_tables, ["settings"]),
+        other => panic!("{other:?}"),
+    }
+    assert!(versions(&path).is_empty(), "nothing was recorded");
+}
+
+#[test]
+fn stamp_decides_under_the_lock() {
+    let dir = TempDir::new("stamp-lock");
+    let path = dir.file("bot.db");
+    at_revision(&path, 1);
+    let upgrade_to_2 = format!("{}{}", MIGRATIONS[1].up, history_row(2, "applied"));
+    let stamped = while_another_process_writes(&path, &upgrade_to_2, |db| db.stamp(1, false));
+    assert!(
+        matches!(stamped, Err(Error::StampMismatch { version: 1, .. })),
+        "{stamped:?}"
+    );
+    assert_eq!(state(&path), (State::Behind, Some(2)));
+    assert_eq!(versions(&path), [1, 2]);
+}
+
+#[test]
+fn an_upgrade_applies_what_follows_the_revision_found_under_the_lock() {
+    let dir = TempDir::new("upgrade-lock");
+    let path = dir.file("bot.db");
+    at_revision(&path, 2);
+    let upgrade_to_3 = format!("{}{}", MIGRATIONS[2].up, history_row(3, "applied"));
+    let upgrade =
+        while_another_process_writes(&path, &upgrade_to_3, |db| db.upgrade(|_| {}).unwrap());
+    assert_eq!(
+        (upgrade.from, upgrade.to, upgrade.applied),
+        (Some(3), head(), (4..=head()).collect())
+    );
+    assert_eq!(state(&path), (State::Current, Some(head())));
+    assert_eq!(versions(&path), (1..=head()).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_downgrade_stops_when_another_process_moved_the_database() {
+    let dir = TempDir::new("downgrade-lock");
+    let path = dir.file("bot.db");
+    at_revision(&path, 3);
+    let upgrade_to_4 = format!("{}{}", MIGRATIONS[3].up, history_row(4, "applied"));
+    let downgrade = while_another_process_writes(&path, &upgrade_to_4, |db| {
+        db.downgrade(2, |_| panic!("nothing may be undone"))
+    });
+    match downgrade {
+        Err(error @ Error::Moved { .. }) => {
+            assert!(error.is_refusal());
+            assert!(
+                error
+                    .to_string()
+                    .contains("at revision 4, not 3 as planned: another process changed it meanwhile; nothing was undone"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state(&path), (State::Current, Some(4)));
+}
+
+#[test]
+fn adopting_upgrades_in_two_threads_held_at_the_lock_adopt_once() {
+    let dir = TempDir::new("adopt-race");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 2000);
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut db = Database::open(&path).unwrap();
+                let adopted = db.adopt_if_unstamped().unwrap();
+                (adopted, db.upgrade(|_| {}).unwrap())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(workers.iter().all(|w| !w.is_finished()));
+    holder.execute_batch("COMMIT").unwrap();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let adopted: Vec<u32> = results.iter().filter_map(|(a, _)| *a).collect();
+    let mut applied: Vec<u32> = results
+        .iter()
+        .flat_map(|(_, u)| u.applied.clone())
+        .collect();
+    applied.sort();
+    assert_eq!(adopted, [1]);
+    assert_eq!(applied, (2..=head()).collect::<Vec<_>>());
+    assert_eq!(state(&path), (State::Current, Some(head())));
+    assert_eq!(versions(&path), (1..=head()).collect::<Vec<_>>());
+}
+
+#[test]
+fn restore_decides_under_the_lock() {
+    for wal in [false, true] {
+        let dir = TempDir::new(&format!("restore-lock-{wal}"));
+        let path = dir.file("bot.db");
+        let conn = Connection::open(&path).unwrap();
+        if wal {
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        }
+        drop(conn);
+        let empty = dir.file("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let source = empty.clone();
+        let restored = while_another_process_writes(
+            &path,
+            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);",
+            move |db| db.restore_from(&source, false),
+        );
+        match restored {
+            Err(Error::EmptySource {
+                zero_bytes: true,
+                live_tables: 1,
+                ..
+            }) => {}
+            other => panic!("wal {wal}: {other:?}"),
+        }
+        let users: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1, "wal {wal}");
+        // Forced, the empty file replaces it, and what it replaced is kept.
+        let forced = Database::open(&path)
+            .unwrap()
+            .restore_from(&empty, true)
+            .unwrap();
+        assert_eq!(state(&path).0, State::Empty, "wal {wal}");
+        let kept: i64 = Connection::open(forced.replaced.unwrap())
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1, "wal {wal}");
+    }
+}
+
+/// The files a writer killed mid-transaction leaves: `crashed` and its hot journal, copied
+/// while a writer with a tiny cache has spilled uncommitted pages into the database file.
+fn hot_journal_left_at(dir: &TempDir, crashed: &Path) {
+    let live = dir.file("live.db");
+    old_app_database(&live, 50);
+    let conn = Connection::open(&live).unwrap();
+    conn.execute_batch("PRAGMA cache_size = 8; BEGIN").unwrap();
+    for i in 0..20_000 {
+        conn.execute(
+            "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'never committed')",
+            [10_000_000 + i],
+        )
+        .unwrap();
+    }
+    for suffix in ["", "-journal"] {
+        std::fs::copy(
+            format!("{}{suffix}", live.display()),
+            format!("{}{suffix}", crashed.display()),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_hot_journal_is_named_by_a_read_only_open_and_rolled_back_by_recover() {
+    let dir = TempDir::new("hot");
+    let crashed = dir.file("crashed.db");
+    hot_journal_left_at(&dir, &crashed);
+    let journal = dir.file("crashed.db-journal");
+    let error = Database::open_read_only(&crashed).err().unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::NeedsRecovery {
+                kind: migrations::Recovery::Journal,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        chain(&error).contains(&format!(
+            "a hot journal {} lies beside it",
+            journal.display()
+        )),
+        "{}",
+        chain(&error)
+    );
+    assert!(!chain(&error).contains("readonly"));
+    assert_eq!(
+        Database::recover(&crashed).unwrap(),
+        Some(migrations::Recovery::Journal)
+    );
+    assert!(std::fs::metadata(&journal).map_or(true, |m| m.len() == 0));
+    assert_eq!(Database::recover(&crashed).unwrap(), None, "once");
+    let db = Database::open_read_only(&crashed).unwrap().unwrap();
+    db.quick_check().unwrap();
+    let users: i64 = db
+        .connection()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(users, 50, "the committed rows only");
+}
+
+#[test]
+fn open_recovers_a_hot_journal_before_it_checks_the_file() {
+    let dir = TempDir::new("hot-open");
+    let crashed = dir.file("crashed.db");
+    hot_journal_left_at(&dir, &crashed);
+    let mut db = Database::open(&crashed).unwrap();
+    assert_eq!(db.recovered(), Some(migrations::Recovery::Journal));
+    assert_eq!(db.adopt().unwrap(), 1);
+}
+
+#[test]
+fn a_wal_no_process_has_open_is_folded_into_the_file() {
+    let dir = TempDir::new("wal-left");
+    let live = dir.file("live.db");
+    let crashed = dir.file("crashed.db");
+    let conn = Connection::open(&live).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    conn.execute_batch(MIGRATIONS[0].up).unwrap();
+    conn.execute_batch("INSERT INTO users (telegram_id, first_name) VALUES (1, 'in the WAL only')")
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            format!("{}{suffix}", live.display()),
+            format!("{}{suffix}", crashed.display()),
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let wal = dir.file("crashed.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    assert_eq!(
+        Database::recover(&crashed).unwrap(),
+        Some(migrations::Recovery::Wal)
+    );
+    assert!(!wal.exists());
+    let status = Database::open_read_only(&crashed)
+        .unwrap()
+        .unwrap()
+        .status()
+        .unwrap();
+    assert_eq!((status.state, status.matches), (State::Unstamped, Some(1)));
+    // A WAL another connection has open (the bot running) is left to it.
+    let open = Connection::open(&crashed).unwrap();
+    open.execute_batch("INSERT INTO users (telegram_id, first_name) VALUES (2, 'b')")
+        .unwrap();
+    assert!(wal.exists());
+    assert_eq!(Database::recover(&crashed).unwrap(), None);
+    assert!(wal.exists());
+}
+
+#[test]
+fn restore_refuses_an_empty_source_over_tables_and_keeps_what_it_replaces() {
+    let dir = TempDir::new("restore-keep");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 30);
+    let zero = dir.file("zero.db");
+    std::fs::write(&zero, b"").unwrap();
+    let no_tables = dir.file("no-tables.db");
+    Connection::open(&no_tables)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7")
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    for (source, zero_bytes) in [(&zero, true), (&no_tables, false)] {
+        let error = Database::open(&path)
+            .unwrap()
+            .restore_from(source, false)
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::EmptySource { zero_bytes: z, live_tables: 1, .. } if z == zero_bytes),
+            "{error}"
+        );
+        assert!(error.is_refusal());
+        assert_eq!(std::fs::read(&path).unwrap(), before, "unchanged");
+    }
+    let names = |dir: &TempDir| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(&dir),
+        ["bot.db", "no-tables.db", "zero.db"],
+        "nothing kept"
+    );
+
+    let backup = dir.file("backup.db");
+    old_app_database(&backup, 5);
+    let mut db = Database::open(&path).unwrap();
+    let restored = db.restore_from(&backup, false).unwrap();
+    let kept = restored
+        .replaced
+        .clone()
+        .expect("the replaced database is kept");
+    let name = kept.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("bot.db.replaced-"), "{name}");
+    let count = |path: &Path| -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        db.connection()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        5
+    );
+    drop(db);
+    assert_eq!((count(&path), count(&kept)), (5, 30));
+
+    // --force restores an empty file over tables, and keeps them too.
+    let forced = Database::open(&path)
+        .unwrap()
+        .restore_from(&zero, true)
+        .unwrap();
+    let kept_again = forced.replaced.unwrap();
+    assert_ne!(kept_again, kept);
+    assert_eq!(count(&kept_again), 5);
+    assert_eq!(forced.info.state, State::Empty);
+    assert_eq!(state(&path).0, State::Empty);
+}
+
+#[test]
+fn restore_into_a_wal_database_keeps_what_it_replaces() {
+    let dir = TempDir::new("restore-wal");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 30);
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "journal_mode", "WAL")
+        .unwrap();
+    let backup = dir.file("backup.db");
+    old_app_database(&backup, 5);
+    let restored = Database::open(&path)
+        .unwrap()
+        .restore_from(&backup, false)
+        .unwrap();
+    let count = |path: &Path| -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!((count(&path), count(&restored.replaced.unwrap())), (5, 30));
+}
+
+#[test]
+fn a_folder_a_missing_folder_and_a_short_file_are_named() {
+    let dir = TempDir::new("places");
+    let error = Database::open_read_only(&dir.0).err().unwrap();
+    assert!(
+        matches!(error, Error::Folder { .. }) && error.is_bad_file(),
+        "{error}"
+    );
+    let missing = dir.file("no/such/folder/bot.db");
+    for error in [
+        Database::open_read_only(&missing).err().unwrap(),
+        Database::open(&missing).err().unwrap(),
+    ] {
+        assert!(matches!(error, Error::MissingFolder { .. }), "{error}");
+        assert!(
+            error.to_string().contains(&format!(
+                "the folder {} does not exist",
+                dir.file("no/such/folder").display()
+            )),
+            "{error}"
+        );
+    }
+    assert!(!dir.file("no").exists(), "nothing was created");
+    let short = dir.file("short.db");
+    std::fs::write(&short, b"SQLite format 3\0\x10\x00").unwrap();
+    let error = Database::open(&short).err().unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::Truncated {
+                len: 18,
+                expected: None,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("it is 18 bytes, shorter than the 100-byte header"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&short).unwrap(), b"SQLite format 3\0\x10\x00");
+}
+
+#[test]
+fn a_forced_stamp_is_named_when_the_schema_differs() {
+    let dir = TempDir::new("forced");
+    let path = dir.file("bot.db");
+    unstamped_at(&path, 1);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)")
+        .unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let difference = db.stamp(1, true).unwrap();
+    assert_eq!(difference.len(), 1, "{difference:?}");
+    let status = db.status().unwrap();
+    assert_eq!(
+        (status.state, status.forced, status.extra_tables.clone()),
+        (State::Drifted, Some(1), vec!["settings".to_string()])
+    );
+    let error = db.upgrade(|_| {}).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("Revision 1 was stamped with --force over a schema that differed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Someone changed the schema by hand"),
+        "{text}"
+    );
 }

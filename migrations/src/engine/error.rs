@@ -1,0 +1,415 @@
+//! What can go wrong, each error naming its cause. Remedies that name `bot db` commands are
+//! added by the command line (`bot/src/db_cli.rs`), which knows them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::ErrorCode;
+
+use super::file::{Recovery, beside, folder_of};
+use super::{EditedFile, ForeignHistory, State};
+
+/// SQLite's extended code for a read-only connection that met a hot journal.
+const SQLITE_READONLY_ROLLBACK: i32 = 776;
+/// Read-only connections that cannot use a WAL (no `-shm` they may create or lock).
+const SQLITE_READONLY_RECOVERY: i32 = 264;
+const SQLITE_READONLY_CANTINIT: i32 = 1288;
+const SQLITE_READONLY_CANTLOCK: i32 = 520;
+
+/// Who kept the database locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockHolder {
+    /// Another connection holds the write lock (or is committing): a write cannot start, and
+    /// in rollback-journal mode a read waits for its commit.
+    Writer,
+    /// Other connections hold read transactions: in rollback-journal mode a write cannot commit
+    /// until every reader has finished.
+    Readers,
+}
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is not a SQLite database.
+    #[error(
+        "{path}: not a SQLite database (its first bytes are not \"SQLite format 3\"); point DATABASE_PATH at the right file or restore a backup"
+    )]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The path is a folder.
+    #[error("{path} is a folder, not a SQLite database file; nothing was changed")]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// The file starts like a SQLite database but is shorter than its header says.
+    #[error(
+        "{path}: the database file is damaged: {}; nothing was written to it",
+        match .expected {
+            Some(expected) => format!("it is {len} bytes but its header says {expected}: it was cut short (an interrupted copy?)", len = .len),
+            None => format!("it is {} bytes, shorter than the 100-byte header every SQLite database starts with (an interrupted copy?)", .len),
+        }
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The size its header says, when it says one.
+        expected: Option<u64>,
+    },
+    /// SQLite found the file damaged.
+    #[error(
+        "{path}: the database file is damaged ({detail}); nothing was written to it. Restore it from a backup"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// The database's folder does not exist.
+    #[error(
+        "{path}: the folder {} does not exist, so there is no database there; nothing was created",
+        folder_of(.path).display()
+    )]
+    MissingFolder {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// This process may not write the database or its folder.
+    #[error(
+        "{path}: this user (uid {uid}) cannot write the {} {}; SQLite writes a -journal beside the database, so both the folder and the file must be writable; nothing was changed",
+        if *.folder { "folder" } else { "file" },
+        .target.display()
+    )]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// What cannot be written: the folder or the file.
+        target: PathBuf,
+        /// Whether `target` is the folder.
+        folder: bool,
+        /// The effective user.
+        uid: u32,
+        /// What the system said.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A writer killed mid-transaction left a hot journal (or a WAL) that this process cannot
+    /// recover, since only a connection that may write can.
+    #[error(
+        "{path}: {} lies beside it, left by a writer that was killed mid-transaction; SQLite must recover it before the database can be read, and only a connection that may write the database and its folder can; nothing was changed",
+        match .kind {
+            Recovery::Journal => format!("a hot journal {}", beside(.path, "-journal").display()),
+            Recovery::Wal => format!("a write-ahead log {}", beside(.path, "-wal").display()),
+        }
+    )]
+    NeedsRecovery {
+        /// The database file.
+        path: PathBuf,
+        /// A journal or a WAL.
+        kind: Recovery,
+        /// Why this process could not recover it, when known.
+        #[source]
+        cause: Option<Box<Error>>,
+    },
+    /// Another process kept the database locked for longer than the busy timeout.
+    #[error(
+        "{path}: {} for {}s; nothing was changed",
+        match .holder {
+            LockHolder::Writer => "another process is writing to the database (it holds the write lock)",
+            LockHolder::Readers => "another process kept a read transaction open on the database, so this write could not commit",
+        },
+        .waited.as_secs_f64()
+    )]
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// Who held the lock.
+        holder: LockHolder,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// Any other SQLite error.
+    #[error("SQLite failed on {path}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        cause: rusqlite::Error,
+    },
+    /// Could not read or write a file or folder.
+    #[error("cannot use {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The database has tables but no history of ours, and the caller needs one.
+    #[error(
+        "the database has tables but no migration history of this engine{}; run `bot db adopt` (or `cargo xtask prod-migrate`) to record the revision its schema matches",
+        .foreign.as_ref().map(|f| format!(" ({} history in table {} at {}, left as it is)", f.tool, f.table, f.revision.as_deref().unwrap_or("no revision"))).unwrap_or_else(|| " (made by the old app's create-all?)".into())
+    )]
+    Unstamped {
+        /// Another tool's history, if present.
+        foreign: Option<ForeignHistory>,
+    },
+    /// An unstamped schema matches no revision.
+    #[error(
+        "the database's schema matches no revision of this build (closest: revision {closest}); nothing was changed. Differences:\n  {}",
+        .difference.join("\n  ")
+    )]
+    NoMatch {
+        /// The closest revision.
+        closest: u32,
+        /// The differences to it.
+        difference: Vec<String>,
+        /// Tables no revision has (e.g. the old app's own).
+        extra_tables: Vec<String>,
+    },
+    /// The database is at a revision this build does not know.
+    #[error(
+        "the database is at revision {version}, newer than this build knows (head is {head}); nothing was changed. Deploy the newer build or restore a backup taken before it"
+    )]
+    Ahead {
+        /// The recorded revision.
+        version: u32,
+        /// This build's head.
+        head: u32,
+    },
+    /// An applied migration's file was edited.
+    #[error(
+        "applied migrations were edited since they ran; nothing was changed:\n  {}\nPut the files back as they were (git checkout migrations/sql) and add a new migration instead",
+        .edited.iter().map(|e| format!("{} changed since it was applied: recorded checksum {}, file now {}", e.file, e.recorded, e.current)).collect::<Vec<_>>().join("\n  ")
+    )]
+    Modified {
+        /// The edited files.
+        edited: Vec<EditedFile>,
+    },
+    /// The live schema is not the recorded revision's.
+    #[error(
+        "the history says revision {version}, but the live schema differs from it; nothing was changed. Differences:\n  {}\n{}",
+        .difference.join("\n  "),
+        match .forced {
+            Some(forced) => format!("Revision {forced} was stamped with --force over a schema that differed: these differences were accepted then, and the migrations after it expect revision {forced}'s schema"),
+            None => "Someone changed the schema by hand: undo that, or restore a backup".to_string(),
+        }
+    )]
+    Drifted {
+        /// The recorded revision.
+        version: u32,
+        /// How the live schema differs from it.
+        difference: Vec<String>,
+        /// The newest revision the history says was stamped with `--force`.
+        forced: Option<u32>,
+        /// Tables no revision has.
+        extra_tables: Vec<String>,
+    },
+    /// A migration's SQL failed; its transaction was rolled back.
+    #[error("migration {file} failed and was rolled back; the database is still at revision {at}")]
+    MigrationFailed {
+        /// The file.
+        file: &'static str,
+        /// The revision the database stays at.
+        at: u32,
+        /// The error.
+        #[source]
+        cause: rusqlite::Error,
+    },
+    /// A migration left rows that break foreign keys; rolled back.
+    #[error(
+        "migration {file} left {count} rows that break foreign keys (first: table {table}); it was rolled back, the database is still at revision {at}"
+    )]
+    ForeignKeys {
+        /// The file.
+        file: &'static str,
+        /// Violations found.
+        count: usize,
+        /// The first table with one.
+        table: String,
+        /// The revision the database stays at.
+        at: u32,
+    },
+    /// No such revision.
+    #[error("revision {version} does not exist; this build knows revisions 1 to {head}")]
+    UnknownRevision {
+        /// The revision asked for.
+        version: u32,
+        /// This build's head.
+        head: u32,
+    },
+    /// `stamp` asked for a revision the live schema is not.
+    #[error(
+        "the live schema is not revision {version}; nothing was changed. Differences:\n  {}\nStamp the revision it matches (`bot db adopt`), or pass --force if you are sure",
+        .difference.join("\n  ")
+    )]
+    StampMismatch {
+        /// The revision asked for.
+        version: u32,
+        /// How the live schema differs from it.
+        difference: Vec<String>,
+    },
+    /// `adopt` on a database that already has a history.
+    #[error(
+        "{}",
+        if *.state == State::Empty {
+            "the database has no tables; nothing to adopt (an upgrade builds the schema)".to_string()
+        } else {
+            format!("the database already has a migration history (state {}); nothing to adopt", .state.name())
+        }
+    )]
+    AlreadyStamped {
+        /// Its state.
+        state: State,
+    },
+    /// A downgrade would pass a revision that cannot be undone.
+    #[error(
+        "revision {version} ({file}) has no .down.sql, so the database cannot go below it; nothing was changed"
+    )]
+    NoDown {
+        /// The revision.
+        version: u32,
+        /// Its up file.
+        file: &'static str,
+    },
+    /// A downgrade target above the current revision, or an upgrade target below it.
+    #[error("the database is at revision {at}; cannot go to {to} in that direction")]
+    WrongDirection {
+        /// The revision now.
+        at: u32,
+        /// The revision asked for.
+        to: u32,
+    },
+    /// Another process moved the database while a downgrade ran; it stopped there.
+    #[error(
+        "the database is at revision {at}, not {expected} as planned: another process changed it meanwhile; {} Run the command again",
+        if .undone.is_empty() { "nothing was undone.".to_string() } else { format!("this command undid {:?} before that.", .undone) }
+    )]
+    Moved {
+        /// The revision the plan expected.
+        expected: u32,
+        /// The revision found under the lock.
+        at: u32,
+        /// The revisions this command undid before it noticed.
+        undone: Vec<u32>,
+    },
+    /// A copy failed its integrity check.
+    #[error("{path}: integrity check failed: {detail}; the copy cannot be trusted")]
+    IntegrityCheck {
+        /// The copy.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// `restore` of a file without data over a database with tables.
+    #[error(
+        "{file}: {}, but the live database has {live_tables} tables; nothing was changed. A backup is never empty: is it the right file (a failed copy?)",
+        if *.zero_bytes { "the file is 0 bytes" } else { "the file holds no tables" }
+    )]
+    EmptySource {
+        /// The file that would have been restored.
+        file: PathBuf,
+        /// Whether it is 0 bytes (else a database with no tables).
+        zero_bytes: bool,
+        /// Tables in the live database.
+        live_tables: usize,
+    },
+}
+
+impl Error {
+    /// Whether the error is a refusal on the database's state (nothing was changed), as
+    /// opposed to a failure while working.
+    pub fn is_refusal(&self) -> bool {
+        if let Error::Moved { undone, .. } = self {
+            return undone.is_empty();
+        }
+        matches!(
+            self,
+            Error::Unstamped { .. }
+                | Error::NoMatch { .. }
+                | Error::Ahead { .. }
+                | Error::Modified { .. }
+                | Error::Drifted { .. }
+                | Error::StampMismatch { .. }
+                | Error::AlreadyStamped { .. }
+                | Error::NoDown { .. }
+                | Error::WrongDirection { .. }
+                | Error::UnknownRevision { .. }
+                | Error::EmptySource { .. }
+                | Error::MissingFolder { .. }
+                | Error::ReadOnly { .. }
+                | Error::NeedsRecovery { .. }
+        )
+    }
+
+    /// Whether the file itself is the problem (not SQLite, damaged, a folder, or a bad copy).
+    pub fn is_bad_file(&self) -> bool {
+        matches!(
+            self,
+            Error::NotADatabase { .. }
+                | Error::Folder { .. }
+                | Error::Truncated { .. }
+                | Error::Corrupt { .. }
+                | Error::IntegrityCheck { .. }
+        )
+    }
+
+    /// The engine's error for a SQLite error met on `path`: a damaged file, a file that is
+    /// not SQLite, a lock held too long (by a writer: this is how reads and the start of a
+    /// write are blocked), a hot journal a read-only connection cannot roll back.
+    pub fn from_sqlite(path: &Path, e: rusqlite::Error) -> Error {
+        let path = path.to_owned();
+        let extended = e.sqlite_error().map(|e| e.extended_code);
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+                path,
+                detail: e.to_string(),
+            },
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy {
+                path,
+                holder: LockHolder::Writer,
+                waited: super::busy_timeout(),
+            },
+            _ if extended == Some(SQLITE_READONLY_ROLLBACK) => Error::NeedsRecovery {
+                path,
+                kind: Recovery::Journal,
+                cause: None,
+            },
+            _ if matches!(
+                extended,
+                Some(
+                    SQLITE_READONLY_RECOVERY | SQLITE_READONLY_CANTINIT | SQLITE_READONLY_CANTLOCK
+                )
+            ) =>
+            {
+                Error::NeedsRecovery {
+                    path,
+                    kind: Recovery::Wal,
+                    cause: None,
+                }
+            }
+            _ => Error::Sqlite { path, cause: e },
+        }
+    }
+
+    /// The same error, a lock held too long now blamed on readers: for the statements of a
+    /// write transaction, which in rollback-journal mode wait for readers to finish before
+    /// they may write the file (a cache spill, or COMMIT).
+    pub(super) fn blocked_by_readers(self) -> Error {
+        match self {
+            Error::Busy { path, waited, .. } => Error::Busy {
+                path,
+                holder: LockHolder::Readers,
+                waited,
+            },
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The database file before SQLite reads it: where it is, what its header says, whether this
+//! process may write it, and the recovery of what a writer killed mid-transaction left beside it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use super::Error;
+
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// What a writer killed mid-transaction left, and SQLite recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// A hot `-journal`: rolled back, so the database is as its last commit left it.
+    Journal,
+    /// A `-wal` no process had open: its committed transactions were folded into the
+    /// database file (checkpointed) and it was removed, as SQLite does when the last
+    /// connection closes.
+    Wal,
+}
+
+/// `path` with `suffix` appended to its file name (`x.db` and `-wal` give `x.db-wal`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The folder a path's file is in (`.` for a bare file name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn non_empty(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+/// The size of the file at `path`, or `None` when there is none in an existing folder.
+/// Refuses a folder, and a path whose folder does not exist.
+pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(Error::Folder {
+            path: path.to_owned(),
+        }),
+        Ok(meta) => Ok(Some(meta.len())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            match std::fs::metadata(folder_of(path)) {
+                Ok(folder) if folder.is_dir() => Ok(None),
+                Ok(_) => Err(Error::MissingFolder {
+                    path: path.to_owned(),
+                }),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    Err(Error::MissingFolder {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(cause) => Err(Error::Io {
+                    path: folder_of(path).to_owned(),
+                    cause,
+                }),
+            }
+        }
+        Err(cause) => Err(Error::Io {
+            path: path.to_owned(),
+            cause,
+        }),
+    }
+}
+
+/// Checks that the file of `len` bytes at `path` looks like a SQLite database whose header
+/// agrees with its size, without opening it through SQLite. A 0-byte file passes: SQLite
+/// reads it as a database with no tables.
+pub(super) fn check_header(path: &Path, len: u64) -> Result<(), Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    let io = |cause| Error::Io {
+        path: path.to_owned(),
+        cause,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut header = [0u8; 100];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]).map_err(io)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    let magic = read.min(SQLITE_HEADER.len());
+    if header[..magic] != SQLITE_HEADER[..magic] {
+        return Err(Error::NotADatabase {
+            path: path.to_owned(),
+        });
+    }
+    if read < 100 {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            len,
+            expected: None,
+        });
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    if page_size < 512 || !page_size.is_power_of_two() {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: format!("the header names an impossible page size {page_size}"),
+        });
+    }
+    // The in-header page count is valid when its "version valid for" matches the change counter.
+    let change_counter = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
+    let pages = u32::from_be_bytes(header[28..32].try_into().expect("4 bytes"));
+    let valid_for = u32::from_be_bytes(header[92..96].try_into().expect("4 bytes"));
+    if pages > 0 && valid_for == change_counter && u64::from(pages) * page_size > len {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            len,
+            expected: Some(u64::from(pages) * page_size),
+        });
+    }
+    Ok(())
+}
+
+/// The effective user id of this process.
+pub(super) fn uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether this process may write `target` (as the kernel would decide for its effective
+/// user: permissions, and a read-only mount).
+fn may_write(target: &Path) -> std::io::Result<()> {
+    let name = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let result =
+        unsafe { libc::faccessat(libc::AT_FDCWD, name.as_ptr(), libc::W_OK, libc::AT_EACCESS) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Refuses unless this process may write the database's folder and, when it exists, the file:
+/// SQLite creates a `-journal` (or `-wal`) beside the database for every write.
+pub(super) fn check_writable(path: &Path, exists: bool) -> Result<(), Error> {
+    let folder = folder_of(path);
+    let targets = [(folder, true), (path, false)];
+    for (target, is_folder) in targets.into_iter().take(if exists { 2 } else { 1 }) {
+        may_write(target).map_err(|cause| Error::ReadOnly {
+            path: path.to_owned(),
+            target: target.to_owned(),
+            folder: is_folder,
+            uid: uid(),
+            cause,
+        })?;
+    }
+    Ok(())
+}
+
+/// Recovers what a writer killed mid-transaction left beside the database, the way SQLite
+/// does on a read-write open, before anything else reads it:
+///
+/// - a hot `-journal` (SQLite itself tells, on a read-only open: `SQLITE_READONLY_ROLLBACK`;
+///   a live writer's journal is not hot) is rolled back;
+/// - a `-wal` that no process has open is checkpointed into the file and removed, as the last
+///   connection to close does (with the bot running the log is its, and is left alone).
+///
+/// Refuses, naming the journal, when a hot journal needs recovering and this process may not
+/// write the file or its folder. Nothing else is written: the database's committed content
+/// stays as it was.
+pub(super) fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    if non_empty(&beside(path, "-journal")) && journal_is_hot(path)? {
+        check_writable(path, true).map_err(|cause| Error::NeedsRecovery {
+            path: path.to_owned(),
+            kind: Recovery::Journal,
+            cause: Some(Box::new(cause)),
+        })?;
+        open_read_write_and_close(path)?;
+        if journal_is_hot(path)? {
+            return Err(Error::NeedsRecovery {
+                path: path.to_owned(),
+                kind: Recovery::Journal,
+                cause: None,
+            });
+        }
+        return Ok(Some(Recovery::Journal));
+    }
+    let wal = beside(path, "-wal");
+    if non_empty(&wal) && check_writable(path, true).is_ok() {
+        open_read_write_and_close(path)?;
+        if !wal.exists() {
+            return Ok(Some(Recovery::Wal));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether SQLite finds a hot journal beside the database: a read-only connection then
+/// refuses to read (it may not roll it back).
+fn journal_is_hot(path: &Path) -> Result<bool, Error> {
+    let err = |e| Error::from_sqlite(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(false),
+        Err(e) => match Error::from_sqlite(path, e) {
+            Error::NeedsRecovery {
+                kind: Recovery::Journal,
+                ..
+            } => Ok(true),
+            busy @ Error::Busy { .. } => Err(busy),
+            // A damaged or foreign file: the checks that follow name it.
+            _ => Ok(false),
+        },
+    }
+}
+
+/// Opens the database read-write and reads it (SQLite rolls back a hot journal, or reads a
+/// WAL), then closes it (the last connection checkpoints a WAL and removes it).
+fn open_read_write_and_close(path: &Path) -> Result<(), Error> {
+    let err = |e| Error::from_sqlite(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map_err(err)?;
+    conn.close().map_err(|(_, e)| err(e))
+}

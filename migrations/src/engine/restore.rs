@@ -1,0 +1,257 @@
+//! `restore`: replaces the live database's content with a checked copy, under one lock held
+//! from the decision to the end of the copy, and keeps the content it replaced.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::backup::{Backup, NO_PROGRESS, StepResult};
+use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use serde::Serialize;
+
+use super::{BackupInfo, Database, Error, LockHolder, inspect_copy};
+
+/// What `restore` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    /// The restored file, checked.
+    #[serde(flatten)]
+    pub info: BackupInfo,
+    /// Where the content it replaced was kept (`<name>.replaced-<UTC time>` beside the
+    /// database); `None` when the live database had no tables.
+    pub replaced: Option<PathBuf>,
+}
+
+/// Tables other than SQLite's own.
+fn count_tables(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| usize::try_from(n).unwrap_or(0))
+}
+
+impl Database {
+    /// Replaces the live database's content with the database at `source`, after checking
+    /// `source` (`integrity_check`). Refuses a source that is 0 bytes or has no tables while the
+    /// live database has tables, unless `force`.
+    ///
+    /// One connection in exclusive locking mode holds the lock from the moment it reads the
+    /// live database to the end of the copy (SQLite keeps a lock between transactions in
+    /// that mode): the decision, the copy of the replaced content (`<name>.replaced-<time>`,
+    /// with the online backup API) and the restore (the backup API again, into the live file)
+    /// see the same database, and no other process writes in between. The live file keeps its
+    /// inode, owner and mode.
+    pub fn restore_from(&mut self, source: &Path, force: bool) -> Result<Restored, Error> {
+        let info = inspect_copy(source)?;
+        let source_tables = {
+            let copy = Database::open_read_only(source)?.expect("checked above");
+            count_tables(&copy.conn).map_err(|e| copy.err(e))?
+        };
+        // This database's own connection would hold a lock of its own in WAL mode: it is
+        // closed while the restoring one works, and opened again afterwards.
+        let path = self.path.clone();
+        let err = |e| Error::from_sqlite(&path, e);
+        let own = std::mem::replace(&mut self.conn, Connection::open_in_memory().map_err(err)?);
+        own.close().map_err(|(_, e)| err(e))?;
+        let restored = restore(&path, source, info, source_tables, force);
+        self.conn = Connection::open(&path).map_err(err)?;
+        self.conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+        restored
+    }
+}
+
+fn restore(
+    path: &Path,
+    source: &Path,
+    info: BackupInfo,
+    source_tables: usize,
+    force: bool,
+) -> Result<Restored, Error> {
+    let err = |e| Error::from_sqlite(path, e);
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(err)?;
+    let from = if info.bytes == 0 {
+        // A source without a single page would finish the backup at its first step, before
+        // the decision: an empty database of one page (of the live page size) stands in.
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(err)?;
+        let empty = Connection::open_in_memory().map_err(err)?;
+        empty
+            .pragma_update(None, "page_size", page_size)
+            .and_then(|()| empty.pragma_update(None, "user_version", 0))
+            .map_err(err)?;
+        empty
+    } else {
+        Connection::open_with_flags(
+            source,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::from_sqlite(source, e))?
+    };
+    // Refuses (nothing changed) or keeps a copy of what is replaced, given the live tables
+    // counted on `reader` while this process holds the write lock (outside any transaction
+    // of `reader`: the backup API cannot read from a connection inside one).
+    let decide = |reader: &Connection, live_tables: usize| -> Result<Option<PathBuf>, Error> {
+        if live_tables > 0 && (info.bytes == 0 || source_tables == 0) && !force {
+            return Err(Error::EmptySource {
+                file: source.to_owned(),
+                zero_bytes: info.bytes == 0,
+                live_tables,
+            });
+        }
+        if live_tables > 0 {
+            keep(reader, path).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let copied = if mode.eq_ignore_ascii_case("wal") {
+        // In WAL mode the backup holds the write lock from its first step to its end, and
+        // readers still see the last commit: a second connection decides and keeps the copy.
+        let backup = Backup::new(&from, &mut conn).map_err(err)?;
+        match backup.step(0).map_err(err)? {
+            StepResult::Busy | StepResult::Locked => return Err(busy(path, LockHolder::Writer)),
+            _ => {}
+        }
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        reader.busy_timeout(super::busy_timeout()).map_err(err)?;
+        let live_tables = count_tables(&reader).map_err(err)?;
+        let replaced = decide(&reader, live_tables)?;
+        drop(reader);
+        let done = backup.step(-1).map_err(err)?;
+        (done, replaced)
+    } else {
+        // In rollback-journal mode the write lock is taken as usual, then kept between
+        // transactions (exclusive locking mode), through the copy of what is replaced and the
+        // restore, until the connection closes.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let counted = conn
+            .pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .and_then(|()| count_tables(&conn))
+            .map_err(err);
+        // Nothing was changed: the commit ends the transaction, and the lock is kept.
+        conn.execute_batch("COMMIT").map_err(err)?;
+        let replaced = decide(&conn, counted?)?;
+        let done = Backup::new(&from, &mut conn)
+            .and_then(|backup| backup.step(-1))
+            .map_err(|e| err(e).blocked_by_readers())?;
+        (done, replaced)
+    };
+    match copied {
+        (StepResult::Done, replaced) => {
+            drop(from);
+            conn.close().map_err(|(_, e)| err(e))?;
+            Ok(Restored { info, replaced })
+        }
+        (_, replaced) => {
+            if let Some(kept) = replaced {
+                remove_with_sidecars(&kept);
+            }
+            Err(busy(path, LockHolder::Readers))
+        }
+    }
+}
+
+fn busy(path: &Path, holder: LockHolder) -> Error {
+    Error::Busy {
+        path: path.to_owned(),
+        holder,
+        waited: super::busy_timeout(),
+    }
+}
+
+fn remove_with_sidecars(path: &Path) {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(super::file::beside(path, suffix));
+    }
+}
+
+/// Copies the live database (read on `conn`, which holds the lock) to a new file
+/// `<name>.replaced-<UTC time>` beside it, with the live file's mode.
+fn keep(conn: &Connection, path: &Path) -> Result<PathBuf, Error> {
+    let stamp = utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    let mut attempt = 1;
+    let kept = loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".replaced-{stamp}"));
+        if attempt > 1 {
+            name.push(format!("-{attempt}"));
+        }
+        let kept = PathBuf::from(name);
+        match std::fs::File::create_new(&kept) {
+            Ok(_) => break kept,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
+            Err(cause) => return Err(Error::Io { path: kept, cause }),
+        }
+    };
+    let copied = conn
+        .backup(MAIN_DB, &kept, NO_PROGRESS)
+        .map_err(|e| Error::from_sqlite(&kept, e))
+        .and_then(|()| {
+            let mode = std::fs::metadata(path)
+                .map_err(|cause| Error::Io {
+                    path: path.to_owned(),
+                    cause,
+                })?
+                .permissions();
+            std::fs::set_permissions(&kept, mode).map_err(|cause| Error::Io {
+                path: kept.clone(),
+                cause,
+            })
+        });
+    if let Err(error) = copied {
+        remove_with_sidecars(&kept);
+        return Err(error);
+    }
+    Ok(kept)
+}
+
+/// `YYYYMMDDTHHMMSSZ` for seconds since the Unix epoch (UTC).
+fn utc_stamp(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn stamps_are_utc() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_795_588_876), "20261125T064116Z");
+    }
+}

@@ -1,0 +1,286 @@
+//! Everything that writes the history: `stamp`, `adopt`, each step of `upgrade` and
+//! `downgrade`. Each takes the write lock first (`BEGIN IMMEDIATE`, waiting up to the busy
+//! timeout), reads the history and the schema again under it, decides there, and writes in
+//! the same transaction: what another process did meanwhile is always seen.
+
+use rusqlite::Connection;
+
+use super::{
+    Database, Error, HISTORY_TABLE, MIGRATIONS, Migration, State, Status, Upgrade, head, migration,
+};
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+impl Database {
+    /// Runs `work` in a transaction taken with the write lock first, and commits it when
+    /// `work` succeeds (rolls it back otherwise): nothing `work` reads can change under it.
+    fn write_locked<T>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = work(self).and_then(|value| {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| self.write_err(e))?;
+            Ok(value)
+        });
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    /// An error met while writing inside a transaction: in rollback-journal mode a write waits
+    /// only for readers (the write lock is ours already).
+    fn write_err(&self, e: rusqlite::Error) -> Error {
+        self.err(e).blocked_by_readers()
+    }
+
+    /// Records revisions 1 to `version` as `how`, replacing the history.
+    fn record_stamp(&self, version: u32, how: &str) -> Result<(), Error> {
+        let err = |e| self.write_err(e);
+        create_history_table(&self.conn).map_err(err)?;
+        self.conn
+            .execute(&format!("DELETE FROM {HISTORY_TABLE}"), [])
+            .map_err(err)?;
+        for m in &MIGRATIONS[..version as usize] {
+            self.conn
+                .execute(
+                    &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, ?4)"),
+                    rusqlite::params![m.version, m.name, m.checksum(), how],
+                )
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Records `version` as the database's revision without running anything. Refuses unless the
+    /// live schema is that revision's, or `force` is set (then the history says `forced`).
+    /// Decided under the write lock. Returns the difference `--force` accepted (empty when
+    /// the schema is the revision's). Another tool's history table is left as it is.
+    pub fn stamp(&mut self, version: u32, force: bool) -> Result<Vec<String>, Error> {
+        self.write_locked(|db| {
+            let difference = db.check_stamp(version, force)?;
+            let how = if difference.is_empty() {
+                "stamped"
+            } else {
+                "forced"
+            };
+            db.record_stamp(version, how)?;
+            Ok(difference)
+        })
+    }
+
+    /// Stamps an unstamped (or foreign) database at the revision its live schema matches,
+    /// decided under the write lock: refused when it has a history (another process may just
+    /// have adopted it) or matches no revision.
+    pub fn adopt(&mut self) -> Result<u32, Error> {
+        self.write_locked(|db| {
+            let version = db.plan_adopt()?;
+            db.record_stamp(version, "stamped")?;
+            Ok(version)
+        })
+    }
+
+    /// For `upgrade --adopt`: adopts the database when, under the write lock, it is unstamped
+    /// (or foreign); `None` when it has a history by then. Refused when it matches no revision.
+    pub fn adopt_if_unstamped(&mut self) -> Result<Option<u32>, Error> {
+        self.write_locked(|db| {
+            if !matches!(db.status()?.state, State::Unstamped | State::Foreign) {
+                return Ok(None);
+            }
+            let version = db.plan_adopt()?;
+            db.record_stamp(version, "stamped")?;
+            Ok(Some(version))
+        })
+    }
+
+    /// Applies every pending migration, each with its history row in one transaction taken with
+    /// the write lock first, the state read again under the lock: two processes started
+    /// together apply each migration once.
+    pub fn upgrade(&mut self, on_apply: impl FnMut(&Migration)) -> Result<Upgrade, Error> {
+        self.upgrade_to(head(), on_apply)
+    }
+
+    /// Applies the pending migrations up to revision `to` only. Each step reads the state
+    /// under the lock and applies the revision after the one found there; `to` in the result
+    /// is the revision the last step found or made.
+    pub fn upgrade_to(
+        &mut self,
+        to: u32,
+        mut on_apply: impl FnMut(&Migration),
+    ) -> Result<Upgrade, Error> {
+        if to > head() {
+            return Err(Error::UnknownRevision {
+                version: to,
+                head: head(),
+            });
+        }
+        let mut from = None;
+        let mut applied = Vec::new();
+        loop {
+            let first = from.is_none();
+            let (status, ran) = self.step_locked(
+                |status| {
+                    let at = status.version.unwrap_or(0);
+                    if first && at > to {
+                        return Err(Error::WrongDirection { at, to });
+                    }
+                    Ok((at < to).then(|| (migration(at + 1).expect("below head"), Direction::Up)))
+                },
+                &mut on_apply,
+            )?;
+            from.get_or_insert(status.version);
+            match ran {
+                Some(version) => applied.push(version),
+                None => {
+                    return Ok(Upgrade {
+                        from: from.flatten(),
+                        to: status.version.unwrap_or(0),
+                        applied,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Undoes migrations down to revision `to` with their `.down.sql` files, each in its own
+    /// transaction with its history row removed. The plan (every step has a `.down.sql`) is
+    /// checked before anything runs; each step then checks, under the lock, that the database
+    /// is still where the plan expects, and stops ([`Error::Moved`]) when another process
+    /// moved it.
+    pub fn downgrade(
+        &mut self,
+        to: u32,
+        mut on_undo: impl FnMut(&Migration),
+    ) -> Result<Upgrade, Error> {
+        let plan = self.plan_downgrade(to)?;
+        let mut undone = Vec::new();
+        for step in &plan.steps {
+            let (_, ran) = self.step_locked(
+                |status| {
+                    let at = status.version.unwrap_or(0);
+                    if at != step.version {
+                        return Err(Error::Moved {
+                            expected: step.version,
+                            at,
+                            undone: undone.clone(),
+                        });
+                    }
+                    Ok(Some((
+                        migration(at).expect("planned revisions are known"),
+                        Direction::Down,
+                    )))
+                },
+                &mut on_undo,
+            )?;
+            undone.extend(ran);
+        }
+        Ok(Upgrade {
+            from: plan.from,
+            to,
+            applied: undone,
+        })
+    }
+
+    /// One step under the write lock: reads the state there (refusing ahead, modified,
+    /// drifted, unstamped), lets `decide` choose the migration to run, runs it with its
+    /// history row, and commits. Returns the state read under the lock and the revision run.
+    /// Foreign keys are off around the transaction (SQLite ignores the pragma inside one) and
+    /// checked before COMMIT.
+    fn step_locked(
+        &mut self,
+        decide: impl FnOnce(&Status) -> Result<Option<(&'static Migration, Direction)>, Error>,
+        on_run: &mut impl FnMut(&Migration),
+    ) -> Result<(Status, Option<u32>), Error> {
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(|e| self.err(e))?;
+        let result = self.write_locked(|db| {
+            let status = db.status_for_change()?;
+            if matches!(status.state, State::Unstamped | State::Foreign) {
+                return Err(Error::Unstamped {
+                    foreign: status.foreign,
+                });
+            }
+            let Some((m, direction)) = decide(&status)? else {
+                return Ok((status, None));
+            };
+            let at = status.version.unwrap_or(0);
+            let (sql, file) = match direction {
+                Direction::Up => (m.up, m.file),
+                Direction::Down => (
+                    m.down.expect("planned"),
+                    m.down_file.expect("planned"),
+                ),
+            };
+            on_run(m);
+            db.conn
+                .execute_batch(sql)
+                .map_err(|cause| match db.write_err(cause) {
+                    Error::Sqlite { cause, .. } => Error::MigrationFailed { file, at, cause },
+                    other => other,
+                })?;
+            db.check_foreign_keys(file, at)?;
+            let err = |e| db.write_err(e);
+            create_history_table(&db.conn).map_err(err)?;
+            match direction {
+                Direction::Up => db.conn.execute(
+                    &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, 'applied')"),
+                    rusqlite::params![m.version, m.name, m.checksum()],
+                ),
+                Direction::Down => db.conn.execute(
+                    &format!("DELETE FROM {HISTORY_TABLE} WHERE version = ?1"),
+                    [m.version],
+                ),
+            }
+            .map_err(err)?;
+            Ok((status, Some(m.version)))
+        });
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(|e| self.err(e))?;
+        result
+    }
+
+    /// Fails when the transaction left rows that break a foreign key.
+    fn check_foreign_keys(&self, file: &'static str, at: u32) -> Result<(), Error> {
+        let violations: Vec<String> = self
+            .conn
+            .prepare("PRAGMA foreign_key_check")
+            .and_then(|mut check| {
+                check
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect()
+            })
+            .map_err(|e| self.write_err(e))?;
+        match violations.first() {
+            Some(table) => Err(Error::ForeignKeys {
+                file,
+                count: violations.len(),
+                table: table.clone(),
+                at,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn create_history_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            how TEXT NOT NULL CHECK (how IN ('applied', 'stamped', 'forced'))
+        )"
+    ))
+}

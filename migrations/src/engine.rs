@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rusqlite::backup::NO_PROGRESS;
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 use serde::Serialize;
 
@@ -80,6 +79,13 @@ const FOREIGN_TOOLS: &[(&str, &str, &str)] = &[
         "SELECT max(version) FROM __diesel_schema_migrations",
     ),
 ];
+
+/// The history tables of this engine and of the tools it recognises: never part of a schema.
+pub(crate) fn history_tables() -> Vec<&'static str> {
+    let mut tables = vec![HISTORY_TABLE];
+    tables.extend(FOREIGN_TOOLS.iter().map(|(_, table, _)| *table));
+    tables
+}
 
 /// What the engine can tell about a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -421,9 +427,7 @@ impl Database {
 
     /// The normalized schema of the live database, without any tool's history table.
     pub fn schema(&self) -> Result<Schema, Error> {
-        let mut skip = vec![HISTORY_TABLE];
-        skip.extend(FOREIGN_TOOLS.iter().map(|(_, table, _)| *table));
-        schema::read(&self.conn, &skip).map_err(|e| self.err(e))
+        schema::read(&self.conn, &history_tables()).map_err(|e| self.err(e))
     }
 
     /// Tells the database's state.
@@ -637,9 +641,34 @@ impl Database {
                 cause,
             })?;
         }
-        self.conn
-            .backup(MAIN_DB, dest, NO_PROGRESS)
-            .map_err(|e| sqlite_error(dest, e))?;
+        // One step copies every page under one read transaction: a source that another
+        // process keeps writing would restart a stepwise copy for ever (seen with an old app
+        // committing every 20 ms). In WAL mode the read does not block the writer.
+        let mut copy = Connection::open(dest).map_err(|e| sqlite_error(dest, e))?;
+        {
+            use rusqlite::backup::{Backup, StepResult};
+            let backup = Backup::new_with_names(&self.conn, MAIN_DB, &mut copy, MAIN_DB)
+                .map_err(|e| sqlite_error(dest, e))?;
+            let waited = busy_timeout();
+            let deadline = std::time::Instant::now() + waited;
+            loop {
+                match backup.step(-1).map_err(|e| sqlite_error(dest, e))? {
+                    StepResult::Done => break,
+                    // Another process holds a lock for a moment: wait as a busy timeout would.
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        return Err(Error::Busy {
+                            path: self.path.clone(),
+                            holder: LockHolder::Writer,
+                            waited,
+                        });
+                    }
+                }
+            }
+        }
+        drop(copy);
         std::fs::metadata(dest)
             .map(|m| m.len())
             .map_err(|cause| Error::Io {

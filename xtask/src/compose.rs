@@ -133,16 +133,21 @@ impl Stack {
 
     /// The bot service's container (running or not), if there is one.
     pub fn bot_container(&self, sh: &Shell) -> anyhow::Result<Option<ContainerState>> {
+        Ok(self.bot_containers(sh)?.into_iter().next())
+    }
+
+    /// Every container of the bot service (an old app may have been scaled to several).
+    pub fn bot_containers(&self, sh: &Shell) -> anyhow::Result<Vec<ContainerState>> {
         let filters = self.bot_container_filters();
         let out = process::run(
             cmd!(sh, "docker ps -a -q --no-trunc")
                 .args(filters.iter().flat_map(|f| ["--filter", f.as_str()])),
             "listing the bot's container",
         )?;
-        match out.stdout.lines().next() {
-            Some(id) => docker::inspect(sh, id.trim()).map(Some),
-            None => Ok(None),
-        }
+        out.stdout
+            .lines()
+            .map(|id| docker::inspect(sh, id.trim()))
+            .collect()
     }
 
     /// How the bot's container is found. Compose v1 names it `<project>_bot_1`, v2 and later

@@ -277,7 +277,9 @@ impl Deploy<'_> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
         let stack = check_machine(sh, args, !args.demo, printer, report)?;
-        let found_container = stack.bot_container(sh)?;
+        let all_containers = stack.bot_containers(sh)?;
+        old_app::refuse_a_scaled_old_app(&all_containers)?;
+        let found_container = all_containers.into_iter().next();
         // The old app's container is no previous bot of ours: it is handled by `old_app`.
         let before = found_container.clone().filter(ContainerState::is_ours);
         let running = before.as_ref().is_some_and(|c| c.status == "running");
@@ -383,8 +385,17 @@ impl Deploy<'_> {
         })?;
         if let Some(planned) = &old.import {
             if status.state != "empty" {
+                let interrupted = old
+                    .container
+                    .as_ref()
+                    .filter(|c| !c.is_running())
+                    .map(|c| format!(
+                        " The old app's container {} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {}`.",
+                        c.name, c.name
+                    ))
+                    .unwrap_or_default();
                 return Err(exit::refused(format!(
-                    "the volume {} already holds a database ({}); importing {} would replace it. Nothing was changed. To replace it anyway, take a backup (`cargo xtask backup`), then `cargo xtask down` and `docker volume rm {}`; or deploy with what the volume holds by passing --fresh.",
+                    "the volume {} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
                     stack.volume(),
                     describe(&status),
                     planned.source,
@@ -798,7 +809,8 @@ impl Deploy<'_> {
     }
 
     /// Undoes [`Deploy::replace_old_app`]: removes the new bot, discards the imported copy (or
-    /// restores the migrated database), and starts the old app again.
+    /// restores the migrated database), and starts the old app again. Every part is tried even
+    /// when one before it failed: the old app must come back whatever else went wrong.
     fn roll_back_old_app(
         &self,
         stack: &Stack,
@@ -807,44 +819,76 @@ impl Deploy<'_> {
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
-        if let Some(ours) = stack.bot_container(sh)?.filter(ContainerState::is_ours) {
-            printer.step(report, "rollback: remove new bot", || {
-                let id = &ours.id;
+        let mut failures = Vec::new();
+        let ours = stack
+            .bot_containers(sh)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(ContainerState::is_ours);
+        for container in ours {
+            let id = container.id;
+            if let Err(e) = printer.step(report, "rollback: remove new bot", || {
                 process::run(cmd!(sh, "docker rm -f {id}"), "removing the new bot").map(drop)
-            })?;
+            }) {
+                failures.push(format!("{e:#}"));
+            }
         }
-        if changes.imported {
-            if let Some(migration) = changes.migration.take() {
+        if let Some(migration) = changes.migration.take() {
+            if !changes.imported && changes.migrated {
+                changes.migration = Some(migration);
+                if let Err(e) = self.restore_pre_deploy_database(stack, changes, report) {
+                    failures.push(format!("{e:#}"));
+                }
+                if let Some(migration) = changes.migration.take() {
+                    migration.remove(sh);
+                }
+            } else {
                 migration.remove(sh);
             }
+        }
+        if changes.imported {
             // The volume was empty before the import (checked), so nothing of value goes.
             let volume = stack.volume();
-            printer.step(report, "rollback: discard imported database", || {
+            if let Err(e) = printer.step(report, "rollback: discard imported database", || {
                 process::run(
                     cmd!(sh, "docker volume rm -f {volume}"),
                     "removing the volume with the imported copy",
                 )
                 .map(drop)
-            })?;
-        } else if changes.migrated {
-            self.restore_pre_deploy_database(stack, changes, report)?;
-            if let Some(migration) = changes.migration.take() {
-                migration.remove(sh);
+            }) {
+                failures.push(format!(
+                    "{e:#}\n(the imported copy stays in volume {volume}; remove it with `docker volume rm {volume}` once no container uses it)"
+                ));
             }
         }
         report.revision_after = None;
         if let Some(container) = &old.container {
-            let name = printer.step(report, "rollback: start old app", || {
+            match printer.step(report, "rollback: start old app", || {
                 old_app::bring_back(
                     sh,
                     &container.id,
                     changes.kept.as_ref(),
                     container.is_running(),
                 )
-            })?;
-            printer.detail(report, format!("the old app runs again as {name}"));
+            }) {
+                Ok(name) => printer.detail(report, format!("the old app runs again as {name}")),
+                Err(e) => failures.push(format!(
+                    "{e:#}\nThe old app is NOT running. {}",
+                    match &changes.kept {
+                        Some(kept) => format!(
+                            "Its stopped copy is {} (image {}): `docker start {}` runs it.",
+                            kept.copy_name, kept.image, kept.copy_name
+                        ),
+                        None => format!("Start it with `docker start {}`.", container.name),
+                    }
+                )),
+            }
         }
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", failures.join("\n"))
+        }
     }
 
     /// Prints what the deploy would do and changes nothing: no image, container, volume or
@@ -869,26 +913,59 @@ impl Deploy<'_> {
                 stack.bot_image
             ));
         }
-        let (migrations, from, to) =
+        let (mut migrations, from, to) =
             printer.step(report, "plan migrations", || self.plan_migrations(stack))?;
         report.revision_before = from;
         report.revision_after = to;
-        match before {
-            Some(c) if !c.is_ours() => {
+        let old_app_present = before.is_some_and(|c| !c.is_ours());
+        if old_app_present || self.import.import.is_some() {
+            let name = before.map_or_else(|| "(none)".to_owned(), |c| c.name.clone());
+            let importing = !self.import.fresh;
+            if docker::image_id(sh, &stack.bot_image)?.is_some() && importing {
+                // Reading only: the same search and check the deploy makes first.
+                let old = printer.step(report, "look for the old app", || {
+                    old_app::look(sh, &stack.bot_image, before, self.import)
+                })?;
+                if let Some(planned) = &old.import {
+                    let matched = planned.checked.status.effective_version();
+                    plan.push(format!(
+                        "look for the old app: found {} ({})",
+                        planned.source,
+                        describe(&planned.checked.status)
+                    ));
+                    // The imported copy is adopted at the revision it matches: only the
+                    // migrations after it run.
+                    migrations.retain(|(file, _)| {
+                        file.split('_')
+                            .next()
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .is_some_and(|n| Some(n) > matched)
+                    });
+                    report.revision_before = matched;
+                    report.state_before = Some(planned.checked.status.state.clone());
+                }
+            } else if importing {
                 plan.push(format!(
-                    "look for the old app: {} is not ours; its mounts are searched for its database (bot db find-databases), which is checked on a copy (bot db import --check-only)",
-                    c.name
-                ));
-                plan.push(format!("stop old app: docker stop {}", c.name));
-                plan.push(format!(
-                    "import database: bot db import <its database> into {}:/data (the backup API), then adopt and migrate it",
-                    stack.volume()
-                ));
-                plan.push(format!(
-                    "keep old app's container: docker commit {} and a stopped copy out of Compose's sight",
-                    c.name
+                    "look for the old app: {name} is not ours; after the build its mounts are searched for its database (bot db find-databases) and the one found is checked on a copy (a dry run before the first build cannot search; the migrations below assume an empty volume)"
                 ));
             }
+            if old_app_present {
+                plan.push(format!("stop old app: docker stop {name}"));
+            }
+            if importing {
+                plan.push(format!(
+                    "import database: bot db import <its database> into {}:/data (the backup API); it is adopted at the revision it matches",
+                    stack.volume()
+                ));
+            }
+            if old_app_present {
+                plan.push(format!(
+                    "keep old app's container: docker commit {name} and a stopped copy out of Compose's sight"
+                ));
+            }
+        }
+        match before {
+            Some(c) if !c.is_ours() => {}
             Some(c) if c.status == "running" => {
                 plan.push("stop bot: docker stop <bot container>".into());
             }
@@ -946,12 +1023,17 @@ impl Deploy<'_> {
         let plan_json = if !database::volume_exists(sh, stack)
             || image.is_empty() && self.mode != Mode::Migrate
         {
-            // No database yet: the plan is every migration of this build.
+            // No database yet: the plan is every migration of this build. The engine wants the
+            // folder of a database that does not exist yet to exist.
+            let folder = database::TempFile::new("plan");
+            std::fs::create_dir_all(&folder.0)?;
             let out = process::run(
                 cmd!(sh, "{host_bot} db upgrade --dry-run --json")
-                    .env("DATABASE_PATH", "/nonexistent/bot_database.db"),
+                    .env("DATABASE_PATH", folder.0.join("bot_database.db")),
                 "planning the migrations",
-            )?;
+            );
+            let _ = std::fs::remove_dir_all(&folder.0);
+            let out = out?;
             serde_json::from_str::<serde_json::Value>(out.stdout.trim())?
         } else {
             // Copy the binary that will run into a created container on the volume and ask it.

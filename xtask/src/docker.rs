@@ -89,24 +89,43 @@ pub enum MountSource {
 }
 
 impl Mount {
-    /// The `--mount` value that shows the same files at `destination`, read-only.
+    /// The `--mount` value that shows the same files at `destination`, read-only. Docker reads
+    /// the value as CSV, so a field with a comma or a quote is quoted.
     pub fn read_only_at(&self, destination: &str) -> String {
-        match &self.source {
-            MountSource::Bind(path) => {
-                format!("type=bind,src={path},dst={destination},readonly")
-            }
-            MountSource::Volume(name) => {
-                format!("type=volume,src={name},dst={destination},readonly")
-            }
-        }
+        let (kind, source) = match &self.source {
+            MountSource::Bind(path) => ("bind", path),
+            MountSource::Volume(name) => ("volume", name),
+        };
+        [
+            format!("type={kind}"),
+            csv_field(&format!("src={source}")),
+            csv_field(&format!("dst={destination}")),
+            "readonly".to_owned(),
+        ]
+        .join(",")
+    }
+}
+
+/// One CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
     }
 }
 
 impl ContainerState {
-    /// Whether this container is one of ours: its image carries our label (or, for containers
-    /// made before the label existed, it was created from a `tgbot-bot:` tag).
+    /// Whether this container is one of ours: its image carries our label, or (made before the
+    /// label existed) it runs a `tgbot-bot:` image with our volume at `/data`. A tag alone is
+    /// not enough: anyone can name an image `tgbot-bot:...`.
     pub fn is_ours(&self) -> bool {
-        self.labels.contains_key(OUR_LABEL) || self.config_image.starts_with("tgbot-bot:")
+        self.labels.contains_key(OUR_LABEL)
+            || (self.config_image.starts_with("tgbot-bot:")
+                && self.mounts.iter().any(|m| {
+                    m.destination == "/data"
+                        && matches!(&m.source, MountSource::Volume(v) if v.ends_with("_bot-data"))
+                }))
     }
 
     /// Whether it is running (or restarting).

@@ -140,13 +140,30 @@ pub struct OldApp {
 /// Refuses a task that would replace or remove the bot's container when that container is the
 /// old app's: only a deploy brings its database over.
 pub fn refuse_if_old_app(sh: &Shell, stack: &Stack, task: &str) -> anyhow::Result<()> {
-    match stack.bot_container(sh)? {
-        Some(c) if !c.is_ours() => Err(exit::refused(format!(
+    match stack.bot_containers(sh)?.into_iter().find(|c| !c.is_ours()) {
+        Some(c) => Err(exit::refused(format!(
             "the project's bot container {} runs {}, which is not this workspace's bot (the old app?); `{task}` would act on it. Deploy with `cargo xtask first-deploy`, which finds the old app's database and brings it over. Nothing was changed.",
             c.name, c.config_image
         ))),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// Refuses when the bot service has several containers and one of them is the old app's (a
+/// scaled old app): stopping and keeping one while another still writes would lose writes.
+pub fn refuse_a_scaled_old_app(containers: &[ContainerState]) -> anyhow::Result<()> {
+    if containers.len() > 1 && containers.iter().any(|c| !c.is_ours()) {
+        let names: Vec<String> = containers
+            .iter()
+            .map(|c| format!("{} ({}, image {})", c.name, c.status, c.config_image))
+            .collect();
+        return Err(exit::refused(format!(
+            "the project's bot service has {} containers: {}. The old app seems to be scaled; its database can only be brought over from one stopped writer. Scale it to one (`docker-compose -p <project> up -d --scale bot=1`, or stop and remove the extra containers), then deploy again. Nothing was changed.",
+            containers.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Looks for the old app and, unless told otherwise, for the one database to bring over. Reads
@@ -317,16 +334,28 @@ fn run_import(
                 )));
             }
             let inside = format!("{OLD_ROOT}{path}");
-            process::run_within(
-                cmd!(sh, "docker run --rm --user 0:0 --network none")
-                    .args(mount_args(&old))
-                    .args(extra)
-                    .arg(image)
-                    .args(["db", "import", &inside])
-                    .args(args),
+            // Named, so that a timeout (which stops only the client) can remove it too.
+            let name = helper_name("import");
+            let result = process::run_within(
+                cmd!(
+                    sh,
+                    "docker run --rm --name {name} --user 0:0 --network none"
+                )
+                .args(mount_args(&old))
+                .args(extra)
+                .arg(image)
+                .args(["db", "import", &inside])
+                .args(args),
                 what,
                 copy_timeout(0),
-            )?
+            );
+            if result.is_err() {
+                let _ = cmd!(sh, "docker rm -f {name}")
+                    .quiet()
+                    .ignore_status()
+                    .output();
+            }
+            result?
         }
         Source::HostFile(file) => {
             let id = process::run(
@@ -366,6 +395,14 @@ fn run_import(
     database::last_json(&out.stdout, "`bot db import`")
 }
 
+/// A unique name for a throw-away container of this process.
+fn helper_name(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("tgbot-{what}-{}-{nanos}", std::process::id())
+}
+
 /// A time limit for copying `bytes`: three minutes, and a minute more per 2 GB.
 fn copy_timeout(bytes: u64) -> std::time::Duration {
     std::time::Duration::from_secs(180 + bytes / 33_000_000)
@@ -381,11 +418,21 @@ fn check(sh: &Shell, image: &str, source: &Source) -> anyhow::Result<Checked> {
         &["--check-only", "--json"],
         "checking the database to import",
     )
-    .map_err(|e| match exit::code_of(&e) {
-        exit::ExitCode::Failed => exit::refused(format!(
-            "the database to import, {source}, cannot be used: {e:#}\nNothing was changed; the old app runs on."
-        )),
-        _ => e,
+    .map_err(|e| {
+        // `bot db import` exits 3 (refused) or 4 (not SQLite, damaged) for the file itself;
+        // anything else (a timeout, Docker) is not the file's fault.
+        let text = format!("{e:#}");
+        if exit::code_of(&e) == exit::ExitCode::Failed
+            && (text.contains("exited with 3:") || text.contains("exited with 4:"))
+        {
+            exit::refused(format!(
+                "the database to import, {source}, cannot be used: {text}\nNothing was changed; the old app runs on."
+            ))
+        } else {
+            e.context(format!(
+                "checking the database to import, {source}; nothing was changed and the old app runs on"
+            ))
+        }
     })?;
     Checked::from_json(&value)
 }
@@ -415,17 +462,118 @@ pub struct Kept {
     pub copy_name: String,
     restart_policy: String,
     networks: Vec<(String, Vec<String>)>,
+    /// `docker create` options that give the recreated container the old one's host settings.
+    host_options: Vec<String>,
+}
+
+/// `docker create` options for the host settings of `host_config` (an inspect's `HostConfig`)
+/// that a recreated container would otherwise lose: published ports, extra hosts, tmpfs,
+/// capabilities, security options, memory and CPU limits, the log driver, init, a read-only
+/// root, privileged mode.
+fn host_options(host_config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let strings = |key: &str| -> Vec<String> {
+        host_config[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if let Some(ports) = host_config["PortBindings"].as_object() {
+        for (container_port, bindings) in ports {
+            for binding in bindings.as_array().into_iter().flatten() {
+                let ip = binding["HostIp"].as_str().unwrap_or("");
+                let host_port = binding["HostPort"].as_str().unwrap_or("");
+                let spec = if ip.is_empty() {
+                    format!("{host_port}:{container_port}")
+                } else {
+                    format!("{ip}:{host_port}:{container_port}")
+                };
+                out.extend(["--publish".to_owned(), spec]);
+            }
+        }
+    }
+    for host in strings("ExtraHosts") {
+        out.extend(["--add-host".to_owned(), host]);
+    }
+    if let Some(tmpfs) = host_config["Tmpfs"].as_object() {
+        for (path, options) in tmpfs {
+            let options = options.as_str().unwrap_or("");
+            let spec = if options.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}:{options}")
+            };
+            out.extend(["--tmpfs".to_owned(), spec]);
+        }
+    }
+    for cap in strings("CapAdd") {
+        out.extend(["--cap-add".to_owned(), cap]);
+    }
+    for cap in strings("CapDrop") {
+        out.extend(["--cap-drop".to_owned(), cap]);
+    }
+    for option in strings("SecurityOpt") {
+        out.extend(["--security-opt".to_owned(), option]);
+    }
+    for (key, flag) in [
+        ("Memory", "--memory"),
+        ("MemorySwap", "--memory-swap"),
+        ("NanoCpus", "--cpus"),
+    ] {
+        if let Some(value) = host_config[key].as_i64().filter(|v| *v > 0) {
+            let value = if key == "NanoCpus" {
+                format!("{}", value as f64 / 1e9)
+            } else {
+                value.to_string()
+            };
+            out.extend([flag.to_owned(), value]);
+        }
+    }
+    if let Some(driver) = host_config["LogConfig"]["Type"]
+        .as_str()
+        .filter(|d| !d.is_empty())
+    {
+        out.extend(["--log-driver".to_owned(), driver.to_owned()]);
+        if let Some(options) = host_config["LogConfig"]["Config"].as_object() {
+            for (key, value) in options {
+                out.extend([
+                    "--log-opt".to_owned(),
+                    format!("{key}={}", value.as_str().unwrap_or("")),
+                ]);
+            }
+        }
+    }
+    for (key, flag) in [
+        ("Init", "--init"),
+        ("ReadonlyRootfs", "--read-only"),
+        ("Privileged", "--privileged"),
+    ] {
+        if host_config[key].as_bool() == Some(true) {
+            out.push(flag.to_owned());
+        }
+    }
+    out
 }
 
 /// Commits the (stopped) old container and creates a stopped copy that shares its mounts,
 /// under labels Compose does not look for.
 pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<Kept> {
     let raw = inspect_raw(sh, &old.id)?;
-    let restart_policy = raw["HostConfig"]["RestartPolicy"]["Name"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-        .unwrap_or("no")
-        .to_owned();
+    let restart_policy = match (
+        raw["HostConfig"]["RestartPolicy"]["Name"]
+            .as_str()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("no"),
+        raw["HostConfig"]["RestartPolicy"]["MaximumRetryCount"].as_i64(),
+    ) {
+        ("on-failure", Some(retries)) if retries > 0 => format!("on-failure:{retries}"),
+        (name, _) => name.to_owned(),
+    };
+    let host_options = host_options(&raw["HostConfig"]);
     let networks = raw["NetworkSettings"]["Networks"]
         .as_object()
         .map(|all| {
@@ -473,6 +621,7 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
         copy_name,
         restart_policy,
         networks,
+        host_options,
     })
 }
 
@@ -531,12 +680,14 @@ pub fn bring_back(
         copy_name: copy,
         restart_policy: restart,
         networks,
+        host_options,
         ..
     } = kept;
     let mut create = cmd!(
         sh,
         "docker create --name {name} --volumes-from {copy} --restart {restart}"
-    );
+    )
+    .args(host_options);
     if let Some((network, aliases)) = networks.first() {
         create = create.args(["--network", network]);
         for alias in aliases {
@@ -611,6 +762,53 @@ mod tests {
     }
 
     #[test]
+    fn a_recreated_container_gets_the_old_ones_host_settings() {
+        let host_config = json!({
+            "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18932"}]},
+            "ExtraHosts": ["db:10.0.0.5"],
+            "Tmpfs": {"/run": "size=1m"},
+            "CapDrop": ["ALL"],
+            "Memory": 67108864,
+            "LogConfig": {"Type": "none", "Config": {}},
+            "Init": true,
+            "ReadonlyRootfs": false,
+        });
+        assert_eq!(
+            host_options(&host_config),
+            vec![
+                "--publish",
+                "127.0.0.1:18932:8080/tcp",
+                "--add-host",
+                "db:10.0.0.5",
+                "--tmpfs",
+                "/run:size=1m",
+                "--cap-drop",
+                "ALL",
+                "--memory",
+                "67108864",
+                "--log-driver",
+                "none",
+                "--init",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scaled_old_app_is_refused_but_one_container_is_not() {
+        let one = old(&[]);
+        refuse_a_scaled_old_app(std::slice::from_ref(&one)).unwrap();
+        let mut two = one.clone();
+        two.name = "docker_bot_2".into();
+        let error = refuse_a_scaled_old_app(&[one, two]).unwrap_err();
+        assert_eq!(exit::code_of(&error), exit::ExitCode::Refused);
+        assert!(
+            error.to_string().contains("docker_bot_1")
+                && error.to_string().contains("docker_bot_2"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_deepest_mount_holds_a_path() {
         let c = old(&[
             ("/app", MountSource::Bind("/srv/app".into())),
@@ -633,6 +831,15 @@ mod tests {
         );
         assert!(mount_holding(&c, "/application/x.db").is_none());
         assert!(mount_holding(&c, "/etc/x.db").is_none());
+    }
+
+    #[test]
+    fn a_mount_path_with_a_comma_or_quote_is_quoted_for_dockers_csv() {
+        let c = old(&[("/app", MountSource::Bind("/srv/my app,v1 \"x\"".into()))]);
+        assert_eq!(
+            mount_args(&c)[1],
+            "type=bind,\"src=/srv/my app,v1 \"\"x\"\"\",dst=/tgbot-old-app/app,readonly"
+        );
     }
 
     #[test]
@@ -684,7 +891,16 @@ mod tests {
         let mut c = old(&[]);
         assert!(!c.is_ours());
         c.config_image = "tgbot-bot:docker".into();
-        assert!(c.is_ours());
+        assert!(!c.is_ours(), "a tag alone is not enough");
+        c.mounts.push(Mount {
+            destination: "/data".into(),
+            source: MountSource::Volume("docker_bot-data".into()),
+        });
+        assert!(
+            c.is_ours(),
+            "our image with our volume: deployed before the label existed"
+        );
+        c.mounts.clear();
         c.config_image = "sha256:0123".into();
         c.labels.insert(docker::OUR_LABEL.into(), "bot".into());
         assert!(c.is_ours());

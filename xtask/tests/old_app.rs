@@ -220,6 +220,24 @@ fn the_runbooks_old_app_with_a_bind_mounted_database_is_imported() {
         .trim_start_matches('/')
         .to_owned();
 
+    let dry = project.xtask("first-deploy", &["--yes", "--json", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    let plan = report(&dry)["plan"].to_string();
+    for line in [
+        "look for the old app",
+        "stop old app: docker stop",
+        "import database",
+    ] {
+        assert!(plan.contains(line), "{line} in {plan}");
+    }
+    assert_eq!(old.container()["Id"], old_container["Id"]);
+    assert_eq!(
+        old.container()["State"]["Running"],
+        true,
+        "a dry run changes nothing"
+    );
+    assert!(!volume_exists(&project), "a dry run creates nothing");
+
     let deploy = project.xtask("first-deploy", &["--yes", "--json"]);
     assert!(deploy.status.success(), "{}", text(&deploy));
     let outcome = report(&deploy);
@@ -465,10 +483,12 @@ fn a_failed_import_puts_the_old_app_back_running_and_a_later_import_of_a_file_wo
         "with its labels, so its Compose manages it"
     );
     assert_eq!(back["Mounts"][0]["Destination"], "/app/bot_database.db");
-    assert_eq!(
-        back["HostConfig"]["RestartPolicy"]["Name"],
-        original["HostConfig"]["RestartPolicy"]["Name"]
-    );
+    for setting in ["RestartPolicy", "PortBindings", "Init"] {
+        assert_eq!(
+            back["HostConfig"][setting], original["HostConfig"][setting],
+            "its {setting}"
+        );
+    }
     assert!(old.kept().is_none(), "no copy left behind");
     assert!(!volume_exists(&project), "the imported copy is gone");
     assert_eq!(bytes(&file), before, "the old app's file was only read");
@@ -489,4 +509,42 @@ fn a_failed_import_puts_the_old_app_back_running_and_a_later_import_of_a_file_wo
         )
     );
     assert_imported(&project, &old_users);
+}
+
+#[test]
+fn a_scaled_old_app_is_refused_before_anything_changes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("oldscaled");
+    let file = project.dir.join("bot_database.db");
+    old_app_database(&file, 10);
+    let before = bytes(&file);
+    let old = OldApp::start(
+        &project,
+        &format!("{}:/app/bot_database.db", file.display()),
+    );
+    let scaled = old.compose(&["up", "-d", "--scale", "bot=2"]);
+    assert!(scaled.status.success(), "{}", text(&scaled));
+
+    let refused = project.xtask("first-deploy", &["--yes", "--json"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    let error = report(&refused)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("2 containers") && error.contains("--scale bot=1"),
+        "{error}"
+    );
+    let running = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--filter",
+        "label=com.docker.compose.service=bot",
+    ]);
+    assert_eq!(running.lines().count(), 2, "both old containers still run");
+    assert!(!volume_exists(&project), "nothing was created");
+    assert_eq!(bytes(&file), before);
+    for task in ["down", "restart"] {
+        let refused = project.xtask(task, &["--yes"]);
+        assert_eq!(refused.status.code(), Some(3), "{task}: {}", text(&refused));
+    }
 }

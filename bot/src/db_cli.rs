@@ -19,6 +19,9 @@
 //! on stderr (`"zero_bytes": true`), since an upgrade killed before its first commit leaves one
 //! too.
 //!
+//! `diff` and `baseline` change nothing: they print SQL for a person to review and run (the
+//! script on stdout, a summary line on stderr); `baseline` reads FILE, not DATABASE_PATH.
+//!
 //! `DATABASE_BUSY_TIMEOUT` (seconds, default 30) sets how long a command waits for another
 //! process's lock.
 
@@ -28,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use migrations::{
-    Database, Error, LockHolder, Plan, Recovery, State, Status, head, schema, schema_at,
+    Database, DiffScript, Error, LockHolder, Plan, Recovery, State, Status, head, schema, schema_at,
 };
 use serde_json::{Value, json};
 
@@ -119,6 +122,35 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print SQL that turns the live schema into revision N's, for a person to review and run
+    /// with `sqlite3 -bail` on a copy; what SQL cannot do, in words. Changes nothing.
+    Diff {
+        /// The revision: a number, or `head`.
+        #[arg(long, value_name = "N")]
+        to: String,
+        /// Print statements that lose data (DROP TABLE, DROP COLUMN, a rebuild that leaves
+        /// columns out) as SQL instead of as comments.
+        #[arg(long)]
+        allow_data_loss: bool,
+        /// Exit 1 when the schema differs from revision N's, like `git diff --exit-code`.
+        #[arg(long)]
+        exit_code: bool,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the schema of an existing database (FILE, only read) as a first migration file,
+    /// `0001_baseline.up.sql`, for a project that starts using this workspace.
+    Baseline {
+        /// The database whose schema to print (not DATABASE_PATH).
+        file: PathBuf,
+        /// Write it to this new file instead of stdout (never overwrites).
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy the live database with the online backup API, check the copy, name its revision.
     Backup {
         /// Where to write the copy (a new file).
@@ -194,6 +226,8 @@ impl DbCommand {
             | DbCommand::History { json }
             | DbCommand::Check { json }
             | DbCommand::Schema { json, .. }
+            | DbCommand::Diff { json, .. }
+            | DbCommand::Baseline { json, .. }
             | DbCommand::Backup { json, .. }
             | DbCommand::FixOwnership { json, .. }
             | DbCommand::FindDatabases { json, .. }
@@ -209,7 +243,8 @@ impl DbCommand {
             DbCommand::Schema { at, .. } => at.is_none(),
             DbCommand::FixOwnership { .. }
             | DbCommand::FindDatabases { .. }
-            | DbCommand::Import { .. } => false,
+            | DbCommand::Import { .. }
+            | DbCommand::Baseline { .. } => false,
             _ => true,
         }
     }
@@ -269,6 +304,10 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
             "Check DATABASE_PATH: is the volume mounted at {folder}? Once the folder exists, `bot db upgrade` creates the database (or `bot db import` copies an old one in)."
         ),
         Error::ReadOnly { .. } => "Run the command as a user who may write them (the bot's user), or give the folder and the database files to that user: `bot db fix-ownership --owner UID:GID` as root. If the volume is mounted read-only, mount it read-write.".to_string(),
+        Error::NeedsRecovery { path: p, .. } if !about_the_database(p) => format!(
+            "Only a connection that may write it recovers it: `DATABASE_PATH={} bot db status`, run as a user who may write it and its folder, rolls it back and says so.",
+            p.display()
+        ),
         Error::NeedsRecovery { .. } => format!(
             "Run `bot db status` as a user who may write {db} and its folder {folder} (the bot's user): it recovers it and says so. `bot db fix-ownership --owner UID:GID` as root gives the folder and the files to that user; a read-only mount must be mounted read-write."
         ),
@@ -310,6 +349,13 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
 /// `--json`) and exits with its code.
 pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
     let json = command.json();
+    let exit_on_difference = matches!(
+        command,
+        DbCommand::Diff {
+            exit_code: true,
+            ..
+        }
+    );
     let mut recovered = None;
     let result = set_busy_timeout()
         .and_then(|()| {
@@ -329,6 +375,12 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
                     value["recovered"] = json!(recovered);
                 }
                 println!("{value}");
+            }
+            let differs = value["differences"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty());
+            if exit_on_difference && differs {
+                std::process::exit(i32::from(exit::FAILED));
             }
             Ok(())
         }
@@ -642,6 +694,45 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             say!(json, "{}", schema::render(&schema).trim_end());
             Ok(json!({"at": at, "schema": schema}))
         }
+        DbCommand::Diff {
+            to,
+            allow_data_loss,
+            exit_code: _,
+            json,
+        } => {
+            let version = parse_revision(&to)?;
+            let diff = open_existing_read_only(path)?.diff_to(version, allow_data_loss)?;
+            if !json {
+                print!("{}", diff.script);
+            }
+            eprintln!("bot: {}", diff_summary(&diff));
+            let mut value = serde_json::to_value(&diff)?;
+            value["database"] = json!(db_path);
+            Ok(value)
+        }
+        DbCommand::Baseline { file, output, json } => {
+            let db = Database::open_read_only(&file)?
+                .with_context(|| format!("{}: no such file", file.display()))?;
+            let baseline = db.baseline()?;
+            drop(db);
+            match &output {
+                Some(dest) => {
+                    write_new_file(dest, &baseline.sql)?;
+                    say!(
+                        json,
+                        "wrote {}: {} statements, the schema of {}",
+                        dest.display(),
+                        baseline.statements.len(),
+                        file.display()
+                    );
+                }
+                None if !json => print!("{}", baseline.sql),
+                None => {}
+            }
+            let mut value = serde_json::to_value(&baseline)?;
+            value["output"] = json!(output.as_ref().map(|o| o.display().to_string()));
+            Ok(value)
+        }
         DbCommand::Backup { path: dest, json } => {
             if dest.exists() {
                 bail!("{} exists already; choose a new file name", dest.display());
@@ -940,6 +1031,52 @@ fn parse_revision(text: &str) -> anyhow::Result<u32> {
             head()
         )
     })
+}
+
+/// One line on what a diff script does, for stderr (the script itself goes to stdout).
+fn diff_summary(diff: &DiffScript) -> String {
+    let version = diff.to;
+    let count = diff.statements.len();
+    if count == 0 {
+        return format!("the schema is revision {version}'s: nothing to do");
+    }
+    let commented = diff.statements.iter().filter(|s| s.commented).count();
+    let commented = match commented {
+        0 => String::new(),
+        1 => " (1 printed as a comment: it loses data)".to_owned(),
+        n => format!(" ({n} printed as comments: they lose data)"),
+    };
+    let after = match diff.remaining.len() {
+        0 => format!("after them the schema matches revision {version}"),
+        1 => "after them 1 difference remains (listed at the top)".to_owned(),
+        n => format!("after them {n} differences remain (listed at the top)"),
+    };
+    format!(
+        "{count} statement{} to revision {version}{commented}; {after}; nothing was changed",
+        if count == 1 { "" } else { "s" }
+    )
+}
+
+/// Writes `text` to `dest`, which must not exist yet.
+fn write_new_file(dest: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Refused(format!(
+                "{} exists already; nothing was written: choose a new file name",
+                dest.display()
+            ))
+            .into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dest.display())),
+    };
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", dest.display()))
 }
 
 fn parse_owner(text: &str) -> anyhow::Result<(u32, u32)> {

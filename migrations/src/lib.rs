@@ -32,6 +32,9 @@
 //!   only write before the check: it puts back the committed state.
 //! - `restore` refuses a file of 0 bytes or without tables over a database with tables (unless
 //!   forced), and keeps the database it replaces as `<name>.replaced-<UTC time>` ([`Restored`]).
+//! - For a schema that matches nothing, [`Database::diff_to`] prints the SQL that makes it
+//!   revision N's (checked on an in-memory copy of the schema first), and
+//!   [`Database::baseline`] prints a database's schema as a first migration; both only read.
 //!
 //! # When a live schema "matches revision N"
 //!
@@ -136,6 +139,8 @@
 //! | `adopt` | `{"adopted": N}`; with `--dry-run`: `{"dry_run": true, "adopt": N}` |
 //! | `history` | `{"database", "history": [`[`HistoryRow`]`]}` |
 //! | `schema` | `{"at": N or null, "schema": `[`schema::Schema`]`}` |
+//! | `diff --to N` | a [`DiffScript`] `{"to","recorded","statements":[{"kind","object","sql","safe","commented","comment"}],"differences","remaining","script"}` plus `"database"` (`kind`: [`StatementKind`], e.g. `add_column`, `rebuild_table`, `drop_view`, `manual` (words only, `sql` null); `safe`: keeps every row and value; `remaining`: what still differs after the script as printed) |
+//! | `baseline FILE` | a [`Baseline`] `{"source","statements","left_out","sql"}` plus `"output"` (the file written, or null) |
 //! | `backup` | a [`BackupInfo`] `{"path","revision","state","bytes"}` |
 //! | `restore` | a [`Restored`]: the [`BackupInfo`] of the file restored plus `"replaced"` (where the database it replaced is kept, or null when it had no tables) |
 //! | `fix-ownership` | `{"owner","check","wrong":[{"path","uid","gid"}],"fixed"}` |
@@ -149,6 +154,7 @@
 mod catalog;
 mod engine;
 pub mod schema;
+mod script;
 
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
@@ -156,3 +162,4 @@ pub use engine::{
     HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, State, Status, Upgrade,
     busy_timeout, explain, inspect_copy, set_busy_timeout,
 };
+pub use script::{Baseline, DiffScript, ScriptStatement, StatementKind};

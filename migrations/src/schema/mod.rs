@@ -8,7 +8,7 @@
 
 mod diff;
 mod read;
-mod sql;
+pub(crate) mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -4,7 +4,9 @@
 //! failure (`{"error": ..., "exit_code": ...}`). Exit codes: 0 done, 1 failed (rolled back),
 //! 2 usage, 3 refused because of the database's state or place (nothing changed: e.g. a
 //! missing or read-only folder), 4 the file is not a SQLite database (a folder, another kind of
-//! file) or is damaged (cut short, failing `quick_check`), 5 the database stayed locked by
+//! file, a FIFO, a device) or is damaged (cut short, failing `quick_check`; `check` runs
+//! `integrity_check`, which also finds an index that disagrees with its table and a broken
+//! UNIQUE constraint, which `quick_check` and so the writing commands do not see), 5 the database stayed locked by
 //! another process (the message says whether by a writer or by a reader).
 //!
 //! Before anything reads the database, what a writer killed mid-transaction left beside it is
@@ -108,6 +110,11 @@ pub enum DbCommand {
         json: bool,
     },
     /// Exit non-zero when the database is modified, drifted, ahead or damaged (for CI).
+    ///
+    /// Runs `PRAGMA integrity_check`, which reads every page and checks every index against
+    /// its table. The writing commands check with the faster `quick_check` only, which does
+    /// not see an index that disagrees with its table or a broken UNIQUE constraint: run
+    /// `check` before a write when in doubt.
     Check {
         /// One JSON object on stdout.
         #[arg(long)]
@@ -349,6 +356,9 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
 /// `--json`) and exits with its code.
 pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
     let json = command.json();
+    // Every message names the file in full, whatever the working directory.
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let path = absolute.as_path();
     let exit_on_difference = matches!(
         command,
         DbCommand::Diff {
@@ -357,7 +367,8 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
         }
     );
     let mut recovered = None;
-    let result = set_busy_timeout()
+    let result = check_database_path()
+        .and_then(|()| set_busy_timeout())
         .and_then(|()| {
             if command.reads_the_database() {
                 recovered = Database::recover(path)?;
@@ -404,6 +415,19 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
             std::process::exit(i32::from(code));
         }
     }
+}
+
+/// Refuses a DATABASE_PATH that is set but empty (a typo in a deploy's environment), rather
+/// than using the default path in its place.
+fn check_database_path() -> anyhow::Result<()> {
+    if std::env::var_os("DATABASE_PATH").is_some_and(|v| v.is_empty()) {
+        return Err(Usage(format!(
+            "DATABASE_PATH is set but empty; set it to the database file (unset, it is {})",
+            crate::config::DEFAULT_DATABASE_PATH
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Applies DATABASE_BUSY_TIMEOUT (seconds) to the engine.
@@ -462,10 +486,11 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             status_value(path, &status, size.unwrap_or(0))
         }
         DbCommand::Check { json } => {
-            // Unlike `status`, `check` reads every page (`quick_check`): it fails on damage.
+            // Unlike `status`, `check` reads every page and checks every index against its
+            // table (`integrity_check`): it fails on damage.
             let status = match Database::open_read_only(path)? {
                 Some(db) => {
-                    db.quick_check()?;
+                    db.integrity_check()?;
                     db.status()?
                 }
                 None => read_status(path)?,

@@ -39,6 +39,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Db { .. })) {
+        // `bot db status | head -1`: a reader that goes away ends the command quietly, as
+        // it does any Unix tool, instead of a panic in `println!`.
+        // SAFETY: setting a signal's disposition to the default touches no memory of ours.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let config = Config::from_env();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config),

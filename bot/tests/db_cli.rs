@@ -1478,3 +1478,211 @@ fn an_extra_table_of_the_old_app_is_not_a_dead_end() {
         );
     }
 }
+
+/// A row changed in place so that the `users` table and its unique index disagree:
+/// `quick_check` does not see it, `integrity_check` does.
+#[test]
+fn check_runs_integrity_check_and_fails_on_a_table_its_index_disagrees_with() {
+    let dir = Dir::new("index-mismatch");
+    sql(&dir.db(), REVISION_1);
+    let conn = Connection::open(dir.db()).unwrap();
+    for i in 0..100_i64 {
+        conn.execute(
+            "INSERT INTO users (telegram_id, username) VALUES (?1, ?2)",
+            rusqlite::params![1_000_000 + i, format!("user{i}")],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let mut bytes = std::fs::read(dir.db()).unwrap();
+    // 1000050 as a 3-byte integer becomes 1000001: the table holds it twice, the index once.
+    let at = bytes
+        .windows(3)
+        .position(|w| w == [0x0f, 0x42, 0x72])
+        .unwrap();
+    bytes[at..at + 3].copy_from_slice(&[0x0f, 0x42, 0x41]);
+    std::fs::write(dir.db(), &bytes).unwrap();
+    refused(
+        &dir.db(),
+        &["db", "check"],
+        BAD_FILE,
+        "the database file is damaged",
+    );
+}
+
+/// A FIFO or a device at DATABASE_PATH is named, not read (a FIFO would block) or created.
+#[test]
+fn a_fifo_or_a_device_at_the_database_path_is_refused_and_named() {
+    let dir = Dir::new("fifo");
+    let fifo = dir.0.join("pipe.db");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for args in [&["db", "status"][..], &["db", "upgrade"], &["db", "check"]] {
+        let output = bot(&fifo, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let output = output.wait_with_output().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(output.status.code(), Some(BAD_FILE), "{}", show(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("a named pipe (FIFO)"), "{stderr}");
+        assert!(!stderr.contains("creating"), "{stderr}");
+    }
+    let null = Path::new("/dev/null");
+    for args in [&["db", "status"][..], &["db", "upgrade"]] {
+        let output = run(null, args);
+        assert_eq!(output.status.code(), Some(BAD_FILE), "{}", show(&output));
+        let text = show(&output);
+        assert!(text.contains("/dev/null is a character device"), "{text}");
+        assert!(!text.contains("creating"), "{text}");
+    }
+}
+
+/// `bot db status | head -1`: a reader that goes away ends the command quietly, no panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = Dir::new("closed-stdout");
+    old_app_with_users(&dir.db(), 1);
+    let mut child = bot(&dir.db(), &["db", "status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+/// An empty DATABASE_PATH is refused (not silently the default); a relative one is named with
+/// the working directory.
+#[test]
+fn an_empty_database_path_is_refused_and_a_relative_one_is_named_in_full() {
+    let dir = Dir::new("empty-path");
+    let output = bot(Path::new(""), &["db", "status"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("DATABASE_PATH is set but empty"),
+        "{}",
+        show(&output)
+    );
+    let output = bot(Path::new("missing/bot.db"), &["db", "status"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(REFUSED), "{}", show(&output));
+    let full = dir.0.join("missing/bot.db").display().to_string();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&full),
+        "{}",
+        show(&output)
+    );
+}
+
+/// Restoring the live file over itself (or a symlink to it) is refused at once; in
+/// rollback-journal mode a reader that blocks the restore is named as a reader.
+#[test]
+fn restore_refuses_the_live_file_itself_and_names_a_reader_as_a_reader() {
+    let dir = Dir::new("restore-self");
+    old_app_with_users(&dir.db(), 10);
+    let link = dir.0.join("link.db");
+    std::os::unix::fs::symlink(dir.db(), &link).unwrap();
+    for source in [dir.db(), link] {
+        let started = Instant::now();
+        refused(
+            &dir.db(),
+            &["db", "restore", source.to_str().unwrap()],
+            REFUSED,
+            "is the live database itself",
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    let source = dir.0.join("source.db");
+    old_app_with_users(&source, 5);
+    let reader = LockHolder::start(&dir.db(), "BEGIN; SELECT count(*) FROM users");
+    refused_by(
+        &dir.db(),
+        &["db", "restore", source.to_str().unwrap()],
+        5,
+        &["another process kept a read transaction open on the database"],
+        &|command| {
+            command.env("DATABASE_BUSY_TIMEOUT", "0.3");
+        },
+    );
+    drop(reader);
+}
+
+/// A WAL without its `-shm` in a folder this user may not write: named, with the fix.
+#[test]
+fn a_wal_without_shm_in_a_read_only_folder_is_named() {
+    let dir = Dir::new("wal-no-shm");
+    old_app_with_users(&dir.db(), 50);
+    kill_a_writer_mid_transaction(&dir.db(), true);
+    std::fs::remove_file(beside(&dir.db(), "-shm")).unwrap();
+    let _guard = ReadOnlyFolder::new(&dir.0);
+    for args in [&["db", "status"][..], &["db", "history"], &["db", "check"]] {
+        refused_by(
+            &dir.db(),
+            args,
+            REFUSED,
+            &[
+                &format!("a write-ahead log {}-wal", dir.db().display()),
+                "Run `bot db status` as a user who may write",
+            ],
+            &as_nobody,
+        );
+    }
+}
+
+/// A backup that fails while writing (here: the file size limit) leaves no partial copy.
+#[test]
+fn a_failed_backup_leaves_no_partial_copy() {
+    let dir = Dir::new("backup-fails");
+    old_app_with_users(&dir.db(), 5000);
+    let dest = dir.0.join("copy.db");
+    let limit = |command: &mut Command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 64 * 1024,
+                    rlim_max: 64 * 1024,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+                Ok(())
+            });
+        }
+    };
+    let mut command = bot(&dir.db(), &["db", "backup", dest.to_str().unwrap()]);
+    limit(&mut command);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(!dest.exists(), "{} left behind", dest.display());
+    let backup_to = dir.0.join("before.db");
+    let mut command = bot(
+        &dir.db(),
+        &[
+            "db",
+            "upgrade",
+            "--adopt",
+            "--backup-to",
+            backup_to.to_str().unwrap(),
+        ],
+    );
+    limit(&mut command);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(!backup_to.exists(), "{} left behind", backup_to.display());
+}

@@ -331,11 +331,29 @@ impl Database {
     }
 
     /// Runs `PRAGMA quick_check` (every page of every table and index is read): refuses a
-    /// damaged file.
+    /// damaged file. It does not see an index that disagrees with its table (a row changed
+    /// in place), nor a broken UNIQUE constraint: [`Database::integrity_check`] does.
     pub fn quick_check(&self) -> Result<(), Error> {
         let detail: String = self
             .conn
             .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+            .map_err(|e| self.err(e))?;
+        if detail != "ok" {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                detail,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `PRAGMA integrity_check` (slower than [`Database::quick_check`]: it also checks
+    /// that every index agrees with its table, row by row, and that UNIQUE and NOT NULL
+    /// hold): refuses a damaged file.
+    pub fn integrity_check(&self) -> Result<(), Error> {
+        let detail: String = self
+            .conn
+            .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))
             .map_err(|e| self.err(e))?;
         if detail != "ok" {
             return Err(Error::Corrupt {
@@ -635,6 +653,18 @@ impl Database {
     /// copy: for a deploy's critical path, which checks the copy afterwards, off that path.
     /// Returns the copy's size.
     pub fn snapshot_to(&self, dest: &Path) -> Result<u64, Error> {
+        let existed = dest.exists();
+        let copied = self.copy_to(dest);
+        if copied.is_err() && !existed {
+            // A partial copy (a full disk) is not a backup: nothing is left behind.
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(file::beside(dest, suffix));
+            }
+        }
+        copied
+    }
+
+    fn copy_to(&self, dest: &Path) -> Result<u64, Error> {
         if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder).map_err(|cause| Error::Io {
                 path: folder.to_owned(),

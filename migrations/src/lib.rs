@@ -53,6 +53,19 @@
 //! | foreign keys and their ON UPDATE / ON DELETE actions | `pragma_foreign_key_list` |
 //! | views and triggers | their own rows of `sqlite_schema` |
 //!
+//! The history tables (this engine's and another tool's, such as `alembic_version`) are left
+//! out, with their indexes: only a row of type `table` with exactly such a name. A view or a
+//! trigger is read whatever its name (a trigger named `schema_migrations` is a trigger), and so
+//! is a trigger on a history table, which fires when the history is written.
+//!
+//! The `CREATE` text is read with SQLite's own tokenizer rules: whitespace is only space, tab,
+//! newline, form feed and carriage return (any character from U+0080 up, a non-breaking space
+//! too, is part of a name), and a string literal names a column, a referenced table or a
+//! collation where SQLite takes it as one (`UNIQUE ('telegram_id')`, `REFERENCES 'users'`), as
+//! does a bracketed name (`UNIQUE ((telegram_id))`). Several UNIQUE clauses on the same keys
+//! are one index to SQLite, with the one conflict clause among them that is not the default;
+//! so they are here.
+//!
 //! SQL text (CHECK, WHERE, expressions, generated columns, defaults that are expressions, views,
 //! triggers) is compared in a canonical spelling: keywords upper case, names lower case and
 //! unquoted (`"Is_Admin"`, `[is_admin]` and `is_admin` are one name: SQLite's names ignore ASCII
@@ -88,8 +101,13 @@
 //!   (an in-memory table with the same affinity): `DEFAULT FALSE`, `0`, `(0)`, `0.0`, `'0'` all
 //!   store the integer 0 in a NUMERIC or INTEGER column, `TRUE` and `1` store 1; in a TEXT column
 //!   `0` and `'0'` both store the text `'0'` but `0.0` stores `'0.0'`, a difference. `DEFAULT
-//!   NULL` is no default. A default that is an expression (`CURRENT_TIMESTAMP`, a function) is
-//!   compared as canonical text, brackets around it dropped.
+//!   NULL` is no default. A name with no brackets around it (`DEFAULT "0"`, `DEFAULT abc`) is a
+//!   string literal to SQLite (`'0'`, `'abc'`, case kept) and is compared as one. A default that
+//!   is an expression (`CURRENT_TIMESTAMP`, a function) is compared as canonical text, brackets
+//!   around it dropped, except that `datetime('now')`, `date('now')` and `time('now')` read as
+//!   `CURRENT_TIMESTAMP`, `CURRENT_DATE` and `CURRENT_TIME`: SQLite implements the keywords as
+//!   these very calls on the same statement time, so they store the same text
+//!   (`datetime('now', 'localtime')` and other modifiers stay different).
 //! - **Where a constraint is written**: UNIQUE, PRIMARY KEY and CHECK as column or table
 //!   constraints are the same constraint; `REFERENCES users` names the primary key of `users`
 //!   as `REFERENCES users (id)` does; `ON CONFLICT ABORT`, `COLLATE BINARY`, `NOT DEFERRABLE`

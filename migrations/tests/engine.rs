@@ -1103,3 +1103,43 @@ fn a_forced_stamp_is_named_when_the_schema_differs() {
         "{text}"
     );
 }
+
+/// In WAL mode the main file's header may name more pages than the file has (a checkpoint
+/// writes page 1 before the file grows, or fails on a full disk): the WAL holds them, and
+/// SQLite reads it fine. That is not damage.
+#[test]
+fn a_wal_database_whose_header_names_pages_the_file_has_not_yet_is_not_damaged() {
+    let dir = TempDir::new("wal-header");
+    let path = dir.file("wal.db");
+    let writer = Connection::open(&path).unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t (x); INSERT INTO t VALUES (1); PRAGMA wal_checkpoint(TRUNCATE);
+             CREATE TABLE u (y); INSERT INTO u SELECT randomblob(500) FROM t;",
+        )
+        .unwrap();
+    // The main file's header now says 10 pages more than it has.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let pages = u32::from_be_bytes(bytes[28..32].try_into().unwrap()) + 10;
+    bytes[28..32].copy_from_slice(&pages.to_be_bytes());
+    let counter: [u8; 4] = bytes[24..28].try_into().unwrap();
+    bytes[92..96].copy_from_slice(&counter);
+    std::fs::write(&path, &bytes).unwrap();
+    let db = Database::open_read_only(&path)
+        .unwrap_or_else(|e| panic!("{}", chain(&e)))
+        .unwrap();
+    assert_eq!(db.status().unwrap().state, State::Unstamped);
+    drop(writer);
+}
+
+/// SQLITE_FULL (a checkpoint or a recovery on a full disk) says the disk is full.
+#[test]
+fn a_full_disk_is_named() {
+    let error = Error::from_sqlite(
+        Path::new("/data/bot.db"),
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(13), None),
+    );
+    let text = chain(&error);
+    assert!(text.contains("the disk holding /data is full"), "{text}");
+}

@@ -688,3 +688,131 @@ fn what_the_messages_say_a_rebuild_does_is_what_sqlite_does() {
         status.difference
     );
 }
+
+#[test]
+fn a_trigger_or_view_named_like_a_history_table_is_seen() {
+    let one = revision_one();
+    for name in ["schema_migrations", "schema_history", "alembic_version"] {
+        let trigger = format!(
+            "CREATE TRIGGER {name} AFTER INSERT ON users BEGIN UPDATE users SET is_admin = 1 WHERE id = new.id; END;"
+        );
+        let status = status_of(&format!("{one}\n{trigger}"), &format!("trigger-{name}"));
+        assert_eq!(status.matches, None, "trigger {name}");
+        assert_eq!(status.closest, Some(1), "trigger {name}");
+        assert!(
+            status
+                .difference
+                .iter()
+                .any(|d| d.starts_with(&format!("trigger {name} on users: not in revision 1"))),
+            "trigger {name}: {:#?}",
+            status.difference
+        );
+    }
+    expect_named(
+        "view named alembic_version",
+        one,
+        append("CREATE VIEW alembic_version AS SELECT id FROM users;"),
+        1,
+        "view alembic_version: not in revision 1",
+    );
+}
+
+#[test]
+fn a_unique_conflict_clause_is_read_however_the_key_is_written() {
+    let one = revision_one();
+    for (name, to) in [
+        (
+            "string literal key",
+            "UNIQUE ('telegram_id') ON CONFLICT REPLACE",
+        ),
+        (
+            "same keys twice",
+            "UNIQUE (telegram_id), UNIQUE (telegram_id) ON CONFLICT REPLACE",
+        ),
+        (
+            "bracketed key",
+            "UNIQUE ((telegram_id)) ON CONFLICT REPLACE",
+        ),
+    ] {
+        expect_named(
+            name,
+            one,
+            replace("UNIQUE (telegram_id)", to),
+            1,
+            "table users: UNIQUE (telegram_id) expected, found UNIQUE (telegram_id) ON CONFLICT REPLACE (an insert of a duplicate deletes the old row instead of failing)",
+        );
+    }
+}
+
+#[test]
+fn a_non_breaking_space_is_part_of_a_name_as_in_sqlite() {
+    let one = revision_one();
+    expect_named(
+        "nbsp before DEFAULT hides nothing",
+        one,
+        replace(
+            "username VARCHAR(64),",
+            "username VARCHAR \u{a0}DEFAULT COLLATE NOCASE,",
+        ),
+        1,
+        "table users: column username: collation BINARY expected, found NOCASE (comparisons, ORDER BY and UNIQUE follow it)",
+    );
+    expect_named(
+        "nbsp before CONSTRAINT hides nothing",
+        one,
+        replace(
+            "telegram_id BIGINT NOT NULL,",
+            "telegram_id BIGINT \u{a0}CONSTRAINT NOT NULL ON CONFLICT IGNORE,",
+        ),
+        1,
+        "table users: column telegram_id: NOT NULL without ON CONFLICT expected, found ON CONFLICT IGNORE (an insert that breaks it is skipped silently instead of failing)",
+    );
+}
+
+#[test]
+fn a_string_literal_as_the_referenced_table_keeps_the_deferral() {
+    expect_named(
+        "string literal parent, deferred",
+        &handwritten(3),
+        replace(
+            "REFERENCES USERS (ID) ON DELETE CASCADE",
+            "REFERENCES 'users' (ID) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED",
+        ),
+        3,
+        "foreign key (user_id) -> users(id): ON DELETE CASCADE expected, found ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED",
+    );
+}
+
+#[test]
+fn a_double_quoted_default_and_datetime_now_are_true_equivalents() {
+    let one = revision_one();
+    expect_equivalent(
+        "DEFAULT \"0\"",
+        one,
+        replace("DEFAULT 0 NOT NULL", "DEFAULT \"0\" NOT NULL"),
+        1,
+    );
+    expect_equivalent(
+        "DEFAULT (datetime('now'))",
+        one,
+        replace("DEFAULT CURRENT_TIMESTAMP", "DEFAULT (DateTime( 'NOW' ))"),
+        1,
+    );
+    expect_named(
+        "DEFAULT \"1\"",
+        one,
+        replace("DEFAULT 0 NOT NULL", "DEFAULT \"1\" NOT NULL"),
+        1,
+        "column is_admin: default 0 expected, found 1",
+    );
+    expect_named(
+        "DEFAULT (datetime('now', 'localtime'))",
+        one,
+        replace(
+            "DEFAULT CURRENT_TIMESTAMP",
+            "DEFAULT (datetime('now', 'localtime'))",
+        ),
+        1,
+        "column created_at: default CURRENT_TIMESTAMP expected",
+    );
+}

@@ -44,6 +44,35 @@ pub enum Error {
         /// The folder.
         path: PathBuf,
     },
+    /// `restore` of the live database onto itself.
+    #[error(
+        "{file} is the live database itself ({path}); nothing was changed. Restore a backup: a copy made with `bot db backup FILE`"
+    )]
+    SameFile {
+        /// The file given to restore.
+        file: PathBuf,
+        /// The live database.
+        path: PathBuf,
+    },
+    /// The path is neither a regular file nor a folder (a FIFO, a device, a socket).
+    #[error(
+        "{path} is {kind}, not a SQLite database file; point DATABASE_PATH at the database file; nothing was changed"
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words.
+        kind: &'static str,
+    },
+    /// The disk (or the file size limit) is full: SQLite could not write.
+    #[error(
+        "{path}: the disk holding {} is full (or the file size limit was reached), so SQLite could not write; nothing was changed. Free some space and retry",
+        folder_of(.path).display()
+    )]
+    DiskFull {
+        /// The file SQLite was writing.
+        path: PathBuf,
+    },
     /// The file starts like a SQLite database but is shorter than its header says.
     #[error(
         "{path}: the database file is damaged: {}; nothing was written to it",
@@ -342,6 +371,7 @@ impl Error {
                 | Error::WrongDirection { .. }
                 | Error::UnknownRevision { .. }
                 | Error::EmptySource { .. }
+                | Error::SameFile { .. }
                 | Error::MissingFolder { .. }
                 | Error::ReadOnly { .. }
                 | Error::NeedsRecovery { .. }
@@ -354,6 +384,7 @@ impl Error {
             self,
             Error::NotADatabase { .. }
                 | Error::Folder { .. }
+                | Error::NotAFile { .. }
                 | Error::Truncated { .. }
                 | Error::Corrupt { .. }
                 | Error::IntegrityCheck { .. }
@@ -372,6 +403,19 @@ impl Error {
                 detail: e.to_string(),
             },
             Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
+            Some(ErrorCode::DiskFull) => Error::DiskFull { path },
+            // A `-wal` without its `-shm`, in a folder this user may not create one in: only a
+            // connection that may write recovers it.
+            Some(ErrorCode::CannotOpen)
+                if std::fs::metadata(beside(&path, "-wal")).is_ok_and(|m| m.len() > 0)
+                    && !beside(&path, "-shm").exists() =>
+            {
+                Error::NeedsRecovery {
+                    path,
+                    kind: Recovery::Wal,
+                    cause: None,
+                }
+            }
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy {
                 path,
                 holder: LockHolder::Writer,

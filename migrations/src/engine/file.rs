@@ -45,11 +45,16 @@ fn non_empty(path: &Path) -> bool {
 }
 
 /// The size of the file at `path`, or `None` when there is none in an existing folder.
-/// Refuses a folder, and a path whose folder does not exist.
+/// Refuses a folder, anything else that is not a regular file (a FIFO, a device, a socket:
+/// symlinks followed), and a path whose folder does not exist.
 pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Err(Error::Folder {
             path: path.to_owned(),
+        }),
+        Ok(meta) if !meta.is_file() => Err(Error::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(&meta),
         }),
         Ok(meta) => Ok(Some(meta.len())),
         Err(e)
@@ -83,6 +88,23 @@ pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
             path: path.to_owned(),
             cause,
         }),
+    }
+}
+
+/// What a path that is neither a regular file nor a folder is, in words.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -133,7 +155,10 @@ pub(super) fn check_header(path: &Path, len: u64) -> Result<(), Error> {
     let change_counter = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
     let pages = u32::from_be_bytes(header[28..32].try_into().expect("4 bytes"));
     let valid_for = u32::from_be_bytes(header[92..96].try_into().expect("4 bytes"));
-    if pages > 0 && valid_for == change_counter && u64::from(pages) * page_size > len {
+    // In WAL mode the pages a checkpoint has not yet written (or could not write, on a full
+    // disk) are in the `-wal`, and page 1 may already name them: the size says nothing then.
+    let wal = (header[18] == 2 && header[19] == 2) || beside(path, "-wal").exists();
+    if !wal && pages > 0 && valid_for == change_counter && u64::from(pages) * page_size > len {
         return Err(Error::Truncated {
             path: path.to_owned(),
             len,

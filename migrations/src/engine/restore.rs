@@ -43,6 +43,12 @@ impl Database {
     /// see the same database, and no other process writes in between. The live file keeps its
     /// inode, owner and mode.
     pub fn restore_from(&mut self, source: &Path, force: bool) -> Result<Restored, Error> {
+        if same_file(source, &self.path) {
+            return Err(Error::SameFile {
+                file: source.to_owned(),
+                path: self.path.clone(),
+            });
+        }
         let info = inspect_copy(source)?;
         let source_tables = {
             let copy = Database::open_read_only(source)?.expect("checked above");
@@ -138,12 +144,15 @@ fn restore(
         // transactions (exclusive locking mode), through the copy of what is replaced and the
         // restore, until the connection closes.
         conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        // From here this connection holds the write lock: a lock that keeps it waiting is
+        // another process's read transaction.
         let counted = conn
             .pragma_update(None, "locking_mode", "EXCLUSIVE")
             .and_then(|()| count_tables(&conn))
-            .map_err(err);
+            .map_err(|e| err(e).blocked_by_readers());
         // Nothing was changed: the commit ends the transaction, and the lock is kept.
-        conn.execute_batch("COMMIT").map_err(err)?;
+        conn.execute_batch("COMMIT")
+            .map_err(|e| err(e).blocked_by_readers())?;
         let replaced = decide(&conn, counted?)?;
         let done = Backup::new(&from, &mut conn)
             .and_then(|backup| backup.step(-1))
@@ -162,6 +171,15 @@ fn restore(
             }
             Err(busy(path, LockHolder::Readers))
         }
+    }
+}
+
+/// Whether `a` and `b` are the same file (device and inode, symlinks followed).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -432,7 +432,30 @@ mod tests {
                 "d DATETIME DEFAULT CURRENT_TIMESTAMP",
                 "d DATETIME DEFAULT (datetime('now'))"
             ),
-            vec!["table t: column d: default CURRENT_TIMESTAMP expected, found datetime('now')"]
+            none
+        );
+        assert_eq!(
+            same(
+                "d DATETIME DEFAULT CURRENT_DATE",
+                "d DATETIME DEFAULT (date('now'))"
+            ),
+            none
+        );
+        assert_eq!(
+            same(
+                "d DATETIME DEFAULT CURRENT_TIMESTAMP",
+                "d DATETIME DEFAULT (datetime('now', 'utc'))"
+            ),
+            vec![
+                "table t: column d: default CURRENT_TIMESTAMP expected, found datetime('now', 'utc')"
+            ]
+        );
+        assert_eq!(same("f NUMERIC DEFAULT 0", "f NUMERIC DEFAULT \"0\""), none);
+        assert_eq!(same("s TEXT DEFAULT 'Ab'", "s TEXT DEFAULT [Ab]"), none);
+        assert_eq!(same("s TEXT DEFAULT 'abc'", "s TEXT DEFAULT abc"), none);
+        assert_eq!(
+            same("s TEXT DEFAULT 'ab'", "s TEXT DEFAULT \"Ab\""),
+            vec!["table t: column s: default 'ab' expected, found 'Ab'"]
         );
     }
 
@@ -518,6 +541,34 @@ mod tests {
         assert!(!alias(
             "CREATE TABLE t (id INTEGER, k INT, PRIMARY KEY (id, k))"
         ));
+    }
+
+    #[test]
+    fn only_a_table_of_a_skipped_name_is_skipped() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY);
+             CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
+             CREATE INDEX ix_sm ON schema_migrations (version);
+             CREATE TRIGGER on_history AFTER INSERT ON schema_migrations BEGIN DELETE FROM users; END;
+             CREATE TRIGGER alembic_version AFTER INSERT ON users BEGIN SELECT 1; END;
+             CREATE VIEW schema_history AS SELECT id FROM users;",
+        )
+        .unwrap();
+        let schema = read(
+            &conn,
+            &["schema_migrations", "schema_history", "alembic_version"],
+        )
+        .unwrap();
+        assert_eq!(schema.tables.keys().collect::<Vec<_>>(), vec!["users"]);
+        assert_eq!(
+            schema.views.keys().collect::<Vec<_>>(),
+            vec!["schema_history"]
+        );
+        assert_eq!(
+            schema.triggers.keys().collect::<Vec<_>>(),
+            vec!["alembic_version", "on_history"]
+        );
     }
 
     #[test]

@@ -18,13 +18,15 @@ struct Entry {
 }
 
 /// Reads the normalized schema of every table, view and trigger but SQLite's own and the
-/// tables named in `skip` (with their triggers).
+/// tables named in `skip` (with their indexes). Only a *table* of such a name is skipped: a
+/// view or a trigger is read whatever its name, and so is a trigger on a skipped table (it
+/// fires when the history is written).
 pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
-    let skipped = |name: &str| {
+    let internal = |name: &str| {
         name.get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"))
-            || skip.iter().any(|s| s.eq_ignore_ascii_case(name))
     };
+    let skipped_table = |name: &str| skip.iter().any(|s| s.eq_ignore_ascii_case(name));
     let mut statement =
         conn.prepare("SELECT type, name, tbl_name, sql FROM main.sqlite_schema ORDER BY name")?;
     let entries: Vec<Entry> = statement
@@ -59,8 +61,22 @@ pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
         .collect();
     let mut evaluator = DefaultEvaluator::default();
     let mut schema = Schema::default();
+    // The skipped tables that are tables (a view may have a history table's name).
+    let skipped_tables: Vec<String> = entries
+        .iter()
+        .filter(|e| e.kind == "table" && skipped_table(&e.name))
+        .map(|e| e.name.to_lowercase())
+        .collect();
     for entry in &entries {
-        if skipped(&entry.name) || skipped(&entry.table) {
+        if internal(&entry.name) || internal(&entry.table) {
+            continue;
+        }
+        let skipped = match entry.kind.as_str() {
+            "table" => skipped_tables.contains(&entry.name.to_lowercase()),
+            "index" => skipped_tables.contains(&entry.table.to_lowercase()),
+            _ => false,
+        };
+        if skipped {
             continue;
         }
         let key = entry.name.to_lowercase();
@@ -241,11 +257,14 @@ fn read_indexes(
             "pk" => primary_key_index = true,
             "u" => {
                 let names: Vec<String> = keys.iter().map(|k| key_column(k)).collect();
+                // SQLite makes one index of several UNIQUE clauses with the same keys, with
+                // the one conflict clause among them that is not the default (two different
+                // ones are an error).
                 let conflict = clauses
                     .unique
                     .iter()
-                    .find(|u| u.columns == names)
-                    .and_then(|u| u.conflict.clone());
+                    .filter(|u| u.columns == names)
+                    .find_map(|u| u.conflict.clone());
                 table.unique.push(Unique {
                     columns: keys,
                     conflict,
@@ -369,6 +388,55 @@ fn resolve_implied_references(schema: &mut Schema) {
     }
 }
 
+/// The string literal SQLite makes of a default written as a bare or quoted name with no
+/// brackets (`DEFAULT "Ab"` stores `'Ab'`, case kept); `None` for anything else, and for the
+/// words that are not names there (NULL, TRUE, FALSE, CURRENT_TIMESTAMP...).
+fn bare_name_as_string(raw: &str, token: &Token) -> Option<String> {
+    let text = match token {
+        Token::Quoted(_) => {
+            let open = raw.chars().next()?;
+            let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+            match open {
+                '[' => inner.to_owned(),
+                '"' => inner.replace("\"\"", "\""),
+                '`' => inner.replace("``", "`"),
+                _ => return None,
+            }
+        }
+        Token::Word(w)
+            if !matches!(
+                w.as_str(),
+                "null" | "true" | "false" | "current_date" | "current_time" | "current_timestamp"
+            ) =>
+        {
+            raw.to_owned()
+        }
+        _ => return None,
+    };
+    Some(format!("'{}'", text.replace('\'', "''")))
+}
+
+/// `datetime('now')`, `date('now')` and `time('now')` store what `CURRENT_TIMESTAMP`,
+/// `CURRENT_DATE` and `CURRENT_TIME` store (SQLite implements the keywords as these very
+/// calls, on the same statement time): the keyword they read as.
+fn current_time_keyword(tokens: &[Token]) -> Option<&'static str> {
+    let [Token::Word(function), open, Token::Str(argument), close] = tokens else {
+        return None;
+    };
+    if *open != Token::Punct("(")
+        || *close != Token::Punct(")")
+        || !argument.eq_ignore_ascii_case("'now'")
+    {
+        return None;
+    }
+    match function.as_str() {
+        "datetime" => Some("CURRENT_TIMESTAMP"),
+        "date" => Some("CURRENT_DATE"),
+        "time" => Some("CURRENT_TIME"),
+        _ => None,
+    }
+}
+
 /// Works out what an insert stores for a constant default, by asking SQLite: the default is
 /// converted by the column's affinity like any inserted value, so `FALSE`, `0`, `0.0` and
 /// `'0'` all store the integer 0 in a NUMERIC column, while a TEXT column stores `'0'` for
@@ -382,7 +450,14 @@ impl DefaultEvaluator {
     /// The normalized default: `None` for NULL, the stored value (`quote()`) for a constant,
     /// the canonical text for an expression (CURRENT_TIMESTAMP, a function call...).
     fn normalize(&mut self, raw: &str, declared_type: &str, strict: bool) -> Option<String> {
-        let tokens = sql::tokenize(raw);
+        let mut tokens = sql::tokenize(raw);
+        // `DEFAULT "0"` and `DEFAULT abc` (a name with no brackets around it) are string
+        // literals to SQLite: `'0'` and `'abc'`, converted by the affinity like any other.
+        if let [token] = tokens.as_slice()
+            && let Some(literal) = bare_name_as_string(raw.trim(), token)
+        {
+            tokens = vec![Token::Str(literal)];
+        }
         let inner = sql::strip_outer_brackets(&tokens);
         let constant = inner.iter().all(|t| match t {
             Token::Number(_) | Token::Str(_) | Token::Blob(_) => true,
@@ -392,7 +467,7 @@ impl DefaultEvaluator {
         });
         let text = sql::canonical(inner);
         if !constant {
-            return Some(text);
+            return Some(current_time_keyword(inner).map_or(text, str::to_owned));
         }
         // The answer depends only on the constant and the column's type: ask SQLite once per
         // process (a revision's schema and the live one share most defaults).

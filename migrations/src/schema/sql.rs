@@ -33,6 +33,21 @@ impl Token {
         }
     }
 
+    /// The identifier this token names where SQLite also takes a string literal as a name
+    /// (a column list, a referenced table, a collation): `'users'` names `users`.
+    pub(crate) fn name_or_string(&self) -> Option<String> {
+        match self {
+            Token::Str(s) => Some(
+                s.strip_prefix('\'')
+                    .and_then(|s| s.strip_suffix('\''))
+                    .unwrap_or(s)
+                    .replace("''", "'")
+                    .to_lowercase(),
+            ),
+            other => other.name().map(str::to_owned),
+        }
+    }
+
     /// Whether this is the bare word `word` (lower case).
     pub(crate) fn is(&self, word: &str) -> bool {
         matches!(self, Token::Word(w) if w == word)
@@ -58,7 +73,9 @@ pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
     let text = |from: usize, to: usize| chars[from..to].iter().collect::<String>();
     while i < chars.len() {
         let c = chars[i];
-        if c.is_whitespace() {
+        // SQLite's whitespace is these five ASCII characters only: any other character at or
+        // above U+0080 (a non-breaking space too) is part of a name.
+        if matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r') {
             i += 1;
         } else if c == '-' && chars.get(i + 1) == Some(&'-') {
             while i < chars.len() && chars[i] != '\n' {
@@ -430,10 +447,7 @@ pub(crate) fn parse_create_table(sql: &str) -> TableClauses {
 }
 
 fn parse_column(item: &[Token], clauses: &mut TableClauses) {
-    let name = match &item[0] {
-        Token::Str(s) => s.trim_matches('\'').to_lowercase(),
-        other => other.name().unwrap_or_default().to_owned(),
-    };
+    let name = item[0].name_or_string().unwrap_or_default();
     let mut column = ColumnClauses::default();
     // The type name: words, then an optional bracketed size.
     let mut i = 1;
@@ -537,11 +551,24 @@ fn collation_name(token: &Token) -> String {
     }
 }
 
-/// Names in a bracketed column list (each possibly with COLLATE and ASC/DESC after it).
+/// Names in a bracketed column list (each possibly with COLLATE and ASC/DESC after it); SQLite
+/// takes a string literal (`'a'`) and a bracketed name (`(a)`) as the column too.
 fn column_names(list: &[Token]) -> Vec<String> {
     split_top_level(list)
         .into_iter()
-        .filter_map(|part| part.first().and_then(Token::name).map(str::to_owned))
+        .filter_map(|part| {
+            let mut end = part.len();
+            if end > 0 && (part[end - 1].is("asc") || part[end - 1].is("desc")) {
+                end -= 1;
+            }
+            if end >= 2 && part[end - 2].is("collate") {
+                end -= 2;
+            }
+            match strip_outer_brackets(&part[..end]) {
+                [single] => single.name_or_string(),
+                _ => None,
+            }
+        })
         .collect()
 }
 
@@ -554,9 +581,8 @@ fn parse_references(
     let mut i = at + 1;
     let table = item
         .get(i)
-        .and_then(Token::name)
-        .unwrap_or_default()
-        .to_owned();
+        .and_then(Token::name_or_string)
+        .unwrap_or_default();
     i += 1;
     if item.get(i).is_some_and(|t| t.is_punct("(")) {
         i = bracketed(item, i).1;

@@ -124,8 +124,9 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         sections.push(deploy);
         sections.push(bot);
     }
-    let report = render(&sections, &args);
     let output = project::root().join(&args.output);
+    let earlier = std::fs::read_to_string(&output).unwrap_or_default();
+    let report = render(&sections, &args, &earlier);
     if let Some(folder) = output.parent() {
         std::fs::create_dir_all(folder)?;
     }
@@ -158,7 +159,38 @@ fn machine() -> String {
     format!("{cores} cores ({cpu})")
 }
 
-fn render(sections: &[Section], args: &Args) -> String {
+/// The sections of an earlier report (from its first `## ` heading on, one string each, with the
+/// date line of that report), for the groups this run did not measure.
+fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
+    let produced = earlier
+        .lines()
+        .find(|l| l.starts_with("Produced by"))
+        .and_then(|l| l.split(" on ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("an earlier run")
+        .to_owned();
+    let mut out = Vec::new();
+    for chunk in earlier.split("\n## ").skip(1) {
+        let title = chunk.lines().next().unwrap_or("").trim();
+        let title = title.split(" (from the run of").next().unwrap_or(title);
+        // A group's section may be renamed ("Migration engine: how cost grows"): the part
+        // before a colon names the group.
+        let group = |t: &str| t.split(':').next().unwrap_or(t).trim().to_owned();
+        if measured.iter().any(|m| group(m) == group(title)) {
+            continue;
+        }
+        let body = chunk.split_once('\n').map_or("", |(_, b)| b);
+        let note = if chunk.lines().next().unwrap_or("").contains("(from the run of") {
+            chunk.lines().next().unwrap_or("").to_owned()
+        } else {
+            format!("{title} (from the run of {produced})")
+        };
+        out.push(format!("\n## {note}\n{}", body.trim_end_matches('\n')).to_owned() + "\n");
+    }
+    out
+}
+
+fn render(sections: &[Section], args: &Args, earlier: &str) -> String {
     let mut command = String::from("cargo xtask bench");
     if !args.only.is_empty() {
         command.push_str(&format!(" --only {}", args.only.join(",")));
@@ -175,7 +207,7 @@ fn render(sections: &[Section], args: &Args) -> String {
         .map(|o| o.stdout.trim().to_owned())
         .unwrap_or_default();
     let mut out = format!(
-        "# Benchmarks\n\nProduced by `{command}` on {date}, {}. Every number below comes from that one run; run it again to refresh this file.\n",
+        "# Benchmarks\n\nProduced by `{command}` on {date}, {}. Every number below comes from that one run, except in sections marked with the run they come from (a run with `--only` keeps the other sections); run `cargo xtask bench` to refresh them all.\n",
         machine()
     );
     for section in sections {
@@ -195,5 +227,28 @@ fn render(sections: &[Section], args: &Args) -> String {
             ));
         }
     }
+    let measured: Vec<&str> = sections.iter().map(|s| s.title.as_str()).collect();
+    for section in earlier_sections(earlier, &measured) {
+        out.push_str(&section);
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_run_keeps_the_other_groups_sections_and_says_from_when() {
+        let earlier = "# Benchmarks\n\nProduced by `cargo xtask bench` on 2026-11-25T07:40Z, 2 cores.\n\n## Migration engine\n\nold engine\n\n## Deploy\n\ndeploy rows\n\n## Bot (from the run of 2026-11-20T00:00Z)\n\nbot rows\n";
+        let kept = earlier_sections(earlier, &["Migration engine: how cost grows"]);
+        assert_eq!(
+            kept,
+            vec![
+                "\n## Deploy (from the run of 2026-11-25T07:40Z)\n\ndeploy rows\n".to_owned(),
+                "\n## Bot (from the run of 2026-11-20T00:00Z)\n\nbot rows\n".to_owned(),
+            ]
+        );
+        assert!(earlier_sections("", &["Deploy"]).is_empty());
+    }
 }

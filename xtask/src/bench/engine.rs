@@ -1,7 +1,10 @@
-//! The migration engine against the tools people use: `bot db status` against `alembic current`
-//! on the same file, the `users` rebuild against the `sqlite3` shell running the same SQL, and
-//! `adopt` on a 1 GB database.
+//! The migration engine, and how its cost grows with the database: `bot db status`, `adopt`, the
+//! revision-4 `users` rebuild and `backup` at 10k to 10M users, each beside the tool a person
+//! would use instead, on the same file: `alembic current`, `PRAGMA quick_check` in the `sqlite3`
+//! shell, the shell running the same rebuild SQL, and the shell's `.backup`.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,31 +16,470 @@ use super::{Measurement, Section, bot_binary, median, show, time, work_dir};
 use crate::process;
 use crate::project;
 
-const REBUILD_USERS: u64 = 1_000_000;
-const ADOPT_BYTES: u64 = 1 << 30;
+/// The sizes measured, in users.
+const SIZES: [u64; 4] = [10_000, 100_000, 1_000_000, 10_000_000];
+/// Rows of `command_log` per user in the generated databases.
+const LOG_ROWS_PER_USER: u64 = 2;
+/// Part of the generated databases' names: bump it when the generator changes, so that a
+/// database made by an older generator is not measured again.
+const GENERATOR: u32 = 1;
+/// Timed runs of the commands whose cost does not grow with the file (`status` and
+/// `alembic current`): cheap, and a few milliseconds need more samples to settle.
+const QUICK_RUNS: usize = 21;
+/// The target for `status`.
+const STATUS_LIMIT: Duration = Duration::from_millis(5);
+/// The target for `adopt`, as a ratio to `PRAGMA quick_check` alone.
+const ADOPT_RATIO: f64 = 1.2;
+/// The target for the rebuild, as a ratio to the `sqlite3` shell running the same SQL.
+const REBUILD_RATIO: f64 = 1.0;
+/// Files an older version of this benchmark left in its folder.
+const OLD_FILES: [&str; 5] = [
+    "current.db",
+    "large.db",
+    "rebuild.db",
+    "rebuild-template.db",
+    "rebuild-template.partial.db",
+];
+
+/// Timed runs of the commands whose cost grows with the file.
+fn runs(users: u64) -> usize {
+    if users >= 1_000_000 { 3 } else { 5 }
+}
+
+/// What is measured at each size.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Status,
+    Adopt,
+    Rebuild,
+    Backup,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Status, Op::Adopt, Op::Rebuild, Op::Backup];
+
+    fn ours(self) -> &'static str {
+        match self {
+            Op::Status => "`bot db status`",
+            Op::Adopt => "`bot db adopt`",
+            Op::Rebuild => "`bot db upgrade` (the `users` rebuild, revision 3 to 4)",
+            Op::Backup => "`bot db backup`",
+        }
+    }
+
+    fn theirs(self) -> &'static str {
+        match self {
+            Op::Status => "`alembic current`",
+            Op::Adopt => "`sqlite3`: `PRAGMA quick_check`",
+            Op::Rebuild => "`sqlite3` running the same SQL",
+            Op::Backup => "`sqlite3`: `.backup`",
+        }
+    }
+
+    fn target(self) -> String {
+        match self {
+            Op::Status => format!("under {} ms", STATUS_LIMIT.as_millis()),
+            Op::Adopt => format!("within {ADOPT_RATIO:.1}x"),
+            Op::Rebuild => format!("within {REBUILD_RATIO:.1}x"),
+            Op::Backup => "(ratio reported)".into(),
+        }
+    }
+}
+
+/// One cell of the growth table: a command and its comparison at one size.
+struct Cell {
+    op: Op,
+    users: u64,
+    bytes: u64,
+    ours: Duration,
+    theirs: Duration,
+}
+
+impl Cell {
+    fn ratio(&self) -> f64 {
+        self.ours.as_secs_f64() / self.theirs.as_secs_f64()
+    }
+
+    fn met(&self) -> bool {
+        match self.op {
+            Op::Status => self.ours < STATUS_LIMIT,
+            Op::Adopt => self.ratio() <= ADOPT_RATIO,
+            Op::Rebuild => self.ratio() <= REBUILD_RATIO,
+            Op::Backup => true,
+        }
+    }
+
+    fn measurement(&self) -> Measurement {
+        Measurement {
+            name: format!(
+                "{} at {} users ({})",
+                self.op.ours(),
+                label(self.users),
+                size(self.bytes)
+            ),
+            ours: format!("{} ({:.2}x)", show(self.ours), self.ratio()),
+            baseline: format!("{}: {}", self.op.theirs(), show(self.theirs)),
+            target: self.op.target(),
+            met: self.met(),
+        }
+    }
+}
+
+/// The tools and files every measurement uses.
+struct Bench {
+    bot: PathBuf,
+    sqlite3: PathBuf,
+    alembic: Alembic,
+    dir: PathBuf,
+    /// The rebuild as the `sqlite3` shell runs it (a file it `.read`s).
+    rebuild_sql: PathBuf,
+}
 
 /// Runs the engine benchmarks.
 pub fn run(sh: &Shell) -> anyhow::Result<Section> {
+    let started = Instant::now();
+    let load_before = load();
     let bot = bot_binary(sh)?;
     let sqlite3 = sqlite3(sh)?;
+    let version = process::run(cmd!(sh, "{sqlite3} --version"), "sqlite3 --version")?
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned();
     let dir = work_dir().join("engine");
     std::fs::create_dir_all(&dir)?;
-    let mut rows = Vec::new();
-    rows.extend(status_against_alembic(sh, &bot, &sqlite3, &dir)?);
-    rows.extend(rebuild_against_sqlite3(&bot, &sqlite3, &dir)?);
-    rows.push(adopt_on_a_large_file(&bot, &sqlite3, &dir)?);
+    for old in OLD_FILES {
+        let old = dir.join(old);
+        if old.exists() {
+            eprintln!(
+                "engine: removing {}, left by an older benchmark",
+                old.display()
+            );
+            fresh(&old);
+        }
+    }
+    let alembic = alembic(sh, &dir)?;
+    let rebuild_sql = dir.join("rebuild.sql");
+    std::fs::write(&rebuild_sql, rebuild_script()?)?;
+    let bench = Bench {
+        bot,
+        sqlite3,
+        alembic,
+        dir,
+        rebuild_sql,
+    };
+    let mut cells = Vec::new();
+    let mut generating = Duration::ZERO;
+    let mut kept = 0;
+    for users in SIZES {
+        let (template, took) = template(&bench, users)?;
+        generating += took;
+        let bytes = std::fs::metadata(&template)?.len();
+        kept += bytes;
+        for op in Op::ALL {
+            let (ours, theirs) = match op {
+                Op::Status => bench.status(&template, users)?,
+                Op::Adopt => bench.adopt(&template, users)?,
+                Op::Rebuild => bench.rebuild(&template, users)?,
+                Op::Backup => bench.backup(&template, users)?,
+            };
+            let cell = Cell {
+                op,
+                users,
+                bytes,
+                ours,
+                theirs,
+            };
+            eprintln!(
+                "engine: {} users: {} {} against {} {} ({:.2}x)",
+                label(users),
+                op.ours(),
+                show(ours),
+                op.theirs(),
+                show(theirs),
+                cell.ratio()
+            );
+            cells.push(cell);
+        }
+    }
+    let rows = Op::ALL
+        .iter()
+        .flat_map(|&op| cells.iter().filter(move |c| c.op == op))
+        .map(Cell::measurement)
+        .collect();
     Ok(Section {
-        title: "Migration engine".into(),
-        method: format!(
-            "Each command is a whole process, timed from spawn to exit; the median of several runs. `bot` is the static release binary the image ships. Alembic is installed from PyPI into `target/bench/venv` by the benchmark; `sqlite3` is the system's shell ({}).",
-            process::run(cmd!(sh, "{sqlite3} --version"), "sqlite3 --version")?
-                .stdout
-                .split_whitespace()
-                .next()
-                .unwrap_or("?")
+        title: "Migration engine: how cost grows".into(),
+        method: method(
+            &version,
+            &bench.alembic.versions,
+            kept,
+            generating,
+            started.elapsed(),
+            (load_before, load()),
         ),
         rows,
     })
+}
+
+fn method(
+    sqlite3: &str,
+    alembic: &str,
+    kept: u64,
+    generating: Duration,
+    took: Duration,
+    (load_before, load_after): (String, String),
+) -> String {
+    format!(
+        "Each command and its comparison run on the same database at each size: {sizes} users at revision 3 (the `users` table of the old app plus `language_code` and `last_seen_at`; rows like `user123`, `First123`, `Last123`, one admin in 100, timestamps; {LOG_ROWS_PER_USER} `command_log` rows per user; the `schema_history` of `bot db upgrade` then `downgrade --to 3`; and an Alembic `alembic_version` at `r0003`). The databases are generated once by the `sqlite3` shell in one transaction (`journal_mode=OFF`, `synchronous=OFF`) and kept in `target/bench/engine/` ({kept} for the four; made again only when missing or no longer read as revision 3); working copies are deleted after each size.\n\n\
+         Both sides are whole processes timed from spawn to exit, with default settings (rollback journal, `synchronous=FULL`): `bot` is the static release binary the image ships; `sqlite3` is the system's shell ({sqlite3}); Alembic ({alembic}) is installed from PyPI into `target/bench/venv`, with an Alembic project whose four revisions mirror ours. The two sides alternate, each run once untimed first so that the page cache is warm for both; a cell is the median of {QUICK_RUNS} runs for `status` and `alembic current`, and of 5 runs (3 at 1M and 10M users) for the others. The ratio is ours divided by the comparison.\n\n\
+         - `status`: `bot db status` against `alembic current`, both reading the same file.\n\
+         - `adopt`: `bot db adopt` on a copy of the database whose `schema_history` is dropped (untimed) before each run, so each run checks the file, reads the schema, matches it to revision 3 and writes the history; against `sqlite3 FILE 'PRAGMA quick_check'` on the same copy.\n\
+         - rebuild: `bot db upgrade` (revision 3 to 4, `migrations/sql/0004_users_rebuild.up.sql`) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, doing what the engine does: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision 4), `COMMIT`. Each run, on either side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run `bot db status` must read the result as current at revision 4.\n\
+         - `backup`: `bot db backup DEST` (online backup API, then `integrity_check` of the copy) against `sqlite3 -readonly FILE '.backup DEST'`, from the kept database to a new file each run.\n\n\
+         This run of the section took {} (generating databases: {}); the load average (1 minute) was {load_before} at its start and {load_after} at its end: other work on the machine shows in the millisecond cells.",
+        long(took),
+        long(generating),
+        sizes = SIZES.map(label).join(", "),
+        kept = size(kept),
+    )
+}
+
+impl Bench {
+    fn status(&self, db: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
+        let ini = self.alembic.ini(&self.dir, users, db)?;
+        let ini = ini.to_str().context("a UTF-8 path")?;
+        pair(
+            QUICK_RUNS,
+            || bot_db(&self.bot, db, &["status"]),
+            || time(&self.alembic.program, &["-c", ini, "current"], &[]),
+        )
+    }
+
+    fn adopt(&self, template: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
+        let db = self.dir.join("work-adopt.db");
+        warm_copy(template, &db)?;
+        let text = path_str(&db)?;
+        let result = pair(
+            runs(users),
+            || {
+                sql(&self.sqlite3, &db, "DROP TABLE schema_history;")?;
+                bot_db(&self.bot, &db, &["adopt"])
+            },
+            || time(&self.sqlite3, &[text, "PRAGMA quick_check;"], &[]),
+        );
+        fresh(&db);
+        result
+    }
+
+    fn rebuild(&self, template: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
+        let db = self.dir.join("work-rebuild.db");
+        let text = path_str(&db)?;
+        let read = format!(".read '{}'", path_str(&self.rebuild_sql)?);
+        let result = pair(
+            runs(users),
+            || {
+                warm_copy(template, &db)?;
+                let took = bot_db(&self.bot, &db, &["upgrade"])?;
+                self.expect_current(&db)?;
+                Ok(took)
+            },
+            || {
+                warm_copy(template, &db)?;
+                let took = time(&self.sqlite3, &["-bail", text, &read], &[])?;
+                self.expect_current(&db)?;
+                Ok(took)
+            },
+        );
+        fresh(&db);
+        result
+    }
+
+    fn backup(&self, template: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
+        let dest = self.dir.join("work-backup.db");
+        let text = path_str(&dest)?;
+        let backup = format!(".backup '{text}'");
+        let source = path_str(template)?;
+        let result = pair(
+            runs(users),
+            || {
+                fresh(&dest);
+                bot_db(&self.bot, template, &["backup", text])
+            },
+            || {
+                fresh(&dest);
+                time(&self.sqlite3, &["-readonly", source, &backup], &[])
+            },
+        );
+        fresh(&dest);
+        result
+    }
+
+    /// Fails unless `bot db status` reads `db` as current at revision 4: both sides of the
+    /// rebuild must leave the same result.
+    fn expect_current(&self, db: &Path) -> anyhow::Result<()> {
+        let (state, version) = state(&self.bot, db)?;
+        if state != "current" || version != Some(4) {
+            bail!(
+                "after the rebuild, {} is {state} at revision {version:?}, not current at 4",
+                db.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Times `ours` and `theirs` alternately, `runs` times each, after one untimed run of each (so
+/// that the page cache is warm for both); returns the medians. What a closure does besides
+/// the timed process (preparing a fresh copy, checking the result) is not timed.
+fn pair(
+    runs: usize,
+    mut ours: impl FnMut() -> anyhow::Result<Duration>,
+    mut theirs: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<(Duration, Duration)> {
+    ours()?;
+    theirs()?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        a.push(ours()?);
+        b.push(theirs()?);
+    }
+    Ok((median(a), median(b)))
+}
+
+/// The database of `users` users at revision 3, generated when missing or when `bot db status`
+/// no longer reads it as revision 3 (e.g. a migration file changed). Returns it and how long
+/// generating it took.
+fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
+    let db = bench
+        .dir
+        .join(format!("revision3-{}-g{GENERATOR}.db", label(users)));
+    if db.exists() {
+        match state(&bench.bot, &db) {
+            Ok((state, Some(3))) if state == "behind" => return Ok((db, Duration::ZERO)),
+            Ok((state, version)) => eprintln!(
+                "engine: {} is {state} at revision {version:?}, not revision 3: making it again",
+                db.display()
+            ),
+            Err(e) => eprintln!(
+                "engine: {} is unreadable ({e:#}): making it again",
+                db.display()
+            ),
+        }
+    }
+    let started = Instant::now();
+    eprintln!(
+        "engine: generating a database of {} users at revision 3",
+        label(users)
+    );
+    let partial = db.with_extension("partial.db");
+    fresh(&partial);
+    bot_db(&bench.bot, &partial, &["upgrade"])?;
+    bot_db(&bench.bot, &partial, &["downgrade", "--to", "3"])?;
+    let log_rows = users * LOG_ROWS_PER_USER;
+    sql(
+        &bench.sqlite3,
+        &partial,
+        &format!(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -1048576;
+             BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {users})
+             INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, created_at, language_code, last_seen_at)
+             SELECT 100000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0,
+                    datetime(1600000000 + i * 10, 'unixepoch'), 'en',
+                    datetime(1700000000 + (i * 7919) % 30000000, 'unixepoch')
+             FROM n;
+             WITH RECURSIVE n(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM n WHERE j < {log_rows} - 1)
+             INSERT INTO command_log (user_id, command, used_at)
+             SELECT (j * 7919) % {users} + 1,
+                    CASE j % 3 WHEN 0 THEN '/start' WHEN 1 THEN '/stats' ELSE '/help' END,
+                    datetime(1700000000 + j * 30000000 / {log_rows}, 'unixepoch')
+             FROM n;
+             CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));
+             INSERT INTO alembic_version VALUES ('r0003');
+             COMMIT;"
+        ),
+    )?;
+    File::open(&partial)?.sync_all()?;
+    let (state, version) = state(&bench.bot, &partial)?;
+    if state != "behind" || version != Some(3) {
+        bail!(
+            "the generated {} is {state} at revision {version:?}, not revision 3",
+            partial.display()
+        );
+    }
+    std::fs::rename(&partial, &db)?;
+    Ok((db, started.elapsed()))
+}
+
+/// What the engine runs for revision 4, as a script for the `sqlite3` shell: the same SQL in
+/// one transaction with the same foreign key handling and the same history row.
+fn rebuild_script() -> anyhow::Result<String> {
+    let m = migrations::migration(4).context("no migration 4")?;
+    let on_disk = std::fs::read_to_string(project::root().join("migrations/sql").join(m.file))?;
+    if on_disk != m.up {
+        bail!(
+            "migrations/sql/{} changed since xtask was built: run the benchmark again",
+            m.file
+        );
+    }
+    Ok(format!(
+        "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nPRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES ({}, '{}', '{}', 'applied');\nCOMMIT;\n",
+        m.up,
+        m.version,
+        m.name,
+        m.checksum()
+    ))
+}
+
+/// `bot db status --json` of `db`: its state and revision.
+fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
+    let output = Command::new(bot)
+        .args(["db", "status", "--json"])
+        .env("DATABASE_PATH", db)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", bot.display()))?;
+    if !output.status.success() {
+        bail!(
+            "bot db status on {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("bot db status --json on {}", db.display()))?;
+    Ok((
+        value["state"].as_str().unwrap_or("?").to_owned(),
+        value["version"].as_u64(),
+    ))
+}
+
+/// The 1-minute load average.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Copies `from` to a new file `to` through the page cache (read and write: no in-kernel copy
+/// that could leave the copy uncached), then flushes it: the copy starts warm and clean.
+fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fresh(to);
+    let mut source = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let mut copy =
+        File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = source.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        copy.write_all(&buffer[..n])?;
+    }
+    copy.sync_all()?;
+    Ok(())
 }
 
 /// The `sqlite3` shell, installed from the distribution when missing.
@@ -47,19 +489,25 @@ fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
     {
         return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
     }
-    eprintln!("installing sqlite3 (apt-get) for the floor measurement");
+    eprintln!("installing sqlite3 (apt-get) for the comparison");
     process::run(cmd!(sh, "apt-get install -y sqlite3"), "installing sqlite3")?;
     Ok(PathBuf::from("/usr/bin/sqlite3"))
 }
 
+/// Runs a script in the `sqlite3` shell (untimed); fails when it prints an error.
 fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
     let mut child = Command::new(sqlite3)
+        .arg("-bail")
         .arg(db)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    std::io::Write::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
     let output = child.wait_with_output()?;
     if !output.status.success() || !output.stderr.is_empty() {
         bail!(
@@ -77,69 +525,76 @@ fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
     time(bot, &all, &[("DATABASE_PATH", db)])
 }
 
+/// Removes a database and what SQLite keeps beside it.
 fn fresh(db: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
 
-fn status_against_alembic(
-    sh: &Shell,
-    bot: &Path,
-    sqlite3: &Path,
-    dir: &Path,
-) -> anyhow::Result<Vec<Measurement>> {
-    let db = dir.join("current.db");
-    fresh(&db);
-    bot_db(bot, &db, &["upgrade"])?;
-    sql(
-        sqlite3,
-        &db,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
-         INSERT INTO users (telegram_id, username, first_name) SELECT i, 'user' || i, 'Name' FROM n;
-         CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY);
-         INSERT INTO alembic_version VALUES ('r0004');",
-    )?;
-    let alembic = alembic(sh, dir, &db)?;
-    let ours = median(
-        (0..31)
-            .map(|_| bot_db(bot, &db, &["status", "--json"]))
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let ini = dir.join("alembic/alembic.ini");
-    let theirs = median(
-        (0..7)
-            .map(|_| {
-                time(
-                    &alembic,
-                    &["-c", ini.to_str().expect("UTF-8 path"), "current"],
-                    &[],
-                )
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-    Ok(vec![
-        Measurement {
-            name: "`bot db status` on a current database (10,000 users)".into(),
-            ours: show(ours),
-            baseline: format!("`alembic current`: {}", show(theirs)),
-            target: "under 20 ms".into(),
-            met: ours < Duration::from_millis(20),
-        },
-        Measurement {
-            name: "`bot db status` against `alembic current`".into(),
-            ours: format!("{ratio:.0}x faster"),
-            baseline: "same file".into(),
-            target: "at least 20x faster".into(),
-            met: ratio >= 20.0,
-        },
-    ])
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-/// Installs Alembic in a virtual environment and writes an Alembic project whose four revisions
-/// mirror ours, pointed at `db`. Returns the `alembic` program.
-fn alembic(sh: &Shell, dir: &Path, db: &Path) -> anyhow::Result<PathBuf> {
+/// A long duration as shown: 21 min 4 s.
+fn long(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds < 60 {
+        show(duration)
+    } else {
+        format!("{} min {} s", seconds / 60, seconds % 60)
+    }
+}
+
+/// A number of users as shown: 10k, 1M.
+fn label(users: u64) -> String {
+    match users {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// A file size as shown.
+fn size(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 1000.0 {
+        format!("{:.2} GB", mb / 1000.0)
+    } else {
+        format!("{mb:.1} MB")
+    }
+}
+
+/// Alembic, installed in a virtual environment, and a project whose four revisions mirror
+/// ours.
+struct Alembic {
+    program: PathBuf,
+    /// `script_location` of the project.
+    scripts: PathBuf,
+    /// "alembic A.B.C, SQLAlchemy X.Y.Z".
+    versions: String,
+}
+
+impl Alembic {
+    /// An `alembic.ini` pointed at `db`.
+    fn ini(&self, dir: &Path, users: u64, db: &Path) -> anyhow::Result<PathBuf> {
+        let ini = dir.join(format!("alembic/alembic-{}.ini", label(users)));
+        std::fs::write(
+            &ini,
+            format!(
+                "[alembic]\nscript_location = {}\nsqlalchemy.url = sqlite:///{}\n",
+                self.scripts.display(),
+                db.display()
+            ),
+        )?;
+        Ok(ini)
+    }
+}
+
+/// Installs Alembic in a virtual environment (once) and writes an Alembic project whose four
+/// revisions mirror ours.
+fn alembic(sh: &Shell, dir: &Path) -> anyhow::Result<Alembic> {
     let venv = work_dir().join("venv");
     let program = venv.join("bin/alembic");
     if !program.exists() {
@@ -154,137 +609,37 @@ fn alembic(sh: &Shell, dir: &Path, db: &Path) -> anyhow::Result<PathBuf> {
             "installing Alembic",
         )?;
     }
-    let project = dir.join("alembic");
-    let versions = project.join("env/versions");
-    std::fs::create_dir_all(&versions)?;
+    let python = venv.join("bin/python");
+    let code = "import alembic, sqlalchemy; print('alembic', alembic.__version__ + ', SQLAlchemy', sqlalchemy.__version__)";
+    let versions = process::run(cmd!(sh, "{python} -c {code}"), "reading Alembic's version")?
+        .stdout
+        .trim()
+        .to_owned();
+    let scripts = dir.join("alembic/env");
+    let revisions = scripts.join("versions");
+    std::fs::create_dir_all(&revisions)?;
     std::fs::write(
-        project.join("alembic.ini"),
-        format!(
-            "[alembic]\nscript_location = {}\nsqlalchemy.url = sqlite:///{}\n",
-            project.join("env").display(),
-            db.display()
-        ),
-    )?;
-    std::fs::write(
-        project.join("env/env.py"),
+        scripts.join("env.py"),
         "from alembic import context\nfrom sqlalchemy import engine_from_config, pool\n\nconfig = context.config\nengine = engine_from_config(config.get_section(config.config_ini_section), prefix='sqlalchemy.', poolclass=pool.NullPool)\nwith engine.connect() as connection:\n    context.configure(connection=connection, target_metadata=None)\n    with context.begin_transaction():\n        context.run_migrations()\n",
     )?;
-    let sql_dir = project::root().join("migrations/sql");
     for k in 1..=4u32 {
-        let up = std::fs::read_dir(&sql_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{k:04}_")) && n.ends_with(".up.sql"))
-            })
-            .with_context(|| format!("no migration {k}"))?;
+        let m = migrations::migration(k).with_context(|| format!("no migration {k}"))?;
         let down = if k == 1 {
             "None".to_owned()
         } else {
             format!("'r{:04}'", k - 1)
         };
         std::fs::write(
-            versions.join(format!("r{k:04}.py")),
+            revisions.join(format!("r{k:04}.py")),
             format!(
                 "from alembic import op\n\nrevision = 'r{k:04}'\ndown_revision = {down}\nbranch_labels = None\ndepends_on = None\n\nSQL = {:?}\n\ndef upgrade():\n    for statement in SQL.split(';'):\n        if statement.strip():\n            op.execute(statement)\n\ndef downgrade():\n    pass\n",
-                std::fs::read_to_string(&up)?
+                m.up
             ),
         )?;
     }
-    Ok(program)
-}
-
-fn rebuild_against_sqlite3(
-    bot: &Path,
-    sqlite3: &Path,
-    dir: &Path,
-) -> anyhow::Result<Vec<Measurement>> {
-    let template = dir.join("rebuild-template.db");
-    if !template.exists() {
-        eprintln!("creating a database of {REBUILD_USERS} users at revision 3");
-        let partial = dir.join("rebuild-template.partial.db");
-        fresh(&partial);
-        bot_db(bot, &partial, &["upgrade"])?;
-        bot_db(bot, &partial, &["downgrade", "--to", "3"])?;
-        sql(
-            sqlite3,
-            &partial,
-            &format!(
-                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {REBUILD_USERS})
-                 INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, language_code, last_seen_at)
-                 SELECT 100000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0, 'en', datetime('now') FROM n;
-                 INSERT INTO command_log (user_id, command) SELECT id, '/start' FROM users WHERE id % 4 = 0;"
-            ),
-        )?;
-        std::fs::rename(&partial, &template)?;
-    }
-    let up =
-        std::fs::read_to_string(project::root().join("migrations/sql/0004_users_rebuild.up.sql"))?;
-    // The floor: the same SQL in the same transaction, with the same foreign key handling.
-    let floor_sql = format!(
-        "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{up}\nPRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES (4, 'users_rebuild', 'x', 'applied');\nCOMMIT;\n"
-    );
-    let copy = dir.join("rebuild.db");
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        fresh(&copy);
-        std::fs::copy(&template, &copy)?;
-        ours.push(bot_db(bot, &copy, &["upgrade"])?);
-        fresh(&copy);
-        std::fs::copy(&template, &copy)?;
-        let started = Instant::now();
-        sql(sqlite3, &copy, &floor_sql)?;
-        floor.push(started.elapsed());
-    }
-    fresh(&copy);
-    let (ours, floor) = (median(ours), median(floor));
-    let ratio = ours.as_secs_f64() / floor.as_secs_f64();
-    Ok(vec![Measurement {
-        name: format!("`users` rebuild (revision 4) on {REBUILD_USERS} users, `bot db upgrade`"),
-        ours: format!("{} ({ratio:.2}x the floor)", show(ours)),
-        baseline: format!("`sqlite3` running the same SQL: {}", show(floor)),
-        target: "within 1.2x".into(),
-        met: ratio <= 1.2,
-    }])
-}
-
-fn adopt_on_a_large_file(bot: &Path, sqlite3: &Path, dir: &Path) -> anyhow::Result<Measurement> {
-    let db = dir.join("large.db");
-    if std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) < ADOPT_BYTES {
-        eprintln!("creating a 1 GB database of the old app's schema");
-        fresh(&db);
-        let rows = ADOPT_BYTES / 280;
-        sql(
-            sqlite3,
-            &db,
-            &format!(
-                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-                 {}
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
-                 INSERT INTO users (telegram_id, username, first_name, last_name, is_admin)
-                 SELECT i, 'user' || i, hex(randomblob(60)), hex(randomblob(60)), i % 100 = 0 FROM n;",
-                std::fs::read_to_string(project::root().join("migrations/sql/0001_initial.up.sql"))?
-            ),
-        )?;
-    }
-    let bytes = std::fs::metadata(&db)?.len();
-    let mut samples = Vec::new();
-    for _ in 0..9 {
-        sql(sqlite3, &db, "DROP TABLE IF EXISTS schema_history;")?;
-        samples.push(bot_db(bot, &db, &["adopt"])?);
-    }
-    sql(sqlite3, &db, "DROP TABLE IF EXISTS schema_history;")?;
-    let ours = median(samples);
-    Ok(Measurement {
-        name: format!(
-            "`bot db adopt` on a {:.2} GB database",
-            bytes as f64 / f64::from(1u32 << 30)
-        ),
-        ours: show(ours),
-        baseline: String::new(),
-        target: "under 100 ms".into(),
-        met: ours < Duration::from_millis(100),
+    Ok(Alembic {
+        program,
+        scripts,
+        versions,
     })
 }

@@ -180,7 +180,12 @@ fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
             continue;
         }
         let body = chunk.split_once('\n').map_or("", |(_, b)| b);
-        let note = if chunk.lines().next().unwrap_or("").contains("(from the run of") {
+        let note = if chunk
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("(from the run of")
+        {
             chunk.lines().next().unwrap_or("").to_owned()
         } else {
             format!("{title} (from the run of {produced})")

@@ -334,26 +334,21 @@ impl Database {
     /// damaged file. It does not see an index that disagrees with its table (a row changed
     /// in place), nor a broken UNIQUE constraint: [`Database::integrity_check`] does.
     pub fn quick_check(&self) -> Result<(), Error> {
-        let detail: String = self
-            .conn
-            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
-            .map_err(|e| self.err(e))?;
-        if detail != "ok" {
-            return Err(Error::Corrupt {
-                path: self.path.clone(),
-                detail,
-            });
-        }
-        Ok(())
+        self.check_with("PRAGMA quick_check(1)")
     }
 
     /// Runs `PRAGMA integrity_check` (slower than [`Database::quick_check`]: it also checks
     /// that every index agrees with its table, row by row, and that UNIQUE and NOT NULL
     /// hold): refuses a damaged file.
     pub fn integrity_check(&self) -> Result<(), Error> {
+        self.check_with("PRAGMA integrity_check(1)")
+    }
+
+    /// Runs a checking pragma whose first row is `ok` on a sound file, else what is wrong.
+    fn check_with(&self, pragma: &str) -> Result<(), Error> {
         let detail: String = self
             .conn
-            .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))
+            .query_row(pragma, [], |row| row.get(0))
             .map_err(|e| self.err(e))?;
         if detail != "ok" {
             return Err(Error::Corrupt {

@@ -1,6 +1,10 @@
 //! `bot db ...` as a process: every state's message and exit code, nothing changed by a
 //! refusal, two upgrades at once, and SIGKILL in the middle of the `users` rebuild.
 
+mod common;
+
+use common::{Dir, bot, ok, run, show, sql};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,61 +14,6 @@ use rusqlite::Connection;
 const REFUSED: i32 = 3;
 const BAD_FILE: i32 = 4;
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("bot-db-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("bot_database.db")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn bot(db: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bot"));
-    command
-        .args(args)
-        .env("DATABASE_PATH", db)
-        .env_remove("BOT_TOKEN")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(db: &Path, args: &[&str]) -> Output {
-    bot(db, args).output().unwrap()
-}
-
-fn show(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let output = run(db, &all);
-    assert!(output.status.success(), "{args:?}: {}", show(&output));
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&output)))
-}
-
-/// Runs `args`, expects exit `code` with `needle` in the message (on stderr, and in the JSON
-/// object with `--json`), and the database file byte-for-byte as before.
 fn refused(db: &Path, args: &[&str], code: i32, needle: &str) {
     refused_by(db, args, code, &[needle], &|_| {});
 }
@@ -132,10 +81,6 @@ fn refused_by(db: &Path, args: &[&str], code: i32, needles: &[&str], setup: &dyn
         "{args:?} changed {} or a file beside it",
         db.display()
     );
-}
-
-fn sql(db: &Path, sql: &str) {
-    Connection::open(db).unwrap().execute_batch(sql).unwrap();
 }
 
 const REVISION_1: &str = include_str!("../../migrations/sql/0001_initial.up.sql");

@@ -3,9 +3,13 @@
 //! where the shell is not installed) on a copy of a drifted database, leaves a schema that
 //! `bot db status` says matches revision N, with every row kept.
 
+mod common;
+
+use common::{Dir, ok, run, show, sql};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -16,63 +20,6 @@ const BAD_FILE: i32 = 4;
 const REVISION_1: &str = include_str!("../../migrations/sql/0001_initial.up.sql");
 const REVISION_2: &str = include_str!("../../migrations/sql/0002_user_activity.up.sql");
 const REVISION_3: &str = include_str!("../../migrations/sql/0003_command_log.up.sql");
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("bot-diff-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("bot_database.db")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bot"))
-        .args(args)
-        .env("DATABASE_PATH", db)
-        .env_remove("BOT_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn show(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn ok(db: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let output = run(db, &all);
-    assert!(output.status.success(), "{args:?}: {}", show(&output));
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&output)))
-}
-
-fn sql(db: &Path, sql: &str) {
-    Connection::open(db).unwrap().execute_batch(sql).unwrap();
-}
 
 /// The database file and what lies beside it, byte for byte.
 fn snapshot(db: &Path) -> Vec<Option<Vec<u8>>> {

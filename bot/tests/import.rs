@@ -2,10 +2,14 @@
 //! imported and refused, a hot journal of a writer SIGKILLed mid-transaction and a WAL without
 //! its `-shm` recovered, and the old database never written.
 
+mod common;
+
+use common::{Dir, bot, ok, run, show, sql};
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OpenFlags};
@@ -22,64 +26,6 @@ const WRITER_ENV: &str = "BOT_IMPORT_TEST_WRITER";
 /// What the writer prints once its rows are written and not committed.
 const WRITER_READY: &str = "writer: in the transaction";
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("bot-import-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    /// A folder inside, created.
-    fn folder(&self, name: &str) -> PathBuf {
-        let folder = self.0.join(name);
-        std::fs::create_dir_all(&folder).unwrap();
-        folder
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn bot(db: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bot"));
-    command
-        .args(args)
-        .env("DATABASE_PATH", db)
-        .env_remove("BOT_TOKEN")
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(db: &Path, args: &[&str]) -> Output {
-    bot(db, args).output().unwrap()
-}
-
-fn show(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs `args` with `--json`, expects success, returns the object.
-fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let output = run(db, &all);
-    assert!(output.status.success(), "{args:?}: {}", show(&output));
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&output)))
-}
-
-/// Runs `args` with `--json`, expects exit `code` with every needle in the error; returns it.
 fn fails(db: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
     let mut all = args.to_vec();
     all.push("--json");
@@ -103,10 +49,6 @@ fn fails(db: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
         "{error}"
     );
     error
-}
-
-fn sql(db: &Path, sql: &str) {
-    Connection::open(db).unwrap().execute_batch(sql).unwrap();
 }
 
 /// The old app's database as its create-all left it, with `users` rows.

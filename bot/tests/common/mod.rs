@@ -1,0 +1,85 @@
+//! What the `bot db` integration tests share: a temporary folder, the real `bot` binary run on a
+//! database, and its output shown when an assertion fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rusqlite::Connection;
+
+/// A temporary folder of one test, removed when dropped.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    /// A new, empty folder named after the test.
+    pub fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("bot-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    /// The database file inside.
+    pub fn db(&self) -> PathBuf {
+        self.0.join("bot_database.db")
+    }
+
+    /// A path inside.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A folder inside, created.
+    pub fn folder(&self, name: &str) -> PathBuf {
+        let folder = self.0.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        folder
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `bot <args>` on `db`, without a token and without standard input.
+pub fn bot(db: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bot"));
+    command
+        .args(args)
+        .env("DATABASE_PATH", db)
+        .env_remove("BOT_TOKEN")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `bot <args>` on `db` to the end.
+pub fn run(db: &Path, args: &[&str]) -> Output {
+    bot(db, args).output().unwrap()
+}
+
+/// An output as a failed assertion shows it.
+pub fn show(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `args` with `--json`, expects success, returns the object.
+pub fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let output = run(db, &all);
+    assert!(output.status.success(), "{args:?}: {}", show(&output));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&output)))
+}
+
+/// Runs SQL on `db` directly.
+pub fn sql(db: &Path, sql: &str) {
+    Connection::open(db).unwrap().execute_batch(sql).unwrap();
+}

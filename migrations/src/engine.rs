@@ -15,6 +15,7 @@ use serde::Serialize;
 
 mod error;
 mod file;
+mod foreign_keys;
 mod restore;
 mod write;
 

@@ -438,6 +438,41 @@ fn the_users_rebuild_keeps_every_row_and_reference() {
 }
 
 #[test]
+fn rows_whose_parent_is_gone_stop_the_rebuild_and_are_named() {
+    // SQLAlchemy leaves SQLite's foreign keys off, so an old app can delete a user and keep
+    // their log rows: the rebuild must refuse, roll back whole and say which table.
+    let dir = TempDir::new("orphans");
+    let path = dir.file("bot.db");
+    at_revision(&path, 3);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         INSERT INTO users (id, telegram_id) VALUES (1, 10), (2, 20);
+         INSERT INTO command_log (user_id, command) VALUES (1, '/start'), (2, '/start'), (2, '/help'), (3, '/x');
+         DELETE FROM users WHERE id = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let err = db.upgrade(|_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignKeys { count: 3, table, at: 3, .. } if table == "command_log"),
+        "{err:?}"
+    );
+    let message = chain(&err);
+    assert!(message.contains("3 rows of table command_log"), "{message}");
+    assert!(message.contains("PRAGMA foreign_key_check"), "{message}");
+    drop(db);
+    assert_eq!(state(&path), (State::Behind, Some(3)));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+}
+
+#[test]
 fn a_failing_migration_is_rolled_back_whole() {
     let dir = TempDir::new("failing");
     let path = dir.file("bot.db");

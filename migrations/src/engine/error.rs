@@ -251,9 +251,9 @@ pub enum Error {
         #[source]
         cause: rusqlite::Error,
     },
-    /// A migration left rows that break foreign keys; rolled back.
+    /// After a migration, rows refer to parents that do not exist; rolled back.
     #[error(
-        "migration {file} left {count} rows that break foreign keys (first: table {table}); it was rolled back, the database is still at revision {at}"
+        "after migration {file}, {count} rows of table {table} refer to a row that does not exist (a foreign key SQLite was not enforcing, or the migration broke it); the migration was rolled back and the database is still at revision {at}; `PRAGMA foreign_key_check` in the sqlite3 shell lists the rows: delete or mend them, then run the upgrade again"
     )]
     ForeignKeys {
         /// The file.

@@ -5,6 +5,8 @@
 
 use rusqlite::Connection;
 
+use super::foreign_keys;
+
 use super::{
     Database, Error, HISTORY_TABLE, MIGRATIONS, Migration, State, Status, Upgrade, head, migration,
 };
@@ -252,20 +254,11 @@ impl Database {
 
     /// Fails when the transaction left rows that break a foreign key.
     fn check_foreign_keys(&self, file: &'static str, at: u32) -> Result<(), Error> {
-        let violations: Vec<String> = self
-            .conn
-            .prepare("PRAGMA foreign_key_check")
-            .and_then(|mut check| {
-                check
-                    .query_map([], |row| row.get::<_, String>(0))?
-                    .collect()
-            })
-            .map_err(|e| self.write_err(e))?;
-        match violations.first() {
-            Some(table) => Err(Error::ForeignKeys {
+        match foreign_keys::first_violation(&self.conn).map_err(|e| self.write_err(e))? {
+            Some((table, count)) => Err(Error::ForeignKeys {
                 file,
-                count: violations.len(),
-                table: table.clone(),
+                count,
+                table,
                 at,
             }),
             None => Ok(()),

@@ -52,17 +52,27 @@ enum Op {
     Status,
     Adopt,
     Rebuild,
+    /// The same run of `bot db upgrade`, beside the shell running the migration's SQL alone.
+    RebuildSqlOnly,
     Backup,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Status, Op::Adopt, Op::Rebuild, Op::Backup];
+    const ALL: [Op; 5] = [
+        Op::Status,
+        Op::Adopt,
+        Op::Rebuild,
+        Op::RebuildSqlOnly,
+        Op::Backup,
+    ];
 
     fn ours(self) -> &'static str {
         match self {
             Op::Status => "`bot db status`",
             Op::Adopt => "`bot db adopt`",
-            Op::Rebuild => "`bot db upgrade` (the `users` rebuild, revision 3 to 4)",
+            Op::Rebuild | Op::RebuildSqlOnly => {
+                "`bot db upgrade` (the `users` rebuild, revision 3 to 4)"
+            }
             Op::Backup => "`bot db backup`",
         }
     }
@@ -71,7 +81,8 @@ impl Op {
         match self {
             Op::Status => "`alembic current`",
             Op::Adopt => "`sqlite3`: `PRAGMA quick_check`",
-            Op::Rebuild => "`sqlite3` running the same SQL",
+            Op::Rebuild => "`sqlite3` running the same SQL with `PRAGMA foreign_key_check`",
+            Op::RebuildSqlOnly => "`sqlite3` running the migration's SQL alone, unchecked",
             Op::Backup => "`sqlite3`: `.backup`",
         }
     }
@@ -81,7 +92,7 @@ impl Op {
             Op::Status => format!("under {} ms", STATUS_LIMIT.as_millis()),
             Op::Adopt => format!("within {ADOPT_RATIO:.1}x"),
             Op::Rebuild => format!("within {REBUILD_RATIO:.1}x"),
-            Op::Backup => "(ratio reported)".into(),
+            Op::RebuildSqlOnly | Op::Backup => "(ratio reported)".into(),
         }
     }
 }
@@ -105,7 +116,7 @@ impl Cell {
             Op::Status => self.ours < STATUS_LIMIT,
             Op::Adopt => self.ratio() <= ADOPT_RATIO,
             Op::Rebuild => self.ratio() <= REBUILD_RATIO,
-            Op::Backup => true,
+            Op::RebuildSqlOnly | Op::Backup => true,
         }
     }
 
@@ -133,6 +144,8 @@ struct Bench {
     dir: PathBuf,
     /// The rebuild as the `sqlite3` shell runs it (a file it `.read`s).
     rebuild_sql: PathBuf,
+    /// The migration's SQL alone in one transaction, for the shell.
+    bare_sql: PathBuf,
 }
 
 /// Runs the engine benchmarks.
@@ -161,13 +174,16 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
     }
     let alembic = alembic(sh, &dir)?;
     let rebuild_sql = dir.join("rebuild.sql");
-    std::fs::write(&rebuild_sql, rebuild_script()?)?;
+    std::fs::write(&rebuild_sql, rebuild_script(true)?)?;
+    let bare_sql = dir.join("rebuild-sql-only.sql");
+    std::fs::write(&bare_sql, rebuild_script(false)?)?;
     let bench = Bench {
         bot,
         sqlite3,
         alembic,
         dir,
         rebuild_sql,
+        bare_sql,
     };
     let mut cells = Vec::new();
     let mut generating = Duration::ZERO;
@@ -177,11 +193,17 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
         generating += took;
         let bytes = std::fs::metadata(&template)?.len();
         kept += bytes;
+        let mut sql_only = None;
         for op in Op::ALL {
             let (ours, theirs) = match op {
                 Op::Status => bench.status(&template, users)?,
                 Op::Adopt => bench.adopt(&template, users)?,
-                Op::Rebuild => bench.rebuild(&template, users)?,
+                Op::Rebuild => {
+                    let (ours, checked, bare) = bench.rebuild(&template, users)?;
+                    sql_only = Some((ours, bare));
+                    (ours, checked)
+                }
+                Op::RebuildSqlOnly => sql_only.take().context("the rebuild runs first")?,
                 Op::Backup => bench.backup(&template, users)?,
             };
             let cell = Cell {
@@ -235,7 +257,7 @@ fn method(
          Both sides are whole processes timed from spawn to exit, with default settings (rollback journal, `synchronous=FULL`): `bot` is the static release binary the image ships; `sqlite3` is the system's shell ({sqlite3}); Alembic ({alembic}) is installed from PyPI into `target/bench/venv`, with an Alembic project whose four revisions mirror ours. The two sides alternate, each run once untimed first so that the page cache is warm for both; a cell is the median of {QUICK_RUNS} runs for `status` and `alembic current`, and of 5 runs (3 at 1M and 10M users) for the others. The ratio is ours divided by the comparison.\n\n\
          - `status`: `bot db status` against `alembic current`, both reading the same file.\n\
          - `adopt`: `bot db adopt` on a copy of the database whose `schema_history` is dropped (untimed) before each run, so each run checks the file, reads the schema, matches it to revision 3 and writes the history; against `sqlite3 FILE 'PRAGMA quick_check'` on the same copy.\n\
-         - rebuild: `bot db upgrade` (revision 3 to 4, `migrations/sql/0004_users_rebuild.up.sql`) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, doing what the engine does: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision 4), `COMMIT`. Each run, on either side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run `bot db status` must read the result as current at revision 4.\n\
+         - rebuild: `bot db upgrade` (revision 3 to 4, `migrations/sql/0004_users_rebuild.up.sql`) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, with the checks the engine makes: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision 4), `COMMIT`. The engine also runs `PRAGMA quick_check` before it writes, and checks foreign keys its own way: a one-column reference to a parent's rowid (here `command_log.user_id`) is checked by walking the child's distinct values in index order, each parent looked up once and in key order, where `foreign_key_check` seeks the parent of every child row in rowid order; any other reference, and any violation, goes to `foreign_key_check` itself (`migrations/src/engine/foreign_keys.rs`, whose tests hold the two to the same verdict on values of every type). A second row sets the same runs of `bot db upgrade` beside the shell running the migration's SQL alone (`PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the SQL, `COMMIT`: no check at all, no history row), to show what the checks cost. Each run, on any side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run of the first two `bot db status` must read the result as current at revision 4.\n\
          - `backup`: `bot db backup DEST` (online backup API, then `integrity_check` of the copy) against `sqlite3 -readonly FILE '.backup DEST'`, from the kept database to a new file each run.\n\n\
          This run of the section took {} (generating databases: {}); the load average (1 minute) was {load_before} at its start and {load_after} at its end: other work on the machine shows in the millisecond cells.",
         long(took),
@@ -272,10 +294,22 @@ impl Bench {
         result
     }
 
-    fn rebuild(&self, template: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
+    /// The rebuild by `bot db upgrade`, by the shell doing what the engine does, and by the
+    /// shell running the migration's SQL alone: the three alternate, each on a fresh copy.
+    fn rebuild(
+        &self,
+        template: &Path,
+        users: u64,
+    ) -> anyhow::Result<(Duration, Duration, Duration)> {
         let db = self.dir.join("work-rebuild.db");
         let text = path_str(&db)?;
         let read = format!(".read '{}'", path_str(&self.rebuild_sql)?);
+        let read_bare = format!(".read '{}'", path_str(&self.bare_sql)?);
+        let shell = |script: &str| -> anyhow::Result<Duration> {
+            warm_copy(template, &db)?;
+            time(&self.sqlite3, &["-bail", text, script], &[])
+        };
+        let mut bare = Vec::new();
         let result = pair(
             runs(users),
             || {
@@ -285,14 +319,16 @@ impl Bench {
                 Ok(took)
             },
             || {
-                warm_copy(template, &db)?;
-                let took = time(&self.sqlite3, &["-bail", text, &read], &[])?;
+                let took = shell(&read)?;
                 self.expect_current(&db)?;
+                bare.push(shell(&read_bare)?);
                 Ok(took)
             },
         );
         fresh(&db);
-        result
+        let (ours, checked) = result?;
+        // The first of `bare` is pair's untimed warm-up run.
+        Ok((ours, checked, median(bare.split_off(1))))
     }
 
     fn backup(&self, template: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
@@ -412,9 +448,10 @@ fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     Ok((db, started.elapsed()))
 }
 
-/// What the engine runs for revision 4, as a script for the `sqlite3` shell: the same SQL in
-/// one transaction with the same foreign key handling and the same history row.
-fn rebuild_script() -> anyhow::Result<String> {
+/// Revision 4 as a script for the `sqlite3` shell: the same SQL in one transaction, with
+/// (`checked`) the foreign key handling a person would add and the engine's history row, or
+/// without them.
+fn rebuild_script(checked: bool) -> anyhow::Result<String> {
     let m = migrations::migration(4).context("no migration 4")?;
     let on_disk = std::fs::read_to_string(project::root().join("migrations/sql").join(m.file))?;
     if on_disk != m.up {
@@ -422,6 +459,12 @@ fn rebuild_script() -> anyhow::Result<String> {
             "migrations/sql/{} changed since xtask was built: run the benchmark again",
             m.file
         );
+    }
+    if !checked {
+        return Ok(format!(
+            "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nCOMMIT;\n",
+            m.up
+        ));
     }
     Ok(format!(
         "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nPRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES ({}, '{}', '{}', 'applied');\nCOMMIT;\n",

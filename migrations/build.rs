@@ -1,6 +1,13 @@
-//! Compiles `sql/NNNN_<name>.up.sql` (and the optional `.down.sql`) into the crate, in order.
+//! Compiles `sql/NNNN_<name>.up.sql` (and the optional `.down.sql`) into the crate, in order,
+//! with the schema each revision produces: the migrations applied one by one to an in-memory
+//! database and read by the crate's own schema reader (`src/schema`, compiled into this script
+//! too), so that the engine never pays for it at run time.
 
 use std::{env, fs, path::Path};
+
+#[allow(dead_code, unused_imports)]
+#[path = "src/schema/mod.rs"]
+mod schema;
 
 fn main() {
     let dir = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("sql");
@@ -83,9 +90,25 @@ fn main() {
         ));
     }
     out.push_str("];\n");
-    fs::write(
-        Path::new(&env::var("OUT_DIR").unwrap()).join("migrations.rs"),
-        out,
-    )
-    .unwrap();
+    let out_dir = env::var("OUT_DIR").unwrap();
+    fs::write(Path::new(&out_dir).join("migrations.rs"), out).unwrap();
+    fs::write(Path::new(&out_dir).join("schemas.json"), schemas(&ups)).unwrap();
+}
+
+/// The schema of every revision from 0 (empty) to the last, as JSON: the migrations applied
+/// in order to one in-memory database, read after each.
+fn schemas(ups: &[(u32, String, String, String)]) -> String {
+    let conn = rusqlite::Connection::open_in_memory().expect("an in-memory SQLite database opens");
+    let mut schemas = vec![schema::Schema::default()];
+    for (version, _, file, path) in ups {
+        let sql = fs::read_to_string(path).unwrap_or_else(|e| panic!("migrations/sql/{file}: {e}"));
+        if let Err(e) = conn.execute_batch(&sql) {
+            panic!(
+                "migrations/sql/{file} does not apply on revision {}: {e}",
+                version - 1
+            );
+        }
+        schemas.push(schema::read(&conn, &[]).expect("the schema of an in-memory database reads"));
+    }
+    serde_json::to_string(&schemas).expect("a schema serializes")
 }

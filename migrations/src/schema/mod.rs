@@ -13,13 +13,13 @@ pub(crate) mod sql;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use diff::{Change, Difference, Object, Subject, TableOption, diff};
 pub use read::read;
 
 /// The structure of a database: tables, views and triggers, keyed by lower-case name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schema {
     /// Tables by lower-case name.
     pub tables: BTreeMap<String, Table>,
@@ -30,7 +30,7 @@ pub struct Schema {
 }
 
 /// One table's structure.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     /// Columns by lower-case name.
     pub columns: BTreeMap<String, Column>,
@@ -53,7 +53,7 @@ pub struct Table {
 }
 
 /// One column: what SQLite enforces of it, not how it was spelled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// The declared type as written (shown in messages; compared through its affinity).
     pub declared_type: String,
@@ -77,7 +77,7 @@ pub struct Column {
 }
 
 /// A UNIQUE constraint.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Unique {
     /// Its keys: a column name, with ` COLLATE X` when it compares unlike the column and ` DESC`.
     pub columns: Vec<String>,
@@ -86,7 +86,7 @@ pub struct Unique {
 }
 
 /// An index created with CREATE INDEX.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
     /// Its keys in order: a column name or a canonical expression, with ` COLLATE X` when it
     /// compares unlike the column and ` DESC` when sorted descending.
@@ -98,7 +98,7 @@ pub struct Index {
 }
 
 /// A foreign key constraint.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ForeignKey {
     /// Referencing columns.
     pub columns: Vec<String>,
@@ -115,14 +115,14 @@ pub struct ForeignKey {
 }
 
 /// A view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
     /// Its `CREATE VIEW` statement, canonical.
     pub sql: String,
 }
 
 /// A trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
     /// The table (or view) it fires on, lower case.
     pub table: String,
@@ -151,7 +151,7 @@ pub fn dropped_tables(sql: &str) -> BTreeSet<String> {
 }
 
 /// SQLite's type affinity (sqlite.org/datatype3.html, section 3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Affinity {
     /// INT in the type name.

@@ -199,7 +199,9 @@ pub fn locked_and_recorded(
     let _lock = if args.dry_run {
         None
     } else {
-        Some(DeployLock::acquire(&state_dir, task, &started)?)
+        Some(DeployLock::acquire(
+            sh, &project, &state_dir, task, &started,
+        )?)
     };
     let mut record = Record {
         time: started.clone(),

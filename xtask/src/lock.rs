@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use xshell::Shell;
 
 use crate::exit;
 
@@ -36,8 +37,14 @@ pub fn operator() -> String {
 }
 
 impl DeployLock {
-    /// Takes the lock in `dir` for `task`, or fails at once naming the holder.
-    pub fn acquire(dir: &Path, task: &str, since: &str) -> anyhow::Result<DeployLock> {
+    /// Takes the lock of `project` for `task`, or fails at once naming the holder.
+    pub fn acquire(
+        _sh: &Shell,
+        _project: &str,
+        dir: &Path,
+        task: &str,
+        since: &str,
+    ) -> anyhow::Result<DeployLock> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join("deploy.lock");
         let mut file = OpenOptions::new()
@@ -87,11 +94,15 @@ impl DeployLock {
 mod tests {
     use super::*;
 
+    fn acquire(dir: &Path, task: &str, since: &str) -> anyhow::Result<DeployLock> {
+        DeployLock::acquire(&Shell::new().unwrap(), "p", dir, task, since)
+    }
+
     #[test]
     fn a_second_holder_is_refused_naming_the_first_and_a_released_lock_is_free() {
         let dir = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
-        let first = DeployLock::acquire(&dir, "prod-full-update", "20261125T070000Z").unwrap();
-        let error = DeployLock::acquire(&dir, "prod-migrate", "20261125T070001Z")
+        let first = acquire(&dir, "prod-full-update", "20261125T070000Z").unwrap();
+        let error = acquire(&dir, "prod-migrate", "20261125T070001Z")
             .err()
             .unwrap();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Locked);
@@ -103,7 +114,7 @@ mod tests {
         );
         assert!(message.contains("since 20261125T070000Z"), "{message}");
         drop(first);
-        DeployLock::acquire(&dir, "prod-migrate", "20261125T070002Z").unwrap();
+        acquire(&dir, "prod-migrate", "20261125T070002Z").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -123,7 +134,7 @@ mod tests {
             .expect("python3 runs");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match DeployLock::acquire(&dir, "prod-migrate", "T") {
+            match acquire(&dir, "prod-migrate", "T") {
                 Err(e) => {
                     assert_eq!(exit::code_of(&e), exit::ExitCode::Locked);
                     break;
@@ -140,7 +151,7 @@ mod tests {
         }
         holder.kill().unwrap();
         holder.wait().unwrap();
-        DeployLock::acquire(&dir, "prod-migrate", "T").expect("the dead holder's lock is free");
+        acquire(&dir, "prod-migrate", "T").expect("the dead holder's lock is free");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -238,11 +238,11 @@ fn read_entries(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Vec<Entry>
     let shadow: BTreeSet<String> = conn
         .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")?
         .query_map([], |row| row.get::<_, String>(0))?
-        .map(|name| name.map(|n| n.to_lowercase()))
+        .map(|name| name.map(|n| n.to_ascii_lowercase()))
         .collect::<Result<_, _>>()?;
     let left_out = |name: &str| {
         is_internal(name)
-            || shadow.contains(&name.to_lowercase())
+            || shadow.contains(&name.to_ascii_lowercase())
             || skip.iter().any(|s| s.eq_ignore_ascii_case(name))
     };
     let mut statement = conn.prepare(
@@ -251,8 +251,8 @@ fn read_entries(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Vec<Entry>
     let rows = statement.query_map([], |row| {
         Ok(Entry {
             kind: row.get(0)?,
-            name: row.get::<_, String>(1)?.to_lowercase(),
-            table: row.get::<_, String>(2)?.to_lowercase(),
+            name: row.get::<_, String>(1)?.to_ascii_lowercase(),
+            table: row.get::<_, String>(2)?.to_ascii_lowercase(),
             sql: row.get(3)?,
         })
     })?;
@@ -453,7 +453,7 @@ impl<'a> TableText<'a> {
                     .iter()
                     .any(|k| first.is(k));
                 let name = match first {
-                    Token::Str(s) => s.trim_matches('\'').to_lowercase(),
+                    Token::Str(s) => s.trim_matches('\'').to_ascii_lowercase(),
                     other => other.name()?.to_owned(),
                 };
                 (!constraint).then_some((name, item))

@@ -473,6 +473,43 @@ fn rows_whose_parent_is_gone_stop_the_rebuild_and_are_named() {
 }
 
 #[test]
+fn what_writing_the_history_row_does_is_checked_too() {
+    // A history table someone gave a column whose default refers to no user: the row the
+    // engine writes for revision 4 would break a foreign key, so the step is refused whole.
+    let dir = TempDir::new("history-fk");
+    let path = dir.file("bot.db");
+    at_revision(&path, 3);
+    let conn = Connection::open(&path).unwrap();
+    // Rebuilt so that the rows already there hold NULL (ADD COLUMN would give them 999).
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE new_history (version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,
+             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+             how TEXT NOT NULL CHECK (how IN ('applied', 'stamped', 'forced')),
+             by_user INTEGER DEFAULT 999 REFERENCES users (id));
+         INSERT INTO new_history SELECT version, name, checksum, applied_at, how, NULL FROM {HISTORY_TABLE};
+         DROP TABLE {HISTORY_TABLE};
+         ALTER TABLE new_history RENAME TO {HISTORY_TABLE};"
+    ))
+    .unwrap();
+    assert_eq!(state(&path), (State::Behind, Some(3)));
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let mut db = Database::open(&path).unwrap();
+    let err = db.upgrade(|_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignKeys { table, at: 3, .. } if table == HISTORY_TABLE),
+        "{err:?}"
+    );
+    drop(db);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+}
+
+#[test]
 fn a_failing_migration_is_rolled_back_whole() {
     let dir = TempDir::new("failing");
     let path = dir.file("bot.db");

@@ -18,27 +18,39 @@ use crate::schema::{self, Schema, sql::quote_name};
 /// `None` when every reference holds.
 pub(super) fn first_violation(conn: &Connection) -> rusqlite::Result<Option<(String, usize)>> {
     let schema = schema::read(conn, &[])?;
-    for (name, table) in &schema.tables {
-        let fast: Option<Vec<String>> = table
-            .foreign_keys
-            .iter()
-            .map(|key| rowid_reference_check(&schema, name, key))
-            .collect();
-        let holds = match fast {
-            Some(queries) => queries.iter().try_fold(true, |holds, query| {
-                Ok::<_, rusqlite::Error>(holds && !conn.query_row(query, [], |row| row.get(0))?)
-            })?,
-            None => false,
-        };
+    // Every table SQLite has, as its own check walks them: the schema reader leaves some out
+    // (a virtual table's shadow tables, SQLite's own), and those are checked by SQLite.
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' ORDER BY name")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in tables {
+        let walks: Option<Vec<String>> =
+            schema
+                .tables
+                .get(&name.to_ascii_lowercase())
+                .and_then(|table| {
+                    table
+                        .foreign_keys
+                        .iter()
+                        .map(|key| rowid_reference_check(&schema, &name, key))
+                        .collect()
+                });
+        // A walk that cannot run (a collation this process does not have, say) proves
+        // nothing: SQLite's check decides.
+        let holds = walks.is_some_and(|queries| {
+            queries.iter().all(|query| {
+                conn.query_row(query, [], |row| row.get::<_, bool>(0))
+                    .is_ok_and(|missing| !missing)
+            })
+        });
         if !holds {
-            let count = pragma_violations(conn, name)?;
+            let count = pragma_violations(conn, &name)?;
             if count > 0 {
-                return Ok(Some((name.clone(), count)));
+                return Ok(Some((name, count)));
             }
         }
     }
-    // Tables the schema reader does not list (SQLite's own) have no foreign keys; a check of
-    // every table, as SQLite does it, covers anything this walk could miss by construction.
     Ok(None)
 }
 
@@ -94,12 +106,9 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        tables.first().map(|first| {
-            (
-                first.to_lowercase(),
-                tables.iter().filter(|t| *t == first).count(),
-            )
-        })
+        tables
+            .first()
+            .map(|first| (first.clone(), tables.iter().filter(|t| *t == first).count()))
     }
 
     #[test]
@@ -182,6 +191,64 @@ mod tests {
             Some(("command_log".to_owned(), 2))
         );
         assert_eq!(first_violation(&conn).unwrap(), sqlite_says(&conn));
+    }
+
+    #[test]
+    fn names_that_differ_only_in_non_ascii_case_are_different_columns() {
+        // SQLite folds ASCII letters only: "é" and "É" are two columns.
+        let conn = database(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+             CREATE TABLE t (\"é\" INTEGER, \"É\" INTEGER REFERENCES users (id));
+             INSERT INTO t VALUES (1, 999);",
+        );
+        assert_eq!(first_violation(&conn).unwrap(), Some(("t".to_owned(), 1)));
+        let clean = database(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+             CREATE TABLE t (\"Ö\" INTEGER REFERENCES users (id)); INSERT INTO t VALUES (1);",
+        );
+        assert_eq!(first_violation(&clean).unwrap(), None);
+        let parent = database(
+            "CREATE TABLE p (\"é\" INTEGER, \"É\" INTEGER PRIMARY KEY); INSERT INTO p VALUES (7, 1);
+             CREATE TABLE c (x INTEGER REFERENCES p (\"É\")); INSERT INTO c VALUES (7);",
+        );
+        assert_eq!(first_violation(&parent).unwrap(), sqlite_says(&parent));
+        assert!(first_violation(&parent).unwrap().is_some());
+    }
+
+    #[test]
+    fn tables_the_schema_reader_leaves_out_are_checked_too() {
+        // An FTS5 table's shadow tables are not part of the schema the engine matches, but
+        // SQLite checks their foreign keys, and so must the engine.
+        let conn = database(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY);
+             CREATE VIRTUAL TABLE docs USING fts5(body, content='');
+             CREATE TABLE docs_content (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users (id));
+             INSERT INTO docs_content (user_id) VALUES (42), (43);",
+        );
+        assert_eq!(
+            first_violation(&conn).unwrap(),
+            Some(("docs_content".to_owned(), 2))
+        );
+    }
+
+    #[test]
+    fn a_collation_this_process_lacks_leaves_the_verdict_to_sqlite() {
+        let maker = Connection::open_in_memory().unwrap();
+        maker
+            .create_collation("appcoll", |a: &str, b: &str| a.cmp(b))
+            .unwrap();
+        maker
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+                 CREATE TABLE t (v TEXT COLLATE appcoll REFERENCES users (id));
+                 INSERT INTO t VALUES ('1');",
+            )
+            .unwrap();
+        maker.remove_collation("appcoll").unwrap();
+        assert_eq!(first_violation(&maker).unwrap(), None);
+        maker.execute_batch("INSERT INTO t VALUES ('2')").unwrap();
+        assert_eq!(first_violation(&maker).unwrap(), Some(("t".to_owned(), 1)));
     }
 
     #[test]

@@ -230,7 +230,6 @@ impl Database {
                     Error::Sqlite { cause, .. } => Error::MigrationFailed { file, at, cause },
                     other => other,
                 })?;
-            db.check_foreign_keys(file, at)?;
             let err = |e| db.write_err(e);
             create_history_table(&db.conn).map_err(err)?;
             match direction {
@@ -244,6 +243,9 @@ impl Database {
                 ),
             }
             .map_err(err)?;
+            // After the history row: whatever writing it does (a default, a trigger) is checked
+            // too.
+            db.check_foreign_keys(file, at)?;
             Ok((status, Some(m.version)))
         });
         self.conn

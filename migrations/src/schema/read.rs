@@ -44,7 +44,7 @@ pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
     let table_options: BTreeMap<String, (String, bool, bool)> = options
         .query_map([], |row| {
             Ok((
-                row.get::<_, String>(0)?.to_lowercase(),
+                row.get::<_, String>(0)?.to_ascii_lowercase(),
                 (
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)? != 0,
@@ -57,7 +57,7 @@ pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
     let index_sql: BTreeMap<String, &str> = entries
         .iter()
         .filter(|e| e.kind == "index")
-        .filter_map(|e| Some((e.name.to_lowercase(), e.sql.as_deref()?)))
+        .filter_map(|e| Some((e.name.to_ascii_lowercase(), e.sql.as_deref()?)))
         .collect();
     let mut evaluator = DefaultEvaluator::default();
     let mut schema = Schema::default();
@@ -65,21 +65,21 @@ pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
     let skipped_tables: Vec<String> = entries
         .iter()
         .filter(|e| e.kind == "table" && skipped_table(&e.name))
-        .map(|e| e.name.to_lowercase())
+        .map(|e| e.name.to_ascii_lowercase())
         .collect();
     for entry in &entries {
         if internal(&entry.name) || internal(&entry.table) {
             continue;
         }
         let skipped = match entry.kind.as_str() {
-            "table" => skipped_tables.contains(&entry.name.to_lowercase()),
-            "index" => skipped_tables.contains(&entry.table.to_lowercase()),
+            "table" => skipped_tables.contains(&entry.name.to_ascii_lowercase()),
+            "index" => skipped_tables.contains(&entry.table.to_ascii_lowercase()),
             _ => false,
         };
         if skipped {
             continue;
         }
-        let key = entry.name.to_lowercase();
+        let key = entry.name.to_ascii_lowercase();
         let text = entry.sql.as_deref().unwrap_or_default();
         match entry.kind.as_str() {
             "table" => {
@@ -113,7 +113,7 @@ pub fn read(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Schema> {
                 schema.triggers.insert(
                     key,
                     Trigger {
-                        table: entry.table.to_lowercase(),
+                        table: entry.table.to_ascii_lowercase(),
                         sql: sql::canonical_text(text),
                     },
                 );
@@ -152,7 +152,7 @@ fn read_table(
         if hidden == 1 {
             continue; // a virtual table's hidden column
         }
-        let column_name: String = row.get::<_, String>(0)?.to_lowercase();
+        let column_name: String = row.get::<_, String>(0)?.to_ascii_lowercase();
         let declared_type: String = row.get(1)?;
         let default: Option<String> = row.get(3)?;
         let written = clauses.column(&column_name);
@@ -206,7 +206,7 @@ fn read_indexes(
     let mut primary_key_index = false;
     for (index_name, unique, origin) in indexes {
         let written = index_sql
-            .get(&index_name.to_lowercase())
+            .get(&index_name.to_ascii_lowercase())
             .map(|text| sql::parse_create_index(text))
             .unwrap_or_default();
         let rows: Vec<(i64, Option<String>, bool, Option<String>)> = key_columns
@@ -227,7 +227,7 @@ fn read_indexes(
                 let (mut key, natural) = match (cid, column) {
                     (-1, _) => ("rowid".to_owned(), "BINARY".to_owned()),
                     (_, Some(column)) => {
-                        let column = column.to_lowercase();
+                        let column = column.to_ascii_lowercase();
                         let natural = table
                             .columns
                             .get(&column)
@@ -272,7 +272,7 @@ fn read_indexes(
             }
             _ => {
                 table.indexes.insert(
-                    index_name.to_lowercase(),
+                    index_name.to_ascii_lowercase(),
                     Index {
                         columns: keys,
                         unique,
@@ -337,10 +337,11 @@ fn read_foreign_keys(
             on_delete: String::new(),
             deferred: false,
         });
-        key.table = row.get::<_, String>(1)?.to_lowercase();
-        key.columns.push(row.get::<_, String>(2)?.to_lowercase());
+        key.table = row.get::<_, String>(1)?.to_ascii_lowercase();
+        key.columns
+            .push(row.get::<_, String>(2)?.to_ascii_lowercase());
         if let Some(to) = row.get::<_, Option<String>>(3)? {
-            key.to.push(to.to_lowercase());
+            key.to.push(to.to_ascii_lowercase());
         }
         key.on_update = row.get::<_, String>(4)?.to_ascii_uppercase();
         key.on_delete = row.get::<_, String>(5)?.to_ascii_uppercase();

@@ -42,7 +42,7 @@ impl Token {
                     .and_then(|s| s.strip_suffix('\''))
                     .unwrap_or(s)
                     .replace("''", "'")
-                    .to_lowercase(),
+                    .to_ascii_lowercase(),
             ),
             other => other.name().map(str::to_owned),
         }
@@ -111,7 +111,7 @@ pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
             } else {
                 inner.replace(&doubled, &close.to_string())
             };
-            tokens.push(Token::Quoted(name.to_lowercase()));
+            tokens.push(Token::Quoted(name.to_ascii_lowercase()));
         } else if c.is_ascii_digit()
             || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
         {
@@ -152,7 +152,7 @@ pub(crate) fn tokenize(sql: &str) -> Vec<Token> {
             {
                 i += 1;
             }
-            tokens.push(Token::Word(text(start, i).to_lowercase()));
+            tokens.push(Token::Word(text(start, i).to_ascii_lowercase()));
         } else if matches!(c, '?' | ':' | '@' | '$') {
             let start = i;
             i += 1;

@@ -55,13 +55,18 @@ pub fn work_dir() -> PathBuf {
     project::root().join("target/bench")
 }
 
-/// The static release `bot` binary (the one the image ships), built if needed.
+/// The static release `bot` binary (the one the image ships), built if needed and copied
+/// out of the build folder, so that a build of another release meanwhile (a test's older
+/// schema head) cannot change what is measured.
 pub fn bot_binary(sh: &Shell) -> anyhow::Result<PathBuf> {
-    images::build_binaries(sh, None)?;
-    Ok(project::root()
-        .join("target")
-        .join(images::TARGET)
-        .join("release/bot"))
+    let binaries = images::build_binaries(sh, None)?;
+    let dir = work_dir().join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("bot");
+    let _ = std::fs::remove_file(&copy);
+    std::fs::copy(binaries.bot(), &copy)
+        .with_context(|| format!("cannot copy the bot binary to {}", copy.display()))?;
+    Ok(copy)
 }
 
 /// Runs a program to the end and returns how long it took; fails when it fails.

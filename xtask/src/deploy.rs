@@ -295,15 +295,7 @@ impl Deploy<'_> {
             return self.dry_run(&stack, found_container.as_ref(), report);
         }
 
-        // Keep the running image reachable by name for the rollback, before the tag moves.
         let previous_tag = format!("{}-previous", stack.bot_image);
-        if let Some(container) = &before {
-            let image = &container.image_id;
-            process::run(
-                cmd!(sh, "docker tag {image} {previous_tag}"),
-                "keeping the previous image",
-            )?;
-        }
         if self.mode == Mode::Migrate {
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 return Err(exit::not_ready(format!(
@@ -313,14 +305,6 @@ impl Deploy<'_> {
             }
         } else {
             let built = printer.step(report, "build images", || {
-                // Keep the running image reachable by name for the rollback, before the tag moves.
-                if let Some(container) = &before {
-                    let image = &container.image_id;
-                    process::run(
-                        cmd!(sh, "docker tag {image} {previous_tag}"),
-                        "keeping the previous image",
-                    )?;
-                }
                 images::build(sh, &stack, args.schema_head)
             })?;
             let release_tag = format!(
@@ -344,7 +328,6 @@ impl Deploy<'_> {
             );
         }
         let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
-        record.image_before_tag = before.as_ref().map(|_| previous_tag.clone());
         record.image_after = Some(image_id.clone());
         report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
 
@@ -455,6 +438,23 @@ impl Deploy<'_> {
         }
         confirm(args.yes, &question(running, &status, &old))?;
         report.changed = true;
+        // The image this deploy replaces, by a name the rollback can start. `-previous` moves
+        // only here, when a different image is about to replace the running one: a no-op, a
+        // refused deploy or a failed build leave it naming the release before the last change.
+        let previous_image = match &before {
+            Some(container) if image_changes => {
+                let image = &container.image_id;
+                process::run(
+                    cmd!(sh, "docker tag {image} {previous_tag}"),
+                    "keeping the previous image",
+                )?;
+                Some(previous_tag.clone())
+            }
+            // Same image (a new environment, or ownership to fix): the project's tag names it.
+            Some(_) => Some(stack.bot_image.clone()),
+            None => None,
+        };
+        record.image_before_tag = previous_image.clone();
         // The path, never a copy: no file this tool writes holds a secret.
         record.env_after = Some(stack.env_file.clone());
 
@@ -469,7 +469,10 @@ impl Deploy<'_> {
         } else {
             self.change(&stack, &status, found, report, &mut changes)
         };
-        if let Some(stopped) = changes.stopped_at {
+        if let Some(stopped) = changes
+            .stopped_at
+            .filter(|_| running || old.container.is_some())
+        {
             let serving = changes.serving_at.unwrap_or_else(Instant::now);
             report.downtime_seconds =
                 Some(serving.saturating_duration_since(stopped).as_secs_f64());
@@ -492,7 +495,7 @@ impl Deploy<'_> {
             if changes.stopped_at.is_some() || changes.migrated {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
                 let previous = Previous {
-                    image: before.as_ref().map(|_| previous_tag.clone()),
+                    image: previous_image.clone(),
                     env_file: record.env_before.clone().filter(|p| p.exists()),
                     was_running: running,
                 };
@@ -693,8 +696,16 @@ impl Deploy<'_> {
             report.revision_after = report.revision_before;
             return Ok(()); // there was no bot before this deploy
         };
+        // The project's tag names the image that runs, so later tasks (`restart`, `status`,
+        // the next deploy's comparison) start and describe the previous bot, not the failed one.
+        let main_tag = &stack.bot_image;
+        if image != main_tag {
+            process::run(
+                cmd!(sh, "docker tag {image} {main_tag}"),
+                "naming the previous image as the project's again",
+            )?;
+        }
         let mut old = stack.clone();
-        old.bot_image = image.clone();
         if let Some(env_file) = &previous.env_file {
             old.env_file = env_file.clone();
         }
@@ -903,6 +914,7 @@ impl Deploy<'_> {
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
         let mut plan = Vec::new();
+        // Held while the plan runs the built binary: another build must not replace it.
         let bot = match self.mode {
             Mode::Migrate => None,
             _ => Some(printer.step(report, "build binaries", || {
@@ -1021,7 +1033,7 @@ impl Deploy<'_> {
         let host_bot = project::root()
             .join("target")
             .join(images::TARGET)
-            .join("release/bot");
+            .join("release/bot"); // kept by the build lock the dry run holds
         let plan_json = if !database::volume_exists(sh, stack)
             || image.is_empty() && self.mode != Mode::Migrate
         {

@@ -83,6 +83,13 @@ fn a_migration_that_fails_halfway_brings_back_the_previous_bot_and_data() {
     );
     assert!(steps(&outcome).contains(&"rollback: wait until healthy".to_owned()));
     assert_previous_bot_is_back(&project, &old_image, &data);
+    let status = project.xtask("status", &["--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["image_id"].as_str(),
+        Some(old_image.as_str()),
+        "after the rollback the project's tag names the image that runs, not the failed one"
+    );
     let history = project.xtask("history", &["--json"]);
     let deploys: Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(
@@ -593,6 +600,59 @@ fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy
         text(&again)
     );
     assert_eq!(project.running_image(), old_image);
+}
+
+#[test]
+fn the_way_back_survives_no_op_re_runs_and_refused_deploys() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("wayback");
+    let first = project.xtask("first-deploy", &["--yes", "--json", "--schema-head", "3"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(
+        report(&first)["downtime_seconds"],
+        Value::Null,
+        "nothing served before the first deploy, so nothing was down"
+    );
+    let data = project.dir.join("revision-3.db");
+    revision_3_database(&data, 40, false);
+    project.overwrite_live_database(&data);
+    let old_image = project.running_image();
+    let before = project.dump("before");
+
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    assert_eq!(report(&update)["revision_after"], 4);
+    let new_image = project.running_image();
+    assert_ne!(new_image, old_image);
+
+    // What the README recommends after a deploy, and what scripts do: run it again.
+    for _ in 0..2 {
+        let again = project.xtask("prod-full-update", &["--yes", "--json"]);
+        assert!(again.status.success(), "{}", text(&again));
+        assert_eq!(report(&again)["changed"], false);
+    }
+    // A deploy refused after the images were built: an import while the volume holds data.
+    let other = project.dir.join("other.db");
+    revision_3_database(&other, 3, false);
+    let refused = project.xtask(
+        "prod-full-update",
+        &["--yes", "--json", "--import", other.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert_eq!(project.running_image(), new_image);
+
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    let outcome = report(&rollback);
+    assert_eq!(
+        (
+            outcome["revision_before"].as_u64(),
+            outcome["revision_after"].as_u64()
+        ),
+        (Some(4), Some(3)),
+        "{outcome}"
+    );
+    assert_previous_bot_is_back(&project, &old_image, &before);
 }
 
 #[test]

@@ -21,7 +21,7 @@ mod write;
 
 pub use error::{Error, LockHolder};
 pub use file::Recovery;
-pub use restore::Restored;
+pub use restore::{Restored, RowCounts};
 
 use crate::catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 use crate::schema::{self, Change, Difference, Object, Schema, Subject};

@@ -160,7 +160,7 @@
 //! | `diff --to N` | a [`DiffScript`] `{"to","recorded","statements":[{"kind","object","sql","safe","commented","comment"}],"differences","remaining","script"}` plus `"database"` (`kind`: [`StatementKind`], e.g. `add_column`, `rebuild_table`, `drop_view`, `manual` (words only, `sql` null); `safe`: keeps every row and value; `remaining`: what still differs after the script as printed) |
 //! | `baseline FILE` | a [`Baseline`] `{"source","statements","left_out","sql"}` plus `"output"` (the file written, or null) |
 //! | `backup` | a [`BackupInfo`] `{"path","revision","state","bytes"}` |
-//! | `restore` | a [`Restored`]: the [`BackupInfo`] of the file restored plus `"replaced"` (where the database it replaced is kept, or null when it had no tables) |
+//! | `restore` | a [`Restored`]: the [`BackupInfo`] of the file restored plus `"replaced"` (where the database it replaced is kept, or null when it had no tables) and `"rows"` (a [`RowCounts`]: rows per table of the replaced and of the restored content, or null) |
 //! | `fix-ownership` | `{"owner","check","wrong":[{"path","uid","gid"}],"fixed"}` |
 //!
 //! For example, the old app's database, before `adopt`:
@@ -177,7 +177,7 @@ mod script;
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
     BUSY_TIMEOUT, BackupInfo, Database, EditedFile, Error, ForeignHistory, HISTORY_TABLE,
-    HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, State, Status, Upgrade,
-    busy_timeout, explain, inspect_copy, set_busy_timeout,
+    HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, RowCounts, State, Status,
+    Upgrade, busy_timeout, explain, inspect_copy, set_busy_timeout,
 };
 pub use script::{Baseline, DiffScript, ScriptStatement, StatementKind};

@@ -269,12 +269,31 @@ fn backup_and_restore_round_trip() {
     drop(db);
     let target = dir.file("restored.db");
     let mut restored = Database::open(&target).unwrap();
-    restored.restore_from(&copy, false).unwrap();
+    let done = restored.restore_from(&copy, false).unwrap();
+    assert!(done.replaced.is_none() && done.rows.is_none(), "{done:?}");
     let n: i64 = restored
         .connection()
         .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 50);
+
+    // Restored over newer data: what was set aside is kept, and counted table by table.
+    restored
+        .connection()
+        .execute_batch(
+            "INSERT INTO users (telegram_id, username) VALUES (900001, 'new1'), (900002, 'new2');",
+        )
+        .unwrap();
+    let again = restored.restore_from(&copy, false).unwrap();
+    let rows = again.rows.expect("something was replaced");
+    assert_eq!(rows.replaced["users"], 52);
+    assert_eq!(rows.restored["users"], 50);
+    let kept = again.replaced.unwrap();
+    let kept_users: i64 = Connection::open(&kept)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept_users, 52);
 }
 
 fn at_revision(path: &Path, k: u32) {

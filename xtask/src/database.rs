@@ -480,6 +480,35 @@ pub fn restore_from_host(
     last_json(&result?.stdout, "`bot db restore --json`")
 }
 
+/// Copies `file`, a path in the project's volume (under `/data`), to `host_file` on this
+/// machine, through a container that is created and never started.
+pub fn copy_from_volume(
+    sh: &Shell,
+    stack: &Stack,
+    image: &str,
+    file: &str,
+    host_file: &Path,
+) -> anyhow::Result<()> {
+    let mount = format!("{}:/data", stack.volume());
+    let id = process::run(
+        cmd!(sh, "docker create -v {mount} {image} db status"),
+        "preparing the copy out of the volume",
+    )?
+    .stdout
+    .trim()
+    .to_owned();
+    let source = format!("{id}:{file}");
+    let result = process::run(
+        cmd!(sh, "docker cp {source} {host_file}"),
+        "copying a file out of the volume",
+    );
+    let _ = cmd!(sh, "docker rm -f {id}")
+        .quiet()
+        .ignore_status()
+        .output();
+    result.map(drop)
+}
+
 /// A temporary file on this machine, removed when dropped.
 pub struct TempFile(pub PathBuf);
 

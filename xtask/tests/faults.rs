@@ -137,6 +137,77 @@ fn a_new_bot_that_never_gets_healthy_is_rolled_back() {
 }
 
 #[test]
+fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("late");
+    let old_image = deployed_at_revision_3(&project, 100, false, &[]);
+    let data = project.dump("before");
+    // A new bot that serves but never reports healthy: its heartbeat cannot be written.
+    let env = project.dir.join("no-heartbeat.env");
+    let demo = std::fs::read_to_string(root().join("docker/demo.env")).unwrap();
+    std::fs::write(
+        &env,
+        format!("{demo}HEARTBEAT_PATH=/nonexistent/heartbeat\n"),
+    )
+    .unwrap();
+
+    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
+        .args(["--project-name", &project.name, "--health-timeout", "25"])
+        .arg("--env-file")
+        .arg(&env)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = String::new();
+    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        progress.push_str(&line);
+        progress.push('\n');
+        if line.starts_with("ok   migrate database") {
+            break;
+        }
+    }
+    // The new bot serves as soon as the schema is current: three new users talk to it.
+    for user in ["7001", "7002", "7003"] {
+        let chat = project.xtask("chat", &["/start", "--user", user]);
+        assert!(chat.status.success(), "{progress}\n{}", text(&chat));
+    }
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let output = deploy.wait_with_output().unwrap();
+    let all = format!("{progress}{}", rest.join("\n"));
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    let outcome: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(outcome["failed_step"], "wait until healthy", "{outcome}");
+    assert_eq!(outcome["rolled_back"], true, "{outcome}");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains("set aside") && error.contains("users +3"),
+        "the error says what the rollback set aside: {error}"
+    );
+    let copy = std::fs::read_dir(project.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("set-aside-by-rollback"))
+        .unwrap_or_else(|| panic!("no set-aside copy in {}", project.state_dir().display()));
+    assert!(error.contains(copy.to_str().unwrap()), "{error}");
+    let kept: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM users WHERE telegram_id IN (7001, 7002, 7003)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 3, "the set-aside copy holds what the new bot wrote");
+    assert_previous_bot_is_back(&project, &old_image, &data);
+}
+
+#[test]
 fn a_build_that_fails_to_compile_never_stops_the_running_bot() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("badbuild");

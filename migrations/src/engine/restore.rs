@@ -1,6 +1,7 @@
 //! `restore`: replaces the live database's content with a checked copy, under one lock held
 //! from the decision to the end of the copy, and keeps the content it replaced.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,45 @@ pub struct Restored {
     /// Where the content it replaced was kept (`<name>.replaced-<UTC time>` beside the
     /// database); `None` when the live database had no tables.
     pub replaced: Option<PathBuf>,
+    /// Rows per table of what was replaced and of what is live now, when something was
+    /// replaced: a restore over newer data shows what it set aside.
+    pub rows: Option<RowCounts>,
+}
+
+/// Rows per table (SQLite's own tables left out), before and after a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowCounts {
+    /// In the content that was replaced (now in the kept file).
+    pub replaced: BTreeMap<String, u64>,
+    /// In the restored content.
+    pub restored: BTreeMap<String, u64>,
+}
+
+/// Rows per table of the database at `path` (read only), SQLite's own tables left out.
+fn row_counts(path: &Path) -> Result<BTreeMap<String, u64>, Error> {
+    let err = |e| Error::from_sqlite(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
+        )
+        .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
+        .map_err(err)?;
+    tables
+        .into_iter()
+        .map(|table| {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            conn.query_row(&format!("SELECT count(*) FROM main.{quoted}"), [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| (table, u64::try_from(n).unwrap_or(0)))
+            .map_err(err)
+        })
+        .collect()
 }
 
 /// Tables other than SQLite's own.
@@ -63,7 +103,14 @@ impl Database {
         let restored = restore(&path, source, info, source_tables, force);
         self.conn = Connection::open(&path).map_err(err)?;
         self.conn.busy_timeout(super::busy_timeout()).map_err(err)?;
-        restored
+        let mut restored = restored?;
+        if let Some(kept) = &restored.replaced {
+            restored.rows = Some(RowCounts {
+                replaced: row_counts(kept)?,
+                restored: row_counts(&path)?,
+            });
+        }
+        Ok(restored)
     }
 }
 
@@ -163,7 +210,11 @@ fn restore(
         (StepResult::Done, replaced) => {
             drop(from);
             conn.close().map_err(|(_, e)| err(e))?;
-            Ok(Restored { info, replaced })
+            Ok(Restored {
+                info,
+                replaced,
+                rows: None,
+            })
         }
         (_, replaced) => {
             if let Some(kept) = replaced {

@@ -10,6 +10,7 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
+use crate::docker;
 use crate::exit;
 use crate::process;
 
@@ -241,14 +242,52 @@ pub struct MigrationContainer {
     pub id: String,
 }
 
+/// The label naming the project on the containers the deploy starts besides Compose's.
+pub const PROJECT_LABEL: &str = "org.tgbot.project";
+/// The label saying what such a container is for (`migration`).
+pub const ROLE_LABEL: &str = "org.tgbot.role";
+/// The label naming the deploy (its start time) that made the container.
+pub const DEPLOY_LABEL: &str = "org.tgbot.deploy";
+/// The label naming the file the container's pre-deploy backup gets on this machine.
+pub const BACKUP_NAME_LABEL: &str = "org.tgbot.backup-name";
+
+/// What a migration container is labelled with, so that a later run finds it when the deploy
+/// that made it was killed or could not copy its backup out.
+pub struct MigrationLabels<'a> {
+    /// The deploy's start time.
+    pub deploy: &'a str,
+    /// The name its backup gets in the backup folder.
+    pub backup_name: &'a str,
+}
+
+impl MigrationLabels<'_> {
+    fn args(&self, stack: &Stack) -> Vec<String> {
+        [
+            (PROJECT_LABEL, stack.project.as_str()),
+            (ROLE_LABEL, "migration"),
+            (DEPLOY_LABEL, self.deploy),
+            (BACKUP_NAME_LABEL, self.backup_name),
+        ]
+        .into_iter()
+        .flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")])
+        .collect()
+    }
+}
+
 impl MigrationContainer {
     /// Creates it (nothing runs yet).
-    pub fn create(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<MigrationContainer> {
+    pub fn create(
+        sh: &Shell,
+        stack: &Stack,
+        image: &str,
+        labels: &MigrationLabels,
+    ) -> anyhow::Result<MigrationContainer> {
         let mount = format!("{}:/data", stack.volume());
+        let labels = labels.args(stack);
         let id = process::run(
             cmd!(
                 sh,
-                "docker create --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
+                "docker create {labels...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
             ),
             "preparing the migration",
         )?
@@ -263,12 +302,14 @@ impl MigrationContainer {
         sh: &Shell,
         stack: &Stack,
         image: &str,
+        labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
         let mount = format!("{}:/data", stack.volume());
+        let labels = labels.args(stack);
         let id = process::run(
             cmd!(
                 sh,
-                "docker create -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
+                "docker create {labels...} -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
             ),
             "preparing the migration",
         )?
@@ -478,6 +519,76 @@ pub fn restore_from_host(
         .ignore_status()
         .output();
     last_json(&result?.stdout, "`bot db restore --json`")
+}
+
+/// Migration containers of `project` that an earlier run left (killed, or unable to copy the
+/// backup out), as (id, running, name for its backup).
+pub fn leftover_migrations(
+    sh: &Shell,
+    project: &str,
+) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
+    let project_filter = format!("label={PROJECT_LABEL}={project}");
+    let role_filter = format!("label={ROLE_LABEL}=migration");
+    let ids = process::run(
+        cmd!(
+            sh,
+            "docker ps -a -q --no-trunc --filter {project_filter} --filter {role_filter}"
+        ),
+        "looking for migration containers an earlier run left",
+    )?
+    .stdout;
+    ids.split_whitespace()
+        .map(|id| {
+            let state = docker::inspect(sh, id)?;
+            let name = state.labels.get(BACKUP_NAME_LABEL).cloned();
+            Ok((id.to_owned(), state.status == "running", name))
+        })
+        .collect()
+}
+
+/// Saves the pre-deploy backups that migration containers of earlier runs still hold into
+/// `dir` (under the name each was labelled with, checked), then removes those containers.
+/// Returns the backups saved and the running containers left alone (a migration still at
+/// work is never interrupted).
+pub fn save_leftover_backups(
+    sh: &Shell,
+    stack: &Stack,
+    dir: &Path,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    let (mut saved, mut running) = (Vec::new(), Vec::new());
+    for (id, is_running, name) in leftover_migrations(sh, &stack.project)? {
+        if is_running {
+            running.push(id);
+            continue;
+        }
+        if let Some(name) = name {
+            let host_file = dir.join(&name);
+            if !host_file.exists() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let container = MigrationContainer { id: id.clone() };
+                match container.copy_backup(sh, &host_file) {
+                    Ok(()) => {
+                        crate::backups::seal(&host_file)?;
+                        saved.push(host_file);
+                    }
+                    // No backup inside: the migration never got as far as taking one.
+                    Err(e)
+                        if ["Could not find the file", "No such container:path"]
+                            .iter()
+                            .any(|m| format!("{e:#}").contains(m)) => {}
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&host_file);
+                        return Err(e.context(format!(
+                            "the pre-deploy backup in container {id} could not be saved; the container is kept"
+                        )));
+                    }
+                }
+            }
+        }
+        MigrationContainer { id }.remove(sh);
+    }
+    Ok((saved, running))
 }
 
 /// Copies `file`, a path in the project's volume (under `/data`), to `host_file` on this

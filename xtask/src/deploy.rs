@@ -15,7 +15,7 @@ use xshell::{Shell, cmd};
 
 use crate::backups;
 use crate::compose::Stack;
-use crate::database::{self, DbStatus, MigrationContainer};
+use crate::database::{self, DbStatus, MigrationContainer, MigrationLabels};
 use crate::docker::{self, ContainerState};
 use crate::exit;
 use crate::history::{self, Record};
@@ -272,6 +272,10 @@ struct Changes {
     imported: bool,
     /// The old app's container, kept out of Compose's sight.
     kept: Option<old_app::Kept>,
+    /// The pre-deploy backup could not be copied out: its container stays for a later run.
+    backup_pending: bool,
+    /// What went wrong without undoing the deploy.
+    warnings: Vec<String>,
 }
 
 impl Deploy<'_> {
@@ -294,6 +298,7 @@ impl Deploy<'_> {
         if args.dry_run {
             return self.dry_run(&stack, found_container.as_ref(), report);
         }
+        self.save_leftover_backups(&stack)?;
 
         let previous_tag = format!("{}-previous", stack.bot_image);
         if self.mode == Mode::Migrate {
@@ -526,11 +531,46 @@ impl Deploy<'_> {
             }
             return Err(error);
         }
-        if let Some(migration) = changes.migration.take() {
+        if let Some(migration) = changes.migration.take().filter(|_| !changes.backup_pending) {
             migration.remove(sh);
         }
         backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
         Ok(())
+    }
+
+    /// Saves the pre-deploy backups that migration containers of an earlier run still hold (a
+    /// killed deploy, a copy that failed), and removes those containers; refuses while one
+    /// of them still runs.
+    fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
+        let (saved, running) = database::save_leftover_backups(self.sh, stack, &self.state_dir)?;
+        for file in saved {
+            self.printer.info(&format!(
+                "saved the pre-deploy backup an earlier run left behind: {}",
+                file.display()
+            ));
+        }
+        if !running.is_empty() {
+            let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
+            return Err(exit::refused(format!(
+                "a migration container of an earlier deploy of this project is still running ({}); nothing was changed. Wait for it to end (`docker wait {}`), then deploy again",
+                ids.join(", "),
+                ids.join(" ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The name the pre-deploy backup of `status` gets in the backup folder.
+    fn backup_name(&self, stack: &Stack, status: &DbStatus) -> String {
+        backups::name(&stack.project, &self.time, status.effective_version(), None)
+    }
+
+    /// The labels of this deploy's migration container.
+    fn labels<'a>(&'a self, backup_name: &'a str) -> MigrationLabels<'a> {
+        MigrationLabels {
+            deploy: &self.time,
+            backup_name,
+        }
     }
 
     fn change(
@@ -556,9 +596,10 @@ impl Deploy<'_> {
         {
             return self.replace_and_migrate(stack, status, old, report, changes);
         }
+        let backup_name = self.backup_name(stack, status);
         if status.needs_migration() {
             changes.migration = Some(printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image)
+                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
             })?);
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
@@ -611,8 +652,14 @@ impl Deploy<'_> {
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
+        let backup_name = self.backup_name(stack, status);
         let migration = printer.step(report, "prepare migration", || {
-            MigrationContainer::create_waiting(sh, stack, &stack.bot_image)
+            MigrationContainer::create_waiting(
+                sh,
+                stack,
+                &stack.bot_image,
+                &self.labels(&backup_name),
+            )
         })?;
         let waiting = printer.step(report, "start migration, waiting", || {
             migration.start_waiting()
@@ -668,16 +715,33 @@ impl Deploy<'_> {
             );
             report.revision_after = outcome["to"].as_u64().map(|v| v as u32);
             if !outcome["backup"].is_null() {
-                let name =
-                    backups::name(&stack.project, &self.time, status.effective_version(), None);
-                let host_file = self.state_dir.join(&name);
-                printer.step(report, "save backup", || {
+                let host_file = self.state_dir.join(self.backup_name(stack, status));
+                let saved = printer.step(report, "save backup", || {
                     migration.copy_backup(sh, &host_file)?;
                     backups::seal(&host_file).map(drop)
-                })?;
-                printer.detail(report, host_file.display().to_string());
-                report.backup = Some(host_file.display().to_string());
-                changes.backup_on_host = Some(host_file);
+                });
+                match saved {
+                    Ok(()) => {
+                        printer.detail(report, host_file.display().to_string());
+                        report.backup = Some(host_file.display().to_string());
+                        changes.backup_on_host = Some(host_file);
+                    }
+                    // The migration is committed and the new bot may serve already: a copy
+                    // this machine could not take is no reason to undo a good deploy. The
+                    // backup stays in the labelled migration container, which the next
+                    // `backup` or deploy saves.
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&host_file);
+                        let warning = format!(
+                            "the pre-deploy backup could not be saved as {} ({e:#}); it is kept in container {}, and the next `cargo xtask backup` or deploy saves it once the folder has room",
+                            host_file.display(),
+                            short(&migration.id)
+                        );
+                        printer.info(&format!("warning: {warning}"));
+                        changes.warnings.push(warning);
+                        changes.backup_pending = true;
+                    }
+                }
             }
         }
         Ok(())
@@ -840,8 +904,9 @@ impl Deploy<'_> {
             status = imported.status;
         }
         if status.needs_migration() {
+            let backup_name = self.backup_name(stack, &status);
             let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image)
+                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
             })?;
             changes.migration = Some(migration);
             changes.migrated = true;

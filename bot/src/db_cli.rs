@@ -216,6 +216,10 @@ pub enum DbCommand {
         /// Give the restored file (and its folder) to this UID:GID (needs root).
         #[arg(long)]
         owner: Option<String>,
+        /// When the live database is damaged (not SQLite, cut short, failing quick_check),
+        /// rename it to `<name>.damaged-<UTC time>` and restore into its place.
+        #[arg(long)]
+        replace_damaged: bool,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -326,7 +330,7 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
             if about_the_database(p) =>
         {
             format!(
-                "Nothing writes into it. Move it away with anything beside it (`mv {db} {db}.damaged`, and its -journal and -wal if any), then put a good copy in place: `bot db restore BACKUP`, or `bot db import OLD_DATABASE`."
+                "Nothing writes into it. Put a good copy in its place with `bot db restore BACKUP --replace-damaged` (the damaged file, with its -journal and -wal, is kept as {db}.damaged-<UTC time>), or move it away yourself and `bot db import OLD_DATABASE`."
             )
         }
         Error::Drifted { version, forced: Some(forced), .. } => format!(
@@ -897,11 +901,26 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             file,
             owner,
             force,
+            replace_damaged,
             json,
         } => {
             let owner = owner.as_deref().map(parse_owner).transpose()?;
             if !file.exists() {
                 bail!("{}: no such file; nothing was changed", file.display());
+            }
+            let damaged = if replace_damaged {
+                // The source first: a damaged live database is set aside only for a good one.
+                migrations::inspect_copy(&file)?;
+                Database::set_aside_damaged(path)?
+            } else {
+                None
+            };
+            if let Some(aside) = &damaged {
+                say!(
+                    json,
+                    "the live database was damaged: it is kept as {}",
+                    aside.display()
+                );
             }
             let mut db = Database::open(path)?;
             let restored = db.restore_from(&file, force)?;
@@ -934,7 +953,9 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     "the database it replaced had no tables; nothing was kept"
                 ),
             }
-            Ok(serde_json::to_value(&restored)?)
+            let mut value = serde_json::to_value(&restored)?;
+            value["damaged"] = json!(damaged.map(|d| d.display().to_string()));
+            Ok(value)
         }
     }
 }

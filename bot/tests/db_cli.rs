@@ -354,11 +354,52 @@ fn files_that_are_not_sqlite_or_are_damaged_are_refused_untouched() {
         BAD_FILE,
         &[
             "damaged",
-            "Nothing writes into it. Move it away",
-            "then put a good copy in place: `bot db restore BACKUP`",
+            "Nothing writes into it.",
+            "`bot db restore BACKUP --replace-damaged`",
         ],
         &|_| {},
     );
+
+    // As the advice says: the damaged file is set aside whole, the backup takes its place.
+    let damaged = std::fs::read(dir.db()).unwrap();
+    let value = ok(
+        &dir.db(),
+        &[
+            "db",
+            "restore",
+            backup.to_str().unwrap(),
+            "--replace-damaged",
+        ],
+    );
+    let aside = PathBuf::from(value["damaged"].as_str().unwrap());
+    assert!(
+        aside
+            .display()
+            .to_string()
+            .starts_with(&format!("{}.damaged-", dir.db().display())),
+        "{value}"
+    );
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        damaged,
+        "kept byte for byte"
+    );
+    assert_eq!(
+        ok(&dir.db(), &["db", "status"])["state"],
+        "current",
+        "the backup is in place"
+    );
+    // A sound live database is never set aside.
+    let value = ok(
+        &dir.db(),
+        &[
+            "db",
+            "restore",
+            backup.to_str().unwrap(),
+            "--replace-damaged",
+        ],
+    );
+    assert_eq!(value["damaged"], serde_json::Value::Null, "{value}");
 }
 
 #[test]
@@ -1234,7 +1275,7 @@ fn a_file_cut_short_is_named_as_such() {
             BAD_FILE,
             &[
                 "the database file is damaged: it is 40 bytes, shorter than the 100-byte header every SQLite database starts with",
-                "Move it away",
+                "--replace-damaged",
             ],
             &|_| {},
         );

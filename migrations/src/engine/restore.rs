@@ -114,6 +114,43 @@ impl Database {
     }
 }
 
+impl Database {
+    /// When the file at `path` fails the checks every write makes (not SQLite, cut short,
+    /// `quick_check`), renames it, with its journal and WAL, to `<name>.damaged-<UTC time>`
+    /// beside it and returns that name: a restore can then put a good database in its place
+    /// and nothing of the damaged one is lost. `None` (nothing done) when the file is sound
+    /// or absent; other errors (a folder, permissions, a lock) are returned as they are.
+    pub fn set_aside_damaged(path: &Path) -> Result<Option<PathBuf>, Error> {
+        let checked = Database::open_read_only(path).and_then(|db| match db {
+            Some(db) => db.quick_check(),
+            None => Ok(()),
+        });
+        match checked {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_bad_file() => {
+                let stamp = utc_stamp(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                );
+                let mut name = path.as_os_str().to_owned();
+                name.push(format!(".damaged-{stamp}"));
+                let aside = PathBuf::from(name);
+                for suffix in ["-journal", "-wal", "-shm", ""] {
+                    let from = super::file::beside(path, suffix);
+                    if from.exists() {
+                        let to = super::file::beside(&aside, suffix);
+                        std::fs::rename(&from, &to)
+                            .map_err(|cause| Error::Io { path: from, cause })?;
+                    }
+                }
+                Ok(Some(aside))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn restore(
     path: &Path,
     source: &Path,

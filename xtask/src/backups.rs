@@ -1,5 +1,6 @@
 //! Backups on this machine: named with time and revision, mode 0600, checked with
-//! `integrity_check` and their revision read (rusqlite, through the engine), old ones pruned.
+//! `integrity_check` and their revision read (rusqlite, through the engine), old ones pruned
+//! without ever deleting the backup a rollback needs (see [`plan`]).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use migrations::BackupInfo;
 use xshell::{Shell, cmd};
 
 use crate::exit;
+use crate::history::{self, Record};
 use crate::process;
 
 /// A backup's file name: `<project>-<time>-r<revision>[-<label>].db`.
@@ -28,9 +30,9 @@ pub fn seal(file: &Path) -> anyhow::Result<BackupInfo> {
         .with_context(|| format!("the backup {} is not sound", file.display()))
 }
 
-/// The backups of `project` in `dir`, oldest first.
+/// The backups of `project` in `dir`, oldest first: `<project>-<time>...db`, the time starting
+/// with a digit (so project `p` does not take project `p-x`'s files for its own).
 pub fn list(dir: &Path, project: &str) -> Vec<PathBuf> {
-    let prefix = format!("{project}-");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -38,7 +40,7 @@ pub fn list(dir: &Path, project: &str) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".db"))
+                        .is_some_and(|n| is_backup_of(n, project))
                 })
                 .collect()
         })
@@ -47,31 +49,167 @@ pub fn list(dir: &Path, project: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Deletes all but the newest `keep` backups; returns what it deleted.
-pub fn prune(dir: &Path, project: &str, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
-    let files = list(dir, project);
-    let old = files.len().saturating_sub(keep.max(1));
-    let mut removed = Vec::new();
-    for file in &files[..old] {
-        std::fs::remove_file(file)
-            .with_context(|| format!("cannot remove the old backup {}", file.display()))?;
-        removed.push(file.clone());
-    }
-    Ok(removed)
+fn is_backup_of(name: &str, project: &str) -> bool {
+    name.ends_with(".db")
+        && name
+            .strip_prefix(project)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// Prunes, and says so when it deleted anything.
+/// The revision a backup's name carries (see [`name`]): `Some(Some(4))` for `...-r4.db` and
+/// `...-r4-before-restore.db`, `Some(None)` for `-rnone`, None when the name is not a backup's.
+pub fn revision_in_name(name: &str, project: &str) -> Option<Option<u32>> {
+    if !is_backup_of(name, project) {
+        return None;
+    }
+    let rest = name[project.len() + 1..].strip_suffix(".db")?;
+    let (_time, rest) = rest.split_once("-r")?;
+    let revision = rest.split('-').next()?;
+    match revision {
+        "none" => Some(None),
+        digits => digits.parse().ok().map(Some),
+    }
+}
+
+/// What retention decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pruned {
+    /// The backups deleted.
+    pub removed: Vec<PathBuf>,
+    /// The backups older than the newest `keep` that were kept because a rollback needs them,
+    /// each with the reason.
+    pub kept_for_rollback: Vec<(PathBuf, String)>,
+}
+
+/// The deploys `rollback` can still undo, newest first: the one [`history::last_change`] finds,
+/// then the one it would find once that one is rolled back, and so on.
+fn in_reach(records: &[Record]) -> Vec<&Record> {
+    let mut reach = Vec::new();
+    let mut rest = records;
+    while let Some(change) = history::last_change(rest) {
+        reach.push(change);
+        let index = rest
+            .iter()
+            .position(|r| std::ptr::eq(r, change))
+            .expect("last_change returns one of the records");
+        rest = &rest[..index];
+    }
+    reach
+}
+
+/// Which backups retention deletes, from their names and the deploy history (pure).
+///
+/// The newest `keep` (at least 1) are kept. Older ones are deleted, except, for every deploy
+/// that moved the schema and that `rollback` can still undo ([`in_reach`]):
+/// - the backup the deploy recorded: the file `rollback` restores to undo it;
+/// - the newest backup at the revision the schema moved from (`revision_before`), the data the
+///   previous release runs on, for when the recorded file is gone or to restore by hand.
+///
+/// So older revisions cost at most one extra file each, however many backups follow.
+pub fn plan(files: &[PathBuf], project: &str, keep: usize, records: &[Record]) -> Pruned {
+    let old = files.len().saturating_sub(keep.max(1));
+    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut reasons: Vec<(usize, String)> = Vec::new();
+    for change in in_reach(records) {
+        let Some(from) = change.revision_before else {
+            continue;
+        };
+        if change.revision_after == Some(from) {
+            continue;
+        }
+        let to = change
+            .revision_after
+            .map_or("?".to_owned(), |r| r.to_string());
+        let recorded = change
+            .backup
+            .as_deref()
+            .and_then(file_name)
+            .and_then(|recorded| {
+                files
+                    .iter()
+                    .position(|f| file_name(f).as_deref() == Some(recorded.as_str()))
+            });
+        if let Some(index) = recorded {
+            reasons.push((
+                index,
+                format!(
+                    "`rollback` restores it to undo the {} of {} (revision {from} -> {to})",
+                    change.task, change.time
+                ),
+            ));
+        }
+        let newest_at = files.iter().rposition(|f| {
+            file_name(f).and_then(|n| revision_in_name(&n, project)) == Some(Some(from))
+        });
+        if let Some(index) = newest_at.filter(|i| Some(*i) != recorded) {
+            reasons.push((
+                index,
+                format!(
+                    "the newest backup at revision {from}, which the {} of {} moved the schema from (to {to})",
+                    change.task, change.time
+                ),
+            ));
+        }
+    }
+    let mut pruned = Pruned::default();
+    for (index, file) in files.iter().enumerate().take(old) {
+        match reasons.iter().find(|(i, _)| *i == index) {
+            Some((_, reason)) => pruned
+                .kept_for_rollback
+                .push((file.clone(), reason.clone())),
+            None => pruned.removed.push(file.clone()),
+        }
+    }
+    pruned
+}
+
+/// Deletes the backups [`plan`] gives up, by the history beside them (`deploys.jsonl` in `dir`).
+/// When the history cannot be read, nothing is deleted.
+pub fn prune(dir: &Path, project: &str, keep: usize) -> anyhow::Result<Pruned> {
+    let records = history::read(dir).with_context(|| {
+        format!(
+            "kept every backup in {}: without the deploy history there is no telling which one a rollback needs",
+            dir.display()
+        )
+    })?;
+    let pruned = plan(&list(dir, project), project, keep, &records);
+    for file in &pruned.removed {
+        std::fs::remove_file(file)
+            .with_context(|| format!("cannot remove the old backup {}", file.display()))?;
+    }
+    Ok(pruned)
+}
+
+/// Prunes, and says what it deleted and what it kept for a rollback. A failure to prune is
+/// reported, never fatal: the task's work is done by then.
 pub fn prune_and_tell(
     printer: &crate::output::Printer,
     dir: &Path,
     project: &str,
     keep: usize,
 ) -> anyhow::Result<()> {
-    let pruned = prune(dir, project, keep)?;
-    if !pruned.is_empty() {
+    let pruned = match prune(dir, project, keep) {
+        Ok(pruned) => pruned,
+        Err(e) => {
+            printer.info(&format!("warning: old backups were not pruned: {e:#}"));
+            return Ok(());
+        }
+    };
+    let keep = keep.max(1);
+    if !pruned.removed.is_empty() {
         printer.info(&format!(
-            "pruned {} old backups (keeping {keep})",
-            pruned.len()
+            "pruned {} old backup{} (keeping the newest {keep})",
+            pruned.removed.len(),
+            if pruned.removed.len() == 1 { "" } else { "s" }
+        ));
+    }
+    for (file, reason) in &pruned.kept_for_rollback {
+        printer.info(&format!(
+            "kept {} as well: {reason}",
+            file.file_name().map_or(file.display().to_string(), |n| n
+                .to_string_lossy()
+                .into_owned())
         ));
     }
     Ok(())
@@ -134,8 +272,13 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.join("other-20261125T070000Z-r1.db"), b"x").unwrap();
-        let removed = prune(&dir, "p", 2).unwrap();
-        assert_eq!(removed.len(), 3);
+        std::fs::write(dir.join("p-x-20261125T070000Z-r1.db"), b"x").unwrap();
+        let pruned = prune(&dir, "p", 2).unwrap();
+        assert_eq!(pruned.removed.len(), 3);
+        assert!(
+            pruned.kept_for_rollback.is_empty(),
+            "no history, no rollback"
+        );
         let left: Vec<String> = list(&dir, "p")
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -144,11 +287,182 @@ mod tests {
             left,
             ["p-20261125T070300Z-r1.db", "p-20261125T070400Z-r1.db"]
         );
-        assert!(
-            dir.join("other-20261125T070000Z-r1.db").exists(),
-            "another project's backups are left alone"
-        );
+        for other in ["other-20261125T070000Z-r1.db", "p-x-20261125T070000Z-r1.db"] {
+            assert!(
+                dir.join(other).exists(),
+                "another project's backups are left alone"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn change(time: &str, from: Option<u32>, to: Option<u32>, backup: Option<&str>) -> Record {
+        Record {
+            time: time.into(),
+            task: "prod-full-update".into(),
+            result: "ok".into(),
+            changed: true,
+            revision_before: from,
+            revision_after: to,
+            backup: backup.map(|b| PathBuf::from("/somewhere/backups/p").join(b)),
+            ..Record::default()
+        }
+    }
+
+    fn names(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn files(names: &[&str]) -> Vec<PathBuf> {
+        names.iter().map(|n| Path::new("/b/p").join(n)).collect()
+    }
+
+    #[test]
+    fn the_revision_is_read_from_a_backups_name() {
+        assert_eq!(
+            revision_in_name("p-20261125T070000Z-r4.db", "p"),
+            Some(Some(4))
+        );
+        assert_eq!(
+            revision_in_name("p-20261125T070000Z-r12-before-restore.db", "p"),
+            Some(Some(12))
+        );
+        assert_eq!(
+            revision_in_name("p-20261125T070000Z-rnone.db", "p"),
+            Some(None)
+        );
+        assert_eq!(
+            revision_in_name("my-bot-20261125T070000Z-r3.db", "my-bot"),
+            Some(Some(3))
+        );
+        assert_eq!(revision_in_name("p-x-20261125T070000Z-r3.db", "p"), None);
+        assert_eq!(revision_in_name("p-20261125T070000Z-r3.db.tmp", "p"), None);
+    }
+
+    #[test]
+    fn ten_backups_after_a_schema_moving_deploy_keep_the_one_rollback_restores() {
+        // A deploy moved the schema from 3 to 4, backing up at revision 3 first; ten backups
+        // followed at revision 4.
+        let mut all = vec!["p-20261125T070000Z-r3.db".to_owned()];
+        for minute in 1..=10 {
+            all.push(format!("p-20261125T07{minute:02}00Z-r4.db"));
+        }
+        let all = files(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        let history = [change(
+            "20261125T070000Z",
+            Some(3),
+            Some(4),
+            Some("p-20261125T070000Z-r3.db"),
+        )];
+        let pruned = plan(&all, "p", 3, &history);
+        assert_eq!(pruned.removed.len(), 7, "{pruned:?}");
+        assert_eq!(
+            names(&pruned.removed),
+            names(&all[1..8]),
+            "the oldest backups at revision 4 go"
+        );
+        assert_eq!(pruned.kept_for_rollback.len(), 1);
+        let (kept, reason) = &pruned.kept_for_rollback[0];
+        assert_eq!(kept, &all[0]);
+        assert!(reason.contains("`rollback` restores it"), "{reason}");
+        assert!(reason.contains("revision 3 -> 4"), "{reason}");
+
+        // Today's rule, without the history: it would have gone.
+        assert!(plan(&all, "p", 3, &[]).removed.contains(&all[0]));
+    }
+
+    #[test]
+    fn without_the_recorded_file_the_newest_backup_at_the_old_revision_is_kept() {
+        let all = files(&[
+            "p-20261125T060000Z-r2.db",
+            "p-20261125T061000Z-r3.db",
+            "p-20261125T062000Z-r3-before-restore.db",
+            "p-20261125T070000Z-r4.db",
+            "p-20261125T071000Z-r4.db",
+        ]);
+        // The recorded backup was deleted by hand; the deploy before it went from 2 to 3.
+        let history = [
+            change(
+                "20261125T060000Z",
+                Some(2),
+                Some(3),
+                Some("p-20261125T060000Z-r2.db"),
+            ),
+            change("20261125T063000Z", Some(3), Some(4), Some("gone.db")),
+        ];
+        let pruned = plan(&all, "p", 1, &history);
+        let kept: Vec<String> = pruned
+            .kept_for_rollback
+            .iter()
+            .map(|(f, _)| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "p-20261125T060000Z-r2.db",
+                "p-20261125T062000Z-r3-before-restore.db"
+            ],
+            "{pruned:?}"
+        );
+        assert_eq!(
+            names(&pruned.removed),
+            ["p-20261125T061000Z-r3.db", "p-20261125T070000Z-r4.db"]
+        );
+        assert!(
+            pruned.kept_for_rollback[1]
+                .1
+                .contains("newest backup at revision 3"),
+            "{pruned:?}"
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_deploy_or_one_that_kept_the_schema_protects_nothing() {
+        let all = files(&[
+            "p-20261125T060000Z-r2.db",
+            "p-20261125T061000Z-r3.db",
+            "p-20261125T070000Z-r3.db",
+            "p-20261125T071000Z-r3.db",
+        ]);
+        let moved = change(
+            "20261125T060000Z",
+            Some(2),
+            Some(3),
+            Some("p-20261125T060000Z-r2.db"),
+        );
+        let rollback = Record {
+            task: "rollback".into(),
+            ..change("20261125T065000Z", Some(3), Some(2), None)
+        };
+        let same_schema = change(
+            "20261125T066000Z",
+            Some(3),
+            Some(3),
+            Some("p-20261125T061000Z-r3.db"),
+        );
+        let failed = Record {
+            result: "rolled-back".into(),
+            ..change(
+                "20261125T067000Z",
+                Some(2),
+                Some(3),
+                Some("p-20261125T060000Z-r2.db"),
+            )
+        };
+        // Undone by the rollback: nothing to protect.
+        let pruned = plan(&all, "p", 1, &[moved.clone(), rollback, failed.clone()]);
+        assert!(pruned.kept_for_rollback.is_empty(), "{pruned:?}");
+        assert_eq!(pruned.removed.len(), 3);
+        // A deploy that kept the schema needs no backup; the one before it still does.
+        let pruned = plan(&all, "p", 1, &[moved, same_schema, failed]);
+        assert_eq!(
+            names(&pruned.removed),
+            ["p-20261125T061000Z-r3.db", "p-20261125T070000Z-r3.db"]
+        );
+        assert_eq!(pruned.kept_for_rollback.len(), 1);
     }
 
     #[test]

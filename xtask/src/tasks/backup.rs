@@ -11,7 +11,8 @@ use crate::output::Printer;
 use crate::project::StackArgs;
 use crate::report::Report;
 
-/// Takes a backup into the backup folder and prunes old ones.
+/// Takes a backup into the backup folder and prunes old ones (never the one a rollback needs:
+/// see `backups::plan`).
 pub fn run(
     sh: &Shell,
     args: &StackArgs,

@@ -1,5 +1,5 @@
 //! `cargo xtask status`: the bot's container and health, its image, the database's revision and
-//! pending migrations, the last backup and the last deploy.
+//! pending migrations, the last backup, the last deploy, and the deploy lock with its holder.
 
 use serde_json::json;
 use xshell::Shell;
@@ -10,6 +10,7 @@ use crate::database;
 use crate::deploy;
 use crate::docker;
 use crate::history;
+use crate::lock::{self, Liveness};
 use crate::project::{self, StackArgs};
 
 /// Arguments of `status`.
@@ -50,6 +51,8 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             )
         });
     let last_deploy = records.last().cloned();
+    // The lock is the engine's, whatever the backup folder: see `lock`.
+    let held = lock::held(sh, &stack.project)?;
     let old_app = container.as_ref().filter(|c| !c.is_ours());
     if args.stack.json {
         let value = json!({
@@ -69,6 +72,18 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             "imported_from": imported_from,
             "last_backup": last_backup,
             "last_deploy": last_deploy,
+            "lock": held.as_ref().map(|h| json!({
+                "task": h.holder.task, "operator": h.holder.operator, "pid": h.holder.pid,
+                "host": h.holder.host, "since": h.holder.since, "checkout": h.holder.checkout,
+                "marker": h.marker,
+                // true: running; false: dead (the next deploy takes the lock over); null: on
+                // another machine or container, not checkable from here.
+                "alive": match &h.liveness {
+                    Liveness::Alive => json!(true),
+                    Liveness::Dead(_) => json!(false),
+                    Liveness::Elsewhere => json!(null),
+                },
+            })),
         });
         println!("{value}");
         return Ok(());
@@ -120,6 +135,21 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             d.time, d.task, d.operator, d.result
         ),
         None => println!("last deploy: none recorded"),
+    }
+    match &held {
+        None => println!("lock:        free"),
+        Some(h) => match &h.liveness {
+            Liveness::Alive => println!("lock:        held by {}", h.holder.describe()),
+            Liveness::Elsewhere => println!(
+                "lock:        held by {} (on another machine or container; if it is gone for good, `docker rm -f {}`)",
+                h.holder.describe(),
+                h.marker
+            ),
+            Liveness::Dead(why) => println!(
+                "lock:        free: left by {} ({why}); the next deploy takes it over",
+                h.holder.describe()
+            ),
+        },
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Docker Compose, v1 (`docker-compose`) or v2 and later (`docker compose`), found at run time,
-//! and the project's stack as the deploy sees it.
+//! and the project's stack as the deploy sees it. The values of the environment file the stack
+//! hands to Compose are registered to be scrubbed (see [`crate::secrets`]) before any command
+//! of the stack runs.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use crate::docker::{self, ContainerState};
 use crate::exit;
 use crate::process;
 use crate::project;
+use crate::secrets;
 
 /// Which Compose this machine has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +119,7 @@ impl Stack {
 
     /// A compose command with the project, file, profile and image variables set.
     pub fn cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        secrets::register_file(&self.env_file);
         let file = &self.compose_file;
         let project = &self.project;
         let base = match self.flavour {
@@ -138,6 +142,7 @@ impl Stack {
 
     /// Every container of the bot service (an old app may have been scaled to several).
     pub fn bot_containers(&self, sh: &Shell) -> anyhow::Result<Vec<ContainerState>> {
+        secrets::register_file(&self.env_file);
         let filters = self.bot_container_filters();
         let out = process::run(
             cmd!(sh, "docker ps -a -q --no-trunc")
@@ -175,14 +180,46 @@ impl Stack {
         self.cmd(sh).args(["up", "-d"]).args(services)
     }
 
-    /// The services' logs (`-f` follows), straight to this terminal.
+    /// The services' logs (`-f` follows), line by line to this terminal, scrubbed.
     pub fn logs(&self, sh: &Shell, follow: bool, tail: usize) -> anyhow::Result<()> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
         let tail = tail.to_string();
         let mut c = self.cmd(sh).args(["logs", "--tail", &tail]);
         if follow {
             c = c.arg("-f");
         }
-        c.arg("bot").run().map_err(Into::into)
+        let c = c.arg("bot");
+        let shown = secrets::scrub(&c.to_string());
+        let mut command: Command = c.into();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run `{shown}`"))?;
+        let stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+                eprintln!("{}", secrets::scrub(&String::from_utf8_lossy(&line)));
+            }
+        });
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(child.stdout.take().expect("piped"))
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
+                let _ = child.kill(); // the reader went away (`| head`)
+                break;
+            }
+        }
+        let status = child.wait()?;
+        let _ = errors.join();
+        if !status.success() && status.code().is_some() {
+            anyhow::bail!("`{shown}` exited with {status}");
+        }
+        Ok(())
     }
 
     /// Stops and removes the containers and network; the volume is never removed.

@@ -1,6 +1,8 @@
 //! The deploy history: one JSON line per deploy in `deploys.jsonl` beside the backups, and
 //! `cargo xtask history`, which shows it as a table. No line ever holds a secret: the records
-//! name files and images, never the environment's contents.
+//! name files and images, never the environment's contents, and their text (the error above all)
+//! is scrubbed of the environment file's values before it is written or shown (see
+//! [`crate::secrets`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::report::StepReport;
+use crate::secrets;
 
 /// One deploy, as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -80,7 +83,26 @@ pub fn file(state_dir: &Path) -> PathBuf {
     state_dir.join("deploys.jsonl")
 }
 
-/// Appends one record (mode 0600).
+/// The record with its text scrubbed: the error, where the data came from, the steps' names.
+/// The fields a later task reads back as data (paths, image ids and tags, the hash) are left
+/// as they are, so that a path which happens to hold a value of the environment file still
+/// leads to its file; they come from this program, not from what a tool printed.
+fn scrubbed(record: &Record) -> Record {
+    let mut clean = record.clone();
+    let scrub = |text: &mut Option<String>| {
+        if let Some(text) = text {
+            *text = secrets::scrub(text);
+        }
+    };
+    scrub(&mut clean.error);
+    scrub(&mut clean.imported_from);
+    for step in &mut clean.steps {
+        step.name = secrets::scrub(&step.name);
+    }
+    clean
+}
+
+/// Appends one record (mode 0600), its text scrubbed.
 pub fn append(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(state_dir)?;
@@ -91,11 +113,11 @@ pub fn append(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot write the deploy history {}", path.display()))?;
-    writeln!(out, "{}", serde_json::to_string(record)?)?;
+    writeln!(out, "{}", serde_json::to_string(&scrubbed(record))?)?;
     Ok(())
 }
 
-/// Every record, oldest first; lines that do not parse are skipped.
+/// Every record, oldest first, as written; lines that do not parse are skipped.
 pub fn read(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
     let path = file(state_dir);
     if !path.exists() {
@@ -130,8 +152,12 @@ pub fn last_change(records: &[Record]) -> Option<&Record> {
     None
 }
 
-/// The history as a table.
+/// The history as a table, scrubbed.
 pub fn table(records: &[Record]) -> String {
+    secrets::scrub(&table_unscrubbed(records))
+}
+
+fn table_unscrubbed(records: &[Record]) -> String {
     let mut out = format!(
         "{:<17} {:<17} {:<10} {:<9} {:<8} {:>9} {:>9}  {}\n",
         "time", "task", "operator", "git", "revision", "downtime", "took", "result"
@@ -228,6 +254,36 @@ mod tests {
             shown.contains("3->4") && shown.contains("rolled-back"),
             "{shown}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_is_written_with_its_text_scrubbed_and_its_paths_as_they_are() {
+        secrets::register_text("BOT_TOKEN=717171:HISTORYtestSECRET\nDATA_DIR=/srv/history-test\n");
+        let dir = std::env::temp_dir().join(format!("xtask-history-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = Record {
+            task: "prod-migrate".into(),
+            result: "failed".into(),
+            error: Some("log: token 717171:HISTORYtestSECRET in /srv/history-test".into()),
+            backup: Some(PathBuf::from("/srv/history-test/backup.db")),
+            ..Record::default()
+        };
+        append(&dir, &record).unwrap();
+        let written = std::fs::read_to_string(file(&dir)).unwrap();
+        assert!(!written.contains("HISTORYtestSECRET"), "{written}");
+        let read = read(&dir).unwrap();
+        assert_eq!(
+            read[0].error.as_deref(),
+            Some("log: token <BOT_TOKEN> in <DATA_DIR>")
+        );
+        assert_eq!(
+            read[0].backup.as_deref(),
+            Some(Path::new("/srv/history-test/backup.db")),
+            "a path is data a rollback reads back: kept as it is"
+        );
+        let shown = table(&read);
+        assert!(shown.contains("failed: log: token <BOT_TOKEN>"), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

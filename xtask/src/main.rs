@@ -15,6 +15,7 @@ mod output;
 mod process;
 mod project;
 mod report;
+mod secrets;
 mod tasks;
 
 use std::time::Instant;

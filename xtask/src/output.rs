@@ -1,6 +1,7 @@
 //! The one place that decides how progress is shown: indicatif spinners on a terminal, plain
 //! lines otherwise (indicatif hides itself when stderr is not a terminal). Progress goes to
-//! stderr; the final report to stdout.
+//! stderr; the final report to stdout. Every line is scrubbed of the environment file's secrets
+//! on its way out (see [`crate::secrets`]).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::{Report, StepReport};
+use crate::secrets;
 
 /// Shows progress and the final report.
 pub struct Printer {
@@ -26,7 +28,7 @@ impl Printer {
 
     /// Prints a line of progress.
     pub fn info(&self, line: &str) {
-        eprintln!("{line}");
+        eprintln!("{}", secrets::scrub(line));
     }
 
     /// Runs one named step, showing it while it runs and recording it in the report.
@@ -36,6 +38,7 @@ impl Printer {
         name: &str,
         work: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        let name = &secrets::scrub(name);
         let started = Instant::now();
         let spinner = if self.fancy {
             let bar = ProgressBar::new_spinner();
@@ -72,7 +75,7 @@ impl Printer {
 
     /// Adds a detail to the last step.
     pub fn detail(&self, report: &mut Report, detail: impl Into<String>) {
-        let detail = detail.into();
+        let detail = secrets::scrub(&detail.into());
         eprintln!("     {detail}");
         if let Some(step) = report.steps.last_mut() {
             step.detail = Some(detail);
@@ -82,12 +85,29 @@ impl Printer {
     /// Prints the final report: JSON on stdout with `--json`, else for a person.
     pub fn finish(&self, report: &Report) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string(report).expect("the report serializes")
-            );
+            println!("{}", report.json());
         } else {
             print!("{}", report.human());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_details_are_scrubbed_before_they_are_shown_or_kept() {
+        secrets::register_text("SMTP_PASSWORD=printer-test-password\n");
+        let printer = Printer::new(false);
+        let mut report = Report::new("backup", "proj");
+        let result: anyhow::Result<()> =
+            printer.step(&mut report, "log in as printer-test-password", || Ok(()));
+        result.unwrap();
+        printer.detail(&mut report, "said printer-test-password");
+        printer.info("and printer-test-password again");
+        let step = &report.steps[0];
+        assert_eq!(step.name, "log in as <SMTP_PASSWORD>");
+        assert_eq!(step.detail.as_deref(), Some("said <SMTP_PASSWORD>"));
     }
 }

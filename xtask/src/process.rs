@@ -1,5 +1,6 @@
 //! Running programs: argv only (never a shell), output captured, every wait bounded by a
-//! timeout that says what it waited for, failures that show the command and what it printed.
+//! timeout that says what it waited for, failures that show the command and what it printed,
+//! scrubbed of the environment file's secrets (see [`crate::secrets`]).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -8,16 +9,27 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use xshell::Cmd;
 
+use crate::secrets;
+
 /// How long a Docker or Compose command may take unless a step says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// What a finished command printed.
-#[derive(Debug)]
+/// What a finished command printed, as it printed it: data for the caller to parse (ids, JSON,
+/// paths). Text of it that is shown goes through [`tail`] or [`secrets::scrub`] first.
 pub struct Finished {
     /// Standard output.
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished")
+            .field("stdout", &secrets::scrub(&self.stdout))
+            .field("stderr", &secrets::scrub(&self.stderr))
+            .finish()
+    }
 }
 
 /// Runs `cmd` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
@@ -27,8 +39,10 @@ pub fn run(cmd: Cmd<'_>, what: &str) -> anyhow::Result<Finished> {
 
 /// Runs `cmd` to the end; fails with the command line and the tail of its output when it exits
 /// non-zero, and kills it when it outlives `timeout`. `what` says what the command was for.
+/// Every error is scrubbed of the environment file's secrets.
 pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result<Finished> {
-    let shown = cmd.to_string();
+    let shown = secrets::scrub(&cmd.to_string());
+    let what = secrets::scrub(what);
     let mut command: Command = cmd.into();
     command
         .stdin(Stdio::null())
@@ -81,8 +95,10 @@ pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result
     Ok(finished)
 }
 
-/// The last `lines` lines of `text`, indented.
+/// The last `lines` lines of what a command printed, indented, scrubbed of the environment
+/// file's secrets: the form in which captured output is shown.
 pub fn tail(text: &str, lines: usize) -> String {
+    let text = secrets::scrub(text);
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     all[all.len().saturating_sub(lines)..]
         .iter()
@@ -116,6 +132,40 @@ mod tests {
             run(sh.cmd("echo").arg("hi"), "echo").unwrap().stdout,
             "hi\n"
         );
+    }
+
+    #[test]
+    fn what_a_failing_command_prints_of_the_environment_file_is_scrubbed() {
+        let dir = std::env::temp_dir().join(format!("xtask-process-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = dir.join("echoed.env");
+        std::fs::write(
+            &env,
+            "BOT_TOKEN=515151:PROCESStestSECRETvalue\nDB_PASSWORD=process-test-password\n",
+        )
+        .unwrap();
+        secrets::load(&env).unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        // Prints the file's lines, then fails on the missing one: a tool echoing the file.
+        let error = run(
+            sh.cmd("grep")
+                .arg("-H")
+                .arg(".")
+                .arg(&env)
+                .arg("/no/such/file"),
+            "echoing",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("BOT_TOKEN=<BOT_TOKEN>"), "{error}");
+        assert!(error.contains("DB_PASSWORD=<DB_PASSWORD>"), "{error}");
+        assert!(
+            !error.contains("PROCESStestSECRETvalue") && !error.contains("process-test-password"),
+            "{error}"
+        );
+        let shown = tail("token 515151%3APROCESStestSECRETvalue\n", 5);
+        assert_eq!(shown, "    token <BOT_TOKEN>");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

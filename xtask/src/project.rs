@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 use crate::exit;
+use crate::secrets;
 
 /// Options shared by every task that drives the stack.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,18 +90,15 @@ pub fn project_name(option: Option<&str>) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Whether `.env` holds a non-empty BOT_TOKEN (the value itself is never read out).
+/// Whether `.env` holds a non-empty BOT_TOKEN (the value itself is never read out). The file is
+/// parsed as Compose reads it (dotenvy) and its values are registered to be scrubbed from all
+/// output; a line that is not KEY=VALUE is refused (exit 4) by its number, never its content.
 pub fn env_file_has_token(env_file: &Path) -> anyhow::Result<bool> {
     if !env_file.exists() {
         return Ok(false);
     }
-    let text = std::fs::read_to_string(env_file)
-        .with_context(|| format!("cannot read {}", env_file.display()))?;
-    Ok(text.lines().any(|line| {
-        line.trim()
-            .strip_prefix("BOT_TOKEN=")
-            .is_some_and(|value| !value.trim().trim_matches(['"', '\'']).is_empty())
-    }))
+    let env = secrets::load(env_file)?;
+    Ok(env.get("BOT_TOKEN").is_some_and(|v| !v.trim().is_empty()))
 }
 
 #[cfg(test)]
@@ -128,6 +124,19 @@ mod tests {
         assert!(!env_file_has_token(&file).unwrap());
         std::fs::write(&file, "BOT_TOKEN=123:abc\n").unwrap();
         assert!(env_file_has_token(&file).unwrap());
+        std::fs::write(&file, "export BOT_TOKEN = \"123:abc\" # from @BotFather\n").unwrap();
+        assert!(env_file_has_token(&file).unwrap(), "as Compose reads it");
+        std::fs::write(&file, "BOT_TOKEN=''\n").unwrap();
+        assert!(!env_file_has_token(&file).unwrap());
+        std::fs::write(&file, "RUST_LOG=info\nBOT_TOKEN 123:xyz-secret-line\n").unwrap();
+        let error = env_file_has_token(&file).unwrap_err();
+        assert_eq!(exit::code_of(&error), exit::ExitCode::NotReady);
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("line 2 of {} is not KEY=VALUE", file.display())),
+            "{message}"
+        );
+        assert!(!message.contains("xyz-secret"), "{message}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,9 @@
 //! The final report of a task: what changed, each step with its duration, and how it ended.
+//! Both its forms are scrubbed of the environment file's secrets (see [`crate::secrets`]).
 
 use serde::Serialize;
+
+use crate::secrets;
 
 /// One step as it ran.
 #[derive(Debug, Clone, Serialize)]
@@ -87,8 +90,19 @@ impl Report {
             .map(|s| s.name.clone())
     }
 
-    /// The report as a person reads it.
+    /// The report as one line of JSON, every string in it scrubbed.
+    pub fn json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("the report serializes");
+        secrets::scrub_json(&mut value);
+        value.to_string()
+    }
+
+    /// The report as a person reads it, scrubbed.
     pub fn human(&self) -> String {
+        secrets::scrub(&self.human_unscrubbed())
+    }
+
+    fn human_unscrubbed(&self) -> String {
         let mut out = format!(
             "{} on project {}: {}\n",
             self.task, self.project, self.result
@@ -138,5 +152,41 @@ impl Report {
             out.push_str("  rolled back: the previous bot and database are back\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_forms_of_the_report_are_scrubbed() {
+        secrets::register_text("BOT_TOKEN=616161:REPORTtestSECRETvalue\nDEBUG=1\n");
+        let mut report = Report::new("prod-migrate", "proj");
+        report.error = Some("Compose said: BOT_TOKEN=616161:REPORTtestSECRETvalue DEBUG=1".into());
+        report.failed_step = Some("start bot".into());
+        report.steps.push(StepReport {
+            name: "start bot".into(),
+            seconds: 1.0,
+            result: "failed",
+            detail: Some("bot/REPORTtestSECRETvalue".into()),
+        });
+        report.plan.push("wait 1 s".into());
+        let json = report.json();
+        assert!(!json.contains("REPORTtestSECRETvalue"), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value["error"],
+            "Compose said: BOT_TOKEN=<BOT_TOKEN> DEBUG=<DEBUG>"
+        );
+        assert_eq!(value["steps"][0]["detail"], "bot/<BOT_TOKEN>");
+        assert_eq!(
+            value["plan"][0], "wait 1 s",
+            "a short value elsewhere stays"
+        );
+        report.old_app = Some("kept as REPORTtestSECRETvalue".into());
+        let human = report.human();
+        assert!(human.contains("kept as <BOT_TOKEN>"), "{human}");
+        assert!(!human.contains("REPORTtestSECRETvalue"), "{human}");
     }
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask doctor`: the preflight checks alone, each with its fix.
+//! `cargo xtask doctor`: the preflight checks alone, each with its fix. What it prints is
+//! scrubbed of the environment file's secrets (see [`crate::secrets`]).
 
 use serde_json::json;
 use xshell::Shell;
@@ -9,6 +10,7 @@ use crate::database;
 use crate::docker;
 use crate::exit;
 use crate::project::{self, StackArgs};
+use crate::secrets;
 
 struct Check {
     name: &'static str,
@@ -41,20 +43,20 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| stack.as_ref().map(|s| s.env_file.clone()))
         .unwrap_or_else(|| project::root().join(".env"));
-    let token = project::env_file_has_token(&env_file).unwrap_or(false);
+    let token = project::env_file_has_token(&env_file);
     checks.push(Check {
         name: "environment file with BOT_TOKEN",
-        ok: token,
-        detail: format!(
-            "{} {}",
-            env_file.display(),
-            if token {
-                "has a token"
-            } else {
-                "has no BOT_TOKEN"
-            }
-        ),
-        fix: "copy .env.example to .env and set BOT_TOKEN (or use --demo)".into(),
+        ok: token.as_ref().is_ok_and(|t| *t),
+        detail: match &token {
+            Ok(true) => format!("{} has a token", env_file.display()),
+            Ok(false) => format!("{} has no BOT_TOKEN", env_file.display()),
+            // Names the line by its number only, with the way to write it.
+            Err(e) => e.to_string(),
+        },
+        fix: match &token {
+            Err(_) => format!("correct that line of {}", env_file.display()),
+            Ok(_) => "copy .env.example to .env and set BOT_TOKEN (or use --demo)".into(),
+        },
     });
     let state_dir = args.state_dir(&project);
     let image = stack
@@ -97,20 +99,22 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
             .iter()
             .map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": if c.ok { None } else { Some(&c.fix) }}))
             .collect();
-        println!(
-            "{}",
-            json!({"project": project, "ok": failed == 0, "checks": list})
-        );
+        let mut report = json!({"project": project, "ok": failed == 0, "checks": list});
+        secrets::scrub_json(&mut report);
+        println!("{report}");
     } else {
         for c in &checks {
             println!(
-                "{} {}: {}",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
+                "{}",
+                secrets::scrub(&format!(
+                    "{} {}: {}",
+                    if c.ok { "ok  " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                ))
             );
             if !c.ok {
-                println!("     fix: {}", c.fix);
+                println!("     fix: {}", secrets::scrub(&c.fix));
             }
         }
     }

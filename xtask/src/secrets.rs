@@ -1,0 +1,595 @@
+//! The environment file's secrets: the file is parsed with `dotenvy` (a malformed line is refused
+//! by its number, never by its content), and every value in it is scrubbed from what this program
+//! shows or stores.
+//!
+//! The scrub rule:
+//! - every non-empty value of every environment file the stack uses is a secret (`BOT_TOKEN`
+//!   first), and so are: the token's secret part (after the first `:`), since tools print it
+//!   split or URL-encoded; a value's text as written in the file (before dotenvy's quotes,
+//!   escapes and `$VAR` substitution, which Compose does not all do); the URL-encoded form of
+//!   each; and the content of a malformed line;
+//! - a secret of at least [`MIN_LEN`] characters is replaced wherever it appears, except that
+//!   one made of digits alone must not touch other letters or digits (so `ADMIN_IDS=123456`
+//!   leaves image ids and times alone);
+//! - a shorter one (`1`, `true`, `info`) only where it stands as its own variable's value:
+//!   `KEY=v`, `KEY: v`, `"KEY":"v"`; elsewhere it is left alone, or every digit would go;
+//! - the replacement names the variable: `<BOT_TOKEN>`, as the bot's own redaction does.
+//!
+//! Files are registered as the stack meets them ([`register_file`]); [`scrub`] uses every value
+//! registered so far. What commands print is scrubbed where it becomes text to show (errors,
+//! log tails), and again where text leaves the program (the printer, the JSON report, the deploy
+//! history). What a command returns as data (ids, JSON, paths) is parsed by the caller as it
+//! is: a mount path that happens to equal a value must not be corrupted.
+
+use std::cell::Cell;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::exit;
+
+/// Secrets shorter than this are hidden only as their own variable's value.
+pub const MIN_LEN: usize = 6;
+
+/// An environment file as Compose gives it to the bot.
+#[derive(Debug, Default)]
+pub struct EnvFile {
+    /// Each `KEY=value`, in the file's order (a later one wins, as in Compose).
+    pub vars: Vec<(String, String)>,
+}
+
+impl EnvFile {
+    /// The value of `key` (the last one when it is set twice).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What [`parse`] found: the variables, the secrets to hide, the malformed lines.
+#[derive(Debug, Default)]
+struct Parsed {
+    env: EnvFile,
+    secrets: Vec<Secret>,
+    malformed: Vec<usize>,
+}
+
+/// Reads and registers `path`; refuses it (exit 4) when a line is not KEY=VALUE, naming the
+/// line by its number only. Its secrets are registered even then.
+pub fn load(path: &Path) -> anyhow::Result<EnvFile> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed = parse(&String::from_utf8_lossy(&text), &file_name(path));
+    add(&parsed.secrets);
+    if !parsed.malformed.is_empty() {
+        return Err(exit::not_ready(malformed_message(path, &parsed.malformed)));
+    }
+    Ok(parsed.env)
+}
+
+/// Registers the secrets of `path` once (a missing or unreadable file adds nothing; a malformed
+/// one adds what could be read and its bad lines' content).
+pub fn register_file(path: &Path) {
+    {
+        let registry = registry();
+        if registry.files.iter().any(|f| f == path) {
+            return;
+        }
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let parsed = parse(&String::from_utf8_lossy(&bytes), &file_name(path));
+    add(&parsed.secrets);
+    registry().files.push(path.to_owned());
+}
+
+/// Registers the values of an environment file's text (for the tests of the layers that scrub).
+#[cfg(test)]
+pub fn register_text(text: &str) {
+    add(&parse(text, "test.env").secrets);
+}
+
+/// `text` with every registered secret replaced by its variable's name.
+pub fn scrub(text: &str) -> String {
+    let registry = registry();
+    scrub_with(&registry.secrets, text)
+}
+
+/// Scrubs every string (and object key) in a JSON value.
+pub fn scrub_json(value: &mut Value) {
+    let registry = registry();
+    scrub_json_with(&registry.secrets, value);
+}
+
+fn scrub_json_with(secrets: &[Secret], value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            let clean = scrub_with(secrets, s);
+            if clean != *s {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_json_with(secrets, v)),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (key, mut v) in entries {
+                scrub_json_with(secrets, &mut v);
+                map.insert(scrub_with(secrets, &key), v);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn malformed_message(path: &Path, lines: &[usize]) -> String {
+    let which = match lines {
+        [one] => format!("line {one} of {} is", path.display()),
+        many => format!(
+            "lines {} of {} are",
+            many.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            path.display()
+        ),
+    };
+    format!(
+        "{which} not KEY=VALUE (the content is not shown: it may hold a secret). Write each setting as NAME=value on a line of its own (NAME: letters, digits and _, not starting with a digit; quote a value holding spaces or #, e.g. NAME=\"a b\"), start a comment with #, or remove the line"
+    )
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// One value to hide, and how.
+#[derive(Debug, Clone)]
+struct Secret {
+    /// The variable it belongs to: the replacement is `<key>`.
+    key: String,
+    /// The text to hide.
+    value: String,
+    /// Hidden wherever it appears (else only as `KEY=value`): [`MIN_LEN`] characters or more.
+    everywhere: bool,
+    /// Made of digits alone: never hidden inside a longer run of letters and digits.
+    digits: bool,
+}
+
+impl Secret {
+    fn new(key: &str, value: &str) -> Option<Secret> {
+        let value = value.trim();
+        (!value.is_empty()).then(|| Secret {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            everywhere: value.chars().count() >= MIN_LEN,
+            digits: value.bytes().all(|b| b.is_ascii_digit()),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    files: Vec<PathBuf>,
+    /// Longest first, so that a value holding another is hidden whole.
+    secrets: Vec<Secret>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    files: Vec::new(),
+    secrets: Vec::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn add(secrets: &[Secret]) {
+    let mut registry = registry();
+    merge(&mut registry.secrets, secrets);
+}
+
+/// Adds `new` to `all`, without duplicates (the first variable named keeps a value hidden
+/// everywhere; a short one is kept per variable), longest first.
+fn merge(all: &mut Vec<Secret>, new: &[Secret]) {
+    for secret in new {
+        if !all
+            .iter()
+            .any(|s| s.value == secret.value && (secret.everywhere || s.key == secret.key))
+        {
+            all.push(secret.clone());
+        }
+    }
+    all.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
+}
+
+/// Parses an environment file's text with dotenvy. `name` names the file in the placeholders of
+/// malformed lines.
+fn parse(text: &str, name: &str) -> Parsed {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let fed = Rc::new(Cell::new(0));
+    let reader = LineByLine {
+        lines: lines.clone(),
+        next: 0,
+        offset: 0,
+        fed: fed.clone(),
+    };
+    let mut parsed = Parsed::default();
+    let mut secrets = Vec::new();
+    let mut done = 0; // physical lines taken by the items before
+    for item in dotenvy::from_read_iter(reader) {
+        let now = fed.get();
+        let chunk = &lines[done.min(lines.len())..now.min(lines.len())];
+        done = now;
+        match item {
+            Ok((key, value)) => {
+                secrets.extend(Secret::new(&key, &value));
+                secrets.extend(
+                    as_written(chunk)
+                        .into_iter()
+                        .filter_map(|raw| Secret::new(&key, &raw)),
+                );
+                parsed.env.vars.push((key, value));
+            }
+            Err(dotenvy::Error::LineParse(line, _)) => {
+                // The bad logical line ends at the last physical line read.
+                let inner = line.trim_end_matches(['\r', '\n']).matches('\n').count();
+                let first = now.saturating_sub(inner).max(1);
+                let content = line.trim();
+                if bare_key(content) {
+                    continue; // `NAME` alone: Compose passes NAME from its own environment
+                }
+                let placeholder = format!("line {first} of {name}");
+                secrets.extend(Secret::new(&placeholder, content));
+                // And what follows its first `=` or blank: the value, if the line has one.
+                for (_, rest) in [
+                    content.split_once('='),
+                    content.split_once(char::is_whitespace),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    secrets.extend(Secret::new(&placeholder, rest));
+                    secrets.extend(Secret::new(&placeholder, unquote(rest.trim())));
+                }
+                parsed.malformed.push(first);
+            }
+            // Reading a string cannot fail; substitution errors do not exist in 0.15.
+            Err(_) => {}
+        }
+    }
+    if let Some(token) = parsed.env.get("BOT_TOKEN")
+        && let Some((_, secret_part)) = token.split_once(':')
+    {
+        secrets.extend(Secret::new("BOT_TOKEN", secret_part));
+    }
+    // The token first, so that a value also pasted elsewhere is named after it.
+    secrets.sort_by_key(|s| s.key != "BOT_TOKEN");
+    // URL-encoded, with upper- and lower-case hex digits.
+    let encoded: Vec<Secret> = secrets
+        .iter()
+        .flat_map(|s| {
+            [true, false]
+                .map(|upper| url_encode(&s.value, upper))
+                .into_iter()
+                .filter(|v| *v != s.value)
+                .filter_map(|v| Secret::new(&s.key, &v))
+        })
+        .collect();
+    secrets.extend(encoded);
+    merge(&mut parsed.secrets, &secrets);
+    parsed
+}
+
+/// The value of the assignment in `chunk` (the physical lines of one item, after any comments
+/// and blank lines before it) as written: after the first `=`, and without its quotes.
+fn as_written(chunk: &[&str]) -> Vec<String> {
+    let start = chunk
+        .iter()
+        .position(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#')
+        })
+        .unwrap_or(chunk.len());
+    let logical = chunk[start..].concat();
+    let Some((_, raw)) = logical.split_once('=') else {
+        return Vec::new();
+    };
+    let raw = raw.trim();
+    vec![raw.to_owned(), unquote(raw).to_owned()]
+}
+
+fn unquote(text: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = text.strip_prefix(quote).and_then(|t| t.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    text
+}
+
+/// `NAME` or `export NAME` alone.
+fn bare_key(line: &str) -> bool {
+    let name = line.strip_prefix("export ").unwrap_or(line).trim();
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Percent-encodes every byte outside RFC 3986's unreserved characters.
+fn url_encode(text: &str, upper: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Hands dotenvy's buffered reader one physical line per read, and counts the lines handed out:
+/// after each item, the count is the number of the last line that item read.
+struct LineByLine<'a> {
+    lines: Vec<&'a str>,
+    next: usize,
+    offset: usize,
+    fed: Rc<Cell<usize>>,
+}
+
+impl Read for LineByLine<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(line) = self.lines.get(self.next) else {
+            return Ok(0);
+        };
+        let rest = &line.as_bytes()[self.offset..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.offset += n;
+        if self.offset == line.len() {
+            self.next += 1;
+            self.offset = 0;
+            self.fed.set(self.next);
+        }
+        Ok(n)
+    }
+}
+
+fn is_word(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// The secret that starts at byte `at` of `text`: how many bytes it covers and what replaces
+/// them.
+fn secret_at(secrets: &[Secret], text: &str, at: usize) -> Option<(usize, String)> {
+    let rest = &text[at..];
+    let before = text[..at].chars().next_back();
+    for secret in secrets.iter().filter(|s| s.everywhere) {
+        if !rest.starts_with(&secret.value) {
+            continue;
+        }
+        let after = rest[secret.value.len()..].chars().next();
+        if secret.digits && (is_word(before) || is_word(after)) {
+            continue;
+        }
+        return Some((secret.value.len(), format!("<{}>", secret.key)));
+    }
+    // A short value, as its own variable's value: KEY=v, KEY: v, "KEY":"v", KEY='v'.
+    if is_word(before) {
+        return None;
+    }
+    for secret in secrets.iter().filter(|s| !s.everywhere) {
+        let Some(after_key) = rest.strip_prefix(secret.key.as_str()) else {
+            continue;
+        };
+        let after_key = after_key.strip_prefix(['"', '\'']).unwrap_or(after_key);
+        let Some(after_sign) = after_key.trim_start_matches(' ').strip_prefix(['=', ':']) else {
+            continue;
+        };
+        let value_at = after_sign.trim_start_matches(' ');
+        let value_at = value_at.strip_prefix(['"', '\'']).unwrap_or(value_at);
+        let Some(after_value) = value_at.strip_prefix(secret.value.as_str()) else {
+            continue;
+        };
+        if is_word(after_value.chars().next()) {
+            continue;
+        }
+        let prefix = rest.len() - value_at.len();
+        let covered = rest.len() - after_value.len();
+        return Some((covered, format!("{}<{}>", &rest[..prefix], secret.key)));
+    }
+    None
+}
+
+fn scrub_with(secrets: &[Secret], text: &str) -> String {
+    if secrets.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at < text.len() {
+        if let Some((len, replacement)) = secret_at(secrets, text, at) {
+            out.push_str(&text[copied..at]);
+            out.push_str(&replacement);
+            at += len;
+            copied = at;
+        } else {
+            at += text[at..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "424242:SECRETsecretSECRETsecret";
+
+    fn scrubbed(file: &str, text: &str) -> String {
+        scrub_with(&parse(file, ".env").secrets, text)
+    }
+
+    #[test]
+    fn a_malformed_line_is_refused_by_its_number_never_by_its_content() {
+        let file =
+            format!("# settings\nBOT_TOKEN={TOKEN}\n\nMY SECRET=hunter2-hunter2\nRUST_LOG=info\n");
+        let parsed = parse(&file, ".env");
+        assert_eq!(parsed.malformed, vec![4]);
+        assert_eq!(parsed.env.get("BOT_TOKEN"), Some(TOKEN));
+        assert_eq!(parsed.env.get("RUST_LOG"), Some("info"), "read on after it");
+        let message = malformed_message(Path::new("/srv/bot/.env"), &parsed.malformed);
+        assert!(
+            message.starts_with("line 4 of /srv/bot/.env is not KEY=VALUE"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2") && !message.contains("MY SECRET"));
+        // What a tool prints of the bad line is hidden too, named by its number.
+        assert_eq!(
+            scrubbed(
+                &file,
+                "line 4: unexpected character \" \" in variable name \"MY SECRET=hunter2-hunter2\""
+            ),
+            "line 4: unexpected character \" \" in variable name \"<line 4 of .env>\""
+        );
+        assert_eq!(
+            scrubbed(&file, "got hunter2-hunter2"),
+            "got <line 4 of .env>"
+        );
+    }
+
+    #[test]
+    fn the_line_number_counts_comments_blank_lines_and_quoted_values_over_several_lines() {
+        let file = "A=1\n# x\n\nB=\"two\nlines\"\nC='x' y\nD=4\n\"unterminated\n";
+        let parsed = parse(file, ".env");
+        assert_eq!(parsed.malformed, vec![6, 8], "{parsed:?}");
+        assert_eq!(parsed.env.get("B"), Some("two\nlines"));
+        assert_eq!(parsed.env.get("D"), Some("4"));
+        // A name alone takes its value from Compose's environment: not malformed.
+        let parsed = parse("\u{feff}BOT_TOKEN=1:abcdef\nHOME\nexport PATH\n", ".env");
+        assert!(parsed.malformed.is_empty(), "{parsed:?}");
+        assert_eq!(parsed.env.get("BOT_TOKEN"), Some("1:abcdef"), "BOM skipped");
+    }
+
+    #[test]
+    fn every_value_and_the_tokens_secret_part_are_scrubbed_from_any_text() {
+        let file = format!(
+            "BOT_TOKEN={TOKEN}\nPROXY_URL=\"http://u:p%ss@relay:3128\"\nPLAIN=pa$$word-123\nADMIN_IDS=12345678\nDEBUG=1\nRUST_LOG=info\n"
+        );
+        let cases = [
+            (
+                format!("GET https://api.telegram.org/bot{TOKEN}/getMe"),
+                "GET https://api.telegram.org/bot<BOT_TOKEN>/getMe",
+            ),
+            (
+                "split: SECRETsecretSECRETsecret".to_owned(),
+                "split: <BOT_TOKEN>",
+            ),
+            (
+                "encoded: 424242%3ASECRETsecretSECRETsecret, 424242%3aSECRETsecretSECRETsecret"
+                    .to_owned(),
+                "encoded: <BOT_TOKEN>, <BOT_TOKEN>",
+            ),
+            (
+                "proxy http://u:p%ss@relay:3128 refused".to_owned(),
+                "proxy <PROXY_URL> refused",
+            ),
+            (
+                "as written pa$$word-123, and substituted: pa-123".to_owned(),
+                "as written <PLAIN>, and substituted: <PLAIN>",
+            ),
+            ("admins 12345678.".to_owned(), "admins <ADMIN_IDS>."),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(scrubbed(&file, &text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn short_values_are_hidden_only_as_their_own_variables_value() {
+        let file = "DEBUG=1\nRUST_LOG=info\nADMIN_IDS=123456\n";
+        assert_eq!(
+            scrubbed(file, "exit code 1 after 10 s, revision 1, info: all fine"),
+            "exit code 1 after 10 s, revision 1, info: all fine"
+        );
+        assert_eq!(
+            scrubbed(
+                file,
+                "DEBUG=1 \"RUST_LOG\":\"info\" RUST_LOG: info DEBUG=10 XDEBUG=1"
+            ),
+            "DEBUG=<DEBUG> \"RUST_LOG\":\"<RUST_LOG>\" RUST_LOG: <RUST_LOG> DEBUG=10 XDEBUG=1"
+        );
+        // A value of digits alone never eats into ids or times.
+        assert_eq!(
+            scrubbed(file, "sha256:ab123456cd 20261234560000Z ids 123456"),
+            "sha256:ab123456cd 20261234560000Z ids <ADMIN_IDS>"
+        );
+    }
+
+    #[test]
+    fn json_is_scrubbed_inside_its_strings() {
+        let secrets = parse(
+            &format!("BOT_TOKEN={TOKEN}\nQUOTE='a \"quoted\" value'\n"),
+            ".env",
+        )
+        .secrets;
+        let mut value = serde_json::json!({
+            "error": format!("log: token {TOKEN} and a \"quoted\" value"),
+            "steps": [{"detail": "SECRETsecretSECRETsecret"}],
+            "n": 1,
+        });
+        scrub_json_with(&secrets, &mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "error": "log: token <BOT_TOKEN> and <QUOTE>",
+                "steps": [{"detail": "<BOT_TOKEN>"}],
+                "n": 1,
+            })
+        );
+    }
+
+    #[test]
+    fn a_file_is_loaded_refused_and_registered() {
+        let dir = std::env::temp_dir().join(format!("xtask-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.env");
+        std::fs::write(&good, "BOT_TOKEN=777:registered-UNIQUE-value\n").unwrap();
+        assert_eq!(
+            load(&good).unwrap().get("BOT_TOKEN"),
+            Some("777:registered-UNIQUE-value")
+        );
+        assert_eq!(
+            scrub("x 777:registered-UNIQUE-value y registered-UNIQUE-value"),
+            "x <BOT_TOKEN> y <BOT_TOKEN>"
+        );
+        let bad = dir.join("bad.env");
+        std::fs::write(&bad, "OK=1\nnot an assignment: bad-UNIQUE-line\n").unwrap();
+        let error = load(&bad).unwrap_err();
+        assert_eq!(exit::code_of(&error), exit::ExitCode::NotReady);
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("line 2 of {}", bad.display())),
+            "{message}"
+        );
+        assert!(!message.contains("bad-UNIQUE"), "{message}");
+        assert!(!scrub("echo: not an assignment: bad-UNIQUE-line").contains("bad-UNIQUE"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

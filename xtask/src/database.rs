@@ -118,9 +118,23 @@ pub fn bot_once(
 
 /// Reads the database's state with `image`'s engine. A volume that does not exist is empty.
 pub fn status(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<DbStatus> {
+    status_or_damaged(sh, stack, image)?.map_err(|damage| {
+        exit::refused(format!(
+            "{damage}\nNothing was changed. Put a good database in place with `cargo xtask restore <file>`."
+        ))
+    })
+}
+
+/// The live database's state, or (the inner `Err`) what the engine said of a live file that
+/// is damaged or not SQLite at all.
+pub fn status_or_damaged(
+    sh: &Shell,
+    stack: &Stack,
+    image: &str,
+) -> anyhow::Result<Result<DbStatus, String>> {
     if !volume_exists(sh, stack) {
         let head = image_head(sh, image)?;
-        return Ok(DbStatus::empty(head));
+        return Ok(Ok(DbStatus::empty(head)));
     }
     let out = match bot_once(
         sh,
@@ -135,14 +149,13 @@ pub fn status(sh: &Shell, stack: &Stack, image: &str) -> anyhow::Result<DbStatus
             if e.to_string().contains("not a SQLite database")
                 || e.to_string().contains("is damaged") =>
         {
-            return Err(exit::refused(format!(
-                "{e:#}\nNothing was changed. Put a good database in place with `cargo xtask restore <file>`."
-            )));
+            return Ok(Err(format!("{e:#}")));
         }
         Err(e) => return Err(e),
     };
     serde_json::from_value(last_json(&out.stdout, "`bot db status --json`")?)
         .context("`bot db status --json` printed JSON of another shape")
+        .map(Ok)
 }
 
 /// The newest revision `image` knows, without touching any volume.
@@ -499,10 +512,12 @@ pub fn restore_from_host(
     stack: &Stack,
     image: &str,
     host_file: &Path,
+    replace_damaged: bool,
 ) -> anyhow::Result<Value> {
     let mount = format!("{}:/data", stack.volume());
+    let damaged = replace_damaged.then_some("--replace-damaged");
     let id = process::run(
-        cmd!(sh, "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db --owner {BOT_OWNER} --json"),
+        cmd!(sh, "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"),
         "preparing the restore",
     )?
     .stdout

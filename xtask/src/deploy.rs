@@ -861,7 +861,7 @@ impl Deploy<'_> {
                         staged.0.as_path()
                     }
                 };
-                database::restore_from_host(sh, stack, &stack.bot_image, source)
+                database::restore_from_host(sh, stack, &stack.bot_image, source, false)
             })?;
         let set_aside = SetAside::from_restore(&restored);
         if let Some(s) = &set_aside {

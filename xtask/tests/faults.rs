@@ -336,6 +336,148 @@ fn a_backup_folder_with_no_room_stops_the_deploy_before_anything_changes() {
 }
 
 #[test]
+fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("savefail");
+    let disk = SmallDisk::mount(project.dir.join("backup-disk"), "64m");
+    let backup_dir = disk.0.to_str().unwrap().to_owned();
+    deployed_at_revision_3(&project, 500, false, &["--backup-dir", &backup_dir]);
+    let data = project.dump("before");
+
+    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
+        .args(["--project-name", &project.name, "--backup-dir", &backup_dir])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = String::new();
+    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        progress.push_str(&line);
+        progress.push('\n');
+        if line.starts_with("==> migrate database") {
+            // The backup folder's disk fails once the migration has begun.
+            let ro = run("mount", &["-o", "remount,ro", &backup_dir]);
+            assert!(ro.status.success(), "{}", text(&ro));
+            break;
+        }
+    }
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let output = deploy.wait_with_output().unwrap();
+    let all = format!("{progress}{}", rest.join("\n"));
+    let rw = run("mount", &["-o", "remount,rw", &backup_dir]);
+    assert!(rw.status.success(), "{}", text(&rw));
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "a good deploy with a warning: {all}"
+    );
+    let outcome: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(outcome["rolled_back"], false, "{outcome}");
+    assert_eq!(outcome["revision_after"], 4, "{outcome}");
+    let warning = outcome["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("pre-deploy backup could not be saved"),
+        "{outcome}"
+    );
+    let new_image = project.running_image();
+    assert_eq!(
+        project.bot_container()["State"]["Health"]["Status"],
+        "healthy"
+    );
+    let status = project.db_status_with(&new_image);
+    assert_eq!(status["version"], 4, "{status}");
+
+    // The next backup saves the pre-deploy copy the migration container kept.
+    let backup = project.xtask("backup", &["--json", "--backup-dir", &backup_dir]);
+    assert!(backup.status.success(), "{}", text(&backup));
+    let saved: Vec<PathBuf> = std::fs::read_dir(&backup_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-r3.db"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let conn = rusqlite::Connection::open(&saved[0]).unwrap();
+    let users: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(users, 500, "the pre-deploy backup holds every user");
+    drop(conn);
+    let left = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=org.tgbot.project={}", project.name),
+        "--filter",
+        "label=org.tgbot.role=migration",
+    ]);
+    assert_eq!(
+        left.trim(),
+        "",
+        "the migration container is gone once saved"
+    );
+    assert!(!data.is_empty());
+}
+
+#[test]
+fn a_damaged_live_database_is_replaced_by_restore_and_kept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("damaged");
+    deployed_at_revision_3(&project, 20, false, &[]);
+    let good = project.copy_database("good");
+    let damaged = project.dir.join("damaged.db");
+    revision_3_database(&damaged, 3000, false);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let len = bytes.len();
+    for byte in &mut bytes[8192..len - 4096] {
+        *byte = 0xa5;
+    }
+    std::fs::write(&damaged, &bytes).unwrap();
+    // Put in place as a disk fault would leave it: copied raw, the bot stopped.
+    let bot = project.bot_container()["Id"].as_str().unwrap().to_owned();
+    docker(&["stop", &bot]);
+    let mount = format!("{}:/data", project.volume());
+    let holder = docker(&["create", "-v", &mount, &project.image(), "db", "status"]);
+    docker(&[
+        "cp",
+        damaged.to_str().unwrap(),
+        &format!("{}:/data/bot_database.db", holder.trim()),
+    ]);
+    docker(&["rm", "-f", holder.trim()]);
+
+    // What the damage message recommends, and what a deploy on it refuses to do.
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert_eq!(update.status.code(), Some(3), "{}", text(&update));
+    assert!(text(&update).contains("cargo xtask restore"), "{}", text(&update));
+    let unasked = project.xtask("restore", &[good.to_str().unwrap()]);
+    assert_eq!(unasked.status.code(), Some(2), "{}", text(&unasked));
+
+    let restore = project.xtask("restore", &[good.to_str().unwrap(), "--yes", "--json"]);
+    assert!(restore.status.success(), "{}", text(&restore));
+    assert_eq!(report(&restore)["state_before"], "damaged");
+    let kept = std::fs::read_dir(project.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("damaged-"))
+        .expect("the damaged file is kept beside the backups");
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "kept byte for byte");
+
+    let migrate = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(migrate.status.success(), "{}", text(&migrate));
+    let status = project.db_status();
+    assert_eq!(status["state"], "current", "{status}");
+    assert_eq!(
+        project.bot_container()["State"]["Health"]["Status"],
+        "healthy"
+    );
+}
+
+#[test]
 fn a_second_deploy_at_the_same_time_exits_at_once_naming_the_lock() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("lock");

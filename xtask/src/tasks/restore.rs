@@ -17,6 +17,9 @@ use crate::output::Printer;
 use crate::project::StackArgs;
 use crate::report::Report;
 
+/// The live database's path in the volume, as the bot's container sees it.
+const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
+
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -62,12 +65,23 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                     })?;
                 }
             }
-            let live = if docker::image_id(sh, &stack.bot_image)?.is_some() {
+            let read = if docker::image_id(sh, &stack.bot_image)?.is_some() {
                 printer.step(report, "read database", || {
-                    database::status(sh, &stack, &stack.bot_image)
+                    database::status_or_damaged(sh, &stack, &stack.bot_image)
                 })?
             } else {
-                database::DbStatus::empty(0)
+                Ok(database::DbStatus::empty(0))
+            };
+            // A damaged live database is what a restore is for: it is replaced (asking, or
+            // --yes), its file kept beside the backups and, whole, in the volume.
+            let (live, damage) = match read {
+                Ok(live) => (live, None),
+                Err(damage) => {
+                    printer.detail(report, format!("the live database is damaged: {damage}"));
+                    let mut live = database::DbStatus::empty(0);
+                    live.state = "damaged".into();
+                    (live, Some(damage))
+                }
             };
             report.state_before = Some(live.state.clone());
             report.revision_before = live.effective_version();
@@ -88,16 +102,25 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 report.dry_run = true;
                 return Ok(());
             }
+            let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
             deploy::confirm(
                 args.stack.yes,
-                &format!(
-                    "Replace the database in volume {} ({}) with {}? The bot will be stopped.",
-                    stack.volume(),
-                    deploy::describe(&live),
-                    file.display()
-                ),
+                &match &damage {
+                    Some(_) => format!(
+                        "The database in volume {} is damaged. Replace it with {}? The bot will be stopped; the damaged file is kept as {} and, in the volume, as bot_database.db.damaged-<time>.",
+                        stack.volume(),
+                        file.display(),
+                        damaged_copy.display()
+                    ),
+                    None => format!(
+                        "Replace the database in volume {} ({}) with {}? The bot will be stopped.",
+                        stack.volume(),
+                        deploy::describe(&live),
+                        file.display()
+                    ),
+                },
             )?;
-            if live.state != "empty" {
+            if live.state != "empty" && damage.is_none() {
                 printer.step(report, "check room for the backup", || {
                     backups::require_room(sh, state_dir, live.bytes)
                 })?;
@@ -111,7 +134,21 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             if !database::volume_exists(sh, &stack) {
                 database::create_volume(sh, &stack)?;
             }
-            if live.state != "empty" {
+            if damage.is_some() {
+                // Not a backup (it fails its checks): named so that retention and rollback
+                // never take it for one.
+                printer.step(report, "keep damaged database", || {
+                    std::fs::create_dir_all(state_dir)?;
+                    database::copy_from_volume(
+                        sh,
+                        &stack,
+                        &stack.bot_image,
+                        DATABASE_IN_VOLUME,
+                        &damaged_copy,
+                    )
+                })?;
+                printer.detail(report, format!("kept as {}", damaged_copy.display()));
+            } else if live.state != "empty" {
                 let name = backups::name(
                     &stack.project,
                     time,
@@ -127,7 +164,8 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 backups::prune_and_tell(printer, state_dir, &stack.project, args.stack.keep)?;
             }
             printer.step(report, "restore database", || {
-                database::restore_from_host(sh, &stack, &stack.bot_image, &file).map(drop)
+                database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
+                    .map(drop)
             })?;
             let after = database::status(sh, &stack, &stack.bot_image)
                 .context("reading the restored database")?;

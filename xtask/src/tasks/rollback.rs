@@ -104,7 +104,7 @@ pub fn run(
                     report.backup = Some(keep.display().to_string());
                 }
                 printer.step(report, "restore database", || {
-                    database::restore_from_host(sh, &stack, tag, backup).map(drop)
+                    database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
                 })?;
             }
             // The project's tag names the image that runs, so later tasks start this one too.

@@ -64,6 +64,11 @@ pub fn check_machine(
             stack.env_file = std::fs::canonicalize(env_file)
                 .map_err(|e| exit::not_ready(format!("the environment file {}: {e}", env_file.display())))?;
         }
+        // Parsed whatever the task: a malformed file is refused by its line number before
+        // Compose could print its content, and its values are scrubbed from then on.
+        if stack.env_file.exists() {
+            crate::secrets::load(&stack.env_file)?;
+        }
         if needs_token && !project::env_file_has_token(&stack.env_file)? {
             return Err(exit::not_ready(format!(
                 "no BOT_TOKEN in {}: copy .env.example to .env and put the token @BotFather gave you in it (or try it with --demo)",
@@ -274,8 +279,6 @@ struct Changes {
     kept: Option<old_app::Kept>,
     /// The pre-deploy backup could not be copied out: its container stays for a later run.
     backup_pending: bool,
-    /// What went wrong without undoing the deploy.
-    warnings: Vec<String>,
 }
 
 impl Deploy<'_> {
@@ -738,7 +741,7 @@ impl Deploy<'_> {
                             short(&migration.id)
                         );
                         printer.info(&format!("warning: {warning}"));
-                        changes.warnings.push(warning);
+                        report.warnings.push(warning);
                         changes.backup_pending = true;
                     }
                 }

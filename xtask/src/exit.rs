@@ -18,6 +18,9 @@ pub enum ExitCode {
     NotReady = 4,
     /// Another deploy of the project holds the lock.
     Locked = 5,
+    /// Done, but something needs attention: the report's `warnings` say what (e.g. the
+    /// pre-deploy backup is still in its container because the backup folder was full).
+    Warning = 6,
 }
 
 /// An error that ends the task with a given exit code.

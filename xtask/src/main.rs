@@ -33,7 +33,7 @@ use crate::report::Report;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
-    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready."
+    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready, 5 another deploy holds the lock, 6 done with a warning (see the report)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -162,6 +162,10 @@ fn reported(
     let result = work(sh, &args, &printer, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
     let code = match &result {
+        Ok(()) if !report.warnings.is_empty() => {
+            report.result = "warning".into();
+            ExitCode::Warning
+        }
         Ok(()) => ExitCode::Success,
         Err(error) => {
             let code = exit::code_of(error);
@@ -176,7 +180,7 @@ fn reported(
             if report.failed_step.is_none() {
                 report.failed_step = report.last_failed_step();
             }
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
             code
         }
     };
@@ -189,7 +193,7 @@ fn plain(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::Success,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
             exit::code_of(&error)
         }
     }

@@ -24,7 +24,7 @@ pub struct StackArgs {
     /// Print the plan (steps, Docker commands, migrations) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The folder for backups, the deploy history and the deploy lock (one sub-folder per project).
+    /// The folder for backups and the deploy history (one sub-folder per project).
     #[arg(long, value_name = "DIR", env = "TGBOT_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
     /// How many backups to keep per project.

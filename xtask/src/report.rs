@@ -58,6 +58,10 @@ pub struct Report {
     pub failed_step: Option<String>,
     /// The error, when it failed.
     pub error: Option<String>,
+    /// What went wrong without undoing the task (exit code 6 when the task otherwise ended
+    /// well).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Whether this was a dry run (nothing changed).
     pub dry_run: bool,
     /// For a dry run: the steps it would take, with their Docker commands.

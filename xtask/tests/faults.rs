@@ -453,7 +453,11 @@ fn a_damaged_live_database_is_replaced_by_restore_and_kept() {
     // What the damage message recommends, and what a deploy on it refuses to do.
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert_eq!(update.status.code(), Some(3), "{}", text(&update));
-    assert!(text(&update).contains("cargo xtask restore"), "{}", text(&update));
+    assert!(
+        text(&update).contains("cargo xtask restore"),
+        "{}",
+        text(&update)
+    );
     let unasked = project.xtask("restore", &[good.to_str().unwrap()]);
     assert_eq!(unasked.status.code(), Some(2), "{}", text(&unasked));
 
@@ -463,7 +467,12 @@ fn a_damaged_live_database_is_replaced_by_restore_and_kept() {
     let kept = std::fs::read_dir(project.state_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("damaged-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("damaged-")
+        })
         .expect("the damaged file is kept beside the backups");
     assert_eq!(std::fs::read(&kept).unwrap(), bytes, "kept byte for byte");
 

@@ -395,7 +395,7 @@ fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_ba
     // The next backup saves the pre-deploy copy the migration container kept.
     let backup = project.xtask("backup", &["--json", "--backup-dir", &backup_dir]);
     assert!(backup.status.success(), "{}", text(&backup));
-    let saved: Vec<PathBuf> = std::fs::read_dir(&backup_dir)
+    let saved: Vec<PathBuf> = std::fs::read_dir(Path::new(&backup_dir).join(&project.name))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with("-r3.db"))

@@ -541,13 +541,8 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             }
             let size = file_size(path);
             let mut db = Database::open(path)?;
-            match size {
-                None => say!(json, "creating {}", path.display()),
-                Some(0) => eprintln!(
-                    "bot: {} is a 0-byte file, not a database SQLite wrote: building the schema into an empty file. If it should hold data, a copy into it failed: stop, and put the data in place with `bot db restore BACKUP` or `bot db import OLD_DATABASE`",
-                    path.display()
-                ),
-                Some(_) => {}
+            if size.is_none() {
+                say!(json, "creating {}", path.display());
             }
             if wait_for_go {
                 eprintln!("bot: ready; waiting for go");
@@ -582,6 +577,16 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 );
             }
             let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
+            // Said only when this run built the schema into the 0-byte file: another process
+            // that created the file a moment earlier and built it meanwhile is no failed copy.
+            let built_into_empty =
+                size == Some(0) && upgrade.from.is_none() && !upgrade.applied.is_empty();
+            if built_into_empty {
+                eprintln!(
+                    "bot: {} was a 0-byte file, not a database SQLite wrote: the schema was built into it. If it should hold data, a copy into it failed: stop, and put the data in place with `bot db restore BACKUP` or `bot db import OLD_DATABASE`",
+                    path.display()
+                );
+            }
             if upgrade.applied.is_empty() {
                 say!(
                     json,
@@ -615,7 +620,7 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             value["state_before"] = json!(before.state);
             value["adopted"] = json!(adopted);
             value["backup"] = json!(backup);
-            value["zero_bytes"] = json!(size == Some(0));
+            value["zero_bytes"] = json!(built_into_empty);
             Ok(value)
         }
         DbCommand::Downgrade { to, dry_run, json } => {

@@ -766,6 +766,38 @@ fn downgrade_and_upgrade_held_at_the_lock_leave_a_consistent_history_and_true_re
 }
 
 #[test]
+fn upgrades_started_together_on_a_new_file_warn_of_a_failed_copy_only_when_it_was_one() {
+    // Both see the 0-byte file the first one's SQLite made; one builds the schema, the other
+    // finds it built: that one is no failed copy and must not say so.
+    let dir = Dir::new("race-zero");
+    std::fs::write(dir.db(), b"").unwrap();
+    let outputs =
+        started_while_the_lock_is_held(&dir.db(), &[&["db", "upgrade"], &["db", "upgrade"]]);
+    let reports: Vec<serde_json::Value> = outputs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", show(o));
+            report(o)
+        })
+        .collect();
+    let builders = reports
+        .iter()
+        .filter(|r| !r["applied"].as_array().unwrap().is_empty())
+        .count();
+    assert_eq!(builders, 1, "{reports:?}");
+    for (output, report) in outputs.iter().zip(&reports) {
+        let built = !report["applied"].as_array().unwrap().is_empty();
+        assert_eq!(report["zero_bytes"], built, "{report}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr).contains("was a 0-byte file"),
+            built,
+            "{}",
+            show(output)
+        );
+    }
+}
+
+#[test]
 fn restore_and_upgrade_held_at_the_lock_leave_a_consistent_history() {
     let dir = Dir::new("race-restore");
     let backup = dir.0.join("at-2.db");
@@ -1229,7 +1261,7 @@ fn a_zero_byte_file_is_reported_as_such_and_upgrade_says_it_builds_into_it() {
     assert!(output.status.success(), "{}", show(&output));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(
-            "is a 0-byte file, not a database SQLite wrote: building the schema into an empty file"
+            "was a 0-byte file, not a database SQLite wrote: the schema was built into it"
         ),
         "{}",
         show(&output)

@@ -475,6 +475,23 @@ impl WaitingMigration {
     }
 }
 
+/// Creates a container with `create` (a `docker create` command), runs `work` with its id,
+/// and removes it whatever `work` returned.
+fn with_container<T>(
+    sh: &Shell,
+    create: xshell::Cmd<'_>,
+    what: &str,
+    work: impl FnOnce(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let id = process::run(create, what)?.stdout.trim().to_owned();
+    let result = work(&id);
+    let _ = cmd!(sh, "docker rm -f {id}")
+        .quiet()
+        .ignore_status()
+        .output();
+    result
+}
+
 /// Takes a checked online backup of the live database into `host_file` on this machine.
 pub fn back_up_to_host(
     sh: &Shell,
@@ -483,30 +500,28 @@ pub fn back_up_to_host(
     host_file: &Path,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
-    let id = process::run(
-        cmd!(sh, "docker create --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"),
+    with_container(
+        sh,
+        cmd!(
+            sh,
+            "docker create --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"
+        ),
         "preparing the backup",
-    )?
-    .stdout
-    .trim()
-    .to_owned();
-    let source = format!("{id}:{BACKUP_IN_CONTAINER}");
-    let result = process::run(cmd!(sh, "docker start -a {id}"), "backing up the database")
-        .and_then(|_| {
+        |id| {
+            let source = format!("{id}:{BACKUP_IN_CONTAINER}");
+            process::run(cmd!(sh, "docker start -a {id}"), "backing up the database")?;
             process::run(
                 cmd!(sh, "docker cp {source} {host_file}"),
                 "copying the backup to this machine",
             )
-        });
-    let _ = cmd!(sh, "docker rm -f {id}")
-        .quiet()
-        .ignore_status()
-        .output();
-    result.map(drop)
+            .map(drop)
+        },
+    )
 }
 
 /// Replaces the live database with `host_file` (checked by the engine first), owned by the
-/// bot's user. The bot must be stopped.
+/// bot's user. The bot must be stopped. With `replace_damaged`, a damaged live database is
+/// set aside in the volume (`bot db restore --replace-damaged`).
 pub fn restore_from_host(
     sh: &Shell,
     stack: &Stack,
@@ -516,24 +531,23 @@ pub fn restore_from_host(
 ) -> anyhow::Result<Value> {
     let mount = format!("{}:/data", stack.volume());
     let damaged = replace_damaged.then_some("--replace-damaged");
-    let id = process::run(
-        cmd!(sh, "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"),
+    let out = with_container(
+        sh,
+        cmd!(
+            sh,
+            "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"
+        ),
         "preparing the restore",
-    )?
-    .stdout
-    .trim()
-    .to_owned();
-    let target = format!("{id}:/tmp/restore-source.db");
-    let result = process::run(
-        cmd!(sh, "docker cp {host_file} {target}"),
-        "copying the database file to Docker",
-    )
-    .and_then(|_| process::run(cmd!(sh, "docker start -a {id}"), "restoring the database"));
-    let _ = cmd!(sh, "docker rm -f {id}")
-        .quiet()
-        .ignore_status()
-        .output();
-    last_json(&result?.stdout, "`bot db restore --json`")
+        |id| {
+            let target = format!("{id}:/tmp/restore-source.db");
+            process::run(
+                cmd!(sh, "docker cp {host_file} {target}"),
+                "copying the database file to Docker",
+            )?;
+            process::run(cmd!(sh, "docker start -a {id}"), "restoring the database")
+        },
+    )?;
+    last_json(&out.stdout, "`bot db restore --json`")
 }
 
 /// Migration containers of `project` that an earlier run left (killed, or unable to copy the
@@ -616,23 +630,19 @@ pub fn copy_from_volume(
     host_file: &Path,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
-    let id = process::run(
+    with_container(
+        sh,
         cmd!(sh, "docker create -v {mount} {image} db status"),
         "preparing the copy out of the volume",
-    )?
-    .stdout
-    .trim()
-    .to_owned();
-    let source = format!("{id}:{file}");
-    let result = process::run(
-        cmd!(sh, "docker cp {source} {host_file}"),
-        "copying a file out of the volume",
-    );
-    let _ = cmd!(sh, "docker rm -f {id}")
-        .quiet()
-        .ignore_status()
-        .output();
-    result.map(drop)
+        |id| {
+            let source = format!("{id}:{file}");
+            process::run(
+                cmd!(sh, "docker cp {source} {host_file}"),
+                "copying a file out of the volume",
+            )
+            .map(drop)
+        },
+    )
 }
 
 /// A temporary file on this machine, removed when dropped.

@@ -16,29 +16,40 @@ use common::{
 };
 use serde_json::Value;
 
-/// A deployed bot at revision 3 (an older release) with `users` users, one of whom the
-/// revision-4 rebuild refuses when `bad_admin`.
-fn deployed_at_revision_3(
+/// Runs `prod-full-update --demo --yes --json <extra>` and calls `act` (with the progress so
+/// far) when a progress line starts with `at`; returns its output and all its progress.
+fn deploy_acting_at(
     project: &Project,
-    users: i64,
-    bad_admin: bool,
     extra: &[&str],
-) -> String {
-    let mut args = vec!["--yes", "--schema-head", "3"];
-    args.extend_from_slice(extra);
-    let deploy = project.xtask("first-deploy", &args);
-    assert!(deploy.status.success(), "{}", text(&deploy));
-    let data = project.dir.join("revision-3.db");
-    revision_3_database(&data, users, bad_admin);
-    project.overwrite_live_database(&data);
-    let image = project.running_image();
-    let status = project.db_status_with(&image);
-    assert_eq!(
-        (status["state"].as_str(), status["version"].as_u64()),
-        (Some("current"), Some(3)),
-        "{status}"
-    );
-    image
+    at: &str,
+    act: impl FnOnce(&str),
+) -> (std::process::Output, String) {
+    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
+        .args(["--project-name", &project.name])
+        .args(extra)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = String::new();
+    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        progress.push_str(&line);
+        progress.push('\n');
+        if line.starts_with(at) {
+            act(&progress);
+            break;
+        }
+    }
+    for line in lines {
+        progress.push_str(&line.unwrap());
+        progress.push('\n');
+    }
+    (deploy.wait_with_output().unwrap(), progress)
 }
 
 /// The previous bot is back: same image, healthy, at revision 3, with exactly `data`.
@@ -67,7 +78,7 @@ fn assert_previous_bot_is_back(project: &Project, image: &str, data: &str) {
 fn a_migration_that_fails_halfway_brings_back_the_previous_bot_and_data() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("failmig");
-    let old_image = deployed_at_revision_3(&project, 500, true, &[]);
+    let old_image = project.deployed_at_revision_3(500, true, &[]);
     let data = project.dump("before");
 
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
@@ -102,7 +113,7 @@ fn a_migration_that_fails_halfway_brings_back_the_previous_bot_and_data() {
 fn a_new_bot_that_never_gets_healthy_is_rolled_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("unhealthy");
-    let old_image = deployed_at_revision_3(&project, 300, false, &[]);
+    let old_image = project.deployed_at_revision_3(300, false, &[]);
     let data = project.dump("before");
     let wrong = env_file(&project.dir, "wrong.env", "999999:WRONG-e2e-token");
 
@@ -140,7 +151,7 @@ fn a_new_bot_that_never_gets_healthy_is_rolled_back() {
 fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("late");
-    let old_image = deployed_at_revision_3(&project, 100, false, &[]);
+    let old_image = project.deployed_at_revision_3(100, false, &[]);
     let data = project.dump("before");
     // A new bot that serves but never reports healthy: its heartbeat cannot be written.
     let env = project.dir.join("no-heartbeat.env");
@@ -151,35 +162,23 @@ fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
     )
     .unwrap();
 
-    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
-        .args(["--project-name", &project.name, "--health-timeout", "25"])
-        .arg("--env-file")
-        .arg(&env)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut progress = String::new();
-    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        progress.push_str(&line);
-        progress.push('\n');
-        if line.starts_with("ok   migrate database") {
-            break;
-        }
-    }
-    // The new bot serves as soon as the schema is current: three new users talk to it.
-    for user in ["7001", "7002", "7003"] {
-        let chat = project.xtask("chat", &["/start", "--user", user]);
-        assert!(chat.status.success(), "{progress}\n{}", text(&chat));
-    }
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let output = deploy.wait_with_output().unwrap();
-    let all = format!("{progress}{}", rest.join("\n"));
+    let (output, all) = deploy_acting_at(
+        &project,
+        &[
+            "--health-timeout",
+            "25",
+            "--env-file",
+            env.to_str().unwrap(),
+        ],
+        "ok   migrate database",
+        |progress| {
+            // The new bot serves as soon as the schema is current: three new users talk to it.
+            for user in ["7001", "7002", "7003"] {
+                let chat = project.xtask("chat", &["/start", "--user", user]);
+                assert!(chat.status.success(), "{progress}\n{}", text(&chat));
+            }
+        },
+    );
     assert_eq!(output.status.code(), Some(1), "{all}");
     let outcome: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(outcome["failed_step"], "wait until healthy", "{outcome}");
@@ -211,7 +210,7 @@ fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
 fn a_build_that_fails_to_compile_never_stops_the_running_bot() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("badbuild");
-    let old_image = deployed_at_revision_3(&project, 50, false, &[]);
+    let old_image = project.deployed_at_revision_3(50, false, &[]);
     let data = project.dump("before");
     let container = project.bot_container();
 
@@ -306,7 +305,7 @@ fn a_backup_folder_with_no_room_stops_the_deploy_before_anything_changes() {
     let project = Project::new("nospace");
     let disk = SmallDisk::mount(project.dir.join("small-disk"), "256k");
     let backup_dir = disk.0.to_str().unwrap().to_owned();
-    let old_image = deployed_at_revision_3(&project, 3000, false, &["--backup-dir", &backup_dir]);
+    let old_image = project.deployed_at_revision_3(3000, false, &["--backup-dir", &backup_dir]);
     let data = project.dump("before");
     let container = project.bot_container();
 
@@ -341,34 +340,19 @@ fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_ba
     let project = Project::new("savefail");
     let disk = SmallDisk::mount(project.dir.join("backup-disk"), "64m");
     let backup_dir = disk.0.to_str().unwrap().to_owned();
-    deployed_at_revision_3(&project, 500, false, &["--backup-dir", &backup_dir]);
+    project.deployed_at_revision_3(500, false, &["--backup-dir", &backup_dir]);
     let data = project.dump("before");
 
-    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
-        .args(["--project-name", &project.name, "--backup-dir", &backup_dir])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut progress = String::new();
-    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        progress.push_str(&line);
-        progress.push('\n');
-        if line.starts_with("==> migrate database") {
+    let (output, all) = deploy_acting_at(
+        &project,
+        &["--backup-dir", &backup_dir],
+        "==> migrate database",
+        |_| {
             // The backup folder's disk fails once the migration has begun.
             let ro = run("mount", &["-o", "remount,ro", &backup_dir]);
             assert!(ro.status.success(), "{}", text(&ro));
-            break;
-        }
-    }
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let output = deploy.wait_with_output().unwrap();
-    let all = format!("{progress}{}", rest.join("\n"));
+        },
+    );
     let rw = run("mount", &["-o", "remount,rw", &backup_dir]);
     assert!(rw.status.success(), "{}", text(&rw));
     assert_eq!(
@@ -428,7 +412,7 @@ fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_ba
 fn a_damaged_live_database_is_replaced_by_restore_and_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("damaged");
-    deployed_at_revision_3(&project, 20, false, &[]);
+    project.deployed_at_revision_3(20, false, &[]);
     let good = project.copy_database("good");
     let damaged = project.dir.join("damaged.db");
     revision_3_database(&damaged, 3000, false);
@@ -490,7 +474,7 @@ fn a_damaged_live_database_is_replaced_by_restore_and_kept() {
 fn a_second_deploy_at_the_same_time_exits_at_once_naming_the_lock() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("lock");
-    deployed_at_revision_3(&project, 20_000, false, &[]);
+    project.deployed_at_revision_3(20_000, false, &[]);
 
     let mut first = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
@@ -615,7 +599,7 @@ fn snapshot(project: &Project) -> String {
 fn dry_runs_change_no_container_image_volume_or_backup() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("dryrun");
-    deployed_at_revision_3(&project, 100, false, &[]);
+    project.deployed_at_revision_3(100, false, &[]);
     let file = project.dir.join("other.db");
     revision_3_database(&file, 10, false);
     let before = snapshot(&project);
@@ -764,7 +748,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("rollback");
-    let old_image = deployed_at_revision_3(&project, 200, false, &[]);
+    let old_image = project.deployed_at_revision_3(200, false, &[]);
     let data = project.dump("before");
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(update.status.success(), "{}", text(&update));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Project, SERIAL, report, revision_3_database, root, run, text};
+use common::{Project, SERIAL, report, root, run, text};
 use serde_json::Value;
 
 /// `cargo xtask <task> --demo --project-name <name> <extra>`, started and left running, its
@@ -171,23 +171,6 @@ fn one_deploy_per_project_and_engine_whatever_the_backup_folder_and_a_killed_hol
     assert_eq!(project.db_status()["state"], "current");
 }
 
-/// A deployed bot at revision 3 (an older release) with `users` users.
-fn deployed_at_revision_3(project: &Project, users: i64) -> String {
-    let deploy = project.xtask("first-deploy", &["--yes", "--schema-head", "3"]);
-    assert!(deploy.status.success(), "{}", text(&deploy));
-    let data = project.dir.join("revision-3.db");
-    revision_3_database(&data, users, false);
-    project.overwrite_live_database(&data);
-    let image = project.running_image();
-    let status = project.db_status_with(&image);
-    assert_eq!(
-        (status["state"].as_str(), status["version"].as_u64()),
-        (Some("current"), Some(3)),
-        "{status}"
-    );
-    image
-}
-
 fn backups_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -202,7 +185,7 @@ fn backups_in(dir: &Path) -> Vec<String> {
 fn retention_keeps_the_backup_rollback_needs_after_a_schema_moving_deploy() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("retention");
-    let old_image = deployed_at_revision_3(&project, 100);
+    let old_image = project.deployed_at_revision_3(100, false, &[]);
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(update.status.success(), "{}", text(&update));
     let deployed = report(&update);

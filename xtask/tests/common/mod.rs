@@ -173,6 +173,27 @@ impl Project {
         assert!(output.status.success(), "{}", text(&output));
     }
 
+    /// A deployed bot at revision 3 (an older release) with `users` users, one of whom the
+    /// revision-4 rebuild refuses when `bad_admin`; `extra` goes to `first-deploy`. Returns the
+    /// running image's id.
+    pub fn deployed_at_revision_3(&self, users: i64, bad_admin: bool, extra: &[&str]) -> String {
+        let mut args = vec!["--yes", "--schema-head", "3"];
+        args.extend_from_slice(extra);
+        let deploy = self.xtask("first-deploy", &args);
+        assert!(deploy.status.success(), "{}", text(&deploy));
+        let data = self.dir.join("revision-3.db");
+        revision_3_database(&data, users, bad_admin);
+        self.overwrite_live_database(&data);
+        let image = self.running_image();
+        let status = self.db_status_with(&image);
+        assert_eq!(
+            (status["state"].as_str(), status["version"].as_u64()),
+            (Some("current"), Some(3)),
+            "{status}"
+        );
+        image
+    }
+
     pub fn bot_container(&self) -> Value {
         let id = docker(&[
             "ps",

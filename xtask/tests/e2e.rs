@@ -186,3 +186,28 @@ fn cargo_xtask_alone_lists_the_tasks() {
         assert!(help.contains(task), "{task} missing from:\n{help}");
     }
 }
+
+#[test]
+fn the_compose_file_used_by_hand_asks_for_the_image_instead_of_pulling_one() {
+    let compose = common::root().join("docker/docker-compose.prod.yml");
+    let compose = compose.to_str().unwrap();
+    let output = common::run(
+        "docker-compose",
+        &["-f", compose, "-p", "tgbot-by-hand", "config"],
+    );
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("set BOT_IMAGE=tgbot-bot:<project>"),
+        "{}",
+        text(&output)
+    );
+    // As the file's own comment says: with BOT_IMAGE set, it names that image.
+    let named = std::process::Command::new("docker-compose")
+        .args(["-f", compose, "-p", "tgbot-by-hand", "config"])
+        .env("BOT_IMAGE", "tgbot-bot:tgbot-by-hand")
+        .env("BOT_ENV_FILE", common::root().join("docker/demo.env"))
+        .output()
+        .unwrap();
+    assert!(named.status.success(), "{}", text(&named));
+    assert!(String::from_utf8_lossy(&named.stdout).contains("image: tgbot-bot:tgbot-by-hand"));
+}

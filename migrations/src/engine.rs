@@ -704,8 +704,27 @@ impl Database {
     }
 }
 
-/// Checks a copy (`integrity_check`) and reads its revision.
+/// Checks a copy (`integrity_check`) and reads its revision. A read-only connection to a
+/// copy in WAL mode leaves an empty `-wal` and a `-shm` beside it: those it made are removed,
+/// so that a checked backup is one file.
 pub fn inspect_copy(path: &Path) -> Result<BackupInfo, Error> {
+    let sidecars: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|suffix| file::beside(path, suffix))
+        .filter(|sidecar| !sidecar.exists())
+        .collect();
+    let inspected = inspect_copy_open(path);
+    for sidecar in sidecars {
+        let empty_wal = !sidecar.to_string_lossy().ends_with("-wal")
+            || std::fs::metadata(&sidecar).is_ok_and(|m| m.len() == 0);
+        if empty_wal {
+            let _ = std::fs::remove_file(&sidecar);
+        }
+    }
+    inspected
+}
+
+fn inspect_copy_open(path: &Path) -> Result<BackupInfo, Error> {
     let db = Database::open_read_only(path)?.ok_or_else(|| Error::Io {
         path: path.to_owned(),
         cause: std::io::Error::from(std::io::ErrorKind::NotFound),

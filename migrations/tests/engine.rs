@@ -296,6 +296,24 @@ fn backup_and_restore_round_trip() {
     assert_eq!(kept_users, 52);
 }
 
+#[test]
+fn checking_a_copy_in_wal_mode_leaves_it_one_file() {
+    let dir = TempDir::new("inspect-wal");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 5);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    let copy = dir.file("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    migrations::inspect_copy(&copy).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let sidecar = dir.file(&format!("copy.db{suffix}"));
+        assert!(!sidecar.exists(), "{} left behind", sidecar.display());
+    }
+}
+
 fn at_revision(path: &Path, k: u32) {
     let mut db = Database::open(path).unwrap();
     db.upgrade(|_| {}).unwrap();

@@ -591,7 +591,12 @@ pub fn save_leftover_backups(
             continue;
         }
         if let Some(name) = name {
-            let host_file = dir.join(&name);
+            let mut host_file = dir.join(&name);
+            // A file already there under that name is trusted only when it is a sound copy (a
+            // copy killed halfway is not): else the backup is saved beside it.
+            if host_file.exists() && migrations::inspect_copy(&host_file).is_err() {
+                host_file = dir.join(name.replace(".db", "-saved-later.db"));
+            }
             if !host_file.exists() {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;

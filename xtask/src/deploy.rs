@@ -424,10 +424,16 @@ impl Deploy<'_> {
         let env_changes =
             last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
         let database_changes = status.needs_migration();
+        // A bot that runs but is not healthy (a killed deploy left it so) is no reason for
+        // "nothing to do": it is started again with this environment and waited for.
+        let healthy = before
+            .as_ref()
+            .is_some_and(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
         if !image_changes
             && !database_changes
             && !env_changes
             && running
+            && healthy
             && wrong_owner.is_empty()
             && old.container.is_none()
         {
@@ -449,6 +455,9 @@ impl Deploy<'_> {
         // The image this deploy replaces, by a name the rollback can start. `-previous` moves
         // only here, when a different image is about to replace the running one: a no-op, a
         // refused deploy or a failed build leave it naming the release before the last change.
+        // What `-previous` named before this deploy: an automatic rollback puts it back, so
+        // that `rollback` still returns from the last good deploy.
+        let previous_tag_before = docker::image_id(sh, &previous_tag)?;
         let previous_image = match &before {
             Some(container) if image_changes => {
                 let image = &container.image_id;
@@ -504,6 +513,8 @@ impl Deploy<'_> {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
                 let previous = Previous {
                     image: previous_image.clone(),
+                    image_id: before.as_ref().map(|c| c.image_id.clone()),
+                    previous_tag: (previous_tag.clone(), previous_tag_before.clone()),
                     env_file: record.env_before.clone().filter(|p| p.exists()),
                     was_running: running,
                 };
@@ -742,6 +753,8 @@ impl Deploy<'_> {
                         );
                         printer.info(&format!("warning: {warning}"));
                         report.warnings.push(warning);
+                        // The name it will have once saved: `rollback` finds it there.
+                        report.backup = Some(host_file.display().to_string());
                         changes.backup_pending = true;
                     }
                 }
@@ -781,13 +794,15 @@ impl Deploy<'_> {
                 Some("set-aside-by-rollback"),
             );
             let host_file = self.state_dir.join(name);
-            match database::copy_from_volume(
+            let copied = database::copy_from_volume(
                 sh,
                 stack,
                 &stack.bot_image,
                 &set_aside.file,
                 &host_file,
-            ) {
+            )
+            .and_then(|()| backups::seal(&host_file).map(drop));
+            match copied {
                 Ok(()) => Some(host_file),
                 Err(e) => {
                     printer.info(&format!(
@@ -820,6 +835,25 @@ impl Deploy<'_> {
                 cmd!(sh, "docker tag {image} {main_tag}"),
                 "naming the previous image as the project's again",
             )?;
+            // `-previous` names again what it named before this deploy: the way back from
+            // the last good deploy stays.
+            let (tag, before) = &previous.previous_tag;
+            match before {
+                Some(id) => process::run(
+                    cmd!(sh, "docker tag {id} {tag}"),
+                    "naming the image before the last deploy as -previous again",
+                )
+                .map(drop)?,
+                None => {
+                    let _ = cmd!(sh, "docker rmi {tag}")
+                        .quiet()
+                        .ignore_status()
+                        .output();
+                }
+            }
+        }
+        if let Some(id) = &previous.image_id {
+            report.image = Some(format!("{main_tag} ({})", short(id)));
         }
         let mut old = stack.clone();
         if let Some(env_file) = &previous.env_file {
@@ -1343,7 +1377,12 @@ impl SetAside {
 }
 
 struct Previous {
+    /// A name of the image the bot ran before this deploy.
     image: Option<String>,
+    /// That image's id.
+    image_id: Option<String>,
+    /// The `-previous` tag, and the image it named before this deploy moved it.
+    previous_tag: (String, Option<String>),
     env_file: Option<PathBuf>,
     was_running: bool,
 }

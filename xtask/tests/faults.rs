@@ -16,13 +16,12 @@ use common::{
 };
 use serde_json::Value;
 
-/// Runs `prod-full-update --demo --yes --json <extra>` and calls `act` (with the progress so
-/// far) when a progress line starts with `at`; returns its output and all its progress.
+/// Runs `prod-full-update --demo --yes --json <extra>`, calling `on_line` with each progress
+/// line and the progress so far as they come; returns its output and all its progress.
 fn deploy_acting_at(
     project: &Project,
     extra: &[&str],
-    at: &str,
-    act: impl FnOnce(&str),
+    mut on_line: impl FnMut(&str, &str),
 ) -> (std::process::Output, String) {
     let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["xtask", "prod-full-update", "--demo", "--yes", "--json"])
@@ -35,19 +34,11 @@ fn deploy_acting_at(
         .spawn()
         .unwrap();
     let mut progress = String::new();
-    let mut lines = BufReader::new(deploy.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
+    for line in BufReader::new(deploy.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
         progress.push_str(&line);
         progress.push('\n');
-        if line.starts_with(at) {
-            act(&progress);
-            break;
-        }
-    }
-    for line in lines {
-        progress.push_str(&line.unwrap());
-        progress.push('\n');
+        on_line(&line, &progress);
     }
     (deploy.wait_with_output().unwrap(), progress)
 }
@@ -170,12 +161,14 @@ fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
             "--env-file",
             env.to_str().unwrap(),
         ],
-        "ok   migrate database",
-        |progress| {
-            // The new bot serves as soon as the schema is current: three new users talk to it.
-            for user in ["7001", "7002", "7003"] {
-                let chat = project.xtask("chat", &["/start", "--user", user]);
-                assert!(chat.status.success(), "{progress}\n{}", text(&chat));
+        |line, progress| {
+            if line.starts_with("ok   migrate database") {
+                // The new bot serves as soon as the schema is current: three new users talk
+                // to it.
+                for user in ["7001", "7002", "7003"] {
+                    let chat = project.xtask("chat", &["/start", "--user", user]);
+                    assert!(chat.status.success(), "{progress}\n{}", text(&chat));
+                }
             }
         },
     );
@@ -191,7 +184,7 @@ fn a_late_failure_sets_aside_what_the_new_bot_wrote_and_says_so() {
     let copy = std::fs::read_dir(project.state_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("set-aside-by-rollback"))
+        .find(|p| p.to_string_lossy().ends_with("set-aside-by-rollback.db"))
         .unwrap_or_else(|| panic!("no set-aside copy in {}", project.state_dir().display()));
     assert!(error.contains(copy.to_str().unwrap()), "{error}");
     let kept: i64 = rusqlite::Connection::open(&copy)
@@ -343,16 +336,19 @@ fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_ba
     project.deployed_at_revision_3(500, false, &["--backup-dir", &backup_dir]);
     let data = project.dump("before");
 
-    let (output, all) = deploy_acting_at(
-        &project,
-        &["--backup-dir", &backup_dir],
-        "==> migrate database",
-        |_| {
-            // The backup folder's disk fails once the migration has begun.
-            let ro = run("mount", &["-o", "remount,ro", &backup_dir]);
-            assert!(ro.status.success(), "{}", text(&ro));
-        },
-    );
+    let (output, all) = deploy_acting_at(&project, &["--backup-dir", &backup_dir], |line, _| {
+        // The backup folder's disk fails once the migration has begun, for the copy of
+        // the backup only.
+        let remount = if line.starts_with("==> migrate database") {
+            "remount,ro"
+        } else if line.starts_with("warning: the pre-deploy backup could not be saved") {
+            "remount,rw"
+        } else {
+            return;
+        };
+        let done = run("mount", &["-o", remount, &backup_dir]);
+        assert!(done.status.success(), "{}", text(&done));
+    });
     let rw = run("mount", &["-o", "remount,rw", &backup_dir]);
     assert!(rw.status.success(), "{}", text(&rw));
     assert_eq!(
@@ -405,7 +401,52 @@ fn a_backup_copy_that_fails_after_the_migration_keeps_the_good_deploy_and_the_ba
         "",
         "the migration container is gone once saved"
     );
-    assert!(!data.is_empty());
+    // And the deploy's history line names it: `rollback` returns to it.
+    let rollback = project.xtask(
+        "rollback",
+        &["--yes", "--json", "--backup-dir", &backup_dir],
+    );
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    assert_eq!(project.dump("after rollback"), data);
+}
+
+#[test]
+fn a_running_but_unhealthy_bot_is_never_nothing_to_do() {
+    // What a deploy killed during its health wait leaves: the bot runs, started by hand with
+    // an environment it cannot serve with. The next deploy must not call that "nothing to do".
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("unhealthy-noop");
+    let first = project.xtask("first-deploy", &["--yes"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let env = project.dir.join("no-heartbeat.env");
+    let demo = std::fs::read_to_string(root().join("docker/demo.env")).unwrap();
+    std::fs::write(
+        &env,
+        format!("{demo}HEARTBEAT_PATH=/nonexistent/heartbeat\n"),
+    )
+    .unwrap();
+    let compose = root().join("docker/docker-compose.prod.yml");
+    let up = Command::new("docker-compose")
+        .args(["-f", compose.to_str().unwrap(), "-p", &project.name])
+        .args(["--profile", "demo", "up", "-d", "--force-recreate", "bot"])
+        .env("BOT_IMAGE", project.image())
+        .env("BOT_ENV_FILE", &env)
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", text(&up));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while project.bot_container()["State"]["Health"]["Status"] != "unhealthy" {
+        assert!(Instant::now() < deadline, "the bot never became unhealthy");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    assert_eq!(report(&update)["changed"], true, "{}", text(&update));
+    assert_eq!(
+        project.bot_container()["State"]["Health"]["Status"],
+        "healthy"
+    );
 }
 
 #[test]
@@ -757,6 +798,34 @@ fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy
     assert!(chat.status.success(), "{}", text(&chat));
     let new_image = project.running_image();
     assert_ne!(new_image, old_image);
+
+    // A later deploy of yet another image fails and is rolled back automatically: the way
+    // back from the good deploy above must survive it.
+    let context = project.dir.join("relabel");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM {}\nLABEL org.tgbot.test=another-release\n",
+            project.image()
+        ),
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &project.image(),
+        context.to_str().unwrap(),
+    ]);
+    let wrong = env_file(&project.dir, "wrong.env", "999999:WRONG-e2e-token");
+    let failed = project.xtask(
+        "prod-migrate",
+        &["--yes", "--json", "--env-file", wrong.to_str().unwrap()],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert_eq!(report(&failed)["rolled_back"], true);
+    assert_eq!(project.running_image(), new_image);
 
     let unasked = project.xtask("rollback", &[]);
     assert_eq!(

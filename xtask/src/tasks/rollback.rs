@@ -42,6 +42,10 @@ pub fn run(
             };
             let mut stack = deploy::check_machine(sh, args, false, printer, report)?;
             crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
+            if !args.dry_run {
+                // A deploy whose backup copy failed left it in its migration container.
+                database::save_leftover_backups(sh, &stack, state_dir)?;
+            }
             if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
                 return Err(exit::refused(format!(
                     "the image the last deploy replaced ({}) is no longer tagged {tag}; it was removed or replaced, so there is nothing to roll back to",

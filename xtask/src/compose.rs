@@ -27,9 +27,7 @@ impl Flavour {
     /// Finds Compose: the plugin first, then `docker-compose`.
     pub fn detect(sh: &Shell) -> anyhow::Result<Flavour> {
         let version = |c: Cmd<'_>| {
-            c.quiet()
-                .ignore_status()
-                .output()
+            crate::process::output(c)
                 .ok()
                 .filter(|out| out.status.success())
                 .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -72,10 +72,7 @@ impl DbStatus {
 /// Whether the project's volume exists.
 pub fn volume_exists(sh: &Shell, stack: &Stack) -> bool {
     let volume = stack.volume();
-    cmd!(sh, "docker volume inspect {volume}")
-        .quiet()
-        .ignore_status()
-        .output()
+    crate::process::output(cmd!(sh, "docker volume inspect {volume}"))
         .is_ok_and(|o| o.status.success())
 }
 
@@ -335,7 +332,7 @@ impl MigrationContainer {
     /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
     /// and waiting.
     pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
-        let mut child = std::process::Command::new("docker")
+        let mut child = crate::signals::own_group(&mut std::process::Command::new("docker"))
             .args(["start", "-ai", &self.id])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -406,10 +403,7 @@ impl MigrationContainer {
     /// Removes it.
     pub fn remove(self, sh: &Shell) {
         let id = self.id;
-        let _ = cmd!(sh, "docker rm -f {id}")
-            .quiet()
-            .ignore_status()
-            .output();
+        let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
     }
 }
 
@@ -485,10 +479,7 @@ fn with_container<T>(
 ) -> anyhow::Result<T> {
     let id = process::run(create, what)?.stdout.trim().to_owned();
     let result = work(&id);
-    let _ = cmd!(sh, "docker rm -f {id}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
     result
 }
 

@@ -20,12 +20,14 @@ use crate::docker::{self, ContainerState};
 use crate::exit;
 use crate::history::{self, Record};
 use crate::images;
+use crate::journal;
 use crate::lock::{self, DeployLock};
 use crate::old_app::{self, ImportArgs, OldApp};
 use crate::output::Printer;
 use crate::process;
 use crate::project::{self, StackArgs};
 use crate::report::Report;
+use crate::signals;
 
 /// Which deploy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub enum Mode {
     Migrate,
     /// Build, then migrate and start the new image.
     FullUpdate,
+    /// Finish a killed deploy forward: as `Migrate`, under its own name.
+    Recover,
 }
 
 impl Mode {
@@ -45,7 +49,13 @@ impl Mode {
             Mode::FirstDeploy => "first-deploy",
             Mode::Migrate => "prod-migrate",
             Mode::FullUpdate => "prod-full-update",
+            Mode::Recover => "recover",
         }
+    }
+
+    /// Whether it builds the images (else it deploys the image the project's tag names).
+    pub fn builds(self) -> bool {
+        matches!(self, Mode::FirstDeploy | Mode::FullUpdate)
     }
 }
 
@@ -143,10 +153,7 @@ fn format_utc(secs: u64) -> String {
 
 /// The repository's git revision, if it is a git checkout.
 pub fn git_revision(sh: &Shell) -> Option<String> {
-    cmd!(sh, "git rev-parse --short=12 HEAD")
-        .quiet()
-        .ignore_status()
-        .output()
+    crate::process::output(cmd!(sh, "git rev-parse --short=12 HEAD"))
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -169,79 +176,76 @@ pub fn run(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    locked_and_recorded(
-        sh,
-        args,
-        mode.task(),
-        report,
-        |state_dir, time, report, record| {
-            Deploy {
-                sh,
-                args,
-                import,
-                mode,
-                printer,
-                state_dir: state_dir.to_owned(),
-                time: time.to_owned(),
-            }
-            .run(report, record)
-        },
-    )
+    locked_and_recorded(sh, args, mode.task(), report, |state_dir, time, report| {
+        Deploy {
+            sh,
+            args,
+            import,
+            mode,
+            printer,
+            state_dir: state_dir.to_owned(),
+            time: time.to_owned(),
+        }
+        .run(report)
+    })
 }
 
 /// Runs a task that changes the stack: under the project's deploy lock (not for a dry run),
-/// with one line in the deploy history for it.
+/// with one line in the deploy history for it, written before it starts and kept current as it
+/// goes (see [`journal`]).
 pub fn locked_and_recorded(
     sh: &Shell,
     args: &StackArgs,
     task: &str,
     report: &mut Report,
-    work: impl FnOnce(&Path, &str, &mut Report, &mut Record) -> anyhow::Result<()>,
+    work: impl FnOnce(&Path, &str, &mut Report) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let started = timestamp();
     let project = project::project_name(args.project_name.as_deref())?;
     let state_dir = args.state_dir(&project);
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(DeployLock::acquire(
-            sh, &project, &state_dir, task, &started,
-        )?)
-    };
-    let mut record = Record {
-        time: started.clone(),
-        task: task.into(),
-        operator: lock::operator(),
-        git_revision: git_revision(sh),
-        ..Record::default()
-    };
-    let result = work(&state_dir, &started, report, &mut record);
-    if !args.dry_run {
-        finish_record(&mut record, report, &result);
-        if let Err(e) = history::append(&state_dir, &record) {
-            eprintln!("warning: the deploy history was not written: {e:#}");
-        }
+    if args.dry_run {
+        return work(&state_dir, &started, report);
     }
+    let _lock = DeployLock::acquire(sh, &project, &state_dir, task, &started)?;
+    journal::begin(
+        &state_dir,
+        Record {
+            time: started.clone(),
+            task: task.into(),
+            operator: lock::operator(),
+            git_revision: git_revision(sh),
+            ..Record::default()
+        },
+    )?;
+    let result = work(&state_dir, &started, report);
+    journal::finish(report, &result);
     result
 }
 
-/// Fills the record's outcome from the report.
-pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Result<()>) {
-    record.steps = report.steps.iter().map(Into::into).collect();
-    record.downtime_seconds = report.downtime_seconds;
-    record.revision_before = report.revision_before;
-    record.revision_after = report.revision_after;
-    record.backup = report.backup.as_ref().map(PathBuf::from);
-    record.imported_from = report.imported_from.clone();
-    record.changed = report.changed;
-    record.result = match result {
-        Ok(()) if !report.changed => "nothing-to-do".into(),
-        Ok(()) => "ok".into(),
-        Err(_) if report.rolled_back => "rolled-back".into(),
-        Err(e) if exit::code_of(e) == exit::ExitCode::Refused => "refused".into(),
-        Err(_) => "failed".into(),
-    };
-    record.error = result.as_ref().err().map(|e| format!("{e:#}"));
+/// Names the runs of this project that started and never ended (killed: the lock is ours, so
+/// none of them runs), and returns them.
+pub fn unfinished_runs(state_dir: &Path, this_run: &str) -> anyhow::Result<Vec<Record>> {
+    Ok(history::unfinished(&history::read(state_dir)?)
+        .into_iter()
+        .filter(|r| r.time != this_run)
+        .cloned()
+        .collect())
+}
+
+/// Describes an unfinished run: when, which step, what the volume held.
+pub fn describe_unfinished(record: &Record) -> String {
+    format!(
+        "{} started {} by {} did not finish: it stopped during step \"{}\"{}",
+        record.task,
+        record.time,
+        record.operator,
+        record.step.as_deref().unwrap_or("(before its first step)"),
+        record
+            .volume
+            .as_deref()
+            .map(|v| format!("; the volume: {v}"))
+            .unwrap_or_else(|| "; the volume was not touched yet".into())
+    )
 }
 
 struct Deploy<'a> {
@@ -282,7 +286,7 @@ struct Changes {
 }
 
 impl Deploy<'_> {
-    fn run(&self, report: &mut Report, record: &mut Record) -> anyhow::Result<()> {
+    fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
         let stack = check_machine(sh, args, !args.demo, printer, report)?;
@@ -294,17 +298,21 @@ impl Deploy<'_> {
         let running = before.as_ref().is_some_and(|c| c.status == "running");
         let last = history::last_change(&history::read(&self.state_dir)?).cloned();
         let env_hash = sha256_file(&stack.env_file)?;
-        record.image_before = before.as_ref().map(|c| c.image_id.clone());
-        record.env_before = last.as_ref().and_then(|r| r.env_after.clone());
-        record.env_sha256 = Some(env_hash.clone());
+        let env_before = last.as_ref().and_then(|r| r.env_after.clone());
+        journal::update(|r| {
+            r.image_before = before.as_ref().map(|c| c.image_id.clone());
+            r.env_before = env_before.clone();
+            r.env_sha256 = Some(env_hash.clone());
+        });
 
         if args.dry_run {
             return self.dry_run(&stack, found_container.as_ref(), report);
         }
+        self.finish_unfinished_runs(report)?;
         self.save_leftover_backups(&stack)?;
 
         let previous_tag = format!("{}-previous", stack.bot_image);
-        if self.mode == Mode::Migrate {
+        if !self.mode.builds() {
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 return Err(exit::not_ready(format!(
                     "there is no image {} to migrate with; run `cargo xtask first-deploy` first",
@@ -318,7 +326,10 @@ impl Deploy<'_> {
             let release_tag = format!(
                 "{}-{}-{}",
                 stack.bot_image,
-                record.git_revision.as_deref().unwrap_or("nogit"),
+                journal::read(|r| r.git_revision.clone())
+                    .flatten()
+                    .as_deref()
+                    .unwrap_or("nogit"),
                 self.time.to_ascii_lowercase()
             );
             let built_id = &built.bot;
@@ -336,7 +347,7 @@ impl Deploy<'_> {
             );
         }
         let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
-        record.image_after = Some(image_id.clone());
+        journal::update(|r| r.image_after = Some(image_id.clone()));
         report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
 
         let old = if found_container.as_ref().is_some_and(|c| !c.is_ours())
@@ -452,6 +463,9 @@ impl Deploy<'_> {
         }
         confirm(args.yes, &question(running, &status, &old))?;
         report.changed = true;
+        // From the first change until the bot serves again (or the rollback ends), a signal is
+        // held: stopping halfway would leave the bot down.
+        let _critical = signals::Critical::enter();
         // The image this deploy replaces, by a name the rollback can start. `-previous` moves
         // only here, when a different image is about to replace the running one: a no-op, a
         // refused deploy or a failed build leave it naming the release before the last change.
@@ -471,9 +485,11 @@ impl Deploy<'_> {
             Some(_) => Some(stack.bot_image.clone()),
             None => None,
         };
-        record.image_before_tag = previous_image.clone();
-        // The path, never a copy: no file this tool writes holds a secret.
-        record.env_after = Some(stack.env_file.clone());
+        journal::update(|r| {
+            r.image_before_tag = previous_image.clone();
+            // The path, never a copy: no file this tool writes holds a secret.
+            r.env_after = Some(stack.env_file.clone());
+        });
 
         let mut changes = Changes::default();
         let found = Found {
@@ -498,6 +514,7 @@ impl Deploy<'_> {
             report.failed_step = report.last_failed_step();
             if old.container.is_some() || old.import.is_some() {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
+                signals::rolling_back();
                 return match self.roll_back_old_app(&stack, &old, &mut changes, report) {
                     Ok(()) => {
                         report.rolled_back = true;
@@ -511,11 +528,12 @@ impl Deploy<'_> {
             }
             if changes.stopped_at.is_some() || changes.migrated {
                 printer.info(&format!("a step failed: {error:#}\nrolling back"));
+                signals::rolling_back();
                 let previous = Previous {
                     image: previous_image.clone(),
                     image_id: before.as_ref().map(|c| c.image_id.clone()),
                     previous_tag: (previous_tag.clone(), previous_tag_before.clone()),
-                    env_file: record.env_before.clone().filter(|p| p.exists()),
+                    env_file: env_before.clone().filter(|p| p.exists()),
                     was_running: running,
                 };
                 match self.roll_back(&stack, &changes, &previous, report) {
@@ -549,6 +567,20 @@ impl Deploy<'_> {
             migration.remove(sh);
         }
         backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
+        Ok(())
+    }
+
+    /// Names the runs that were killed before they ended and takes them over: this run finishes
+    /// them forward (their migration containers are saved from and removed next), and its
+    /// record carries their way back, so that `rollback` returns to where they started.
+    fn finish_unfinished_runs(&self, report: &mut Report) -> anyhow::Result<()> {
+        let unfinished = unfinished_runs(&self.state_dir, &self.time)?;
+        for run in &unfinished {
+            let line = format!("{}; this run finishes it", describe_unfinished(run));
+            self.printer.info(&line);
+            report.finished_earlier.push(line);
+        }
+        journal::take_over(unfinished);
         Ok(())
     }
 
@@ -612,11 +644,14 @@ impl Deploy<'_> {
         }
         let backup_name = self.backup_name(stack, status);
         if status.needs_migration() {
-            changes.migration = Some(printer.step(report, "prepare migration", || {
+            let migration = printer.step(report, "prepare migration", || {
                 MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
-            })?);
+            })?;
+            self.note_migration_prepared(status, &migration, &backup_name);
+            changes.migration = Some(migration);
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
+            signals::checkpoint()?;
             printer.step(report, "stop bot", || stop_container(sh, &container.id))?;
             changes.stopped_at = Some(Instant::now());
         }
@@ -626,15 +661,42 @@ impl Deploy<'_> {
             })?;
         }
         if let Some(migration) = &changes.migration {
+            signals::checkpoint()?;
             changes.migrated = true;
+            journal::volume(format!(
+                "being migrated from {} with the bot stopped; the pre-deploy backup is taken first, in container {}",
+                describe(status),
+                short(&migration.id)
+            ));
             let outcome = printer.step(report, "migrate database", || migration.run(sh))?;
             self.record_migration(stack, status, &outcome, report, changes)?;
         }
         if changes.stopped_at.is_none() {
             changes.stopped_at = Some(Instant::now());
         }
+        signals::checkpoint()?;
         printer.step(report, "start bot", || stack.up(sh))?;
         self.wait_until_serving(stack, report, changes)
+    }
+
+    /// Notes in the history where this deploy's pre-deploy backup will be, before anything runs:
+    /// a run killed after this point leaves a line that leads to it.
+    fn note_migration_prepared(
+        &self,
+        status: &DbStatus,
+        migration: &MigrationContainer,
+        backup_name: &str,
+    ) {
+        let file = self.state_dir.join(backup_name);
+        journal::update(|r| {
+            r.backup = Some(file.clone());
+            r.volume = Some(format!(
+                "{}, not changed yet; migration container {} is ready to back it up (to be saved as {}) and migrate it",
+                describe(status),
+                short(&migration.id),
+                file.display()
+            ));
+        });
     }
 
     /// Waits until the new bot is healthy, and notes when it began to serve.
@@ -675,11 +737,24 @@ impl Deploy<'_> {
                 &self.labels(&backup_name),
             )
         })?;
-        let waiting = printer.step(report, "start migration, waiting", || {
-            migration.start_waiting()
+        self.note_migration_prepared(status, &migration, &backup_name);
+        let waiting = signals::checkpoint().and_then(|()| {
+            printer.step(report, "start migration, waiting", || {
+                migration.start_waiting()
+            })
         });
+        let migration_id = migration.id.clone();
         changes.migration = Some(migration);
         let waiting = waiting?;
+        if let Err(e) = signals::checkpoint() {
+            waiting.cancel();
+            return Err(e);
+        }
+        journal::volume(format!(
+            "being migrated from {} while Compose replaces the bot; the pre-deploy backup is taken first, in container {}",
+            describe(status),
+            short(&migration_id)
+        ));
         let up: std::process::Command = stack.up_cmd(sh).into();
         let mut replaced = None;
         let outcome = printer.step(report, "migrate database", || {
@@ -728,6 +803,11 @@ impl Deploy<'_> {
                 ),
             );
             report.revision_after = outcome["to"].as_u64().map(|v| v as u32);
+            journal::volume(format!(
+                "migrated to revision {}; the pre-deploy backup is in container {}",
+                outcome["to"],
+                short(&migration.id)
+            ));
             if !outcome["backup"].is_null() {
                 let host_file = self.state_dir.join(self.backup_name(stack, status));
                 let saved = printer.step(report, "save backup", || {
@@ -736,6 +816,11 @@ impl Deploy<'_> {
                 });
                 match saved {
                     Ok(()) => {
+                        journal::volume(format!(
+                            "migrated to revision {}; the pre-deploy backup is saved as {}",
+                            outcome["to"],
+                            host_file.display()
+                        ));
                         printer.detail(report, host_file.display().to_string());
                         report.backup = Some(host_file.display().to_string());
                         changes.backup_on_host = Some(host_file);
@@ -845,10 +930,7 @@ impl Deploy<'_> {
                 )
                 .map(drop)?,
                 None => {
-                    let _ = cmd!(sh, "docker rmi {tag}")
-                        .quiet()
-                        .ignore_status()
-                        .output();
+                    let _ = crate::process::output(cmd!(sh, "docker rmi {tag}"));
                 }
             }
         }
@@ -880,6 +962,9 @@ impl Deploy<'_> {
         report: &mut Report,
     ) -> anyhow::Result<Option<SetAside>> {
         let sh = self.sh;
+        journal::volume(
+            "being put back from the pre-deploy backup by the rollback (the migrated database is kept beside it)",
+        );
         let restored = self
             .printer
             .step(report, "rollback: restore database", || {
@@ -901,6 +986,12 @@ impl Deploy<'_> {
                 database::restore_from_host(sh, stack, &stack.bot_image, source, false)
             })?;
         let set_aside = SetAside::from_restore(&restored);
+        journal::volume(format!(
+            "put back from the pre-deploy backup (revision {})",
+            report
+                .revision_before
+                .map_or("none".into(), |r| r.to_string())
+        ));
         if let Some(s) = &set_aside {
             self.printer
                 .detail(report, format!("set aside: {} ({})", s.file, s.rows));
@@ -931,6 +1022,10 @@ impl Deploy<'_> {
         let mut status = status.clone();
         if let Some(planned) = &old.import {
             changes.imported = true;
+            journal::volume(format!(
+                "was empty; the old app's database {} is being copied into it",
+                planned.source
+            ));
             let imported = printer.step(report, "import database", || {
                 old_app::import(sh, stack, &stack.bot_image, &planned.source)
             })?;
@@ -945,6 +1040,7 @@ impl Deploy<'_> {
             let migration = printer.step(report, "prepare migration", || {
                 MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
             })?;
+            self.note_migration_prepared(&status, &migration, &backup_name);
             changes.migration = Some(migration);
             changes.migrated = true;
             let outcome = printer.step(report, "migrate database", || {
@@ -1077,7 +1173,7 @@ impl Deploy<'_> {
         let mut plan = Vec::new();
         // Held while the plan runs the built binary: another build must not replace it.
         let bot = match self.mode {
-            Mode::Migrate => None,
+            Mode::Migrate | Mode::Recover => None,
             _ => Some(printer.step(report, "build binaries", || {
                 images::build_binaries(sh, self.args.schema_head)
             })?),
@@ -1188,7 +1284,7 @@ impl Deploy<'_> {
     fn plan_migrations(&self, stack: &Stack) -> anyhow::Result<MigrationPlan> {
         let sh = self.sh;
         let image = match self.mode {
-            Mode::Migrate => stack.bot_image.clone(),
+            Mode::Migrate | Mode::Recover => stack.bot_image.clone(),
             _ => docker::image_id(sh, &stack.bot_image)?.unwrap_or_default(),
         };
         let host_bot = project::root()
@@ -1196,7 +1292,7 @@ impl Deploy<'_> {
             .join(images::TARGET)
             .join("release/bot"); // kept by the build lock the dry run holds
         let plan_json = if !database::volume_exists(sh, stack)
-            || image.is_empty() && self.mode != Mode::Migrate
+            || image.is_empty() && self.mode.builds()
         {
             // No database yet: the plan is every migration of this build. The engine wants the
             // folder of a database that does not exist yet to exist.
@@ -1213,7 +1309,7 @@ impl Deploy<'_> {
         } else {
             // Copy the binary that will run into a created container on the volume and ask it.
             let mount = format!("{}:/data", stack.volume());
-            let entry = if self.mode == Mode::Migrate {
+            let entry = if !self.mode.builds() {
                 "/bot"
             } else {
                 "/tmp/bot-new"
@@ -1227,7 +1323,7 @@ impl Deploy<'_> {
             .trim()
             .to_owned();
             let result = (|| {
-                if self.mode != Mode::Migrate {
+                if self.mode.builds() {
                     let target = format!("{id}:/tmp/bot-new");
                     process::run(
                         cmd!(sh, "docker cp {host_bot} {target}"),
@@ -1236,10 +1332,7 @@ impl Deploy<'_> {
                 }
                 process::run(cmd!(sh, "docker start -a {id}"), "planning the migrations")
             })();
-            let _ = cmd!(sh, "docker rm -f {id}")
-                .quiet()
-                .ignore_status()
-                .output();
+            let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
             let out = result?;
             let line = out
                 .stdout
@@ -1292,14 +1385,18 @@ fn replace_then_go(
     waiting: database::WaitingMigration,
 ) -> anyhow::Result<Replaced> {
     use std::process::{Command, Stdio};
-    let mut old_exit = Command::new("docker")
+    let mut old_exit = crate::signals::own_group(&mut Command::new("docker"))
         .args(["wait", old_id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("cannot run docker wait")?;
-    let compose = std::thread::spawn(move || up.stdin(Stdio::null()).output());
+    let compose = std::thread::spawn(move || {
+        crate::signals::own_group(&mut up)
+            .stdin(Stdio::null())
+            .output()
+    });
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
     let stopped = loop {
         if old_exit.try_wait()?.is_some() {
@@ -1420,6 +1517,7 @@ pub fn stop_container(sh: &Shell, id: &str) -> anyhow::Result<()> {
 pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
+        signals::checkpoint()?;
         let state = stack
             .bot_container(sh)?
             .context("the bot's container is gone")?;

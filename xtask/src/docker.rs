@@ -10,10 +10,7 @@ use crate::process;
 /// Checks the daemon answers; the error says how to start it.
 pub fn check_daemon(sh: &Shell) -> anyhow::Result<String> {
     let format = "{{.Server.Version}}";
-    let output = cmd!(sh, "docker version --format {format}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let output = crate::process::output(cmd!(sh, "docker version --format {format}"));
     match output {
         Ok(out) if out.status.success() => {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -31,10 +28,7 @@ pub fn check_daemon(sh: &Shell) -> anyhow::Result<String> {
 /// The id of an image, or None when there is no such image.
 pub fn image_id(sh: &Shell, image: &str) -> anyhow::Result<Option<String>> {
     let format = "{{.Id}}";
-    let out = cmd!(sh, "docker image inspect --format {format} {image}")
-        .quiet()
-        .ignore_status()
-        .output()?;
+    let out = crate::process::output(cmd!(sh, "docker image inspect --format {format} {image}"))?;
     Ok(out
         .status
         .success()
@@ -200,10 +194,7 @@ fn mount(m: &Value) -> Option<Mount> {
 /// The last lines a container logged.
 pub fn logs_tail(sh: &Shell, id: &str, lines: usize) -> String {
     let lines = lines.to_string();
-    cmd!(sh, "docker logs --tail {lines} {id}")
-        .quiet()
-        .ignore_status()
-        .output()
+    crate::process::output(cmd!(sh, "docker logs --tail {lines} {id}"))
         .map(|out| {
             process::tail(
                 &format!(

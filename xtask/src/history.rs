@@ -49,8 +49,22 @@ pub struct Record {
     pub steps: Vec<StepRecord>,
     /// Seconds the bot was not running.
     pub downtime_seconds: Option<f64>,
-    /// ok, failed, refused, rolled-back, nothing-to-do.
+    /// ok, failed, refused, rolled-back, nothing-to-do; `running` while it runs (and for ever
+    /// when it was killed: see [`unfinished`]); `interrupted` when a signal stopped it before it
+    /// changed anything, or a later run found it unfinished and finished it.
     pub result: String,
+    /// The step it is in (or was in when it stopped), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What the volume holds at this point of the deploy, in words (kept current as it goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The process that runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// For an unfinished run: the run that found it and finished it (task and time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_by: Option<String>,
     /// Whether anything changed.
     pub changed: bool,
     /// The error, when it failed.
@@ -114,7 +128,58 @@ pub fn append(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
         .open(&path)
         .with_context(|| format!("cannot write the deploy history {}", path.display()))?;
     writeln!(out, "{}", serde_json::to_string(&scrubbed(record))?)?;
+    out.sync_data()?;
     Ok(())
+}
+
+/// Writes `record` in place of the line of the same run (same time and task), or appends it
+/// when there is none. The file is replaced whole by a rename, so a process killed meanwhile
+/// leaves the old history or the new one, never half a line.
+pub fn save(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = file(state_dir);
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return append(state_dir, record),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let line = serde_json::to_string(&scrubbed(record))?;
+    let mut found = false;
+    let mut text = String::with_capacity(old.len() + line.len() + 1);
+    for existing in old.lines() {
+        let same = !found
+            && serde_json::from_str::<Record>(existing)
+                .is_ok_and(|r| r.time == record.time && r.task == record.task);
+        if same {
+            found = true;
+            text.push_str(&line);
+        } else {
+            text.push_str(existing);
+        }
+        text.push('\n');
+    }
+    if !found {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let temporary = state_dir.join(".deploys.jsonl.new");
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot write the deploy history {}", temporary.display()))?;
+    out.write_all(text.as_bytes())?;
+    out.sync_data()?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("cannot replace the deploy history {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs that started and never ended (killed, or still running: the lock tells which).
+pub fn unfinished(records: &[Record]) -> Vec<&Record> {
+    records.iter().filter(|r| r.result == "running").collect()
 }
 
 /// Every record, oldest first, as written; lines that do not parse are skipped.
@@ -132,7 +197,17 @@ pub fn read(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
 }
 
 /// The tasks that deploy a new image or schema.
-const DEPLOYS: &[&str] = &["first-deploy", "prod-migrate", "prod-full-update"];
+const DEPLOYS: &[&str] = &[
+    "first-deploy",
+    "prod-migrate",
+    "prod-full-update",
+    "recover",
+];
+
+/// Whether `task` deploys (a new image or schema).
+pub fn is_deploy(task: &str) -> bool {
+    DEPLOYS.contains(&task)
+}
 
 /// The last deploy that changed the stack, ended well and was not rolled back since: what
 /// `rollback` returns from.
@@ -182,10 +257,15 @@ fn table_unscrubbed(records: &[Record]) -> String {
                 .map_or("-".to_owned(), |d| format!("{d:.1}s")),
             took,
             r.result,
-            r.error
+            r.step
                 .as_deref()
-                .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
+                .filter(|_| r.result == "running")
+                .map(|s| format!(" (step \"{s}\")"))
                 .unwrap_or_default()
+                + &r.error
+                    .as_deref()
+                    .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
+                    .unwrap_or_default()
         ));
     }
     out

@@ -464,7 +464,7 @@ fn import_marker_image(sh: &Shell) -> anyhow::Result<()> {
 
 /// Removes a container by id, within [`DOCKER_TIMEOUT`]; a failure is only reported.
 fn remove_container(id: &str) {
-    let child = std::process::Command::new("docker")
+    let child = crate::signals::own_group(&mut std::process::Command::new("docker"))
         .args(["rm", "-f", id])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -9,6 +9,7 @@ mod docker;
 mod exit;
 mod history;
 mod images;
+mod journal;
 mod lock;
 mod old_app;
 mod output;
@@ -16,6 +17,7 @@ mod process;
 mod project;
 mod report;
 mod secrets;
+mod signals;
 mod tasks;
 
 use std::time::Instant;
@@ -33,7 +35,7 @@ use crate::report::Report;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
-    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready, 5 another deploy holds the lock, 6 done with a warning (see the report)."
+    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready, 5 another deploy holds the lock, 6 done with a warning (see the report), 128+N stopped by signal N before anything changed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +51,10 @@ enum Task {
     ProdMigrate(DeployArgs),
     /// Build while the old bot runs, then migrate and start the new image. Idempotent.
     ProdFullUpdate(DeployArgs),
+    /// Finish a deploy that was killed before it ended (`status` names it): brings the
+    /// database to this image's head and the bot up, verified healthy; `rollback` afterwards
+    /// returns to where that deploy started.
+    Recover(DeployArgs),
     /// Containers, health, database state.
     Status(tasks::status::Args),
     /// Put a database file into the volume (it does not migrate).
@@ -108,10 +114,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     sh.change_dir(project::root());
+    signals::install();
     let code = match task {
         Task::FirstDeploy(args) => deploy_task(&sh, Mode::FirstDeploy, args),
         Task::ProdMigrate(args) => deploy_task(&sh, Mode::Migrate, args),
         Task::ProdFullUpdate(args) => deploy_task(&sh, Mode::FullUpdate, args),
+        Task::Recover(args) => deploy_task(&sh, Mode::Recover, args),
         Task::Restore(args) => {
             let stack_args = args_stack(&args);
             reported(&sh, "restore", stack_args, move |sh, _, printer, report| {

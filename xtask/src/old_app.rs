@@ -350,10 +350,7 @@ fn run_import(
                 copy_timeout(0),
             );
             if result.is_err() {
-                let _ = cmd!(sh, "docker rm -f {name}")
-                    .quiet()
-                    .ignore_status()
-                    .output();
+                let _ = crate::process::output(cmd!(sh, "docker rm -f {name}"));
             }
             result?
         }
@@ -385,10 +382,7 @@ fn run_import(
                 }
                 process::run_within(cmd!(sh, "docker start -a {id}"), what, copy_timeout(size))
             })();
-            let _ = cmd!(sh, "docker rm -f {id}")
-                .quiet()
-                .ignore_status()
-                .output();
+            let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
             result?
         }
     };
@@ -603,10 +597,7 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
         copy_timeout(0),
     )?;
     let copy_name = format!("{}-kept-by-tgbot", old.name);
-    let _ = cmd!(sh, "docker rm -f {copy_name}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let _ = crate::process::output(cmd!(sh, "docker rm -f {copy_name}"));
     let kept_for = format!("{KEPT_LABEL}={}", stack.project);
     process::run(
         cmd!(
@@ -635,10 +626,7 @@ fn inspect_raw(sh: &Shell, id: &str) -> anyhow::Result<Value> {
 }
 
 fn exists(sh: &Shell, id: &str) -> bool {
-    cmd!(sh, "docker container inspect {id}")
-        .quiet()
-        .ignore_status()
-        .output()
+    crate::process::output(cmd!(sh, "docker container inspect {id}"))
         .is_ok_and(|o| o.status.success())
 }
 
@@ -660,10 +648,7 @@ pub fn bring_back(
         }
         if let Some(kept) = kept {
             let copy = &kept.copy_name;
-            let _ = cmd!(sh, "docker rm -f {copy}")
-                .quiet()
-                .ignore_status()
-                .output();
+            let _ = crate::process::output(cmd!(sh, "docker rm -f {copy}"));
         }
         return Ok(inspect_raw(sh, old_id)?["Name"]
             .as_str()
@@ -713,10 +698,7 @@ pub fn bring_back(
     if start {
         process::run(cmd!(sh, "docker start {id}"), "starting the old app again")?;
     }
-    let _ = cmd!(sh, "docker rm -f {copy}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let _ = crate::process::output(cmd!(sh, "docker rm -f {copy}"));
     Ok(name.clone())
 }
 

@@ -53,6 +53,7 @@ impl Printer {
             eprintln!("==> {name}");
             None
         };
+        crate::journal::progress(report, Some(name));
         let result = work();
         let seconds = started.elapsed().as_secs_f64();
         let ok = result.is_ok();
@@ -70,6 +71,7 @@ impl Printer {
             result: if ok { "ok" } else { "failed" },
             detail: None,
         });
+        crate::journal::progress(report, None);
         result
     }
 

@@ -32,6 +32,32 @@ impl std::fmt::Debug for Finished {
     }
 }
 
+/// Runs `cmd` to the end for what it prints, whatever its exit status, in a process group of
+/// its own (see [`crate::signals`]): for lookups whose failure is an answer.
+pub fn output(cmd: Cmd<'_>) -> std::io::Result<std::process::Output> {
+    let mut command: Command = cmd.into();
+    crate::signals::own_group(&mut command)
+        .stdin(Stdio::null())
+        .output()
+}
+
+/// A child noted for the signal handler while it runs (see [`crate::signals`]).
+pub struct Tracked(u32);
+
+impl Tracked {
+    /// Notes the child `pid` until dropped.
+    pub fn new(pid: u32) -> Tracked {
+        crate::signals::track(pid);
+        Tracked(pid)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        crate::signals::untrack(self.0);
+    }
+}
+
 /// Runs `cmd` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
 pub fn run(cmd: Cmd<'_>, what: &str) -> anyhow::Result<Finished> {
     run_within(cmd, what, DEFAULT_TIMEOUT)
@@ -44,7 +70,7 @@ pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result
     let shown = secrets::scrub(&cmd.to_string());
     let what = secrets::scrub(what);
     let mut command: Command = cmd.into();
-    command
+    crate::signals::own_group(&mut command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -52,6 +78,7 @@ pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result
         Ok(child) => child,
         Err(e) => bail!("{what}: cannot run `{shown}`: {e}"),
     };
+    let _tracked = Tracked::new(child.id());
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let out_reader = std::thread::spawn(move || {

@@ -62,6 +62,9 @@ pub struct Report {
     /// well).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Earlier runs that were killed before they ended, which this run found and finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub finished_earlier: Vec<String>,
     /// Whether this was a dry run (nothing changed).
     pub dry_run: bool,
     /// For a dry run: the steps it would take, with their Docker commands.

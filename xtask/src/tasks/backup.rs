@@ -19,70 +19,64 @@ pub fn run(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(
-        sh,
-        args,
-        "backup",
-        report,
-        |state_dir, time, report, _record| {
-            let stack = deploy::check_machine(sh, args, false, printer, report)?;
-            if crate::docker::image_id(sh, &stack.bot_image)?.is_none() {
-                return Err(exit::not_ready(format!(
-                    "there is no image {}; deploy first",
-                    stack.bot_image
-                )));
-            }
-            if !args.dry_run {
-                // A deploy that could not copy its pre-deploy backup out (a full disk), or was
-                // killed, left it in its migration container: saved first, under its own name.
-                let (saved, _running) = database::save_leftover_backups(sh, &stack, state_dir)?;
-                for file in saved {
-                    printer.info(&format!(
-                        "saved the pre-deploy backup an earlier deploy left behind: {}",
-                        file.display()
-                    ));
-                }
-            }
-            let live = printer.step(report, "read database", || {
-                database::status(sh, &stack, &stack.bot_image)
-            })?;
-            report.revision_before = live.effective_version();
-            report.revision_after = live.effective_version();
-            if live.state == "empty" {
-                printer.info("the database is empty: nothing to back up");
-                return Ok(());
-            }
-            let name = backups::name(&stack.project, time, live.effective_version(), None);
-            let host_file = state_dir.join(&name);
-            if args.dry_run {
+    deploy::locked_and_recorded(sh, args, "backup", report, |state_dir, time, report| {
+        let stack = deploy::check_machine(sh, args, false, printer, report)?;
+        if crate::docker::image_id(sh, &stack.bot_image)?.is_none() {
+            return Err(exit::not_ready(format!(
+                "there is no image {}; deploy first",
+                stack.bot_image
+            )));
+        }
+        if !args.dry_run {
+            // A deploy that could not copy its pre-deploy backup out (a full disk), or was
+            // killed, left it in its migration container: saved first, under its own name.
+            let (saved, _running) = database::save_leftover_backups(sh, &stack, state_dir)?;
+            for file in saved {
                 printer.info(&format!(
-                    "dry run: would back up {} ({} bytes) to {}",
-                    stack.volume(),
-                    live.bytes,
-                    host_file.display()
+                    "saved the pre-deploy backup an earlier deploy left behind: {}",
+                    file.display()
                 ));
-                report.dry_run = true;
-                return Ok(());
             }
-            printer.step(report, "check room for the backup", || {
-                backups::require_room(sh, state_dir, live.bytes)
-            })?;
-            let info = printer.step(report, "back up database", || {
-                database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file)?;
-                backups::seal(&host_file)
-            })?;
-            printer.detail(
-                report,
-                format!(
-                    "{} ({} bytes, integrity ok, revision {:?})",
-                    host_file.display(),
-                    info.bytes,
-                    info.revision
-                ),
-            );
-            report.backup = Some(host_file.display().to_string());
-            backups::prune_and_tell(printer, state_dir, &stack.project, args.keep)?;
-            Ok(())
-        },
-    )
+        }
+        let live = printer.step(report, "read database", || {
+            database::status(sh, &stack, &stack.bot_image)
+        })?;
+        report.revision_before = live.effective_version();
+        report.revision_after = live.effective_version();
+        if live.state == "empty" {
+            printer.info("the database is empty: nothing to back up");
+            return Ok(());
+        }
+        let name = backups::name(&stack.project, time, live.effective_version(), None);
+        let host_file = state_dir.join(&name);
+        if args.dry_run {
+            printer.info(&format!(
+                "dry run: would back up {} ({} bytes) to {}",
+                stack.volume(),
+                live.bytes,
+                host_file.display()
+            ));
+            report.dry_run = true;
+            return Ok(());
+        }
+        printer.step(report, "check room for the backup", || {
+            backups::require_room(sh, state_dir, live.bytes)
+        })?;
+        let info = printer.step(report, "back up database", || {
+            database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file)?;
+            backups::seal(&host_file)
+        })?;
+        printer.detail(
+            report,
+            format!(
+                "{} ({} bytes, integrity ok, revision {:?})",
+                host_file.display(),
+                info.bytes,
+                info.revision
+            ),
+        );
+        report.backup = Some(host_file.display().to_string());
+        backups::prune_and_tell(printer, state_dir, &stack.project, args.keep)?;
+        Ok(())
+    })
 }

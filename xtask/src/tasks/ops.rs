@@ -25,7 +25,7 @@ pub fn restart(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(sh, args, "restart", report, |_, _, report, _| {
+    deploy::locked_and_recorded(sh, args, "restart", report, |_, _, report| {
         let stack = deploy::check_machine(sh, args, false, printer, report)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "restart")?;
         let container = stack.bot_container(sh)?.ok_or_else(|| {
@@ -66,7 +66,7 @@ pub fn down(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(sh, args, "down", report, |_, _, report, _| {
+    deploy::locked_and_recorded(sh, args, "down", report, |_, _, report| {
         let stack = deploy::check_machine(sh, args, false, printer, report)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "down")?;
         if args.dry_run {

@@ -53,7 +53,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
         &args.stack,
         "restore",
         report,
-        |state_dir, time, report, _record| {
+        |state_dir, time, report| {
             let stack = deploy::check_machine(sh, &args.stack, false, printer, report)?;
             crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
             if docker::image_id(sh, &stack.bot_image)?.is_none() {

@@ -20,119 +20,123 @@ pub fn run(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(
-        sh,
-        args,
-        "rollback",
-        report,
-        |state_dir, time, report, record| {
-            let records = history::read(state_dir)?;
-            let last = history::last_change(&records).cloned().ok_or_else(|| {
-                exit::refused(format!(
-                    "there is no deploy to roll back in {}",
-                    history::file(state_dir).display()
-                ))
-            })?;
-            let (Some(tag), Some(image_before)) = (&last.image_before_tag, &last.image_before)
-            else {
-                return Err(exit::refused(format!(
-                    "the last deploy ({}, {}) started the first bot of this project; there is nothing before it to go back to",
-                    last.task, last.time
-                )));
-            };
-            let mut stack = deploy::check_machine(sh, args, false, printer, report)?;
-            crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
-            if !args.dry_run {
-                // A deploy whose backup copy failed left it in its migration container.
-                database::save_leftover_backups(sh, &stack, state_dir)?;
-            }
-            if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
-                return Err(exit::refused(format!(
-                    "the image the last deploy replaced ({}) is no longer tagged {tag}; it was removed or replaced, so there is nothing to roll back to",
-                    deploy::short(image_before)
-                )));
-            }
-            let schema_moved = last.revision_before != last.revision_after;
-            let backup = last.backup.clone().filter(|_| schema_moved);
-            if schema_moved && backup.as_ref().is_none_or(|b| !b.exists()) {
-                return Err(exit::refused(format!(
-                    "the last deploy moved the schema ({:?} -> {:?}) but its backup {} is gone; restore a backup by hand with `cargo xtask restore`",
-                    last.revision_before,
-                    last.revision_after,
-                    backup.map_or("(none)".into(), |b| b.display().to_string())
-                )));
-            }
-            report.revision_before = last.revision_after;
-            let mut question = format!(
-                "Roll back the deploy of {} to image {}",
-                last.time,
+    deploy::locked_and_recorded(sh, args, "rollback", report, |state_dir, time, report| {
+        let records = history::read(state_dir)?;
+        if let Some(run) = history::unfinished(&records)
+            .into_iter()
+            .find(|r| r.time != time && history::is_deploy(&r.task))
+        {
+            return Err(exit::refused(format!(
+                "{}; nothing was changed. Finish it first with `cargo xtask recover` (its record then carries that deploy's way back), then run `cargo xtask rollback` to go back to where it started",
+                deploy::describe_unfinished(run)
+            )));
+        }
+        let last = history::last_change(&records).cloned().ok_or_else(|| {
+            exit::refused(format!(
+                "there is no deploy to roll back in {}",
+                history::file(state_dir).display()
+            ))
+        })?;
+        let (Some(tag), Some(image_before)) = (&last.image_before_tag, &last.image_before) else {
+            return Err(exit::refused(format!(
+                "the last deploy ({}, {}) started the first bot of this project; there is nothing before it to go back to",
+                last.task, last.time
+            )));
+        };
+        let mut stack = deploy::check_machine(sh, args, false, printer, report)?;
+        crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
+        if !args.dry_run {
+            // A deploy whose backup copy failed left it in its migration container.
+            database::save_leftover_backups(sh, &stack, state_dir)?;
+        }
+        if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
+            return Err(exit::refused(format!(
+                "the image the last deploy replaced ({}) is no longer tagged {tag}; it was removed or replaced, so there is nothing to roll back to",
                 deploy::short(image_before)
-            );
-            if let Some(backup) = &backup {
-                question.push_str(&format!(
+            )));
+        }
+        let schema_moved = last.revision_before != last.revision_after;
+        let backup = last.backup.clone().filter(|_| schema_moved);
+        if schema_moved && backup.as_ref().is_none_or(|b| !b.exists()) {
+            return Err(exit::refused(format!(
+                "the last deploy moved the schema ({:?} -> {:?}) but its backup {} is gone; restore a backup by hand with `cargo xtask restore`",
+                last.revision_before,
+                last.revision_after,
+                backup.map_or("(none)".into(), |b| b.display().to_string())
+            )));
+        }
+        report.revision_before = last.revision_after;
+        let mut question = format!(
+            "Roll back the deploy of {} to image {}",
+            last.time,
+            deploy::short(image_before)
+        );
+        if let Some(backup) = &backup {
+            question.push_str(&format!(
                 " and the database to the backup taken before it ({}, revision {:?})? What the bot wrote since then is lost (the current database is backed up first).",
                 backup.display(),
                 last.revision_before
             ));
-            } else {
-                question.push('?');
-            }
-            if args.dry_run {
-                printer.info(&format!("dry run: nothing was changed. {question}"));
-                report.dry_run = true;
-                return Ok(());
-            }
-            deploy::confirm(args.yes, &question)?;
-            report.changed = true;
-            if let Some(container) = stack
-                .bot_container(sh)?
-                .filter(|c| c.status == "running" || c.status == "restarting")
-            {
-                printer.step(report, "stop bot", || {
-                    deploy::stop_container(sh, &container.id)
-                })?;
-            }
-            if let Some(backup) = &backup {
-                let live = database::status(sh, &stack, &stack.bot_image)?;
-                if live.state != "empty" {
-                    let keep = state_dir.join(backups::name(
-                        &stack.project,
-                        time,
-                        live.effective_version(),
-                        Some("before-rollback"),
-                    ));
-                    printer.step(report, "back up database", || {
-                        database::back_up_to_host(sh, &stack, &stack.bot_image, &keep)?;
-                        backups::seal(&keep).map(drop)
-                    })?;
-                    report.backup = Some(keep.display().to_string());
-                }
-                printer.step(report, "restore database", || {
-                    database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
-                })?;
-            }
-            // The project's tag names the image that runs, so later tasks start this one too.
-            let main_tag = &stack.bot_image;
-            crate::process::run(
-                xshell::cmd!(sh, "docker tag {image_before} {main_tag}"),
-                "tagging the previous image",
-            )?;
-            if let Some(env) = last.env_before.as_ref().filter(|e| e.exists()) {
-                stack.env_file = env.clone();
-            }
-            record.image_after = Some(image_before.clone());
-            record.env_after = last.env_before.clone();
-            printer.step(report, "start previous bot", || stack.up(sh))?;
-            printer.step(report, "wait until healthy", || {
-                deploy::wait_until_healthy(
-                    sh,
-                    &stack,
-                    std::time::Duration::from_secs(args.health_timeout),
-                )
+        } else {
+            question.push('?');
+        }
+        if args.dry_run {
+            printer.info(&format!("dry run: nothing was changed. {question}"));
+            report.dry_run = true;
+            return Ok(());
+        }
+        deploy::confirm(args.yes, &question)?;
+        report.changed = true;
+        if let Some(container) = stack
+            .bot_container(sh)?
+            .filter(|c| c.status == "running" || c.status == "restarting")
+        {
+            printer.step(report, "stop bot", || {
+                deploy::stop_container(sh, &container.id)
             })?;
-            report.revision_after = last.revision_before;
-            report.image = Some(format!("{tag} ({})", deploy::short(image_before)));
-            Ok(())
-        },
-    )
+        }
+        if let Some(backup) = &backup {
+            let live = database::status(sh, &stack, &stack.bot_image)?;
+            if live.state != "empty" {
+                let keep = state_dir.join(backups::name(
+                    &stack.project,
+                    time,
+                    live.effective_version(),
+                    Some("before-rollback"),
+                ));
+                printer.step(report, "back up database", || {
+                    database::back_up_to_host(sh, &stack, &stack.bot_image, &keep)?;
+                    backups::seal(&keep).map(drop)
+                })?;
+                report.backup = Some(keep.display().to_string());
+            }
+            printer.step(report, "restore database", || {
+                database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
+            })?;
+        }
+        // The project's tag names the image that runs, so later tasks start this one too.
+        let main_tag = &stack.bot_image;
+        crate::process::run(
+            xshell::cmd!(sh, "docker tag {image_before} {main_tag}"),
+            "tagging the previous image",
+        )?;
+        if let Some(env) = last.env_before.as_ref().filter(|e| e.exists()) {
+            stack.env_file = env.clone();
+        }
+        crate::journal::update(|r| {
+            r.image_after = Some(image_before.clone());
+            r.env_after = last.env_before.clone();
+        });
+        printer.step(report, "start previous bot", || stack.up(sh))?;
+        printer.step(report, "wait until healthy", || {
+            deploy::wait_until_healthy(
+                sh,
+                &stack,
+                std::time::Duration::from_secs(args.health_timeout),
+            )
+        })?;
+        report.revision_after = last.revision_before;
+        report.image = Some(format!("{tag} ({})", deploy::short(image_before)));
+        Ok(())
+    })
 }

@@ -37,6 +37,8 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     let state_dir = args.stack.state_dir(&stack.project);
     let last_backup = backups::list(&state_dir, &stack.project).pop();
     let records = history::read(&state_dir)?;
+    // The lock is the engine's, whatever the backup folder: see `lock`.
+    let held = lock::held(sh, &stack.project)?;
     // Where the data came from: the last deploy that imported it and ended well.
     let imported_from = records
         .iter()
@@ -51,8 +53,15 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             )
         });
     let last_deploy = records.last().cloned();
-    // The lock is the engine's, whatever the backup folder: see `lock`.
-    let held = lock::held(sh, &stack.project)?;
+    // A run that started and never ended: running now if it holds the lock, else killed.
+    let running_since = held
+        .as_ref()
+        .filter(|h| matches!(h.liveness, Liveness::Alive | Liveness::Elsewhere))
+        .map(|h| h.holder.since.clone());
+    let unfinished: Vec<&history::Record> = history::unfinished(&records)
+        .into_iter()
+        .filter(|r| running_since.as_deref() != Some(r.time.as_str()))
+        .collect();
     let old_app = container.as_ref().filter(|c| !c.is_ours());
     if args.stack.json {
         let value = json!({
@@ -72,6 +81,11 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             "imported_from": imported_from,
             "last_backup": last_backup,
             "last_deploy": last_deploy,
+            "unfinished": unfinished.iter().map(|r| json!({
+                "task": r.task, "time": r.time, "operator": r.operator, "pid": r.pid,
+                "step": r.step, "volume": r.volume, "backup": r.backup,
+                "description": deploy::describe_unfinished(r),
+            })).collect::<Vec<_>>(),
             "lock": held.as_ref().map(|h| json!({
                 "task": h.holder.task, "operator": h.holder.operator, "pid": h.holder.pid,
                 "host": h.holder.host, "since": h.holder.since, "checkout": h.holder.checkout,
@@ -135,6 +149,12 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             d.time, d.task, d.operator, d.result
         ),
         None => println!("last deploy: none recorded"),
+    }
+    for run in &unfinished {
+        println!(
+            "unfinished:  {}. Run `cargo xtask recover` (or deploy again) to finish it",
+            deploy::describe_unfinished(run)
+        );
     }
     match &held {
         None => println!("lock:        free"),

@@ -1,0 +1,159 @@
+//! Ctrl-C, SIGTERM and SIGHUP (a closed SSH session). Before a task changes anything, a signal
+//! ends it: the programs it runs are stopped, its history line says where (see
+//! [`crate::journal`]) and it exits with 128 + the signal's number. During the critical part of
+//! a deploy (from the first change until the bot serves again, rollback included) stopping would
+//! leave the bot down, so the first signal is held and said on screen, and the deploy ends
+//! normally; a second one asks for a rollback, which the deploy starts at its next step.
+//!
+//! The programs this tool runs are put in process groups of their own ([`own_group`]), so that a
+//! Ctrl-C at the terminal reaches this process alone and never kills a `docker` command halfway
+//! through the critical part.
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// Whether the critical part runs.
+static CRITICAL: AtomicBool = AtomicBool::new(false);
+/// Whether a rollback runs (it is never interrupted).
+static ROLLING_BACK: AtomicBool = AtomicBool::new(false);
+/// Signals received during the critical part.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+/// The signal held, by name.
+static HELD_NAME: Mutex<&str> = Mutex::new("");
+/// Process groups of the programs running now.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Starts the thread that handles the signals. Called once, at the start of `main`.
+pub fn install() {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        eprintln!("warning: signals cannot be handled; Ctrl-C will stop this tool at once");
+        return;
+    };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            on_signal(signal);
+        }
+    });
+}
+
+fn name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT (Ctrl-C)",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+fn on_signal(signal: i32) {
+    let name = name(signal);
+    if CRITICAL.load(Ordering::SeqCst) {
+        let count = HELD.fetch_add(1, Ordering::SeqCst) + 1;
+        *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        if ROLLING_BACK.load(Ordering::SeqCst) {
+            eprintln!(
+                "\n{name}: held; a rollback is running and ends once the previous bot serves again"
+            );
+        } else if count == 1 {
+            eprintln!(
+                "\n{name}: held. The bot is being replaced, and stopping now would leave it down: this deploy ends once the bot serves again. Press Ctrl-C again to roll back instead."
+            );
+        } else {
+            eprintln!("\n{name} again: rolling back at the next step");
+        }
+        return;
+    }
+    let step = crate::journal::interrupted(name);
+    for group in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // The group's leader is the child: its pid is the group's id.
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+        unsafe {
+            libc::kill(-(*group as i32), SIGTERM);
+        }
+    }
+    eprintln!(
+        "\nstopped by {name}{}; nothing was changed",
+        step.map(|s| format!(" during step \"{s}\""))
+            .unwrap_or_default()
+    );
+    std::process::exit(128 + signal);
+}
+
+/// Runs `command` in a process group of its own (see the module's documentation).
+pub fn own_group(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0)
+}
+
+/// Notes a running child (its own group), so that a signal before the critical part stops it.
+pub fn track(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// Forgets a child that ended.
+pub fn untrack(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// The critical part of a deploy, while it lives: signals are held.
+pub struct Critical(());
+
+impl Critical {
+    /// Enters the critical part.
+    pub fn enter() -> Critical {
+        CRITICAL.store(true, Ordering::SeqCst);
+        Critical(())
+    }
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        CRITICAL.store(false, Ordering::SeqCst);
+        ROLLING_BACK.store(false, Ordering::SeqCst);
+        if HELD.load(Ordering::SeqCst) > 0 {
+            let name = *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!("the {name} held during the deploy is honoured now: the task ends here");
+        }
+    }
+}
+
+/// A rollback starts: from now on no signal interrupts it.
+pub fn rolling_back() {
+    ROLLING_BACK.store(true, Ordering::SeqCst);
+}
+
+/// Fails when a second signal asked for a rollback (and no rollback runs yet); called by the
+/// deploy between its steps and while it waits.
+pub fn checkpoint() -> anyhow::Result<()> {
+    if HELD.load(Ordering::SeqCst) >= 2 && !ROLLING_BACK.load(Ordering::SeqCst) {
+        let name = *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner());
+        anyhow::bail!("stopped by a second {name}: rolling back, as asked");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_the_critical_part_one_signal_is_held_and_a_second_asks_for_a_rollback() {
+        let critical = Critical::enter();
+        on_signal(SIGINT);
+        assert_eq!(HELD.load(Ordering::SeqCst), 1);
+        checkpoint().expect("one signal is only held");
+        on_signal(SIGTERM);
+        let error = checkpoint().unwrap_err();
+        assert!(error.to_string().contains("rolling back"), "{error}");
+        rolling_back();
+        checkpoint().expect("a running rollback is never interrupted");
+        drop(critical);
+        HELD.store(0, Ordering::SeqCst);
+    }
+}

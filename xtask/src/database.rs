@@ -250,6 +250,8 @@ pub fn fix_ownership(
 pub struct MigrationContainer {
     /// Its id.
     pub id: String,
+    /// The size of the database it migrates (its time limits grow with it).
+    pub bytes: u64,
 }
 
 /// The label naming the project on the containers the deploy starts besides Compose's.
@@ -261,6 +263,9 @@ pub const DEPLOY_LABEL: &str = "org.tgbot.deploy";
 /// The label naming the file the container's pre-deploy backup gets on this machine.
 pub const BACKUP_NAME_LABEL: &str = "org.tgbot.backup-name";
 
+/// The label with the size of the database a migration container migrates.
+pub const BYTES_LABEL: &str = "org.tgbot.bytes";
+
 /// What a migration container is labelled with, so that a later run finds it when the deploy
 /// that made it was killed or could not copy its backup out.
 pub struct MigrationLabels<'a> {
@@ -268,6 +273,9 @@ pub struct MigrationLabels<'a> {
     pub deploy: &'a str,
     /// The name its backup gets in the backup folder.
     pub backup_name: &'a str,
+    /// The database's size: the time limits of the migration and of the backup's copy grow
+    /// with it (also for the run that saves a backup a killed run left).
+    pub bytes: u64,
 }
 
 impl MigrationLabels<'_> {
@@ -277,6 +285,7 @@ impl MigrationLabels<'_> {
             (ROLE_LABEL, "migration"),
             (DEPLOY_LABEL, self.deploy),
             (BACKUP_NAME_LABEL, self.backup_name),
+            (BYTES_LABEL, &self.bytes.to_string()),
         ]
         .into_iter()
         .flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")])
@@ -293,18 +302,21 @@ impl MigrationContainer {
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
         let mount = format!("{}:/data", stack.volume());
-        let labels = labels.args(stack);
+        let label_args = labels.args(stack);
         let id = process::run(
             cmd!(
                 sh,
-                "docker create {labels...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
+                "docker create {label_args...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
             ),
             "preparing the migration",
         )?
         .stdout
         .trim()
         .to_owned();
-        Ok(MigrationContainer { id })
+        Ok(MigrationContainer {
+            id,
+            bytes: labels.bytes,
+        })
     }
 
     /// Creates one that opens and checks the database, then waits for `go` on its stdin.
@@ -315,18 +327,21 @@ impl MigrationContainer {
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
         let mount = format!("{}:/data", stack.volume());
-        let labels = labels.args(stack);
+        let label_args = labels.args(stack);
         let id = process::run(
             cmd!(
                 sh,
-                "docker create {labels...} -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
+                "docker create {label_args...} -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
             ),
             "preparing the migration",
         )?
         .stdout
         .trim()
         .to_owned();
-        Ok(MigrationContainer { id })
+        Ok(MigrationContainer {
+            id,
+            bytes: labels.bytes,
+        })
     }
 
     /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
@@ -364,6 +379,7 @@ impl MigrationContainer {
             text
         });
         let mut waiting = WaitingMigration {
+            limit: process::migration_limit(self.bytes),
             child,
             stdin: Some(stdin),
             output: Some(output),
@@ -385,19 +401,33 @@ impl MigrationContainer {
         let out = process::run_within(
             cmd!(sh, "docker start -a {id}"),
             "migrating the database",
-            std::time::Duration::from_secs(3600),
+            process::migration_limit(self.bytes),
         )?;
         last_json(&out.stdout, "`bot db upgrade --json`")
     }
 
-    /// Copies the backup it took to `host_file`.
+    /// Copies the backup it took to `host_file`: to `<host_file>.partial` first, renamed once
+    /// whole, so that a copy killed halfway never lies under the backup's name.
     pub fn copy_backup(&self, sh: &Shell, host_file: &Path) -> anyhow::Result<()> {
         let source = format!("{}:{BACKUP_IN_CONTAINER}", self.id);
-        process::run(
-            cmd!(sh, "docker cp {source} {host_file}"),
+        let partial = partial_name(host_file);
+        let _ = std::fs::remove_file(&partial);
+        let copied = process::run_within(
+            cmd!(sh, "docker cp {source} {partial}"),
             "copying the backup to this machine",
+            process::copy_limit(self.bytes),
         )
-        .map(drop)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", partial.display()))?;
+            std::fs::rename(&partial, host_file)
+                .with_context(|| format!("cannot rename {} to {}", partial.display(), host_file.display()))
+        });
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        copied
     }
 
     /// Removes it.
@@ -407,8 +437,17 @@ impl MigrationContainer {
     }
 }
 
+/// Where a copy to `file` is written until it is whole.
+fn partial_name(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
 /// A migration container started and waiting for `go`.
 pub struct WaitingMigration {
+    /// How long the migration may take once told to go.
+    limit: std::time::Duration,
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
     output: Option<std::thread::JoinHandle<String>>,
@@ -447,7 +486,7 @@ impl WaitingMigration {
 
     fn finish(&mut self) -> (Option<std::process::ExitStatus>, String) {
         drop(self.stdin.take());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let deadline = std::time::Instant::now() + self.limit;
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -489,6 +528,7 @@ pub fn back_up_to_host(
     stack: &Stack,
     image: &str,
     host_file: &Path,
+    bytes: u64,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
     with_container(
@@ -500,10 +540,15 @@ pub fn back_up_to_host(
         "preparing the backup",
         |id| {
             let source = format!("{id}:{BACKUP_IN_CONTAINER}");
-            process::run(cmd!(sh, "docker start -a {id}"), "backing up the database")?;
-            process::run(
+            process::run_within(
+                cmd!(sh, "docker start -a {id}"),
+                "backing up the database",
+                process::copy_limit(bytes),
+            )?;
+            process::run_within(
                 cmd!(sh, "docker cp {source} {host_file}"),
                 "copying the backup to this machine",
+                process::copy_limit(bytes),
             )
             .map(drop)
         },
@@ -521,6 +566,7 @@ pub fn restore_from_host(
     replace_damaged: bool,
 ) -> anyhow::Result<Value> {
     let mount = format!("{}:/data", stack.volume());
+    let bytes = std::fs::metadata(host_file).map_or(0, |m| m.len());
     let damaged = replace_damaged.then_some("--replace-damaged");
     let out = with_container(
         sh,
@@ -531,22 +577,27 @@ pub fn restore_from_host(
         "preparing the restore",
         |id| {
             let target = format!("{id}:/tmp/restore-source.db");
-            process::run(
+            process::run_within(
                 cmd!(sh, "docker cp {host_file} {target}"),
                 "copying the database file to Docker",
+                process::copy_limit(bytes),
             )?;
-            process::run(cmd!(sh, "docker start -a {id}"), "restoring the database")
+            process::run_within(
+                cmd!(sh, "docker start -a {id}"),
+                "restoring the database",
+                process::migration_limit(bytes),
+            )
         },
     )?;
     last_json(&out.stdout, "`bot db restore --json`")
 }
 
 /// Migration containers of `project` that an earlier run left (killed, or unable to copy the
-/// backup out), as (id, running, name for its backup).
+/// backup out), as (id, running, name for its backup, size of the database it migrated).
 pub fn leftover_migrations(
     sh: &Shell,
     project: &str,
-) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
+) -> anyhow::Result<Vec<(String, bool, Option<String>, u64)>> {
     let project_filter = format!("label={PROJECT_LABEL}={project}");
     let role_filter = format!("label={ROLE_LABEL}=migration");
     let ids = process::run(
@@ -561,7 +612,13 @@ pub fn leftover_migrations(
         .map(|id| {
             let state = docker::inspect(sh, id)?;
             let name = state.labels.get(BACKUP_NAME_LABEL).cloned();
-            Ok((id.to_owned(), state.status == "running", name))
+            let bytes = state
+                .labels
+                .get(BYTES_LABEL)
+                .and_then(|b| b.parse().ok())
+                // Made by a release before the label: an hour's worth of copy.
+                .unwrap_or(100_000_000_000);
+            Ok((id.to_owned(), state.status == "running", name, bytes))
         })
         .collect()
 }
@@ -576,7 +633,7 @@ pub fn save_leftover_backups(
     dir: &Path,
 ) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
     let (mut saved, mut running) = (Vec::new(), Vec::new());
-    for (id, is_running, name) in leftover_migrations(sh, &stack.project)? {
+    for (id, is_running, name, bytes) in leftover_migrations(sh, &stack.project)? {
         if is_running {
             running.push(id);
             continue;
@@ -591,7 +648,10 @@ pub fn save_leftover_backups(
             if !host_file.exists() {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
-                let container = MigrationContainer { id: id.clone() };
+                let container = MigrationContainer {
+                    id: id.clone(),
+                    bytes,
+                };
                 match container.copy_backup(sh, &host_file) {
                     Ok(()) => {
                         crate::backups::seal(&host_file)?;
@@ -611,7 +671,7 @@ pub fn save_leftover_backups(
                 }
             }
         }
-        MigrationContainer { id }.remove(sh);
+        MigrationContainer { id, bytes }.remove(sh);
     }
     Ok((saved, running))
 }

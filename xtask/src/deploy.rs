@@ -612,10 +612,11 @@ impl Deploy<'_> {
     }
 
     /// The labels of this deploy's migration container.
-    fn labels<'a>(&'a self, backup_name: &'a str) -> MigrationLabels<'a> {
+    fn labels<'a>(&'a self, backup_name: &'a str, status: &DbStatus) -> MigrationLabels<'a> {
         MigrationLabels {
             deploy: &self.time,
             backup_name,
+            bytes: status.bytes,
         }
     }
 
@@ -645,7 +646,7 @@ impl Deploy<'_> {
         let backup_name = self.backup_name(stack, status);
         if status.needs_migration() {
             let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
+                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name, status))
             })?;
             self.note_migration_prepared(status, &migration, &backup_name);
             changes.migration = Some(migration);
@@ -734,7 +735,7 @@ impl Deploy<'_> {
                 sh,
                 stack,
                 &stack.bot_image,
-                &self.labels(&backup_name),
+                &self.labels(&backup_name, status),
             )
         })?;
         self.note_migration_prepared(status, &migration, &backup_name);
@@ -1038,7 +1039,7 @@ impl Deploy<'_> {
         if status.needs_migration() {
             let backup_name = self.backup_name(stack, &status);
             let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name))
+                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name, &status))
             })?;
             self.note_migration_prepared(&status, &migration, &backup_name);
             changes.migration = Some(migration);
@@ -1399,11 +1400,18 @@ fn replace_then_go(
     });
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
     let stopped = loop {
-        if old_exit.try_wait()?.is_some() {
-            break true;
-        }
-        if compose.is_finished() || Instant::now() >= deadline {
-            break old_exit.try_wait()?.is_some();
+        let wait_ended = old_exit.try_wait()?.is_some();
+        let given_up = compose.is_finished() || Instant::now() >= deadline;
+        if wait_ended || given_up {
+            // `docker wait` also ends when it fails: the engine says whether the bot stopped.
+            if old_bot_stopped(old_id) {
+                break true;
+            }
+            if given_up {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
         std::thread::sleep(Duration::from_millis(2));
     };
@@ -1439,7 +1447,20 @@ fn replace_then_go(
     })
 }
 
-/// What to go back to.
+/// Whether the engine says the old bot's container no longer runs (stopped, or removed).
+fn old_bot_stopped(old_id: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let inspected = crate::signals::own_group(&mut Command::new("docker"))
+        .args(["inspect", "--format", "{{.State.Running}}", old_id])
+        .stdin(Stdio::null())
+        .output();
+    match inspected {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim() == "false",
+        Ok(out) => String::from_utf8_lossy(&out.stderr).contains("No such"),
+        Err(_) => false,
+    }
+}
+
 /// The live database a rollback's restore replaced, when it held rows the restored backup
 /// has not: where it is kept in the volume, and the rows per table it has more.
 struct SetAside {

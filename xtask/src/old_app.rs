@@ -347,7 +347,7 @@ fn run_import(
                 .args(["db", "import", &inside])
                 .args(args),
                 what,
-                copy_timeout(0),
+                process::copy_limit(0),
             );
             if result.is_err() {
                 let _ = crate::process::output(cmd!(sh, "docker rm -f {name}"));
@@ -376,11 +376,11 @@ fn run_import(
                         process::run_within(
                             cmd!(sh, "docker cp {from} {to}"),
                             "copying the database to import to Docker",
-                            copy_timeout(size),
+                            process::copy_limit(size),
                         )?;
                     }
                 }
-                process::run_within(cmd!(sh, "docker start -a {id}"), what, copy_timeout(size))
+                process::run_within(cmd!(sh, "docker start -a {id}"), what, process::copy_limit(size))
             })();
             let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
             result?
@@ -395,11 +395,6 @@ fn helper_name(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("tgbot-{what}-{}-{nanos}", std::process::id())
-}
-
-/// A time limit for copying `bytes`: three minutes, and a minute more per 2 GB.
-fn copy_timeout(bytes: u64) -> std::time::Duration {
-    std::time::Duration::from_secs(180 + bytes / 33_000_000)
 }
 
 /// Checks the source on a copy (the old app still runs) and reads its state.
@@ -594,7 +589,7 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
     process::run_within(
         cmd!(sh, "docker commit {id} {image}"),
         "keeping the old app's container (docker commit)",
-        copy_timeout(0),
+        process::copy_limit(0),
     )?;
     let copy_name = format!("{}-kept-by-tgbot", old.name);
     let _ = crate::process::output(cmd!(sh, "docker rm -f {copy_name}"));

@@ -14,6 +14,18 @@ use crate::secrets;
 /// How long a Docker or Compose command may take unless a step says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A time limit for copying `bytes` (`docker cp`, the backup API): three minutes, and a minute
+/// more per 2 GB.
+pub fn copy_limit(bytes: u64) -> Duration {
+    Duration::from_secs(180 + bytes / 33_000_000)
+}
+
+/// A time limit for work that reads and rewrites a database of `bytes` (a migration, a
+/// restore): ten minutes, and a second more per 2 MB (a 10 GB file gets about 1.5 hours).
+pub fn migration_limit(bytes: u64) -> Duration {
+    Duration::from_secs(600 + bytes / 2_000_000)
+}
+
 /// What a finished command printed, as it printed it: data for the caller to parse (ids, JSON,
 /// paths). Text of it that is shown goes through [`tail`] or [`secrets::scrub`] first.
 pub struct Finished {

@@ -63,7 +63,7 @@ pub fn run(
             backups::require_room(sh, state_dir, live.bytes)
         })?;
         let info = printer.step(report, "back up database", || {
-            database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file)?;
+            database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file, live.bytes)?;
             backups::seal(&host_file)
         })?;
         printer.detail(

@@ -105,7 +105,7 @@ pub fn run(
                     Some("before-rollback"),
                 ));
                 printer.step(report, "back up database", || {
-                    database::back_up_to_host(sh, &stack, &stack.bot_image, &keep)?;
+                    database::back_up_to_host(sh, &stack, &stack.bot_image, &keep, live.bytes)?;
                     backups::seal(&keep).map(drop)
                 })?;
                 report.backup = Some(keep.display().to_string());

@@ -421,8 +421,13 @@ impl MigrationContainer {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot restrict {}", partial.display()))?;
-            std::fs::rename(&partial, host_file)
-                .with_context(|| format!("cannot rename {} to {}", partial.display(), host_file.display()))
+            std::fs::rename(&partial, host_file).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    partial.display(),
+                    host_file.display()
+                )
+            })
         });
         if copied.is_err() {
             let _ = std::fs::remove_file(&partial);

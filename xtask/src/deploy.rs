@@ -567,7 +567,47 @@ impl Deploy<'_> {
             migration.remove(sh);
         }
         backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
+        self.prune_release_tags(&stack, &previous_tag);
         Ok(())
+    }
+
+    /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
+    /// image that runs, that `-previous` or the project's tag names, or that the history's
+    /// last change went from or to. A failure is only said: the deploy is done.
+    fn prune_release_tags(&self, stack: &Stack, previous_tag: &str) {
+        let sh = self.sh;
+        let mut needed: Vec<String> = [stack.bot_image.as_str(), previous_tag]
+            .iter()
+            .filter_map(|tag| docker::image_id(sh, tag).ok().flatten())
+            .collect();
+        if let Ok(Some(running)) = stack.bot_container(sh) {
+            needed.push(running.image_id);
+        }
+        if let Some(last) = history::read(&self.state_dir)
+            .ok()
+            .and_then(|records| history::last_change(&records).cloned())
+        {
+            needed.extend(last.image_before);
+            needed.extend(last.image_after);
+        }
+        if let Some((before, after)) =
+            journal::read(|r| (r.image_before.clone(), r.image_after.clone()))
+        {
+            needed.extend(before);
+            needed.extend(after);
+        }
+        match images::prune_release_tags(sh, stack, self.args.keep, &needed) {
+            Ok(removed) if !removed.is_empty() => self.printer.info(&format!(
+                "removed {} old release tag{} (keeping the newest {})",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" },
+                self.args.keep.max(1)
+            )),
+            Ok(_) => {}
+            Err(e) => self
+                .printer
+                .info(&format!("warning: old release tags were not pruned: {e:#}")),
+        }
     }
 
     /// Names the runs that were killed before they ended and takes them over: this run finishes
@@ -646,7 +686,12 @@ impl Deploy<'_> {
         let backup_name = self.backup_name(stack, status);
         if status.needs_migration() {
             let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name, status))
+                MigrationContainer::create(
+                    sh,
+                    stack,
+                    &stack.bot_image,
+                    &self.labels(&backup_name, status),
+                )
             })?;
             self.note_migration_prepared(status, &migration, &backup_name);
             changes.migration = Some(migration);
@@ -1039,7 +1084,12 @@ impl Deploy<'_> {
         if status.needs_migration() {
             let backup_name = self.backup_name(stack, &status);
             let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(sh, stack, &stack.bot_image, &self.labels(&backup_name, &status))
+                MigrationContainer::create(
+                    sh,
+                    stack,
+                    &stack.bot_image,
+                    &self.labels(&backup_name, &status),
+                )
             })?;
             self.note_migration_prepared(&status, &migration, &backup_name);
             changes.migration = Some(migration);

@@ -154,3 +154,135 @@ fn build_image(sh: &Shell, dockerfile: &Path, context: &Path, tag: &str) -> anyh
     )
     .map(drop)
 }
+
+/// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`:
+/// `<project>-<git revision or "nogit">-<time>`, as a deploy makes it. Another project whose
+/// name starts with this one's (`p` and `p-x`) never matches: the rest must be exactly a
+/// revision and a time.
+pub fn is_release_tag_of(tag: &str, project: &str) -> bool {
+    let Some(rest) = tag
+        .strip_prefix(project)
+        .and_then(|rest| rest.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let Some((revision, time)) = rest.split_once('-') else {
+        return false;
+    };
+    let revision_ok = revision == "nogit"
+        || (!revision.is_empty() && revision.chars().all(|c| c.is_ascii_hexdigit()));
+    let time_ok = time.len() == 16
+        && time.as_bytes()[8] == b't'
+        && time.ends_with('z')
+        && time[..8]
+            .bytes()
+            .chain(time[9..15].bytes())
+            .all(|b| b.is_ascii_digit());
+    revision_ok && time_ok
+}
+
+/// The release tags to remove: all but the newest `keep` (by the time in the tag), never one
+/// whose image is in `needed` (the running image, the project's tag, `-previous`, and the
+/// images the deploy history can roll back to or from).
+pub fn release_tags_to_prune(
+    tags: &[(String, String)],
+    project: &str,
+    keep: usize,
+    needed: &[String],
+) -> Vec<String> {
+    let mut releases: Vec<&(String, String)> = tags
+        .iter()
+        .filter(|(tag, _)| is_release_tag_of(tag, project))
+        .collect();
+    // Newest first, by the time at the tag's end.
+    releases.sort_by(|a, b| {
+        let time = |t: &str| t.rsplit('-').next().unwrap_or("").to_owned();
+        time(&b.0).cmp(&time(&a.0))
+    });
+    releases
+        .into_iter()
+        .skip(keep.max(1))
+        .filter(|(_, id)| !needed.iter().any(|n| n == id))
+        .map(|(tag, _)| tag.clone())
+        .collect()
+}
+
+/// Removes the release tags of `stack`'s project beyond the newest `keep` (see
+/// [`release_tags_to_prune`]); an image that other tags or containers still use stays (only
+/// its tag goes). Returns the tags removed.
+pub fn prune_release_tags(
+    sh: &Shell,
+    stack: &Stack,
+    keep: usize,
+    needed: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let repository = stack
+        .bot_image
+        .split_once(':')
+        .map_or(stack.bot_image.as_str(), |(r, _)| r);
+    let format = "{{.Tag}} {{.ID}}";
+    let listed = process::run(
+        cmd!(
+            sh,
+            "docker image ls --no-trunc --format {format} {repository}"
+        ),
+        "listing the release tags",
+    )?;
+    let tags: Vec<(String, String)> = listed
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(tag, id)| (tag.to_owned(), id.trim().to_owned()))
+        .collect();
+    let mut removed = Vec::new();
+    for tag in release_tags_to_prune(&tags, &stack.project, keep, needed) {
+        let full = format!("{repository}:{tag}");
+        // Untags; the image itself goes only when nothing else names or uses it.
+        if process::output(cmd!(sh, "docker rmi {full}")).is_ok_and(|o| o.status.success()) {
+            removed.push(full);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_tags_are_told_from_other_projects_and_other_tags() {
+        assert!(is_release_tag_of("p-0123456789ab-20261126t101010z", "p"));
+        assert!(is_release_tag_of("p-nogit-20261126t101010z", "p"));
+        assert!(!is_release_tag_of("p-x-0123456789ab-20261126t101010z", "p"));
+        assert!(is_release_tag_of(
+            "p-x-0123456789ab-20261126t101010z",
+            "p-x"
+        ));
+        assert!(!is_release_tag_of("p-previous", "p"));
+        assert!(!is_release_tag_of("p", "p"));
+        assert!(!is_release_tag_of("p-0123-2026112t101010z", "p"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_every_needed_image() {
+        let tag = |n: u32| format!("p-abc-202611{n:02}t101010z");
+        let tags: Vec<(String, String)> = (1..=6)
+            .map(|n| (tag(n), format!("sha256:{n}")))
+            .chain([
+                ("p".to_owned(), "sha256:6".to_owned()),
+                ("p-previous".to_owned(), "sha256:1".to_owned()),
+                ("q-abc-20261101t101010z".to_owned(), "sha256:9".to_owned()),
+            ])
+            .collect();
+        let needed = vec!["sha256:6".to_owned(), "sha256:1".to_owned()];
+        let pruned = release_tags_to_prune(&tags, "p", 2, &needed);
+        // 6 and 5 are the newest two; 1 is needed (what `-previous` names); 4, 3, 2 go.
+        assert_eq!(pruned, vec![tag(4), tag(3), tag(2)]);
+        assert!(release_tags_to_prune(&tags, "p", 10, &needed).is_empty());
+        assert_eq!(
+            release_tags_to_prune(&tags, "p", 0, &[]).len(),
+            5,
+            "at least one is always kept"
+        );
+    }
+}

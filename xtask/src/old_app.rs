@@ -380,7 +380,11 @@ fn run_import(
                         )?;
                     }
                 }
-                process::run_within(cmd!(sh, "docker start -a {id}"), what, process::copy_limit(size))
+                process::run_within(
+                    cmd!(sh, "docker start -a {id}"),
+                    what,
+                    process::copy_limit(size),
+                )
             })();
             let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
             result?

@@ -27,7 +27,8 @@ pub struct StackArgs {
     /// The folder for backups and the deploy history (one sub-folder per project).
     #[arg(long, value_name = "DIR", env = "TGBOT_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// How many backups to keep per project.
+    /// How many backups (and release tags, `tgbot-bot:<project>-<git>-<time>`) to keep per
+    /// project.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub keep: usize,
     /// The bot's environment file (default `.env`, or `docker/demo.env` with --demo).

@@ -157,7 +157,13 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 );
                 let host_file = state_dir.join(name);
                 printer.step(report, "back up database", || {
-                    database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file, live.bytes)?;
+                    database::back_up_to_host(
+                        sh,
+                        &stack,
+                        &stack.bot_image,
+                        &host_file,
+                        live.bytes,
+                    )?;
                     backups::seal(&host_file).map(drop)
                 })?;
                 report.backup = Some(host_file.display().to_string());

@@ -597,12 +597,21 @@ pub fn restore_from_host(
     last_json(&out.stdout, "`bot db restore --json`")
 }
 
+/// A migration container an earlier run left.
+pub struct Leftover {
+    /// Its id.
+    pub id: String,
+    /// Whether it still runs (a migration at work is never interrupted).
+    pub running: bool,
+    /// The name its backup gets in the backup folder.
+    pub backup_name: Option<String>,
+    /// The size of the database it migrated.
+    pub bytes: u64,
+}
+
 /// Migration containers of `project` that an earlier run left (killed, or unable to copy the
-/// backup out), as (id, running, name for its backup, size of the database it migrated).
-pub fn leftover_migrations(
-    sh: &Shell,
-    project: &str,
-) -> anyhow::Result<Vec<(String, bool, Option<String>, u64)>> {
+/// backup out).
+pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Leftover>> {
     let project_filter = format!("label={PROJECT_LABEL}={project}");
     let role_filter = format!("label={ROLE_LABEL}=migration");
     let ids = process::run(
@@ -623,7 +632,12 @@ pub fn leftover_migrations(
                 .and_then(|b| b.parse().ok())
                 // Made by a release before the label: an hour's worth of copy.
                 .unwrap_or(100_000_000_000);
-            Ok((id.to_owned(), state.status == "running", name, bytes))
+            Ok(Leftover {
+                id: id.to_owned(),
+                running: state.status == "running",
+                backup_name: name,
+                bytes,
+            })
         })
         .collect()
 }
@@ -638,7 +652,13 @@ pub fn save_leftover_backups(
     dir: &Path,
 ) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
     let (mut saved, mut running) = (Vec::new(), Vec::new());
-    for (id, is_running, name, bytes) in leftover_migrations(sh, &stack.project)? {
+    for Leftover {
+        id,
+        running: is_running,
+        backup_name: name,
+        bytes,
+    } in leftover_migrations(sh, &stack.project)?
+    {
         if is_running {
             running.push(id);
             continue;

@@ -1338,10 +1338,7 @@ impl Deploy<'_> {
             Mode::Migrate | Mode::Recover => stack.bot_image.clone(),
             _ => docker::image_id(sh, &stack.bot_image)?.unwrap_or_default(),
         };
-        let host_bot = project::root()
-            .join("target")
-            .join(images::TARGET)
-            .join("release/bot"); // kept by the build lock the dry run holds
+        let host_bot = images::release_dir(self.args.schema_head).join("bot"); // kept by the build lock the dry run holds
         let plan_json = if !database::volume_exists(sh, stack)
             || image.is_empty() && self.mode.builds()
         {

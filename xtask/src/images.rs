@@ -87,9 +87,25 @@ pub fn build_binaries(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<Bi
     let lock = build_lock()?;
     compile(sh, schema_head)?;
     Ok(Binaries {
-        dir: project::root().join("target").join(TARGET).join("release"),
+        dir: release_dir(schema_head),
         _lock: lock,
     })
+}
+
+/// Cargo's target folder for a build: an older release (`schema_head`) has its own, so that
+/// switching between it and the current one rebuilds nothing (the schema head is read by a
+/// build script from the environment, and one folder would rebuild the bot at every switch).
+fn target_dir(schema_head: Option<u32>) -> PathBuf {
+    let target = project::root().join("target");
+    match schema_head {
+        Some(head) => target.join(format!("schema-head-{head}")),
+        None => target,
+    }
+}
+
+/// The folder of the static binaries a build with `schema_head` makes.
+pub fn release_dir(schema_head: Option<u32>) -> PathBuf {
+    target_dir(schema_head).join(TARGET).join("release")
 }
 
 /// Takes the checkout's build lock (an operating-system lock: a holder that dies holds
@@ -125,10 +141,11 @@ fn build_lock() -> anyhow::Result<File> {
 fn compile(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let head = schema_head.map(|h| h.to_string()).unwrap_or_default();
+    let target_dir = target_dir(schema_head);
     process::run_within(
         cmd!(
             sh,
-            "{cargo} build --release --locked --target {TARGET} -p bot -p telegram-standin"
+            "{cargo} build --release --locked --target {TARGET} --target-dir {target_dir} -p bot -p telegram-standin"
         )
         .env(
             format!(

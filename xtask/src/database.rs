@@ -735,7 +735,7 @@ impl TempFile {
         TempFile(std::env::temp_dir().join(format!(
             "tgbot-{label}-{}-{}.db",
             std::process::id(),
-            crate::deploy::timestamp()
+            crate::clock::timestamp()
         )))
     }
 }

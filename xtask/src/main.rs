@@ -2,6 +2,7 @@
 
 mod backups;
 mod bench;
+mod clock;
 mod compose;
 mod database;
 mod deploy;

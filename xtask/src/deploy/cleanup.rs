@@ -1,0 +1,91 @@
+//! What a deploy tidies: runs an earlier deploy left unfinished (finished forward, their way
+//! back taken over), pre-deploy backups left in migration containers (saved), and, after a
+//! deploy that changed something, old release tags beyond `--keep`.
+
+use crate::compose::Stack;
+use crate::database::{self};
+use crate::docker::{self};
+use crate::exit;
+use crate::history::{self};
+use crate::images;
+use crate::journal;
+use crate::report::Report;
+
+use super::{Deploy, shared::*, short};
+
+impl Deploy<'_> {
+    /// Names the runs that were killed before they ended and takes them over: this run finishes
+    /// them forward (their migration containers are saved from and removed next), and its
+    /// record carries their way back, so that `rollback` returns to where they started.
+    pub(super) fn finish_unfinished_runs(&self, report: &mut Report) -> anyhow::Result<()> {
+        let unfinished = unfinished_runs(&self.state_dir, &self.time)?;
+        for run in &unfinished {
+            let line = format!("{}; this run finishes it", describe_unfinished(run));
+            self.printer.info(&line);
+            report.finished_earlier.push(line);
+        }
+        journal::take_over(unfinished);
+        Ok(())
+    }
+
+    /// Saves the pre-deploy backups that migration containers of an earlier run still hold (a
+    /// killed deploy, a copy that failed), and removes those containers; refuses while one
+    /// of them still runs.
+    pub(super) fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
+        let (saved, running) = database::save_leftover_backups(self.sh, stack, &self.state_dir)?;
+        for file in saved {
+            self.printer.info(&format!(
+                "saved the pre-deploy backup an earlier run left behind: {}",
+                file.display()
+            ));
+        }
+        if !running.is_empty() {
+            let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
+            return Err(exit::refused(format!(
+                "a migration container of an earlier deploy of this project is still running ({}); nothing was changed. Wait for it to end (`docker wait {}`), then deploy again",
+                ids.join(", "),
+                ids.join(" ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
+    /// image that runs, that `-previous` or the project's tag names, or that the history's
+    /// last change went from or to. A failure is only said: the deploy is done.
+    pub(super) fn prune_release_tags(&self, stack: &Stack, previous_tag: &str) {
+        let sh = self.sh;
+        let mut needed: Vec<String> = [stack.bot_image.as_str(), previous_tag]
+            .iter()
+            .filter_map(|tag| docker::image_id(sh, tag).ok().flatten())
+            .collect();
+        if let Ok(Some(running)) = stack.bot_container(sh) {
+            needed.push(running.image_id);
+        }
+        if let Some(last) = history::read(&self.state_dir)
+            .ok()
+            .and_then(|records| history::last_change(&records).cloned())
+        {
+            needed.extend(last.image_before);
+            needed.extend(last.image_after);
+        }
+        if let Some((before, after)) =
+            journal::read(|r| (r.image_before.clone(), r.image_after.clone()))
+        {
+            needed.extend(before);
+            needed.extend(after);
+        }
+        match images::prune_release_tags(sh, stack, self.args.keep, &needed) {
+            Ok(removed) if !removed.is_empty() => self.printer.info(&format!(
+                "removed {} old release tag{} (keeping the newest {})",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" },
+                self.args.keep.max(1)
+            )),
+            Ok(_) => {}
+            Err(e) => self
+                .printer
+                .info(&format!("warning: old release tags were not pruned: {e:#}")),
+        }
+    }
+}

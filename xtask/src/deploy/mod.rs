@@ -1,0 +1,547 @@
+//! The deploy, as its steps. Everything that can be done while the old bot runs is done first,
+//! then the bot is replaced, and every failure after the first change is rolled back. Each step
+//! has one name, the same in the progress lines, the report, the history and the tests:
+//!
+//! | step | where |
+//! | --- | --- |
+//! | check machine | [`shared::check_machine`] |
+//! | (finish an unfinished run, save leftover backups) | [`cleanup`] |
+//! | build images | [`Deploy::run`], [`crate::images`] |
+//! | look for the old app | [`Deploy::run`], [`crate::old_app`] |
+//! | read database, check volume ownership, check room for the backup | [`Deploy::run`] |
+//! | prepare migration, start migration, waiting, stop bot, migrate database, save backup, start bot, wait until healthy | [`change`] |
+//! | stop old app, import database, keep old app's container | [`from_old_app`] |
+//! | rollback: ... | [`rollback`], [`from_old_app`] |
+//! | (prune old backups and release tags) | [`cleanup`] |
+//!
+//! A dry run prints the same steps with their commands ([`dry_run`]). What every task that
+//! changes the stack shares (the lock, the history line, the question, the health wait) is in
+//! [`shared`].
+
+mod change;
+mod cleanup;
+mod dry_run;
+mod from_old_app;
+mod rollback;
+mod shared;
+
+pub use shared::{
+    check_machine, confirm, describe, describe_unfinished, locked_and_recorded, short,
+    stop_container, wait_until_healthy,
+};
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use xshell::{Shell, cmd};
+
+use crate::backups;
+use crate::compose::Stack;
+use crate::database::{self, DbStatus, MigrationContainer};
+use crate::docker::{self, ContainerState};
+use crate::exit;
+use crate::history;
+use crate::images;
+use crate::journal;
+use crate::old_app::{self, ImportArgs, OldApp};
+use crate::output::Printer;
+use crate::process;
+use crate::project::StackArgs;
+use crate::report::Report;
+use crate::signals;
+
+use rollback::Previous;
+use shared::sha256_file;
+
+/// Which deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A new server, with or without an existing database.
+    FirstDeploy,
+    /// The database part alone, with the image already there.
+    Migrate,
+    /// Build, then migrate and start the new image.
+    FullUpdate,
+    /// Finish a killed deploy forward: as `Migrate`, under its own name.
+    Recover,
+}
+
+impl Mode {
+    /// The task's name.
+    pub fn task(self) -> &'static str {
+        match self {
+            Mode::FirstDeploy => "first-deploy",
+            Mode::Migrate => "prod-migrate",
+            Mode::FullUpdate => "prod-full-update",
+            Mode::Recover => "recover",
+        }
+    }
+
+    /// Whether it builds the images (else it deploys the image the project's tag names).
+    pub fn builds(self) -> bool {
+        matches!(self, Mode::FirstDeploy | Mode::FullUpdate)
+    }
+}
+
+/// Runs a deploy of the given mode: takes the lock, deploys, records the deploy.
+pub fn run(
+    sh: &Shell,
+    args: &StackArgs,
+    import: &ImportArgs,
+    mode: Mode,
+    printer: &Printer,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    locked_and_recorded(sh, args, mode.task(), report, |state_dir, time, report| {
+        Deploy {
+            sh,
+            args,
+            import,
+            mode,
+            printer,
+            state_dir: state_dir.to_owned(),
+            time: time.to_owned(),
+        }
+        .run(report)
+    })
+}
+
+struct Deploy<'a> {
+    sh: &'a Shell,
+    args: &'a StackArgs,
+    import: &'a ImportArgs,
+    mode: Mode,
+    printer: &'a Printer,
+    state_dir: PathBuf,
+    time: String,
+}
+
+/// What the deploy found before changing anything.
+#[derive(Clone, Copy)]
+struct Found<'a> {
+    /// The bot's container before the deploy.
+    before: Option<&'a ContainerState>,
+    /// Database files in the volume belong to someone else.
+    fix_owner: bool,
+    /// The bot's image differs from the one running.
+    image_changes: bool,
+}
+
+/// What the deploy changed so far, for the rollback.
+#[derive(Default)]
+struct Changes {
+    stopped_at: Option<Instant>,
+    migration: Option<MigrationContainer>,
+    migrated: bool,
+    backup_on_host: Option<PathBuf>,
+    serving_at: Option<Instant>,
+    /// The old app's database was copied into the volume.
+    imported: bool,
+    /// The old app's container, kept out of Compose's sight.
+    kept: Option<old_app::Kept>,
+    /// The pre-deploy backup could not be copied out: its container stays for a later run.
+    backup_pending: bool,
+}
+
+impl Deploy<'_> {
+    fn run(&self, report: &mut Report) -> anyhow::Result<()> {
+        let (sh, args, printer) = (self.sh, self.args, self.printer);
+        report.dry_run = args.dry_run;
+        let stack = check_machine(sh, args, !args.demo, printer, report)?;
+        let all_containers = stack.bot_containers(sh)?;
+        old_app::refuse_a_scaled_old_app(&all_containers)?;
+        let found_container = all_containers.into_iter().next();
+        // The old app's container is no previous bot of ours: it is handled by `old_app`.
+        let before = found_container.clone().filter(ContainerState::is_ours);
+        let running = before.as_ref().is_some_and(|c| c.status == "running");
+        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
+        let env_hash = sha256_file(&stack.env_file)?;
+        let env_before = last.as_ref().and_then(|r| r.env_after.clone());
+        journal::update(|r| {
+            r.image_before = before.as_ref().map(|c| c.image_id.clone());
+            r.env_before = env_before.clone();
+            r.env_sha256 = Some(env_hash.clone());
+        });
+
+        if args.dry_run {
+            return self.dry_run(&stack, found_container.as_ref(), report);
+        }
+        self.finish_unfinished_runs(report)?;
+        self.save_leftover_backups(&stack)?;
+
+        self.build_images(&stack, report)?;
+        let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
+        journal::update(|r| r.image_after = Some(image_id.clone()));
+        report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
+
+        let old = self.look_for_old_app(&stack, found_container.as_ref(), report)?;
+        let status = self.read_database(&stack, &old, report)?;
+
+        let wrong_owner = self.check_volume_ownership(&stack, &old, report)?;
+
+        let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
+        let env_changes =
+            last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
+        let database_changes = status.needs_migration();
+        // A bot that runs but is not healthy (a killed deploy left it so) is no reason for
+        // "nothing to do": it is started again with this environment and waited for.
+        let healthy = before
+            .as_ref()
+            .is_some_and(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
+        if !image_changes
+            && !database_changes
+            && !env_changes
+            && running
+            && healthy
+            && wrong_owner.is_empty()
+            && old.container.is_none()
+        {
+            printer.info("nothing to do: the bot runs this image and environment, and the database is current");
+            if args.demo {
+                stack.up(sh)?; // the stand-in may be missing; the running bot is left alone
+            }
+            report.revision_after = status.version;
+            return Ok(());
+        }
+
+        if database_changes && status.state != "empty" {
+            printer.step(report, "check room for the backup", || {
+                backups::require_room(sh, &self.state_dir, status.bytes)
+            })?;
+        }
+        confirm(args.yes, &question(running, &status, &old))?;
+        report.changed = true;
+        // From the first change until the bot serves again (or the rollback ends), a signal is
+        // held: stopping halfway would leave the bot down.
+        let _critical = signals::Critical::enter();
+        let previous = self.keep_previous_image(
+            &stack,
+            before.as_ref(),
+            image_changes,
+            env_before.clone(),
+            running,
+        )?;
+
+        let mut changes = Changes::default();
+        let found = Found {
+            before: before.as_ref(),
+            fix_owner: !wrong_owner.is_empty(),
+            image_changes,
+        };
+        let result = if old.container.is_some() || old.import.is_some() {
+            self.replace_old_app(&stack, &status, &old, report, &mut changes)
+        } else {
+            self.change(&stack, &status, found, report, &mut changes)
+        };
+        if let Some(stopped) = changes
+            .stopped_at
+            .filter(|_| running || old.container.is_some())
+        {
+            let serving = changes.serving_at.unwrap_or_else(Instant::now);
+            report.downtime_seconds =
+                Some(serving.saturating_duration_since(stopped).as_secs_f64());
+        }
+        if let Err(error) = result {
+            return Err(self.roll_back_after(error, &stack, &old, &previous, &mut changes, report));
+        }
+        if let Some(migration) = changes.migration.take().filter(|_| !changes.backup_pending) {
+            migration.remove(sh);
+        }
+        backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
+        self.prune_release_tags(&stack, &previous.previous_tag.0);
+        Ok(())
+    }
+
+    /// Keeps the image this deploy replaces, by a name the rollback can start. `-previous`
+    /// moves only here, when a different image is about to replace the running one: a no-op, a
+    /// refused deploy or a failed build leave it naming the release before the last change.
+    /// What `-previous` named before is kept too: an automatic rollback puts it back, so that
+    /// `rollback` still returns from the last good deploy.
+    fn keep_previous_image(
+        &self,
+        stack: &Stack,
+        before: Option<&ContainerState>,
+        image_changes: bool,
+        env_before: Option<PathBuf>,
+        was_running: bool,
+    ) -> anyhow::Result<Previous> {
+        let sh = self.sh;
+        let previous_tag = format!("{}-previous", stack.bot_image);
+        let previous_tag_before = docker::image_id(sh, &previous_tag)?;
+        let image = match before {
+            Some(container) if image_changes => {
+                let image = &container.image_id;
+                process::run(
+                    cmd!(sh, "docker tag {image} {previous_tag}"),
+                    "keeping the previous image",
+                )?;
+                Some(previous_tag.clone())
+            }
+            // Same image (a new environment, or ownership to fix): the project's tag names it.
+            Some(_) => Some(stack.bot_image.clone()),
+            None => None,
+        };
+        journal::update(|r| {
+            r.image_before_tag = image.clone();
+            // The path, never a copy: no file this tool writes holds a secret.
+            r.env_after = Some(stack.env_file.clone());
+        });
+        Ok(Previous {
+            image,
+            image_id: before.map(|c| c.image_id.clone()),
+            previous_tag: (previous_tag, previous_tag_before),
+            env_file: env_before.filter(|p| p.exists()),
+            was_running,
+        })
+    }
+
+    /// After a failed step: rolls back what the deploy changed (nothing, when it failed before
+    /// the first change) and returns the error to end with, which names what the rollback
+    /// set aside or why it failed too. The migration container goes, unless its backup is the
+    /// only copy left.
+    fn roll_back_after(
+        &self,
+        error: anyhow::Error,
+        stack: &Stack,
+        old: &OldApp,
+        previous: &Previous,
+        changes: &mut Changes,
+        report: &mut Report,
+    ) -> anyhow::Error {
+        let (sh, printer) = (self.sh, self.printer);
+        report.failed_step = report.last_failed_step();
+        let from_old_app = old.container.is_some() || old.import.is_some();
+        let outcome = if from_old_app || changes.stopped_at.is_some() || changes.migrated {
+            printer.info(&format!("a step failed: {error:#}\nrolling back"));
+            signals::rolling_back();
+            if from_old_app {
+                self.roll_back_old_app(stack, old, changes, report)
+                    .map(|()| None)
+            } else {
+                self.roll_back(stack, changes, previous, report)
+            }
+        } else {
+            Ok(None) // nothing was changed yet
+        };
+        let error = match outcome {
+            Ok(set_aside) => {
+                report.rolled_back =
+                    from_old_app || changes.stopped_at.is_some() || changes.migrated;
+                match set_aside {
+                    Some(set_aside) => error.context(set_aside),
+                    None => error,
+                }
+            }
+            Err(rollback_error) => {
+                if let Some(migration) = changes.migration.take() {
+                    printer.info(&format!(
+                        "the pre-deploy backup stays in container {}",
+                        migration.id
+                    ));
+                }
+                error.context(format!("and the rollback failed too: {rollback_error:#}"))
+            }
+        };
+        if let Some(migration) = changes.migration.take() {
+            migration.remove(sh);
+        }
+        error
+    }
+
+    /// Step "build images" (or, for a deploy that builds nothing, a check that the project's
+    /// image is there), with the release tag `<project tag>-<git>-<time>`.
+    fn build_images(&self, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
+        let (sh, args, printer) = (self.sh, self.args, self.printer);
+        if !self.mode.builds() {
+            if docker::image_id(sh, &stack.bot_image)?.is_none() {
+                return Err(exit::not_ready(format!(
+                    "there is no image {} to migrate with; run `cargo xtask first-deploy` first",
+                    stack.bot_image
+                )));
+            }
+        } else {
+            let built = printer.step(report, "build images", || {
+                images::build(sh, stack, args.schema_head)
+            })?;
+            let release_tag = format!(
+                "{}-{}-{}",
+                stack.bot_image,
+                journal::read(|r| r.git_revision.clone())
+                    .flatten()
+                    .as_deref()
+                    .unwrap_or("nogit"),
+                self.time.to_ascii_lowercase()
+            );
+            let built_id = &built.bot;
+            process::run(
+                cmd!(sh, "docker tag {built_id} {release_tag}"),
+                "tagging the release",
+            )?;
+            printer.detail(
+                report,
+                format!(
+                    "{} = {} (also {release_tag})",
+                    stack.bot_image,
+                    short(&built.bot)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Step "look for the old app", when the bot's container is not ours or `--import` names
+    /// a database.
+    fn look_for_old_app(
+        &self,
+        stack: &Stack,
+        found_container: Option<&ContainerState>,
+        report: &mut Report,
+    ) -> anyhow::Result<OldApp> {
+        let (sh, printer) = (self.sh, self.printer);
+        let old = if found_container.is_some_and(|c| !c.is_ours()) || self.import.import.is_some() {
+            let old = printer.step(report, "look for the old app", || {
+                old_app::look(sh, &stack.bot_image, found_container, self.import)
+            })?;
+            if let Some(c) = &old.container {
+                printer.detail(
+                    report,
+                    format!(
+                        "the bot container {} is not ours (image {}): the old app",
+                        c.name, c.config_image
+                    ),
+                );
+            }
+            if let Some(planned) = &old.import {
+                printer.detail(
+                    report,
+                    format!(
+                        "its database: {} ({}{})",
+                        planned.source,
+                        describe(&planned.checked.status),
+                        planned
+                            .checked
+                            .users
+                            .map(|u| format!(", {u} users"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            old
+        } else {
+            OldApp::default()
+        };
+        Ok(old)
+    }
+
+    /// Step "read database": the state of the volume's database (or of the one to import),
+    /// refused when only a person can sort it out.
+    fn read_database(
+        &self,
+        stack: &Stack,
+        old: &OldApp,
+        report: &mut Report,
+    ) -> anyhow::Result<DbStatus> {
+        let (sh, printer) = (self.sh, self.printer);
+        let mut status = printer.step(report, "read database", || {
+            database::status(sh, stack, &stack.bot_image)
+        })?;
+        if let Some(planned) = &old.import {
+            if status.state != "empty" {
+                let interrupted = old
+                    .container
+                    .as_ref()
+                    .filter(|c| !c.is_running())
+                    .map(|c| format!(
+                        " The old app's container {} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {}`.",
+                        c.name, c.name
+                    ))
+                    .unwrap_or_default();
+                return Err(exit::refused(format!(
+                    "the volume {} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
+                    stack.volume(),
+                    describe(&status),
+                    planned.source,
+                    stack.volume()
+                )));
+            }
+            status = planned.checked.status.clone();
+        }
+        report.state_before = Some(status.state.clone());
+        report.revision_before = status.effective_version();
+        report.revision_after = status.effective_version();
+        printer.detail(report, describe(&status));
+        database::refuse_unsafe(&status)?;
+        Ok(status)
+    }
+
+    /// Step "check volume ownership": the database files in the volume the bot's user does not
+    /// own (the old app's root-owned file), to give to it.
+    fn check_volume_ownership(
+        &self,
+        stack: &Stack,
+        old: &OldApp,
+        report: &mut Report,
+    ) -> anyhow::Result<Vec<String>> {
+        let (sh, printer) = (self.sh, self.printer);
+        let wrong_owner = if old.import.is_some() {
+            Vec::new() // the import gives the copy to the bot
+        } else {
+            printer.step(report, "check volume ownership", || {
+                database::fix_ownership(sh, stack, &stack.bot_image, true)
+            })?
+        };
+        if !wrong_owner.is_empty() {
+            printer.detail(
+                report,
+                format!(
+                    "owned by someone else, to give to the bot: {}",
+                    wrong_owner.join(", ")
+                ),
+            );
+        }
+        Ok(wrong_owner)
+    }
+}
+
+fn question(running: bool, status: &DbStatus, old: &OldApp) -> String {
+    let mut question = String::from("This will");
+    if running {
+        question.push_str(" stop the bot,");
+    }
+    if let Some(c) = old.container.as_ref().filter(|c| c.is_running()) {
+        question.push_str(&format!(" stop the old app ({}),", c.name));
+    }
+    if let Some(planned) = &old.import {
+        question.push_str(&format!(
+            " copy its database {} into the volume,",
+            planned.source
+        ));
+    }
+    if status.needs_migration() {
+        question.push_str(&format!(
+            " back up and migrate the database ({} -> revision {}),",
+            status.state, status.head
+        ));
+    }
+    question.push_str(" and start the bot. Go ahead?");
+    question
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_question_says_what_will_happen() {
+        let mut status = DbStatus::empty(4);
+        status.state = "behind".into();
+        let q = question(true, &status, &OldApp::default());
+        assert!(
+            q.contains("stop the bot") && q.contains("migrate the database (behind -> revision 4)"),
+            "{q}"
+        );
+        status.state = "current".into();
+        assert!(!question(false, &status, &OldApp::default()).contains("migrate"));
+    }
+}

@@ -1,0 +1,243 @@
+//! The rollback after a failed step: the new bot stops, the pre-deploy backup comes back (what
+//! the new bot wrote is set aside, never dropped), and the previous image starts again with the
+//! environment it had, under the project's tag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use xshell::cmd;
+
+use crate::backups;
+use crate::compose::Stack;
+use crate::database::{self};
+use crate::journal;
+use crate::process;
+use crate::report::Report;
+
+use super::{Changes, Deploy, shared::*, short};
+
+impl Deploy<'_> {
+    /// Stops the new bot, puts back the pre-deploy database and starts the previous bot.
+    /// Returns what was set aside when the database put back replaced rows the new bot wrote
+    /// (said in the error, so that it is never lost silently).
+    pub(super) fn roll_back(
+        &self,
+        stack: &Stack,
+        changes: &Changes,
+        previous: &Previous,
+        report: &mut Report,
+    ) -> anyhow::Result<Option<String>> {
+        let (sh, printer) = (self.sh, self.printer);
+        if let Some(container) = stack
+            .bot_container(sh)?
+            .filter(|c| c.status == "running" || c.status == "restarting")
+        {
+            stop_container(sh, &container.id)?;
+        }
+        let set_aside = if changes.migrated {
+            self.restore_pre_deploy_database(stack, changes, report)?
+        } else {
+            None
+        };
+        let kept_on_host = set_aside.as_ref().and_then(|set_aside| {
+            // A copy beside the backups, where the operator looks; the file in the volume stays.
+            let name = backups::name(
+                &stack.project,
+                &self.time,
+                report.revision_after,
+                Some("set-aside-by-rollback"),
+            );
+            let host_file = self.state_dir.join(name);
+            let copied = database::copy_from_volume(
+                sh,
+                stack,
+                &stack.bot_image,
+                &set_aside.file,
+                &host_file,
+            )
+            .and_then(|()| backups::seal(&host_file).map(drop));
+            match copied {
+                Ok(()) => Some(host_file),
+                Err(e) => {
+                    printer.info(&format!(
+                        "warning: the set-aside database stays in the volume only ({}): {e:#}",
+                        set_aside.file
+                    ));
+                    None
+                }
+            }
+        });
+        let set_aside = set_aside.map(|s| {
+            format!(
+                "the database the new bot served was set aside before the pre-deploy backup was put back: {}{} ({}); the previous bot does not have them",
+                s.file,
+                kept_on_host
+                    .map(|h| format!(", copied to {}", h.display()))
+                    .unwrap_or_default(),
+                s.rows
+            )
+        });
+        let Some(image) = &previous.image else {
+            report.revision_after = report.revision_before;
+            return Ok(set_aside); // there was no bot before this deploy
+        };
+        // The project's tag names the image that runs, so later tasks (`restart`, `status`,
+        // the next deploy's comparison) start and describe the previous bot, not the failed one.
+        let main_tag = &stack.bot_image;
+        if image != main_tag {
+            process::run(
+                cmd!(sh, "docker tag {image} {main_tag}"),
+                "naming the previous image as the project's again",
+            )?;
+            // `-previous` names again what it named before this deploy: the way back from
+            // the last good deploy stays.
+            let (tag, before) = &previous.previous_tag;
+            match before {
+                Some(id) => process::run(
+                    cmd!(sh, "docker tag {id} {tag}"),
+                    "naming the image before the last deploy as -previous again",
+                )
+                .map(drop)?,
+                None => {
+                    let _ = crate::process::output(cmd!(sh, "docker rmi {tag}"));
+                }
+            }
+        }
+        if let Some(id) = &previous.image_id {
+            report.image = Some(format!("{main_tag} ({})", short(id)));
+        }
+        let mut old = stack.clone();
+        if let Some(env_file) = &previous.env_file {
+            old.env_file = env_file.clone();
+        }
+        printer.step(report, "rollback: start previous bot", || old.up(sh))?;
+        if previous.was_running {
+            let timeout = Duration::from_secs(self.args.health_timeout);
+            printer.step(report, "rollback: wait until healthy", || {
+                wait_until_healthy(sh, &old, timeout)
+            })?;
+        }
+        report.revision_after = report.revision_before;
+        Ok(set_aside)
+    }
+
+    /// Puts back the database as it was before the migration, from the backup the migration
+    /// took. Returns what it set aside when the live database had rows the backup has not
+    /// (the new bot served meanwhile).
+    pub(super) fn restore_pre_deploy_database(
+        &self,
+        stack: &Stack,
+        changes: &Changes,
+        report: &mut Report,
+    ) -> anyhow::Result<Option<SetAside>> {
+        let sh = self.sh;
+        journal::volume(
+            "being put back from the pre-deploy backup by the rollback (the migrated database is kept beside it)",
+        );
+        let restored = self
+            .printer
+            .step(report, "rollback: restore database", || {
+                let staged;
+                let source = match &changes.backup_on_host {
+                    Some(file) => file.as_path(),
+                    None => {
+                        let migration = changes
+                            .migration
+                            .as_ref()
+                            .context("no migration container to take the backup from")?;
+                        staged = database::TempFile::new("rollback");
+                        migration
+                            .copy_backup(sh, &staged.0)
+                            .context("the database changed and its backup cannot be read back")?;
+                        staged.0.as_path()
+                    }
+                };
+                database::restore_from_host(sh, stack, &stack.bot_image, source, false)
+            })?;
+        let set_aside = SetAside::from_restore(&restored);
+        journal::volume(format!(
+            "put back from the pre-deploy backup (revision {})",
+            report
+                .revision_before
+                .map_or("none".into(), |r| r.to_string())
+        ));
+        if let Some(s) = &set_aside {
+            self.printer
+                .detail(report, format!("set aside: {} ({})", s.file, s.rows));
+        }
+        Ok(set_aside)
+    }
+}
+/// The live database a rollback's restore replaced, when it held rows the restored backup
+/// has not: where it is kept in the volume, and the rows per table it has more.
+pub(super) struct SetAside {
+    file: String,
+    rows: String,
+}
+impl SetAside {
+    /// From the JSON of `bot db restore`; `None` when nothing was replaced or the replaced
+    /// content has no more rows in any table than the restored one.
+    fn from_restore(restored: &serde_json::Value) -> Option<SetAside> {
+        let file = restored["replaced"].as_str()?;
+        let (before, after) = (
+            restored["rows"]["replaced"].as_object()?,
+            &restored["rows"]["restored"],
+        );
+        let more: Vec<String> = before
+            .iter()
+            .filter_map(|(table, n)| {
+                let extra = n.as_u64()? as i64 - after[table].as_u64().unwrap_or(0) as i64;
+                (extra > 0).then(|| format!("{table} +{extra}"))
+            })
+            .collect();
+        if more.is_empty() {
+            return None;
+        }
+        Some(SetAside {
+            file: file.to_owned(),
+            rows: format!("rows it has more than the backup: {}", more.join(", ")),
+        })
+    }
+}
+pub(super) struct Previous {
+    /// A name of the image the bot ran before this deploy.
+    pub(super) image: Option<String>,
+    /// That image's id.
+    pub(super) image_id: Option<String>,
+    /// The `-previous` tag, and the image it named before this deploy moved it.
+    pub(super) previous_tag: (String, Option<String>),
+    pub(super) env_file: Option<PathBuf>,
+    pub(super) was_running: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_over_newer_rows_is_said_table_by_table() {
+        let restored = serde_json::json!({
+            "replaced": "/data/bot_database.db.replaced-20261126T101010Z",
+            "rows": {
+                "replaced": {"users": 12, "command_log": 30, "schema_history": 4},
+                "restored": {"users": 10, "command_log": 30, "schema_history": 3}
+            }
+        });
+        let set_aside = SetAside::from_restore(&restored).unwrap();
+        assert_eq!(
+            set_aside.file,
+            "/data/bot_database.db.replaced-20261126T101010Z"
+        );
+        assert_eq!(
+            set_aside.rows,
+            "rows it has more than the backup: schema_history +1, users +2"
+        );
+        let same = serde_json::json!({
+            "replaced": "/data/x",
+            "rows": {"replaced": {"users": 10}, "restored": {"users": 10}}
+        });
+        assert!(SetAside::from_restore(&same).is_none());
+        assert!(SetAside::from_restore(&serde_json::json!({"replaced": null})).is_none());
+    }
+}

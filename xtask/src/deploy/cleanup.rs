@@ -2,13 +2,18 @@
 //! back taken over), pre-deploy backups left in migration containers (saved), and, after a
 //! deploy that changed something, old release tags beyond `--keep`.
 
+use std::path::Path;
+
+use xshell::Shell;
+
 use crate::compose::Stack;
-use crate::database::{self};
-use crate::docker::{self};
+use crate::database;
+use crate::docker;
 use crate::exit;
-use crate::history::{self};
+use crate::history;
 use crate::images;
 use crate::journal;
+use crate::output::Printer;
 use crate::report::Report;
 
 use super::{Deploy, shared::*, short};
@@ -28,26 +33,10 @@ impl Deploy<'_> {
         Ok(())
     }
 
-    /// Saves the pre-deploy backups that migration containers of an earlier run still hold (a
-    /// killed deploy, a copy that failed), and removes those containers; refuses while one
-    /// of them still runs.
+    /// Saves what migration containers of earlier runs left (see [`save_leftover_backups`]);
+    /// refuses while one of them still runs.
     pub(super) fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
-        let (saved, running) = database::save_leftover_backups(self.sh, stack, &self.state_dir)?;
-        for file in saved {
-            self.printer.info(&format!(
-                "saved the pre-deploy backup an earlier run left behind: {}",
-                file.display()
-            ));
-        }
-        if !running.is_empty() {
-            let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
-            return Err(exit::refused(format!(
-                "a migration container of an earlier deploy of this project is still running ({}); nothing was changed. Wait for it to end (`docker wait {}`), then deploy again",
-                ids.join(", "),
-                ids.join(" ")
-            )));
-        }
-        Ok(())
+        save_leftover_backups(self.sh, stack, &self.state_dir, self.printer, true)
     }
 
     /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
@@ -88,4 +77,33 @@ impl Deploy<'_> {
                 .info(&format!("warning: old release tags were not pruned: {e:#}")),
         }
     }
+}
+
+/// Saves the pre-deploy backups that migration containers of earlier runs still hold (a killed
+/// deploy, a copy that failed) into `dir` under their names, says so, and removes those
+/// containers. A container still running is left alone; with `refuse_running` that refuses
+/// the task (a deploy must not start beside a migration at work).
+pub fn save_leftover_backups(
+    sh: &Shell,
+    stack: &Stack,
+    dir: &Path,
+    printer: &Printer,
+    refuse_running: bool,
+) -> anyhow::Result<()> {
+    let (saved, running) = database::save_leftover_backups(sh, stack, dir)?;
+    for file in saved {
+        printer.info(&format!(
+            "saved the pre-deploy backup an earlier run left behind: {}",
+            file.display()
+        ));
+    }
+    if refuse_running && !running.is_empty() {
+        let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
+        return Err(exit::refused(format!(
+            "a migration container of an earlier deploy of this project is still running ({}); nothing was changed. Wait for it to end (`docker wait {}`), then deploy again",
+            ids.join(", "),
+            ids.join(" ")
+        )));
+    }
+    Ok(())
 }

@@ -25,6 +25,7 @@ mod from_old_app;
 mod rollback;
 mod shared;
 
+pub use cleanup::save_leftover_backups;
 pub use shared::{
     check_machine, confirm, describe, describe_unfinished, locked_and_recorded, short,
     stop_container, wait_until_healthy,

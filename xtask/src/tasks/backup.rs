@@ -30,13 +30,7 @@ pub fn run(
         if !args.dry_run {
             // A deploy that could not copy its pre-deploy backup out (a full disk), or was
             // killed, left it in its migration container: saved first, under its own name.
-            let (saved, _running) = database::save_leftover_backups(sh, &stack, state_dir)?;
-            for file in saved {
-                printer.info(&format!(
-                    "saved the pre-deploy backup an earlier deploy left behind: {}",
-                    file.display()
-                ));
-            }
+            deploy::save_leftover_backups(sh, &stack, state_dir, printer, false)?;
         }
         let live = printer.step(report, "read database", || {
             database::status(sh, &stack, &stack.bot_image)

@@ -47,7 +47,7 @@ pub fn run(
         crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
         if !args.dry_run {
             // A deploy whose backup copy failed left it in its migration container.
-            database::save_leftover_backups(sh, &stack, state_dir)?;
+            deploy::save_leftover_backups(sh, &stack, state_dir, printer, false)?;
         }
         if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
             return Err(exit::refused(format!(

@@ -155,7 +155,10 @@ impl Deploy<'_> {
                 };
                 database::restore_from_host(sh, stack, &stack.bot_image, source, false)
             })?;
-        let set_aside = SetAside::from_restore(&restored);
+        // A committed migration means the new bot may have served: what it served is kept and
+        // named whatever the counts say (rows changed in place do not show in them).
+        let committed = report.revision_after != report.revision_before;
+        let set_aside = SetAside::from_restore(&restored, committed);
         journal::volume(format!(
             "put back from the pre-deploy backup (revision {})",
             report
@@ -176,27 +179,33 @@ pub(super) struct SetAside {
     rows: String,
 }
 impl SetAside {
-    /// From the JSON of `bot db restore`; `None` when nothing was replaced or the replaced
-    /// content has no more rows in any table than the restored one.
-    fn from_restore(restored: &serde_json::Value) -> Option<SetAside> {
+    /// From the JSON of `bot db restore`: `None` when nothing was replaced, or when the
+    /// migration never committed and the replaced content has no more rows in any table than
+    /// the restored one (it is the same database). The history table's own row is not counted.
+    fn from_restore(restored: &serde_json::Value, migration_committed: bool) -> Option<SetAside> {
         let file = restored["replaced"].as_str()?;
-        let (before, after) = (
-            restored["rows"]["replaced"].as_object()?,
-            &restored["rows"]["restored"],
-        );
+        let before = restored["rows"]["replaced"].as_object();
+        let after = &restored["rows"]["restored"];
         let more: Vec<String> = before
-            .iter()
+            .into_iter()
+            .flatten()
+            .filter(|(table, _)| table.as_str() != "schema_history")
             .filter_map(|(table, n)| {
                 let extra = n.as_u64()? as i64 - after[table].as_u64().unwrap_or(0) as i64;
                 (extra > 0).then(|| format!("{table} +{extra}"))
             })
             .collect();
-        if more.is_empty() {
+        if more.is_empty() && !migration_committed {
             return None;
         }
+        let rows = if more.is_empty() {
+            "no table has more rows than the backup; rows changed in place are not counted".into()
+        } else {
+            format!("rows it has more than the backup: {}", more.join(", "))
+        };
         Some(SetAside {
             file: file.to_owned(),
-            rows: format!("rows it has more than the backup: {}", more.join(", ")),
+            rows,
         })
     }
 }
@@ -224,20 +233,30 @@ mod tests {
                 "restored": {"users": 10, "command_log": 30, "schema_history": 3}
             }
         });
-        let set_aside = SetAside::from_restore(&restored).unwrap();
+        let set_aside = SetAside::from_restore(&restored, true).unwrap();
         assert_eq!(
             set_aside.file,
             "/data/bot_database.db.replaced-20261126T101010Z"
         );
         assert_eq!(
-            set_aside.rows,
-            "rows it has more than the backup: schema_history +1, users +2"
+            set_aside.rows, "rows it has more than the backup: users +2",
+            "the history's own row is the migration's, not the bot's"
         );
         let same = serde_json::json!({
             "replaced": "/data/x",
             "rows": {"replaced": {"users": 10}, "restored": {"users": 10}}
         });
-        assert!(SetAside::from_restore(&same).is_none());
-        assert!(SetAside::from_restore(&serde_json::json!({"replaced": null})).is_none());
+        assert!(
+            SetAside::from_restore(&same, false).is_none(),
+            "a migration that never committed left the same database"
+        );
+        let kept =
+            SetAside::from_restore(&same, true).expect("a committed migration's database is kept");
+        assert!(
+            kept.rows.contains("changed in place are not counted"),
+            "{}",
+            kept.rows
+        );
+        assert!(SetAside::from_restore(&serde_json::json!({"replaced": null}), true).is_none());
     }
 }

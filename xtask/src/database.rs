@@ -266,6 +266,51 @@ pub const BACKUP_NAME_LABEL: &str = "org.tgbot.backup-name";
 /// The label with the size of the database a migration container migrates.
 pub const BYTES_LABEL: &str = "org.tgbot.bytes";
 
+/// The role of the short-lived containers a task creates, uses and removes (backup, restore,
+/// copies, plans, imports): a run killed meanwhile leaves them, and the next run removes them.
+pub const HELPER_ROLE: &str = "helper";
+
+/// `--label` options for a helper container of `project`: the project, the role, and the
+/// running task's start time (from its history line), so that a later run can find it.
+pub fn helper_labels(project: &str) -> Vec<String> {
+    let mut labels = vec![
+        format!("{PROJECT_LABEL}={project}"),
+        format!("{ROLE_LABEL}={HELPER_ROLE}"),
+    ];
+    if let Some(time) = crate::journal::read(|r| r.time.clone()) {
+        labels.push(format!("{DEPLOY_LABEL}={time}"));
+    }
+    labels
+        .into_iter()
+        .flat_map(|label| ["--label".to_owned(), label])
+        .collect()
+}
+
+/// Removes the helper containers an earlier run of `project` left (killed between creating and
+/// removing one). Returns the ids of those still running, which are left alone: their work (a
+/// restore, a backup) must not be cut short.
+pub fn remove_leftover_helpers(sh: &Shell, project: &str) -> anyhow::Result<Vec<String>> {
+    let project_filter = format!("label={PROJECT_LABEL}={project}");
+    let role_filter = format!("label={ROLE_LABEL}={HELPER_ROLE}");
+    let ids = process::run(
+        cmd!(
+            sh,
+            "docker ps -a -q --no-trunc --filter {project_filter} --filter {role_filter}"
+        ),
+        "looking for containers an earlier run left",
+    )?
+    .stdout;
+    let mut running = Vec::new();
+    for id in ids.split_whitespace() {
+        if docker::inspect(sh, id).is_ok_and(|state| state.status == "running") {
+            running.push(id.to_owned());
+        } else {
+            let _ = process::output(cmd!(sh, "docker rm -f {id}"));
+        }
+    }
+    Ok(running)
+}
+
 /// What a migration container is labelled with, so that a later run finds it when the deploy
 /// that made it was killed or could not copy its backup out.
 pub struct MigrationLabels<'a> {
@@ -536,11 +581,12 @@ pub fn back_up_to_host(
     bytes: u64,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
+    let labels = helper_labels(&stack.project);
     with_container(
         sh,
         cmd!(
             sh,
-            "docker create --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"
+            "docker create {labels...} --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"
         ),
         "preparing the backup",
         |id| {
@@ -571,13 +617,14 @@ pub fn restore_from_host(
     replace_damaged: bool,
 ) -> anyhow::Result<Value> {
     let mount = format!("{}:/data", stack.volume());
+    let labels = helper_labels(&stack.project);
     let bytes = std::fs::metadata(host_file).map_or(0, |m| m.len());
     let damaged = replace_damaged.then_some("--replace-damaged");
     let out = with_container(
         sh,
         cmd!(
             sh,
-            "docker create --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"
+            "docker create {labels...} --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"
         ),
         "preparing the restore",
         |id| {
@@ -711,9 +758,10 @@ pub fn copy_from_volume(
     host_file: &Path,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
+    let labels = helper_labels(&stack.project);
     with_container(
         sh,
-        cmd!(sh, "docker create -v {mount} {image} db status"),
+        cmd!(sh, "docker create {labels...} -v {mount} {image} db status"),
         "preparing the copy out of the volume",
         |id| {
             let source = format!("{id}:{file}");

@@ -357,6 +357,7 @@ fn run_import(
         Source::HostFile(file) => {
             let id = process::run(
                 cmd!(sh, "docker create --user 0:0 --network none")
+                    .args(database::helper_labels(project_of(image)))
                     .args(extra)
                     .arg(image)
                     .args(["db", "import", HOST_FILE_IN_CONTAINER])
@@ -394,6 +395,12 @@ fn run_import(
 }
 
 /// A unique name for a throw-away container of this process.
+/// The project an image tag `tgbot-bot:<project>` belongs to, for the labels of the helper
+/// containers made with it.
+fn project_of(image: &str) -> &str {
+    image.rsplit_once(':').map_or(image, |(_, project)| project)
+}
+
 fn helper_name(what: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -90,7 +90,8 @@ pub fn save_leftover_backups(
     printer: &Printer,
     refuse_running: bool,
 ) -> anyhow::Result<()> {
-    let (saved, running) = database::save_leftover_backups(sh, stack, dir)?;
+    let (saved, mut running) = database::save_leftover_backups(sh, stack, dir)?;
+    running.extend(database::remove_leftover_helpers(sh, &stack.project)?);
     for file in saved {
         printer.info(&format!(
             "saved the pre-deploy backup an earlier run left behind: {}",
@@ -100,7 +101,7 @@ pub fn save_leftover_backups(
     if refuse_running && !running.is_empty() {
         let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
         return Err(exit::refused(format!(
-            "a migration container of an earlier deploy of this project is still running ({}); nothing was changed. Wait for it to end (`docker wait {}`), then deploy again",
+            "a container an earlier run of this project started is still running ({}: a migration, a backup or a restore); nothing was changed. Wait for it to end (`docker wait {}`), then run this again",
             ids.join(", "),
             ids.join(" ")
         )));

@@ -39,6 +39,9 @@ impl Printer {
         work: impl FnOnce() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let name = &secrets::scrub(name);
+        // The history line names the step before the screen does: a run killed the moment
+        // the step shows leaves a line that names it.
+        crate::journal::progress(report, Some(name));
         let started = Instant::now();
         let spinner = if self.fancy {
             let bar = ProgressBar::new_spinner();
@@ -53,7 +56,6 @@ impl Printer {
             eprintln!("==> {name}");
             None
         };
-        crate::journal::progress(report, Some(name));
         let result = work();
         let seconds = started.elapsed().as_secs_f64();
         let ok = result.is_ok();

@@ -21,9 +21,26 @@ pub struct Args {
     /// Run only these groups (engine, stack); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Where to write the results.
-    #[arg(long, default_value = "docs/BENCHMARKS.md")]
-    output: PathBuf,
+    /// Where to write the results [default: docs/BENCHMARKS.md; with --quick,
+    /// target/bench/quick.md].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// A smoke run of the stack section alone (the engine section has no such mode and is left
+    /// out): 10k users, 2 runs of each measurement. It checks that the code runs end to end;
+    /// its numbers mean nothing.
+    #[arg(long)]
+    quick: bool,
+}
+
+impl Args {
+    /// The report's path, relative to the repository's root unless absolute.
+    fn output(&self) -> PathBuf {
+        match &self.output {
+            Some(path) => path.clone(),
+            None if self.quick => work_dir().join("quick.md"),
+            None => PathBuf::from("docs/BENCHMARKS.md"),
+        }
+    }
 }
 
 /// One measured target.
@@ -112,8 +129,11 @@ pub fn show(duration: Duration) -> String {
 
 /// Runs the benchmarks and writes the report.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
+    if args.quick && args.only.iter().any(|g| g == "engine") {
+        bail!("--quick is a smoke run of the stack section; the engine section has none");
+    }
     let wanted = |group: &str| {
-        args.only.is_empty()
+        (args.only.is_empty() && !(args.quick && group == "engine"))
             || args
                 .only
                 .iter()
@@ -125,11 +145,11 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         sections.push(engine::run(sh)?);
     }
     if wanted("deploy") || wanted("bot") {
-        let (deploy, bot) = stack::run(sh)?;
+        let (deploy, bot) = stack::run(sh, args.quick)?;
         sections.push(deploy);
         sections.push(bot);
     }
-    let output = project::root().join(&args.output);
+    let output = project::root().join(args.output());
     let earlier = std::fs::read_to_string(&output).unwrap_or_default();
     let report = render(&sections, &args, &earlier);
     if let Some(folder) = output.parent() {
@@ -204,6 +224,12 @@ fn render(sections: &[Section], args: &Args, earlier: &str) -> String {
     let mut command = String::from("cargo xtask bench");
     if !args.only.is_empty() {
         command.push_str(&format!(" --only {}", args.only.join(",")));
+    }
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if let Some(output) = &args.output {
+        command.push_str(&format!(" --output {}", output.display()));
     }
     let date = Shell::new()
         .ok()

@@ -304,11 +304,17 @@ fn replace_then_go(
             .output()
     });
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
+    let mut wait_failed = false;
     let stopped = loop {
-        let wait_ended = old_exit.try_wait()?.is_some();
+        match old_exit.try_wait()? {
+            // `docker wait` printed the exit code: the old bot stopped.
+            Some(status) if status.success() && !wait_failed => break true,
+            Some(_) => wait_failed = true,
+            None => {}
+        }
         let given_up = compose.is_finished() || Instant::now() >= deadline;
-        if wait_ended || given_up {
-            // `docker wait` also ends when it fails: the engine says whether the bot stopped.
+        if wait_failed || given_up {
+            // `docker wait` failed (or Compose is done): the engine says whether it stopped.
             if old_bot_stopped(old_id) {
                 break true;
             }

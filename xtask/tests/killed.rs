@@ -1,0 +1,322 @@
+//! Deploys killed halfway (SIGKILL, as the OOM killer or a lost machine does), and signals sent
+//! to a deploy: each leaves a history line naming its step and the volume's state, `status` names
+//! it, and one more deploy (or `cargo xtask recover`) ends healthy at head with every user.
+//! Against the machine's Docker daemon; each test has its own Compose project.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Project, SERIAL, report, root, text};
+use rusqlite::Connection;
+use serde_json::Value;
+
+const USERS: i64 = 40;
+
+/// What to do to the deploy when a progress line appears.
+#[derive(Clone, Copy)]
+enum Act {
+    /// SIGKILL.
+    Kill,
+    /// One SIGTERM (or SIGINT with `Interrupt`).
+    Term,
+    /// One SIGINT.
+    Interrupt,
+    /// Two SIGINTs, as a second Ctrl-C.
+    InterruptTwice,
+}
+
+/// Runs `cargo xtask <task>` on the project and acts on it once a progress line starts with
+/// `at`; returns the output (stderr as progress) and whether the act happened.
+fn deploy_acted_on(
+    project: &Project,
+    task: &str,
+    at: &str,
+    act: Act,
+) -> (std::process::Output, bool) {
+    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["xtask", task, "--demo", "--yes", "--json"])
+        .args(["--project-name", &project.name])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `cargo xtask` execs the tool, so this pid is the tool's once it prints its steps.
+    let pid = deploy.id().to_string();
+    let mut progress = String::new();
+    let mut acted = false;
+    for line in BufReader::new(deploy.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        progress.push_str(&line);
+        progress.push('\n');
+        if !acted && line.starts_with(at) {
+            acted = true;
+            let signals: &[&str] = match act {
+                Act::Kill => &["-KILL"],
+                Act::Term => &["-TERM"],
+                Act::Interrupt => &["-INT"],
+                Act::InterruptTwice => &["-INT", "-INT"],
+            };
+            for signal in signals {
+                let sent = common::run("kill", &[signal, &pid]);
+                assert!(sent.status.success(), "{}", text(&sent));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    let mut output = deploy.wait_with_output().unwrap();
+    output.stderr = progress.into_bytes();
+    (output, acted)
+}
+
+fn users(project: &Project, label: &str) -> i64 {
+    let copy = project.copy_database(label);
+    let count = Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    let _ = std::fs::remove_file(copy);
+    count
+}
+
+fn status_json(project: &Project) -> Value {
+    let status = project.xtask("status", &["--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)))
+}
+
+fn history(project: &Project) -> Vec<Value> {
+    let file = project.state_dir().join("deploys.jsonl");
+    std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The bot serves at head (revision 4) with every user.
+fn assert_healthy_at_head_with_every_user(project: &Project, label: &str) {
+    let container = project.bot_container();
+    assert_eq!(
+        container["State"]["Health"]["Status"].as_str(),
+        Some("healthy"),
+        "{container}"
+    );
+    let status = project.db_status();
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_u64()),
+        (Some("current"), Some(4)),
+        "{status}"
+    );
+    assert_eq!(users(project, label), USERS, "every user is still there");
+}
+
+/// A deploy killed at the step `step` leaves a line that `status` names with that step; the
+/// next `task` finishes it, healthy at head with every user, and says it did.
+fn killed_at_then_finished_by(name: &str, step: &str, task: &str) -> Project {
+    let project = Project::new(name);
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let (killed, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        &format!("==> {step}"),
+        Act::Kill,
+    );
+    assert!(
+        acted,
+        "the deploy never reached step {step}: {}",
+        text(&killed)
+    );
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "killed by a signal: {}",
+        text(&killed)
+    );
+
+    let status = status_json(&project);
+    let unfinished = status["unfinished"].as_array().expect("a list");
+    assert_eq!(unfinished.len(), 1, "{status}");
+    assert_eq!(unfinished[0]["task"], "prod-full-update", "{status}");
+    assert_eq!(unfinished[0]["step"], step, "{status}");
+    let words = project.xtask("status", &[]);
+    let words = String::from_utf8_lossy(&words.stdout).into_owned();
+    assert!(
+        words.contains("unfinished:")
+            && words.contains(step)
+            && words.contains("cargo xtask recover"),
+        "{words}"
+    );
+
+    let finish = project.xtask(task, &["--yes", "--json"]);
+    assert!(finish.status.success(), "{}", text(&finish));
+    let outcome = report(&finish);
+    assert_eq!(
+        outcome["finished_earlier"].as_array().map(Vec::len),
+        Some(1),
+        "{outcome}"
+    );
+    assert_healthy_at_head_with_every_user(&project, name);
+    let status = status_json(&project);
+    assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
+    let lines = history(&project);
+    let killed_line = lines
+        .iter()
+        .find(|l| l["task"] == "prod-full-update" && l["step"] == step)
+        .unwrap_or_else(|| panic!("no line for the killed deploy: {lines:?}"));
+    assert_eq!(killed_line["result"], "interrupted", "{killed_line}");
+    assert!(
+        killed_line["finished_by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with(task)),
+        "{killed_line}"
+    );
+    assert!(
+        !Path::new(&format!(
+            "{}.partial",
+            killed_line["backup"].as_str().unwrap_or("-")
+        ))
+        .exists(),
+        "no half copy stays under a backup's name"
+    );
+    project
+}
+
+#[test]
+fn killed_while_building_then_deployed_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = killed_at_then_finished_by("kill-build", "build images", "prod-full-update");
+    drop(project);
+}
+
+#[test]
+fn killed_with_the_migration_ready_and_waiting_then_deployed_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    killed_at_then_finished_by(
+        "kill-waiting",
+        "start migration, waiting",
+        "prod-full-update",
+    );
+}
+
+#[test]
+fn killed_while_migrating_then_recovered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    killed_at_then_finished_by("kill-migrate", "migrate database", "recover");
+}
+
+#[test]
+fn killed_while_saving_the_backup_then_deployed_again_and_rolled_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = killed_at_then_finished_by("kill-save", "save backup", "prod-full-update");
+    // The backup the killed run took is the way back.
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    assert_eq!(
+        report(&rollback)["revision_after"],
+        3,
+        "{}",
+        text(&rollback)
+    );
+    assert_eq!(users(&project, "after-rollback"), USERS);
+}
+
+#[test]
+fn killed_while_waiting_for_health_then_recovered_and_rolled_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = killed_at_then_finished_by("kill-health", "wait until healthy", "recover");
+    // The recover run carries the killed deploy's way back: image and backup.
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    let outcome = report(&rollback);
+    assert_eq!(
+        (
+            outcome["revision_before"].as_u64(),
+            outcome["revision_after"].as_u64()
+        ),
+        (Some(4), Some(3)),
+        "{outcome}"
+    );
+    let container = project.bot_container();
+    assert_eq!(
+        container["State"]["Health"]["Status"], "healthy",
+        "{container}"
+    );
+    assert_eq!(users(&project, "after-rollback"), USERS);
+}
+
+#[test]
+fn a_signal_before_any_change_stops_the_deploy_and_says_so() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("sig-build");
+    let image = project.deployed_at_revision_3(USERS, false, &[]);
+    let (stopped, acted) =
+        deploy_acted_on(&project, "prod-full-update", "==> build images", Act::Term);
+    assert!(acted, "{}", text(&stopped));
+    assert_eq!(stopped.status.code(), Some(128 + 15), "{}", text(&stopped));
+    let progress = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        progress.contains("stopped by SIGTERM during step \"build images\""),
+        "{progress}"
+    );
+    let lines = history(&project);
+    let last = lines.last().unwrap();
+    assert_eq!(last["result"], "interrupted", "{last}");
+    assert_eq!(status_json(&project)["unfinished"], serde_json::json!([]));
+    assert_eq!(project.running_image(), image, "nothing was changed");
+    assert_eq!(project.db_status()["version"], 3);
+}
+
+#[test]
+fn one_signal_in_the_critical_part_is_held_until_the_bot_serves() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("sig-held");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let (deploy, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        "==> migrate database",
+        Act::Interrupt,
+    );
+    assert!(acted, "{}", text(&deploy));
+    assert!(deploy.status.success(), "{}", text(&deploy));
+    let progress = String::from_utf8_lossy(&deploy.stderr);
+    assert!(progress.contains("SIGINT (Ctrl-C): held"), "{progress}");
+    assert_eq!(report(&deploy)["revision_after"], 4);
+    assert_healthy_at_head_with_every_user(&project, "sig-held");
+}
+
+#[test]
+fn a_second_signal_in_the_critical_part_rolls_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("sig-twice");
+    let image = project.deployed_at_revision_3(USERS, false, &[]);
+    let (deploy, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        "==> migrate database",
+        Act::InterruptTwice,
+    );
+    assert!(acted, "{}", text(&deploy));
+    assert_eq!(deploy.status.code(), Some(1), "{}", text(&deploy));
+    let outcome = report(&deploy);
+    assert_eq!(outcome["rolled_back"], true, "{outcome}");
+    assert!(
+        outcome["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("second SIGINT")),
+        "{outcome}"
+    );
+    assert_eq!(project.running_image(), image);
+    let container = project.bot_container();
+    assert_eq!(
+        container["State"]["Health"]["Status"], "healthy",
+        "{container}"
+    );
+    assert_eq!(project.db_status()["version"], 3);
+    assert_eq!(users(&project, "sig-twice"), USERS);
+}

@@ -335,13 +335,17 @@ impl Deploy<'_> {
                 }
             }
             Err(rollback_error) => {
-                if let Some(migration) = changes.migration.take() {
-                    printer.info(&format!(
-                        "the pre-deploy backup stays in container {}",
-                        migration.id
-                    ));
-                }
-                error.context(format!("and the rollback failed too: {rollback_error:#}"))
+                let backup = match (changes.backup_on_host.as_ref(), changes.migration.take()) {
+                    (Some(file), _) => format!("the pre-deploy backup is {}", file.display()),
+                    (None, Some(migration)) => format!(
+                        "the pre-deploy backup stays in container {} (the next `cargo xtask backup` saves it)",
+                        short(&migration.id)
+                    ),
+                    (None, None) => "no pre-deploy backup was taken".into(),
+                };
+                error.context(format!(
+                    "and the rollback failed too: {rollback_error:#}. The bot may be down: `cargo xtask status` shows what runs and the database's state; `cargo xtask recover` brings the database to this image's head and the bot up, or `cargo xtask restore FILE` puts a backup back; {backup}"
+                ))
             }
         };
         if let Some(migration) = changes.migration.take() {

@@ -85,18 +85,57 @@ pub fn run(
             report.dry_run = true;
             return Ok(());
         }
+        // Read and checked while the bot still runs: a rollback that cannot keep the current
+        // database first never stops the bot.
+        let live = match &backup {
+            Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
+            None => None,
+        };
+        if let Some(live) = live.as_ref().filter(|l| l.state != "empty") {
+            printer.step(report, "check room for the backup", || {
+                backups::require_room(sh, state_dir, live.bytes)
+            })?;
+        }
         deploy::confirm(args.yes, &question)?;
         report.changed = true;
-        if let Some(container) = stack
+        let _critical = crate::signals::Critical::enter();
+        let was_running = stack
             .bot_container(sh)?
-            .filter(|c| c.status == "running" || c.status == "restarting")
-        {
+            .filter(|c| c.status == "running" || c.status == "restarting");
+        if let Some(container) = &was_running {
             printer.step(report, "stop bot", || {
                 deploy::stop_container(sh, &container.id)
             })?;
         }
+        // Until the restore is done the database is the current one: a failure up to there
+        // starts the bot that ran, as it was.
+        let start_again = |report: &mut Report, error: anyhow::Error| -> anyhow::Error {
+            if was_running.is_none() {
+                return error;
+            }
+            crate::signals::rolling_back();
+            let restarted = printer
+                .step(report, "start the bot that ran", || stack.up(sh))
+                .and_then(|()| {
+                    printer.step(report, "wait until healthy", || {
+                        deploy::wait_until_healthy(
+                            sh,
+                            &stack,
+                            std::time::Duration::from_secs(args.health_timeout),
+                        )
+                    })
+                });
+            match restarted {
+                Ok(()) => error.context(
+                    "the rollback stopped before the previous image started: the bot that ran before runs again (`cargo xtask status` shows its database)",
+                ),
+                Err(e) => error.context(format!(
+                    "and the bot that ran could not be started again: {e:#}; `cargo xtask status` shows the state, `cargo xtask recover` starts it"
+                )),
+            }
+        };
         if let Some(backup) = &backup {
-            let live = database::status(sh, &stack, &stack.bot_image)?;
+            let live = live.as_ref().expect("read above");
             if live.state != "empty" {
                 let keep = state_dir.join(backups::name(
                     &stack.project,
@@ -104,15 +143,20 @@ pub fn run(
                     live.effective_version(),
                     Some("before-rollback"),
                 ));
-                printer.step(report, "back up database", || {
+                if let Err(e) = printer.step(report, "back up database", || {
                     database::back_up_to_host(sh, &stack, &stack.bot_image, &keep, live.bytes)?;
                     backups::seal(&keep).map(drop)
-                })?;
+                }) {
+                    let _ = std::fs::remove_file(&keep);
+                    return Err(start_again(report, e));
+                }
                 report.backup = Some(keep.display().to_string());
             }
-            printer.step(report, "restore database", || {
+            if let Err(e) = printer.step(report, "restore database", || {
                 database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
-            })?;
+            }) {
+                return Err(start_again(report, e));
+            }
         }
         // The project's tag names the image that runs, so later tasks start this one too.
         let main_tag = &stack.bot_image;

@@ -1,7 +1,8 @@
-//! Deploys killed halfway (SIGKILL, as the OOM killer or a lost machine does), and signals sent
-//! to a deploy: each leaves a history line naming its step and the volume's state, `status` names
-//! it, and one more deploy (or `cargo xtask recover`) ends healthy at head with every user.
-//! Against the machine's Docker daemon; each test has its own Compose project.
+//! Deploys killed halfway (SIGKILL, as the OOM killer or a lost machine does), signals sent to a
+//! deploy, and the way back afterwards: each kill leaves a history line naming its step and the
+//! volume's state, `status` names it, and one more deploy (or `cargo xtask recover`) ends healthy
+//! at head with every user. Against the machine's Docker daemon; each test has its own Compose
+//! project.
 
 mod common;
 
@@ -319,4 +320,29 @@ fn a_second_signal_in_the_critical_part_rolls_back() {
     );
     assert_eq!(project.db_status()["version"], 3);
     assert_eq!(users(&project, "sig-twice"), USERS);
+}
+
+#[test]
+fn a_rollback_whose_backup_is_damaged_refuses_before_stopping_the_bot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("rb-damaged");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    let backup = report(&update)["backup"].as_str().unwrap().to_owned();
+    let running = project.bot_container()["Id"].clone();
+    // Half of it: what a disk that filled up while copying leaves.
+    let bytes = std::fs::read(&backup).unwrap();
+    std::fs::write(&backup, &bytes[..bytes.len() / 2]).unwrap();
+
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert_eq!(rollback.status.code(), Some(3), "{}", text(&rollback));
+    let error = report(&rollback)["error"].as_str().unwrap_or("").to_owned();
+    assert!(
+        error.contains("is not sound") && error.contains("nothing was changed"),
+        "{error}"
+    );
+    let container = project.bot_container();
+    assert_eq!(container["Id"], running, "the bot was never stopped");
+    assert_healthy_at_head_with_every_user(&project, "rb-damaged");
 }

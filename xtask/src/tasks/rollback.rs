@@ -65,6 +65,23 @@ pub fn run(
                 backup.map_or("(none)".into(), |b| b.display().to_string())
             )));
         }
+        if let Some(backup) = &backup {
+            // Checked before anything stops: a backup that cannot be restored is no way back.
+            let info = migrations::inspect_copy(backup).map_err(|e| {
+                exit::refused(format!(
+                    "the backup the rollback would restore, {}, is not sound ({e}); nothing was changed. Restore another backup by hand with `cargo xtask restore FILE`",
+                    backup.display()
+                ))
+            })?;
+            if info.revision != last.revision_before {
+                return Err(exit::refused(format!(
+                    "the backup {} is at revision {:?}, not {:?} as the deploy it undoes recorded; nothing was changed. Restore the right backup by hand with `cargo xtask restore FILE`",
+                    backup.display(),
+                    info.revision,
+                    last.revision_before
+                )));
+            }
+        }
         report.revision_before = last.revision_after;
         let mut question = format!(
             "Roll back the deploy of {} to image {}",

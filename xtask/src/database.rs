@@ -455,29 +455,7 @@ impl MigrationContainer {
     /// whole, so that a copy killed halfway never lies under the backup's name.
     pub fn copy_backup(&self, sh: &Shell, host_file: &Path) -> anyhow::Result<()> {
         let source = format!("{}:{BACKUP_IN_CONTAINER}", self.id);
-        let partial = partial_name(host_file);
-        let _ = std::fs::remove_file(&partial);
-        let copied = process::run_within(
-            cmd!(sh, "docker cp {source} {partial}"),
-            "copying the backup to this machine",
-            process::copy_limit(self.bytes),
-        )
-        .and_then(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", partial.display()))?;
-            std::fs::rename(&partial, host_file).with_context(|| {
-                format!(
-                    "cannot rename {} to {}",
-                    partial.display(),
-                    host_file.display()
-                )
-            })
-        });
-        if copied.is_err() {
-            let _ = std::fs::remove_file(&partial);
-        }
-        copied
+        copy_out(sh, &source, host_file, self.bytes)
     }
 
     /// Removes it.
@@ -485,6 +463,35 @@ impl MigrationContainer {
         let id = self.id;
         let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
     }
+}
+
+/// Copies `source` (`<container>:<path>`) to `host_file` on this machine within a limit that
+/// grows with `bytes`: to `<host_file>.partial` first, made private (0600) and renamed once
+/// whole, so that a copy killed halfway never lies under the file's name.
+pub fn copy_out(sh: &Shell, source: &str, host_file: &Path, bytes: u64) -> anyhow::Result<()> {
+    let partial = partial_name(host_file);
+    let _ = std::fs::remove_file(&partial);
+    let copied = process::run_within(
+        cmd!(sh, "docker cp {source} {partial}"),
+        "copying the file to this machine",
+        process::copy_limit(bytes),
+    )
+    .and_then(|_| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", partial.display()))?;
+        std::fs::rename(&partial, host_file).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                partial.display(),
+                host_file.display()
+            )
+        })
+    });
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    copied
 }
 
 /// Where a copy to `file` is written until it is whole.
@@ -596,12 +603,7 @@ pub fn back_up_to_host(
                 "backing up the database",
                 process::copy_limit(bytes),
             )?;
-            process::run_within(
-                cmd!(sh, "docker cp {source} {host_file}"),
-                "copying the backup to this machine",
-                process::copy_limit(bytes),
-            )
-            .map(drop)
+            copy_out(sh, &source, host_file, bytes)
         },
     )
 }
@@ -756,6 +758,7 @@ pub fn copy_from_volume(
     image: &str,
     file: &str,
     host_file: &Path,
+    bytes: u64,
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
     let labels = helper_labels(&stack.project);
@@ -763,14 +766,7 @@ pub fn copy_from_volume(
         sh,
         cmd!(sh, "docker create {labels...} -v {mount} {image} db status"),
         "preparing the copy out of the volume",
-        |id| {
-            let source = format!("{id}:{file}");
-            process::run(
-                cmd!(sh, "docker cp {source} {host_file}"),
-                "copying a file out of the volume",
-            )
-            .map(drop)
-        },
+        |id| copy_out(sh, &format!("{id}:{file}"), host_file, bytes),
     )
 }
 

@@ -84,21 +84,23 @@ pub fn volume(state: impl Into<String>) {
     update(|record| record.volume = Some(state));
 }
 
-/// Unfinished runs that this one finishes: each is marked `interrupted` now (finished by this
-/// run), and its way back is carried into this run's record when it ends.
+/// Unfinished runs that this one finishes. Only when this run ends well is each marked
+/// `interrupted` (finished by this run) and its way back carried into this run's record; a run
+/// that fails, is refused or is killed itself leaves them unfinished for the next one.
 pub fn take_over(unfinished: Vec<Record>) {
+    with(|journal| journal.inherited.extend(unfinished));
+}
+
+/// Whether this run finishes an unfinished run that had already replaced the image (its way
+/// back names the image before it).
+pub fn finishes_a_replacement() -> bool {
     with(|journal| {
-        let by = format!("{} {}", journal.record.task, journal.record.time);
-        for mut old in unfinished {
-            let kept = old.clone();
-            old.result = "interrupted".into();
-            old.finished_by = Some(by.clone());
-            if let Err(e) = history::save(&journal.state_dir, &old) {
-                eprintln!("warning: the deploy history could not be updated: {e:#}");
-            }
-            journal.inherited.push(kept);
-        }
-    });
+        journal
+            .inherited
+            .iter()
+            .any(|r| r.image_before_tag.is_some())
+    })
+    .unwrap_or(false)
 }
 
 /// Ends the running task's record with the report and the result, and writes it.
@@ -106,8 +108,18 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut journal) = current.take() {
         finish_record(&mut journal.record, report, result);
-        for old in &journal.inherited {
-            inherit(&mut journal.record, old);
+        let ended_well = matches!(journal.record.result.as_str(), "ok" | "nothing-to-do");
+        if ended_well {
+            let by = format!("{} {}", journal.record.task, journal.record.time);
+            for old in &journal.inherited {
+                inherit(&mut journal.record, old);
+                let mut finished = old.clone();
+                finished.result = "interrupted".into();
+                finished.finished_by = Some(by.clone());
+                if let Err(e) = history::save(&journal.state_dir, &finished) {
+                    eprintln!("warning: the deploy history could not be updated: {e:#}");
+                }
+            }
         }
         write(&journal);
     }

@@ -21,6 +21,8 @@ static CRITICAL: AtomicBool = AtomicBool::new(false);
 static ROLLING_BACK: AtomicBool = AtomicBool::new(false);
 /// Signals received during the critical part.
 static HELD: AtomicUsize = AtomicUsize::new(0);
+/// What runs that no signal interrupts, said when one is held.
+static UNBREAKABLE: Mutex<&str> = Mutex::new("");
 /// The signal held, by name.
 static HELD_NAME: Mutex<&str> = Mutex::new("");
 /// Process groups of the programs running now.
@@ -54,9 +56,8 @@ fn on_signal(signal: i32) {
         let count = HELD.fetch_add(1, Ordering::SeqCst) + 1;
         *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name;
         if ROLLING_BACK.load(Ordering::SeqCst) {
-            eprintln!(
-                "\n{name}: held; a rollback is running and ends once the previous bot serves again"
-            );
+            let what = *UNBREAKABLE.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!("\n{name}: held; {what}");
         } else if count == 1 {
             eprintln!(
                 "\n{name}: held. The bot is being replaced, and stopping now would leave it down: this deploy ends once the bot serves again. Press Ctrl-C again to roll back instead."
@@ -125,6 +126,13 @@ impl Drop for Critical {
 
 /// A rollback starts: from now on no signal interrupts it.
 pub fn rolling_back() {
+    hold_all("a rollback is running and ends once the previous bot serves again");
+}
+
+/// From now on every signal is held until the critical part ends (a task with no way back
+/// halfway: `rollback`, `restore`); `what` says on screen what runs.
+pub fn hold_all(what: &'static str) {
+    *UNBREAKABLE.lock().unwrap_or_else(|p| p.into_inner()) = what;
     ROLLING_BACK.store(true, Ordering::SeqCst);
 }
 

@@ -36,7 +36,7 @@ impl Deploy<'_> {
     /// Saves what migration containers of earlier runs left (see [`save_leftover_backups`]);
     /// refuses while one of them still runs.
     pub(super) fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
-        save_leftover_backups(self.sh, stack, &self.state_dir, self.printer, true)
+        save_leftover_backups(self.sh, stack, &self.state_dir, self.printer)
     }
 
     /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
@@ -81,14 +81,13 @@ impl Deploy<'_> {
 
 /// Saves the pre-deploy backups that migration containers of earlier runs still hold (a killed
 /// deploy, a copy that failed) into `dir` under their names, says so, and removes those
-/// containers. A container still running is left alone; with `refuse_running` that refuses
-/// the task (a deploy must not start beside a migration at work).
+/// containers. A container still running is left alone and refuses the task: nothing must run
+/// beside a migration, a backup or a restore at work.
 pub fn save_leftover_backups(
     sh: &Shell,
     stack: &Stack,
     dir: &Path,
     printer: &Printer,
-    refuse_running: bool,
 ) -> anyhow::Result<()> {
     let (saved, mut running) = database::save_leftover_backups(sh, stack, dir)?;
     running.extend(database::remove_leftover_helpers(sh, &stack.project)?);
@@ -98,7 +97,7 @@ pub fn save_leftover_backups(
             file.display()
         ));
     }
-    if refuse_running && !running.is_empty() {
+    if !running.is_empty() {
         let ids: Vec<&str> = running.iter().map(|id| short(id)).collect();
         return Err(exit::refused(format!(
             "a container an earlier run of this project started is still running ({}: a migration, a backup or a restore); nothing was changed. Wait for it to end (`docker wait {}`), then run this again",

@@ -270,7 +270,11 @@ impl Deploy<'_> {
         let sh = self.sh;
         let previous_tag = format!("{}-previous", stack.bot_image);
         let previous_tag_before = docker::image_id(sh, &previous_tag)?;
+        // A stopped bot that a killed deploy left may run the image that failed: the way back
+        // stays the one that deploy recorded (taken over when this run ends well).
+        let left_by_a_killed_replacement = journal::finishes_a_replacement() && !was_running;
         let image = match before {
+            Some(_) if left_by_a_killed_replacement => None,
             Some(container) if image_changes => {
                 let image = &container.image_id;
                 process::run(
@@ -323,7 +327,8 @@ impl Deploy<'_> {
                 self.roll_back(stack, changes, previous, report)
             }
         } else {
-            Ok(None) // nothing was changed yet
+            // Nothing ran yet, but `-previous` may have moved: it names again what it named.
+            previous.put_back_tag(sh).map(|()| None)
         };
         let error = match outcome {
             Ok(set_aside) => {

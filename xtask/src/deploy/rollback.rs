@@ -17,6 +17,9 @@ use crate::report::Report;
 
 use super::{Changes, Deploy, shared::*, short};
 
+/// The size to plan a copy's time for when it is not known (about 50 minutes' worth).
+const UNKNOWN_SIZE: u64 = 100_000_000_000;
+
 impl Deploy<'_> {
     /// Stops the new bot, puts back the pre-deploy database and starts the previous bot.
     /// Returns what was set aside when the database put back replaced rows the new bot wrote
@@ -55,6 +58,7 @@ impl Deploy<'_> {
                 &stack.bot_image,
                 &set_aside.file,
                 &host_file,
+                changes.migration.as_ref().map_or(UNKNOWN_SIZE, |m| m.bytes),
             )
             .and_then(|()| backups::seal(&host_file).map(drop));
             match copied {
@@ -78,9 +82,36 @@ impl Deploy<'_> {
                 s.rows
             )
         });
-        let Some(image) = &previous.image else {
+        if changes.migrated {
+            // The volume holds the pre-deploy database again, whatever fails after this.
             report.revision_after = report.revision_before;
-            return Ok(set_aside); // there was no bot before this deploy
+            if let Some(text) = &set_aside {
+                journal::update(|r| {
+                    r.volume = Some(format!("put back from the pre-deploy backup; {text}"))
+                });
+            }
+        }
+        // Said whatever fails from here on: what was set aside is never left unnamed.
+        let with_set_aside = |error: anyhow::Error| match &set_aside {
+            Some(text) => error.context(text.clone()),
+            None => error,
+        };
+        self.start_previous(stack, previous, report)
+            .map_err(with_set_aside)?;
+        Ok(set_aside)
+    }
+
+    /// The rest of a rollback: the project's tag names the previous image again, `-previous`
+    /// what it named before, and the previous bot starts (waited for when it ran before).
+    fn start_previous(
+        &self,
+        stack: &Stack,
+        previous: &Previous,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let (sh, printer) = (self.sh, self.printer);
+        let Some(image) = &previous.image else {
+            return Ok(()); // there was no bot before this deploy
         };
         // The project's tag names the image that runs, so later tasks (`restart`, `status`,
         // the next deploy's comparison) start and describe the previous bot, not the failed one.
@@ -90,19 +121,7 @@ impl Deploy<'_> {
                 cmd!(sh, "docker tag {image} {main_tag}"),
                 "naming the previous image as the project's again",
             )?;
-            // `-previous` names again what it named before this deploy: the way back from
-            // the last good deploy stays.
-            let (tag, before) = &previous.previous_tag;
-            match before {
-                Some(id) => process::run(
-                    cmd!(sh, "docker tag {id} {tag}"),
-                    "naming the image before the last deploy as -previous again",
-                )
-                .map(drop)?,
-                None => {
-                    let _ = crate::process::output(cmd!(sh, "docker rmi {tag}"));
-                }
-            }
+            previous.put_back_tag(sh)?;
         }
         if let Some(id) = &previous.image_id {
             report.image = Some(format!("{main_tag} ({})", short(id)));
@@ -118,8 +137,7 @@ impl Deploy<'_> {
                 wait_until_healthy(sh, &old, timeout)
             })?;
         }
-        report.revision_after = report.revision_before;
-        Ok(set_aside)
+        Ok(())
     }
 
     /// Puts back the database as it was before the migration, from the backup the migration
@@ -209,6 +227,7 @@ impl SetAside {
         })
     }
 }
+/// What to go back to.
 pub(super) struct Previous {
     /// A name of the image the bot ran before this deploy.
     pub(super) image: Option<String>,
@@ -218,6 +237,28 @@ pub(super) struct Previous {
     pub(super) previous_tag: (String, Option<String>),
     pub(super) env_file: Option<PathBuf>,
     pub(super) was_running: bool,
+}
+
+impl Previous {
+    /// Makes `-previous` name again what it named before this deploy moved it (when it did):
+    /// the way back from the last good deploy stays.
+    pub(super) fn put_back_tag(&self, sh: &xshell::Shell) -> anyhow::Result<()> {
+        let (tag, before) = &self.previous_tag;
+        if self.image.as_deref() != Some(tag.as_str()) {
+            return Ok(()); // this deploy did not move it
+        }
+        match before {
+            Some(id) => process::run(
+                cmd!(sh, "docker tag {id} {tag}"),
+                "naming the image before the last deploy as -previous again",
+            )
+            .map(drop),
+            None => {
+                let _ = crate::process::output(cmd!(sh, "docker rmi {tag}"));
+                Ok(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub fn run(
         if !args.dry_run {
             // A deploy that could not copy its pre-deploy backup out (a full disk), or was
             // killed, left it in its migration container: saved first, under its own name.
-            deploy::save_leftover_backups(sh, &stack, state_dir, printer, false)?;
+            deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
         }
         let live = printer.step(report, "read database", || {
             database::status(sh, &stack, &stack.bot_image)

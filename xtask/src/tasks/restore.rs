@@ -55,6 +55,10 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
         report,
         |state_dir, time, report| {
             let stack = deploy::check_machine(sh, &args.stack, false, printer, report)?;
+            if !args.stack.dry_run {
+                // A killed run's restore or migration still at work must end first.
+                deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
+            }
             crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 if args.stack.dry_run {
@@ -126,6 +130,10 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 })?;
             }
             report.changed = true;
+            let _critical = crate::signals::Critical::enter();
+            crate::signals::hold_all(
+                "the restore runs to its end (stopping halfway would leave the bot down)",
+            );
             if let Some(container) = container {
                 printer.step(report, "stop bot", || {
                     deploy::stop_container(sh, &container.id)
@@ -145,6 +153,8 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                         &stack.bot_image,
                         DATABASE_IN_VOLUME,
                         &damaged_copy,
+                        // Its size is unknown (it cannot be read): about 50 minutes' worth.
+                        100_000_000_000,
                     )
                 })?;
                 printer.detail(report, format!("kept as {}", damaged_copy.display()));
@@ -169,6 +179,10 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 report.backup = Some(host_file.display().to_string());
                 backups::prune_and_tell(printer, state_dir, &stack.project, args.stack.keep)?;
             }
+            crate::journal::volume(format!(
+                "being replaced by {} (the bot is stopped)",
+                file.display()
+            ));
             printer.step(report, "restore database", || {
                 database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
                     .map(drop)
@@ -176,6 +190,11 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             let after = database::status(sh, &stack, &stack.bot_image)
                 .context("reading the restored database")?;
             report.revision_after = after.effective_version();
+            crate::journal::volume(format!(
+                "restored from {}: {}; the bot is stopped",
+                file.display(),
+                deploy::describe(&after)
+            ));
             printer.info(&format!(
             "restored: the database is {}. The bot stays stopped; next: `cargo xtask prod-migrate` (or prod-full-update) to bring it to head and start it",
             deploy::describe(&after)

@@ -47,7 +47,7 @@ pub fn run(
         crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
         if !args.dry_run {
             // A deploy whose backup copy failed left it in its migration container.
-            deploy::save_leftover_backups(sh, &stack, state_dir, printer, false)?;
+            deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
         }
         if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
             return Err(exit::refused(format!(
@@ -116,6 +116,9 @@ pub fn run(
         deploy::confirm(args.yes, &question)?;
         report.changed = true;
         let _critical = crate::signals::Critical::enter();
+        crate::signals::hold_all(
+            "the rollback runs to its end (stopping halfway would leave the bot down)",
+        );
         let was_running = stack
             .bot_container(sh)?
             .filter(|c| c.status == "running" || c.status == "restarting");
@@ -169,11 +172,20 @@ pub fn run(
                 }
                 report.backup = Some(keep.display().to_string());
             }
+            crate::journal::volume(format!(
+                "being put back from {} by the rollback (the bot is stopped)",
+                backup.display()
+            ));
             if let Err(e) = printer.step(report, "restore database", || {
                 database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
             }) {
                 return Err(start_again(report, e));
             }
+            crate::journal::volume(format!(
+                "put back from {} (revision {:?}); the previous image starts next",
+                backup.display(),
+                last.revision_before
+            ));
         }
         // The project's tag names the image that runs, so later tasks start this one too.
         let main_tag = &stack.bot_image;

@@ -346,3 +346,103 @@ fn a_rollback_whose_backup_is_damaged_refuses_before_stopping_the_bot() {
     assert_eq!(container["Id"], running, "the bot was never stopped");
     assert_healthy_at_head_with_every_user(&project, "rb-damaged");
 }
+
+#[test]
+fn a_recovery_that_changes_nothing_keeps_the_unfinished_run_and_its_way_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("kill-keep");
+    let old_image = project.deployed_at_revision_3(USERS, false, &[]);
+    let (killed, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        "==> start migration, waiting",
+        Act::Kill,
+    );
+    assert!(acted, "{}", text(&killed));
+    // Without --yes and without a terminal, the recovery asks and stops: it finished nothing.
+    let asked = project.xtask("recover", &["--json"]);
+    assert_eq!(asked.status.code(), Some(2), "{}", text(&asked));
+    let status = status_json(&project);
+    assert_eq!(
+        status["unfinished"].as_array().map(Vec::len),
+        Some(1),
+        "the killed run is still named: {status}"
+    );
+    let recover = project.xtask("recover", &["--yes", "--json"]);
+    assert!(recover.status.success(), "{}", text(&recover));
+    assert_healthy_at_head_with_every_user(&project, "kill-keep");
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    assert_eq!(project.running_image(), old_image);
+    assert_eq!(project.db_status()["version"], 3);
+}
+
+#[test]
+fn a_second_signal_before_the_first_change_leaves_previous_where_it_was() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("sig-prev");
+    let image = project.deployed_at_revision_3(USERS, false, &[]);
+    let (deploy, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        "ok   prepare migration",
+        Act::InterruptTwice,
+    );
+    assert!(acted, "{}", text(&deploy));
+    assert_eq!(deploy.status.code(), Some(1), "{}", text(&deploy));
+    assert_eq!(project.running_image(), image);
+    let previous = common::run(
+        "docker",
+        &["image", "inspect", &format!("{}-previous", project.image())],
+    );
+    assert!(
+        !previous.status.success(),
+        "nothing was replaced, so -previous (none before) names nothing: {}",
+        text(&previous)
+    );
+    assert_eq!(project.db_status()["version"], 3);
+}
+
+#[test]
+fn a_rollback_whose_own_health_wait_fails_still_names_what_it_set_aside() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("rb-unnamed");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let update = project.xtask(
+        "prod-full-update",
+        &["--yes", "--json", "--health-timeout", "0"],
+    );
+    assert_eq!(update.status.code(), Some(1), "{}", text(&update));
+    let outcome = report(&update);
+    let error = outcome["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("set aside") && error.contains("set-aside-by-rollback.db"),
+        "{error}"
+    );
+    let last = history(&project).pop().unwrap();
+    assert_eq!(
+        last["revision_after"], 3,
+        "the volume holds revision 3 again: {last}"
+    );
+}
+
+#[test]
+fn two_signals_during_rollback_are_held_and_it_ends() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("rb-sig");
+    let image = project.deployed_at_revision_3(USERS, false, &[]);
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    let (rollback, acted) = deploy_acted_on(
+        &project,
+        "rollback",
+        "==> wait until healthy",
+        Act::InterruptTwice,
+    );
+    assert!(acted, "{}", text(&rollback));
+    assert!(rollback.status.success(), "{}", text(&rollback));
+    assert_eq!(report(&rollback)["result"], "ok");
+    assert_eq!(project.running_image(), image);
+    assert_eq!(project.db_status()["version"], 3);
+    assert_eq!(users(&project, "rb-sig"), USERS);
+}

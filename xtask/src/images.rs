@@ -198,9 +198,10 @@ pub fn is_release_tag_of(tag: &str, project: &str) -> bool {
     revision_ok && time_ok
 }
 
-/// The release tags to remove: all but the newest `keep` (by the time in the tag), never one
-/// whose image is in `needed` (the running image, the project's tag, `-previous`, and the
-/// images the deploy history can roll back to or from).
+/// The release tags to remove: all but the newest `keep` (by the time in the tag), and beyond
+/// them all but the newest tag of each image in `needed` (the running image, the project's tag,
+/// `-previous`, and the images the deploy history can roll back to or from): a needed image
+/// always keeps a release tag, and re-runs of one image do not pile up tags.
 pub fn release_tags_to_prune(
     tags: &[(String, String)],
     project: &str,
@@ -216,12 +217,21 @@ pub fn release_tags_to_prune(
         let time = |t: &str| t.rsplit('-').next().unwrap_or("").to_owned();
         time(&b.0).cmp(&time(&a.0))
     });
-    releases
-        .into_iter()
-        .skip(keep.max(1))
-        .filter(|(_, id)| !needed.iter().any(|n| n == id))
-        .map(|(tag, _)| tag.clone())
-        .collect()
+    let keep = keep.max(1);
+    let mut kept_images: Vec<&str> = releases
+        .iter()
+        .take(keep)
+        .map(|(_, id)| id.as_str())
+        .collect();
+    let mut pruned = Vec::new();
+    for (tag, id) in releases.into_iter().skip(keep) {
+        if needed.iter().any(|n| n == id) && !kept_images.contains(&id.as_str()) {
+            kept_images.push(id);
+        } else {
+            pruned.push(tag.clone());
+        }
+    }
+    pruned
 }
 
 /// Removes the release tags of `stack`'s project beyond the newest `keep` (see
@@ -295,6 +305,15 @@ mod tests {
         let pruned = release_tags_to_prune(&tags, "p", 2, &needed);
         // 6 and 5 are the newest two; 1 is needed (what `-previous` names); 4, 3, 2 go.
         assert_eq!(pruned, vec![tag(4), tag(3), tag(2)]);
+        // Re-runs of the running image: its newest tag stays, the others go.
+        let reruns: Vec<(String, String)> = (1..=4)
+            .map(|n| (tag(n), if n == 1 { "sha256:a" } else { "sha256:b" }.to_owned()))
+            .collect();
+        let needed = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
+        assert_eq!(
+            release_tags_to_prune(&reruns, "p", 1, &needed),
+            vec![tag(3), tag(2)]
+        );
         assert!(release_tags_to_prune(&tags, "p", 10, &needed).is_empty());
         assert_eq!(
             release_tags_to_prune(&tags, "p", 0, &[]).len(),

@@ -446,3 +446,70 @@ fn two_signals_during_rollback_are_held_and_it_ends() {
     assert_eq!(project.db_status()["version"], 3);
     assert_eq!(users(&project, "rb-sig"), USERS);
 }
+
+/// The project's release tags, `tgbot-bot:<project>-<git>-<time>`.
+fn release_tags(project: &Project) -> Vec<String> {
+    let listed = common::docker(&["image", "ls", "--format", "{{.Tag}}", "tgbot-bot"]);
+    let prefix = format!("{}-", project.name);
+    let mut tags: Vec<String> = listed
+        .lines()
+        .filter(|t| t.starts_with(&prefix) && *t != format!("{}previous", prefix))
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    tags
+}
+
+#[test]
+fn release_tags_are_pruned_to_keep_but_never_the_way_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("tags");
+    let old_image = project.deployed_at_revision_3(USERS, false, &[]);
+    let update = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(update.status.success(), "{}", text(&update));
+    for _ in 0..2 {
+        let again = project.xtask("prod-full-update", &["--yes", "--json"]);
+        assert!(again.status.success(), "{}", text(&again));
+    }
+    assert_eq!(release_tags(&project).len(), 4, "one per build so far");
+    // A deploy that changes something (the environment) prunes, keeping 1.
+    let demo = std::fs::read_to_string(root().join("docker/demo.env")).unwrap();
+    let changed = project.dir.join("changed.env");
+    std::fs::write(&changed, format!("{demo}\nEXTRA_SETTING=1\n")).unwrap();
+    let env_change = project.xtask(
+        "prod-full-update",
+        &[
+            "--yes",
+            "--json",
+            "--keep",
+            "1",
+            "--env-file",
+            changed.to_str().unwrap(),
+        ],
+    );
+    assert!(env_change.status.success(), "{}", text(&env_change));
+    let tags = release_tags(&project);
+    assert_eq!(
+        tags.len(),
+        2,
+        "the newest, and the newest of the image -previous names: {tags:?}"
+    );
+    let id = |tag: &str| {
+        common::docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &format!("tgbot-bot:{tag}"),
+        ])
+    };
+    let images: Vec<String> = tags.iter().map(|t| id(t)).collect();
+    assert!(
+        images.contains(&old_image),
+        "the way back keeps its tag: {tags:?}"
+    );
+    assert!(images.contains(&project.running_image()), "{tags:?}");
+    // The way back still works.
+    let rollback = project.xtask("rollback", &["--yes", "--json"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+}

@@ -18,7 +18,8 @@ pub struct Config {
     /// `HEARTBEAT_PATH`: a file the polling loop touches after every poll.
     pub heartbeat_path: PathBuf,
     /// `BOT_SCHEMA_WAIT_SECS`: how long `bot run` waits at start for a deploy to finish
-    /// migrating a database that is behind (0: refuse at once).
+    /// migrating a database that is behind (0: refuse at once); past it, it keeps waiting while
+    /// the migration announces that it runs (a fresh `<database>.migrating`).
     pub schema_wait: std::time::Duration,
 }
 

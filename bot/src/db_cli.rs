@@ -21,6 +21,10 @@
 //! on stderr (`"zero_bytes": true`), since an upgrade killed before its first commit leaves one
 //! too.
 //!
+//! `upgrade` announces itself while it runs: `<database>.migrating`, rewritten every second
+//! and removed when it ends, keeps a bot that waits for the schema waiting (`bot run`,
+//! `BOT_SCHEMA_WAIT_SECS`).
+//!
 //! `diff` and `baseline` change nothing: they print SQL for a person to review and run (the
 //! script on stdout, a summary line on stderr); `baseline` reads FILE, not DATABASE_PATH.
 //!
@@ -38,6 +42,8 @@ use migrations::{
 use serde_json::{Value, json};
 
 use crate::import;
+use crate::migrating::Announcement;
+use crate::snapshot::SnapshotCheck;
 
 /// The database commands.
 #[derive(Debug, Subcommand)]
@@ -53,8 +59,11 @@ pub enum DbCommand {
         /// Adopt an unstamped database first (refused when its schema matches no revision).
         #[arg(long)]
         adopt: bool,
-        /// Back the database up to this new file first (online backup API, checked), when
-        /// anything is to change.
+        /// Back the database up to this new file first (online backup API), when anything is
+        /// to change. The copy is checked (not empty, quick_check, the revision the migration
+        /// starts from) while the migration runs, and the first commit waits for the verdict:
+        /// an unfit copy stops the migration with nothing changed. integrity_check follows
+        /// once the migration is done.
         #[arg(long, value_name = "PATH")]
         backup_to: Option<PathBuf>,
         /// Print the plan and the SQL; change nothing.
@@ -351,6 +360,11 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
         Error::NoMatch { closest, .. } => format!(
             "Make the schema revision {closest}'s (`bot db diff --to {closest}` prints the differences as SQL where SQLite can express them) or restore a backup, then retry."
         ),
+        Error::HeldBack { cause, .. } => {
+            return cause
+                .downcast_ref::<crate::snapshot::Unfit>()
+                .map(crate::snapshot::Unfit::advice);
+        }
         Error::EmptySource { .. } => "Check that it is the right file. To replace the database with it anyway, pass --force: the database it replaces is kept beside it as <name>.replaced-<time>.".to_string(),
         _ => return None,
     })
@@ -554,15 +568,29 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     bail!("cancelled before anything was changed");
                 }
             }
+            // From before the backup to the end of the migration: a bot waiting for the schema
+            // waits as long as this runs, not only BOT_SCHEMA_WAIT_SECS.
+            let migrating = match Announcement::start(path) {
+                Ok(announcement) => Some(announcement),
+                Err(e) => {
+                    eprintln!(
+                        "bot: warning: {e:#}, so a bot waiting for the schema waits only its BOT_SCHEMA_WAIT_SECS for this migration"
+                    );
+                    None
+                }
+            };
             let before = db.status()?;
-            // The copy is checked after the migration: the new bot may serve meanwhile.
-            let mut snapshot = None;
+            let mut check = None;
             if let Some(dest) =
                 backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
             {
                 let bytes = db.snapshot_to(&dest)?;
                 say!(json, "backed up to {} ({bytes} bytes)", dest.display());
-                snapshot = Some(dest);
+                // A rollback restores this copy: it is checked while the migration runs, and the
+                // first COMMIT waits for the verdict.
+                let mut started = SnapshotCheck::start(&dest)?;
+                db.set_commit_gate(started.gate());
+                check = Some((dest, started));
             }
             // Decided again under the write lock: another process may have adopted it meanwhile.
             let adopted = if adopt {
@@ -577,6 +605,8 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 );
             }
             let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
+            db.clear_commit_gate();
+            drop(migrating);
             // Said only when this run built the schema into the 0-byte file: another process
             // that created the file a moment earlier and built it meanwhile is no failed copy.
             let built_into_empty =
@@ -601,8 +631,11 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     upgrade.applied.len()
                 );
             }
-            let backup = match snapshot {
-                Some(dest) => {
+            let backup = match check {
+                Some((dest, check)) => {
+                    // The full check (integrity_check), off the downtime path: the new bot may
+                    // serve meanwhile.
+                    check.finish();
                     let info = migrations::inspect_copy(&dest).context(
                         "the migration succeeded, but the backup taken before it failed its check",
                     )?;

@@ -6,7 +6,9 @@ mod config;
 mod db_cli;
 mod health;
 mod import;
+mod migrating;
 mod polling;
+mod snapshot;
 mod store;
 
 use std::process::ExitCode;

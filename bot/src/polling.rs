@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::commands::{self, COMMANDS};
 use crate::config::{AdminIds, Config, Telegram, redact};
 use crate::health;
+use crate::migrating;
 use crate::store::{Store, UserFacts};
 
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
@@ -218,22 +219,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Waits, up to `limit`, while the database is in a state a deploy's migration resolves
 /// (behind, unstamped, empty): during a deploy the new bot starts while its migration runs.
-/// It only reads; `Store::open` then refuses whatever is still not current.
+/// Past `limit` it keeps waiting while the migration announces that it still runs (its
+/// `<database>.migrating` is fresh): a large database may take longer to migrate than any fixed
+/// wait. It only reads; `Store::open` then refuses whatever is still not current.
 async fn wait_for_schema(path: &std::path::Path, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let mut told = false;
+    let mut told_running = false;
     loop {
-        let path = path.to_owned();
-        let state = tokio::task::spawn_blocking(move || {
-            migrations::Database::open_read_only(&path)
+        let reading = path.to_owned();
+        let (state, running) = tokio::task::spawn_blocking(move || {
+            let state = migrations::Database::open_read_only(&reading)
                 .ok()
                 .flatten()
                 .and_then(|db| db.status().ok())
-                .map(|status| status.state)
+                .map(|status| status.state);
+            (state, migrating::running(&reading))
         })
         .await
-        .ok()
-        .flatten();
+        .unwrap_or((None, None));
         let waitable = matches!(
             state,
             None | Some(
@@ -243,13 +247,33 @@ async fn wait_for_schema(path: &std::path::Path, limit: Duration) {
                     | migrations::State::Empty
             )
         );
-        if !waitable || tokio::time::Instant::now() >= deadline {
+        if !waitable {
             return;
+        }
+        let state = state.map_or("missing", |s| s.name());
+        if tokio::time::Instant::now() >= deadline {
+            let Some(age) = running else {
+                if told_running {
+                    tracing::warn!(
+                        "the migration stopped announcing itself ({} not rewritten for {}s) and the database is still {state}",
+                        migrating::path_for(path).display(),
+                        migrating::FRESH_FOR.as_secs()
+                    );
+                }
+                return;
+            };
+            if !told_running {
+                tracing::info!(
+                    "the database is still {state} after {}s, but its migration is running (rewrote its announcement {:.1}s ago): waiting until it ends",
+                    limit.as_secs(),
+                    age.as_secs_f32()
+                );
+                told_running = true;
+            }
         }
         if !told {
             tracing::info!(
-                "the database is {}: waiting up to {}s for the deploy to migrate it",
-                state.map_or("missing", |s| s.name()),
+                "the database is {state}: waiting up to {}s for the deploy to migrate it, longer while its migration runs",
                 limit.as_secs()
             );
             told = true;

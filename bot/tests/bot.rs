@@ -855,3 +855,215 @@ fn a_bot_waiting_for_its_schema_still_refuses_when_the_wait_ends() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cargo xtask prod-migrate"), "{stderr}");
 }
+
+/// A database at revision 3 (one migration pending, the `users` rebuild) with the write lock
+/// held by this process, and `bot db upgrade --backup-to` started on it: the migration runs
+/// (announcing itself) until the lock is released.
+struct LongMigration {
+    holder: Option<Connection>,
+    upgrade: Child,
+}
+
+impl LongMigration {
+    fn start(sandbox: &Sandbox) -> LongMigration {
+        sandbox.upgrade();
+        let output = sandbox.run(&["db", "downgrade", "--to", "3"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let holder = Connection::open(sandbox.database()).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let backup = sandbox.dir.join("pre-deploy.db");
+        let upgrade = sandbox
+            .command(
+                &[
+                    "db",
+                    "upgrade",
+                    "--backup-to",
+                    backup.to_str().unwrap(),
+                    "--json",
+                ],
+                TOKEN,
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(
+            ANSWER_WITHIN,
+            || announcement(sandbox).exists(),
+            "the migration announces itself",
+        );
+        LongMigration {
+            holder: Some(holder),
+            upgrade,
+        }
+    }
+
+    /// Lets the migration take the lock and finish; returns its report.
+    fn finish(mut self) -> serde_json::Value {
+        let holder = self.holder.take().unwrap();
+        holder.execute_batch("ROLLBACK").unwrap();
+        drop(holder);
+        let output = self.output();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Waits for the migration to end; what it printed.
+    fn output(&mut self) -> Output {
+        use std::io::Read;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = self.upgrade.stdout.take() {
+            out.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut err) = self.upgrade.stderr.take() {
+            err.read_to_end(&mut stderr).unwrap();
+        }
+        Output {
+            status: self.upgrade.wait().unwrap(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for LongMigration {
+    fn drop(&mut self) {
+        let _ = self.upgrade.kill();
+        let _ = self.upgrade.wait();
+    }
+}
+
+/// The file a running migration keeps fresh beside the database.
+fn announcement(sandbox: &Sandbox) -> PathBuf {
+    PathBuf::from(format!("{}.migrating", sandbox.database().display()))
+}
+
+/// The bot's exit status, once it exits within `limit` (a bot that waits for ever fails the
+/// test instead of hanging it).
+fn exit_within(bot: &mut Running, limit: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(
+        limit,
+        || {
+            status = bot.child.try_wait().unwrap();
+            status.is_some()
+        },
+        "the bot exits",
+    );
+    status.unwrap()
+}
+
+/// Starts `bot run` waiting at most `BOT_SCHEMA_WAIT_SECS=1` for its schema; its log goes to a
+/// file.
+fn start_waiting_bot(sandbox: &Sandbox, name: &str) -> Running {
+    let log = sandbox.dir.join(format!("{name}.log"));
+    let child = sandbox
+        .command(&[], TOKEN)
+        .env("BOT_SCHEMA_WAIT_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Running { child, log }
+}
+
+#[test]
+fn a_bot_waits_past_its_limit_while_the_migration_announces_itself_then_serves() {
+    let sandbox = Sandbox::new("schemawaitlong");
+    let migration = LongMigration::start(&sandbox);
+    let mut bot = start_waiting_bot(&sandbox, "bot");
+    // Four times its limit, while the migration waits for the lock.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        bot.child.try_wait().unwrap().is_none(),
+        "it keeps waiting while the migration runs: {}",
+        bot.log()
+    );
+    assert!(!sandbox.heartbeat().exists(), "it does not poll yet");
+    let log = bot.log();
+    assert_eq!(
+        log.matches("its migration is running").count(),
+        1,
+        "said once: {log}"
+    );
+    let report = migration.finish();
+    assert_eq!(report["applied"], serde_json::json!([4]), "{report}");
+    assert_eq!(report["backup"]["revision"], 3, "{report}");
+    assert!(!announcement(&sandbox).exists(), "removed at the end");
+    wait_until(
+        ANSWER_WITHIN,
+        || sandbox.heartbeat().exists(),
+        "the bot polls once the database is current",
+    );
+    assert!(sandbox.say(5, "Eve", "/start").starts_with("Welcome, Eve!"));
+    let (status, _, log) = bot.terminate();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_bot_stops_waiting_once_the_migration_stops_announcing_itself() {
+    let sandbox = Sandbox::new("schemawaitkilled");
+    let mut migration = LongMigration::start(&sandbox);
+    let mut bot = start_waiting_bot(&sandbox, "bot");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        bot.child.try_wait().unwrap().is_none(),
+        "it waits while the migration runs: {}",
+        bot.log()
+    );
+    migration.upgrade.kill().unwrap(); // SIGKILL: no chance to remove its announcement
+    migration.upgrade.wait().unwrap();
+    let killed = Instant::now();
+    assert!(
+        announcement(&sandbox).exists(),
+        "a killed migration's leftover"
+    );
+    let status = exit_within(&mut bot, Duration::from_secs(20));
+    let waited = killed.elapsed();
+    assert!(!status.success());
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(9),
+        "it stops once the announcement is 5 s old: {waited:?} after the kill"
+    );
+    let log = bot.log();
+    assert!(
+        log.contains("the migration stopped announcing itself")
+            && log.contains("cargo xtask prod-migrate"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_stale_announcement_does_not_keep_a_bot_waiting() {
+    let sandbox = Sandbox::new("schemawaitstale");
+    sandbox.upgrade();
+    let output = sandbox.run(&["db", "downgrade", "--to", "3"]);
+    assert!(output.status.success());
+    // Left by a migration killed a minute ago.
+    let file = std::fs::File::create(announcement(&sandbox)).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    let started = Instant::now();
+    let mut bot = start_waiting_bot(&sandbox, "bot");
+    let status = exit_within(&mut bot, Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "it waited only its limit: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !bot.log().contains("its migration is running"),
+        "{}",
+        bot.log()
+    );
+}

@@ -1704,3 +1704,141 @@ fn a_failed_backup_leaves_no_partial_copy() {
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(!backup_to.exists(), "{} left behind", backup_to.display());
 }
+
+/// A rollback restores the backup `upgrade --backup-to` takes: when the backup is not the state
+/// the migration starts from, the migration stops before its first commit. Here another process
+/// (this test) takes the write lock before the upgrade, lets it take its backup at revision 2,
+/// then undoes revision 2 and commits; the upgrade, under the lock at last, starts from
+/// revision 1, and its backup would roll back to a revision 2 the database no longer had.
+#[test]
+fn a_backup_that_is_not_the_state_the_migration_starts_from_stops_it_before_its_first_commit() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = Dir::new("backup-not-before");
+    let db = dir.db();
+    ok(&db, &["db", "upgrade"]);
+    sql(
+        &db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
+    );
+    ok(&db, &["db", "downgrade", "--to", "2"]);
+    let backup = dir.path("pre-deploy.db");
+    let announcement = beside(&db, ".migrating");
+    let holder = Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut upgrade = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("backed up to") {
+        said.clear();
+        assert!(
+            stdout.read_line(&mut said).unwrap() > 0,
+            "the upgrade ended before its backup"
+        );
+    }
+    // The upgrade waits for the lock, announcing all along that it runs.
+    let modified = || {
+        std::fs::metadata(&announcement)
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let first = modified();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        modified() > first,
+        "the announcement is rewritten while it waits"
+    );
+    assert!(
+        upgrade.try_wait().unwrap().is_none(),
+        "it waits for the lock"
+    );
+    holder
+        .execute_batch(&format!(
+            "{}DELETE FROM schema_history WHERE version = 2; COMMIT;",
+            include_str!("../../migrations/sql/0002_user_activity.down.sql")
+        ))
+        .unwrap();
+    drop(holder);
+    // Nothing of the upgrade's is committed (it would be written at COMMIT only): these are
+    // the bytes the other process left.
+    let left = std::fs::read(&db).unwrap();
+    let status = upgrade.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    upgrade
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "stdout: {rest}\nstderr: {stderr}");
+    for needle in [
+        &format!(
+            "the backup {} taken before the migration is at revision 2 (behind), but the database was at revision 1 (behind) when the migration took the write lock",
+            backup.display()
+        ),
+        "a rollback would restore it",
+        "the transaction was rolled back before its COMMIT and the database was left as it was (at revision 1)",
+        "Nothing needs undoing",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(!rest.contains("the database is at revision"), "{rest}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        left,
+        "the database is as it was"
+    );
+    assert!(!beside(&db, "-journal").exists());
+    assert_eq!(history_of(&db), ("behind".to_string(), vec![1]));
+    assert_eq!(count_users(&db), 500);
+    assert!(
+        !announcement.exists(),
+        "the announcement is removed on failure too"
+    );
+}
+
+/// Without `--backup-to` nothing is gated; with it, a sound backup of the state the migration
+/// starts from lets every step commit, and the report names the backup as before.
+#[test]
+fn a_sound_backup_lets_the_migration_commit_and_is_reported() {
+    let dir = Dir::new("backup-sound");
+    let db = dir.db();
+    old_app_with_users(&db, 500);
+    let backup = dir.path("pre-deploy.db");
+    let report = ok(
+        &db,
+        &[
+            "db",
+            "upgrade",
+            "--adopt",
+            "--backup-to",
+            backup.to_str().unwrap(),
+        ],
+    );
+    let head = report["to"].as_u64().unwrap();
+    assert_eq!(report["adopted"], 1, "{report}");
+    assert_eq!(numbers(&report["applied"]), (2..=head).collect::<Vec<_>>());
+    assert_eq!(
+        (
+            report["backup"]["path"].as_str(),
+            report["backup"]["revision"].as_u64(),
+            report["backup"]["state"].as_str()
+        ),
+        (backup.to_str(), Some(1), Some("unstamped")),
+        "{report}"
+    );
+    assert!(report["backup"]["bytes"].as_u64().unwrap() > 0);
+    assert!(!beside(&db, ".migrating").exists());
+    assert!(!beside(&backup, "-shm").exists() && !beside(&backup, "-wal").exists());
+    assert_eq!(count_users(&db), 500);
+}

@@ -20,6 +20,10 @@
 //!   two processes started together apply each migration once. Foreign keys are switched off
 //!   around the transaction and `foreign_key_check` runs before COMMIT. A database is always
 //!   before or after a migration, never in between.
+//! - A caller may set a commit gate ([`Database::set_commit_gate`]): asked with the state read
+//!   under the lock just before each COMMIT of the history, it can hold the commit back (the
+//!   transaction is rolled back, [`Error::HeldBack`]): e.g. until a copy taken before the
+//!   migration, checked while the migration runs, is known to be fit to restore.
 //! - Every command that writes the history (`stamp`, `adopt`, `upgrade --adopt`, each step of
 //!   `upgrade` and `downgrade`, `restore`) reads the history and the schema again under the
 //!   write lock and decides there: a decision never rests on a state another process changed.
@@ -176,8 +180,8 @@ mod script;
 
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
-    BUSY_TIMEOUT, BackupInfo, Database, EditedFile, Error, ForeignHistory, HISTORY_TABLE,
-    HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, RowCounts, State, Status,
-    Upgrade, busy_timeout, explain, inspect_copy, set_busy_timeout,
+    BUSY_TIMEOUT, BackupInfo, Commit, Database, EditedFile, Error, ForeignHistory, GateError,
+    HISTORY_TABLE, HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, RowCounts, State,
+    Status, Upgrade, busy_timeout, explain, inspect_copy, quick_inspect_copy, set_busy_timeout,
 };
 pub use script::{Baseline, DiffScript, ScriptStatement, StatementKind};

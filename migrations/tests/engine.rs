@@ -715,6 +715,32 @@ fn backups_are_checked_and_name_their_revision_and_bad_copies_are_not_restored()
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
+#[test]
+fn a_copy_is_quick_checked_and_names_its_revision() {
+    let dir = TempDir::new("quick");
+    let path = dir.file("bot.db");
+    old_app_database(&path, 3000);
+    let copy = dir.file("copy.db");
+    let bytes = Database::open(&path).unwrap().snapshot_to(&copy).unwrap();
+    let info = migrations::quick_inspect_copy(&copy).unwrap();
+    assert_eq!(
+        (info.state, info.revision, info.bytes),
+        (State::Unstamped, Some(1), bytes)
+    );
+    // Garbage over the table's pages, the schema page intact: found by reading every page.
+    let mut scribbled = std::fs::read(&copy).unwrap();
+    let len = scribbled.len();
+    for byte in &mut scribbled[2 * 4096..len - 4096] {
+        *byte = 0x5a;
+    }
+    std::fs::write(&copy, &scribbled).unwrap();
+    let error = migrations::quick_inspect_copy(&copy).unwrap_err();
+    assert!(error.is_bad_file(), "{error}");
+    std::fs::write(&copy, &scribbled[..len / 2]).unwrap();
+    let error = migrations::quick_inspect_copy(&copy).unwrap_err();
+    assert!(matches!(error, Error::Truncated { .. }), "{error}");
+}
+
 /// The SQL that records revision `version` in the history, as the engine does.
 fn history_row(version: u32, how: &str) -> String {
     let m = &MIGRATIONS[version as usize - 1];

@@ -251,6 +251,20 @@ pub enum Error {
         #[source]
         cause: rusqlite::Error,
     },
+    /// The commit gate held a transaction back; it was rolled back, so nothing of it stays.
+    #[error(
+        "{cause}; the transaction was rolled back before its COMMIT and the database was left as it was ({})",
+        match .at {
+            Some(at) => format!("at revision {at}"),
+            None => "without a migration history of this engine".to_string(),
+        }
+    )]
+    HeldBack {
+        /// The revision the history named when the transaction began (none: no history).
+        at: Option<u32>,
+        /// Why the gate held it back, as the gate said it.
+        cause: super::GateError,
+    },
     /// After a migration, rows refer to parents that do not exist; rolled back.
     #[error(
         "after migration {file}, {count} rows of table {table} refer to a row that does not exist (a foreign key SQLite was not enforcing, or the migration broke it); the migration was rolled back and the database is still at revision {at}; `PRAGMA foreign_key_check` in the sqlite3 shell lists the rows: delete or mend them, then run the upgrade again"

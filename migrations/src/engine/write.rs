@@ -1,14 +1,16 @@
 //! Everything that writes the history: `stamp`, `adopt`, each step of `upgrade` and
 //! `downgrade`. Each takes the write lock first (`BEGIN IMMEDIATE`, waiting up to the busy
 //! timeout), reads the history and the schema again under it, decides there, and writes in
-//! the same transaction: what another process did meanwhile is always seen.
+//! the same transaction: what another process did meanwhile is always seen. The commit gate,
+//! when one is set, is asked last, just before COMMIT.
 
 use rusqlite::Connection;
 
 use super::foreign_keys;
 
 use super::{
-    Database, Error, HISTORY_TABLE, MIGRATIONS, Migration, State, Status, Upgrade, head, migration,
+    Commit, Database, Error, Gate, GateError, HISTORY_TABLE, MIGRATIONS, Migration, State, Status,
+    Upgrade, adopt_target, head, migration,
 };
 
 #[derive(Clone, Copy)]
@@ -18,6 +20,35 @@ enum Direction {
 }
 
 impl Database {
+    /// Has `gate` asked before every COMMIT of the history this connection makes from now on
+    /// (`stamp`, `adopt`, `adopt_if_unstamped`, each step of `upgrade` and `downgrade`), inside
+    /// the transaction, its work done, under the write lock. An error from it rolls the
+    /// transaction back: the step returns [`Error::HeldBack`] and nothing of it stays. Replaces
+    /// the gate set before. The gate may wait (e.g. for a check running beside the step).
+    pub fn set_commit_gate(
+        &mut self,
+        gate: impl FnMut(&Commit<'_>) -> Result<(), GateError> + Send + 'static,
+    ) {
+        *self.gate.get_mut() = Some(Box::new(gate) as Gate);
+    }
+
+    /// Removes the commit gate: commits go through unasked again.
+    pub fn clear_commit_gate(&mut self) {
+        *self.gate.get_mut() = None;
+    }
+
+    /// Asks the commit gate, if one is set, whether the transaction that began at `before`
+    /// may commit and make the history name `after`.
+    fn ask_gate(&self, before: &Status, after: u32) -> Result<(), Error> {
+        match self.gate.borrow_mut().as_mut() {
+            Some(gate) => gate(&Commit { before, after }).map_err(|cause| Error::HeldBack {
+                at: before.version,
+                cause,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `work` in a transaction taken with the write lock first, and commits it when
     /// `work` succeeds (rolls it back otherwise): nothing `work` reads can change under it.
     fn write_locked<T>(
@@ -68,14 +99,22 @@ impl Database {
     /// Decided under the write lock. Returns the difference `--force` accepted (empty when
     /// the schema is the revision's). Another tool's history table is left as it is.
     pub fn stamp(&mut self, version: u32, force: bool) -> Result<Vec<String>, Error> {
+        if version == 0 || version > head() {
+            return Err(Error::UnknownRevision {
+                version,
+                head: head(),
+            });
+        }
         self.write_locked(|db| {
-            let difference = db.check_stamp(version, force)?;
+            let before = db.status()?;
+            let difference = db.check_stamp_at(&before, version, force)?;
             let how = if difference.is_empty() {
                 "stamped"
             } else {
                 "forced"
             };
             db.record_stamp(version, how)?;
+            db.ask_gate(&before, version)?;
             Ok(difference)
         })
     }
@@ -85,8 +124,10 @@ impl Database {
     /// have adopted it) or matches no revision.
     pub fn adopt(&mut self) -> Result<u32, Error> {
         self.write_locked(|db| {
-            let version = db.plan_adopt()?;
+            let before = db.status()?;
+            let version = adopt_target(&before)?;
             db.record_stamp(version, "stamped")?;
+            db.ask_gate(&before, version)?;
             Ok(version)
         })
     }
@@ -95,11 +136,13 @@ impl Database {
     /// (or foreign); `None` when it has a history by then. Refused when it matches no revision.
     pub fn adopt_if_unstamped(&mut self) -> Result<Option<u32>, Error> {
         self.write_locked(|db| {
-            if !matches!(db.status()?.state, State::Unstamped | State::Foreign) {
+            let before = db.status()?;
+            if !matches!(before.state, State::Unstamped | State::Foreign) {
                 return Ok(None);
             }
-            let version = db.plan_adopt()?;
+            let version = adopt_target(&before)?;
             db.record_stamp(version, "stamped")?;
+            db.ask_gate(&before, version)?;
             Ok(Some(version))
         })
     }
@@ -246,6 +289,13 @@ impl Database {
             // After the history row: whatever writing it does (a default, a trigger) is checked
             // too.
             db.check_foreign_keys(file, at)?;
+            let after = match direction {
+                Direction::Up => m.version,
+                Direction::Down => m.version - 1,
+            };
+            // Last before COMMIT: a gate that waits for a check running beside the step costs
+            // only what the check takes beyond the step.
+            db.ask_gate(&status, after)?;
             Ok((status, Some(m.version)))
         });
         self.conn

@@ -38,9 +38,24 @@ impl Deploy<'_> {
         {
             stop_container(sh, &container.id)?;
         }
-        let set_aside = if changes.migrated {
+        // A migration that committed nothing (refused before its first commit, e.g. because
+        // its backup failed the check) left the database as it was: nothing to put back, and
+        // that backup may be the one thing that cannot be restored.
+        let untouched = changes.migrated
+            && report.revision_after == report.revision_before
+            && database::status(sh, stack, &stack.bot_image).is_ok_and(|live| {
+                live.effective_version() == report.revision_before
+                    && report.state_before.as_deref() == Some(live.state.as_str())
+            });
+        let set_aside = if changes.migrated && !untouched {
             self.restore_pre_deploy_database(stack, changes, report)?
         } else {
+            if untouched {
+                printer.detail(
+                    report,
+                    "the migration committed nothing: the database is as it was",
+                );
+            }
             None
         };
         let kept_on_host = set_aside.as_ref().and_then(|set_aside| {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
-use super::{Measurement, Section, bot_binary, median, show, time, work_dir};
+use super::{Measurement, Section, bot_binary, label, long, median, show, size, time, work_dir};
 use crate::process;
 use crate::project;
 
@@ -578,35 +578,6 @@ fn fresh(db: &Path) {
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-/// A long duration as shown: 21 min 4 s.
-fn long(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    if seconds < 60 {
-        show(duration)
-    } else {
-        format!("{} min {} s", seconds / 60, seconds % 60)
-    }
-}
-
-/// A number of users as shown: 10k, 1M.
-fn label(users: u64) -> String {
-    match users {
-        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
-        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
-        n => n.to_string(),
-    }
-}
-
-/// A file size as shown.
-fn size(bytes: u64) -> String {
-    let mb = bytes as f64 / 1e6;
-    if mb >= 1000.0 {
-        format!("{:.2} GB", mb / 1000.0)
-    } else {
-        format!("{mb:.1} MB")
-    }
 }
 
 /// Alembic, installed in a virtual environment, and a project whose four revisions mirror

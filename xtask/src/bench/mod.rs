@@ -118,6 +118,35 @@ pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// A long duration as shown: 21 min 4 s.
+pub fn long(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds < 60 {
+        show(duration)
+    } else {
+        format!("{} min {} s", seconds / 60, seconds % 60)
+    }
+}
+
+/// A number of users as shown: 10k, 1M.
+pub fn label(users: u64) -> String {
+    match users {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// A file size as shown.
+pub fn size(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 1000.0 {
+        format!("{:.2} GB", mb / 1000.0)
+    } else {
+        format!("{mb:.1} MB")
+    }
+}
+
 /// A duration for a table cell.
 pub fn show(duration: Duration) -> String {
     if duration < Duration::from_secs(1) {

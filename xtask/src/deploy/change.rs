@@ -61,18 +61,8 @@ impl Deploy<'_> {
         {
             return self.replace_and_migrate(stack, status, old, report, changes);
         }
-        let backup_name = self.backup_name(stack, status);
         if status.needs_migration() {
-            let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(
-                    sh,
-                    stack,
-                    &stack.bot_image,
-                    &self.labels(&backup_name, status),
-                )
-            })?;
-            self.note_migration_prepared(status, &migration, &backup_name);
-            changes.migration = Some(migration);
+            changes.migration = Some(self.prepare_migration(stack, status, false, report)?);
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
             signals::checkpoint()?;
@@ -101,6 +91,29 @@ impl Deploy<'_> {
         signals::checkpoint()?;
         printer.step(report, "start bot", || stack.up(sh))?;
         self.wait_until_serving(stack, report, changes)
+    }
+
+    /// Step "prepare migration": creates the labelled migration container (one that waits for
+    /// "go" on the fast path) and notes in the history where its backup will be.
+    pub(super) fn prepare_migration(
+        &self,
+        stack: &Stack,
+        status: &DbStatus,
+        waiting: bool,
+        report: &mut Report,
+    ) -> anyhow::Result<MigrationContainer> {
+        let sh = self.sh;
+        let backup_name = self.backup_name(stack, status);
+        let labels = self.labels(&backup_name, status);
+        let migration = self.printer.step(report, "prepare migration", || {
+            if waiting {
+                MigrationContainer::create_waiting(sh, stack, &stack.bot_image, &labels)
+            } else {
+                MigrationContainer::create(sh, stack, &stack.bot_image, &labels)
+            }
+        })?;
+        self.note_migration_prepared(status, &migration, &backup_name);
+        Ok(migration)
     }
 
     /// Notes in the history where this deploy's pre-deploy backup will be, before anything runs:
@@ -152,16 +165,7 @@ impl Deploy<'_> {
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
-        let backup_name = self.backup_name(stack, status);
-        let migration = printer.step(report, "prepare migration", || {
-            MigrationContainer::create_waiting(
-                sh,
-                stack,
-                &stack.bot_image,
-                &self.labels(&backup_name, status),
-            )
-        })?;
-        self.note_migration_prepared(status, &migration, &backup_name);
+        let migration = self.prepare_migration(stack, status, true, report)?;
         let waiting = signals::checkpoint().and_then(|()| {
             printer.step(report, "start migration, waiting", || {
                 migration.start_waiting()

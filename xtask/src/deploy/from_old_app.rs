@@ -7,7 +7,7 @@ use anyhow::bail;
 use xshell::cmd;
 
 use crate::compose::Stack;
-use crate::database::{self, DbStatus, MigrationContainer};
+use crate::database::{self, DbStatus};
 use crate::docker::ContainerState;
 use crate::journal;
 use crate::old_app::{self, OldApp};
@@ -54,16 +54,7 @@ impl Deploy<'_> {
             status = imported.status;
         }
         if status.needs_migration() {
-            let backup_name = self.backup_name(stack, &status);
-            let migration = printer.step(report, "prepare migration", || {
-                MigrationContainer::create(
-                    sh,
-                    stack,
-                    &stack.bot_image,
-                    &self.labels(&backup_name, &status),
-                )
-            })?;
-            self.note_migration_prepared(&status, &migration, &backup_name);
+            let migration = self.prepare_migration(stack, &status, false, report)?;
             changes.migration = Some(migration);
             changes.migrated = true;
             let outcome = printer.step(report, "migrate database", || {

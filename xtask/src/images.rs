@@ -307,7 +307,12 @@ mod tests {
         assert_eq!(pruned, vec![tag(4), tag(3), tag(2)]);
         // Re-runs of the running image: its newest tag stays, the others go.
         let reruns: Vec<(String, String)> = (1..=4)
-            .map(|n| (tag(n), if n == 1 { "sha256:a" } else { "sha256:b" }.to_owned()))
+            .map(|n| {
+                (
+                    tag(n),
+                    if n == 1 { "sha256:a" } else { "sha256:b" }.to_owned(),
+                )
+            })
             .collect();
         let needed = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
         assert_eq!(

@@ -4,7 +4,7 @@
 //! shell, the shell running the same rebuild SQL, and the shell's `.backup`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
-use super::{Measurement, Section, bot_binary, label, long, median, show, size, time, work_dir};
+use super::{
+    Measurement, Section, bot_binary, fresh, label, long, median, path_str, show, size, time,
+    warm_copy, work_dir,
+};
 use crate::process;
 use crate::project;
 
@@ -506,25 +509,6 @@ fn load() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Copies `from` to a new file `to` through the page cache (read and write: no in-kernel copy
-/// that could leave the copy uncached), then flushes it: the copy starts warm and clean.
-fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
-    fresh(to);
-    let mut source = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
-    let mut copy =
-        File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = source.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        copy.write_all(&buffer[..n])?;
-    }
-    copy.sync_all()?;
-    Ok(())
-}
-
 /// The `sqlite3` shell, installed from the distribution when missing.
 fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
     if let Ok(out) = cmd!(sh, "which sqlite3").quiet().ignore_status().output()
@@ -566,18 +550,6 @@ fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
     let mut all = vec!["db"];
     all.extend_from_slice(args);
     time(bot, &all, &[("DATABASE_PATH", db)])
-}
-
-/// Removes a database and what SQLite keeps beside it.
-fn fresh(db: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// Alembic, installed in a virtual environment, and a project whose four revisions mirror

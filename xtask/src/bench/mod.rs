@@ -4,6 +4,8 @@
 mod engine;
 mod stack;
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,6 +147,37 @@ pub fn size(bytes: u64) -> String {
     } else {
         format!("{mb:.1} MB")
     }
+}
+
+/// Copies `from` to a new file `to` through the page cache (read and write: no in-kernel copy
+/// that could leave the copy uncached), then flushes it: the copy starts warm and clean.
+pub fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fresh(to);
+    let mut source = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let mut copy =
+        File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = source.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        copy.write_all(&buffer[..n])?;
+    }
+    copy.sync_all()?;
+    Ok(())
+}
+
+/// Removes a database and what SQLite keeps beside it.
+pub fn fresh(db: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+pub fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// A duration for a table cell.

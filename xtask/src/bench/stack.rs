@@ -5,7 +5,6 @@
 //! idle memory, image size and throughput.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +13,10 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
-use super::{Measurement, Section, bot_binary, label, long, median, show, size, time, work_dir};
+use super::{
+    Measurement, Section, bot_binary, fresh, label, long, median, path_str, show, size, time,
+    work_dir,
+};
 use crate::compose::Stack;
 use crate::process;
 
@@ -333,7 +335,7 @@ fn steps(report: &Value) -> String {
 /// `bot db upgrade` alone on a fresh, warm copy of `template`, timed from spawn to exit; the
 /// result must be current at revision 4.
 fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Duration> {
-    warm_copy(template, work)?;
+    warm_copy_whole(template, work)?;
     let result = time(bot, &["db", "upgrade"], &[("DATABASE_PATH", work)]).and_then(|took| {
         let (state, version) = state(bot, work)?;
         if state != "current" || version != Some(4) {
@@ -722,7 +724,7 @@ fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
 /// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to`
 /// through the page cache, then flushes it: the copy starts warm and clean, as the database a
 /// restore just wrote.
-fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
     let wal = PathBuf::from(format!("{}-wal", from.display()));
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
         bail!(
@@ -730,32 +732,7 @@ fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
             from.display()
         );
     }
-    fresh(to);
-    let mut source = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
-    let mut copy =
-        File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = source.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        copy.write_all(&buffer[..n])?;
-    }
-    copy.sync_all()?;
-    Ok(())
-}
-
-/// Removes a database and what SQLite keeps beside it.
-fn fresh(db: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
+    super::warm_copy(from, to)
 }
 
 /// The 1-minute load average.

@@ -266,6 +266,9 @@ pub const BACKUP_NAME_LABEL: &str = "org.tgbot.backup-name";
 /// The label with the size of the database a migration container migrates.
 pub const BYTES_LABEL: &str = "org.tgbot.bytes";
 
+/// The role of the container that backs up and migrates the database during a deploy.
+pub const MIGRATION_ROLE: &str = "migration";
+
 /// The role of the short-lived containers a task creates, uses and removes (backup, restore,
 /// copies, plans, imports): a run killed meanwhile leaves them, and the next run removes them.
 pub const HELPER_ROLE: &str = "helper";
@@ -286,12 +289,10 @@ pub fn helper_labels(project: &str) -> Vec<String> {
         .collect()
 }
 
-/// Removes the helper containers an earlier run of `project` left (killed between creating and
-/// removing one). Returns the ids of those still running, which are left alone: their work (a
-/// restore, a backup) must not be cut short.
-pub fn remove_leftover_helpers(sh: &Shell, project: &str) -> anyhow::Result<Vec<String>> {
+/// The ids of every container (running or not) of `project` labelled with `role`.
+fn labelled_containers(sh: &Shell, project: &str, role: &str) -> anyhow::Result<Vec<String>> {
     let project_filter = format!("label={PROJECT_LABEL}={project}");
-    let role_filter = format!("label={ROLE_LABEL}={HELPER_ROLE}");
+    let role_filter = format!("label={ROLE_LABEL}={role}");
     let ids = process::run(
         cmd!(
             sh,
@@ -300,8 +301,15 @@ pub fn remove_leftover_helpers(sh: &Shell, project: &str) -> anyhow::Result<Vec<
         "looking for containers an earlier run left",
     )?
     .stdout;
+    Ok(ids.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Removes the helper containers an earlier run of `project` left (killed between creating and
+/// removing one). Returns the ids of those still running, which are left alone: their work (a
+/// restore, a backup) must not be cut short.
+pub fn remove_leftover_helpers(sh: &Shell, project: &str) -> anyhow::Result<Vec<String>> {
     let mut running = Vec::new();
-    for id in ids.split_whitespace() {
+    for id in &labelled_containers(sh, project, HELPER_ROLE)? {
         if docker::inspect(sh, id).is_ok_and(|state| state.status == "running") {
             running.push(id.to_owned());
         } else {
@@ -327,7 +335,7 @@ impl MigrationLabels<'_> {
     fn args(&self, stack: &Stack) -> Vec<String> {
         [
             (PROJECT_LABEL, stack.project.as_str()),
-            (ROLE_LABEL, "migration"),
+            (ROLE_LABEL, MIGRATION_ROLE),
             (DEPLOY_LABEL, self.deploy),
             (BACKUP_NAME_LABEL, self.backup_name),
             (BYTES_LABEL, &self.bytes.to_string()),
@@ -661,17 +669,8 @@ pub struct Leftover {
 /// Migration containers of `project` that an earlier run left (killed, or unable to copy the
 /// backup out).
 pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Leftover>> {
-    let project_filter = format!("label={PROJECT_LABEL}={project}");
-    let role_filter = format!("label={ROLE_LABEL}=migration");
-    let ids = process::run(
-        cmd!(
-            sh,
-            "docker ps -a -q --no-trunc --filter {project_filter} --filter {role_filter}"
-        ),
-        "looking for migration containers an earlier run left",
-    )?
-    .stdout;
-    ids.split_whitespace()
+    labelled_containers(sh, project, MIGRATION_ROLE)?
+        .iter()
         .map(|id| {
             let state = docker::inspect(sh, id)?;
             let name = state.labels.get(BACKUP_NAME_LABEL).cloned();
@@ -679,8 +678,8 @@ pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Left
                 .labels
                 .get(BYTES_LABEL)
                 .and_then(|b| b.parse().ok())
-                // Made by a release before the label: an hour's worth of copy.
-                .unwrap_or(100_000_000_000);
+                // Made by a release before the label.
+                .unwrap_or(process::UNKNOWN_SIZE);
             Ok(Leftover {
                 id: id.to_owned(),
                 running: state.status == "running",

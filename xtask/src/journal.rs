@@ -129,8 +129,7 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
 /// step it was in.
 pub fn interrupted(signal: &str) -> Option<String> {
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    let journal = current.take()?;
-    let mut journal = journal;
+    let mut journal = current.take()?;
     journal.record.result = "interrupted".into();
     let step = journal.record.step.clone();
     journal.record.error = Some(format!(

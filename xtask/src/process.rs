@@ -14,6 +14,10 @@ use crate::secrets;
 /// How long a Docker or Compose command may take unless a step says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The size to plan a copy's or a migration's time for when it cannot be known (a damaged
+/// file, a container made before sizes were labelled): about 50 minutes of copy.
+pub const UNKNOWN_SIZE: u64 = 100_000_000_000;
+
 /// A time limit for copying `bytes` (`docker cp`, the backup API): three minutes, and a minute
 /// more per 2 GB.
 pub fn copy_limit(bytes: u64) -> Duration {

@@ -5,10 +5,10 @@ use anyhow::Context;
 use xshell::cmd;
 
 use crate::compose::Stack;
-use crate::database::{self};
+use crate::database;
 use crate::docker::{self, ContainerState};
 use crate::images;
-use crate::old_app::{self};
+use crate::old_app;
 use crate::process;
 use crate::report::Report;
 

@@ -10,15 +10,12 @@ use xshell::cmd;
 
 use crate::backups;
 use crate::compose::Stack;
-use crate::database::{self};
+use crate::database;
 use crate::journal;
 use crate::process;
 use crate::report::Report;
 
 use super::{Changes, Deploy, shared::*, short};
-
-/// The size to plan a copy's time for when it is not known (about 50 minutes' worth).
-const UNKNOWN_SIZE: u64 = 100_000_000_000;
 
 impl Deploy<'_> {
     /// Stops the new bot, puts back the pre-deploy database and starts the previous bot.
@@ -73,7 +70,10 @@ impl Deploy<'_> {
                 &stack.bot_image,
                 &set_aside.file,
                 &host_file,
-                changes.migration.as_ref().map_or(UNKNOWN_SIZE, |m| m.bytes),
+                changes
+                    .migration
+                    .as_ref()
+                    .map_or(process::UNKNOWN_SIZE, |m| m.bytes),
             )
             .and_then(|()| backups::seal(&host_file).map(drop));
             match copied {

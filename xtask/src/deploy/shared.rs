@@ -12,7 +12,7 @@ use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
 use crate::database::DbStatus;
-use crate::docker::{self};
+use crate::docker;
 use crate::exit;
 use crate::history::{self, Record};
 use crate::journal;

@@ -153,8 +153,8 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                         &stack.bot_image,
                         DATABASE_IN_VOLUME,
                         &damaged_copy,
-                        // Its size is unknown (it cannot be read): about 50 minutes' worth.
-                        100_000_000_000,
+                        // Its size is unknown: it cannot be read.
+                        crate::process::UNKNOWN_SIZE,
                     )
                 })?;
                 printer.detail(report, format!("kept as {}", damaged_copy.display()));

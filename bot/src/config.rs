@@ -53,6 +53,17 @@ pub struct Telegram {
     pub token: String,
     /// `TELEGRAM_API_URL`, or Telegram's own.
     pub api_url: Option<reqwest::Url>,
+    /// `BOT_RATE_LIMITS`: `telegram` (the default) keeps outgoing messages within Telegram's
+    /// published limits; `off` only for a stand-in without limits (benchmarks, fast tests).
+    pub outgoing_limits: bool,
+    /// `BOT_USER_MESSAGES_PER_MINUTE` (default 20; 0: no limit): messages a user may send in a
+    /// minute before the rest are ignored.
+    pub user_messages_per_minute: u32,
+    /// `BOT_STOP_GRACE_SECS` (default 8, inside Compose's 10 s `stop_grace_period`): how long a
+    /// stopping bot lets the chats finish the messages they have.
+    pub stop_grace: std::time::Duration,
+    /// `COMMAND_LOG_DAYS` (default 90; 0: for ever): how long the command log is kept.
+    pub command_log_days: u32,
 }
 
 impl Telegram {
@@ -79,7 +90,31 @@ impl Telegram {
                 format!("TELEGRAM_API_URL={url} is not a URL; use e.g. https://api.telegram.org")
             })?),
         };
-        Ok(Telegram { token, api_url })
+        let outgoing_limits = match std::env::var("BOT_RATE_LIMITS").unwrap_or_default().trim() {
+            "" | "telegram" => true,
+            "off" => false,
+            other => bail!(
+                "BOT_RATE_LIMITS={other:?} is not known: use `telegram` (the default) or `off` (only against a stand-in without limits)"
+            ),
+        };
+        Ok(Telegram {
+            token,
+            api_url,
+            outgoing_limits,
+            user_messages_per_minute: number("BOT_USER_MESSAGES_PER_MINUTE", 20)?,
+            stop_grace: std::time::Duration::from_secs(number("BOT_STOP_GRACE_SECS", 8)?.into()),
+            command_log_days: crate::retention::command_log_days_from_env()?,
+        })
+    }
+}
+
+/// The whole number in the environment variable `name`, or `default` when it is unset or empty.
+fn number(name: &str, default: u32) -> anyhow::Result<u32> {
+    match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().with_context(|| {
+            format!("{name}={value:?} is not a whole number (default {default}); fix it in .env")
+        }),
     }
 }
 

@@ -1,13 +1,17 @@
 //! The Telegram bot (`bot run`, the default), its database commands (`bot db ...`) and its health
 //! check (`bot healthcheck`).
 
+mod chats;
 mod commands;
 mod config;
 mod db_cli;
+mod failures;
 mod health;
 mod import;
 mod migrating;
 mod polling;
+mod replies;
+mod retention;
 mod snapshot;
 mod store;
 
@@ -18,7 +22,8 @@ use clap::{Parser, Subcommand};
 use config::Config;
 
 /// The bot. Settings come from the environment: BOT_TOKEN, DATABASE_PATH, TELEGRAM_API_URL,
-/// ADMIN_IDS, RUST_LOG.
+/// ADMIN_IDS, BOT_RATE_LIMITS, BOT_USER_MESSAGES_PER_MINUTE, BOT_STOP_GRACE_SECS,
+/// COMMAND_LOG_DAYS, RUST_LOG.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {

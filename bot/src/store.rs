@@ -1,19 +1,42 @@
-//! The bot's reads and writes. One connection, owned by one thread: the database has exactly one
-//! writer, requests queue instead of fighting over locks, and the async runtime never waits on
-//! SQLite (callers await a reply from that thread).
+//! The bot's reads and writes. One writing connection, owned by one thread: the database has
+//! exactly one writer, requests queue instead of fighting over locks, and the async runtime never
+//! waits on SQLite (callers await a reply from that thread). /stats, and the reads an answer needs
+//! when its write failed, run on a second, read-only connection with a thread of its own: in WAL
+//! mode it reads while the writer writes, so no read ever holds a message's write up.
+//!
+//! What needs revision 5 (each update handled once, the /stats summaries) is used only when this
+//! build's schema head is 5 or later: an older release built from this code (`TGBOT_SCHEMA_HEAD`)
+//! runs on its own older schema. [`Store::open`] decides it once.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use migrations::{Database, State};
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-/// How long a write waits for another process (`bot db backup`, a healthcheck) to let go.
+/// How long a write that must happen (registration) waits for another process (`bot db
+/// restore`, a migration) to let go.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a best-effort write (last-seen, the command log of a command other than /start,
+/// retention) waits: every message queues behind the writer, so while another process holds
+/// the lock these give up quickly and the answers go out without them.
+const BEST_EFFORT_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// The first revision with `handled_updates` and the /stats summaries.
+pub const REVISION_HANDLED_ONCE: u32 = 5;
+/// `last_seen_at` is written at most this often per user (it is shown rounded to this anyway).
+pub const LAST_SEEN_EVERY_MINUTES: u32 = 5;
+/// Days of `handled_updates` kept: Telegram delivers an update again within hours, and may
+/// start its ids over after a week without updates.
+pub const HANDLED_UPDATES_DAYS: u32 = 2;
+/// Days of `stats_commands_hourly` kept (/stats reads the last 24 hours of it).
+const COMMAND_HOURS_DAYS: u32 = 2;
+/// The commands /stats names; the others are summed up as "others".
+pub const TOP_COMMANDS: usize = 10;
 
 /// What Telegram tells about a user.
 #[derive(Debug, Clone)]
@@ -47,7 +70,7 @@ pub struct StoredUser {
     pub is_admin: bool,
     /// When the user registered (UTC, as SQLite stores it).
     pub created_at: Option<String>,
-    /// When the user last wrote (UTC).
+    /// When the user last wrote (UTC), to within [`LAST_SEEN_EVERY_MINUTES`].
     pub last_seen_at: Option<String>,
 }
 
@@ -60,7 +83,17 @@ pub enum Registration {
     Refreshed,
 }
 
-/// The numbers /stats shows.
+/// The outcome of a write made for one Telegram update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled<T> {
+    /// Written (or nothing needed writing).
+    Done(T),
+    /// The update's id was already recorded: it was handled before, nothing was written.
+    AlreadyHandled,
+}
+
+/// The numbers /stats shows. On revision 5 and later they are counted by the hour: "the last 24
+/// hours" is the 24 hours to now and the rest of the hour they began in (likewise 7 days).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserStats {
     /// Rows in `users`.
@@ -69,9 +102,30 @@ pub struct UserStats {
     pub new_this_week: i64,
     /// Users seen in the last 24 hours.
     pub active_today: i64,
-    /// Commands logged in the last 24 hours, most used first.
+    /// The most used commands of the last 24 hours, most used first (at most [`TOP_COMMANDS`]).
     pub commands_today: Vec<(String, i64)>,
+    /// Uses of the other commands in the last 24 hours.
+    pub other_commands: i64,
 }
+
+impl UserStats {
+    /// Keeps the [`TOP_COMMANDS`] first of `counts` (most used first) by name and sums up the
+    /// rest, and the uses counted under no name (''), as others.
+    fn set_commands(&mut self, counts: impl IntoIterator<Item = (String, i64)>) {
+        for (command, uses) in counts {
+            if command.is_empty() || self.commands_today.len() >= TOP_COMMANDS {
+                self.other_commands += uses;
+            } else {
+                self.commands_today.push((command, uses));
+            }
+        }
+    }
+}
+
+/// The error of every call once the database is closed: the bot is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("the database is closed (the bot is stopping)")]
+pub struct Closed;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -80,10 +134,75 @@ enum Request {
     Close(oneshot::Sender<rusqlite::Result<()>>),
 }
 
-/// The bot's database: cheap to clone, every clone talks to the same connection thread.
+/// One connection and the thread that owns it.
+#[derive(Clone)]
+struct Worker {
+    requests: mpsc::Sender<Request>,
+    /// Set when any clone asks the thread to close: work queued behind that is dropped unrun.
+    closing: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Starts the thread; `writes`: the connection writes (and runs `PRAGMA optimize` before
+    /// it closes).
+    fn start(name: &str, conn: Connection, writes: bool) -> anyhow::Result<Worker> {
+        let (requests, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(conn, queue, writes))
+            .with_context(|| format!("cannot start the {name} thread"))?;
+        Ok(Worker {
+            requests,
+            closing: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Runs `work` on the connection thread and waits for its result without blocking the
+    /// runtime; `what` names the work in errors ("cannot {what}: ...").
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(work(conn));
+        });
+        self.requests
+            .send(Request::Run(job))
+            .map_err(|_| anyhow::Error::new(Closed).context(format!("cannot {what}")))?;
+        let result = answer.await.map_err(|_| {
+            if self.closing.load(Ordering::SeqCst) {
+                anyhow::Error::new(Closed).context(format!("cannot {what}"))
+            } else {
+                anyhow::anyhow!(
+                    "cannot {what}: the database thread stopped (see the error logged before)"
+                )
+            }
+        })?;
+        result.with_context(|| format!("cannot {what}"))
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        self.closing.store(true, Ordering::SeqCst);
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Close(reply)).map_err(|_| {
+            anyhow::anyhow!("cannot close the database: its thread already stopped")
+        })?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot close the database: its thread stopped"))?
+            .context("closing the database failed; the next start recovers from the WAL")
+    }
+}
+
+/// The bot's database: cheap to clone, every clone talks to the same two connection threads.
 #[derive(Clone)]
 pub struct Store {
-    requests: mpsc::Sender<Request>,
+    writer: Worker,
+    reader: Worker,
+    /// The schema revision the database is at (this build's head).
+    revision: u32,
 }
 
 impl Store {
@@ -115,6 +234,11 @@ impl Store {
             );
         }
         drop(db);
+        Store::connect(path, migrations::head())
+    }
+
+    /// Opens the two connections on a database known to be at `revision`.
+    fn connect(path: &Path, revision: u32) -> anyhow::Result<Store> {
         let conn =
             Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -124,40 +248,52 @@ impl Store {
         // which costs a user one repeated /start, against an fsync per message otherwise.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let (requests, queue) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("database".into())
-            .spawn(move || serve(conn, queue))
-            .context("cannot start the database thread")?;
-        Ok(Store { requests })
+        // Opened after the switch to WAL, which it needs to read beside the writer.
+        let read = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open {} for reading", path.display()))?;
+        read.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Store {
+            writer: Worker::start("database", conn, true)?,
+            reader: Worker::start("database-reader", read, false)?,
+            revision,
+        })
     }
 
-    /// Runs `work` on the connection thread and waits for its result without blocking the
-    /// runtime; `what` names the work in errors ("cannot {what}: ...").
-    async fn with<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = reply.send(work(conn));
-        });
-        self.requests
-            .send(Request::Run(job))
-            .map_err(|_| anyhow!("cannot {what}: the database is closed (the bot is stopping)"))?;
-        let result = answer.await.map_err(|_| {
-            anyhow!("cannot {what}: the database thread stopped (see the error logged before)")
-        })?;
-        result.with_context(|| format!("cannot {what}"))
+    /// Takes the write lock and lets it go, writing nothing: whether the database takes writes
+    /// (not read-only, not locked by another process past the busy timeout), for readiness.
+    pub async fn probe_write(&self) -> anyhow::Result<()> {
+        self.writer
+            .run("take the write lock (the readiness probe)", |conn| {
+                conn.transaction_with_behavior(TransactionBehavior::Immediate)?
+                    .rollback()
+            })
+            .await
+    }
+
+    /// Whether updates are recorded in `handled_updates` (and /stats reads the summaries).
+    fn handles_once(&self) -> bool {
+        self.revision >= REVISION_HANDLED_ONCE
     }
 
     /// Inserts the user, or refreshes a known user's names, language and last-seen time, and
-    /// logs `command` for them, all in one transaction.
-    pub async fn register(&self, user: UserFacts, command: &str) -> anyhow::Result<Registration> {
+    /// logs `command` for them, all in one transaction with `update_id` (from revision 5):
+    /// an update already recorded writes nothing.
+    pub async fn register(
+        &self,
+        update_id: i64,
+        user: UserFacts,
+        command: &str,
+    ) -> anyhow::Result<Handled<Registration>> {
         let command = command.to_owned();
-        self.with("register the user", move |conn| {
+        let once = self.handles_once();
+        self.writer.run("register the user", move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if once && !mark_handled(&tx, update_id)? {
+                return Ok(Handled::AlreadyHandled);
+            }
             let known = tx
                 .query_row(
                     "SELECT id FROM users WHERE telegram_id = ?1",
@@ -179,100 +315,286 @@ impl Store {
             )?;
             log_command(&tx, id, &command)?;
             tx.commit()?;
-            Ok(if known.is_some() { Registration::Refreshed } else { Registration::New })
+            Ok(Handled::Done(if known.is_some() { Registration::Refreshed } else { Registration::New }))
         })
         .await
     }
 
-    /// Notes that a user wrote (last-seen time, and language when Telegram sent one) and logs
-    /// `command`, if given; returns the user's row, or None for a user who never sent /start
-    /// (left unregistered: only /start registers).
+    /// Notes that a user wrote and returns their row, or None for a user who never sent
+    /// /start (left unregistered: only /start registers, and an unknown user costs no write).
+    /// For a known user it writes, in one transaction with `update_id` (from revision 5):
+    /// `command` to the log, if given, and the last-seen time (and the language, when Telegram
+    /// sent another one) when the last one is [`LAST_SEEN_EVERY_MINUTES`] old. When none of
+    /// this is due nothing is written, `update_id` included.
+    ///
+    /// Best effort: it waits only briefly for another process's lock, and the caller may
+    /// answer without it when it fails.
     pub async fn seen(
         &self,
+        update_id: i64,
         telegram_id: i64,
         language_code: Option<String>,
         command: Option<String>,
-    ) -> anyhow::Result<Option<StoredUser>> {
-        self.with("record the user's activity", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let user = tx
-                .query_row(
-                    "UPDATE users SET last_seen_at = CURRENT_TIMESTAMP,
-                        language_code = coalesce(?2, language_code)
-                     WHERE telegram_id = ?1
-                     RETURNING id, telegram_id, username, first_name, last_name, language_code,
-                        is_admin, created_at, last_seen_at",
-                    params![telegram_id, language_code],
-                    |row| Ok((row.get::<_, i64>(0)?, stored_user(row)?)),
-                )
-                .optional()?;
-            if let (Some((id, _)), Some(command)) = (&user, &command) {
-                log_command(&tx, *id, command)?;
-            }
-            tx.commit()?;
-            Ok(user.map(|(_, user)| user))
-        })
-        .await
-    }
-
-    /// The numbers /stats shows.
-    pub async fn stats(&self) -> anyhow::Result<UserStats> {
-        self.with("count the users", |conn| {
-            let (users_total, new_this_week, active_today) = conn.query_row(
-                "SELECT count(*),
-                    count(*) FILTER (WHERE created_at >= datetime('now', '-7 days')),
-                    count(*) FILTER (WHERE last_seen_at >= datetime('now', '-1 day'))
-                 FROM users",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            let mut statement = conn.prepare_cached(
-                "SELECT command, count(*) FROM command_log
-                 WHERE used_at >= datetime('now', '-1 day')
-                 GROUP BY command ORDER BY count(*) DESC, command",
-            )?;
-            let commands_today = statement
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(UserStats {
-                users_total,
-                new_this_week,
-                active_today,
-                commands_today,
+    ) -> anyhow::Result<Handled<Option<StoredUser>>> {
+        let once = self.handles_once();
+        self.writer
+            .run("record the user's activity", move |conn| {
+                with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                    let every = format!("-{LAST_SEEN_EVERY_MINUTES} minutes");
+                    let lookup = |conn: &Connection| {
+                        conn.prepare_cached(SELECT_USER_DUE)?
+                            .query_row(params![telegram_id, language_code, every], |row| {
+                                Ok((row.get::<_, i64>(0)?, stored_user(row)?, row.get(9)?))
+                            })
+                            .optional()
+                    };
+                    // Read first, without the write lock: most messages write nothing.
+                    match lookup(conn)? {
+                        None => return Ok(Handled::Done(None)),
+                        Some((_, user, false)) if command.is_none() => {
+                            return Ok(Handled::Done(Some(user)));
+                        }
+                        Some(_) => {}
+                    }
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let (id, user, due) = match lookup(&tx)? {
+                        None => return Ok(Handled::Done(None)),
+                        Some((_, user, false)) if command.is_none() => {
+                            return Ok(Handled::Done(Some(user)));
+                        }
+                        Some(found) => found,
+                    };
+                    if once && !mark_handled(&tx, update_id)? {
+                        return Ok(Handled::AlreadyHandled);
+                    }
+                    let user = if due {
+                        tx.prepare_cached(
+                            "UPDATE users SET last_seen_at = CURRENT_TIMESTAMP,
+                                language_code = coalesce(?2, language_code)
+                             WHERE id = ?1
+                             RETURNING id, telegram_id, username, first_name, last_name,
+                                language_code, is_admin, created_at, last_seen_at",
+                        )?
+                        .query_row(params![id, language_code], stored_user)?
+                    } else {
+                        user
+                    };
+                    if let Some(command) = &command {
+                        log_command(&tx, id, command)?;
+                    }
+                    tx.commit()?;
+                    Ok(Handled::Done(Some(user)))
+                })
             })
-        })
-        .await
+            .await
     }
 
-    /// Waits for the queued work, then closes the connection (which checkpoints the WAL into
-    /// the database file). Later calls on any clone fail with "the database is closed".
-    pub async fn close(self) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Close(reply))
-            .map_err(|_| anyhow!("cannot close the database: its thread already stopped"))?;
-        answer
+    /// A user's row, read on the reading connection (never waits for the writer): for an
+    /// answer whose write failed.
+    pub async fn user(&self, telegram_id: i64) -> anyhow::Result<Option<StoredUser>> {
+        self.reader
+            .run("read the user", move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, telegram_id, username, first_name, last_name, language_code,
+                        is_admin, created_at, last_seen_at
+                     FROM users WHERE telegram_id = ?1",
+                )?
+                .query_row([telegram_id], stored_user)
+                .optional()
+            })
             .await
-            .map_err(|_| anyhow!("cannot close the database: its thread stopped"))?
-            .context("closing the database failed; the next start recovers from the WAL")
     }
+
+    /// The numbers /stats shows, read on the reading connection: never on the writer's thread,
+    /// and in WAL mode never waiting for a write. From revision 5 it sums the hourly summaries
+    /// (a row per hour, whatever the number of users: a few ms at 10M users); before, it
+    /// counts the tables (seconds at 10M users).
+    pub async fn stats(&self) -> anyhow::Result<UserStats> {
+        let summaries = self.handles_once();
+        self.reader
+            .run("count the users", move |conn| {
+                let tx = conn.transaction()?; // one snapshot for all the numbers
+                let stats = if summaries {
+                    summed_stats(&tx)?
+                } else {
+                    counted_stats(&tx)?
+                };
+                tx.finish()?;
+                Ok(stats)
+            })
+            .await
+    }
+
+    /// One batch of retention, in one short transaction on the writer: removes up to `batch`
+    /// rows in all, oldest first, of `command_log` older than `command_log_days` days (0: none,
+    /// the log is kept for ever), then (from revision 5) of `handled_updates` older than
+    /// [`HANDLED_UPDATES_DAYS`] and of the hourly command counts older than two days. Returns
+    /// how many rows it removed: fewer than `batch` means nothing old is left.
+    pub async fn trim(&self, command_log_days: u32, batch: usize) -> anyhow::Result<usize> {
+        let once = self.handles_once();
+        self.writer
+            .run("trim old rows", move |conn| {
+                with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let mut left = batch;
+                    let mut delete = |sql: &str, age: String| -> rusqlite::Result<()> {
+                        if left > 0 {
+                            let removed =
+                                tx.prepare_cached(sql)?.execute(params![age, left as i64])?;
+                            left -= removed.min(left);
+                        }
+                        Ok(())
+                    };
+                    if command_log_days > 0 {
+                        delete(
+                            "DELETE FROM command_log WHERE id IN (
+                                SELECT id FROM command_log WHERE used_at < datetime('now', ?1)
+                                ORDER BY used_at LIMIT ?2)",
+                            format!("-{command_log_days} days"),
+                        )?;
+                    }
+                    if once {
+                        delete(
+                            "DELETE FROM handled_updates WHERE update_id IN (
+                                SELECT update_id FROM handled_updates
+                                WHERE handled_at < datetime('now', ?1)
+                                ORDER BY handled_at LIMIT ?2)",
+                            format!("-{HANDLED_UPDATES_DAYS} days"),
+                        )?;
+                        delete(
+                            "DELETE FROM stats_commands_hourly WHERE (hour, command) IN (
+                                SELECT hour, command FROM stats_commands_hourly
+                                WHERE hour < strftime('%Y-%m-%d %H:00:00', 'now', ?1)
+                                LIMIT ?2)",
+                            format!("-{COMMAND_HOURS_DAYS} days"),
+                        )?;
+                    }
+                    tx.commit()?;
+                    Ok(batch - left)
+                })
+            })
+            .await
+    }
+
+    /// Waits for the queued work, then closes both connections (the writer last: closing it
+    /// checkpoints the WAL into the database file). Later calls on any clone fail with
+    /// [`Closed`].
+    pub async fn close(self) -> anyhow::Result<()> {
+        let read = self.reader.close().await;
+        let write = self.writer.close().await;
+        read.and(write)
+    }
+}
+
+/// The user's row (columns 1 to 8 as [`stored_user`] reads them) and, column 9, whether a write
+/// is due: the last-seen time is older than [`LAST_SEEN_EVERY_MINUTES`] (or not a time), or
+/// Telegram sent another language.
+const SELECT_USER_DUE: &str =
+    "SELECT id, telegram_id, username, first_name, last_name, language_code,
+        is_admin, created_at, last_seen_at,
+        coalesce(julianday(last_seen_at) < julianday('now', ?3), 1)
+            OR (?2 IS NOT NULL AND ?2 IS NOT language_code)
+     FROM users WHERE telegram_id = ?1";
+
+/// /stats from the hourly summaries of revision 5.
+fn summed_stats(conn: &Connection) -> rusqlite::Result<UserStats> {
+    let (users_total, new_this_week, active_today) = conn
+        .prepare_cached(
+            "SELECT coalesce(sum(registered), 0),
+                coalesce(sum(registered) FILTER (
+                    WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-7 days')), 0),
+                coalesce(sum(last_seen) FILTER (
+                    WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')), 0)
+             FROM stats_users_hourly",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let mut stats = UserStats {
+        users_total,
+        new_this_week,
+        active_today,
+        ..UserStats::default()
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT command, sum(uses) FROM stats_commands_hourly
+         WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')
+         GROUP BY command HAVING sum(uses) > 0 ORDER BY 2 DESC, command",
+    )?;
+    let counts = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    stats.set_commands(counts);
+    Ok(stats)
+}
+
+/// /stats before revision 5: counted from the tables (a full scan of `users`).
+fn counted_stats(conn: &Connection) -> rusqlite::Result<UserStats> {
+    let (users_total, new_this_week, active_today) = conn.query_row(
+        "SELECT count(*),
+            count(*) FILTER (WHERE created_at >= datetime('now', '-7 days')),
+            count(*) FILTER (WHERE last_seen_at >= datetime('now', '-1 day'))
+         FROM users",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let mut stats = UserStats {
+        users_total,
+        new_this_week,
+        active_today,
+        ..UserStats::default()
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT command, count(*) FROM command_log
+         WHERE used_at >= datetime('now', '-1 day')
+         GROUP BY command ORDER BY count(*) DESC, command",
+    )?;
+    let counts = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    stats.set_commands(counts);
+    Ok(stats)
+}
+
+/// Runs `work` with another busy timeout, then puts [`BUSY_TIMEOUT`] back.
+fn with_busy_timeout<T>(
+    conn: &mut Connection,
+    timeout: Duration,
+    work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.busy_timeout(timeout)?;
+    let result = work(conn);
+    let reset = conn.busy_timeout(BUSY_TIMEOUT);
+    let value = result?;
+    reset?;
+    Ok(value)
+}
+
+/// Records `update_id` in `handled_updates`; false when it was there already.
+fn mark_handled(conn: &Connection, update_id: i64) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO handled_updates (update_id) VALUES (?1) ON CONFLICT DO NOTHING",
+        )?
+        .execute([update_id])?;
+    Ok(inserted == 1)
 }
 
 /// The connection thread: runs jobs in arrival order until asked to close (or every [`Store`]
 /// is gone).
-fn serve(mut conn: Connection, queue: mpsc::Receiver<Request>) {
-    for request in queue {
+fn serve(mut conn: Connection, queue: mpsc::Receiver<Request>, writes: bool) {
+    while let Ok(request) = queue.recv() {
         match request {
             Request::Run(job) => {
-                // A panicking job must not take the bot's only connection with it; its
-                // transaction rolls back as it unwinds, and its caller sees an error.
+                // A panicking job must not take the connection with it; its transaction rolls
+                // back as it unwinds, and its caller sees an error.
                 let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!("a database job panicked; its transaction was rolled back");
                 }
             }
             Request::Close(done) => {
-                if let Err(e) = conn.execute_batch("PRAGMA optimize") {
+                // From here on every call fails at once with `Closed`.
+                drop(queue);
+                if writes && let Err(e) = conn.execute_batch("PRAGMA optimize") {
                     tracing::warn!("PRAGMA optimize before closing the database failed: {e}");
                 }
                 let _ = done.send(conn.close().map_err(|(_, e)| e));
@@ -288,7 +610,7 @@ fn log_command(conn: &Connection, user_id: i64, command: &str) -> rusqlite::Resu
         .map(drop)
 }
 
-/// Reads columns 1.. of `seen`'s RETURNING row.
+/// Reads columns 1 to 8 of a user's row (column 0 is `id`).
 fn stored_user(row: &Row) -> rusqlite::Result<StoredUser> {
     Ok(StoredUser {
         telegram_id: row.get(1)?,
@@ -311,4 +633,339 @@ fn timestamp(row: &Row, column: usize) -> rusqlite::Result<Option<String>> {
         ValueRef::Real(r) => Some(r.to_string()),
         ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
     })
+}
+
+/// Test databases made by the migrations engine, as `bot db upgrade` makes them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::PathBuf;
+
+    use rusqlite::Connection;
+
+    use super::Store;
+
+    /// A database file in a folder of its own, removed when dropped.
+    pub struct TempDb {
+        dir: PathBuf,
+        pub path: PathBuf,
+    }
+
+    impl TempDb {
+        /// A database at this build's head.
+        pub fn new(name: &str) -> TempDb {
+            TempDb::at(name, migrations::head())
+        }
+
+        /// A database at `revision`.
+        pub fn at(name: &str, revision: u32) -> TempDb {
+            let dir = std::env::temp_dir().join(format!(
+                "bot-store-test-{}-{name}-r{revision}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("bot_database.db");
+            migrations::Database::open(&path)
+                .unwrap()
+                .upgrade_to(revision, |_| {})
+                .unwrap();
+            TempDb { dir, path }
+        }
+
+        /// The bot's store on it, as `bot run` opens it (the database must be at head).
+        pub fn open(&self) -> Store {
+            Store::open(&self.path).unwrap()
+        }
+
+        /// The store as a release whose schema head is `revision` opens it: what an older
+        /// release built from this code does on its own database.
+        pub fn open_as_release(&self, revision: u32) -> Store {
+            Store::connect(&self.path, revision).unwrap()
+        }
+
+        /// Another connection, as another process would have it.
+        pub fn conn(&self) -> Connection {
+            let conn = Connection::open(&self.path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn
+        }
+
+        /// One number from SQL.
+        pub fn count(&self, sql: &str) -> i64 {
+            self.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TempDb;
+    use super::*;
+
+    fn facts(telegram_id: i64) -> UserFacts {
+        UserFacts {
+            telegram_id,
+            username: None,
+            first_name: format!("User {telegram_id}"),
+            last_name: None,
+            language_code: None,
+        }
+    }
+
+    /// Fills users and command_log through other connections' SQL: registrations and last-seen
+    /// times far from an hour's edge, deletions, moves, a junk timestamp.
+    fn activity(db: &TempDb) {
+        db.conn()
+            .execute_batch(
+                "INSERT INTO users (telegram_id, first_name, created_at, last_seen_at) VALUES
+                    (1, 'a', datetime('now', '-30 days'), datetime('now', '-3 days')),
+                    (2, 'b', datetime('now', '-3 days'), datetime('now', '-2 hours')),
+                    (3, 'c', datetime('now', '-2 hours'), NULL),
+                    (4, 'd', '1999-13-45', '1999-99-99'),
+                    (5, 'e', datetime('now', '-40 days'), datetime('now', '-30 hours')),
+                    (6, 'f', datetime('now', '-1 hour'), datetime('now', '-1 hour'));
+                 INSERT INTO command_log (user_id, command, used_at)
+                    SELECT id, 'help', datetime('now', '-2 hours') FROM users;
+                 INSERT INTO command_log (user_id, command, used_at)
+                    SELECT id, 'start', datetime('now', '-3 days') FROM users WHERE id < 4;
+                 INSERT INTO command_log (user_id, command)
+                    SELECT id, 'me' FROM users WHERE id > 2;
+                 UPDATE users SET last_seen_at = datetime('now', '-3 hours') WHERE telegram_id = 1;
+                 UPDATE users SET created_at = datetime('now', '-4 days') WHERE telegram_id = 5;
+                 UPDATE command_log SET command = 'stats' WHERE id = 1;
+                 DELETE FROM users WHERE telegram_id = 6;",
+            )
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_hourly_summaries_agree_with_the_tables() {
+        let db = TempDb::new("summaries");
+        activity(&db);
+        let store = db.open();
+        store.register(1, facts(7), "start").await.unwrap();
+        store.seen(2, 2, None, Some("help".into())).await.unwrap();
+        let counted = store
+            .reader
+            .run("count", |conn| counted_stats(conn))
+            .await
+            .unwrap();
+        let summed = store.stats().await.unwrap();
+        assert_eq!(summed, counted);
+        assert_eq!(
+            (
+                summed.users_total,
+                summed.new_this_week,
+                summed.active_today
+            ),
+            (6, 4, 3),
+            "{summed:?}"
+        );
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_migration_fills_the_summaries_from_the_rows_there_are() {
+        if migrations::head() < REVISION_HANDLED_ONCE {
+            return;
+        }
+        let db = TempDb::at("backfill", REVISION_HANDLED_ONCE - 1);
+        activity(&db);
+        migrations::Database::open(&db.path)
+            .unwrap()
+            .upgrade(|_| {})
+            .unwrap();
+        let store = db.open();
+        let counted = store
+            .reader
+            .run("count", |conn| counted_stats(conn))
+            .await
+            .unwrap();
+        assert_eq!(store.stats().await.unwrap(), counted);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_commands_is_summed_up_as_others() {
+        let db = TempDb::new("flood");
+        let store = db.open();
+        store.register(1, facts(1), "start").await.unwrap();
+        store.register(2, facts(1), "start").await.unwrap();
+        // The known commands come first: an hour that is full counts later names as others.
+        db.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150)
+                 INSERT INTO command_log (user_id, command)
+                    SELECT 1, 'help' FROM n WHERE i <= 3;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150)
+                 INSERT INTO command_log (user_id, command)
+                    SELECT 1, printf('junk%028d', i) FROM n;",
+            )
+            .unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.commands_today.len(), TOP_COMMANDS);
+        assert_eq!(stats.commands_today[0], ("help".into(), 3));
+        assert_eq!(stats.commands_today[1], ("start".into(), 2));
+        let named: i64 = stats.commands_today.iter().map(|(_, n)| n).sum();
+        assert_eq!(named + stats.other_commands, 155, "{stats:?}");
+        if store.handles_once() {
+            assert!(
+                db.count("SELECT count(*) FROM stats_commands_hourly") <= 101,
+                "an hour keeps at most 100 names and ''"
+            );
+        }
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_trims_in_batches_and_keeps_what_is_recent() {
+        let db = TempDb::new("retention");
+        let store = db.open();
+        store.register(1, facts(1), "start").await.unwrap();
+        db.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+                 INSERT INTO command_log (user_id, command, used_at)
+                    SELECT 1, 'help', datetime('now', '-91 days', '-' || i || ' minutes') FROM n;
+                 INSERT INTO command_log (user_id, command, used_at)
+                    VALUES (1, 'me', datetime('now', '-89 days'));",
+            )
+            .unwrap();
+        // From revision 5 the summary's hours of those old rows go too.
+        let hours = if store.handles_once() {
+            db.count(
+                "SELECT count(*) FROM stats_commands_hourly
+                 WHERE hour < strftime('%Y-%m-%d %H:00:00', 'now', '-2 days')",
+            ) as usize
+        } else {
+            0
+        };
+        let mut batches = Vec::new();
+        loop {
+            let removed = store.trim(90, 1000).await.unwrap();
+            batches.push(removed);
+            if removed < 1000 {
+                break;
+            }
+        }
+        assert_eq!(batches, [1000, 1000, 500 + hours]);
+        assert_eq!(
+            db.count("SELECT count(*) FROM command_log"),
+            2,
+            "the /start of now and the /me of 89 days ago are kept"
+        );
+        assert_eq!(store.trim(0, 1000).await.unwrap(), 0);
+        assert_eq!(store.trim(88, 1000).await.unwrap(), 1);
+        assert_eq!(store.trim(0, 1000).await.unwrap(), 0, "0 keeps the log");
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_trims_old_update_ids_and_command_hours() {
+        let db = TempDb::new("retention-updates");
+        if migrations::head() < REVISION_HANDLED_ONCE {
+            return;
+        }
+        let store = db.open();
+        store.register(5000, facts(1), "start").await.unwrap();
+        db.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
+                 INSERT INTO handled_updates (update_id, handled_at)
+                    SELECT i, datetime('now', '-3 days') FROM n;
+                 INSERT INTO command_log (user_id, command, used_at)
+                    VALUES (1, 'help', datetime('now', '-3 days'));",
+            )
+            .unwrap();
+        assert_eq!(db.count("SELECT count(*) FROM stats_commands_hourly"), 2);
+        assert_eq!(store.trim(0, 1000).await.unwrap(), 1000);
+        assert_eq!(store.trim(0, 1000).await.unwrap(), 501, "500 ids, 1 hour");
+        assert_eq!(
+            db.count("SELECT count(*) FROM handled_updates WHERE update_id = 5000"),
+            1
+        );
+        assert_eq!(db.count("SELECT count(*) FROM handled_updates"), 1);
+        assert_eq!(db.count("SELECT count(*) FROM stats_commands_hourly"), 1);
+        assert_eq!(
+            db.count("SELECT count(*) FROM command_log"),
+            2,
+            "kept for ever"
+        );
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_retention_task_trims_until_done_and_ends_with_the_store() {
+        let db = TempDb::new("retention-task");
+        let store = db.open();
+        store.register(1, facts(1), "start").await.unwrap();
+        db.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250)
+                 INSERT INTO command_log (user_id, command, used_at)
+                    SELECT 1, 'help', datetime('now', '-8 days') FROM n;",
+            )
+            .unwrap();
+        let retention = crate::retention::Retention {
+            command_log_days: 7,
+            batch: 100,
+            pause: Duration::from_millis(1),
+            every: Duration::from_millis(20),
+        };
+        let task = crate::retention::spawn_with(store.clone(), retention, Duration::ZERO);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.count("SELECT count(*) FROM command_log") > 1 {
+            assert!(std::time::Instant::now() < deadline, "retention never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.close().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends once the store is closed")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_older_release_works_on_its_own_schema() {
+        for revision in [3, 4].into_iter().filter(|r| *r <= migrations::head()) {
+            let db = TempDb::at("older", revision);
+            let store = db.open_as_release(revision);
+            assert_eq!(
+                store.register(1, facts(1), "start").await.unwrap(),
+                Handled::Done(Registration::New)
+            );
+            assert_eq!(
+                store.register(1, facts(1), "start").await.unwrap(),
+                Handled::Done(Registration::Refreshed),
+                "revision {revision} has no handled_updates: the update is handled again"
+            );
+            let seen = store.seen(2, 1, None, Some("help".into())).await.unwrap();
+            assert!(matches!(seen, Handled::Done(Some(_))), "{seen:?}");
+            let stats = store.stats().await.unwrap();
+            assert_eq!((stats.users_total, stats.active_today), (1, 1), "{stats:?}");
+            assert_eq!(
+                stats.commands_today,
+                [("start".into(), 2), ("help".into(), 1)]
+            );
+            assert_eq!(store.trim(90, 1000).await.unwrap(), 0);
+            store.close().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_says_so() {
+        let db = TempDb::new("closed");
+        let store = db.open();
+        let other = store.clone();
+        store.close().await.unwrap();
+        let error = other.trim(90, 10).await.unwrap_err();
+        assert!(error.downcast_ref::<Closed>().is_some(), "{error:#}");
+    }
 }

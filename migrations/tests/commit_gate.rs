@@ -193,7 +193,7 @@ fn with_two_pending_migrations_a_failure_stops_before_the_first_commit() {
     let dir = TempDir::new("two-pending");
     let path = dir.file("bot.db");
     at_revision(&path, 2);
-    assert_eq!(MIGRATIONS.len() as u32 - 2, 2, "two migrations pending");
+    assert!(MIGRATIONS.len() as u32 - 2 >= 2, "two migrations pending");
     let bytes = std::fs::read(&path).unwrap();
     // The verdict comes from elsewhere, later: the gate waits for it, as for a check running
     // beside the migration.

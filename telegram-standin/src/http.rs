@@ -37,6 +37,13 @@ pub enum Reply {
         /// The body.
         body: serde_json::Value,
     },
+    /// A body sent as JSON as it is, well-formed or not: for answers cut short.
+    Text {
+        /// The HTTP status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
     /// Bytes written as they are, then the connection is closed: for answers that are not HTTP.
     Raw(&'static [u8]),
 }
@@ -146,7 +153,7 @@ fn serve(stream: TcpStream, handler: &Handler) -> io::Result<()> {
             return write_json(
                 &mut writer,
                 400,
-                &bad_request("malformed request line"),
+                &bad_request("malformed request line").to_string(),
                 false,
             );
         };
@@ -162,14 +169,24 @@ fn serve(stream: TcpStream, handler: &Handler) -> io::Result<()> {
                 break;
             }
             let Some((name, value)) = line.split_once(':') else {
-                return write_json(&mut writer, 400, &bad_request("malformed header"), false);
+                return write_json(
+                    &mut writer,
+                    400,
+                    &bad_request("malformed header").to_string(),
+                    false,
+                );
             };
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-length" => match value.parse() {
                     Ok(n) if n <= MAX_BODY => length = n,
                     _ => {
-                        return write_json(&mut writer, 400, &bad_request("bad length"), false);
+                        return write_json(
+                            &mut writer,
+                            400,
+                            &bad_request("bad length").to_string(),
+                            false,
+                        );
                     }
                 },
                 "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
@@ -197,7 +214,10 @@ fn serve(stream: TcpStream, handler: &Handler) -> io::Result<()> {
             target,
             body,
         }) {
-            Reply::Json { status, body } => write_json(&mut writer, status, &body, keep_alive)?,
+            Reply::Json { status, body } => {
+                write_json(&mut writer, status, &body.to_string(), keep_alive)?
+            }
+            Reply::Text { status, body } => write_json(&mut writer, status, &body, keep_alive)?,
             Reply::Raw(bytes) => {
                 writer.write_all(bytes)?;
                 return writer.flush();
@@ -255,13 +275,7 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     }
 }
 
-fn write_json(
-    writer: &mut TcpStream,
-    status: u16,
-    body: &serde_json::Value,
-    keep_alive: bool,
-) -> io::Result<()> {
-    let body = body.to_string();
+fn write_json(writer: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
         reason(status),
@@ -280,6 +294,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        409 => "Conflict",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",

@@ -6,23 +6,41 @@
 //! It never answers 5xx unless told to: faults are injected on purpose, in-process with
 //! [`Standin::inject`] or over the control API, and each applies to a number of calls.
 //!
+//! Telegram's own refusals are played as Telegram words them: a `sendMessage` to a group that
+//! became a supergroup (400 with `parameters.migrate_to_chat_id`), an empty or too long text
+//! (400), a second `getUpdates` while one is held (409 to the held one), and, when [`Limits`] are
+//! on, a message over Telegram's rate limits (429 with `parameters.retry_after`).
+//!
 //! Control API (JSON):
 //! - `POST /control/messages` `{"user_id":42,"text":"/start","first_name":"Ann"}` queues a message
-//!   and answers `{"update_id":..,"sent_before":N}`.
+//!   and answers `{"update_id":..,"sent_before":N}`. With
+//!   `"chat":{"id":-100123,"type":"supergroup","title":"Team"}` (or `"type":"group"`) the user
+//!   writes in that group instead of their private chat.
 //! - `POST /control/messages/batch` `[{...}, {...}]` queues many users' messages at once (one
 //!   `getUpdates` can see them all) and answers `{"update_ids":[..],"sent_before":N}`.
 //! - `GET /control/sent?after=N&chat_id=42&min=1&wait_ms=5000` answers the messages the bot sent
-//!   after sequence number N, waiting up to `wait_ms` until there are `min` (default 1).
+//!   after sequence number N (`chat_id` may be a group's negative id), waiting up to `wait_ms`
+//!   until there are `min` (default 1).
 //! - `GET /control/stats` answers call counts, the arrival time of every call, the faults
-//!   applied, and how many long polls are being held.
+//!   applied, how many long polls are being held, the updates not yet confirmed, and the 409s
+//!   and 429s answered.
 //! - `POST /control/faults` adds a [`Fault`], e.g.
 //!   `{"method":"sendMessage","kind":"too_many_requests","retry_after":2,"times":1}`,
 //!   `{"method":"*","kind":"delay","ms":300,"times":null}` (`null`: until cleared),
 //!   `{"method":"getUpdates","kind":"server_error","status":502}`,
-//!   `{"method":"getMe","kind":"broken_response"}`; `times` defaults to 1.
+//!   `{"method":"getMe","kind":"broken_response"}`, `{"method":"sendMessage","kind":"garbled_answer"}`,
+//!   `{"method":"getUpdates","kind":"conflict","times":null}` (another bot instance polls);
+//!   `times` defaults to 1.
 //!   `GET /control/faults` lists those still pending; `DELETE /control/faults` clears them.
+//! - `POST /control/chats/migrate` `{"from":-123,"to":-100123}` upgrades group `from` to
+//!   supergroup `to`: from then on a `sendMessage` to `from` is refused as Telegram refuses it.
+//! - `POST /control/limits` `{"per_chat_per_sec":1,"per_group_per_min":20,"overall_per_sec":30}`
+//!   turns Telegram's rate limits on (missing fields take these values), `null` turns them off;
+//!   `GET /control/limits` answers those in force (`null`: off).
+//! - `POST /control/latency` `{"ms":50}` makes every Bot API call wait that long before it is
+//!   handled (control calls never wait); `GET /control/latency` answers it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -39,6 +57,12 @@ use http::{Reply, Request, Server};
 /// The longest a `getUpdates` long poll is held: well inside teloxide's 17 s request timeout.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(10);
 
+/// The longest text `sendMessage` takes, in characters, as Telegram counts them.
+pub const MAX_MESSAGE_LENGTH: usize = 4096;
+
+/// What Telegram answers the earlier of two `getUpdates` calls.
+const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
+
 /// How the stand-in presents itself.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +75,10 @@ pub struct Config {
     /// The longest a `getUpdates` long poll is held (at most [`MAX_LONG_POLL`]); shorter makes an
     /// idle bot poll often, so a benchmark sees its downtime as a gap between polls.
     pub max_long_poll: Duration,
+    /// Telegram's rate limits on `sendMessage`; `None` (the default) lets every message through.
+    pub limits: Option<Limits>,
+    /// How long every Bot API call waits before it is handled, as if Telegram were far away.
+    pub latency: Duration,
 }
 
 impl Default for Config {
@@ -60,7 +88,114 @@ impl Default for Config {
             bot_id: 123456,
             bot_username: "demo_bot".into(),
             max_long_poll: MAX_LONG_POLL,
+            limits: None,
+            latency: Duration::ZERO,
         }
+    }
+}
+
+/// Telegram's rate limits on `sendMessage`, as sliding windows: a message over any of them is
+/// answered 429 with `parameters.retry_after`. Fields left out of the JSON take Telegram's
+/// values (the [`Default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Messages per second to one private chat (positive chat id).
+    pub per_chat_per_sec: u32,
+    /// Messages per minute to one group or supergroup (negative chat id).
+    pub per_group_per_min: u32,
+    /// Messages per second to all chats together.
+    pub overall_per_sec: u32,
+}
+
+impl Default for Limits {
+    /// Telegram's: 1 per second per chat, 20 per minute per group, 30 per second overall.
+    fn default() -> Self {
+        Limits {
+            per_chat_per_sec: 1,
+            per_group_per_min: 20,
+            overall_per_sec: 30,
+        }
+    }
+}
+
+impl Limits {
+    /// Why the limits cannot be applied, if they cannot.
+    fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("per_chat_per_sec", self.per_chat_per_sec),
+            ("per_group_per_min", self.per_group_per_min),
+            ("overall_per_sec", self.overall_per_sec),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "{name} must be 1 or more (to let every message through, turn the limits off with null)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What kind of group a [`Chat`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// A basic group; it can be upgraded to a supergroup ([`Standin::migrate_chat`]).
+    Group,
+    /// A supergroup.
+    Supergroup,
+}
+
+impl ChatKind {
+    /// Telegram's name for it, the chat's `type`.
+    fn name(self) -> &'static str {
+        match self {
+            ChatKind::Group => "group",
+            ChatKind::Supergroup => "supergroup",
+        }
+    }
+}
+
+/// A group a user writes in, instead of their private chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    /// The chat id, negative as Telegram's group ids are (e.g. -100123).
+    pub id: i64,
+    /// Group or supergroup.
+    #[serde(rename = "type")]
+    pub kind: ChatKind,
+    /// The title (default "Group <id>").
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+impl Chat {
+    /// A basic group.
+    pub fn group(id: i64, title: &str) -> Chat {
+        Chat {
+            id,
+            kind: ChatKind::Group,
+            title: Some(title.to_owned()),
+        }
+    }
+
+    /// A supergroup.
+    pub fn supergroup(id: i64, title: &str) -> Chat {
+        Chat {
+            id,
+            kind: ChatKind::Supergroup,
+            title: Some(title.to_owned()),
+        }
+    }
+
+    /// The chat as Telegram shows it in a message.
+    fn to_json(&self) -> Value {
+        let title = self
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("Group {}", self.id));
+        json!({"id": self.id, "type": self.kind.name(), "title": title})
     }
 }
 
@@ -83,6 +218,9 @@ pub struct IncomingMessage {
     /// IETF language tag.
     #[serde(default)]
     pub language_code: Option<String>,
+    /// The group it is written in; `None` (the default): the user's private chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Chat>,
 }
 
 impl IncomingMessage {
@@ -95,7 +233,21 @@ impl IncomingMessage {
             last_name: None,
             username: None,
             language_code: None,
+            chat: None,
         }
+    }
+
+    /// The same message, written in `chat` instead of the user's private chat.
+    pub fn in_chat(self, chat: Chat) -> Self {
+        IncomingMessage {
+            chat: Some(chat),
+            ..self
+        }
+    }
+
+    /// The chat it appears in.
+    fn chat_id(&self) -> i64 {
+        self.chat.as_ref().map_or(self.user_id, |c| c.id)
     }
 }
 
@@ -108,6 +260,13 @@ pub struct SentMessage {
     pub chat_id: i64,
     /// Its text.
     pub text: String,
+    /// The message it replies to (`reply_parameters.message_id`, or the older
+    /// `reply_to_message_id`).
+    #[serde(default)]
+    pub reply_to_message_id: Option<i64>,
+    /// Milliseconds since the Unix epoch of the `sendMessage` call's arrival.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// Counters the tests and benchmarks read.
@@ -124,10 +283,21 @@ pub struct Stats {
     /// Every fault applied, in order.
     pub faults_applied: Vec<AppliedFault>,
     /// `getUpdates` calls being held right now (one abandoned by its client counts until its
-    /// timeout).
+    /// timeout, or until a newer `getUpdates` ends it with a 409).
     pub polls_in_flight: u64,
     /// Calls refused for a wrong token.
     pub unauthorized: u64,
+    /// Updates queued and not yet confirmed by a `getUpdates` offset.
+    pub pending_updates: u64,
+    /// 409 Conflicts answered: held `getUpdates` calls ended by a newer one, and `conflict`
+    /// faults.
+    pub conflicts: u64,
+    /// 429 Too Many Requests answered: messages over the [`Limits`], and `too_many_requests`
+    /// faults.
+    pub rate_limited: u64,
+    /// Per chat id: the `sendMessage` calls to it answered 429 (either way). In JSON the ids
+    /// are strings, as JSON keys are.
+    pub rate_limited_by_chat: HashMap<i64, u64>,
 }
 
 /// What a [`Fault`] does to a call.
@@ -153,6 +323,13 @@ pub enum FaultKind {
     },
     /// Bytes that are not HTTP: the client sees a network error.
     BrokenResponse,
+    /// The call is done as usual (a message is sent), then answered with HTTP 200 and its JSON
+    /// cut in half: what a client sees when an answer breaks off or changes shape (teloxide
+    /// reports `InvalidJson`, with the text it got, which holds the message).
+    GarbledAnswer,
+    /// 409, as Telegram answers a `getUpdates` while another bot instance polls with the same
+    /// token. Only for `getUpdates`.
+    Conflict,
 }
 
 /// A fault to inject into the next calls of a Bot API method.
@@ -194,6 +371,17 @@ impl Fault {
         Fault::once(method, FaultKind::BrokenResponse)
     }
 
+    /// One call of `method` done as usual but answered with half its JSON.
+    pub fn garbled_answer(method: &str) -> Fault {
+        Fault::once(method, FaultKind::GarbledAnswer)
+    }
+
+    /// One 409 Conflict for `getUpdates`, as if another bot instance polled with the same
+    /// token; `.times(None)` keeps it until cleared.
+    pub fn conflict() -> Fault {
+        Fault::once("getUpdates", FaultKind::Conflict)
+    }
+
     /// The same fault for `times` calls (`None`: until cleared).
     pub fn times(self, times: Option<u32>) -> Fault {
         Fault { times, ..self }
@@ -215,6 +403,10 @@ impl Fault {
         match self.kind {
             FaultKind::ServerError { status } if !(500..=599).contains(&status) => Err(format!(
                 "server_error needs a status from 500 to 599, not {status}"
+            )),
+            FaultKind::Conflict if !self.method.eq_ignore_ascii_case("getUpdates") => Err(format!(
+                "Telegram answers a conflict only to getUpdates; give \"method\":\"getUpdates\", not {:?}",
+                self.method
             )),
             _ => Ok(()),
         }
@@ -246,6 +438,134 @@ struct State {
     commands: Value,
     faults: Vec<Fault>,
     stats: Stats,
+    /// Every chat a message was posted in, as the updates showed it, so that `sendMessage`
+    /// echoes the chat as it is.
+    chats: HashMap<i64, Value>,
+    /// Groups upgraded to supergroups: old id to new id.
+    migrated: HashMap<i64, i64>,
+    limits: Option<Limits>,
+    windows: Windows,
+    latency: Duration,
+    /// `getUpdates` calls started so far: a held call whose number is no longer the latest was
+    /// superseded by a newer one, and answers 409.
+    polls_started: u64,
+}
+
+impl State {
+    fn stats(&self) -> Stats {
+        Stats {
+            pending_updates: self.updates.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Counts a 429 answered to a call (to `chat_id`, for a `sendMessage`).
+    fn count_rate_limited(&mut self, chat_id: Option<i64>) {
+        self.stats.rate_limited += 1;
+        if let Some(chat_id) = chat_id {
+            *self.stats.rate_limited_by_chat.entry(chat_id).or_default() += 1;
+        }
+    }
+
+    /// Why `from` cannot be upgraded to `to`, if it cannot.
+    fn migrate(&mut self, from: i64, to: i64) -> Result<(), String> {
+        if from >= 0 || to >= 0 {
+            return Err(format!(
+                "only a group migrates, to a supergroup: both ids are negative (e.g. -123 to -100123), not {from} to {to}"
+            ));
+        }
+        if from == to {
+            return Err(format!("a chat cannot migrate to itself ({from})"));
+        }
+        if self
+            .chats
+            .get(&from)
+            .is_some_and(|c| c["type"] == "supergroup")
+        {
+            return Err(format!(
+                "chat {from} is a supergroup already; only a basic group is upgraded"
+            ));
+        }
+        for chat in [from, to] {
+            if let Some(new) = self.migrated.get(&chat) {
+                return Err(format!(
+                    "chat {chat} was already upgraded to {new}; migrate a group that is still active"
+                ));
+            }
+        }
+        let title = self
+            .chats
+            .get(&from)
+            .and_then(|c| c["title"].as_str())
+            .map(str::to_owned);
+        self.migrated.insert(from, to);
+        self.chats.insert(
+            to,
+            Chat {
+                id: to,
+                kind: ChatKind::Supergroup,
+                title,
+            }
+            .to_json(),
+        );
+        Ok(())
+    }
+}
+
+/// Sliding windows of the messages sent while [`Limits`] are on.
+#[derive(Default)]
+struct Windows {
+    overall: VecDeque<Instant>,
+    per_chat: HashMap<i64, VecDeque<Instant>>,
+}
+
+impl Windows {
+    /// How long the bot must wait before it may send to `chat_id` at `now`, if it must.
+    fn wait(&mut self, limits: &Limits, chat_id: i64, now: Instant) -> Option<Duration> {
+        let (per_chat, span) = if chat_id < 0 {
+            (limits.per_group_per_min, Duration::from_secs(60))
+        } else {
+            (limits.per_chat_per_sec, Duration::from_secs(1))
+        };
+        let chat = self.per_chat.entry(chat_id).or_default();
+        let chat_wait = wait_in(chat, per_chat, span, now);
+        let overall_wait = wait_in(
+            &mut self.overall,
+            limits.overall_per_sec,
+            Duration::from_secs(1),
+            now,
+        );
+        chat_wait.max(overall_wait)
+    }
+
+    fn record(&mut self, chat_id: i64, now: Instant) {
+        self.overall.push_back(now);
+        self.per_chat.entry(chat_id).or_default().push_back(now);
+    }
+}
+
+/// Drops what left the window; then, if `limit` messages are still in it, how long until the
+/// oldest of them leaves.
+fn wait_in(
+    window: &mut VecDeque<Instant>,
+    limit: u32,
+    span: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    while window
+        .front()
+        .is_some_and(|&at| now.saturating_duration_since(at) >= span)
+    {
+        window.pop_front();
+    }
+    let limit = limit.max(1) as usize;
+    let oldest_in_the_way = window.len().checked_sub(limit)?;
+    Some((window[oldest_in_the_way] + span).saturating_duration_since(now))
+}
+
+/// Telegram's `retry_after`: whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_millis().div_ceil(1000) as u64).max(1)
 }
 
 struct Shared {
@@ -272,13 +592,15 @@ impl Standin {
     /// Starts serving on `listen` (e.g. "127.0.0.1:0" for any free port).
     pub fn start(listen: &str, config: Config) -> std::io::Result<Standin> {
         let shared = Arc::new(Shared {
-            config,
             state: Mutex::new(State {
                 next_update_id: 1,
                 next_message_id: 1,
                 commands: json!([]),
+                limits: config.limits,
+                latency: config.latency,
                 ..State::default()
             }),
+            config,
             changed: Condvar::new(),
         });
         let server = {
@@ -300,14 +622,61 @@ impl Standin {
 
     /// Queues a user's message for the bot's next `getUpdates`; returns the sent-message
     /// sequence number before it, for [`Standin::wait_for_sent`].
+    ///
+    /// # Panics
+    /// If Telegram could not deliver it (a group with a positive id, a group upgraded to a
+    /// supergroup).
     pub fn post_message(&self, message: &IncomingMessage) -> u64 {
-        post_messages(&self.shared, std::slice::from_ref(message)).1
+        self.post_messages(std::slice::from_ref(message))
     }
 
     /// Queues many users' messages at once, so one `getUpdates` can see them all; returns the
     /// sent-message sequence number before them.
+    ///
+    /// # Panics
+    /// As [`Standin::post_message`]; then none is queued.
     pub fn post_messages(&self, messages: &[IncomingMessage]) -> u64 {
-        post_messages(&self.shared, messages).1
+        match post_messages(&self.shared, messages) {
+            Ok((_, sent_before)) => sent_before,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Upgrades group `from` to supergroup `to`, as Telegram does when a group grows: from then
+    /// on a `sendMessage` to `from` is answered 400 with `parameters.migrate_to_chat_id` = `to`.
+    ///
+    /// # Panics
+    /// If the ids are not both negative, are the same, or either was already upgraded.
+    pub fn migrate_chat(&self, from: i64, to: i64) {
+        if let Err(e) = self.shared.lock().migrate(from, to) {
+            panic!("{e}");
+        }
+    }
+
+    /// Turns Telegram's rate limits on `sendMessage` on (`Some`) or off (`None`).
+    ///
+    /// # Panics
+    /// If a limit is 0.
+    pub fn set_limits(&self, limits: Option<Limits>) {
+        if let Some(Err(e)) = limits.as_ref().map(Limits::check) {
+            panic!("{e}");
+        }
+        self.shared.lock().limits = limits;
+    }
+
+    /// The rate limits in force, if they are on.
+    pub fn limits(&self) -> Option<Limits> {
+        self.shared.lock().limits
+    }
+
+    /// Makes every Bot API call from now on wait `latency` before it is handled.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// How long every Bot API call waits before it is handled.
+    pub fn latency(&self) -> Duration {
+        self.shared.lock().latency
     }
 
     /// Adds a fault for the next calls of its method.
@@ -364,7 +733,7 @@ impl Standin {
 
     /// Call counters.
     pub fn stats(&self) -> Stats {
-        self.shared.lock().stats.clone()
+        self.shared.lock().stats()
     }
 
     /// Blocks until the server stops (for the binary).
@@ -381,16 +750,32 @@ fn now_ms() -> u64 {
 }
 
 /// Queues the messages in one go; returns their update ids and the sequence number of the last
-/// message sent before them.
-fn post_messages(shared: &Shared, messages: &[IncomingMessage]) -> (Vec<i64>, u64) {
+/// message sent before them, or why one of them cannot be delivered (then none is queued).
+fn post_messages(shared: &Shared, messages: &[IncomingMessage]) -> Result<(Vec<i64>, u64), String> {
     let mut state = shared.lock();
+    for message in messages {
+        if let Some(chat) = &message.chat
+            && chat.id >= 0
+        {
+            return Err(format!(
+                "a group's id is negative (e.g. -100123), not {}; leave out \"chat\" for the user's private chat",
+                chat.id
+            ));
+        }
+        if let Some(new) = state.migrated.get(&message.chat_id()) {
+            return Err(format!(
+                "chat {} was upgraded to supergroup {new}; post the message in {new}",
+                message.chat_id()
+            ));
+        }
+    }
     let update_ids = messages
         .iter()
         .map(|message| push_update(&mut state, message))
         .collect();
     let sent_before = state.sent.last().map_or(0, |m| m.seq);
     shared.changed.notify_all();
-    (update_ids, sent_before)
+    Ok((update_ids, sent_before))
 }
 
 fn push_update(state: &mut State, message: &IncomingMessage) -> i64 {
@@ -416,6 +801,10 @@ fn push_update(state: &mut State, message: &IncomingMessage) -> i64 {
             }
         }
     }
+    if let Some(group) = &message.chat {
+        chat = group.to_json();
+    }
+    state.chats.insert(message.chat_id(), chat.clone());
     let mut body = json!({
         "message_id": message_id,
         "from": from,
@@ -492,6 +881,12 @@ fn handle(shared: &Shared, request: Request) -> Reply {
     else {
         return bot_error(404, "Not Found");
     };
+    // The call arrived now, whatever the latency makes it wait.
+    let arrived = now_ms();
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        thread::sleep(latency);
+    }
     if token != shared.config.token {
         shared.lock().stats.unauthorized += 1;
         return bot_error(401, "Unauthorized");
@@ -507,7 +902,6 @@ fn handle(shared: &Shared, request: Request) -> Reply {
     let method = method.to_ascii_lowercase();
     let (delay, fault) = {
         let mut state = shared.lock();
-        let arrived = now_ms();
         *state.stats.calls.entry(method.clone()).or_default() += 1;
         state
             .stats
@@ -526,20 +920,21 @@ fn handle(shared: &Shared, request: Request) -> Reply {
     match fault {
         None | Some(FaultKind::Delay { .. }) => {}
         Some(FaultKind::TooManyRequests { retry_after }) => {
-            return respond(
-                429,
-                json!({
-                    "ok": false,
-                    "error_code": 429,
-                    "description": format!("Too Many Requests: retry after {retry_after}"),
-                    "parameters": {"retry_after": retry_after},
-                }),
-            );
+            let chat_id = (method == "sendmessage")
+                .then(|| chat_id_param(&params))
+                .flatten();
+            shared.lock().count_rate_limited(chat_id);
+            return too_many_requests(u64::from(retry_after));
         }
         Some(FaultKind::ServerError { status }) => {
             return bot_error(status, &server_error_description(status));
         }
         Some(FaultKind::BrokenResponse) => return Reply::Raw(b"THIS IS NOT HTTP\r\n\r\n"),
+        Some(FaultKind::GarbledAnswer) => {}
+        Some(FaultKind::Conflict) => {
+            shared.lock().stats.conflicts += 1;
+            return bot_error(409, CONFLICT);
+        }
     }
     let result = match method.as_str() {
         "getme" => json!({
@@ -554,7 +949,8 @@ fn handle(shared: &Shared, request: Request) -> Reply {
             "has_main_web_app": false,
         }),
         "getwebhookinfo" => {
-            json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0})
+            let pending = shared.lock().updates.len();
+            json!({"url": "", "has_custom_certificate": false, "pending_update_count": pending})
         }
         "deletewebhook" | "setmycommands" => {
             if method == "setmycommands" {
@@ -562,14 +958,42 @@ fn handle(shared: &Shared, request: Request) -> Reply {
             }
             json!(true)
         }
-        "getupdates" => get_updates(shared, &params),
-        "sendmessage" => match send_message(shared, &params) {
-            Some(message) => message,
-            None => return bot_error(400, "Bad Request: chat_id and text are required"),
+        "getupdates" => match get_updates(shared, &params) {
+            Ok(updates) => updates,
+            Err(refused) => return refused,
+        },
+        "sendmessage" => match send_message(shared, &params, arrived) {
+            Ok(message) => message,
+            Err(refused) => return refused,
         },
         _ => return bot_error(404, "Not Found: method not found"),
     };
-    respond(200, json!({"ok": true, "result": result}))
+    let answer = json!({"ok": true, "result": result});
+    if fault == Some(FaultKind::GarbledAnswer) {
+        let text = answer.to_string();
+        let half = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(i, _)| i);
+        return Reply::Text {
+            status: 200,
+            body: text[..half].to_owned(),
+        };
+    }
+    respond(200, answer)
+}
+
+/// A 429, shaped as Telegram sends it.
+fn too_many_requests(retry_after: u64) -> Reply {
+    respond(
+        429,
+        json!({
+            "ok": false,
+            "error_code": 429,
+            "description": format!("Too Many Requests: retry after {retry_after}"),
+            "parameters": {"retry_after": retry_after},
+        }),
+    )
 }
 
 /// Takes the faults for one call of `method`: the sum of the matching delays, and the first
@@ -608,7 +1032,7 @@ fn server_error_description(status: u16) -> String {
     }
 }
 
-fn get_updates(shared: &Shared, params: &Value) -> Value {
+fn get_updates(shared: &Shared, params: &Value) -> Result<Value, Reply> {
     let offset = params.get("offset").and_then(Value::as_i64).unwrap_or(0);
     let limit = params
         .get("limit")
@@ -619,10 +1043,27 @@ fn get_updates(shared: &Shared, params: &Value) -> Value {
         .min(shared.config.max_long_poll.min(MAX_LONG_POLL));
     let deadline = Instant::now() + timeout;
     let mut state = shared.lock();
-    // As Telegram does: asking for an offset confirms every update before it.
-    state.updates.retain(|(id, _)| *id >= offset);
+    state.polls_started += 1;
+    let this_poll = state.polls_started;
+    // A poll being held wakes up to see it was superseded.
+    shared.changed.notify_all();
+    if offset < 0 {
+        // As Telegram documents: the last -offset updates; every earlier one is forgotten.
+        let keep = usize::try_from(offset.unsigned_abs()).unwrap_or(usize::MAX);
+        let forget = state.updates.len().saturating_sub(keep);
+        state.updates.drain(..forget);
+    } else {
+        // As Telegram does: asking for an offset confirms every update before it.
+        state.updates.retain(|(id, _)| *id >= offset);
+    }
     state.stats.polls_in_flight += 1;
     loop {
+        if state.polls_started != this_poll {
+            // As Telegram does: a newer getUpdates ends the one being held with a 409.
+            state.stats.polls_in_flight -= 1;
+            state.stats.conflicts += 1;
+            return Err(bot_error(409, CONFLICT));
+        }
         let ready: Vec<Value> = state
             .updates
             .iter()
@@ -632,7 +1073,7 @@ fn get_updates(shared: &Shared, params: &Value) -> Value {
         let now = Instant::now();
         if !ready.is_empty() || now >= deadline {
             state.stats.polls_in_flight -= 1;
-            return Value::Array(ready);
+            return Ok(Value::Array(ready));
         }
         state = shared
             .changed
@@ -642,25 +1083,91 @@ fn get_updates(shared: &Shared, params: &Value) -> Value {
     }
 }
 
-fn send_message(shared: &Shared, params: &Value) -> Option<Value> {
-    let chat_id = params
+/// The `chat_id` parameter, as a number or a numeric string.
+fn chat_id_param(params: &Value) -> Option<i64> {
+    params
         .get("chat_id")
-        .and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()))?;
-    let text = params.get("text").and_then(Value::as_str)?.to_owned();
+        .and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()))
+}
+
+/// The chat as Telegram shows it, for a chat no message was posted in.
+fn unknown_chat(chat_id: i64) -> Value {
+    if chat_id >= 0 {
+        return json!({"id": chat_id, "type": "private", "first_name": format!("User {chat_id}")});
+    }
+    // Telegram's supergroup ids are -100 followed by 10 digits; basic groups' are short.
+    let kind = if chat_id <= -1_000_000_000_000 {
+        ChatKind::Supergroup
+    } else {
+        ChatKind::Group
+    };
+    Chat {
+        id: chat_id,
+        kind,
+        title: None,
+    }
+    .to_json()
+}
+
+fn send_message(shared: &Shared, params: &Value, arrived: u64) -> Result<Value, Reply> {
+    let (Some(chat_id), Some(text)) = (
+        chat_id_param(params),
+        params.get("text").and_then(Value::as_str),
+    ) else {
+        return Err(bot_error(400, "Bad Request: chat_id and text are required"));
+    };
+    let reply_to_message_id = params
+        .pointer("/reply_parameters/message_id")
+        .or_else(|| params.get("reply_to_message_id"))
+        .and_then(Value::as_i64);
     let mut state = shared.lock();
+    if let Some(&new) = state.migrated.get(&chat_id) {
+        return Err(respond(
+            400,
+            json!({
+                "ok": false,
+                "error_code": 400,
+                "description": "Bad Request: group chat was upgraded to a supergroup chat",
+                "parameters": {"migrate_to_chat_id": new},
+            }),
+        ));
+    }
+    // Telegram trims the text; what is left is counted in characters after entity parsing,
+    // which for plain text is the text itself.
+    if text.trim().is_empty() {
+        return Err(bot_error(400, "Bad Request: message text is empty"));
+    }
+    if text.chars().count() > MAX_MESSAGE_LENGTH {
+        return Err(bot_error(400, "Bad Request: message is too long"));
+    }
+    if let Some(limits) = state.limits {
+        let now = Instant::now();
+        if let Some(wait) = state.windows.wait(&limits, chat_id, now) {
+            state.count_rate_limited(Some(chat_id));
+            return Err(too_many_requests(retry_after_secs(wait)));
+        }
+        state.windows.record(chat_id, now);
+    }
     let seq = state.sent.last().map_or(0, |m| m.seq) + 1;
     let message_id = state.next_message_id;
     state.next_message_id += 1;
     state.sent.push(SentMessage {
         seq,
         chat_id,
-        text: text.clone(),
+        text: text.to_owned(),
+        reply_to_message_id,
+        at_ms: arrived,
     });
+    let chat = state
+        .chats
+        .get(&chat_id)
+        .cloned()
+        .unwrap_or_else(|| unknown_chat(chat_id));
     shared.changed.notify_all();
-    Some(json!({
+    Ok(json!({
         "message_id": message_id,
         "from": {"id": shared.config.bot_id, "is_bot": true, "first_name": "Demo Bot", "username": shared.config.bot_username},
-        "chat": {"id": chat_id, "type": "private", "first_name": format!("User {chat_id}")},
+        "chat": chat,
         "date": now_ms() / 1000,
         "text": text,
     }))
@@ -677,26 +1184,79 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 fn control(shared: &Shared, method: &str, rest: &str, query: &str, body: &str) -> Reply {
     let refused = |e: &dyn std::fmt::Display| respond(400, json!({"error": e.to_string()}));
     match (method, rest) {
-        ("POST", "messages") => match serde_json::from_str::<IncomingMessage>(body) {
-            Ok(message) => {
-                let (update_ids, sent_before) = post_messages(shared, &[message]);
-                respond(
-                    200,
-                    json!({"update_id": update_ids[0], "sent_before": sent_before}),
-                )
-            }
+        ("POST", "messages") => match serde_json::from_str::<IncomingMessage>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|message| post_messages(shared, &[message]))
+        {
+            Ok((update_ids, sent_before)) => respond(
+                200,
+                json!({"update_id": update_ids[0], "sent_before": sent_before}),
+            ),
             Err(e) => refused(&e),
         },
-        ("POST", "messages/batch") => match serde_json::from_str::<Vec<IncomingMessage>>(body) {
-            Ok(messages) => {
-                let (update_ids, sent_before) = post_messages(shared, &messages);
-                respond(
-                    200,
-                    json!({"update_ids": update_ids, "sent_before": sent_before}),
-                )
-            }
+        ("POST", "messages/batch") => match serde_json::from_str::<Vec<IncomingMessage>>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|messages| post_messages(shared, &messages))
+        {
+            Ok((update_ids, sent_before)) => respond(
+                200,
+                json!({"update_ids": update_ids, "sent_before": sent_before}),
+            ),
             Err(e) => refused(&e),
         },
+        ("POST", "chats/migrate") => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Migration {
+                from: i64,
+                to: i64,
+            }
+            let migrated = serde_json::from_str::<Migration>(body)
+                .map_err(|e| format!("{e}; send {{\"from\":-123,\"to\":-100123}}"))
+                .and_then(|m| shared.lock().migrate(m.from, m.to).map(|()| m));
+            match migrated {
+                Ok(m) => respond(200, json!({"from": m.from, "to": m.to})),
+                Err(e) => refused(&e),
+            }
+        }
+        ("POST", "limits") => {
+            let limits = serde_json::from_str::<Option<Limits>>(body)
+                .map_err(|e| {
+                    format!(
+                        "{e}; send {{\"per_chat_per_sec\":1,\"per_group_per_min\":20,\"overall_per_sec\":30}}, or null to turn the limits off"
+                    )
+                })
+                .and_then(|limits| match &limits {
+                    Some(l) => l.check().map(|()| limits),
+                    None => Ok(None),
+                });
+            match limits {
+                Ok(limits) => {
+                    shared.lock().limits = limits;
+                    respond(200, json!(limits))
+                }
+                Err(e) => refused(&e),
+            }
+        }
+        ("GET", "limits") => respond(200, json!(shared.lock().limits)),
+        ("POST", "latency") => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Latency {
+                ms: u64,
+            }
+            match serde_json::from_str::<Latency>(body) {
+                Ok(Latency { ms }) => {
+                    shared.lock().latency = Duration::from_millis(ms);
+                    respond(200, json!({"ms": ms}))
+                }
+                Err(e) => refused(&format!("{e}; send {{\"ms\":50}} (0 for none)")),
+            }
+        }
+        ("GET", "latency") => {
+            let ms = shared.lock().latency.as_millis() as u64;
+            respond(200, json!({"ms": ms}))
+        }
         ("POST", "faults") => {
             let fault = serde_json::from_str::<Fault>(body)
                 .map_err(|e| e.to_string())
@@ -730,9 +1290,124 @@ fn control(shared: &Shared, method: &str, rest: &str, query: &str, body: &str) -
             let sent = wait_for_sent(shared, after, chat_id, min, Duration::from_millis(wait));
             respond(200, json!(sent))
         }
-        ("GET", "stats") => respond(200, json!(shared.lock().stats)),
+        ("GET", "stats") => respond(200, json!(shared.lock().stats())),
         ("GET", "commands") => respond(200, shared.lock().commands.clone()),
         ("GET", "health") => respond(200, json!({"ok": true})),
         _ => respond(404, json!({"error": "unknown control endpoint"})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_lets_its_limit_through_then_says_when_the_oldest_leaves() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let limits = Limits {
+            per_chat_per_sec: 2,
+            per_group_per_min: 1,
+            overall_per_sec: 3,
+        };
+        let mut windows = Windows::default();
+        for ms in [0, 100] {
+            assert_eq!(windows.wait(&limits, 42, at(ms)), None);
+            windows.record(42, at(ms));
+        }
+        assert_eq!(
+            windows.wait(&limits, 42, at(300)),
+            Some(Duration::from_millis(700)),
+            "the message at 0 ms leaves the window at 1000 ms"
+        );
+
+        // Another private chat is free, until the overall limit (3 in a second) is reached.
+        assert_eq!(windows.wait(&limits, 7, at(200)), None);
+        windows.record(7, at(200));
+        assert_eq!(
+            windows.wait(&limits, 8, at(250)),
+            Some(Duration::from_millis(750)),
+            "three sent in the last second, the first at 0 ms"
+        );
+
+        assert_eq!(
+            windows.wait(&limits, 42, at(1000)),
+            None,
+            "a second later it has left"
+        );
+        // A group's window is a minute long.
+        assert_eq!(windows.wait(&limits, -100123, at(0)), None);
+        windows.record(-100123, at(0));
+        assert_eq!(
+            windows.wait(&limits, -100123, at(30_000)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(windows.wait(&limits, -100123, at(60_000)), None);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(59)), 59);
+    }
+
+    #[test]
+    fn a_migration_needs_two_distinct_negative_ids_once() {
+        let mut state = State::default();
+        assert!(
+            state
+                .migrate(123, -100123)
+                .unwrap_err()
+                .contains("negative")
+        );
+        assert!(state.migrate(-5, -5).unwrap_err().contains("itself"));
+        state.migrate(-123, -100123).unwrap();
+        assert_eq!(state.chats[&-100123]["type"], "supergroup");
+        assert!(
+            state
+                .migrate(-123, -100999)
+                .unwrap_err()
+                .contains("already upgraded to -100123")
+        );
+        assert!(
+            state
+                .migrate(-100123, -100999)
+                .unwrap_err()
+                .contains("supergroup already")
+        );
+    }
+
+    #[test]
+    fn unknown_chats_are_private_or_groups_by_their_id() {
+        assert_eq!(unknown_chat(42)["type"], "private");
+        assert_eq!(unknown_chat(-123)["type"], "group");
+        assert_eq!(unknown_chat(-1_001_234_567_890)["type"], "supergroup");
+        assert_eq!(unknown_chat(-123)["title"], "Group -123");
+    }
+
+    #[test]
+    fn incoming_json_without_a_chat_is_still_a_private_message() {
+        let old: IncomingMessage =
+            serde_json::from_str(r#"{"user_id":42,"text":"/start","first_name":"Ann"}"#).unwrap();
+        assert_eq!((old.chat.clone(), old.chat_id()), (None, 42));
+        assert!(
+            !serde_json::to_string(&old).unwrap().contains("chat"),
+            "serialized as before"
+        );
+        let group: IncomingMessage = serde_json::from_str(
+            r#"{"user_id":42,"text":"hi","chat":{"id":-100123,"type":"supergroup","title":"Team"}}"#,
+        )
+        .unwrap();
+        assert_eq!(group.chat, Some(Chat::supergroup(-100123, "Team")));
+        assert_eq!(group.chat_id(), -100123);
+        assert!(
+            serde_json::from_str::<IncomingMessage>(
+                r#"{"user_id":42,"text":"hi","chat":{"id":-1,"type":"channel"}}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -6,10 +6,13 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use telegram_standin::{Config, IncomingMessage, SentMessage, Standin, client};
+use telegram_standin::{Config, IncomingMessage, Limits, SentMessage, Standin, client};
 
 const USAGE: &str = "usage:
-  telegram-standin serve [--listen ADDR]          (token from STANDIN_TOKEN, default the demo token)
+  telegram-standin serve [--listen ADDR] [--latency-ms N] [--telegram-limits]
+      (token from STANDIN_TOKEN, default the demo token; --latency-ms delays every Bot API call;
+       --telegram-limits answers 429 over Telegram's rate limits: 1 message/s per chat,
+       20/min per group, 30/s overall)
   telegram-standin chat [--server URL] [--user ID] [--wait-ms N] TEXT
   telegram-standin health [--server URL]
   telegram-standin stats [--server URL]           (the control API's counters, as JSON)
@@ -43,6 +46,13 @@ fn take_option(args: &mut Vec<String>, name: &str) -> Result<Option<String>, Str
     Ok(Some(value))
 }
 
+/// Removes the flag `name` from `args`; whether it was there.
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
+}
+
 fn run(mut args: Vec<String>) -> Result<(), String> {
     if args.is_empty() {
         return Err(USAGE.into());
@@ -63,6 +73,18 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
                     format!("STANDIN_MAX_LONG_POLL_MS={ms} is not a number of milliseconds")
                 })?;
                 config.max_long_poll = Duration::from_millis(ms);
+            }
+            if let Some(ms) = take_option(&mut args, "--latency-ms")? {
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| format!("--latency-ms takes milliseconds, not {ms}"))?;
+                config.latency = Duration::from_millis(ms);
+            }
+            if take_flag(&mut args, "--telegram-limits") {
+                config.limits = Some(Limits::default());
+            }
+            if !args.is_empty() {
+                return Err(format!("serve takes no argument {:?}\n{USAGE}", args[0]));
             }
             let standin = Standin::start(&listen, config)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Project, SERIAL, docker, env_file, report, revision_3_database, root, run, steps, text,
+    Project, SERIAL, docker, env_file, head, report, revision_3_database, root, run, steps, text,
 };
 use serde_json::Value;
 
@@ -793,7 +793,7 @@ fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy
     let data = project.dump("before");
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(update.status.success(), "{}", text(&update));
-    assert_eq!(report(&update)["revision_after"], 4);
+    assert_eq!(report(&update)["revision_after"], head());
     let chat = project.xtask("chat", &["/start", "--user", "31337"]);
     assert!(chat.status.success(), "{}", text(&chat));
     let new_image = project.running_image();
@@ -850,7 +850,7 @@ fn rollback_returns_to_the_previous_image_and_the_backup_taken_before_the_deploy
             outcome["revision_before"].as_u64(),
             outcome["revision_after"].as_u64()
         ),
-        (Some(4), Some(3))
+        (Some(head()), Some(3))
     );
     assert!(
         outcome["backup"]
@@ -896,7 +896,7 @@ fn the_way_back_survives_no_op_re_runs_and_refused_deploys() {
 
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(update.status.success(), "{}", text(&update));
-    assert_eq!(report(&update)["revision_after"], 4);
+    assert_eq!(report(&update)["revision_after"], head());
     let new_image = project.running_image();
     assert_ne!(new_image, old_image);
 
@@ -924,7 +924,7 @@ fn the_way_back_survives_no_op_re_runs_and_refused_deploys() {
             outcome["revision_before"].as_u64(),
             outcome["revision_after"].as_u64()
         ),
-        (Some(4), Some(3)),
+        (Some(head()), Some(3)),
         "{outcome}"
     );
     assert_previous_bot_is_back(&project, &old_image, &before);

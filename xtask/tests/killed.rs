@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Project, SERIAL, report, root, text};
+use common::{Project, SERIAL, head, report, root, text};
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -99,7 +99,7 @@ fn history(project: &Project) -> Vec<Value> {
         .collect()
 }
 
-/// The bot serves at head (revision 4) with every user.
+/// The bot serves at head with every user.
 fn assert_healthy_at_head_with_every_user(project: &Project, label: &str) {
     let container = project.bot_container();
     assert_eq!(
@@ -110,7 +110,7 @@ fn assert_healthy_at_head_with_every_user(project: &Project, label: &str) {
     let status = project.db_status();
     assert_eq!(
         (status["state"].as_str(), status["version"].as_u64()),
-        (Some("current"), Some(4)),
+        (Some("current"), Some(head())),
         "{status}"
     );
     assert_eq!(users(project, label), USERS, "every user is still there");
@@ -239,7 +239,7 @@ fn killed_while_waiting_for_health_then_recovered_and_rolled_back() {
             outcome["revision_before"].as_u64(),
             outcome["revision_after"].as_u64()
         ),
-        (Some(4), Some(3)),
+        (Some(head()), Some(3)),
         "{outcome}"
     );
     let container = project.bot_container();
@@ -287,7 +287,7 @@ fn one_signal_in_the_critical_part_is_held_until_the_bot_serves() {
     assert!(deploy.status.success(), "{}", text(&deploy));
     let progress = String::from_utf8_lossy(&deploy.stderr);
     assert!(progress.contains("SIGINT (Ctrl-C): held"), "{progress}");
-    assert_eq!(report(&deploy)["revision_after"], 4);
+    assert_eq!(report(&deploy)["revision_after"], head());
     assert_healthy_at_head_with_every_user(&project, "sig-held");
 }
 

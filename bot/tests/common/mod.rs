@@ -2,10 +2,28 @@
 //! database, and its output shown when an assertion fails.
 #![allow(dead_code)]
 
+pub mod sandbox;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use rusqlite::Connection;
+
+/// The newest revision: the number of `migrations/sql/*.up.sql`.
+pub fn head() -> u64 {
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sql");
+    std::fs::read_dir(sql)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".up.sql")
+        })
+        .count() as u64
+}
 
 /// A temporary folder of one test, removed when dropped.
 pub struct Dir(pub PathBuf);

@@ -1,0 +1,245 @@
+//! What a failed Bot API request means, told the same way for every request: whether Telegram
+//! surely did not do it (safe to retry), may have done it (a retry could duplicate a reply), or
+//! refused it for good; and how to describe it in a log line without the token or Telegram's raw
+//! answer (which can hold a user's data).
+
+use std::time::Duration;
+
+use teloxide::types::ChatId;
+use teloxide::{ApiError, RequestError};
+
+use crate::config::redact;
+
+/// The pause after the first failure in a row; it doubles per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between retries after network errors or 5xx.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a failed request means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 401: the token is wrong or revoked; retrying cannot help.
+    TokenRejected,
+    /// 409 on `getUpdates`: another instance polls with this token.
+    Conflict,
+    /// 429: Telegram says how long to wait; it did not do the request.
+    RetryAfter(Duration),
+    /// The group became a supergroup: the same request goes to this chat instead.
+    MovedTo(ChatId),
+    /// Telegram answered that it did not do it, with an error this build does not know (5xx
+    /// answers arrive this way, after teloxide's own 10 s pause): worth retrying.
+    NotDone,
+    /// The connection was never made: the request surely did not arrive; worth retrying.
+    Unreached,
+    /// The request may have been done: a timeout, a connection lost mid-answer, an answer that
+    /// is not JSON this build understands. Retrying a reply could send it twice.
+    Unknown,
+    /// Telegram refused this request (the user blocked the bot, the text is too long): the same
+    /// request will fail again.
+    Refused,
+}
+
+impl Failure {
+    /// Tells what `error` means.
+    pub fn of(error: &RequestError) -> Failure {
+        match error {
+            RequestError::Api(ApiError::InvalidToken) => Failure::TokenRejected,
+            RequestError::Api(ApiError::TerminatedByOtherGetUpdates) => Failure::Conflict,
+            RequestError::RetryAfter(seconds) => Failure::RetryAfter(seconds.duration()),
+            RequestError::MigrateToChatId(chat) => Failure::MovedTo(*chat),
+            RequestError::Api(ApiError::Unknown(_)) => Failure::NotDone,
+            RequestError::Network(e) if e.is_connect() => Failure::Unreached,
+            RequestError::Network(_) | RequestError::Io(_) | RequestError::InvalidJson { .. } => {
+                Failure::Unknown
+            }
+            RequestError::Api(_) => Failure::Refused,
+        }
+    }
+
+    /// Whether a request that failed this way can be sent again without the risk of it being
+    /// done twice.
+    pub fn safe_to_retry(self) -> bool {
+        matches!(
+            self,
+            Failure::RetryAfter(_) | Failure::NotDone | Failure::Unreached
+        )
+    }
+}
+
+/// The pause before the next try after `failures` failures in a row (1 s, 2 s, 4 s, ... 10 s),
+/// counted from when the failed request started: teloxide itself sleeps 10 s inside a request
+/// that got a 5xx, and that sleep is part of the pause, not added to it.
+pub fn backoff(failures: u32, request_took: Duration) -> Duration {
+    let doubled = FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(MAX_BACKOFF).saturating_sub(request_took)
+}
+
+/// The error that stops the bot when Telegram rejects the token.
+pub fn token_rejected() -> anyhow::Error {
+    anyhow::anyhow!(
+        "Telegram rejected BOT_TOKEN (401 Unauthorized): the token is wrong or was revoked; put the token @BotFather gave you in .env and restart"
+    )
+}
+
+/// The error and its causes for a log line, token removed, Telegram's raw answer left out:
+/// "A network error: error sending request" alone does not say whether the connection was
+/// refused, reset or timed out, and a raw answer to /me holds the user's stored data.
+pub fn describe(error: &RequestError, token: &str) -> String {
+    let text = match error {
+        RequestError::InvalidJson { source, .. } => {
+            format!("Telegram's answer is not JSON this build understands ({source})")
+        }
+        other => chain(other),
+    };
+    redact(&text, token)
+}
+
+/// An error and its chain of sources, joined with ": ", skipping a source whose text its
+/// parent already shows.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use teloxide::types::Seconds;
+
+    use super::*;
+
+    fn not_json(raw: &str) -> RequestError {
+        RequestError::InvalidJson {
+            source: Arc::new(serde_json::from_str::<u8>("<html>").unwrap_err()),
+            raw: raw.into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let cases = [
+            (
+                RequestError::Api(ApiError::InvalidToken),
+                Failure::TokenRejected,
+            ),
+            (
+                RequestError::Api(ApiError::TerminatedByOtherGetUpdates),
+                Failure::Conflict,
+            ),
+            (
+                RequestError::RetryAfter(Seconds::from_seconds(2)),
+                Failure::RetryAfter(Duration::from_secs(2)),
+            ),
+            (
+                RequestError::MigrateToChatId(ChatId(-100_123)),
+                Failure::MovedTo(ChatId(-100_123)),
+            ),
+            (not_json("<html>502 Bad Gateway</html>"), Failure::Unknown),
+            (
+                RequestError::Api(ApiError::Unknown("Bad Gateway".into())),
+                Failure::NotDone,
+            ),
+            (
+                RequestError::Io(Arc::new(std::io::Error::other("reset"))),
+                Failure::Unknown,
+            ),
+            (RequestError::Api(ApiError::BotBlocked), Failure::Refused),
+            (
+                RequestError::Api(ApiError::MessageIsTooLong),
+                Failure::Refused,
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(Failure::of(&error), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn only_what_surely_was_not_done_is_retried() {
+        for retried in [
+            Failure::RetryAfter(Duration::from_secs(1)),
+            Failure::NotDone,
+            Failure::Unreached,
+        ] {
+            assert!(retried.safe_to_retry(), "{retried:?}");
+        }
+        for kept in [
+            Failure::Unknown,
+            Failure::Refused,
+            Failure::TokenRejected,
+            Failure::Conflict,
+            Failure::MovedTo(ChatId(1)),
+        ] {
+            assert!(!kept.safe_to_retry(), "{kept:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreached() {
+        // A port nothing listens on: the connection is refused before anything is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let error = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/bot1:x/sendMessage"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            Failure::of(&RequestError::Network(Arc::new(error))),
+            Failure::Unreached
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_counts_the_time_the_request_took() {
+        let quick = Duration::ZERO;
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(n, quick).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(backoff(1000, quick), MAX_BACKOFF);
+        // teloxide slept 10 s inside the request after a 5xx: no further pause.
+        assert_eq!(backoff(5, Duration::from_secs(10)), Duration::ZERO);
+        assert_eq!(
+            backoff(3, Duration::from_millis(1500)),
+            Duration::from_millis(2500)
+        );
+    }
+
+    #[test]
+    fn a_description_has_the_causes_once_and_neither_the_token_nor_the_raw_answer() {
+        let io = std::io::Error::other("connection reset by peer");
+        assert_eq!(
+            describe(&RequestError::Io(Arc::new(io)), "1:SECRET"),
+            "An I/O error: connection reset by peer",
+            "the source already shown is not repeated"
+        );
+        let raw = r#"{"ok":true,"result":{"text":"Here is what I store about you: Ann"}}"#;
+        let text = describe(&not_json(raw), "1:SECRET");
+        assert!(
+            !text.contains("Ann") && !text.contains("store about"),
+            "{text}"
+        );
+        assert!(text.contains("not JSON"), "{text}");
+        let unknown = RequestError::Api(ApiError::Unknown("token 1:SECRET leaked".into()));
+        assert!(!describe(&unknown, "1:SECRET").contains("SECRET"));
+    }
+
+    #[test]
+    fn the_token_rejection_says_what_to_do() {
+        let text = token_rejected().to_string();
+        assert!(
+            text.contains("rejected BOT_TOKEN") && text.contains(".env"),
+            "{text}"
+        );
+    }
+}

@@ -74,7 +74,7 @@ impl Op {
             Op::Status => "`bot db status`",
             Op::Adopt => "`bot db adopt`",
             Op::Rebuild | Op::RebuildSqlOnly => {
-                "`bot db upgrade` (the `users` rebuild, revision 3 to 4)"
+                "`bot db upgrade` (revision 3 to the head: the `users` rebuild, then revision 5)"
             }
             Op::Backup => "`bot db backup`",
         }
@@ -260,7 +260,7 @@ fn method(
          Both sides are whole processes timed from spawn to exit, with default settings (rollback journal, `synchronous=FULL`): `bot` is the static release binary the image ships; `sqlite3` is the system's shell ({sqlite3}); Alembic ({alembic}) is installed from PyPI into `target/bench/venv`, with an Alembic project whose four revisions mirror ours. The two sides alternate, each run once untimed first so that the page cache is warm for both; a cell is the median of {QUICK_RUNS} runs for `status` and `alembic current`, and of 5 runs (3 at 1M and 10M users) for the others. The ratio is ours divided by the comparison.\n\n\
          - `status`: `bot db status` against `alembic current`, both reading the same file.\n\
          - `adopt`: `bot db adopt` on a copy of the database whose `schema_history` is dropped (untimed) before each run, so each run checks the file, reads the schema, matches it to revision 3 and writes the history; against `sqlite3 FILE 'PRAGMA quick_check'` on the same copy.\n\
-         - rebuild: `bot db upgrade` (revision 3 to 4, `migrations/sql/0004_users_rebuild.up.sql`) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, with the checks the engine makes: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision 4), `COMMIT`. The engine also runs `PRAGMA quick_check` before it writes, and checks foreign keys its own way: a one-column reference to a parent's rowid (here `command_log.user_id`) is checked by walking the child's distinct values in index order, each parent looked up once and in key order, where `foreign_key_check` seeks the parent of every child row in rowid order; any other reference, and any violation, goes to `foreign_key_check` itself (`migrations/src/engine/foreign_keys.rs`, whose tests hold the two to the same verdict on values of every type). A second row sets the same runs of `bot db upgrade` beside the shell running the migration's SQL alone (`PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the SQL, `COMMIT`: no check at all, no history row), to show what the checks cost. Each run, on any side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run of the first two `bot db status` must read the result as current at revision 4.\n\
+         - rebuild: `bot db upgrade` (revision 3 to the head: `migrations/sql/0004_users_rebuild.up.sql`, then `0005_handled_updates_stats.up.sql`, which fills the /stats summaries from the rows) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, with the checks the engine makes: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision), `COMMIT`, once per migration. The engine also runs `PRAGMA quick_check` before it writes, and checks foreign keys its own way: a one-column reference to a parent's rowid (here `command_log.user_id`) is checked by walking the child's distinct values in index order, each parent looked up once and in key order, where `foreign_key_check` seeks the parent of every child row in rowid order; any other reference, and any violation, goes to `foreign_key_check` itself (`migrations/src/engine/foreign_keys.rs`, whose tests hold the two to the same verdict on values of every type). A second row sets the same runs of `bot db upgrade` beside the shell running the migration's SQL alone (`PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the SQL, `COMMIT`: no check at all, no history row), to show what the checks cost. Each run, on any side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run of the first two `bot db status` must read the result as current at the head.\n\
          - `backup`: `bot db backup DEST` (online backup API, then `integrity_check` of the copy) against `sqlite3 -readonly FILE '.backup DEST'`, from the kept database to a new file each run.\n\n\
          This run of the section took {} (generating databases: {}); the load average (1 minute) was {load_before} at its start and {load_after} at its end: other work on the machine shows in the millisecond cells.",
         long(took),
@@ -354,13 +354,14 @@ impl Bench {
         result
     }
 
-    /// Fails unless `bot db status` reads `db` as current at revision 4: both sides of the
+    /// Fails unless `bot db status` reads `db` as current at the head: both sides of the
     /// rebuild must leave the same result.
     fn expect_current(&self, db: &Path) -> anyhow::Result<()> {
         let (state, version) = state(&self.bot, db)?;
-        if state != "current" || version != Some(4) {
+        let head = u64::from(migrations::head());
+        if state != "current" || version != Some(head) {
             bail!(
-                "after the rebuild, {} is {state} at revision {version:?}, not current at 4",
+                "after the rebuild, {} is {state} at revision {version:?}, not current at {head}",
                 db.display()
             );
         }
@@ -451,31 +452,38 @@ fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     Ok((db, started.elapsed()))
 }
 
-/// Revision 4 as a script for the `sqlite3` shell: the same SQL in one transaction, with
-/// (`checked`) the foreign key handling a person would add and the engine's history row, or
-/// without them.
+/// The migrations after revision 3 (the `users` rebuild, then revision 5's tables and
+/// summaries) as a script for the `sqlite3` shell: each one's SQL in a transaction of its own,
+/// as the engine runs them, with (`checked`) the foreign key handling a person would add and
+/// the engine's history row, or without them.
 fn rebuild_script(checked: bool) -> anyhow::Result<String> {
-    let m = migrations::migration(4).context("no migration 4")?;
-    let on_disk = std::fs::read_to_string(project::root().join("migrations/sql").join(m.file))?;
-    if on_disk != m.up {
-        bail!(
-            "migrations/sql/{} changed since xtask was built: run the benchmark again",
-            m.file
-        );
+    let mut script = String::new();
+    for version in 4..=migrations::head() {
+        let m =
+            migrations::migration(version).with_context(|| format!("no migration {version}"))?;
+        let on_disk = std::fs::read_to_string(project::root().join("migrations/sql").join(m.file))?;
+        if on_disk != m.up {
+            bail!(
+                "migrations/sql/{} changed since xtask was built: run the benchmark again",
+                m.file
+            );
+        }
+        script.push_str(&if checked {
+            format!(
+                "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nPRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES ({}, '{}', '{}', 'applied');\nCOMMIT;\n",
+                m.up,
+                m.version,
+                m.name,
+                m.checksum()
+            )
+        } else {
+            format!(
+                "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nCOMMIT;\n",
+                m.up
+            )
+        });
     }
-    if !checked {
-        return Ok(format!(
-            "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nCOMMIT;\n",
-            m.up
-        ));
-    }
-    Ok(format!(
-        "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\nPRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES ({}, '{}', '{}', 'applied');\nCOMMIT;\n",
-        m.up,
-        m.version,
-        m.name,
-        m.checksum()
-    ))
+    Ok(script)
 }
 
 /// `bot db status --json` of `db`: its state and revision.

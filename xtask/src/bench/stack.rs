@@ -1,5 +1,5 @@
 //! The deploy and the bot, measured on the real stack: the downtime of `prod-full-update` with
-//! one pending migration (revision 4, the `users` rebuild) at 100k and 1M users, beside the
+//! the pending migrations from revision 3 (the `users` rebuild, then revision 5's tables and summaries) at 100k and 1M users, beside the
 //! migration's own duration on the same data and the seed's manual flow on the same images
 //! (both deploys seen as gaps in `getUpdates` calls at the stand-in); a no-op update; the bot's
 //! idle memory, image size and throughput.
@@ -307,11 +307,12 @@ fn reset(
     Ok(())
 }
 
-/// The report of a deploy that must have migrated from revision 3 to 4.
+/// The report of a deploy that must have migrated from revision 3 to the head.
 fn deployed(out: &str) -> anyhow::Result<Value> {
     let report = last_json(out)?;
-    if report["revision_before"] != 3 || report["revision_after"] != 4 {
-        bail!("the deploy did not migrate from revision 3 to 4: {report}");
+    let head = migrations::head();
+    if report["revision_before"] != 3 || report["revision_after"] != head {
+        bail!("the deploy did not migrate from revision 3 to {head}: {report}");
     }
     Ok(report)
 }
@@ -333,13 +334,14 @@ fn steps(report: &Value) -> String {
 }
 
 /// `bot db upgrade` alone on a fresh, warm copy of `template`, timed from spawn to exit; the
-/// result must be current at revision 4.
+/// result must be current at the head.
 fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Duration> {
     warm_copy_whole(template, work)?;
     let result = time(bot, &["db", "upgrade"], &[("DATABASE_PATH", work)]).and_then(|took| {
         let (state, version) = state(bot, work)?;
-        if state != "current" || version != Some(4) {
-            bail!("after `bot db upgrade` the copy is {state} at revision {version:?}, not current at 4");
+        let head = u64::from(migrations::head());
+        if state != "current" || version != Some(head) {
+            bail!("after `bot db upgrade` the copy is {state} at revision {version:?}, not current at {head}");
         }
         Ok(took)
     });
@@ -780,7 +782,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: &Once, method: String) -> (Se
         let limit = median(at.migration.clone()) + ALLOWANCE;
         rows.push(Measurement {
             name: format!(
-                "downtime of `prod-full-update`, the `users` rebuild pending, at {} users ({})",
+                "downtime of `prod-full-update`, revisions 4 and 5 pending, at {} users ({})",
                 label(at.users),
                 size(at.bytes)
             ),
@@ -915,7 +917,7 @@ fn method(
     format!(
         "{smoke}The demo stack ({compose}, `scratch` images, the Bot API stand-in in place of Telegram) with a database at revision 3 of {sizes}: rows like `user123`, `First123`, one admin in 100, one `command_log` row per user, in WAL mode as the bot leaves it; generated once by the engine and kept in `target/bench/stack/`.\n\n\
          Every run starts from the same state: the stack and its volume removed (`down -v`); the old release's image (built once by `cargo xtask first-deploy --schema-head 3`) tagged as the project's; the kept database put into a new volume by `cargo xtask restore`; the old bot started by `cargo xtask prod-migrate` (nothing to migrate at revision 3), seen polling, then left to serve {settle}. Before the timed runs one untimed `prod-full-update` builds the new images, so that no timed run compiles or builds an image that is not in Docker's cache. Then, at each size, {runs} times in turn:\n\n\
-         - the migration alone: `bot db upgrade`, the static release binary the image ships, run on this machine (not in a container, the stack down) on a fresh copy of the same file, written through the page cache and flushed, timed from spawn to exit (one untimed run first). It opens the file, checks it (`quick_check`), rebuilds `users` (revision 4), checks foreign keys and commits; it takes no backup.\n\
+         - the migration alone: `bot db upgrade`, the static release binary the image ships, run on this machine (not in a container, the stack down) on a fresh copy of the same file, written through the page cache and flushed, timed from spawn to exit (one untimed run first). It opens the file, checks it (`quick_check`), rebuilds `users` (revision 4), checks foreign keys and commits, then creates revision 5's tables and fills the /stats summaries from the rows and commits; it takes no backup.\n\
          - the seed's manual flow, on the same images, data and compose file: `up -d bot` with the new image, a one-off `run --rm -T bot db upgrade`, `restart bot`.\n\
          - ours: `cargo xtask prod-full-update --json {options}`. Its migration container opens and checks the file while the old bot still serves; once the old bot has exited, it takes the pre-deploy backup (a full copy, by SQLite's online backup API) and migrates; the new bot, started by Compose meanwhile, waits for the schema and serves once it is current.\n\n\
          Downtime is read at the stand-in, which notes when each `getUpdates` call arrives and holds each long poll {cap} ms at most, so that a serving bot calls again every {cap} ms plus a round trip. A gap of more than {OUTAGE_MS} ms between two calls, from the last call before the measured command began until the bot had called 3 times after it ended, is an outage, counted whole; downtime is the sum of the outages. A gap begins at the old bot's last call, which it was still holding when it stopped, so it overstates the downtime by less than one poll interval; it ends at the new bot's first `getUpdates`, after its `getMe`, `deleteWebhook` and `setMyCommands`. A run fails if the stand-in restarted meanwhile. A cell gives the median of the {runs} runs, the lowest and the highest, and how many outages the runs had; targets compare medians. The no-op rows are one more `prod-full-update` right after the last timed one at {first} users, timed alone.\n\n\

@@ -16,8 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::commands::{self, Answer, ChatKind, Incoming};
 use crate::config::{AdminIds, redact};
-use crate::health::Health;
-use crate::replies::{Outbox, fit};
+use crate::replies::{Outbox, Pace, fit};
 use crate::store::{Store, UserFacts};
 
 /// The answer when the database fails under a message, so the user is not left waiting.
@@ -37,8 +36,6 @@ pub struct Shared {
     pub me: String,
     /// Where answers go out.
     pub outbox: Outbox,
-    /// The vitals `bot healthcheck` reads.
-    pub health: Arc<Health>,
     /// BOT_TOKEN, to keep it out of log lines.
     pub token: String,
 }
@@ -62,6 +59,8 @@ pub struct Chats {
     running: JoinSet<()>,
     /// Update ids handed out and not yet answered.
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
+    /// Update ids answered since the last [`Chats::take_answered`].
+    answered: Arc<Mutex<Vec<i64>>>,
     per_user: Option<(DefaultKeyedRateLimiter<u64>, u32)>,
     /// Users whose messages are being ignored, so that the log says so once per flood.
     flooding: HashSet<u64>,
@@ -75,6 +74,7 @@ impl Chats {
             workers: HashMap::new(),
             running: JoinSet::new(),
             unfinished: Arc::default(),
+            answered: Arc::default(),
             per_user: NonZeroU32::new(user_messages_per_minute)
                 .map(|n| (RateLimiter::keyed(Quota::per_minute(n)), n.get())),
             flooding: HashSet::new(),
@@ -125,8 +125,20 @@ impl Chats {
             jobs,
             Arc::clone(&pending),
             Arc::clone(&self.unfinished),
+            Arc::clone(&self.answered),
         ));
         self.workers.insert(chat, Worker { queue, pending });
+    }
+
+    /// The update ids answered since the last call: for [`Store::note_handled`], which records
+    /// those whose handling wrote nothing.
+    pub fn answered(&self) -> Arc<Mutex<Vec<i64>>> {
+        Arc::clone(&self.answered)
+    }
+
+    /// The lowest update handed out and not yet answered.
+    pub fn lowest_unanswered(&self) -> Option<i64> {
+        lock(&self.unfinished).first().copied()
     }
 
     /// Messages handed out and not yet answered.
@@ -144,7 +156,6 @@ impl Chats {
         if let Some((limit, _)) = &self.per_user {
             limit.retain_recent();
         }
-        self.shared.outbox.tidy();
     }
 
     /// Stops taking messages and waits up to `grace` for every chat to finish what it has;
@@ -173,15 +184,18 @@ async fn work(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     pending: Arc<AtomicUsize>,
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
+    answered: Arc<Mutex<Vec<i64>>>,
 ) {
+    let mut pace = Pace::default();
     while let Some(Job { update_id, message }) = jobs.recv().await {
-        answer(&shared, update_id, message).await;
+        answer(&shared, update_id, message, &mut pace).await;
+        lock(&answered).push(update_id);
         lock(&unfinished).remove(&update_id);
         pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-async fn answer(shared: &Shared, update_id: i64, message: Message) {
+async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pace) {
     let (Some(from), Some(text)) = (message.from.as_ref(), message.text()) else {
         return;
     };
@@ -201,8 +215,8 @@ async fn answer(shared: &Shared, update_id: i64, message: Message) {
         },
         text: text.to_owned(),
     };
+    shared.outbox.wait_turn(message.chat.id, pace).await;
     let answered = commands::answer(&shared.store, &shared.admins, &shared.me, incoming).await;
-    shared.health.wrote(answered.is_ok());
     let reply = match answered {
         Ok(Answer::Reply(reply)) => reply,
         Ok(Answer::Nothing) => return,
@@ -222,5 +236,5 @@ async fn answer(shared: &Shared, update_id: i64, message: Message) {
             SORRY.to_owned()
         }
     };
-    shared.outbox.send(message.chat.id, &fit(reply)).await;
+    shared.outbox.send(message.chat.id, &fit(reply), pace).await;
 }

@@ -187,8 +187,15 @@ pub fn stats_text(stats: &UserStats) -> String {
             .map(|(_, n)| n)
             .sum::<i64>();
     let commands: i64 = others + named.clone().map(|(_, n)| n).sum::<i64>();
+    let (week, day) = match &stats.counted_from {
+        Some(from) => (
+            format!("since {} UTC", from.week),
+            format!("since {} UTC", from.day),
+        ),
+        None => ("in the last 7 days".into(), "in the last 24 hours".into()),
+    };
     let mut text = format!(
-        "Users: {}\nNew in the last 7 days: {}\nActive in the last 24 hours: {}\nCommands in the last 24 hours: {commands}",
+        "Users: {}\nNew {week}: {}\nActive {day}: {}\nCommands {day}: {commands}",
         stats.users_total, stats.new_this_week, stats.active_today
     );
     let mut each: Vec<String> = named
@@ -414,6 +421,7 @@ mod tests {
             active_today: 5,
             commands_today: vec![("start".into(), 4), ("help".into(), 2), ("me".into(), 1)],
             other_commands: 0,
+            counted_from: None,
         };
         assert_eq!(
             stats_text(&stats),
@@ -434,6 +442,19 @@ mod tests {
             "Users: 0\nNew in the last 7 days: 0\nActive in the last 24 hours: 0\n\
              Commands in the last 24 hours: 0"
         );
+        // Counted by the hour (revision 5): the answer names the hours the windows start at.
+        let by_hour = UserStats {
+            counted_from: Some(crate::store::HourWindows {
+                week: "2026-11-19 17:00".into(),
+                day: "2026-11-25 17:00".into(),
+            }),
+            ..with_others
+        };
+        assert_eq!(
+            stats_text(&by_hour),
+            "Users: 12\nNew since 2026-11-19 17:00 UTC: 3\nActive since 2026-11-25 17:00 UTC: 5\n\
+             Commands since 2026-11-25 17:00 UTC: 12 (/start 4, /help 2, /me 1, others 5)"
+        );
     }
 
     #[test]
@@ -447,6 +468,7 @@ mod tests {
             active_today: i64::MAX,
             commands_today: junk.clone(),
             other_commands: 0,
+            counted_from: None,
         };
         let text = stats_text(&stats);
         assert!(text.len() <= MAX_MESSAGE_LENGTH, "{} chars", text.len());
@@ -819,10 +841,7 @@ mod tests {
             assert!(text.len() <= MAX_MESSAGE_LENGTH, "{text}");
             assert!(text.starts_with("Users: 1\n"), "{text}");
             // /start, the 150 and this /stats: each once, named in the order of their names.
-            assert!(
-                text.contains("Commands in the last 24 hours: 152 (/0xxx"),
-                "{text}"
-            );
+            assert!(text.contains(" UTC: 152 (/0xxx"), "{text}");
             assert!(text.ends_with(", others 142)"), "{text}");
             assert_eq!(
                 reply(&bot.say(1, "/stats").await),

@@ -59,8 +59,9 @@ pub struct Telegram {
     /// `BOT_USER_MESSAGES_PER_MINUTE` (default 20; 0: no limit): messages a user may send in a
     /// minute before the rest are ignored.
     pub user_messages_per_minute: u32,
-    /// `BOT_STOP_GRACE_SECS` (default 8, inside Compose's 10 s `stop_grace_period`): how long a
-    /// stopping bot lets the chats finish the messages they have.
+    /// `BOT_STOP_GRACE_SECS` (default 4): how long a stopping bot lets the chats finish the
+    /// messages they have. A write already waiting for another process's lock may take its
+    /// 5 s busy timeout on top, and the whole stop must stay inside Compose's 10 s.
     pub stop_grace: std::time::Duration,
     /// `COMMAND_LOG_DAYS` (default 90; 0: for ever): how long the command log is kept.
     pub command_log_days: u32,
@@ -102,7 +103,7 @@ impl Telegram {
             api_url,
             outgoing_limits,
             user_messages_per_minute: number("BOT_USER_MESSAGES_PER_MINUTE", 20)?,
-            stop_grace: std::time::Duration::from_secs(number("BOT_STOP_GRACE_SECS", 8)?.into()),
+            stop_grace: std::time::Duration::from_secs(number("BOT_STOP_GRACE_SECS", 4)?.into()),
             command_log_days: crate::retention::command_log_days_from_env()?,
         })
     }

@@ -998,16 +998,25 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
     }
 }
 
-/// The object `status --json` prints: the [`Status`] plus `database`, `bytes`, `exists` and
-/// `zero_bytes` (a file of 0 bytes is `empty`, and may be a failed copy).
+/// The object `status --json` prints: the [`Status`] plus `database`, `bytes`, `wal_bytes` (the
+/// `-wal` beside it: committed pages a copy carries too), `exists` and `zero_bytes` (a file of 0
+/// bytes is `empty`, and may be a failed copy).
 fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Value> {
     let size = file_size(path);
     let mut value = serde_json::to_value(status)?;
     value["database"] = json!(path.display().to_string());
     value["bytes"] = json!(bytes);
+    value["wal_bytes"] = json!(file_size(&wal_of(path)).unwrap_or(0));
     value["exists"] = json!(size.is_some());
     value["zero_bytes"] = json!(size == Some(0));
     Ok(value)
+}
+
+/// The write-ahead log beside a database.
+fn wal_of(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 /// The file's size, `None` when there is none.

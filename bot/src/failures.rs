@@ -47,6 +47,9 @@ impl Failure {
             RequestError::Api(ApiError::TerminatedByOtherGetUpdates) => Failure::Conflict,
             RequestError::RetryAfter(seconds) => Failure::RetryAfter(seconds.duration()),
             RequestError::MigrateToChatId(chat) => Failure::MovedTo(*chat),
+            RequestError::Api(ApiError::Unknown(description)) if refusal(description) => {
+                Failure::Refused
+            }
             RequestError::Api(ApiError::Unknown(_)) => Failure::NotDone,
             RequestError::Network(e) if e.is_connect() => Failure::Unreached,
             RequestError::Network(_) | RequestError::Io(_) | RequestError::InvalidJson { .. } => {
@@ -64,6 +67,21 @@ impl Failure {
             Failure::RetryAfter(_) | Failure::NotDone | Failure::Unreached
         )
     }
+}
+
+/// Whether an error teloxide does not know is Telegram refusing the request (a 4xx, whose
+/// description starts with its reason: "Bad Request: not enough rights to send text messages"),
+/// rather than failing to do it (a 5xx: "Bad Gateway"): teloxide keeps no status code.
+fn refusal(description: &str) -> bool {
+    [
+        "Bad Request",
+        "Forbidden",
+        "Not Found",
+        "Unauthorized",
+        "Conflict",
+    ]
+    .iter()
+    .any(|reason| description.starts_with(reason))
 }
 
 /// The pause before the next try after `failures` failures in a row (1 s, 2 s, 4 s, ... 10 s),

@@ -131,13 +131,9 @@ impl Health {
         });
     }
 
-    /// A message's database work failed (`false`) or went through (`true`).
-    pub fn wrote(&self, ok: bool) {
-        self.update(|v| match (ok, v.writes_failing_since_ms) {
-            (false, None) => v.writes_failing_since_ms = Some(now_ms()),
-            (true, Some(_)) => v.writes_failing_since_ms = None,
-            _ => {}
-        });
+    /// Since when every database write has failed (`None`: the last one went through).
+    pub fn writes_failing_since(&self, since_ms: Option<u64>) {
+        self.update(|v| v.writes_failing_since_ms = since_ms);
     }
 
     /// Awaits `work`, beating every [`BEAT_INTERVAL`] meanwhile: a wait the loop chose
@@ -299,11 +295,11 @@ mod tests {
             "a run keeps its start"
         );
         health.conflict(false);
-        health.wrote(false);
+        health.writes_failing_since(Some(12));
         let vitals = read();
         assert!(vitals.ready && vitals.conflict_since_ms.is_none());
-        assert!(vitals.writes_failing_since_ms.is_some());
-        health.wrote(true);
+        assert_eq!(vitals.writes_failing_since_ms, Some(12));
+        health.writes_failing_since(None);
         assert_eq!(
             read(),
             Vitals {

@@ -4,6 +4,7 @@
 //! twice: it stops fetching, lets the chats finish within the grace period, and confirms the
 //! offset of what was answered, so that the next bot (a deploy's) starts after it.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,80 @@ use crate::store::Store;
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
 const POLL_TIMEOUT_SECS: u32 = 10;
 /// The longest the last `getUpdates`, which confirms the offset at a stop, may take.
+/// Updates fetched and not yet confirmed beyond which the offset moves past a chat that is
+/// still being answered, so that the others' new messages come (`getUpdates` gives 100 at most).
+const MAX_UNCONFIRMED: i64 = 90;
+/// How often the updates answered meanwhile are recorded as handled (see [`note_answered`]): a
+/// crash may answer those of the last second twice, if their handling wrote nothing.
+const NOTE_ANSWERED_EVERY: Duration = Duration::from_secs(1);
+/// The pause before asking again when Telegram sent only updates already being answered.
+const REPOLL_PAUSE: Duration = Duration::from_millis(250);
+
+/// The offsets of `getUpdates`. An offset confirms every update below it, and Telegram forgets
+/// what is confirmed: so the offset stays at the lowest update still being answered, and a
+/// stop or a crash leaves what was fetched but not answered to the next start. Updates
+/// Telegram sends again meanwhile are recognised and passed over.
+#[derive(Debug, Default)]
+struct Offsets {
+    /// Updates fetched at or above the last offset sent.
+    fetched: BTreeSet<i64>,
+    /// One past the highest update fetched.
+    after_all: i64,
+    /// Whether the log said that the offset moved past a chat still being answered.
+    told_ahead: bool,
+}
+
+impl Offsets {
+    /// The offset of the next `getUpdates`.
+    fn next(&mut self, lowest_unanswered: Option<i64>) -> i32 {
+        let offset = match lowest_unanswered {
+            Some(lowest) if self.after_all - lowest <= MAX_UNCONFIRMED => {
+                self.told_ahead = false;
+                lowest
+            }
+            Some(lowest) => {
+                if !self.told_ahead {
+                    // Expected under a burst (a thousand users at once): not a complaint.
+                    tracing::info!(
+                        "update {lowest} is still being answered {} updates behind; confirming past it so that other chats' messages come (a crash now would lose what is not answered yet)",
+                        self.after_all - lowest
+                    );
+                    self.told_ahead = true;
+                }
+                self.after_all
+            }
+            None => self.after_all,
+        };
+        to_offset(offset)
+    }
+
+    /// The offset a stop confirms: up to the lowest update left unanswered, or past them all.
+    fn at_stop(&self, lowest_unanswered: Option<i64>) -> i32 {
+        to_offset(
+            lowest_unanswered
+                .unwrap_or(self.after_all)
+                .min(self.after_all),
+        )
+    }
+
+    /// A `getUpdates` with `offset` succeeded: Telegram forgot everything below it.
+    fn confirmed(&mut self, offset: i32) {
+        self.fetched = self.fetched.split_off(&i64::from(offset));
+    }
+
+    /// Whether update `id` is new (not fetched before); notes it.
+    fn is_new(&mut self, id: i64) -> bool {
+        self.after_all = self.after_all.max(id + 1);
+        self.fetched.insert(id)
+    }
+}
+
+/// An update id as `getUpdates`' offset: Telegram's ids fit in 31 bits; one past the largest
+/// possible stays at it (that update comes again, and is passed over).
+fn to_offset(id: i64) -> i32 {
+    i32::try_from(id).unwrap_or(i32::MAX)
+}
+
 const CONFIRM_LIMIT: Duration = Duration::from_secs(1);
 
 /// Retries of one request kind (getMe, getUpdates): counts failures in a row and says so in the
@@ -230,12 +305,21 @@ async fn serve(
             telegram.token.clone(),
             telegram.outgoing_limits,
         ),
-        health: Arc::clone(&health),
         token: telegram.token.clone(),
     });
     let mut chats = Chats::new(Arc::clone(&shared), telegram.user_messages_per_minute);
+    match store.forget_old_updates().await {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(
+            "forgot {forgotten} update ids handled over {} days ago (Telegram may reuse ids after a week without updates)",
+            crate::store::HANDLED_UPDATES_DAYS
+        ),
+        Err(e) => tracing::warn!("{e:#}"),
+    }
     let retention = crate::retention::spawn_retention(store.clone(), telegram.command_log_days);
-    let mut offset: i32 = 0;
+    let answered = chats.answered();
+    let noting = tokio::spawn(note_answered(store.clone(), Arc::clone(&answered)));
+    let mut offsets = Offsets::default();
     let mut retries = Retries::new("getUpdates");
     let mut probed = false;
     let mut polled = false;
@@ -264,6 +348,7 @@ async fn serve(
         }
         // The first poll returns at once: a deploy waits for it to call the bot ready, and an
         // idle long poll would keep it waiting for the whole timeout.
+        let offset = offsets.next(chats.lowest_unanswered());
         let poll = bot
             .get_updates()
             .offset(offset)
@@ -274,6 +359,7 @@ async fn serve(
             signal = &mut *shutdown => break signal,
             result = health.while_waiting(poll.send()) => result,
         };
+        health.writes_failing_since(store.writes_failing_since());
         health.beat();
         match result {
             Ok(updates) => {
@@ -283,13 +369,28 @@ async fn serve(
                 if probed {
                     health.ready();
                 }
+                offsets.confirmed(offset);
+                let fetched = updates.len();
+                let mut new = 0;
                 for update in updates {
-                    offset = offset.max(update.id.0 as i32 + 1);
+                    let id = i64::from(update.id.0);
+                    if !offsets.is_new(id) {
+                        continue; // still being answered, or answered and not yet confirmed
+                    }
+                    new += 1;
                     if let UpdateKind::Message(message) = update.kind {
-                        chats.dispatch(i64::from(update.id.0), message);
+                        chats.dispatch(id, message);
                     }
                 }
                 chats.tidy();
+                if fetched > 0 && new == 0 {
+                    // Telegram sent again only what is being answered: ask again in a moment,
+                    // not at once (a long poll returns at once while updates are pending).
+                    tokio::select! {
+                        signal = &mut *shutdown => break signal,
+                        () = tokio::time::sleep(REPOLL_PAUSE) => {}
+                    }
+                }
             }
             Err(error) => {
                 health.conflict(Failure::of(&error) == Failure::Conflict);
@@ -315,8 +416,31 @@ async fn serve(
         }
     );
     let unanswered = chats.finish(telegram.stop_grace).await;
-    confirm_offset(&bot, token, offset, unanswered).await;
+    noting.abort();
+    let last: Vec<i64> = std::mem::take(&mut *answered.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Err(e) = store.note_handled(last).await {
+        tracing::warn!(
+            "{e:#}; the next start may answer the last messages that wrote nothing again"
+        );
+    }
+    confirm_offset(&bot, token, offsets.at_stop(unanswered), unanswered).await;
     Ok(())
+}
+
+/// Every [`NOTE_ANSWERED_EVERY`], records the updates answered meanwhile as handled, in one
+/// write: after a crash, Telegram delivers again what the offset had not yet confirmed, and an
+/// update whose handling wrote nothing (an unknown user's /help) would be answered twice.
+async fn note_answered(store: Store, answered: Arc<std::sync::Mutex<Vec<i64>>>) {
+    let mut ticks = tokio::time::interval(NOTE_ANSWERED_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let ids: Vec<i64> =
+            std::mem::take(&mut *answered.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = store.note_handled(ids).await {
+            tracing::warn!("{e:#}");
+        }
+    }
 }
 
 /// `getMe` until Telegram accepts the token (retrying outages), then the webhook is removed
@@ -352,19 +476,15 @@ async fn connect(bot: &Bot, token: &str) -> anyhow::Result<String> {
     Ok(username)
 }
 
-/// Tells Telegram, with a last short `getUpdates`, that every update before `offset` was
+/// Tells Telegram, with a last short `getUpdates`, that every update before `confirm` was
 /// answered (all of them, or all before the lowest `unanswered` one): the next bot starts
 /// there, and nothing answered here is delivered to it again.
-async fn confirm_offset(bot: &Bot, token: &str, offset: i32, unanswered: Option<i64>) {
-    let confirm = match unanswered {
-        Some(lowest) => {
-            tracing::warn!(
-                "messages from update {lowest} on were not answered within the grace period; they are delivered to the next start"
-            );
-            i32::try_from(lowest).unwrap_or(offset).min(offset)
-        }
-        None => offset,
-    };
+async fn confirm_offset(bot: &Bot, token: &str, confirm: i32, unanswered: Option<i64>) {
+    if let Some(lowest) = unanswered {
+        tracing::warn!(
+            "messages from update {lowest} on were not answered within the grace period; those not yet begun are delivered to the next start"
+        );
+    }
     if confirm == 0 {
         return;
     }
@@ -381,5 +501,58 @@ async fn confirm_offset(bot: &Bot, token: &str, offset: i32, unanswered: Option<
             "confirming offset {confirm} took over {}s; the next start may get the last messages again (handled ones are not answered twice)",
             CONFIRM_LIMIT.as_secs()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_stays_at_the_lowest_update_being_answered() {
+        let mut offsets = Offsets::default();
+        assert_eq!(offsets.next(None), 0, "nothing fetched: confirm nothing");
+        for id in [5, 6, 7] {
+            assert!(offsets.is_new(id));
+        }
+        assert_eq!(offsets.next(None), 8, "all answered: past them all");
+        assert_eq!(offsets.next(Some(6)), 6, "6 is still being answered");
+        offsets.confirmed(6);
+        assert!(
+            !offsets.is_new(6),
+            "sent again while being answered: passed over"
+        );
+        assert!(
+            !offsets.is_new(7),
+            "answered but not confirmed: passed over"
+        );
+        assert!(offsets.is_new(5), "below the confirmed offset: forgotten");
+        assert_eq!(offsets.at_stop(Some(7)), 7);
+        assert_eq!(offsets.at_stop(None), 8);
+    }
+
+    #[test]
+    fn a_chat_far_behind_does_not_hold_back_every_other_chat() {
+        let mut offsets = Offsets::default();
+        for id in 1..=200 {
+            offsets.is_new(id);
+        }
+        assert_eq!(
+            offsets.next(Some(150)),
+            150,
+            "within the 100 updates getUpdates returns"
+        );
+        assert_eq!(
+            offsets.next(Some(10)),
+            201,
+            "190 behind: confirmed past it so the others' messages come"
+        );
+    }
+
+    #[test]
+    fn the_largest_update_id_keeps_the_offset_in_range() {
+        let mut offsets = Offsets::default();
+        assert!(offsets.is_new(i64::from(i32::MAX)));
+        assert_eq!(offsets.next(None), i32::MAX);
     }
 }

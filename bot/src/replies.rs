@@ -6,7 +6,7 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use teloxide::prelude::*;
 
 use crate::failures::{Failure, backoff, describe};
@@ -14,55 +14,51 @@ use crate::failures::{Failure, backoff, describe};
 /// Tries of one sendMessage before the answer is dropped (and logged).
 pub const SEND_ATTEMPTS: u32 = 5;
 
-/// Telegram's published limits for a bot's outgoing messages (core.telegram.org/bots/faq).
-struct OutgoingLimits {
-    per_private_chat: DefaultKeyedRateLimiter<i64>,
-    per_group: DefaultKeyedRateLimiter<i64>,
-    overall: DefaultDirectRateLimiter,
+/// The spacing of one chat's messages, 10% over Telegram's (one a second in a private chat, 20
+/// a minute in a group): the time from here to Telegram varies by request.
+const PRIVATE_CHAT_SPACING: Duration = Duration::from_millis(1100);
+/// See [`PRIVATE_CHAT_SPACING`].
+const GROUP_SPACING: Duration = Duration::from_millis(3300);
+/// The spacing of all messages, 10% over Telegram's 30 a second.
+const OVERALL_SPACING: Duration = Duration::from_micros(36_700);
+
+/// When a chat's worker last sent, so that its next message keeps the chat's spacing. Measured
+/// from the moment of sending, not of queueing: a wait for the overall limit in between can
+/// only widen the gap, never bunch two messages to one chat.
+#[derive(Debug, Default)]
+pub struct Pace {
+    last_sent: Option<Instant>,
 }
 
-/// One message per `period`, evenly spaced: no burst, so that no window of Telegram's (a
-/// second, a minute) ever sees more than its limit.
-fn one_per(period: Duration) -> Quota {
-    Quota::with_period(period)
-        .expect("a period above zero")
-        .allow_burst(NonZeroU32::MIN)
-}
-
-impl OutgoingLimits {
-    fn telegram() -> OutgoingLimits {
-        OutgoingLimits {
-            // 10% under Telegram's numbers: the time from here to Telegram varies by request.
-            per_private_chat: RateLimiter::keyed(one_per(Duration::from_millis(1100))),
-            per_group: RateLimiter::keyed(one_per(Duration::from_millis(3300))),
-            overall: RateLimiter::direct(one_per(Duration::from_micros(36_700))),
-        }
-    }
-
-    /// Waits until `chat` may get a message: the overall limit first, then the chat's own,
-    /// nearest to the request, so that a wait for the overall one cannot bunch two messages to
-    /// one chat.
-    async fn wait_for(&self, chat: ChatId) {
-        self.overall.until_ready().await;
-        if chat.is_group() || chat.is_channel_or_supergroup() {
-            self.per_group.until_key_ready(&chat.0).await;
+impl Pace {
+    /// How long `chat` must still wait at `now`.
+    fn wait(&self, chat: ChatId, now: Instant) -> Duration {
+        let spacing = if chat.is_group() || chat.is_channel_or_supergroup() {
+            GROUP_SPACING
         } else {
-            self.per_private_chat.until_key_ready(&chat.0).await;
-        }
+            PRIVATE_CHAT_SPACING
+        };
+        self.last_sent.map_or(Duration::ZERO, |last| {
+            (last + spacing).saturating_duration_since(now)
+        })
     }
+}
 
-    /// Forgets chats that have not been written to lately, so memory does not grow per chat.
-    fn forget_idle_chats(&self) {
-        self.per_private_chat.retain_recent();
-        self.per_group.retain_recent();
-    }
+/// Telegram's overall limit: one message per [`OVERALL_SPACING`], evenly spaced (no burst), so
+/// that no second ever sees more than 30; taken right before each request.
+fn overall_limit() -> DefaultDirectRateLimiter {
+    RateLimiter::direct(
+        Quota::with_period(OVERALL_SPACING)
+            .expect("a period above zero")
+            .allow_burst(NonZeroU32::MIN),
+    )
 }
 
 /// Sends the bot's answers.
 pub struct Outbox {
     bot: Bot,
     token: String,
-    limits: Option<OutgoingLimits>,
+    overall: Option<DefaultDirectRateLimiter>,
 }
 
 impl Outbox {
@@ -72,14 +68,16 @@ impl Outbox {
         Outbox {
             bot,
             token,
-            limits: limited.then(OutgoingLimits::telegram),
+            overall: limited.then(overall_limit),
         }
     }
 
-    /// Forgets the rate-limit state of idle chats (call now and then).
-    pub fn tidy(&self) {
-        if let Some(limits) = &self.limits {
-            limits.forget_idle_chats();
+    /// Waits until `chat` may get its next message. A worker calls it before it handles the
+    /// message, so that its effects are committed just before the answer goes out: a crash
+    /// while a chat waits for its turn leaves the message unhandled, to be delivered again.
+    pub async fn wait_turn(&self, chat: ChatId, pace: &Pace) {
+        if self.overall.is_some() {
+            tokio::time::sleep(pace.wait(chat, Instant::now())).await;
         }
     }
 
@@ -87,12 +85,14 @@ impl Outbox {
     /// (429 after `retry_after`, 5xx and refused connections after a backoff) up to
     /// [`SEND_ATTEMPTS`] tries, follows a group's move to a supergroup once, and drops (with a
     /// log line) what was refused or may already have been delivered.
-    pub async fn send(&self, mut chat: ChatId, text: &str) {
+    pub async fn send(&self, mut chat: ChatId, text: &str, pace: &mut Pace) {
         let mut failures = 0;
         let mut moved = false;
         loop {
-            if let Some(limits) = &self.limits {
-                limits.wait_for(chat).await;
+            if let Some(overall) = &self.overall {
+                tokio::time::sleep(pace.wait(chat, Instant::now())).await;
+                overall.until_ready().await;
+                pace.last_sent = Some(Instant::now());
             }
             let started = Instant::now();
             let error = match self.bot.send_message(chat, text).await {
@@ -187,25 +187,40 @@ mod tests {
     }
 
     #[test]
-    fn each_chat_has_its_own_limit_under_an_overall_one() {
-        let limits = OutgoingLimits::telegram();
-        assert!(limits.per_private_chat.check_key(&1).is_ok());
-        assert!(
-            limits.per_private_chat.check_key(&1).is_err(),
-            "a second message to a private chat within a second waits"
+    fn each_chat_keeps_its_spacing_from_its_last_message_under_an_overall_limit() {
+        let now = Instant::now();
+        let fresh = Pace::default();
+        assert_eq!(
+            fresh.wait(ChatId(1), now),
+            Duration::ZERO,
+            "a first message goes at once"
         );
-        assert!(
-            limits.per_private_chat.check_key(&2).is_ok(),
-            "another chat does not wait for it"
+        let sent = Pace {
+            last_sent: Some(now),
+        };
+        assert_eq!(sent.wait(ChatId(1), now), PRIVATE_CHAT_SPACING);
+        assert_eq!(
+            sent.wait(ChatId(1), now + Duration::from_millis(600)),
+            Duration::from_millis(500)
         );
-        assert!(limits.per_group.check_key(&-100).is_ok());
-        assert!(
-            limits.per_group.check_key(&-100).is_err(),
-            "a group's messages are spread over its minute (20 at most)"
+        assert_eq!(
+            sent.wait(ChatId(1), now + Duration::from_secs(2)),
+            Duration::ZERO
         );
-        assert!(limits.overall.check().is_ok());
+        assert_eq!(
+            sent.wait(ChatId(-100), now),
+            GROUP_SPACING,
+            "a group: 20 a minute"
+        );
+        assert_eq!(
+            sent.wait(ChatId(-1_000_000_000_100), now),
+            GROUP_SPACING,
+            "a supergroup too"
+        );
+        let overall = overall_limit();
+        assert!(overall.check().is_ok());
         assert!(
-            limits.overall.check().is_err(),
+            overall.check().is_err(),
             "messages are spread over the second (30 at most)"
         );
     }

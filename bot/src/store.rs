@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -92,8 +92,9 @@ pub enum Handled<T> {
     AlreadyHandled,
 }
 
-/// The numbers /stats shows. On revision 5 and later they are counted by the hour: "the last 24
-/// hours" is the 24 hours to now and the rest of the hour they began in (likewise 7 days).
+/// The numbers /stats shows. On revision 5 and later they are counted by the hour: the windows
+/// start at the whole hour 24 hours (7 days) ago, as [`UserStats::counted_from`] says, and the
+/// answer names that hour.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserStats {
     /// Rows in `users`.
@@ -106,6 +107,18 @@ pub struct UserStats {
     pub commands_today: Vec<(String, i64)>,
     /// Uses of the other commands in the last 24 hours.
     pub other_commands: i64,
+    /// On revision 5 and later: the whole UTC hours the windows start at (the hour 7 days ago,
+    /// the hour 24 hours ago), since the summaries count by the hour.
+    pub counted_from: Option<HourWindows>,
+}
+
+/// Where the windows of /stats start when it counts by the hour, as `YYYY-MM-DD HH:00`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourWindows {
+    /// The hour 7 days ago.
+    pub week: String,
+    /// The hour 24 hours ago.
+    pub day: String,
 }
 
 impl UserStats {
@@ -140,6 +153,8 @@ struct Worker {
     requests: mpsc::Sender<Request>,
     /// Set when any clone asks the thread to close: work queued behind that is dropped unrun.
     closing: Arc<AtomicBool>,
+    /// For the writer: since when (ms since the Unix epoch) every write has failed, if they do.
+    failing_since: Option<Arc<Mutex<Option<u64>>>>,
 }
 
 impl Worker {
@@ -154,6 +169,7 @@ impl Worker {
         Ok(Worker {
             requests,
             closing: Arc::new(AtomicBool::new(false)),
+            failing_since: writes.then(Arc::default),
         })
     }
 
@@ -165,7 +181,13 @@ impl Worker {
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let (reply, answer) = oneshot::channel();
+        let closing = Arc::clone(&self.closing);
         let job: Job = Box::new(move |conn| {
+            // Nobody waits for it any more (its chat was given up at a stop), or the store is
+            // closing: a stop must not wait behind writes that each wait for a lock.
+            if reply.is_closed() || closing.load(Ordering::SeqCst) {
+                return;
+            }
             let _ = reply.send(work(conn));
         });
         self.requests
@@ -180,6 +202,14 @@ impl Worker {
                 )
             }
         })?;
+        if let Some(failing_since) = &self.failing_since {
+            let mut since = failing_since.lock().unwrap_or_else(|p| p.into_inner());
+            match (&result, *since) {
+                (Ok(_), Some(_)) => *since = None,
+                (Err(_), None) => *since = Some(now_ms()),
+                _ => {}
+            }
+        }
         result.with_context(|| format!("cannot {what}"))
     }
 
@@ -260,6 +290,54 @@ impl Store {
             reader: Worker::start("database-reader", read, false)?,
             revision,
         })
+    }
+
+    /// Since when (ms since the Unix epoch) every write has failed, if the last one failed.
+    pub fn writes_failing_since(&self) -> Option<u64> {
+        let failing_since = self.writer.failing_since.as_ref()?;
+        *failing_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records updates as handled, in one transaction: those whose handling wrote nothing (an
+    /// unknown user's /help) have no row of their own, and Telegram may deliver them again after
+    /// a restart. Ids already recorded are left as they are.
+    pub async fn note_handled(&self, update_ids: Vec<i64>) -> anyhow::Result<()> {
+        if !self.handles_once() || update_ids.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .run("record the handled updates", move |conn| {
+                with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    {
+                        let mut insert = tx.prepare_cached(
+                            "INSERT OR IGNORE INTO handled_updates (update_id) VALUES (?1)",
+                        )?;
+                        for id in update_ids {
+                            insert.execute([id])?;
+                        }
+                    }
+                    tx.commit()
+                })
+            })
+            .await
+    }
+
+    /// Forgets the handled update ids older than [`HANDLED_UPDATES_DAYS`], at once: after a week
+    /// without updates Telegram may start its ids over, and a new update must not be taken for
+    /// one handled before the bot was stopped. Called before the first poll.
+    pub async fn forget_old_updates(&self) -> anyhow::Result<usize> {
+        if !self.handles_once() {
+            return Ok(0);
+        }
+        self.writer
+            .run("forget old update ids", |conn| {
+                conn.execute(
+                    "DELETE FROM handled_updates WHERE handled_at < datetime('now', ?1)",
+                    [format!("-{HANDLED_UPDATES_DAYS} days")],
+                )
+            })
+            .await
     }
 
     /// Takes the write lock and lets it go, writing nothing: whether the database takes writes
@@ -348,11 +426,19 @@ impl Store {
                             })
                             .optional()
                     };
-                    // Read first, without the write lock: most messages write nothing.
+                    // Read first, without the write lock: most messages write nothing. An update
+                    // whose handling wrote nothing may still be recorded (see `note_handled`).
+                    let done = |conn: &Connection, user| -> rusqlite::Result<_> {
+                        Ok(if once && was_handled(conn, update_id)? {
+                            Handled::AlreadyHandled
+                        } else {
+                            Handled::Done(user)
+                        })
+                    };
                     match lookup(conn)? {
-                        None => return Ok(Handled::Done(None)),
+                        None => return done(conn, None),
                         Some((_, user, false)) if command.is_none() => {
-                            return Ok(Handled::Done(Some(user)));
+                            return done(conn, Some(user));
                         }
                         Some(_) => {}
                     }
@@ -498,20 +584,25 @@ const SELECT_USER_DUE: &str =
 
 /// /stats from the hourly summaries of revision 5.
 fn summed_stats(conn: &Connection) -> rusqlite::Result<UserStats> {
-    let (users_total, new_this_week, active_today) = conn
+    let (users_total, new_this_week, active_today, week, day) = conn
         .prepare_cached(
             "SELECT coalesce(sum(registered), 0),
                 coalesce(sum(registered) FILTER (
                     WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-7 days')), 0),
                 coalesce(sum(last_seen) FILTER (
-                    WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')), 0)
+                    WHERE hour >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')), 0),
+                strftime('%Y-%m-%d %H:00', 'now', '-7 days'),
+                strftime('%Y-%m-%d %H:00', 'now', '-1 day')
              FROM stats_users_hourly",
         )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        .query_row([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
     let mut stats = UserStats {
         users_total,
         new_this_week,
         active_today,
+        counted_from: Some(HourWindows { week, day }),
         ..UserStats::default()
     };
     let mut statement = conn.prepare_cached(
@@ -569,6 +660,14 @@ fn with_busy_timeout<T>(
 }
 
 /// Records `update_id` in `handled_updates`; false when it was there already.
+/// Whether `update_id` is recorded as handled.
+fn was_handled(conn: &Connection, update_id: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM handled_updates WHERE update_id = ?1")?
+        .query_row([update_id], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+}
+
 fn mark_handled(conn: &Connection, update_id: i64) -> rusqlite::Result<bool> {
     let inserted = conn
         .prepare_cached(
@@ -594,6 +693,8 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Request>, writes: bool) {
             Request::Close(done) => {
                 // From here on every call fails at once with `Closed`.
                 drop(queue);
+                // Not worth waiting for another process's lock at a stop.
+                let _ = conn.busy_timeout(Duration::ZERO);
                 if writes && let Err(e) = conn.execute_batch("PRAGMA optimize") {
                     tracing::warn!("PRAGMA optimize before closing the database failed: {e}");
                 }
@@ -602,6 +703,12 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Request>, writes: bool) {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn log_command(conn: &Connection, user_id: i64, command: &str) -> rusqlite::Result<()> {
@@ -758,7 +865,15 @@ mod tests {
             .await
             .unwrap();
         let summed = store.stats().await.unwrap();
-        assert_eq!(summed, counted);
+        // The same numbers; only the summaries name the hours their windows start at.
+        assert!(summed.counted_from.is_some());
+        assert_eq!(
+            UserStats {
+                counted_from: None,
+                ..summed.clone()
+            },
+            counted
+        );
         assert_eq!(
             (
                 summed.users_total,
@@ -788,7 +903,14 @@ mod tests {
             .run("count", |conn| counted_stats(conn))
             .await
             .unwrap();
-        assert_eq!(store.stats().await.unwrap(), counted);
+        let summed = store.stats().await.unwrap();
+        assert_eq!(
+            UserStats {
+                counted_from: None,
+                ..summed
+            },
+            counted
+        );
         store.close().await.unwrap();
     }
 

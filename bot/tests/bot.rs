@@ -239,19 +239,29 @@ fn stats_is_for_admins_listed_in_admin_ids_or_flagged_in_the_database() {
         "Sorry, /stats is only for the bot's admins. Send /help to see what you can use."
     );
     assert_eq!(
-        sandbox.say(42, "Ann", "/stats"),
-        "Users: 4\nNew in the last 7 days: 3\nActive in the last 24 hours: 2\n\
-         Commands in the last 24 hours: 4 (/start 2, /stats 2)"
+        without_hours(&sandbox.say(42, "Ann", "/stats")),
+        "Users: 4\nNew: 3\nActive: 2\nCommands: 4 (/start 2, /stats 2)"
     );
     assert_eq!(
-        sandbox.say(9, "Flagged", "/stats"),
-        "Users: 4\nNew in the last 7 days: 3\nActive in the last 24 hours: 3\n\
-         Commands in the last 24 hours: 5 (/stats 3, /start 2)",
+        without_hours(&sandbox.say(9, "Flagged", "/stats")),
+        "Users: 4\nNew: 3\nActive: 3\nCommands: 5 (/stats 3, /start 2)",
         "is_admin = 1 is an admin too"
     );
     let (status, _, log) = bot.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("ADMIN_IDS names 2 admin(s)"), "{log}");
+}
+
+/// /stats with the hours its windows start at (which move with the clock) left out:
+/// "New since 2026-11-19 17:00 UTC: 3" becomes "New: 3".
+fn without_hours(text: &str) -> String {
+    text.lines()
+        .map(|line| match (line.find(" since "), line.find(" UTC: ")) {
+            (Some(since), Some(utc)) => format!("{}{}", &line[..since], &line[utc + 4..]),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -351,7 +361,9 @@ fn a_thousand_users_start_at_once_then_again_with_new_names() {
     const USERS: i64 = 1000;
     let sandbox = Sandbox::new("thousand");
     sandbox.upgrade();
-    let bot = sandbox.start_bot();
+    // The stand-in has no rate limits here, and the bot's own would take over a minute for
+    // 2,000 answers; bot/tests/telegram.rs holds the bot to Telegram's limits.
+    let bot = sandbox.start_bot_with(&[("BOT_RATE_LIMITS", "off")]);
     let database = sandbox.database();
     let round = |first_name: &str| -> Vec<IncomingMessage> {
         (1..=USERS)

@@ -66,11 +66,11 @@ fn a_stop_in_the_middle_of_a_batch_answers_every_message_once_across_the_restart
     let (status, took, log) = first.terminate();
     assert!(status.success(), "{log}");
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(4),
         "the batch finished within the grace period: {took:?}\n{log}"
     );
     assert!(
-        log.contains("get up to 8s") && log.contains("confirmed"),
+        log.contains("get up to 4s") && log.contains("confirmed"),
         "the stop waits for the batch, then confirms the offset:\n{log}"
     );
     assert_eq!(

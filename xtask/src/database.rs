@@ -41,9 +41,17 @@ pub struct DbStatus {
     /// The file's size.
     #[serde(default)]
     pub bytes: u64,
+    /// The size of its `-wal` (a running bot's recent commits, which a copy carries too).
+    #[serde(default)]
+    pub wal_bytes: u64,
 }
 
 impl DbStatus {
+    /// What a copy of the database takes: the file and the committed pages in its `-wal`.
+    pub fn copy_bytes(&self) -> u64 {
+        self.bytes + self.wal_bytes
+    }
+
     /// The state of a volume that does not exist yet.
     pub fn empty(head: u32) -> DbStatus {
         DbStatus {
@@ -55,6 +63,7 @@ impl DbStatus {
             closest: None,
             difference: Vec::new(),
             bytes: 0,
+            wal_bytes: 0,
         }
     }
 
@@ -803,6 +812,7 @@ mod tests {
             closest: Some(1),
             difference: vec!["table users: column last_name missing".into()],
             bytes: 0,
+            wal_bytes: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Project, SERIAL, report, root, run, text};
+use common::{Project, SERIAL, head, report, root, run, text};
 use serde_json::Value;
 
 /// `cargo xtask <task> --demo --project-name <name> <extra>`, started and left running, its
@@ -189,7 +189,7 @@ fn retention_keeps_the_backup_rollback_needs_after_a_schema_moving_deploy() {
     let update = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(update.status.success(), "{}", text(&update));
     let deployed = report(&update);
-    assert_eq!(deployed["revision_after"], 4, "{deployed}");
+    assert_eq!(deployed["revision_after"], head(), "{deployed}");
     let needed = PathBuf::from(
         deployed["backup"]
             .as_str()
@@ -219,9 +219,10 @@ fn retention_keeps_the_backup_rollback_needs_after_a_schema_moving_deploy() {
         backups_in(&project.state_dir())
     );
     let left = backups_in(&project.state_dir());
-    let at_4: Vec<&String> = left.iter().filter(|n| n.contains("-r4")).collect();
+    let at_head = format!("-r{}", head());
+    let at_head: Vec<&String> = left.iter().filter(|n| n.contains(&at_head)).collect();
     assert_eq!(
-        at_4.len(),
+        at_head.len(),
         2,
         "the newest --keep backups are kept, older ones pruned: {left:?}"
     );

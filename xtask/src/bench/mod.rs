@@ -3,6 +3,7 @@
 
 mod engine;
 mod stack;
+mod telegram;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,16 +21,17 @@ use crate::project;
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only these groups (engine, stack); all by default.
+    /// Run only these groups (engine, stack, telegram); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results [default: docs/BENCHMARKS.md; with --quick,
     /// target/bench/quick.md].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// A smoke run of the stack section alone (the engine section has no such mode and is left
-    /// out): 10k users, 2 runs of each measurement. It checks that the code runs end to end;
-    /// its numbers mean nothing.
+    /// A smoke run of the stack and telegram sections (the engine section has no such mode and
+    /// is left out): 10k users, 2 runs of each measurement; the telegram section with fewer
+    /// users and /stats at 100k users. It checks that the code runs end to end; its numbers
+    /// mean nothing.
     #[arg(long)]
     quick: bool,
 }
@@ -78,14 +80,26 @@ pub fn work_dir() -> PathBuf {
 /// out of the build folder, so that a build of another release meanwhile (a test's older
 /// schema head) cannot change what is measured.
 pub fn bot_binary(sh: &Shell) -> anyhow::Result<PathBuf> {
+    Ok(release_binaries(sh)?.0)
+}
+
+/// The static release `bot` and `telegram-standin` binaries, built if needed and copied out of
+/// the build folder (see [`bot_binary`]).
+pub fn release_binaries(sh: &Shell) -> anyhow::Result<(PathBuf, PathBuf)> {
     let binaries = images::build_binaries(sh, None)?;
     let dir = work_dir().join("bin");
     std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("bot");
-    let _ = std::fs::remove_file(&copy);
-    std::fs::copy(binaries.bot(), &copy)
-        .with_context(|| format!("cannot copy the bot binary to {}", copy.display()))?;
-    Ok(copy)
+    let copy = |from: PathBuf, name: &str| -> anyhow::Result<PathBuf> {
+        let copy = dir.join(name);
+        let _ = std::fs::remove_file(&copy);
+        std::fs::copy(from, &copy)
+            .with_context(|| format!("cannot copy the {name} binary to {}", copy.display()))?;
+        Ok(copy)
+    };
+    Ok((
+        copy(binaries.bot(), "bot")?,
+        copy(binaries.dir.join("telegram-standin"), "telegram-standin")?,
+    ))
 }
 
 /// Runs a program to the end and returns how long it took; fails when it fails.
@@ -192,14 +206,16 @@ pub fn show(duration: Duration) -> String {
 /// Runs the benchmarks and writes the report.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     if args.quick && args.only.iter().any(|g| g == "engine") {
-        bail!("--quick is a smoke run of the stack section; the engine section has none");
+        bail!(
+            "--quick is a smoke run of the stack and telegram sections; the engine section has none"
+        );
     }
     let wanted = |group: &str| {
         (args.only.is_empty() && !(args.quick && group == "engine"))
             || args
                 .only
                 .iter()
-                .any(|g| g == group || (g == "stack" && group != "engine"))
+                .any(|g| g == group || (g == "stack" && matches!(group, "deploy" | "bot")))
     };
     std::fs::create_dir_all(work_dir())?;
     let mut sections = Vec::new();
@@ -210,6 +226,9 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         let (deploy, bot) = stack::run(sh, args.quick)?;
         sections.push(deploy);
         sections.push(bot);
+    }
+    if wanted("telegram") {
+        sections.push(telegram::run(sh, args.quick)?);
     }
     let output = project::root().join(args.output());
     let earlier = std::fs::read_to_string(&output).unwrap_or_default();

@@ -38,15 +38,17 @@ const ALLOWANCE: Duration = Duration::from_millis(300);
 /// The target against the manual flow (at the first size): under a third of it.
 const MANUAL_RATIO: f64 = 3.0;
 /// How long the old bot serves, once seen polling, before a run starts.
-const SETTLE: Duration = Duration::from_secs(2);
+pub(super) const SETTLE: Duration = Duration::from_secs(2);
 /// Part of the kept databases' names: bump it when the generator changes.
 const GENERATOR: u32 = 2;
 /// Databases an older version of this benchmark left in its folder.
 const OLD_FILES: [&str; 1] = ["revision-3-100k.db"];
-/// Options every `cargo xtask` run of the benchmark gets (`--keep 2`: the backups each deploy
-/// and restore takes are pruned as they come, so that every run prunes alike and the disk
-/// does not fill at 1M users).
-const XTASK_OPTIONS: [&str; 6] = ["--demo", "--yes", "--project-name", PROJECT, "--keep", "2"];
+/// Options every `cargo xtask` run of the benchmark gets, for its Compose project (`--keep 2`:
+/// the backups each deploy and restore takes are pruned as they come, so that every run prunes
+/// alike and the disk does not fill at 1M users).
+fn xtask_options(project: &str) -> [&str; 6] {
+    ["--demo", "--yes", "--project-name", project, "--keep", "2"]
+}
 
 /// What this run of the section measures.
 struct Plan {
@@ -126,7 +128,13 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
     }
     let stack = Stack::new(sh, PROJECT, true)?;
     remove(sh, &stack);
-    let result = measure(sh, &stack, &Tools { bot, xtask, dir }, &plan, &data);
+    let tools = Tools {
+        bot,
+        xtask,
+        dir,
+        project: PROJECT,
+    };
+    let result = measure(sh, &stack, &tools, &plan, &data);
     remove(sh, &stack);
     let (results, once) = result?;
     let method = method(
@@ -140,13 +148,15 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
 }
 
 /// The programs and folder every measurement uses.
-struct Tools {
+pub(super) struct Tools {
     /// The static release `bot` (a copy).
-    bot: PathBuf,
+    pub(super) bot: PathBuf,
     /// This xtask (a copy: a build meanwhile cannot replace it).
-    xtask: PathBuf,
+    pub(super) xtask: PathBuf,
     /// `target/bench/stack`.
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
+    /// The Compose project every `cargo xtask` run is for.
+    pub(super) project: &'static str,
 }
 
 fn measure(
@@ -288,7 +298,7 @@ fn manual_flow(sh: &Shell, stack: &Stack, new: &Stack, new_image: &str) -> anyho
 
 /// Brings the stack to where every run starts: the old release serving the kept database of
 /// `data` at revision 3, in a new volume.
-fn reset(
+pub(super) fn reset(
     sh: &Shell,
     stack: &Stack,
     tools: &Tools,
@@ -308,7 +318,7 @@ fn reset(
 }
 
 /// The report of a deploy that must have migrated from revision 3 to the head.
-fn deployed(out: &str) -> anyhow::Result<Value> {
+pub(super) fn deployed(out: &str) -> anyhow::Result<Value> {
     let report = last_json(out)?;
     let head = migrations::head();
     if report["revision_before"] != 3 || report["revision_after"] != head {
@@ -352,10 +362,10 @@ fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Dur
 impl Tools {
     /// Runs this very xtask (its copy) with `args` for the benchmark project; returns its
     /// stdout.
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&self.xtask)
             .args(args)
-            .args(XTASK_OPTIONS)
+            .args(xtask_options(self.project))
             .env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS)
             .stdin(Stdio::null())
             .output()
@@ -373,7 +383,7 @@ impl Tools {
 
 /// A copy of this xtask's binary: a build of xtask while the benchmark runs replaces the file
 /// it was started from.
-fn own_copy() -> anyhow::Result<PathBuf> {
+pub(super) fn own_copy() -> anyhow::Result<PathBuf> {
     let dir = work_dir().join("bin");
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("xtask");
@@ -393,7 +403,7 @@ fn last_json(out: &str) -> anyhow::Result<Value> {
     serde_json::from_str(line).context("a report that is not JSON")
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -490,7 +500,7 @@ fn timed_gap(
 }
 
 /// The stand-in's container and when it started.
-fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, String)> {
+pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, String)> {
     let project = format!("label=com.docker.compose.project={}", stack.project);
     let out = process::run(
         cmd!(
@@ -511,7 +521,7 @@ fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, String)> {
 }
 
 /// Waits until the bot has polled again after whatever just happened.
-fn wait_for_polls(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
+pub(super) fn wait_for_polls(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
     wait_for_calls(sh, stack, 3)
 }
 
@@ -551,11 +561,11 @@ fn poll_times(sh: &Shell, id: &str) -> anyhow::Result<Vec<u64>> {
         .collect())
 }
 
-fn image_id(sh: &Shell, image: &str) -> anyhow::Result<String> {
+pub(super) fn image_id(sh: &Shell, image: &str) -> anyhow::Result<String> {
     crate::docker::image_id(sh, image)?.with_context(|| format!("no image {image}"))
 }
 
-fn tag(sh: &Shell, id: &str, tag: &str) -> anyhow::Result<()> {
+pub(super) fn tag(sh: &Shell, id: &str, tag: &str) -> anyhow::Result<()> {
     process::run(cmd!(sh, "docker tag {id} {tag}"), "tagging an image").map(drop)
 }
 
@@ -622,7 +632,7 @@ fn take_down(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
 }
 
 /// Removes everything the benchmark made in Docker and its backup folder.
-fn remove(sh: &Shell, stack: &Stack) {
+pub(super) fn remove(sh: &Shell, stack: &Stack) {
     let _ = stack
         .cmd(sh)
         .args(["down", "-v", "--remove-orphans"])
@@ -636,13 +646,13 @@ fn remove(sh: &Shell, stack: &Stack) {
             .ignore_status()
             .output();
     }
-    let state = crate::project::root().join("backups").join(PROJECT);
+    let state = crate::project::root().join("backups").join(&stack.project);
     let _ = std::fs::remove_dir_all(state);
 }
 
 /// The kept database of `users` users at revision 3, made when missing or when `bot db status`
 /// no longer reads it as revision 3 (e.g. a migration file changed).
-fn dataset(bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
+pub(super) fn dataset(bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("revision-3-{}-g{GENERATOR}.db", label(users)));
     if path.exists() {
         match state(bot, &path) {
@@ -701,7 +711,7 @@ fn revision_3_database(path: &Path, users: u64) -> anyhow::Result<()> {
 }
 
 /// `bot db status --json` of `db`: its state and revision.
-fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
+pub(super) fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
     let output = Command::new(bot)
         .args(["db", "status", "--json"])
         .env("DATABASE_PATH", db)
@@ -726,7 +736,7 @@ fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
 /// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to`
 /// through the page cache, then flushes it: the copy starts warm and clean, as the database a
 /// restore just wrote.
-fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(super) fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
     let wal = PathBuf::from(format!("{}-wal", from.display()));
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
         bail!(
@@ -738,7 +748,7 @@ fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// The 1-minute load average.
-fn load() -> String {
+pub(super) fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
@@ -906,7 +916,7 @@ fn method(
         .join(" and ");
     let runs = plan.runs;
     let first = label(plan.sizes[0]);
-    let options = XTASK_OPTIONS.join(" ");
+    let options = xtask_options(PROJECT).join(" ");
     let smoke = if plan.quick {
         format!(
             "**A smoke run (`--quick`): {runs} runs at {first} users only. It checks that the code runs; its numbers mean nothing.**\n\n"

@@ -34,7 +34,7 @@ impl Deploy<'_> {
         MigrationLabels {
             deploy: &self.time,
             backup_name,
-            bytes: status.bytes,
+            bytes: status.copy_bytes(),
         }
     }
 

@@ -208,7 +208,7 @@ impl Deploy<'_> {
 
         if database_changes && status.state != "empty" {
             printer.step(report, "check room for the backup", || {
-                backups::require_room(sh, &self.state_dir, status.bytes)
+                backups::require_room(sh, &self.state_dir, status.copy_bytes())
             })?;
         }
         confirm(args.yes, &question(running, &status, &old))?;

@@ -47,17 +47,17 @@ pub fn run(
             printer.info(&format!(
                 "dry run: would back up {} ({} bytes) to {}",
                 stack.volume(),
-                live.bytes,
+                live.copy_bytes(),
                 host_file.display()
             ));
             report.dry_run = true;
             return Ok(());
         }
         printer.step(report, "check room for the backup", || {
-            backups::require_room(sh, state_dir, live.bytes)
+            backups::require_room(sh, state_dir, live.copy_bytes())
         })?;
         let info = printer.step(report, "back up database", || {
-            database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file, live.bytes)?;
+            database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file, live.copy_bytes())?;
             backups::seal(&host_file)
         })?;
         printer.detail(

@@ -65,7 +65,7 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         .and_then(|s| docker::image_id(sh, &s.bot_image).ok().flatten().map(|_| s));
     let live = image.and_then(|s| database::status(sh, s, &s.bot_image).ok());
     let free = backups::free_bytes(sh, &state_dir);
-    let needed = live.as_ref().map_or(0, |l| l.bytes);
+    let needed = live.as_ref().map_or(0, |l| l.copy_bytes());
     checks.push(Check {
         name: "room for a backup",
         ok: free

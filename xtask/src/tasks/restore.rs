@@ -126,7 +126,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             )?;
             if live.state != "empty" && damage.is_none() {
                 printer.step(report, "check room for the backup", || {
-                    backups::require_room(sh, state_dir, live.bytes)
+                    backups::require_room(sh, state_dir, live.copy_bytes())
                 })?;
             }
             report.changed = true;
@@ -172,7 +172,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                         &stack,
                         &stack.bot_image,
                         &host_file,
-                        live.bytes,
+                        live.copy_bytes(),
                     )?;
                     backups::seal(&host_file).map(drop)
                 })?;

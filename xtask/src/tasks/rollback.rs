@@ -110,7 +110,7 @@ pub fn run(
         };
         if let Some(live) = live.as_ref().filter(|l| l.state != "empty") {
             printer.step(report, "check room for the backup", || {
-                backups::require_room(sh, state_dir, live.bytes)
+                backups::require_room(sh, state_dir, live.copy_bytes())
             })?;
         }
         deploy::confirm(args.yes, &question)?;
@@ -164,7 +164,13 @@ pub fn run(
                     Some("before-rollback"),
                 ));
                 if let Err(e) = printer.step(report, "back up database", || {
-                    database::back_up_to_host(sh, &stack, &stack.bot_image, &keep, live.bytes)?;
+                    database::back_up_to_host(
+                        sh,
+                        &stack,
+                        &stack.bot_image,
+                        &keep,
+                        live.copy_bytes(),
+                    )?;
                     backups::seal(&keep).map(drop)
                 }) {
                     let _ = std::fs::remove_file(&keep);

@@ -518,7 +518,7 @@ fn load() -> String {
 }
 
 /// The `sqlite3` shell, installed from the distribution when missing.
-fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
+pub(super) fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
     if let Ok(out) = cmd!(sh, "which sqlite3").quiet().ignore_status().output()
         && out.status.success()
     {
@@ -530,7 +530,7 @@ fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a script in the `sqlite3` shell (untimed); fails when it prints an error.
-fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
+pub(super) fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
     let mut child = Command::new(sqlite3)
         .arg("-bail")
         .arg(db)
@@ -554,7 +554,8 @@ fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
+/// `bot db ARGS` on `db`, timed.
+pub(super) fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
     let mut all = vec!["db"];
     all.extend_from_slice(args);
     time(bot, &all, &[("DATABASE_PATH", db)])

@@ -19,9 +19,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use xshell::{Shell, cmd};
 
+use super::engine::{bot_db, sql, sqlite3};
 use super::stack::{self, Tools, now_ms};
 use super::{
-    Measurement, Section, fresh, label, long, median, release_binaries, show, size, time, work_dir,
+    Measurement, Section, fresh, label, long, median, release_binaries, show, size, work_dir,
 };
 use crate::compose::Stack;
 use crate::process;
@@ -582,49 +583,6 @@ fn fill_script(users: u64, now: u64) -> String {
          PRAGMA journal_mode = WAL;
 "
     )
-}
-
-/// The `sqlite3` shell on this machine.
-fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
-    let out = cmd!(sh, "which sqlite3").quiet().ignore_status().output()?;
-    if !out.status.success() {
-        bail!(
-            "the /stats database is made with the sqlite3 shell, which is not installed (apt-get install sqlite3)"
-        );
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-/// Runs a script in the `sqlite3` shell; fails when it prints an error.
-fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(sqlite3)
-        .arg("-bail")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", sqlite3.display()))?;
-    child
-        .stdin
-        .take()
-        .context("no stdin")?
-        .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() || !output.stderr.is_empty() {
-        bail!(
-            "sqlite3 {}: {}",
-            db.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
-    let mut all = vec!["db"];
-    all.extend_from_slice(args);
-    time(bot, &all, &[("DATABASE_PATH", db)])
 }
 
 /// The deploy run: the old release serving the deploy section's kept database of `users`

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use teloxide::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use crate::commands::{self, Answer, ChatKind, Incoming};
@@ -59,8 +59,10 @@ pub struct Chats {
     running: JoinSet<()>,
     /// Update ids handed out and not yet answered.
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
-    /// Update ids answered since the last [`Chats::take_answered`].
+    /// Update ids answered since the last note of them (see [`Chats::answered`]).
     answered: Arc<Mutex<Vec<i64>>>,
+    /// Told each time a message is answered: the polling loop may move its offset on.
+    progress: Arc<Notify>,
     per_user: Option<(DefaultKeyedRateLimiter<u64>, u32)>,
     /// Users whose messages are being ignored, so that the log says so once per flood.
     flooding: HashSet<u64>,
@@ -75,6 +77,7 @@ impl Chats {
             running: JoinSet::new(),
             unfinished: Arc::default(),
             answered: Arc::default(),
+            progress: Arc::default(),
             per_user: NonZeroU32::new(user_messages_per_minute)
                 .map(|n| (RateLimiter::keyed(Quota::per_minute(n)), n.get())),
             flooding: HashSet::new(),
@@ -126,6 +129,7 @@ impl Chats {
             Arc::clone(&pending),
             Arc::clone(&self.unfinished),
             Arc::clone(&self.answered),
+            Arc::clone(&self.progress),
         ));
         self.workers.insert(chat, Worker { queue, pending });
     }
@@ -134,6 +138,11 @@ impl Chats {
     /// those whose handling wrote nothing.
     pub fn answered(&self) -> Arc<Mutex<Vec<i64>>> {
         Arc::clone(&self.answered)
+    }
+
+    /// Resolves when a message was answered since the last time it resolved.
+    pub async fn answered_one(&self) {
+        self.progress.notified().await;
     }
 
     /// The lowest update handed out and not yet answered.
@@ -185,6 +194,7 @@ async fn work(
     pending: Arc<AtomicUsize>,
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
     answered: Arc<Mutex<Vec<i64>>>,
+    progress: Arc<Notify>,
 ) {
     let mut pace = Pace::default();
     while let Some(Job { update_id, message }) = jobs.recv().await {
@@ -192,6 +202,7 @@ async fn work(
         lock(&answered).push(update_id);
         lock(&unfinished).remove(&update_id);
         pending.fetch_sub(1, Ordering::SeqCst);
+        progress.notify_one();
     }
 }
 

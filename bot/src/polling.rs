@@ -33,7 +33,8 @@ const MAX_UNCONFIRMED: i64 = 90;
 /// How often the updates answered meanwhile are recorded as handled (see [`note_answered`]): a
 /// crash may answer those of the last second twice, if their handling wrote nothing.
 const NOTE_ANSWERED_EVERY: Duration = Duration::from_secs(1);
-/// The pause before asking again when Telegram sent only updates already being answered.
+/// The longest pause before asking again when Telegram sent only updates already being
+/// answered (a message answered meanwhile ends it early).
 const REPOLL_PAUSE: Duration = Duration::from_millis(250);
 
 /// The offsets of `getUpdates`. An offset confirms every update below it, and Telegram forgets
@@ -384,10 +385,12 @@ async fn serve(
                 }
                 chats.tidy();
                 if fetched > 0 && new == 0 {
-                    // Telegram sent again only what is being answered: ask again in a moment,
-                    // not at once (a long poll returns at once while updates are pending).
+                    // Telegram sent again only what is being answered: ask again once one of
+                    // them is answered (the offset can move on), not at once (a long poll
+                    // returns at once while updates are pending); at most a moment later.
                     tokio::select! {
                         signal = &mut *shutdown => break signal,
+                        () = chats.answered_one() => {}
                         () = tokio::time::sleep(REPOLL_PAUSE) => {}
                     }
                 }

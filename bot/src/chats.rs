@@ -40,6 +40,18 @@ pub struct Shared {
     pub token: String,
 }
 
+/// The update ids answered and not yet recorded as handled, shared by the workers and the
+/// loop that records them.
+#[derive(Clone, Default)]
+pub struct Answered(Arc<Mutex<Vec<i64>>>);
+
+impl Answered {
+    /// The ids answered since the last call.
+    pub fn take(&self) -> Vec<i64> {
+        std::mem::take(&mut *lock(&self.0))
+    }
+}
+
 /// One message to answer.
 struct Job {
     update_id: i64,
@@ -60,7 +72,7 @@ pub struct Chats {
     /// Update ids handed out and not yet answered.
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
     /// Update ids answered since the last note of them (see [`Chats::answered`]).
-    answered: Arc<Mutex<Vec<i64>>>,
+    answered: Answered,
     /// Told each time a message is answered: the polling loop may move its offset on.
     progress: Arc<Notify>,
     per_user: Option<(DefaultKeyedRateLimiter<u64>, u32)>,
@@ -76,7 +88,7 @@ impl Chats {
             workers: HashMap::new(),
             running: JoinSet::new(),
             unfinished: Arc::default(),
-            answered: Arc::default(),
+            answered: Answered::default(),
             progress: Arc::default(),
             per_user: NonZeroU32::new(user_messages_per_minute)
                 .map(|n| (RateLimiter::keyed(Quota::per_minute(n)), n.get())),
@@ -128,7 +140,7 @@ impl Chats {
             jobs,
             Arc::clone(&pending),
             Arc::clone(&self.unfinished),
-            Arc::clone(&self.answered),
+            self.answered.clone(),
             Arc::clone(&self.progress),
         ));
         self.workers.insert(chat, Worker { queue, pending });
@@ -136,8 +148,8 @@ impl Chats {
 
     /// The update ids answered since the last call: for [`Store::note_handled`], which records
     /// those whose handling wrote nothing.
-    pub fn answered(&self) -> Arc<Mutex<Vec<i64>>> {
-        Arc::clone(&self.answered)
+    pub fn answered(&self) -> Answered {
+        self.answered.clone()
     }
 
     /// Resolves when a message was answered since the last time it resolved.
@@ -193,13 +205,13 @@ async fn work(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     pending: Arc<AtomicUsize>,
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
-    answered: Arc<Mutex<Vec<i64>>>,
+    answered: Answered,
     progress: Arc<Notify>,
 ) {
     let mut pace = Pace::default();
     while let Some(Job { update_id, message }) = jobs.recv().await {
         answer(&shared, update_id, message, &mut pace).await;
-        lock(&answered).push(update_id);
+        lock(&answered.0).push(update_id);
         lock(&unfinished).remove(&update_id);
         pending.fetch_sub(1, Ordering::SeqCst);
         progress.notify_one();

@@ -1006,17 +1006,10 @@ fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Valu
     let mut value = serde_json::to_value(status)?;
     value["database"] = json!(path.display().to_string());
     value["bytes"] = json!(bytes);
-    value["wal_bytes"] = json!(file_size(&wal_of(path)).unwrap_or(0));
+    value["wal_bytes"] = json!(file_size(&crate::import::beside(path, "-wal")).unwrap_or(0));
     value["exists"] = json!(size.is_some());
     value["zero_bytes"] = json!(size == Some(0));
     Ok(value)
-}
-
-/// The write-ahead log beside a database.
-fn wal_of(path: &Path) -> PathBuf {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    PathBuf::from(wal)
 }
 
 /// The file's size, `None` when there is none.

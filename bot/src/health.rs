@@ -132,8 +132,8 @@ impl Health {
     }
 
     /// Since when every database write has failed (`None`: the last one went through).
-    pub fn writes_failing_since(&self, since_ms: Option<u64>) {
-        self.update(|v| v.writes_failing_since_ms = since_ms);
+    pub fn writes_failing_since(&self, since: Option<SystemTime>) {
+        self.update(|v| v.writes_failing_since_ms = since.map(ms_since_epoch));
     }
 
     /// Awaits `work`, beating every [`BEAT_INTERVAL`] meanwhile: a wait the loop chose
@@ -158,8 +158,11 @@ impl Health {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    ms_since_epoch(SystemTime::now())
+}
+
+fn ms_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -295,7 +298,7 @@ mod tests {
             "a run keeps its start"
         );
         health.conflict(false);
-        health.writes_failing_since(Some(12));
+        health.writes_failing_since(Some(UNIX_EPOCH + Duration::from_millis(12)));
         let vitals = read();
         assert!(vitals.ready && vitals.conflict_since_ms.is_none());
         assert_eq!(vitals.writes_failing_since_ms, Some(12));

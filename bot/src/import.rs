@@ -151,7 +151,7 @@ fn has_sqlite_header(path: &Path) -> bool {
 }
 
 /// `path` with `suffix` appended to its file name (`x.db` and `-wal` give `x.db-wal`).
-fn beside(path: &Path, suffix: &str) -> PathBuf {
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

@@ -15,7 +15,7 @@ use teloxide::prelude::*;
 use teloxide::types::{AllowedUpdate, BotCommand, UpdateKind};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::chats::{Chats, MAX_IN_FLIGHT, Shared};
+use crate::chats::{Answered, Chats, MAX_IN_FLIGHT, Shared};
 use crate::commands::COMMANDS;
 use crate::config::{AdminIds, Config, Telegram};
 use crate::failures::{Failure, backoff, describe, token_rejected};
@@ -319,7 +319,7 @@ async fn serve(
     }
     let retention = crate::retention::spawn_retention(store.clone(), telegram.command_log_days);
     let answered = chats.answered();
-    let noting = tokio::spawn(note_answered(store.clone(), Arc::clone(&answered)));
+    let noting = tokio::spawn(note_answered(store.clone(), answered.clone()));
     let mut offsets = Offsets::default();
     let mut retries = Retries::new("getUpdates");
     let mut probed = false;
@@ -420,8 +420,7 @@ async fn serve(
     );
     let unanswered = chats.finish(telegram.stop_grace).await;
     noting.abort();
-    let last: Vec<i64> = std::mem::take(&mut *answered.lock().unwrap_or_else(|p| p.into_inner()));
-    if let Err(e) = store.note_handled(last).await {
+    if let Err(e) = store.note_handled(answered.take()).await {
         tracing::warn!(
             "{e:#}; the next start may answer the last messages that wrote nothing again"
         );
@@ -433,14 +432,12 @@ async fn serve(
 /// Every [`NOTE_ANSWERED_EVERY`], records the updates answered meanwhile as handled, in one
 /// write: after a crash, Telegram delivers again what the offset had not yet confirmed, and an
 /// update whose handling wrote nothing (an unknown user's /help) would be answered twice.
-async fn note_answered(store: Store, answered: Arc<std::sync::Mutex<Vec<i64>>>) {
+async fn note_answered(store: Store, answered: Answered) {
     let mut ticks = tokio::time::interval(NOTE_ANSWERED_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let ids: Vec<i64> =
-            std::mem::take(&mut *answered.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Err(e) = store.note_handled(ids).await {
+        if let Err(e) = store.note_handled(answered.take()).await {
             tracing::warn!("{e:#}");
         }
     }

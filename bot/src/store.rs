@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use migrations::{Database, State};
@@ -153,8 +153,8 @@ struct Worker {
     requests: mpsc::Sender<Request>,
     /// Set when any clone asks the thread to close: work queued behind that is dropped unrun.
     closing: Arc<AtomicBool>,
-    /// For the writer: since when (ms since the Unix epoch) every write has failed, if they do.
-    failing_since: Option<Arc<Mutex<Option<u64>>>>,
+    /// For the writer: since when every write has failed, if they do.
+    failing_since: Option<Arc<Mutex<Option<SystemTime>>>>,
 }
 
 impl Worker {
@@ -206,7 +206,7 @@ impl Worker {
             let mut since = failing_since.lock().unwrap_or_else(|p| p.into_inner());
             match (&result, *since) {
                 (Ok(_), Some(_)) => *since = None,
-                (Err(_), None) => *since = Some(now_ms()),
+                (Err(_), None) => *since = Some(SystemTime::now()),
                 _ => {}
             }
         }
@@ -292,8 +292,8 @@ impl Store {
         })
     }
 
-    /// Since when (ms since the Unix epoch) every write has failed, if the last one failed.
-    pub fn writes_failing_since(&self) -> Option<u64> {
+    /// Since when every write has failed, if the last one failed.
+    pub fn writes_failing_since(&self) -> Option<SystemTime> {
         let failing_since = self.writer.failing_since.as_ref()?;
         *failing_since.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -703,12 +703,6 @@ fn serve(mut conn: Connection, queue: mpsc::Receiver<Request>, writes: bool) {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn log_command(conn: &Connection, user_id: i64, command: &str) -> rusqlite::Result<()> {

@@ -12,20 +12,9 @@ use serde_json::Value;
 /// One deploy at a time: they share the CPU-heavy release build and the Docker engine.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The newest revision: the number of `migrations/sql/*.up.sql` (a deploy at head is current
-/// there).
+/// The newest revision, as the migration catalog the bot is built with has it.
 pub fn head() -> u64 {
-    std::fs::read_dir(root().join("migrations/sql"))
-        .unwrap()
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".up.sql")
-        })
-        .count() as u64
+    migrations::head().into()
 }
 
 /// The workspace's folder.

@@ -584,11 +584,25 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
             if let Some(dest) =
                 backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
             {
-                let bytes = db.snapshot_to(&dest)?;
-                say!(json, "backed up to {} ({bytes} bytes)", dest.display());
                 // A rollback restores this copy: it is checked while the migration runs, and the
-                // first COMMIT waits for the verdict.
-                let mut started = SnapshotCheck::start(&dest)?;
+                // first COMMIT waits for the verdict. In WAL mode it is also written meanwhile,
+                // from the state pinned now (the old bot has stopped): the downtime does not
+                // wait for the copy.
+                let mut started = match db.pin()? {
+                    Some(pinned) => {
+                        say!(
+                            json,
+                            "backing up to {} beside the migration",
+                            dest.display()
+                        );
+                        SnapshotCheck::copy_and_check(pinned, &dest)?
+                    }
+                    None => {
+                        let bytes = db.snapshot_to(&dest)?;
+                        say!(json, "backed up to {} ({bytes} bytes)", dest.display());
+                        SnapshotCheck::start(&dest)?
+                    }
+                };
                 db.set_commit_gate(started.gate());
                 check = Some((dest, started));
             }

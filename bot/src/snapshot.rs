@@ -3,14 +3,17 @@
 //! tables, sound (`quick_check`), and the very state the migration starts from. The check runs
 //! in a thread beside the migration, and the migration's first COMMIT waits for its verdict
 //! (the engine's commit gate): the downtime grows only by what the check takes beyond the
-//! migration's first step.
+//! migration's first step. A database in WAL mode is copied in that thread too, from a read
+//! transaction pinned before the migration takes the write lock
+//! ([`SnapshotCheck::copy_and_check`]); the gate then also asks whether anything committed
+//! between the pin and the lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use migrations::{BackupInfo, Commit, GateError, State, Status};
+use migrations::{BackupInfo, Commit, GateError, Pinned, State, Status};
 
 /// A backup unfit to roll back to, and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +40,15 @@ pub enum Problem {
     /// It could not be opened or failed `quick_check`.
     #[error("failed its check ({0})")]
     Unsound(String),
+    /// The copy could not be written (a full disk, a folder it may not write).
+    #[error("could not be written ({0})")]
+    NotWritten(String),
+    /// Another process committed between the moment the copy pinned and the migration's write
+    /// lock: the copy lacks that commit.
+    #[error(
+        "lacks what another process committed to the database after the copy began and before the migration took the write lock"
+    )]
+    Overtaken,
     /// It is not the state the migration started from: the database changed after the copy.
     #[error(
         "is {found}, but the database was {expected} when the migration took the write lock (another process changed it after the backup was taken)"
@@ -56,7 +68,7 @@ impl Unfit {
     /// What to do next, for the line after the error.
     pub fn advice(&self) -> String {
         match self.problem {
-            Problem::NotBefore { .. } => "Nothing needs undoing. Find what else changed the database (another `bot db` command or deploy?), then run the upgrade again: it takes a new backup.".to_string(),
+            Problem::NotBefore { .. } | Problem::Overtaken => "Nothing needs undoing. Find what else changed the database (another `bot db` command or deploy?), then run the upgrade again: it takes a new backup.".to_string(),
             _ => format!(
                 "Nothing needs undoing. Check the disk and the folder that hold {} (room, errors), or give --backup-to another place, then run the upgrade again.",
                 self.path.display()
@@ -65,29 +77,57 @@ impl Unfit {
     }
 }
 
-/// The check of one backup, running in a thread from [`SnapshotCheck::start`].
+/// What the checking thread found: the copy's check, and the pin it was copied from (asked
+/// under the write lock whether anything committed since).
+struct Checked {
+    info: Result<BackupInfo, Problem>,
+    pinned: Option<Pinned>,
+}
+
+/// The check of one backup, running in a thread from [`SnapshotCheck::start`] or
+/// [`SnapshotCheck::copy_and_check`].
 pub struct SnapshotCheck {
     path: PathBuf,
-    verdicts: Option<mpsc::Receiver<Result<BackupInfo, String>>>,
-    checking: JoinHandle<()>,
+    verdicts: Option<mpsc::Receiver<Checked>>,
+    checking: Option<JoinHandle<()>>,
 }
 
 impl SnapshotCheck {
-    /// Starts checking the backup at `path` in a thread of its own.
+    /// Starts checking the backup already written at `path` in a thread of its own.
     pub fn start(path: &Path) -> anyhow::Result<SnapshotCheck> {
+        Self::spawn(path, None)
+    }
+
+    /// Starts copying the state `pinned` holds to `path`, then checking the copy, in a thread
+    /// of its own: the migration runs meanwhile.
+    pub fn copy_and_check(pinned: Pinned, path: &Path) -> anyhow::Result<SnapshotCheck> {
+        Self::spawn(path, Some(pinned))
+    }
+
+    fn spawn(path: &Path, pinned: Option<Pinned>) -> anyhow::Result<SnapshotCheck> {
         let (verdict, verdicts) = mpsc::channel();
         let copy = path.to_owned();
         let checking = std::thread::Builder::new()
             .name("backup-check".into())
             .spawn(move || {
-                let checked = migrations::quick_inspect_copy(&copy).map_err(|e| chain(&e));
-                let _ = verdict.send(checked);
+                let mut pinned = pinned;
+                let copied = match pinned.as_mut() {
+                    Some(pin) => pin
+                        .copy_to(&copy)
+                        .map(drop)
+                        .map_err(|e| Problem::NotWritten(chain(&e))),
+                    None => Ok(()),
+                };
+                let info = copied.and_then(|()| {
+                    migrations::quick_inspect_copy(&copy).map_err(|e| Problem::Unsound(chain(&e)))
+                });
+                let _ = verdict.send(Checked { info, pinned });
             })
             .context("cannot start the thread that checks the backup")?;
         Ok(SnapshotCheck {
             path: path.to_owned(),
             verdicts: Some(verdicts),
-            checking,
+            checking: Some(checking),
         })
     }
 
@@ -101,15 +141,39 @@ impl SnapshotCheck {
         move |commit| {
             let verdict = decided.get_or_insert_with(|| {
                 let checked = verdicts.as_ref().and_then(|v| v.recv().ok());
-                judge(&path, checked, commit.before)
+                let overtaken = checked
+                    .as_ref()
+                    .and_then(|c| c.pinned.as_ref())
+                    .map(|pin| pin.changed_since().map_err(|e| chain(&e)));
+                judge(&path, checked.map(|c| c.info), commit.before).and_then(
+                    |()| match overtaken {
+                        Some(Ok(true)) => Err(Unfit {
+                            path: path.clone(),
+                            problem: Problem::Overtaken,
+                        }),
+                        Some(Err(detail)) => Err(Unfit {
+                            path: path.clone(),
+                            problem: Problem::Unsound(detail),
+                        }),
+                        Some(Ok(false)) | None => Ok(()),
+                    },
+                )
             });
             verdict.clone().map_err(GateError::from)
         }
     }
 
-    /// Waits for the check's thread to end (it removes the sidecars its reading made).
-    pub fn finish(self) {
-        let _ = self.checking.join();
+    /// Waits for the check's thread to end (it removes the sidecars its reading made, or the
+    /// copy it could not finish). Dropping the check does the same: a migration that failed
+    /// leaves no copy half written.
+    pub fn finish(self) {}
+}
+
+impl Drop for SnapshotCheck {
+    fn drop(&mut self) {
+        if let Some(checking) = self.checking.take() {
+            let _ = checking.join();
+        }
     }
 }
 
@@ -117,7 +181,7 @@ impl SnapshotCheck {
 /// to from the state `before` the first commit.
 fn judge(
     path: &Path,
-    checked: Option<Result<BackupInfo, String>>,
+    checked: Option<Result<BackupInfo, Problem>>,
     before: &Status,
 ) -> Result<(), Unfit> {
     let unfit = |problem| Unfit {
@@ -126,7 +190,7 @@ fn judge(
     };
     let info = match checked {
         None => return Err(unfit(Problem::NoVerdict)),
-        Some(Err(detail)) => return Err(unfit(Problem::Unsound(detail))),
+        Some(Err(problem)) => return Err(unfit(problem)),
         Some(Ok(info)) => info,
     };
     if info.bytes == 0 {
@@ -191,7 +255,11 @@ mod tests {
         }
     }
 
-    fn info(state: State, revision: Option<u32>, bytes: u64) -> Option<Result<BackupInfo, String>> {
+    fn info(
+        state: State,
+        revision: Option<u32>,
+        bytes: u64,
+    ) -> Option<Result<BackupInfo, Problem>> {
         Some(Ok(BackupInfo {
             path: PathBuf::from("/tmp/b.db"),
             revision,
@@ -200,7 +268,7 @@ mod tests {
         }))
     }
 
-    fn problem(checked: Option<Result<BackupInfo, String>>, before: &Status) -> Option<Problem> {
+    fn problem(checked: Option<Result<BackupInfo, Problem>>, before: &Status) -> Option<Problem> {
         judge(Path::new("/tmp/b.db"), checked, before)
             .err()
             .map(|unfit| unfit.problem)
@@ -229,7 +297,7 @@ mod tests {
             Some(Problem::NoTables)
         );
         assert_eq!(
-            problem(Some(Err("damaged".into())), &behind),
+            problem(Some(Err(Problem::Unsound("damaged".into()))), &behind),
             Some(Problem::Unsound("damaged".into()))
         );
         assert_eq!(problem(None, &behind), Some(Problem::NoVerdict));

@@ -1842,3 +1842,143 @@ fn a_sound_backup_lets_the_migration_commit_and_is_reported() {
     assert!(!beside(&backup, "-shm").exists() && !beside(&backup, "-wal").exists());
     assert_eq!(count_users(&db), 500);
 }
+
+/// A database in WAL mode at revision `head - 1` with 500 users, as a deploy finds it.
+fn wal_behind_with_users(db: &Path) {
+    ok(db, &["db", "upgrade"]);
+    sql(
+        db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
+    );
+    let head = migrations::head();
+    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
+    sql(db, "PRAGMA journal_mode = WAL;");
+}
+
+/// In WAL mode the backup is copied beside the migration, from the state pinned before the
+/// migration takes the write lock. Another process that commits between the two (here one
+/// user, the revision unchanged, which no check of the revision sees) makes the copy lack
+/// that row: the migration stops before its first commit and says why.
+#[test]
+fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = Dir::new("backup-overtaken");
+    let db = dir.db();
+    wal_behind_with_users(&db);
+    let backup = dir.path("pre-deploy.db");
+    let holder = Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut upgrade = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("beside the migration") {
+        said.clear();
+        assert!(
+            stdout.read_line(&mut said).unwrap() > 0,
+            "the upgrade ended before it pinned its backup"
+        );
+    }
+    holder
+        .execute_batch(
+            "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
+        )
+        .unwrap();
+    let status = upgrade.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    upgrade
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "stdout: {rest}\nstderr: {stderr}");
+    for needle in [
+        "lacks what another process committed to the database after the copy began",
+        "the database was left as it was",
+        "Nothing needs undoing",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    drop(holder);
+    // The database is as the other process left it (in WAL mode its bytes move with each
+    // checkpoint: its content is compared).
+    let head = migrations::head() as u64;
+    assert_eq!(
+        history_of(&db),
+        ("behind".to_string(), (1..head).collect::<Vec<_>>())
+    );
+    assert_eq!(count_users(&db), 501);
+}
+
+/// In WAL mode the copy is written beside the migration and checked before its first commit:
+/// the report names it, at the revision the database had, with every user.
+#[test]
+fn in_wal_mode_the_backup_is_copied_beside_the_migration_and_reported() {
+    let dir = Dir::new("backup-wal-beside");
+    let db = dir.db();
+    wal_behind_with_users(&db);
+    let backup = dir.path("pre-deploy.db");
+    let output = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(said.contains("beside the migration"), "{said}");
+    let head = migrations::head() as u64;
+    let report = ok(&dir.db(), &["db", "status"]);
+    assert_eq!(report["version"], head, "{report}");
+    assert!(!beside(&backup, "-shm").exists() && !beside(&backup, "-wal").exists());
+    let copy = Connection::open(&backup).unwrap();
+    let (users, version): (i64, i64) = copy
+        .query_row(
+            "SELECT (SELECT count(*) FROM users), (SELECT max(version) FROM schema_history)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((users, version as u64), (500, head - 1));
+}
+
+/// In WAL mode a copy that cannot be written (its folder is a file) stops the migration
+/// before its first commit; nothing is left half written.
+#[test]
+fn in_wal_mode_a_backup_that_cannot_be_written_stops_the_migration() {
+    let dir = Dir::new("backup-wal-unwritable");
+    let db = dir.db();
+    wal_behind_with_users(&db);
+    std::fs::write(dir.path("not-a-folder"), b"x").unwrap();
+    let backup = dir.path("not-a-folder").join("pre-deploy.db");
+    let left = count_users(&db);
+    let output = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(stderr.contains("could not be written"), "{stderr}");
+    assert!(
+        stderr.contains("the database was left as it was"),
+        "{stderr}"
+    );
+    let head = migrations::head() as u64;
+    assert_eq!(
+        history_of(&db),
+        ("behind".to_string(), (1..head).collect::<Vec<_>>())
+    );
+    assert_eq!(count_users(&db), left);
+}

@@ -4,7 +4,8 @@
 //! By concern: `error` (what goes wrong, by cause), `file` (the file before SQLite reads it:
 //! where it is, its header, whether this user may write it, and the recovery of what a killed
 //! writer left), `write` (every write of the history, decided under the write lock, and the
-//! commit gate asked before each COMMIT) and `restore`; this file opens databases and reads
+//! commit gate asked before each COMMIT), `snapshot` (copies of the live file, one pinned beside a
+//! migration) and `restore`; this file opens databases and reads
 //! their state.
 
 use std::cell::RefCell;
@@ -12,18 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 mod error;
 mod file;
 mod foreign_keys;
 mod restore;
+mod snapshot;
 mod write;
 
 pub use error::{Error, LockHolder};
 pub use file::Recovery;
 pub use restore::{Restored, RowCounts};
+pub use snapshot::Pinned;
 
 use crate::catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 use crate::schema::{self, Change, Difference, Object, Schema, Subject};
@@ -670,58 +673,7 @@ impl Database {
     /// copy: for a caller that checks it off its critical path (e.g. with
     /// [`quick_inspect_copy`] while a migration runs). Returns the copy's size.
     pub fn snapshot_to(&self, dest: &Path) -> Result<u64, Error> {
-        let existed = dest.exists();
-        let copied = self.copy_to(dest);
-        if copied.is_err() && !existed {
-            // A partial copy (a full disk) is not a backup: nothing is left behind.
-            for suffix in ["", "-journal", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(file::beside(dest, suffix));
-            }
-        }
-        copied
-    }
-
-    fn copy_to(&self, dest: &Path) -> Result<u64, Error> {
-        if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(|cause| Error::Io {
-                path: folder.to_owned(),
-                cause,
-            })?;
-        }
-        // One step copies every page under one read transaction: a source that another
-        // process keeps writing would restart a stepwise copy for ever (seen with an old app
-        // committing every 20 ms). In WAL mode the read does not block the writer.
-        let mut copy = Connection::open(dest).map_err(|e| sqlite_error(dest, e))?;
-        {
-            use rusqlite::backup::{Backup, StepResult};
-            let backup = Backup::new_with_names(&self.conn, MAIN_DB, &mut copy, MAIN_DB)
-                .map_err(|e| sqlite_error(dest, e))?;
-            let waited = busy_timeout();
-            let deadline = std::time::Instant::now() + waited;
-            loop {
-                match backup.step(-1).map_err(|e| sqlite_error(dest, e))? {
-                    StepResult::Done => break,
-                    // Another process holds a lock for a moment: wait as a busy timeout would.
-                    _ if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    _ => {
-                        return Err(Error::Busy {
-                            path: self.path.clone(),
-                            holder: LockHolder::Writer,
-                            waited,
-                        });
-                    }
-                }
-            }
-        }
-        drop(copy);
-        std::fs::metadata(dest)
-            .map(|m| m.len())
-            .map_err(|cause| Error::Io {
-                path: dest.to_owned(),
-                cause,
-            })
+        snapshot::copy_whole(&self.conn, &self.path, dest)
     }
 }
 

@@ -181,7 +181,8 @@ mod script;
 pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
     BUSY_TIMEOUT, BackupInfo, Commit, Database, EditedFile, Error, ForeignHistory, GateError,
-    HISTORY_TABLE, HistoryRow, LockHolder, Plan, PlannedStep, Recovery, Restored, RowCounts, State,
-    Status, Upgrade, busy_timeout, explain, inspect_copy, quick_inspect_copy, set_busy_timeout,
+    HISTORY_TABLE, HistoryRow, LockHolder, Pinned, Plan, PlannedStep, Recovery, Restored,
+    RowCounts, State, Status, Upgrade, busy_timeout, explain, inspect_copy, quick_inspect_copy,
+    set_busy_timeout,
 };
 pub use script::{Baseline, DiffScript, ScriptStatement, StatementKind};

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use xshell::{Cmd, Shell, cmd};
 
 use crate::docker::{self, ContainerState};
@@ -167,6 +167,45 @@ impl Stack {
     /// Creates or updates and starts the services (the stand-in too in demo runs).
     pub fn up(&self, sh: &Shell) -> anyhow::Result<()> {
         process::run(self.up_cmd(sh), "starting the stack").map(drop)
+    }
+
+    /// Starts a second container of the bot service with the image the project's tag names,
+    /// beside `running` (left as it is): Compose's `up --scale bot=2 --no-recreate`. The
+    /// deploy's fast path starts the new bot this way while the old one serves, so that the
+    /// container's start is not part of the downtime. Returns the new container.
+    pub fn start_beside(
+        &self,
+        sh: &Shell,
+        running: &ContainerState,
+    ) -> anyhow::Result<ContainerState> {
+        process::run(
+            self.cmd(sh).args([
+                "up",
+                "-d",
+                "--no-deps",
+                "--no-recreate",
+                "--scale",
+                "bot=2",
+                "bot",
+            ]),
+            "starting the new bot beside the old one",
+        )?;
+        let mut others: Vec<ContainerState> = self
+            .bot_containers(sh)?
+            .into_iter()
+            .filter(|c| c.id != running.id)
+            .collect();
+        match others.len() {
+            1 => Ok(others.remove(0)),
+            n => bail!(
+                "Compose left {n} bot containers beside the old one instead of 1: {}",
+                others
+                    .iter()
+                    .map(|c| c.id.get(..12).unwrap_or(&c.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 
     /// The `up -d` command for the bot (and the stand-in in demo runs).

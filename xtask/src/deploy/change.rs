@@ -1,12 +1,12 @@
 //! The change itself: prepare the migration, stop the bot, migrate (backing up first), save the
 //! backup, start the new bot and wait until it serves. Two paths: the slow one (stop, then
 //! migrate, then start) and the fast one for a new image with pending migrations (the
-//! migration waits, ready, while Compose replaces the bot, and goes the moment the old one
-//! has stopped).
+//! migration waits, ready, and the new bot is started beside the old one, which still serves;
+//! the old one is stopped, and the migration goes the moment it has exited).
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::backups;
 use crate::compose::Stack;
@@ -152,10 +152,11 @@ impl Deploy<'_> {
     }
 
     /// The fast path for a new image with pending migrations: the migration container is
-    /// started and waits, ready, while the old bot still serves; Compose then replaces the bot,
-    /// and the moment the old one exits the migration goes. The new bot starts meanwhile and
-    /// waits (only reading) until the database is current, so the bot is down for about as
-    /// long as the migration takes, not for the sum of the Docker commands.
+    /// started and waits, ready, and the new bot is started beside the old one, which still
+    /// serves; the new bot waits (only reading) until the database is current. Then the old
+    /// bot is stopped, and the moment it has exited the migration goes. So the bot is down
+    /// for about as long as the migration takes: neither the containers' start nor the
+    /// backup's copy is part of it.
     pub(super) fn replace_and_migrate(
         &self,
         stack: &Stack,
@@ -174,30 +175,53 @@ impl Deploy<'_> {
         let migration_id = migration.id.clone();
         changes.migration = Some(migration);
         let waiting = waiting?;
+        let new_bot = signals::checkpoint()
+            .and_then(|()| printer.step(report, "start new bot", || stack.start_beside(sh, old)));
+        let new_bot = match new_bot {
+            Ok(new_bot) => new_bot,
+            Err(e) => {
+                waiting.cancel();
+                remove_beside(sh, stack, old);
+                return Err(e);
+            }
+        };
         if let Err(e) = signals::checkpoint() {
             waiting.cancel();
+            remove_container(sh, &new_bot.id);
             return Err(e);
         }
         journal::volume(format!(
-            "being migrated from {} while Compose replaces the bot; the pre-deploy backup is taken first, in container {}",
+            "being migrated from {} while the old bot stops; the pre-deploy backup is taken first, in container {}; the new bot ({}) waits for the schema",
             describe(status),
-            short(&migration_id)
+            short(&migration_id),
+            short(&new_bot.id)
         ));
-        let up: std::process::Command = stack.up_cmd(sh).into();
         let mut replaced = None;
         let outcome = printer.step(report, "migrate database", || {
-            let r = replace_then_go(up, &old.id, waiting)?;
+            let r = stop_then_go(&old.id, waiting);
             replaced = Some((r.stopped_at, r.went));
-            r.compose?;
             r.migration
         });
         let (stopped_at, went) = replaced.unwrap_or((None, false));
         changes.stopped_at = stopped_at;
         changes.migrated = went;
+        if went {
+            // The old bot is stopped: its container goes, as Compose's own replacement would
+            // remove it, so that the service has one container again.
+            if let Err(e) = docker_rm(&old.id) {
+                printer.info(&format!(
+                    "warning: the old bot's stopped container {} could not be removed ({e:#}); the next deploy removes it",
+                    short(&old.id)
+                ));
+            }
+        } else {
+            // Nothing was migrated and the old bot may still serve: the new one goes.
+            remove_container(sh, &new_bot.id);
+        }
         let outcome = outcome?;
         printer.detail(
             report,
-            "Compose replaced the bot meanwhile; the new one waited for the schema",
+            "the new bot started beside the old one and waited for the schema",
         );
         self.record_migration(stack, status, &outcome, report, changes)?;
         self.wait_until_serving(stack, report, changes)
@@ -276,7 +300,7 @@ impl Deploy<'_> {
         Ok(())
     }
 }
-/// What happened while Compose replaced the bot.
+/// What happened while the old bot stopped.
 struct Replaced {
     /// When the old bot exited, if it did.
     stopped_at: Option<Instant>,
@@ -284,41 +308,51 @@ struct Replaced {
     went: bool,
     /// What the migration reported.
     migration: anyhow::Result<serde_json::Value>,
-    /// Whether Compose succeeded.
-    compose: anyhow::Result<()>,
 }
-/// Runs Compose's `up` (which stops the old bot and starts the new one) and tells the waiting
-/// migration to go the moment the old bot has exited. Fails only when nothing could start.
-fn replace_then_go(
-    mut up: std::process::Command,
-    old_id: &str,
-    waiting: database::WaitingMigration,
-) -> anyhow::Result<Replaced> {
+
+/// Stops the old bot (`docker stop`, its grace period as Compose's) and tells the waiting
+/// migration to go the moment it has exited: `docker wait` printed its exit code, or the
+/// engine says it no longer runs.
+fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
     use std::process::{Command, Stdio};
-    let mut old_exit = crate::signals::own_group(&mut Command::new("docker"))
-        .args(["wait", old_id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot run docker wait")?;
-    let compose = std::thread::spawn(move || {
-        crate::signals::own_group(&mut up)
+    let quiet = |command: &mut Command| {
+        crate::signals::own_group(command)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let spawned = quiet(Command::new("docker").args(["wait", old_id])).and_then(|wait| {
+        quiet(Command::new("docker").args(["stop", "-t", "10", old_id])).map(|stop| (wait, stop))
     });
+    let (mut old_exit, mut stop) = match spawned {
+        Ok(both) => both,
+        Err(e) => {
+            waiting.cancel();
+            return Replaced {
+                stopped_at: None,
+                went: false,
+                migration: Err(anyhow::anyhow!(
+                    "cannot run docker to stop the old bot: {e}"
+                )),
+            };
+        }
+    };
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
     let mut wait_failed = false;
+    let mut stop_ended = false;
     let stopped = loop {
-        match old_exit.try_wait()? {
+        match old_exit.try_wait() {
             // `docker wait` printed the exit code: the old bot stopped.
-            Some(status) if status.success() && !wait_failed => break true,
-            Some(_) => wait_failed = true,
-            None => {}
+            Ok(Some(status)) if status.success() && !wait_failed => break true,
+            Ok(Some(_)) | Err(_) => wait_failed = true,
+            Ok(None) => {}
         }
-        let given_up = compose.is_finished() || Instant::now() >= deadline;
+        stop_ended = stop_ended || matches!(stop.try_wait(), Ok(Some(_)));
+        let given_up = stop_ended || Instant::now() >= deadline;
         if wait_failed || given_up {
-            // `docker wait` failed (or Compose is done): the engine says whether it stopped.
+            // `docker wait` failed (or `docker stop` is done): the engine says whether it
+            // stopped.
             if old_bot_stopped(old_id) {
                 break true;
             }
@@ -335,32 +369,30 @@ fn replace_then_go(
         waiting.go()
     } else {
         waiting.cancel();
-        let _ = old_exit.kill();
+        let mut said = String::new();
+        if let Some(mut err) = stop.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut said);
+        }
         Err(anyhow::anyhow!(
-            "Compose did not stop the old bot, so nothing was migrated"
+            "the old bot did not stop, so nothing was migrated{}",
+            if said.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", crate::secrets::scrub(said.trim()))
+            }
         ))
     };
+    let _ = old_exit.kill();
     let _ = old_exit.wait();
-    let compose = match compose.join() {
-        Err(_) => Err(anyhow::anyhow!("the Compose thread panicked")),
-        Ok(Err(e)) => Err(anyhow::anyhow!("cannot run Compose: {e}")),
-        Ok(Ok(output)) if !output.status.success() => Err(anyhow::anyhow!(
-            "starting the stack: Compose exited with {}:\n{}",
-            output
-                .status
-                .code()
-                .map_or("a signal".into(), |c| c.to_string()),
-            process::tail(&String::from_utf8_lossy(&output.stderr), 25)
-        )),
-        Ok(Ok(_)) => Ok(()),
-    };
-    Ok(Replaced {
+    let _ = stop.wait();
+    Replaced {
         stopped_at,
         went: stopped,
         migration,
-        compose,
-    })
+    }
 }
+
 /// Whether the engine says the old bot's container no longer runs (stopped, or removed).
 fn old_bot_stopped(old_id: &str) -> bool {
     use std::process::{Command, Stdio};
@@ -372,5 +404,41 @@ fn old_bot_stopped(old_id: &str) -> bool {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim() == "false",
         Ok(out) => String::from_utf8_lossy(&out.stderr).contains("No such"),
         Err(_) => false,
+    }
+}
+
+/// Removes a stopped container (`docker rm`).
+fn docker_rm(id: &str) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let out = crate::signals::own_group(&mut Command::new("docker"))
+        .args(["rm", id])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run docker rm")?;
+    if !out.status.success() {
+        bail!(
+            "docker rm: {}",
+            crate::secrets::scrub(String::from_utf8_lossy(&out.stderr).trim())
+        );
+    }
+    Ok(())
+}
+
+/// Removes a container whatever its state (`docker rm -f`); a failure is only said.
+fn remove_container(sh: &xshell::Shell, id: &str) {
+    if let Err(e) = process::run(
+        xshell::cmd!(sh, "docker rm -f {id}"),
+        "removing the new bot's container",
+    ) {
+        eprintln!("warning: {e:#}");
+    }
+}
+
+/// Removes every container of the bot service but `old` (what a failed `start_beside` left).
+fn remove_beside(sh: &xshell::Shell, stack: &Stack, old: &ContainerState) {
+    if let Ok(containers) = stack.bot_containers(sh) {
+        for container in containers.iter().filter(|c| c.id != old.id) {
+            remove_container(sh, &container.id);
+        }
     }
 }

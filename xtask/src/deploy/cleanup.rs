@@ -4,16 +4,17 @@
 
 use std::path::Path;
 
-use xshell::Shell;
+use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
 use crate::database;
-use crate::docker;
+use crate::docker::{self, ContainerState};
 use crate::exit;
 use crate::history;
 use crate::images;
 use crate::journal;
 use crate::output::Printer;
+use crate::process;
 use crate::report::Report;
 
 use super::{Deploy, shared::*, short};
@@ -31,6 +32,46 @@ impl Deploy<'_> {
         }
         journal::take_over(unfinished);
         Ok(())
+    }
+
+    /// Leaves the bot service one container when a killed deploy left two (the fast path
+    /// starts the new bot beside the old one): the one that has run longest of those running
+    /// stays (the old bot, when it still serves; else the new one), or the newest when none
+    /// runs. `containers` come newest first, as `docker ps` lists them; returns those left.
+    pub(super) fn remove_extra_bot_containers(
+        &self,
+        containers: Vec<ContainerState>,
+    ) -> Vec<ContainerState> {
+        if containers.len() < 2 || !containers.iter().all(ContainerState::is_ours) {
+            return containers;
+        }
+        let keep = containers
+            .iter()
+            .rposition(ContainerState::is_running)
+            .unwrap_or(0);
+        let mut left = Vec::new();
+        for (i, container) in containers.into_iter().enumerate() {
+            if i == keep {
+                left.push(container);
+                continue;
+            }
+            let id = &container.id;
+            let removed = process::run(
+                cmd!(self.sh, "docker rm -f {id}"),
+                "removing a bot container a killed deploy left",
+            );
+            match removed {
+                Ok(_) => self.printer.info(&format!(
+                    "removed the bot container {} ({}) that a killed deploy left beside the one kept",
+                    container.name, container.status
+                )),
+                Err(e) => {
+                    self.printer.info(&format!("warning: {e:#}"));
+                    left.push(container);
+                }
+            }
+        }
+        left
     }
 
     /// Saves what migration containers of earlier runs left (see [`save_leftover_backups`]);

@@ -5,11 +5,11 @@
 //! | step | where |
 //! | --- | --- |
 //! | check machine | [`shared::check_machine`] |
-//! | (finish an unfinished run, save leftover backups) | [`cleanup`] |
+//! | (finish an unfinished run, remove a bot container it left, save leftover backups) | [`cleanup`] |
 //! | build images | [`Deploy::run`], [`crate::images`] |
 //! | look for the old app | [`Deploy::run`], [`crate::old_app`] |
 //! | read database, check volume ownership, check room for the backup | [`Deploy::run`] |
-//! | prepare migration, start migration, waiting, stop bot, migrate database, save backup, start bot, wait until healthy | [`change`] |
+//! | prepare migration, start migration, waiting, start new bot, stop bot, migrate database, save backup, start bot, wait until healthy | [`change`] |
 //! | stop old app, import database, keep old app's container | [`from_old_app`] |
 //! | rollback: ... | [`rollback`], [`from_old_app`] |
 //! | (prune old backups and release tags) | [`cleanup`] |
@@ -150,8 +150,11 @@ impl Deploy<'_> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
         let stack = check_machine(sh, args, !args.demo, printer, report)?;
-        let all_containers = stack.bot_containers(sh)?;
+        let mut all_containers = stack.bot_containers(sh)?;
         old_app::refuse_a_scaled_old_app(&all_containers)?;
+        if !args.dry_run {
+            all_containers = self.remove_extra_bot_containers(all_containers);
+        }
         let found_container = all_containers.into_iter().next();
         // The old app's container is no previous bot of ours: it is handled by `old_app`.
         let before = found_container.clone().filter(ContainerState::is_ours);

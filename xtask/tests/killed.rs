@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Project, SERIAL, head, report, root, text};
+use common::{Project, SERIAL, docker, head, report, root, text};
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -202,6 +202,81 @@ fn killed_with_the_migration_ready_and_waiting_then_deployed_again() {
         "start migration, waiting",
         "prod-full-update",
     );
+}
+
+/// The bot service's containers: ids, newest first.
+fn bot_containers(project: &Project) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--filter",
+        "label=com.docker.compose.service=bot",
+        "--filter",
+        "label=com.docker.compose.oneoff=False",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Killed while the new bot's container starts beside the old one: the old one still serves,
+/// and a second container (made here if the kill came before Compose made it) waits for a
+/// migration that never comes. The next deploy removes it and ends with one bot, healthy at
+/// head with every user.
+#[test]
+fn killed_while_starting_the_new_bot_then_deployed_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("kill-new-bot");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let old = project.bot_container()["Id"].as_str().unwrap().to_owned();
+    let (killed, acted) =
+        deploy_acted_on(&project, "prod-full-update", "==> start new bot", Act::Kill);
+    assert!(
+        acted,
+        "the deploy never reached the step: {}",
+        text(&killed)
+    );
+    // What Compose, left running by the kill, makes: the new image's container beside.
+    let compose = root().join("docker/docker-compose.prod.yml");
+    let made = Command::new("docker-compose")
+        .args(["-f", compose.to_str().unwrap(), "-p", &project.name])
+        .args([
+            "--profile",
+            "demo",
+            "up",
+            "-d",
+            "--no-deps",
+            "--no-recreate",
+        ])
+        .args(["--scale", "bot=2", "bot"])
+        .env("BOT_ENV_FILE", root().join("docker/demo.env"))
+        .env("BOT_IMAGE", project.image())
+        .env("STANDIN_IMAGE", format!("tgbot-standin:{}", project.name))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let both = bot_containers(&project);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(
+        both.iter().any(|id| old.starts_with(id.as_str())),
+        "the old bot is one of them: {both:?}"
+    );
+    let status = status_json(&project);
+    assert_eq!(status["unfinished"][0]["step"], "start new bot", "{status}");
+
+    let again = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("that a killed deploy left beside the one kept"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(bot_containers(&project).len(), 1);
+    assert_healthy_at_head_with_every_user(&project, "kill-new-bot");
 }
 
 #[test]

@@ -17,8 +17,60 @@ use crate::process;
 /// The bot's user and group in the image.
 pub const BOT_OWNER: &str = "10001:10001";
 
-/// Where the migration container writes the backup it takes before changing anything.
+/// Where the migration container of an image built before the backup folder writes the backup
+/// it takes before changing anything (its own layer).
 pub const BACKUP_IN_CONTAINER: &str = "/tmp/pre-deploy.db";
+
+/// The folder the bot's image has for backups (labelled `org.tgbot.backup-volume`): a container
+/// that takes a backup mounts an anonymous volume there, written at the host file system's
+/// speed, where its own layer may be a slow overlay (`fuse-overlayfs`: SQLite's temporary files
+/// there made the migration at 100k users take 450 ms instead of 230 ms), and removed with the
+/// container (`docker rm -v`).
+pub const BACKUP_VOLUME: &str = "/backup";
+/// The image label that says the image has [`BACKUP_VOLUME`], owned by the bot's user.
+const BACKUP_VOLUME_LABEL: &str = "org.tgbot.backup-volume";
+
+/// Where a container writes the backup it takes, and what `docker create` needs for it.
+#[derive(Debug, Clone)]
+pub struct BackupPlace {
+    /// The backup's path inside the container.
+    pub path: String,
+    /// `docker create` arguments (the anonymous volume).
+    create_args: Vec<String>,
+}
+
+impl BackupPlace {
+    /// For a container of `image` writing the backup as `file`: in the backup volume when the
+    /// image has its folder, else in `/tmp` (images built before it).
+    pub fn for_image(sh: &Shell, image: &str, file: &str) -> BackupPlace {
+        let format = format!("{{{{index .Config.Labels \"{BACKUP_VOLUME_LABEL}\"}}}}");
+        let has_volume = process::output(cmd!(
+            sh,
+            "docker image inspect --format {format} {image}"
+        ))
+        .is_ok_and(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == BACKUP_VOLUME
+        });
+        if has_volume {
+            BackupPlace {
+                path: format!("{BACKUP_VOLUME}/{file}"),
+                // SQLite's temporary files (the sorts of an index build or a GROUP BY) go there
+                // too: in the container's own layer they made a migration twice as slow.
+                create_args: vec![
+                    "-v".into(),
+                    BACKUP_VOLUME.into(),
+                    "-e".into(),
+                    format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
+                ],
+            }
+        } else {
+            BackupPlace {
+                path: format!("/tmp/{file}"),
+                create_args: Vec::new(),
+            }
+        }
+    }
+}
 
 /// `bot db status --json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +313,8 @@ pub struct MigrationContainer {
     pub id: String,
     /// The size of the database it migrates (its time limits grow with it).
     pub bytes: u64,
+    /// Where it writes its backup.
+    pub backup_path: String,
 }
 
 /// The label naming the project on the containers the deploy starts besides Compose's.
@@ -274,6 +328,9 @@ pub const BACKUP_NAME_LABEL: &str = "org.tgbot.backup-name";
 
 /// The label with the size of the database a migration container migrates.
 pub const BYTES_LABEL: &str = "org.tgbot.bytes";
+/// The label giving the path of a migration container's backup inside it (absent on
+/// containers made before it: [`BACKUP_IN_CONTAINER`]).
+pub const BACKUP_PATH_LABEL: &str = "org.tgbot.backup-path";
 
 /// The role of the container that backs up and migrates the database during a deploy.
 pub const MIGRATION_ROLE: &str = "migration";
@@ -322,7 +379,7 @@ pub fn remove_leftover_helpers(sh: &Shell, project: &str) -> anyhow::Result<Vec<
         if docker::inspect(sh, id).is_ok_and(|state| state.status == "running") {
             running.push(id.to_owned());
         } else {
-            let _ = process::output(cmd!(sh, "docker rm -f {id}"));
+            let _ = process::output(cmd!(sh, "docker rm -f -v {id}"));
         }
     }
     Ok(running)
@@ -341,13 +398,14 @@ pub struct MigrationLabels<'a> {
 }
 
 impl MigrationLabels<'_> {
-    fn args(&self, stack: &Stack) -> Vec<String> {
+    fn args(&self, stack: &Stack, place: &BackupPlace) -> Vec<String> {
         [
             (PROJECT_LABEL, stack.project.as_str()),
             (ROLE_LABEL, MIGRATION_ROLE),
             (DEPLOY_LABEL, self.deploy),
             (BACKUP_NAME_LABEL, self.backup_name),
             (BYTES_LABEL, &self.bytes.to_string()),
+            (BACKUP_PATH_LABEL, &place.path),
         ]
         .into_iter()
         .flat_map(|(key, value)| ["--label".to_owned(), format!("{key}={value}")])
@@ -363,22 +421,7 @@ impl MigrationContainer {
         image: &str,
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
-        let mount = format!("{}:/data", stack.volume());
-        let label_args = labels.args(stack);
-        let id = process::run(
-            cmd!(
-                sh,
-                "docker create {label_args...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --json"
-            ),
-            "preparing the migration",
-        )?
-        .stdout
-        .trim()
-        .to_owned();
-        Ok(MigrationContainer {
-            id,
-            bytes: labels.bytes,
-        })
+        Self::create_with(sh, stack, image, labels, &[])
     }
 
     /// Creates one that opens and checks the database, then waits for `go` on its stdin.
@@ -388,12 +431,25 @@ impl MigrationContainer {
         image: &str,
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
+        Self::create_with(sh, stack, image, labels, &["--wait-for-go"])
+    }
+
+    fn create_with(
+        sh: &Shell,
+        stack: &Stack,
+        image: &str,
+        labels: &MigrationLabels,
+        extra: &[&str],
+    ) -> anyhow::Result<MigrationContainer> {
         let mount = format!("{}:/data", stack.volume());
-        let label_args = labels.args(stack);
+        let place = BackupPlace::for_image(sh, image, "pre-deploy.db");
+        let label_args = labels.args(stack, &place);
+        let stdin: &[&str] = if extra.is_empty() { &[] } else { &["-i"] };
+        let (volume, backup) = (&place.create_args, &place.path);
         let id = process::run(
             cmd!(
                 sh,
-                "docker create {label_args...} -i --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {BACKUP_IN_CONTAINER} --wait-for-go --json"
+                "docker create {label_args...} {volume...} {stdin...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {backup} {extra...} --json"
             ),
             "preparing the migration",
         )?
@@ -403,6 +459,7 @@ impl MigrationContainer {
         Ok(MigrationContainer {
             id,
             bytes: labels.bytes,
+            backup_path: place.path,
         })
     }
 
@@ -471,14 +528,14 @@ impl MigrationContainer {
     /// Copies the backup it took to `host_file`: to `<host_file>.partial` first, renamed once
     /// whole, so that a copy killed halfway never lies under the backup's name.
     pub fn copy_backup(&self, sh: &Shell, host_file: &Path) -> anyhow::Result<()> {
-        let source = format!("{}:{BACKUP_IN_CONTAINER}", self.id);
+        let source = format!("{}:{}", self.id, self.backup_path);
         copy_out(sh, &source, host_file, self.bytes)
     }
 
-    /// Removes it.
+    /// Removes it, with its backup volume.
     pub fn remove(self, sh: &Shell) {
         let id = self.id;
-        let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
+        let _ = crate::process::output(cmd!(sh, "docker rm -f -v {id}"));
     }
 }
 
@@ -512,7 +569,7 @@ pub fn copy_out(sh: &Shell, source: &str, host_file: &Path, bytes: u64) -> anyho
 }
 
 /// Where a copy to `file` is written until it is whole.
-fn partial_name(file: &Path) -> PathBuf {
+pub fn partial_name(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push(".partial");
     PathBuf::from(name)
@@ -592,7 +649,7 @@ fn with_container<T>(
 ) -> anyhow::Result<T> {
     let id = process::run(create, what)?.stdout.trim().to_owned();
     let result = work(&id);
-    let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
+    let _ = crate::process::output(cmd!(sh, "docker rm -f -v {id}"));
     result
 }
 
@@ -606,15 +663,17 @@ pub fn back_up_to_host(
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
     let labels = helper_labels(&stack.project);
+    let place = BackupPlace::for_image(sh, image, "backup.db");
+    let (volume, backup) = (&place.create_args, &place.path);
     with_container(
         sh,
         cmd!(
             sh,
-            "docker create {labels...} --user {BOT_OWNER} -v {mount} {image} db backup {BACKUP_IN_CONTAINER} --json"
+            "docker create {labels...} {volume...} --user {BOT_OWNER} -v {mount} {image} db backup {backup} --json"
         ),
         "preparing the backup",
         |id| {
-            let source = format!("{id}:{BACKUP_IN_CONTAINER}");
+            let source = format!("{id}:{backup}");
             process::run_within(
                 cmd!(sh, "docker start -a {id}"),
                 "backing up the database",
@@ -673,6 +732,8 @@ pub struct Leftover {
     pub backup_name: Option<String>,
     /// The size of the database it migrated.
     pub bytes: u64,
+    /// Where its backup is inside it.
+    pub backup_path: String,
 }
 
 /// Migration containers of `project` that an earlier run left (killed, or unable to copy the
@@ -694,6 +755,11 @@ pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Left
                 running: state.status == "running",
                 backup_name: name,
                 bytes,
+                backup_path: state
+                    .labels
+                    .get(BACKUP_PATH_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| BACKUP_IN_CONTAINER.to_owned()),
             })
         })
         .collect()
@@ -714,6 +780,7 @@ pub fn save_leftover_backups(
         running: is_running,
         backup_name: name,
         bytes,
+        backup_path,
     } in leftover_migrations(sh, &stack.project)?
     {
         if is_running {
@@ -733,6 +800,7 @@ pub fn save_leftover_backups(
                 let container = MigrationContainer {
                     id: id.clone(),
                     bytes,
+                    backup_path: backup_path.clone(),
                 };
                 match container.copy_backup(sh, &host_file) {
                     Ok(()) => {
@@ -753,7 +821,12 @@ pub fn save_leftover_backups(
                 }
             }
         }
-        MigrationContainer { id, bytes }.remove(sh);
+        MigrationContainer {
+            id,
+            bytes,
+            backup_path,
+        }
+        .remove(sh);
     }
     Ok((saved, running))
 }

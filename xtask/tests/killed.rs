@@ -279,6 +279,53 @@ fn killed_while_starting_the_new_bot_then_deployed_again() {
     assert_healthy_at_head_with_every_user(&project, "kill-new-bot");
 }
 
+/// A killed `backup` changed nothing: the next `backup` closes its line (`interrupted`, finished
+/// by that backup), and no half copy stays under a backup's name.
+#[test]
+fn a_killed_backup_is_closed_by_the_next_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("kill-backup");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let (killed, acted) = deploy_acted_on(&project, "backup", "==> back up database", Act::Kill);
+    assert!(
+        acted,
+        "the backup never reached its copy: {}",
+        text(&killed)
+    );
+    let status = status_json(&project);
+    assert_eq!(status["unfinished"][0]["task"], "backup", "{status}");
+
+    let again = project.xtask("backup", &["--yes", "--json"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let outcome = report(&again);
+    assert_eq!(
+        outcome["finished_earlier"].as_array().map(Vec::len),
+        Some(1),
+        "{outcome}"
+    );
+    let status = status_json(&project);
+    assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
+    let lines = history(&project);
+    let backups: Vec<&Value> = lines.iter().filter(|l| l["task"] == "backup").collect();
+    assert_eq!(backups.len(), 2, "{lines:?}");
+    assert_eq!(backups[0]["result"], "interrupted", "{}", backups[0]);
+    assert!(
+        backups[0]["finished_by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("backup")),
+        "{}",
+        backups[0]
+    );
+    // A backup changes nothing in the stack: it ends as "nothing-to-do".
+    assert_eq!(backups[1]["result"], "nothing-to-do", "{}", backups[1]);
+    let partial = std::fs::read_dir(project.state_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .count();
+    assert_eq!(partial, 0, "no half copy is left");
+}
+
 #[test]
 fn killed_while_migrating_then_recovered() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

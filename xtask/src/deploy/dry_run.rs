@@ -98,15 +98,16 @@ impl Deploy<'_> {
         }
         if !migrations.is_empty() {
             plan.push(format!(
-                "migrate database: docker run --user {} -v {}:/data {} db upgrade --adopt --backup-to {}",
+                "migrate database: docker run --user {} -v {}:/data -v {} {} db upgrade --adopt --backup-to {}/pre-deploy.db",
                 database::BOT_OWNER,
                 stack.volume(),
+                database::BACKUP_VOLUME,
                 stack.bot_image,
-                database::BACKUP_IN_CONTAINER
+                database::BACKUP_VOLUME
             ));
             plan.push(format!(
-                "save backup: docker cp <migration>:{} {}/",
-                database::BACKUP_IN_CONTAINER,
+                "save backup: docker cp <migration>:{}/pre-deploy.db {}/",
+                database::BACKUP_VOLUME,
                 self.state_dir.display()
             ));
         }

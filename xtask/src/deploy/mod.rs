@@ -28,7 +28,7 @@ mod shared;
 pub use cleanup::save_leftover_backups;
 pub use shared::{
     check_machine, confirm, describe, describe_unfinished, locked_and_recorded, short,
-    stop_container, wait_until_healthy,
+    stop_container, unfinished_runs, wait_until_healthy,
 };
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@ use crate::backups;
 use crate::database;
 use crate::deploy;
 use crate::exit;
+use crate::journal;
 use crate::output::Printer;
 use crate::project::StackArgs;
 use crate::report::Report;
@@ -28,6 +29,26 @@ pub fn run(
             )));
         }
         if !args.dry_run {
+            // A killed backup changed nothing (its copy was a `.partial` file): this one
+            // closes its line once it ends well. Killed deploys are left to a deploy or
+            // `recover`, which finish them.
+            let killed_backups: Vec<_> = deploy::unfinished_runs(state_dir, time)?
+                .into_iter()
+                .filter(|run| run.task == "backup")
+                .collect();
+            for run in &killed_backups {
+                let line = format!(
+                    "{}; a backup changes nothing, and this one closes it",
+                    deploy::describe_unfinished(run)
+                );
+                printer.info(&line);
+                report.finished_earlier.push(line);
+                // Its copy out of Docker, cut short: never a backup.
+                if let Some(file) = &run.backup {
+                    let _ = std::fs::remove_file(database::partial_name(file));
+                }
+            }
+            journal::take_over(killed_backups);
             // A deploy that could not copy its pre-deploy backup out (a full disk), or was
             // killed, left it in its migration container: saved first, under its own name.
             deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
@@ -56,6 +77,8 @@ pub fn run(
         printer.step(report, "check room for the backup", || {
             backups::require_room(sh, state_dir, live.copy_bytes())
         })?;
+        // Named before the copy starts: a killed copy's `.partial` is found by the next run.
+        journal::update(|r| r.backup = Some(host_file.clone()));
         let info = printer.step(report, "back up database", || {
             database::back_up_to_host(sh, &stack, &stack.bot_image, &host_file, live.copy_bytes())?;
             backups::seal(&host_file)

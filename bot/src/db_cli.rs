@@ -588,20 +588,22 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                 // first COMMIT waits for the verdict. In WAL mode it is also written meanwhile,
                 // from the state pinned now (the old bot has stopped): the downtime does not
                 // wait for the copy.
-                let mut started = match db.pin()? {
-                    Some(pinned) => {
-                        say!(
-                            json,
-                            "backing up to {} beside the migration",
-                            dest.display()
-                        );
-                        SnapshotCheck::copy_and_check(pinned, &dest)?
-                    }
-                    None => {
-                        let bytes = db.snapshot_to(&dest)?;
-                        say!(json, "backed up to {} ({bytes} bytes)", dest.display());
-                        SnapshotCheck::start(&dest)?
-                    }
+                refuse_a_file_of_the_database(path, &dest)?;
+                // Read before the pin: a commit by another process between the two is seen
+                // again under the write lock (a false alarm at worst, never a miss).
+                let version = db.data_version()?;
+                let mut pinned = db.pin()?;
+                let mut started = if pinned.copies_beside_a_writer() {
+                    say!(
+                        json,
+                        "backing up to {} beside the migration",
+                        dest.display()
+                    );
+                    SnapshotCheck::copy_and_check(pinned, &dest, version)?
+                } else {
+                    let bytes = pinned.copy_to(&dest)?;
+                    say!(json, "backed up to {} ({bytes} bytes)", dest.display());
+                    SnapshotCheck::check_pinned(pinned, &dest, version)?
                 };
                 db.set_commit_gate(started.gate());
                 check = Some((dest, started));
@@ -1027,6 +1029,35 @@ fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Valu
 }
 
 /// The file's size, `None` when there is none.
+/// Refuses a backup destination that is the database itself or one of the files SQLite or a
+/// migration keeps beside it (`-wal`, `-shm`, `-journal`, `.migrating`): the copy would be
+/// written into the very files the migration changes.
+fn refuse_a_file_of_the_database(db: &Path, dest: &Path) -> anyhow::Result<()> {
+    let absolute = |p: &Path| {
+        let folder = p
+            .parent()
+            .filter(|f| !f.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(folder)
+            .map(|f| f.join(p.file_name().unwrap_or_default()))
+            .unwrap_or_else(|_| p.to_owned())
+    };
+    let dest = absolute(dest);
+    let db = absolute(db);
+    for suffix in ["", "-wal", "-shm", "-journal", ".migrating"] {
+        if dest == crate::import::beside(&db, suffix) {
+            return Err(Refused(format!(
+                "--backup-to {} is {} of the database being migrated; give a path outside them (e.g. {}.pre-migration)",
+                dest.display(),
+                if suffix.is_empty() { "the file".to_string() } else { format!("the {suffix} file") },
+                db.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn file_size(path: &Path) -> Option<u64> {
     std::fs::metadata(path)
         .ok()

@@ -77,41 +77,64 @@ impl Unfit {
     }
 }
 
-/// What the checking thread found: the copy's check, and the pin it was copied from (asked
-/// under the write lock whether anything committed since).
+/// What the checking thread found: the copy's check.
 struct Checked {
     info: Result<BackupInfo, Problem>,
-    pinned: Option<Pinned>,
 }
 
 /// The check of one backup, running in a thread from [`SnapshotCheck::start`] or
 /// [`SnapshotCheck::copy_and_check`].
 pub struct SnapshotCheck {
     path: PathBuf,
+    /// The migrating connection's `PRAGMA data_version` before the pin: another reading under
+    /// the write lock that differs means something committed that the copy may lack.
+    data_version: Option<i64>,
     verdicts: Option<mpsc::Receiver<Checked>>,
     checking: Option<JoinHandle<()>>,
 }
 
 impl SnapshotCheck {
-    /// Starts checking the backup already written at `path` in a thread of its own.
+    /// Starts checking a backup already written at `path` (without a pin: the tests' copies
+    /// made by hand) in a thread of its own.
+    #[cfg(test)]
     pub fn start(path: &Path) -> anyhow::Result<SnapshotCheck> {
-        Self::spawn(path, None)
+        Self::spawn(path, None, false, None)
     }
 
     /// Starts copying the state `pinned` holds to `path`, then checking the copy, in a thread
-    /// of its own: the migration runs meanwhile.
-    pub fn copy_and_check(pinned: Pinned, path: &Path) -> anyhow::Result<SnapshotCheck> {
-        Self::spawn(path, Some(pinned))
+    /// of its own: the migration runs meanwhile. `data_version`: the migrating connection's,
+    /// read before the pin.
+    pub fn copy_and_check(
+        pinned: Pinned,
+        path: &Path,
+        data_version: i64,
+    ) -> anyhow::Result<SnapshotCheck> {
+        Self::spawn(path, Some(pinned), true, Some(data_version))
     }
 
-    fn spawn(path: &Path, pinned: Option<Pinned>) -> anyhow::Result<SnapshotCheck> {
+    /// Starts checking the copy `pinned` already wrote at `path`. `data_version`: the
+    /// migrating connection's, read before the pin.
+    pub fn check_pinned(
+        pinned: Pinned,
+        path: &Path,
+        data_version: i64,
+    ) -> anyhow::Result<SnapshotCheck> {
+        Self::spawn(path, Some(pinned), false, Some(data_version))
+    }
+
+    fn spawn(
+        path: &Path,
+        pinned: Option<Pinned>,
+        copy_first: bool,
+        data_version: Option<i64>,
+    ) -> anyhow::Result<SnapshotCheck> {
         let (verdict, verdicts) = mpsc::channel();
         let copy = path.to_owned();
         let checking = std::thread::Builder::new()
             .name("backup-check".into())
             .spawn(move || {
                 let mut pinned = pinned;
-                let copied = match pinned.as_mut() {
+                let copied = match pinned.as_mut().filter(|_| copy_first) {
                     Some(pin) => pin
                         .copy_to(&copy)
                         .map(drop)
@@ -121,11 +144,14 @@ impl SnapshotCheck {
                 let info = copied.and_then(|()| {
                     migrations::quick_inspect_copy(&copy).map_err(|e| Problem::Unsound(chain(&e)))
                 });
-                let _ = verdict.send(Checked { info, pinned });
+                // The pin ends here (its read transaction ended with the copy).
+                drop(pinned);
+                let _ = verdict.send(Checked { info });
             })
             .context("cannot start the thread that checks the backup")?;
         Ok(SnapshotCheck {
             path: path.to_owned(),
+            data_version,
             verdicts: Some(verdicts),
             checking: Some(checking),
         })
@@ -136,28 +162,21 @@ impl SnapshotCheck {
     /// gate per check: a second one has no verdict to wait for, and holds every commit back.
     pub fn gate(&mut self) -> impl FnMut(&Commit<'_>) -> Result<(), GateError> + Send + 'static {
         let path = self.path.clone();
+        let data_version = self.data_version;
         let verdicts = self.verdicts.take();
         let mut decided: Option<Result<(), Unfit>> = None;
         move |commit| {
             let verdict = decided.get_or_insert_with(|| {
                 let checked = verdicts.as_ref().and_then(|v| v.recv().ok());
-                let overtaken = checked
-                    .as_ref()
-                    .and_then(|c| c.pinned.as_ref())
-                    .map(|pin| pin.changed_since().map_err(|e| chain(&e)));
-                judge(&path, checked.map(|c| c.info), commit.before).and_then(
-                    |()| match overtaken {
-                        Some(Ok(true)) => Err(Unfit {
+                judge(&path, checked.map(|c| c.info), commit.before).and_then(|()| {
+                    match data_version {
+                        Some(version) if version != commit.data_version => Err(Unfit {
                             path: path.clone(),
                             problem: Problem::Overtaken,
                         }),
-                        Some(Err(detail)) => Err(Unfit {
-                            path: path.clone(),
-                            problem: Problem::Unsound(detail),
-                        }),
-                        Some(Ok(false)) | None => Ok(()),
-                    },
-                )
+                        _ => Ok(()),
+                    }
+                })
             });
             verdict.clone().map_err(GateError::from)
         }
@@ -348,6 +367,7 @@ mod tests {
             let verdict = gate(&Commit {
                 before: &before,
                 after: before.head,
+                data_version: 0,
             });
             check.finish();
             verdict
@@ -362,6 +382,7 @@ mod tests {
         let commit = Commit {
             before: &before,
             after: before.head,
+            data_version: 0,
         };
         assert!(gate(&commit).is_ok());
         std::fs::remove_file(&copy).unwrap();

@@ -272,6 +272,10 @@ pub struct Commit<'a> {
     pub before: &'a Status,
     /// The revision the history names once the transaction commits.
     pub after: u32,
+    /// `PRAGMA data_version` of the migrating connection, read under the write lock: it
+    /// differs from a reading taken earlier on that connection ([`Database::data_version`])
+    /// when another connection committed in between.
+    pub data_version: i64,
 }
 
 /// Why a commit gate held a commit back: the caller's own error, of any type.
@@ -388,6 +392,13 @@ impl Database {
     /// What [`Database::open`] recovered before it checked the file, if anything.
     pub fn recovered(&self) -> Option<Recovery> {
         self.recovered
+    }
+
+    /// `PRAGMA data_version` of this connection: it moves when another connection commits.
+    pub fn data_version(&self) -> Result<i64, Error> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .map_err(|e| self.err(e))
     }
 
     /// The file's path.

@@ -61,6 +61,14 @@ impl BackupPlace {
                     BACKUP_VOLUME.into(),
                     "-e".into(),
                     format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
+                    // The bot service's hardening (docker-compose.prod.yml), which a container
+                    // made by `docker create` does not inherit: it writes only to the volumes
+                    // (/data, and its copy and temporary files here), as the bot's own user.
+                    "--read-only".into(),
+                    "--cap-drop".into(),
+                    "ALL".into(),
+                    "--security-opt".into(),
+                    "no-new-privileges".into(),
                 ],
             }
         } else {

@@ -12,54 +12,54 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags};
 use super::{Database, Error, LockHolder, busy_timeout, file, sqlite_error};
 
 /// The state a database had when [`Database::pin`] was called, held by a read transaction on
-/// a connection of its own until [`Pinned::copy_to`] has copied it.
+/// a connection of its own until [`Pinned::copy_to`] has copied it. Whether anything committed
+/// after it is for the migrating connection to tell ([`Database::data_version`] before the
+/// pin, and again under the write lock: [`crate::Commit::data_version`]).
 pub struct Pinned {
     conn: Connection,
     path: PathBuf,
-    /// `PRAGMA data_version` inside the pinned transaction: it moves when another connection
-    /// commits.
-    data_version: i64,
+    /// The database is in WAL mode.
+    wal: bool,
 }
 
 impl Database {
-    /// Pins the state last committed, to be copied beside a migration by [`Pinned::copy_to`]:
-    /// `None` unless the database is in WAL mode, where the reader does not hold the
-    /// migration back (in rollback-journal mode it would hold its COMMIT until the copy ends:
-    /// copy first with [`Database::snapshot_to`]).
-    pub fn pin(&self) -> Result<Option<Pinned>, Error> {
+    /// Pins the state last committed, to be copied by [`Pinned::copy_to`]. In WAL mode the copy may
+    /// run beside a migration ([`Pinned::copies_beside_a_writer`]); in rollback-journal mode
+    /// the reader would hold the migration's COMMIT back: copy first.
+    pub fn pin(&self) -> Result<Pinned, Error> {
         let err = |e| sqlite_error(&self.path, e);
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |row| row.get(0))
             .map_err(err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Ok(None);
-        }
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err)?;
         conn.busy_timeout(busy_timeout()).map_err(err)?;
-        // The first read in the transaction takes its snapshot: from here on it sees this
-        // state, whatever other connections commit.
+        // The first read in the transaction takes its snapshot (in WAL mode; a shared lock in
+        // rollback-journal mode): from here on it sees this state.
         conn.execute_batch("BEGIN").map_err(err)?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
             row.get::<_, i64>(0)
         })
         .map_err(err)?;
-        let data_version = conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))
-            .map_err(err)?;
-        Ok(Some(Pinned {
+        Ok(Pinned {
             conn,
             path: self.path.clone(),
-            data_version,
-        }))
+            wal: mode.eq_ignore_ascii_case("wal"),
+        })
     }
 }
 
 impl Pinned {
+    /// Whether the copy may run beside a migration (WAL mode: the reader does not hold the
+    /// writer back).
+    pub fn copies_beside_a_writer(&self) -> bool {
+        self.wal
+    }
+
     /// Copies the pinned state to `dest` (a partial copy is removed, as by
     /// [`Database::snapshot_to`]), then ends the read transaction. Returns the copy's size.
     pub fn copy_to(&mut self, dest: &Path) -> Result<u64, Error> {
@@ -72,23 +72,16 @@ impl Pinned {
         ended?;
         Ok(bytes)
     }
-
-    /// Whether another connection committed to the database since it was pinned. Asked while
-    /// the migration holds the write lock and has committed nothing (its commit gate), `false`
-    /// means the copy is exactly the state the migration started from.
-    pub fn changed_since(&self) -> Result<bool, Error> {
-        let now: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))
-            .map_err(|e| sqlite_error(&self.path, e))?;
-        Ok(now != self.data_version)
-    }
 }
 
 /// Copies the database open on `source` (at `path`) to `dest` in one step, under one read
 /// transaction (the source's own, if one is open); a partial copy that was not there before
 /// is removed. Returns the copy's size.
 pub(super) fn copy_whole(source: &Connection, path: &Path, dest: &Path) -> Result<u64, Error> {
+    // A symbolic link is followed, even to a file not there yet: a failed copy removes what it
+    // made at the link's target, never the link.
+    let resolved = resolve_link(dest);
+    let dest = resolved.as_path();
     let existed = dest.exists();
     let copied = copy_pages(source, path, dest);
     if copied.is_err() && !existed {
@@ -98,6 +91,23 @@ pub(super) fn copy_whole(source: &Connection, path: &Path, dest: &Path) -> Resul
         }
     }
     copied
+}
+
+/// `path`, or the path its last component links to (relative links from the link's folder).
+fn resolve_link(path: &Path) -> PathBuf {
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(folder) if target.is_relative() => folder.join(target),
+                    _ => target,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    path
 }
 
 fn copy_pages(source: &Connection, path: &Path, dest: &Path) -> Result<u64, Error> {
@@ -170,58 +180,71 @@ mod tests {
             .unwrap()
     }
 
-    /// The copy is the state at the pin, though another connection wrote and committed while
-    /// the pin was held; the pin sees that commit as a change.
-    #[test]
-    fn a_pinned_copy_is_the_state_at_the_pin_and_notices_later_commits() {
-        let dir = std::env::temp_dir().join(format!("engine-pin-{}", std::process::id()));
-        let db = database(&dir);
-        let mut pinned = db.pin().unwrap().expect("WAL mode pins");
-        assert!(!pinned.changed_since().unwrap(), "nothing committed yet");
-        // A write while pinned does not wait for the reader (WAL), and is not in the copy.
-        db.connection()
+    /// Another process's write, on a connection of its own.
+    fn other_writes(path: &Path, id: i64) {
+        Connection::open(path)
+            .unwrap()
             .execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (3, 'three')",
-                [],
+                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'other')",
+                [id],
             )
             .unwrap();
+    }
+
+    /// The copy is the state at the pin, though another connection wrote and committed while
+    /// the pin was held; the migrating connection's data version shows that commit.
+    #[test]
+    fn a_pinned_copy_is_the_state_at_the_pin_and_a_later_commit_shows() {
+        let dir = std::env::temp_dir().join(format!("engine-pin-{}", std::process::id()));
+        let db = database(&dir);
+        let version = db.data_version().unwrap();
+        let mut pinned = db.pin().unwrap();
+        assert!(pinned.copies_beside_a_writer(), "WAL mode");
+        assert_eq!(db.data_version().unwrap(), version, "nothing committed yet");
+        // A write while pinned does not wait for the reader (WAL), and is not in the copy.
+        other_writes(&dir.join("bot.db"), 3);
         let copy = dir.join("copy.db");
         let bytes = pinned.copy_to(&copy).unwrap();
         assert_eq!(bytes, std::fs::metadata(&copy).unwrap().len());
         assert_eq!(users(&copy), 2, "the copy is the pinned state");
         assert_eq!(users(&dir.join("bot.db")), 3);
-        assert!(
-            pinned.changed_since().unwrap(),
-            "the commit after the pin is seen"
-        );
+        assert_ne!(db.data_version().unwrap(), version, "the commit is seen");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A transaction left open (the migration's, uncommitted) is no change; nor is a pin
-    /// that saw no commit at all.
+    /// The migrating connection's own writes are no change in its data version.
     #[test]
-    fn an_uncommitted_write_is_no_change() {
+    fn its_own_writes_are_no_change() {
         let dir = std::env::temp_dir().join(format!("engine-pin-open-{}", std::process::id()));
         let db = database(&dir);
-        let mut pinned = db.pin().unwrap().unwrap();
+        let version = db.data_version().unwrap();
+        let mut pinned = db.pin().unwrap();
         db.connection().execute_batch("BEGIN IMMEDIATE").unwrap();
         db.connection().execute("DELETE FROM users", []).unwrap();
         pinned.copy_to(&dir.join("copy.db")).unwrap();
-        assert!(!pinned.changed_since().unwrap());
+        assert_eq!(db.data_version().unwrap(), version);
         assert_eq!(users(&dir.join("copy.db")), 2);
-        db.connection().execute_batch("ROLLBACK").unwrap();
+        db.connection().execute_batch("COMMIT").unwrap();
+        assert_eq!(db.data_version().unwrap(), version);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Rollback-journal mode: no pin (a reader would hold the migration's COMMIT back).
+    /// Rollback-journal mode: the copy is taken first (a reader would hold the migration's
+    /// COMMIT back), and a later commit shows all the same.
     #[test]
-    fn a_rollback_journal_database_is_not_pinned() {
+    fn a_rollback_journal_database_is_copied_first_and_a_later_commit_shows() {
         let dir = std::env::temp_dir().join(format!("engine-pin-delete-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut db = Database::open(&dir.join("bot.db")).unwrap();
         db.upgrade(|_| {}).unwrap();
-        assert!(db.pin().unwrap().is_none());
+        let version = db.data_version().unwrap();
+        let mut pinned = db.pin().unwrap();
+        assert!(!pinned.copies_beside_a_writer());
+        pinned.copy_to(&dir.join("copy.db")).unwrap();
+        assert_eq!(db.data_version().unwrap(), version);
+        other_writes(&dir.join("bot.db"), 1);
+        assert_ne!(db.data_version().unwrap(), version);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -230,19 +253,14 @@ mod tests {
     fn a_failed_pinned_copy_leaves_no_file() {
         let dir = std::env::temp_dir().join(format!("engine-pin-fail-{}", std::process::id()));
         let db = database(&dir);
-        let mut pinned = db.pin().unwrap().unwrap();
+        let mut pinned = db.pin().unwrap();
         // The destination's folder is a file: the copy cannot be made.
         std::fs::write(dir.join("not-a-folder"), b"x").unwrap();
         let dest = dir.join("not-a-folder").join("copy.db");
         assert!(pinned.copy_to(&dest).is_err());
         assert!(!dest.exists());
         // The read transaction ended: a checkpoint can reset the WAL past the pin.
-        db.connection()
-            .execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (4, 'four')",
-                [],
-            )
-            .unwrap();
+        other_writes(&dir.join("bot.db"), 4);
         let busy: i64 = db
             .connection()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))

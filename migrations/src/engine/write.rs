@@ -41,7 +41,12 @@ impl Database {
     /// may commit and make the history name `after`.
     fn ask_gate(&self, before: &Status, after: u32) -> Result<(), Error> {
         match self.gate.borrow_mut().as_mut() {
-            Some(gate) => gate(&Commit { before, after }).map_err(|cause| Error::HeldBack {
+            Some(gate) => gate(&Commit {
+                before,
+                after,
+                data_version: self.data_version()?,
+            })
+            .map_err(|cause| Error::HeldBack {
                 at: before.version,
                 cause,
             }),

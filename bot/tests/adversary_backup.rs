@@ -1,0 +1,215 @@
+//! Adversarial tests of `bot db upgrade --backup-to` (promise P1: "the backup is therefore
+//! always exactly the state the migration started from"; a backup that is not fit holds the
+//! migration back with the database unchanged).
+
+mod common;
+
+use common::{Dir, bot, ok, show, sql};
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+/// A database in WAL mode at revision `head - 1` with 500 users, as a deploy finds it (as in
+/// db_cli.rs).
+fn wal_behind_with_users(db: &Path) {
+    ok(db, &["db", "upgrade"]);
+    sql(
+        db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
+    );
+    let head = migrations::head();
+    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
+    sql(db, "PRAGMA journal_mode = WAL;");
+}
+
+fn revision(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("SELECT max(version) FROM schema_history", [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+}
+
+/// Broke P1 (fixed: such a destination is refused). `--backup-to` naming the live database's own `-wal` file (a typo, a glob, a
+/// script that backs up "bot.db*"): the copy is written into the WAL of the very database being
+/// migrated, passes the commit gate's quick check, and the migration COMMITs — into the same
+/// `-wal`, overwriting the "backup". The command then exits 4 ("the migration succeeded, but
+/// the backup taken before it failed its check") with the database migrated and no backup at
+/// all. Promised: a backup unfit to roll back to holds the migration back (exit 1, database
+/// unchanged), so that a migration never goes without the exact pre-migration copy. (Naming
+/// the live file itself, its `-shm`, or its `.migrating` file is held back correctly.)
+#[test]
+fn adversary_backup_to_the_live_wal_lets_the_migration_commit_without_a_backup() {
+    let dir = Dir::new("adv-backup-to-wal");
+    let db = dir.db();
+    wal_behind_with_users(&db);
+    let before = revision(&db);
+    let wal = format!("{}-wal", db.display());
+    let output = bot(&db, &["db", "upgrade", "--backup-to", &wal])
+        .output()
+        .unwrap();
+    let after = revision(&db);
+    // Refused before anything is copied or migrated (exit 3, as every refusal), naming why.
+    assert_eq!(
+        (output.status.code(), after),
+        (Some(3), before),
+        "a backup that cannot be the pre-migration state must hold the migration back, \
+         database unchanged; got: {}",
+        show(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is the -wal file of the database"),
+        "{}",
+        show(&output)
+    );
+}
+
+/// A database in rollback-journal mode at revision `head - 1` with 500 users.
+fn journal_behind_with_users(db: &Path) {
+    ok(db, &["db", "upgrade"]);
+    sql(
+        db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
+    );
+    let head = migrations::head();
+    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
+}
+
+fn users(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// Broke P1 (fixed: the copy first is taken by a pin, asked at the first commit whether anything
+/// committed since) ("A rollback-journal database is copied first, as before. The backup is
+/// therefore always exactly the state the migration started from"; "any commit by another
+/// process between the [backup] and the migration's write lock (even one that keeps the
+/// revision) holds the migration back"). In rollback-journal mode the copy is taken by
+/// `snapshot_to` under a read transaction of its own that ends before the migration asks for
+/// the write lock, and the commit gate only compares revisions (there is no pin to ask
+/// `changed_since`). Another process that holds the write lock while the copy is taken (a
+/// reader is allowed beside a RESERVED lock), then inserts a user and commits, keeps the
+/// revision: the migration then commits, exit 0, and the backup lacks that user. A rollback
+/// restoring it loses the row. Same reproduction as db_cli.rs's WAL test
+/// `in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration`, without
+/// `PRAGMA journal_mode = WAL`.
+#[test]
+fn adversary_in_journal_mode_a_commit_between_the_backup_and_the_lock_is_not_noticed() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dir = Dir::new("adv-backup-journal-overtaken");
+    let db = dir.db();
+    journal_behind_with_users(&db);
+    let backup = dir.path("pre-deploy.db");
+    let holder = Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut upgrade = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("backed up to") {
+        said.clear();
+        assert!(
+            stdout.read_line(&mut said).unwrap() > 0,
+            "the upgrade ended before its backup"
+        );
+    }
+    holder
+        .execute_batch(
+            "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
+        )
+        .unwrap();
+    drop(holder);
+    let status = upgrade.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    upgrade
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let (live, copied) = (users(&db), users(&backup));
+    assert!(
+        status.code() == Some(1) || live == copied,
+        "the migration committed ({status}) though its backup has {copied} users and the \
+         database it migrated had {live}: a rollback would lose a row.\nstdout: {rest}\nstderr: {stderr}"
+    );
+}
+
+/// Broke P1 (fixed: a final symlink is followed, and what failed is removed at its target)
+/// ("a copy that cannot be written (disk full ...) stops the migration with the
+/// database unchanged and leaves no half-written file"), mildly. `--backup-to` is a symlink to
+/// where backups live (e.g. `pre-deploy.db -> /mnt/backups/x.db`), not yet there. The copy
+/// fails on a full disk (here RLIMIT_FSIZE, as db_cli.rs's `a_failed_backup_leaves_no_partial_copy`);
+/// the migration is held back correctly, but the clean-up removes the *symlink* (the operator's
+/// own file) and leaves the file the copy created at the link's target: a 0-byte "backup" where
+/// none was before.
+#[test]
+fn adversary_a_failed_copy_through_a_symlink_leaves_a_file_at_its_target() {
+    use std::process::Command;
+    let dir = Dir::new("adv-backup-symlink");
+    let db = dir.db();
+    wal_behind_with_users(&db);
+    sql(
+        &db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO users (telegram_id, first_name) SELECT i + 1000, 'user' || i FROM n;",
+    );
+    let real = dir.0.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let target = real.join("target.db");
+    let link = dir.0.join("pre-deploy.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let limit = |command: &mut Command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 64 * 1024,
+                    rlim_max: 64 * 1024,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+                Ok(())
+            });
+        }
+    };
+    let before = revision(&db);
+    let mut command = bot(
+        &db,
+        &["db", "upgrade", "--backup-to", link.to_str().unwrap()],
+    );
+    limit(&mut command);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert_eq!(revision(&db), before, "held back");
+    let left: Vec<String> = std::fs::read_dir(&real)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty() && link.symlink_metadata().is_ok(),
+        "a failed copy left {left:?} at the link's target (sizes: {:?}) and the link itself is {}",
+        std::fs::metadata(&target).map(|m| m.len()).ok(),
+        if link.symlink_metadata().is_ok() {
+            "kept"
+        } else {
+            "removed"
+        }
+    );
+}

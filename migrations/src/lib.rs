@@ -174,6 +174,7 @@
 //! ```
 
 mod catalog;
+pub mod check;
 mod engine;
 pub mod schema;
 mod script;

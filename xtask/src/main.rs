@@ -83,7 +83,12 @@ enum Task {
     Restart(StackArgs),
     /// Stop and remove the containers (never the volume).
     Down(StackArgs),
-    /// What CI runs: fmt, clippy, every test.
+    /// Write the next migration's up and down files.
+    NewMigration(tasks::schema::NewArgs),
+    /// Check every migration on a fresh database: released files unchanged, down files
+    /// round-trip; `--release` records the new ones as released.
+    CheckMigrations(tasks::schema::CheckArgs),
+    /// What CI runs: fmt, clippy, check-migrations, every test.
     Ci,
     /// Send a message to the demo bot through the stand-in and print the answer.
     Chat(tasks::chat::Args),
@@ -138,6 +143,8 @@ fn main() -> std::process::ExitCode {
             follow,
             tail,
         } => plain(tasks::ops::logs(&sh, &stack, follow, tail)),
+        Task::NewMigration(args) => plain(tasks::schema::new_migration(args)),
+        Task::CheckMigrations(args) => plain(tasks::schema::check_migrations(args)),
         Task::Ci => plain(tasks::ci::run(&sh)),
         Task::Status(args) => plain(tasks::status::run(&sh, args)),
         Task::Chat(args) => plain(tasks::chat::run(&sh, args)),

@@ -222,24 +222,8 @@ fn bot_containers(project: &Project) -> Vec<String> {
     .collect()
 }
 
-/// Killed while the new bot's container starts beside the old one: the old one still serves,
-/// and a second container (made here if the kill came before Compose made it) waits for a
-/// migration that never comes. The next deploy removes it and ends with one bot, healthy at
-/// head with every user.
-#[test]
-fn killed_while_starting_the_new_bot_then_deployed_again() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let project = Project::new("kill-new-bot");
-    project.deployed_at_revision_3(USERS, false, &[]);
-    let old = project.bot_container()["Id"].as_str().unwrap().to_owned();
-    let (killed, acted) =
-        deploy_acted_on(&project, "prod-full-update", "==> start new bot", Act::Kill);
-    assert!(
-        acted,
-        "the deploy never reached the step: {}",
-        text(&killed)
-    );
-    // What Compose, left running by the kill, makes: the new image's container beside.
+/// A second container of the bot service beside the first, as `--scale bot=2` makes it.
+fn scale_bot_to_two(project: &Project) {
     let compose = root().join("docker/docker-compose.prod.yml");
     let made = Command::new("docker-compose")
         .args(["-f", compose.to_str().unwrap(), "-p", &project.name])
@@ -259,6 +243,68 @@ fn killed_while_starting_the_new_bot_then_deployed_again() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", text(&made));
+}
+
+/// `rollback` and `restore` stop one bot before they replace the database: with a second bot
+/// container running (scaled by hand) they refuse before changing anything, naming the way
+/// out, and both bots still run on the database as it was.
+#[test]
+fn rollback_and_restore_refuse_while_two_bots_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("two-bots");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let deployed = project.xtask("prod-full-update", &["--yes", "--json"]);
+    assert!(deployed.status.success(), "{}", text(&deployed));
+    let backup = report(&deployed)["backup"]
+        .as_str()
+        .expect("the deploy's backup")
+        .to_owned();
+    scale_bot_to_two(&project);
+    for (task, extra) in [("rollback", vec![]), ("restore", vec![backup.as_str()])] {
+        let mut args = extra.clone();
+        args.extend(["--yes", "--json"]);
+        let refused = project.xtask(task, &args);
+        assert_eq!(refused.status.code(), Some(3), "{task}: {}", text(&refused));
+        assert!(
+            text(&refused).contains("bot containers run")
+                && text(&refused).contains("docker rm -f"),
+            "{task}: {}",
+            text(&refused)
+        );
+    }
+    let running = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--filter",
+        "label=com.docker.compose.service=bot",
+    ]);
+    assert_eq!(running.lines().count(), 2, "nothing was stopped");
+    let status = project.db_status();
+    assert_eq!(status["version"].as_u64(), Some(head()), "{status}");
+    assert_eq!(users(&project, "two-bots"), USERS);
+}
+
+/// Killed while the new bot's container starts beside the old one: the old one still serves,
+/// and a second container (made here if the kill came before Compose made it) waits for a
+/// migration that never comes. The next deploy removes it and ends with one bot, healthy at
+/// head with every user.
+#[test]
+fn killed_while_starting_the_new_bot_then_deployed_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let project = Project::new("kill-new-bot");
+    project.deployed_at_revision_3(USERS, false, &[]);
+    let old = project.bot_container()["Id"].as_str().unwrap().to_owned();
+    let (killed, acted) =
+        deploy_acted_on(&project, "prod-full-update", "==> start new bot", Act::Kill);
+    assert!(
+        acted,
+        "the deploy never reached the step: {}",
+        text(&killed)
+    );
+    // What Compose, left running by the kill, makes: the new image's container beside.
+    scale_bot_to_two(&project);
     let both = bot_containers(&project);
     assert_eq!(both.len(), 2, "{both:?}");
     assert!(

@@ -27,8 +27,8 @@ mod shared;
 
 pub use cleanup::save_leftover_backups;
 pub use shared::{
-    check_machine, confirm, describe, describe_unfinished, locked_and_recorded, short,
-    stop_container, unfinished_runs, wait_until_healthy,
+    check_machine, confirm, describe, describe_unfinished, locked_and_recorded,
+    refuse_a_second_running_bot, short, stop_container, unfinished_runs, wait_until_healthy,
 };
 
 use std::path::PathBuf;

@@ -159,6 +159,27 @@ pub fn describe_unfinished(record: &Record) -> String {
     )
 }
 
+/// Refuses a task that replaces the live database (`rollback`, `restore`) while more than one
+/// bot container runs (scaled by hand, or left by a killed deploy): it stops one bot, and
+/// another would keep writing into the database being replaced.
+pub fn refuse_a_second_running_bot(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
+    let running: Vec<_> = stack
+        .bot_containers(sh)?
+        .into_iter()
+        .filter(docker::ContainerState::is_running)
+        .collect();
+    if running.len() > 1 {
+        let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+        return Err(exit::refused(format!(
+            "{} bot containers run ({}): this task stops one bot before it replaces the database, and another would keep writing into it. Nothing was changed. Leave one: `cargo xtask prod-full-update` removes a container a killed deploy left, or remove the extra one (`docker rm -f {}`), then run this again",
+            running.len(),
+            names.join(", "),
+            names[1..].join(" ")
+        )));
+    }
+    Ok(())
+}
+
 /// Stops a container (SIGTERM; the bot exits within a second).
 pub fn stop_container(sh: &Shell, id: &str) -> anyhow::Result<()> {
     process::run(cmd!(sh, "docker stop -t 10 {id}"), "stopping the bot").map(drop)

@@ -8,4 +8,5 @@ pub mod history;
 pub mod ops;
 pub mod restore;
 pub mod rollback;
+pub mod schema;
 pub mod status;

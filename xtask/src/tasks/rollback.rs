@@ -113,6 +113,7 @@ pub fn run(
                 backups::require_room(sh, state_dir, live.copy_bytes())
             })?;
         }
+        deploy::refuse_a_second_running_bot(sh, &stack)?;
         deploy::confirm(args.yes, &question)?;
         report.changed = true;
         let _critical = crate::signals::Critical::enter();

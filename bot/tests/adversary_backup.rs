@@ -4,25 +4,11 @@
 
 mod common;
 
-use common::{Dir, bot, ok, show, sql};
+use common::{Dir, Ended, acted_on_at, behind_with_users, bot, show, sql};
 
 use std::path::Path;
 
 use rusqlite::Connection;
-
-/// A database in WAL mode at revision `head - 1` with 500 users, as a deploy finds it (as in
-/// db_cli.rs).
-fn wal_behind_with_users(db: &Path) {
-    ok(db, &["db", "upgrade"]);
-    sql(
-        db,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
-         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
-    );
-    let head = migrations::head();
-    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
-    sql(db, "PRAGMA journal_mode = WAL;");
-}
 
 fn revision(db: &Path) -> i64 {
     Connection::open(db)
@@ -45,7 +31,7 @@ fn revision(db: &Path) -> i64 {
 fn adversary_backup_to_the_live_wal_lets_the_migration_commit_without_a_backup() {
     let dir = Dir::new("adv-backup-to-wal");
     let db = dir.db();
-    wal_behind_with_users(&db);
+    behind_with_users(&db, true);
     let before = revision(&db);
     let wal = format!("{}-wal", db.display());
     let output = bot(&db, &["db", "upgrade", "--backup-to", &wal])
@@ -65,18 +51,6 @@ fn adversary_backup_to_the_live_wal_lets_the_migration_commit_without_a_backup()
         "{}",
         show(&output)
     );
-}
-
-/// A database in rollback-journal mode at revision `head - 1` with 500 users.
-fn journal_behind_with_users(db: &Path) {
-    ok(db, &["db", "upgrade"]);
-    sql(
-        db,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
-         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
-    );
-    let head = migrations::head();
-    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
 }
 
 fn users(db: &Path) -> i64 {
@@ -101,47 +75,29 @@ fn users(db: &Path) -> i64 {
 /// `PRAGMA journal_mode = WAL`.
 #[test]
 fn adversary_in_journal_mode_a_commit_between_the_backup_and_the_lock_is_not_noticed() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::Stdio;
     let dir = Dir::new("adv-backup-journal-overtaken");
     let db = dir.db();
-    journal_behind_with_users(&db);
+    behind_with_users(&db, false);
     let backup = dir.path("pre-deploy.db");
     let holder = Connection::open(&db).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let mut upgrade = bot(
+    let Ended {
+        status,
+        stdout: rest,
+        stderr,
+    } = acted_on_at(
         &db,
         &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("backed up to") {
-        said.clear();
-        assert!(
-            stdout.read_line(&mut said).unwrap() > 0,
-            "the upgrade ended before its backup"
-        );
-    }
-    holder
-        .execute_batch(
-            "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
-        )
-        .unwrap();
+        "backed up to",
+        || {
+            holder
+                .execute_batch(
+                    "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
+                )
+                .unwrap()
+        },
+    );
     drop(holder);
-    let status = upgrade.wait().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let mut stderr = String::new();
-    upgrade
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     let (live, copied) = (users(&db), users(&backup));
     assert!(
         status.code() == Some(1) || live == copied,
@@ -163,7 +119,7 @@ fn adversary_a_failed_copy_through_a_symlink_leaves_a_file_at_its_target() {
     use std::process::Command;
     let dir = Dir::new("adv-backup-symlink");
     let db = dir.db();
-    wal_behind_with_users(&db);
+    behind_with_users(&db, true);
     sql(
         &db,
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Dir, bot, ok, run, show, sql};
+use common::{Dir, Ended, acted_on_at, behind_with_users, bot, ok, run, show, sql};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1843,64 +1843,34 @@ fn a_sound_backup_lets_the_migration_commit_and_is_reported() {
     assert_eq!(count_users(&db), 500);
 }
 
-/// A database in WAL mode at revision `head - 1` with 500 users, as a deploy finds it.
-fn wal_behind_with_users(db: &Path) {
-    ok(db, &["db", "upgrade"]);
-    sql(
-        db,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
-         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
-    );
-    let head = migrations::head();
-    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
-    sql(db, "PRAGMA journal_mode = WAL;");
-}
-
 /// In WAL mode the backup is copied beside the migration, from the state pinned before the
 /// migration takes the write lock. Another process that commits between the two (here one
 /// user, the revision unchanged, which no check of the revision sees) makes the copy lack
 /// that row: the migration stops before its first commit and says why.
 #[test]
 fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
-    use std::io::{BufRead, BufReader, Read};
     let dir = Dir::new("backup-overtaken");
     let db = dir.db();
-    wal_behind_with_users(&db);
+    behind_with_users(&db, true);
     let backup = dir.path("pre-deploy.db");
     let holder = Connection::open(&db).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let mut upgrade = bot(
+    let Ended {
+        status,
+        stdout: rest,
+        stderr,
+    } = acted_on_at(
         &db,
         &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("beside the migration") {
-        said.clear();
-        assert!(
-            stdout.read_line(&mut said).unwrap() > 0,
-            "the upgrade ended before it pinned its backup"
-        );
-    }
-    holder
-        .execute_batch(
-            "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
-        )
-        .unwrap();
-    let status = upgrade.wait().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let mut stderr = String::new();
-    upgrade
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+        "beside the migration",
+        || {
+            holder
+                .execute_batch(
+                    "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
+                )
+                .unwrap()
+        },
+    );
     assert_eq!(status.code(), Some(1), "stdout: {rest}\nstderr: {stderr}");
     for needle in [
         "lacks what another process committed to the database after the copy began",
@@ -1926,7 +1896,7 @@ fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
 fn in_wal_mode_the_backup_is_copied_beside_the_migration_and_reported() {
     let dir = Dir::new("backup-wal-beside");
     let db = dir.db();
-    wal_behind_with_users(&db);
+    behind_with_users(&db, true);
     let backup = dir.path("pre-deploy.db");
     let output = bot(
         &db,
@@ -1958,7 +1928,7 @@ fn in_wal_mode_the_backup_is_copied_beside_the_migration_and_reported() {
 fn in_wal_mode_a_backup_that_cannot_be_written_stops_the_migration() {
     let dir = Dir::new("backup-wal-unwritable");
     let db = dir.db();
-    wal_behind_with_users(&db);
+    behind_with_users(&db, true);
     std::fs::write(dir.path("not-a-folder"), b"x").unwrap();
     let backup = dir.path("not-a-folder").join("pre-deploy.db");
     let left = count_users(&db);

@@ -90,3 +90,63 @@ pub fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
 pub fn sql(db: &Path, sql: &str) {
     Connection::open(db).unwrap().execute_batch(sql).unwrap();
 }
+
+/// A database at revision `head - 1` with 500 users, in WAL mode (as the bot leaves it) or in
+/// rollback-journal mode (as `bot db` alone leaves it): what a deploy's migration finds.
+pub fn behind_with_users(db: &Path, wal: bool) {
+    ok(db, &["db", "upgrade"]);
+    sql(
+        db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
+    );
+    let head = migrations::head();
+    ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
+    if wal {
+        sql(db, "PRAGMA journal_mode = WAL;");
+    }
+}
+
+/// How a `bot` command that was acted on halfway ended.
+pub struct Ended {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `bot <args>` on `db`; once it has printed a line containing `line`, runs `act`; then
+/// waits for it to end. Fails when it ends before printing the line.
+pub fn acted_on_at(db: &Path, args: &[&str], line: &str, act: impl FnOnce()) -> Ended {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = bot(db, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains(line) {
+        said.clear();
+        assert!(
+            stdout.read_line(&mut said).unwrap() > 0,
+            "`bot {}` ended before it said {line:?}",
+            args.join(" ")
+        );
+    }
+    act();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Ended {
+        status,
+        stdout: rest,
+        stderr,
+    }
+}

@@ -136,11 +136,33 @@ pub struct DeployLock {
     _file: File,
 }
 
-/// Who is running this: `$USER`, else "unknown".
+/// Who is running this, for the history and the lock's holder: git's `user.name` in this
+/// checkout (who commits is who deploys, also in CI), else `$USER` or `$LOGNAME`, else the
+/// user id.
 pub fn operator() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    static OPERATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OPERATOR
+        .get_or_init(|| {
+            git_user_name()
+                .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+                .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+                // SAFETY: getuid has no preconditions and touches no memory of ours.
+                .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+        })
+        .clone()
+}
+
+/// `git config user.name` in the project's checkout, when git runs and one is set.
+fn git_user_name() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["config", "--get", "user.name"])
+        .current_dir(crate::project::root())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !name.is_empty()).then_some(name)
 }
 
 impl Holder {
@@ -546,6 +568,25 @@ fn parse_start(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The history names who deployed: git's user in this checkout, or the login, never
+    /// "unknown".
+    #[test]
+    fn the_operator_is_named() {
+        let operator = operator();
+        assert!(
+            !operator.is_empty() && operator != "unknown",
+            "{operator:?}"
+        );
+        match git_user_name() {
+            Some(name) => assert_eq!(operator, name),
+            None => assert!(
+                operator.starts_with("uid ")
+                    || std::env::var("USER").is_ok()
+                    || std::env::var("LOGNAME").is_ok()
+            ),
+        }
+    }
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-lock-{name}-{}", std::process::id()));

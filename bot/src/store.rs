@@ -272,8 +272,7 @@ impl Store {
         let conn =
             Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("cannot switch {} to WAL", path.display()))?;
+        switch_to_wal(&conn, path)?;
         // In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last commits,
         // which costs a user one repeated /start, against an fsync per message otherwise.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -569,6 +568,30 @@ impl Store {
         let read = self.reader.close().await;
         let write = self.writer.close().await;
         read.and(write)
+    }
+}
+
+/// Puts the database in WAL mode (a no-op when it is). The switch from a rollback journal
+/// needs the file to itself for a moment, and SQLite answers "locked" at once, without its busy
+/// wait, while another connection holds a read beside a pending write: what a migration that
+/// has just committed does for one last look. So it is asked again until the busy timeout.
+fn switch_to_wal(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot switch {} to WAL", path.display()));
+            }
+        }
     }
 }
 

@@ -597,17 +597,15 @@ fn a_bot_started_while_its_migration_runs_waits_for_it_then_serves() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let log = sandbox.dir.join("bot.log");
     let child = sandbox
         .command(&[], TOKEN)
         .env("BOT_SCHEMA_WAIT_SECS", "30")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut running = Running {
-        child,
-        log: sandbox.dir.join("unused.log"),
-    };
+    let mut running = Running { child, log };
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         running.child.try_wait().unwrap().is_none(),
@@ -619,12 +617,23 @@ fn a_bot_started_while_its_migration_runs_waits_for_it_then_serves() {
     );
     assert_eq!(sandbox.standin.stats().calls.get("getupdates"), None);
     sandbox.upgrade();
-    wait_until(
-        ANSWER_WITHIN,
-        || sandbox.heartbeat().exists(),
-        "the bot polls once the database is current",
-    );
+    polls_once_current(&sandbox, &mut running);
     assert!(sandbox.say(5, "Eve", "/start").starts_with("Welcome, Eve!"));
+}
+
+/// Waits until the bot polls (its heartbeat), now that the database is current; fails with
+/// its log when it does not.
+fn polls_once_current(sandbox: &Sandbox, bot: &mut Running) {
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    while !sandbox.heartbeat().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bot does not poll once the database is current (exited: {:?}); its log:\n{}",
+            bot.child.try_wait().unwrap(),
+            bot.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -796,11 +805,7 @@ fn a_bot_waits_past_its_limit_while_the_migration_announces_itself_then_serves()
     assert_eq!(report["applied"], serde_json::json!([4, 5]), "{report}");
     assert_eq!(report["backup"]["revision"], 3, "{report}");
     assert!(!announcement(&sandbox).exists(), "removed at the end");
-    wait_until(
-        ANSWER_WITHIN,
-        || sandbox.heartbeat().exists(),
-        "the bot polls once the database is current",
-    );
+    polls_once_current(&sandbox, &mut bot);
     assert!(sandbox.say(5, "Eve", "/start").starts_with("Welcome, Eve!"));
     let (status, _, log) = bot.terminate();
     assert!(status.success(), "{log}");

@@ -212,12 +212,16 @@ async fn wait_for_schema(path: &std::path::Path, limit: Duration) {
     loop {
         let reading = path.to_owned();
         let (state, running) = tokio::task::spawn_blocking(move || {
+            // The announcement first: a migration commits before it removes it, so a state
+            // read after seeing it gone is the state the migration left (read the other way
+            // round, a migration ending in between looked like one that stopped half way).
+            let running = migrating::running(&reading);
             let state = migrations::Database::open_read_only(&reading)
                 .ok()
                 .flatten()
                 .and_then(|db| db.status().ok())
                 .map(|status| status.state);
-            (state, migrating::running(&reading))
+            (state, running)
         })
         .await
         .unwrap_or((None, None));

@@ -138,6 +138,15 @@ impl Stack {
         Ok(self.bot_containers(sh)?.into_iter().next())
     }
 
+    /// The bot service's container that runs (or restarts), if one does: the one to stop
+    /// before the database is replaced, whichever others exist.
+    pub fn running_bot(&self, sh: &Shell) -> anyhow::Result<Option<ContainerState>> {
+        Ok(self
+            .bot_containers(sh)?
+            .into_iter()
+            .find(ContainerState::is_running))
+    }
+
     /// Every container of the bot service (an old app may have been scaled to several).
     pub fn bot_containers(&self, sh: &Shell) -> anyhow::Result<Vec<ContainerState>> {
         secrets::register_file(&self.env_file);

@@ -91,16 +91,17 @@ pub fn take_over(unfinished: Vec<Record>) {
     with(|journal| journal.inherited.extend(unfinished));
 }
 
-/// Whether this run finishes an unfinished run that had already replaced the image (its way
-/// back names the image before it).
-pub fn finishes_a_replacement() -> bool {
+/// The image an unfinished run this one finishes had replaced (the id its way back names),
+/// if it had replaced one.
+pub fn replaced_image() -> Option<String> {
     with(|journal| {
         journal
             .inherited
             .iter()
-            .any(|r| r.image_before_tag.is_some())
+            .find(|r| r.image_before_tag.is_some())
+            .map(|r| r.image_before.clone().unwrap_or_default())
     })
-    .unwrap_or(false)
+    .flatten()
 }
 
 /// Ends the running task's record with the report and the result, and writes it.

@@ -273,9 +273,12 @@ impl Deploy<'_> {
         let sh = self.sh;
         let previous_tag = format!("{}-previous", stack.bot_image);
         let previous_tag_before = docker::image_id(sh, &previous_tag)?;
-        // A stopped bot that a killed deploy left may run the image that failed: the way back
-        // stays the one that deploy recorded (taken over when this run ends well).
-        let left_by_a_killed_replacement = journal::finishes_a_replacement() && !was_running;
+        // A bot that a killed deploy left may run the image it brought (stopped after a
+        // failure, or its new bot still waiting beside a stopped old one): the way back stays
+        // the one that deploy recorded (taken over when this run ends well). Only the old bot
+        // itself, still serving, is replaced as usual.
+        let left_by_a_killed_replacement = journal::replaced_image()
+            .is_some_and(|replaced| !was_running || before.is_none_or(|c| c.image_id != replaced));
         let image = match before {
             Some(_) if left_by_a_killed_replacement => None,
             Some(container) if image_changes => {

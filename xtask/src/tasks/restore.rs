@@ -90,7 +90,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             report.state_before = Some(live.state.clone());
             report.revision_before = live.effective_version();
             deploy::refuse_a_second_running_bot(sh, &stack)?;
-            let container = stack.bot_container(sh)?.filter(|c| c.status == "running");
+            let container = stack.running_bot(sh)?;
             if args.stack.dry_run {
                 printer.info("dry run: nothing was changed. The restore would:");
                 if container.is_some() {

@@ -120,9 +120,7 @@ pub fn run(
         crate::signals::hold_all(
             "the rollback runs to its end (stopping halfway would leave the bot down)",
         );
-        let was_running = stack
-            .bot_container(sh)?
-            .filter(|c| c.status == "running" || c.status == "restarting");
+        let was_running = stack.running_bot(sh)?;
         if let Some(container) = &was_running {
             printer.step(report, "stop bot", || {
                 deploy::stop_container(sh, &container.id)

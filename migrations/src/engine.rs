@@ -482,6 +482,21 @@ impl Database {
 
     /// Tells the database's state.
     pub fn status(&self) -> Result<Status, Error> {
+        // History and schema from one snapshot: read in two transactions, a migration
+        // committing in between made a database half way between two revisions look modified.
+        if !self.conn.is_autocommit() {
+            return self.status_in_transaction();
+        }
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(|e| self.err(e))?;
+        let status = self.status_in_transaction();
+        let _ = self.conn.execute_batch("COMMIT");
+        status
+    }
+
+    /// [`Database::status`], inside a transaction the caller holds.
+    fn status_in_transaction(&self) -> Result<Status, Error> {
         let history = self.history()?.unwrap_or_default();
         let live = self.schema()?;
         let mut status = Status {

@@ -6,79 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Project, SERIAL, docker, head, root, text};
-use rusqlite::Connection;
-use serde_json::Value;
+use common::{Act, Project, SERIAL, deploy_acted_on, docker, head, text};
 
 const USERS: i64 = 40;
-
-/// Runs `cargo xtask <task>` on the project and SIGKILLs it once a progress line starts with
-/// `at`; returns the output (stderr as progress) and whether the kill happened.
-fn deploy_killed_at(project: &Project, task: &str, at: &str) -> (std::process::Output, bool) {
-    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", task, "--demo", "--yes", "--json"])
-        .args(["--project-name", &project.name])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = deploy.id().to_string();
-    let mut progress = String::new();
-    let mut acted = false;
-    for line in BufReader::new(deploy.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        progress.push_str(&line);
-        progress.push('\n');
-        if !acted && line.starts_with(at) {
-            acted = true;
-            let sent = common::run("kill", &["-KILL", &pid]);
-            assert!(sent.status.success(), "{}", text(&sent));
-        }
-    }
-    let mut output = deploy.wait_with_output().unwrap();
-    output.stderr = progress.into_bytes();
-    (output, acted)
-}
-
-fn users(project: &Project, label: &str) -> i64 {
-    let copy = project.copy_database(label);
-    let count = Connection::open(&copy)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap();
-    let _ = std::fs::remove_file(copy);
-    count
-}
-
-fn status_json(project: &Project) -> Value {
-    let status = project.xtask("status", &["--json"]);
-    assert!(status.status.success(), "{}", text(&status));
-    serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)))
-}
-
-/// The bot service's containers: ids, newest first.
-fn bot_containers(project: &Project) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", project.name),
-        "--filter",
-        "label=com.docker.compose.service=bot",
-        "--filter",
-        "label=com.docker.compose.oneoff=False",
-    ])
-    .lines()
-    .map(str::to_owned)
-    .collect()
-}
 
 fn dangling_volumes() -> BTreeSet<String> {
     docker(&["volume", "ls", "-q", "-f", "dangling=true"])
@@ -94,7 +26,7 @@ fn running(id: &str) -> bool {
 /// The bot serves at head with every user, in one container.
 fn assert_one_bot_healthy_at_head_with_every_user(project: &Project, label: &str) {
     assert_eq!(
-        bot_containers(project).len(),
+        project.bot_containers().len(),
         1,
         "exactly one bot container"
     );
@@ -110,7 +42,7 @@ fn assert_one_bot_healthy_at_head_with_every_user(project: &Project, label: &str
         (Some("current"), Some(head())),
         "{status}"
     );
-    assert_eq!(users(project, label), USERS, "every user is still there");
+    assert_eq!(project.users(label), USERS, "every user is still there");
 }
 
 /// Kills the fast path while the old bot stops (step "migrate database", before the migration
@@ -121,7 +53,12 @@ fn killed_while_the_old_bot_stops_then_finished_and_rolled_back(name: &str, fini
     let old = project.bot_container()["Id"].as_str().unwrap().to_owned();
     let dangling_before = dangling_volumes();
 
-    let (killed, acted) = deploy_killed_at(&project, "prod-full-update", "==> migrate database");
+    let (killed, acted) = deploy_acted_on(
+        &project,
+        "prod-full-update",
+        "==> migrate database",
+        Act::Kill,
+    );
     assert!(acted, "never reached the step: {}", text(&killed));
     // The `docker stop` the killed run spawned (a process group of its own) goes on; if the
     // kill came before it was spawned, do what it does.
@@ -132,7 +69,7 @@ fn killed_while_the_old_bot_stops_then_finished_and_rolled_back(name: &str, fini
     if running(&old) {
         docker(&["stop", "-t", "10", &old]);
     }
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(
         status["unfinished"][0]["step"], "migrate database",
         "{status}"
@@ -161,7 +98,7 @@ fn killed_while_the_old_bot_stops_then_finished_and_rolled_back(name: &str, fini
         "back on the image the killed deploy replaced"
     );
     assert_eq!(project.db_status()["version"].as_u64(), Some(3));
-    assert_eq!(users(&project, "after-rollback"), USERS);
+    assert_eq!(project.users("after-rollback"), USERS);
 }
 
 /// Broke P2/P3 (fixed: the finishing run keeps the killed run's way back unless the bot it finds is the old image) ("after a SIGKILL during `migrate database` ... the next `recover` ends ...;
@@ -179,7 +116,7 @@ fn killed_while_the_old_bot_stops_then_recovered_and_rolled_back() {
 /// What a failed fast path must leave: the old bot serving in the one bot container, the
 /// database untouched at revision 3 with every user, no migration container, no unfinished run.
 fn assert_untouched(project: &Project, old: &str, label: &str) {
-    let bots = bot_containers(project);
+    let bots = project.bot_containers();
     assert_eq!(bots.len(), 1, "no second bot container is left: {bots:?}");
     assert!(
         old.starts_with(bots[0].as_str()),
@@ -199,8 +136,8 @@ fn assert_untouched(project: &Project, old: &str, label: &str) {
         Some(3),
         "nothing was migrated"
     );
-    assert_eq!(users(project, label), USERS);
-    assert_eq!(status_json(project)["unfinished"], serde_json::json!([]));
+    assert_eq!(project.users(label), USERS);
+    assert_eq!(project.status_json()["unfinished"], serde_json::json!([]));
 }
 
 /// P2: "If starting the new container fails ... nothing is migrated, the old bot keeps
@@ -269,31 +206,6 @@ fn an_old_bot_that_does_not_stop_is_left_serving() {
     assert!(leaked.is_empty(), "dangling volumes left: {leaked:?}");
 }
 
-/// A second container of the bot service beside the first, created but never started: what a
-/// crash of the machine (or of Compose) during step "start new bot" leaves; after the
-/// reboot the old bot (`restart: unless-stopped`) runs again, the new one does not.
-fn create_second_bot_without_starting(project: &Project) {
-    let compose = root().join("docker/docker-compose.prod.yml");
-    let made = Command::new("docker-compose")
-        .args(["-f", compose.to_str().unwrap(), "-p", &project.name])
-        .args([
-            "--profile",
-            "demo",
-            "up",
-            "--no-start",
-            "--no-deps",
-            "--no-recreate",
-        ])
-        .args(["--scale", "bot=2", "bot"])
-        .env("BOT_ENV_FILE", root().join("docker/demo.env"))
-        .env("BOT_IMAGE", project.image())
-        .env("STANDIN_IMAGE", format!("tgbot-standin:{}", project.name))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
-}
-
 /// P3: "`rollback`/`restore` refuse while two bot containers run" -- and restore's own promise
 /// that the bot is stopped before its database is replaced. With the fast path's second
 /// container present but not running (newest first in `docker ps`), `restore` takes the newest
@@ -306,8 +218,8 @@ fn restore_with_a_second_bot_container_not_running_stops_the_one_that_runs() {
     project.deployed_at_revision_3(USERS, false, &[]);
     let old = project.bot_container()["Id"].as_str().unwrap().to_owned();
     let file = project.copy_database("restore-source");
-    create_second_bot_without_starting(&project);
-    assert_eq!(bot_containers(&project).len(), 2);
+    project.second_bot(false);
+    assert_eq!(project.bot_containers().len(), 2);
     assert!(running(&old));
 
     let restore = project.xtask("restore", &[file.to_str().unwrap(), "--yes", "--json"]);
@@ -340,8 +252,8 @@ fn rollback_with_a_second_bot_container_not_running_stops_the_one_that_runs() {
     let deployed = project.xtask("prod-full-update", &["--yes", "--json"]);
     assert!(deployed.status.success(), "{}", text(&deployed));
     let serving = project.bot_container()["Id"].as_str().unwrap().to_owned();
-    create_second_bot_without_starting(&project);
-    assert_eq!(bot_containers(&project).len(), 2);
+    project.second_bot(false);
+    assert_eq!(project.bot_containers().len(), 2);
 
     let rollback = project.xtask("rollback", &["--yes", "--json"]);
     eprintln!("{}", text(&rollback));

@@ -6,89 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{Project, SERIAL, docker, head, report, root, text};
-use rusqlite::Connection;
+use common::{Act, Project, SERIAL, deploy_acted_on, docker, head, report, root, text};
 use serde_json::Value;
 
 const USERS: i64 = 40;
-
-/// What to do to the deploy when a progress line appears.
-#[derive(Clone, Copy)]
-enum Act {
-    /// SIGKILL.
-    Kill,
-    /// One SIGTERM (or SIGINT with `Interrupt`).
-    Term,
-    /// One SIGINT.
-    Interrupt,
-    /// Two SIGINTs, as a second Ctrl-C.
-    InterruptTwice,
-}
-
-/// Runs `cargo xtask <task>` on the project and acts on it once a progress line starts with
-/// `at`; returns the output (stderr as progress) and whether the act happened.
-fn deploy_acted_on(
-    project: &Project,
-    task: &str,
-    at: &str,
-    act: Act,
-) -> (std::process::Output, bool) {
-    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", task, "--demo", "--yes", "--json"])
-        .args(["--project-name", &project.name])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // `cargo xtask` execs the tool, so this pid is the tool's once it prints its steps.
-    let pid = deploy.id().to_string();
-    let mut progress = String::new();
-    let mut acted = false;
-    for line in BufReader::new(deploy.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        progress.push_str(&line);
-        progress.push('\n');
-        if !acted && line.starts_with(at) {
-            acted = true;
-            let signals: &[&str] = match act {
-                Act::Kill => &["-KILL"],
-                Act::Term => &["-TERM"],
-                Act::Interrupt => &["-INT"],
-                Act::InterruptTwice => &["-INT", "-INT"],
-            };
-            for signal in signals {
-                let sent = common::run("kill", &[signal, &pid]);
-                assert!(sent.status.success(), "{}", text(&sent));
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    }
-    let mut output = deploy.wait_with_output().unwrap();
-    output.stderr = progress.into_bytes();
-    (output, acted)
-}
-
-fn users(project: &Project, label: &str) -> i64 {
-    let copy = project.copy_database(label);
-    let count = Connection::open(&copy)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap();
-    let _ = std::fs::remove_file(copy);
-    count
-}
-
-fn status_json(project: &Project) -> Value {
-    let status = project.xtask("status", &["--json"]);
-    assert!(status.status.success(), "{}", text(&status));
-    serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)))
-}
 
 fn history(project: &Project) -> Vec<Value> {
     let file = project.state_dir().join("deploys.jsonl");
@@ -113,7 +36,7 @@ fn assert_healthy_at_head_with_every_user(project: &Project, label: &str) {
         (Some("current"), Some(head())),
         "{status}"
     );
-    assert_eq!(users(project, label), USERS, "every user is still there");
+    assert_eq!(project.users(label), USERS, "every user is still there");
 }
 
 /// A deploy killed at the step `step` leaves a line that `status` names with that step; the
@@ -139,7 +62,7 @@ fn killed_at_then_finished_by(name: &str, step: &str, task: &str) -> Project {
         text(&killed)
     );
 
-    let status = status_json(&project);
+    let status = project.status_json();
     let unfinished = status["unfinished"].as_array().expect("a list");
     assert_eq!(unfinished.len(), 1, "{status}");
     assert_eq!(unfinished[0]["task"], "prod-full-update", "{status}");
@@ -162,7 +85,7 @@ fn killed_at_then_finished_by(name: &str, step: &str, task: &str) -> Project {
         "{outcome}"
     );
     assert_healthy_at_head_with_every_user(&project, name);
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
     let lines = history(&project);
     let killed_line = lines
@@ -204,47 +127,6 @@ fn killed_with_the_migration_ready_and_waiting_then_deployed_again() {
     );
 }
 
-/// The bot service's containers: ids, newest first.
-fn bot_containers(project: &Project) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", project.name),
-        "--filter",
-        "label=com.docker.compose.service=bot",
-        "--filter",
-        "label=com.docker.compose.oneoff=False",
-    ])
-    .lines()
-    .map(str::to_owned)
-    .collect()
-}
-
-/// A second container of the bot service beside the first, as `--scale bot=2` makes it.
-fn scale_bot_to_two(project: &Project) {
-    let compose = root().join("docker/docker-compose.prod.yml");
-    let made = Command::new("docker-compose")
-        .args(["-f", compose.to_str().unwrap(), "-p", &project.name])
-        .args([
-            "--profile",
-            "demo",
-            "up",
-            "-d",
-            "--no-deps",
-            "--no-recreate",
-        ])
-        .args(["--scale", "bot=2", "bot"])
-        .env("BOT_ENV_FILE", root().join("docker/demo.env"))
-        .env("BOT_IMAGE", project.image())
-        .env("STANDIN_IMAGE", format!("tgbot-standin:{}", project.name))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
-}
-
 /// `rollback` and `restore` stop one bot before they replace the database: with a second bot
 /// container running (scaled by hand) they refuse before changing anything, naming the way
 /// out, and both bots still run on the database as it was.
@@ -259,7 +141,7 @@ fn rollback_and_restore_refuse_while_two_bots_run() {
         .as_str()
         .expect("the deploy's backup")
         .to_owned();
-    scale_bot_to_two(&project);
+    project.second_bot(true);
     for (task, extra) in [("rollback", vec![]), ("restore", vec![backup.as_str()])] {
         let mut args = extra.clone();
         args.extend(["--yes", "--json"]);
@@ -283,7 +165,7 @@ fn rollback_and_restore_refuse_while_two_bots_run() {
     assert_eq!(running.lines().count(), 2, "nothing was stopped");
     let status = project.db_status();
     assert_eq!(status["version"].as_u64(), Some(head()), "{status}");
-    assert_eq!(users(&project, "two-bots"), USERS);
+    assert_eq!(project.users("two-bots"), USERS);
 }
 
 /// Killed while the new bot's container starts beside the old one: the old one still serves,
@@ -304,14 +186,14 @@ fn killed_while_starting_the_new_bot_then_deployed_again() {
         text(&killed)
     );
     // What Compose, left running by the kill, makes: the new image's container beside.
-    scale_bot_to_two(&project);
-    let both = bot_containers(&project);
+    project.second_bot(true);
+    let both = project.bot_containers();
     assert_eq!(both.len(), 2, "{both:?}");
     assert!(
         both.iter().any(|id| old.starts_with(id.as_str())),
         "the old bot is one of them: {both:?}"
     );
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(status["unfinished"][0]["step"], "start new bot", "{status}");
 
     let again = project.xtask("prod-full-update", &["--yes", "--json"]);
@@ -321,7 +203,7 @@ fn killed_while_starting_the_new_bot_then_deployed_again() {
         "{}",
         text(&again)
     );
-    assert_eq!(bot_containers(&project).len(), 1);
+    assert_eq!(project.bot_containers().len(), 1);
     assert_healthy_at_head_with_every_user(&project, "kill-new-bot");
 }
 
@@ -338,7 +220,7 @@ fn a_killed_backup_is_closed_by_the_next_backup() {
         "the backup never reached its copy: {}",
         text(&killed)
     );
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(status["unfinished"][0]["task"], "backup", "{status}");
 
     let again = project.xtask("backup", &["--yes", "--json"]);
@@ -349,7 +231,7 @@ fn a_killed_backup_is_closed_by_the_next_backup() {
         Some(1),
         "{outcome}"
     );
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
     let lines = history(&project);
     let backups: Vec<&Value> = lines.iter().filter(|l| l["task"] == "backup").collect();
@@ -391,7 +273,7 @@ fn killed_while_saving_the_backup_then_deployed_again_and_rolled_back() {
         "{}",
         text(&rollback)
     );
-    assert_eq!(users(&project, "after-rollback"), USERS);
+    assert_eq!(project.users("after-rollback"), USERS);
 }
 
 #[test]
@@ -415,7 +297,7 @@ fn killed_while_waiting_for_health_then_recovered_and_rolled_back() {
         container["State"]["Health"]["Status"], "healthy",
         "{container}"
     );
-    assert_eq!(users(&project, "after-rollback"), USERS);
+    assert_eq!(project.users("after-rollback"), USERS);
 }
 
 #[test]
@@ -435,7 +317,7 @@ fn a_signal_before_any_change_stops_the_deploy_and_says_so() {
     let lines = history(&project);
     let last = lines.last().unwrap();
     assert_eq!(last["result"], "interrupted", "{last}");
-    assert_eq!(status_json(&project)["unfinished"], serde_json::json!([]));
+    assert_eq!(project.status_json()["unfinished"], serde_json::json!([]));
     assert_eq!(project.running_image(), image, "nothing was changed");
     assert_eq!(project.db_status()["version"], 3);
 }
@@ -487,7 +369,7 @@ fn a_second_signal_in_the_critical_part_rolls_back() {
         "{container}"
     );
     assert_eq!(project.db_status()["version"], 3);
-    assert_eq!(users(&project, "sig-twice"), USERS);
+    assert_eq!(project.users("sig-twice"), USERS);
 }
 
 #[test]
@@ -530,7 +412,7 @@ fn a_recovery_that_changes_nothing_keeps_the_unfinished_run_and_its_way_back() {
     // Without --yes and without a terminal, the recovery asks and stops: it finished nothing.
     let asked = project.xtask("recover", &["--json"]);
     assert_eq!(asked.status.code(), Some(2), "{}", text(&asked));
-    let status = status_json(&project);
+    let status = project.status_json();
     assert_eq!(
         status["unfinished"].as_array().map(Vec::len),
         Some(1),
@@ -612,7 +494,7 @@ fn two_signals_during_rollback_are_held_and_it_ends() {
     assert_eq!(report(&rollback)["result"], "ok");
     assert_eq!(project.running_image(), image);
     assert_eq!(project.db_status()["version"], 3);
-    assert_eq!(users(&project, "rb-sig"), USERS);
+    assert_eq!(project.users("rb-sig"), USERS);
 }
 
 /// The project's release tags, `tgbot-bot:<project>-<git>-<time>`.

@@ -2,6 +2,7 @@
 //! runs it, and ways to look into the volume.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -200,6 +201,61 @@ impl Project {
         image
     }
 
+    /// The users in the live database (read from a copy).
+    pub fn users(&self, label: &str) -> i64 {
+        let copy = self.copy_database(label);
+        let count = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        let _ = std::fs::remove_file(copy);
+        count
+    }
+
+    /// `cargo xtask status --json`.
+    pub fn status_json(&self) -> Value {
+        let status = self.xtask("status", &["--json"]);
+        assert!(status.status.success(), "{}", text(&status));
+        serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)))
+    }
+
+    /// The bot service's containers: ids, newest first.
+    pub fn bot_containers(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.name),
+            "--filter",
+            "label=com.docker.compose.service=bot",
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// A second container of the bot service beside the first, as `--scale bot=2` makes it;
+    /// `started: false` leaves it created only (what a crash during "start new bot" leaves).
+    pub fn second_bot(&self, started: bool) {
+        let compose = root().join("docker/docker-compose.prod.yml");
+        let start: &[&str] = if started { &["-d"] } else { &["--no-start"] };
+        let made = Command::new("docker-compose")
+            .args(["-f", compose.to_str().unwrap(), "-p", &self.name])
+            .args(["--profile", "demo", "up"])
+            .args(start)
+            .args(["--no-deps", "--no-recreate", "--scale", "bot=2", "bot"])
+            .env("BOT_ENV_FILE", root().join("docker/demo.env"))
+            .env("BOT_IMAGE", self.image())
+            .env("STANDIN_IMAGE", format!("tgbot-standin:{}", self.name))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+    }
+
     pub fn bot_container(&self) -> Value {
         let id = docker(&[
             "ps",
@@ -389,4 +445,62 @@ pub fn steps(report: &Value) -> Vec<String> {
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// What to do to the deploy when a progress line appears.
+#[derive(Clone, Copy)]
+pub enum Act {
+    /// SIGKILL.
+    Kill,
+    /// One SIGTERM (or SIGINT with `Interrupt`).
+    Term,
+    /// One SIGINT.
+    Interrupt,
+    /// Two SIGINTs, as a second Ctrl-C.
+    InterruptTwice,
+}
+
+/// Runs `cargo xtask <task>` on the project and acts on it once a progress line starts with
+/// `at`; returns the output (stderr as progress) and whether the act happened.
+pub fn deploy_acted_on(
+    project: &Project,
+    task: &str,
+    at: &str,
+    act: Act,
+) -> (std::process::Output, bool) {
+    let mut deploy = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["xtask", task, "--demo", "--yes", "--json"])
+        .args(["--project-name", &project.name])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `cargo xtask` execs the tool, so this pid is the tool's once it prints its steps.
+    let pid = deploy.id().to_string();
+    let mut progress = String::new();
+    let mut acted = false;
+    for line in BufReader::new(deploy.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        progress.push_str(&line);
+        progress.push('\n');
+        if !acted && line.starts_with(at) {
+            acted = true;
+            let signals: &[&str] = match act {
+                Act::Kill => &["-KILL"],
+                Act::Term => &["-TERM"],
+                Act::Interrupt => &["-INT"],
+                Act::InterruptTwice => &["-INT", "-INT"],
+            };
+            for signal in signals {
+                let sent = run("kill", &[signal, &pid]);
+                assert!(sent.status.success(), "{}", text(&sent));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    let mut output = deploy.wait_with_output().unwrap();
+    output.stderr = progress.into_bytes();
+    (output, acted)
 }

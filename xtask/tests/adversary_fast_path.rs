@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Act, Project, SERIAL, deploy_acted_on, docker, head, text};
+use common::{Act, Project, SERIAL, deploy_acted_on, docker, text};
 
 const USERS: i64 = 40;
 
@@ -30,19 +30,7 @@ fn assert_one_bot_healthy_at_head_with_every_user(project: &Project, label: &str
         1,
         "exactly one bot container"
     );
-    let container = project.bot_container();
-    assert_eq!(
-        container["State"]["Health"]["Status"].as_str(),
-        Some("healthy"),
-        "{container}"
-    );
-    let status = project.db_status();
-    assert_eq!(
-        (status["state"].as_str(), status["version"].as_u64()),
-        (Some("current"), Some(head())),
-        "{status}"
-    );
-    assert_eq!(project.users(label), USERS, "every user is still there");
+    project.assert_healthy_at_head_with(USERS, label);
 }
 
 /// Kills the fast path while the old bot stops (step "migrate database", before the migration

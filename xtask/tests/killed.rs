@@ -22,23 +22,6 @@ fn history(project: &Project) -> Vec<Value> {
         .collect()
 }
 
-/// The bot serves at head with every user.
-fn assert_healthy_at_head_with_every_user(project: &Project, label: &str) {
-    let container = project.bot_container();
-    assert_eq!(
-        container["State"]["Health"]["Status"].as_str(),
-        Some("healthy"),
-        "{container}"
-    );
-    let status = project.db_status();
-    assert_eq!(
-        (status["state"].as_str(), status["version"].as_u64()),
-        (Some("current"), Some(head())),
-        "{status}"
-    );
-    assert_eq!(project.users(label), USERS, "every user is still there");
-}
-
 /// A deploy killed at the step `step` leaves a line that `status` names with that step; the
 /// next `task` finishes it, healthy at head with every user, and says it did.
 fn killed_at_then_finished_by(name: &str, step: &str, task: &str) -> Project {
@@ -84,7 +67,7 @@ fn killed_at_then_finished_by(name: &str, step: &str, task: &str) -> Project {
         Some(1),
         "{outcome}"
     );
-    assert_healthy_at_head_with_every_user(&project, name);
+    project.assert_healthy_at_head_with(USERS, name);
     let status = project.status_json();
     assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
     let lines = history(&project);
@@ -204,7 +187,7 @@ fn killed_while_starting_the_new_bot_then_deployed_again() {
         text(&again)
     );
     assert_eq!(project.bot_containers().len(), 1);
-    assert_healthy_at_head_with_every_user(&project, "kill-new-bot");
+    project.assert_healthy_at_head_with(USERS, "kill-new-bot");
 }
 
 /// A killed `backup` changed nothing: the next `backup` closes its line (`interrupted`, finished
@@ -338,7 +321,7 @@ fn one_signal_in_the_critical_part_is_held_until_the_bot_serves() {
     let progress = String::from_utf8_lossy(&deploy.stderr);
     assert!(progress.contains("SIGINT (Ctrl-C): held"), "{progress}");
     assert_eq!(report(&deploy)["revision_after"], head());
-    assert_healthy_at_head_with_every_user(&project, "sig-held");
+    project.assert_healthy_at_head_with(USERS, "sig-held");
 }
 
 #[test]
@@ -394,7 +377,7 @@ fn a_rollback_whose_backup_is_damaged_refuses_before_stopping_the_bot() {
     );
     let container = project.bot_container();
     assert_eq!(container["Id"], running, "the bot was never stopped");
-    assert_healthy_at_head_with_every_user(&project, "rb-damaged");
+    project.assert_healthy_at_head_with(USERS, "rb-damaged");
 }
 
 #[test]
@@ -420,7 +403,7 @@ fn a_recovery_that_changes_nothing_keeps_the_unfinished_run_and_its_way_back() {
     );
     let recover = project.xtask("recover", &["--yes", "--json"]);
     assert!(recover.status.success(), "{}", text(&recover));
-    assert_healthy_at_head_with_every_user(&project, "kill-keep");
+    project.assert_healthy_at_head_with(USERS, "kill-keep");
     let rollback = project.xtask("rollback", &["--yes", "--json"]);
     assert!(rollback.status.success(), "{}", text(&rollback));
     assert_eq!(project.running_image(), old_image);

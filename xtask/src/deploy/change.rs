@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::backups;
 use crate::compose::Stack;
@@ -208,7 +208,12 @@ impl Deploy<'_> {
         if went {
             // The old bot is stopped: its container goes, as Compose's own replacement would
             // remove it, so that the service has one container again.
-            if let Err(e) = docker_rm(&old.id) {
+            let old_id = &old.id;
+            let removed = process::run(
+                xshell::cmd!(sh, "docker rm {old_id}"),
+                "removing the old bot's stopped container",
+            );
+            if let Err(e) = removed {
                 printer.info(&format!(
                     "warning: the old bot's stopped container {} could not be removed ({e:#}); the next deploy removes it",
                     short(&old.id)
@@ -405,23 +410,6 @@ fn old_bot_stopped(old_id: &str) -> bool {
         Ok(out) => String::from_utf8_lossy(&out.stderr).contains("No such"),
         Err(_) => false,
     }
-}
-
-/// Removes a stopped container (`docker rm`).
-fn docker_rm(id: &str) -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
-    let out = crate::signals::own_group(&mut Command::new("docker"))
-        .args(["rm", id])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run docker rm")?;
-    if !out.status.success() {
-        bail!(
-            "docker rm: {}",
-            crate::secrets::scrub(String::from_utf8_lossy(&out.stderr).trim())
-        );
-    }
-    Ok(())
 }
 
 /// Removes a container whatever its state (`docker rm -f`); a failure is only said.

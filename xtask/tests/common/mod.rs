@@ -201,6 +201,23 @@ impl Project {
         image
     }
 
+    /// The bot is healthy, the database current at head with `users` users.
+    pub fn assert_healthy_at_head_with(&self, users: i64, label: &str) {
+        let container = self.bot_container();
+        assert_eq!(
+            container["State"]["Health"]["Status"].as_str(),
+            Some("healthy"),
+            "{container}"
+        );
+        let status = self.db_status();
+        assert_eq!(
+            (status["state"].as_str(), status["version"].as_u64()),
+            (Some("current"), Some(head())),
+            "{status}"
+        );
+        assert_eq!(self.users(label), users, "every user is still there");
+    }
+
     /// The users in the live database (read from a copy).
     pub fn users(&self, label: &str) -> i64 {
         let copy = self.copy_database(label);

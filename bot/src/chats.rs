@@ -3,21 +3,20 @@
 //! while the polling loop goes on fetching. A user who writes faster than the per-user limit is
 //! not answered (and costs no write) until they slow down.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::num::NonZeroU32;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use teloxide::prelude::*;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
-use crate::commands::{self, Answer, ChatKind, Incoming};
+use crate::commands::{self, Answer, ChatKind, Incoming, Record};
 use crate::config::{AdminIds, redact};
+use crate::handled::{Recorder, Recording};
 use crate::replies::{Outbox, Pace, fit};
-use crate::store::{Store, UserFacts};
+use crate::store::{Store, Unsent, UserFacts};
 
 /// The answer when the database fails under a message, so the user is not left waiting.
 const SORRY: &str = "Sorry, something went wrong on my side. Please try again in a minute.";
@@ -36,20 +35,30 @@ pub struct Shared {
     pub me: String,
     /// Where answers go out.
     pub outbox: Outbox,
+    /// Where the ids of updates whose handling wrote nothing are recorded.
+    pub recorder: Recorder,
+    /// The answers being sent, by update id: what a stop cuts off is kept for the next start.
+    pub sending: Mutex<BTreeMap<i64, Sending>>,
     /// BOT_TOKEN, to keep it out of log lines.
     pub token: String,
 }
 
-/// The update ids answered and not yet recorded as handled, shared by the workers and the
-/// loop that records them.
-#[derive(Clone, Default)]
-pub struct Answered(Arc<Mutex<Vec<i64>>>);
+/// An answer being sent.
+#[derive(Debug)]
+pub struct Sending {
+    answer: Unsent,
+    /// A request is out: if the send is cut off now, Telegram may have delivered it.
+    requesting: bool,
+}
 
-impl Answered {
-    /// The ids answered since the last call.
-    pub fn take(&self) -> Vec<i64> {
-        std::mem::take(&mut *lock(&self.0))
-    }
+/// What [`Chats::finish`] leaves.
+pub struct Finished {
+    /// The lowest update id left unanswered, if any.
+    pub lowest_unanswered: Option<i64>,
+    /// Answers cut off while they waited (a 429, the limits): surely not delivered.
+    pub unsent: Vec<Unsent>,
+    /// Answers cut off with a request out: maybe delivered, so not sent again.
+    pub maybe_sent: usize,
 }
 
 /// One message to answer.
@@ -71,11 +80,9 @@ pub struct Chats {
     running: JoinSet<()>,
     /// Update ids handed out and not yet answered.
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
-    /// Update ids answered since the last note of them (see [`Chats::answered`]).
-    answered: Answered,
     /// Told each time a message is answered: the polling loop may move its offset on.
     progress: Arc<Notify>,
-    per_user: Option<(DefaultKeyedRateLimiter<u64>, u32)>,
+    per_user: Option<PerUserLimit>,
     /// Users whose messages are being ignored, so that the log says so once per flood.
     flooding: HashSet<u64>,
 }
@@ -88,10 +95,9 @@ impl Chats {
             workers: HashMap::new(),
             running: JoinSet::new(),
             unfinished: Arc::default(),
-            answered: Answered::default(),
             progress: Arc::default(),
-            per_user: NonZeroU32::new(user_messages_per_minute)
-                .map(|n| (RateLimiter::keyed(Quota::per_minute(n)), n.get())),
+            per_user: (user_messages_per_minute > 0)
+                .then(|| PerUserLimit::new(user_messages_per_minute)),
             flooding: HashSet::new(),
         }
     }
@@ -99,12 +105,13 @@ impl Chats {
     /// Hands a message to its chat's worker (starting one if needed); a message over its
     /// sender's limit is dropped here, before any write.
     pub fn dispatch(&mut self, update_id: i64, message: Message) {
-        if let (Some((limit, per_minute)), Some(from)) = (&self.per_user, message.from.as_ref()) {
+        if let (Some(limit), Some(from)) = (&mut self.per_user, message.from.as_ref()) {
             let user = from.id.0;
-            if limit.check_key(&user).is_err() {
+            if !limit.allows(user, Instant::now()) {
                 if self.flooding.insert(user) {
                     tracing::warn!(
-                        "user {user} writes faster than {per_minute} messages a minute: their messages are ignored (no answer, no write) until they slow down"
+                        "user {user} writes faster than {} messages a minute: their messages are ignored (no answer, no write) until they slow down",
+                        limit.per_minute
                     );
                 }
                 return;
@@ -140,16 +147,9 @@ impl Chats {
             jobs,
             Arc::clone(&pending),
             Arc::clone(&self.unfinished),
-            self.answered.clone(),
             Arc::clone(&self.progress),
         ));
         self.workers.insert(chat, Worker { queue, pending });
-    }
-
-    /// The update ids answered since the last call: for [`Store::note_handled`], which records
-    /// those whose handling wrote nothing.
-    pub fn answered(&self) -> Answered {
-        self.answered.clone()
     }
 
     /// Resolves when a message was answered since the last time it resolved.
@@ -174,14 +174,14 @@ impl Chats {
         self.workers
             .retain(|_, worker| worker.pending.load(Ordering::SeqCst) > 0);
         while self.running.try_join_next().is_some() {}
-        if let Some((limit, _)) = &self.per_user {
-            limit.retain_recent();
+        if let Some(limit) = &mut self.per_user {
+            limit.forget_idle(Instant::now());
         }
     }
 
     /// Stops taking messages and waits up to `grace` for every chat to finish what it has;
-    /// returns the lowest update id left unanswered, if any.
-    pub async fn finish(mut self, grace: Duration) -> Option<i64> {
+    /// says what was left.
+    pub async fn finish(mut self, grace: Duration) -> Finished {
         self.workers.clear();
         let unfinished = Arc::clone(&self.unfinished);
         let drained = tokio::time::timeout(grace, async {
@@ -190,8 +190,63 @@ impl Chats {
         .await;
         if drained.is_err() {
             self.running.abort_all();
+            while self.running.join_next().await.is_some() {}
         }
-        lock(&unfinished).first().copied()
+        let (requesting, waiting): (Vec<Sending>, Vec<Sending>) =
+            std::mem::take(&mut *lock(&self.shared.sending))
+                .into_values()
+                .partition(|sending| sending.requesting);
+        Finished {
+            lowest_unanswered: lock(&unfinished).first().copied(),
+            unsent: waiting.into_iter().map(|s| s.answer).collect(),
+            maybe_sent: requesting.len(),
+        }
+    }
+}
+
+/// The per-user limit on incoming messages: at most `per_minute` of one user's messages are
+/// answered within any 60 s. A log of the times of each user's last answered messages, because a
+/// rate limiter's quota (governor's, a burst of N then one every 60/N s) lets up to 2N-1
+/// through within a minute.
+struct PerUserLimit {
+    per_minute: u32,
+    answered: HashMap<u64, VecDeque<Instant>>,
+}
+
+/// The window the per-user limit counts in.
+const USER_WINDOW: Duration = Duration::from_secs(60);
+
+impl PerUserLimit {
+    fn new(per_minute: u32) -> PerUserLimit {
+        PerUserLimit {
+            per_minute,
+            answered: HashMap::new(),
+        }
+    }
+
+    /// Whether `user`'s message at `now` is answered; notes it when it is.
+    fn allows(&mut self, user: u64, now: Instant) -> bool {
+        let times = self.answered.entry(user).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= USER_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.per_minute as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
+    /// Forgets users with nothing answered in the last minute (memory stays with the active).
+    fn forget_idle(&mut self, now: Instant) {
+        self.answered.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < USER_WINDOW)
+        });
     }
 }
 
@@ -205,13 +260,11 @@ async fn work(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     pending: Arc<AtomicUsize>,
     unfinished: Arc<Mutex<BTreeSet<i64>>>,
-    answered: Answered,
     progress: Arc<Notify>,
 ) {
     let mut pace = Pace::default();
     while let Some(Job { update_id, message }) = jobs.recv().await {
         answer(&shared, update_id, message, &mut pace).await;
-        lock(&answered.0).push(update_id);
         lock(&unfinished).remove(&update_id);
         pending.fetch_sub(1, Ordering::SeqCst);
         progress.notify_one();
@@ -240,9 +293,14 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
     };
     shared.outbox.wait_turn(message.chat.id, pace).await;
     let answered = commands::answer(&shared.store, &shared.admins, &shared.me, incoming).await;
-    let reply = match answered {
-        Ok(Answer::Reply(reply)) => reply,
-        Ok(Answer::Nothing) => return,
+    let (reply, record) = match answered {
+        Ok(Answer::Reply(reply, record)) => (reply, record),
+        Ok(Answer::Nothing) => {
+            // Nothing to answer twice; recorded all the same, in the next batch, so that a
+            // second delivery is passed over without a look at the database's users.
+            shared.recorder.later(update_id);
+            return;
+        }
         Ok(Answer::AlreadyHandled) => {
             tracing::info!(
                 "update {update_id} was handled before (its effects are in the database): not answered again"
@@ -256,8 +314,84 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
                 from.id,
                 redact(&format!("{e:#}"), &shared.token)
             );
-            SORRY.to_owned()
+            (SORRY.to_owned(), Record::Later)
         }
     };
-    shared.outbox.send(message.chat.id, &fit(reply), pace).await;
+    match record {
+        Record::Written => {}
+        Record::First => {
+            if shared.recorder.record(update_id).await == Recording::Before {
+                tracing::info!(
+                    "update {update_id} was answered before (before a restart, or by another instance with this BOT_TOKEN): not answered again"
+                );
+                return;
+            }
+        }
+        Record::Later => shared.recorder.later(update_id),
+    }
+    let text = fit(reply);
+    let answer = Unsent {
+        update_id,
+        chat_id: message.chat.id.0,
+        text: text.clone(),
+    };
+    lock(&shared.sending).insert(
+        update_id,
+        Sending {
+            answer,
+            requesting: false,
+        },
+    );
+    let requesting = |out: bool| {
+        if let Some(sending) = lock(&shared.sending).get_mut(&update_id) {
+            sending.requesting = out;
+        }
+    };
+    shared
+        .outbox
+        .send(message.chat.id, &text, pace, requesting)
+        .await;
+    lock(&shared.sending).remove(&update_id);
+}
+
+/// Sends the answers a stopped bot kept (see [`Finished::unsent`]), each deleted once sent.
+pub async fn send_kept(shared: Arc<Shared>, kept: Vec<Unsent>) {
+    let mut paces: HashMap<i64, Pace> = HashMap::new();
+    for answer in kept {
+        let pace = paces.entry(answer.chat_id).or_default();
+        shared
+            .outbox
+            .send(ChatId(answer.chat_id), &answer.text, pace, |_| {})
+            .await;
+        if let Err(e) = shared.store.sent(answer.update_id).await {
+            tracing::warn!("{e:#}; the next start may send that answer again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_user_limit_counts_any_sixty_seconds() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut limit = PerUserLimit::new(2);
+        assert!(limit.allows(7, at(0)));
+        assert!(limit.allows(7, at(0)));
+        assert!(!limit.allows(7, at(31)), "a third within the minute");
+        assert!(limit.allows(8, at(31)), "another user is not limited by it");
+        assert!(limit.allows(7, at(60)), "the first two are a minute old");
+        assert!(limit.allows(7, at(60)));
+        assert!(!limit.allows(7, at(119)));
+        limit.forget_idle(at(119));
+        assert_eq!(
+            limit.answered.keys().collect::<Vec<_>>(),
+            [&7],
+            "user 8, last answered 88 s ago, is forgotten"
+        );
+        limit.forget_idle(at(120));
+        assert!(limit.answered.is_empty());
+    }
 }

@@ -46,12 +46,24 @@ pub struct Incoming {
 /// What to do about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Send this text to the chat.
-    Reply(String),
+    /// Send this text to the chat, after doing what [`Record`] says about the update's id.
+    Reply(String, Record),
     /// Send nothing (plain text, a command for another bot).
     Nothing,
     /// The update was handled before (a second delivery): send nothing.
     AlreadyHandled,
+}
+
+/// Whether the update's id is in the database before its answer goes out: an update answered
+/// and not recorded would be answered again after a crash, or by a second instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Recorded with what the update changed.
+    Written,
+    /// Its handling wrote nothing (an unknown user's /help): record it, then answer.
+    First,
+    /// Its write failed (the database is locked): answer anyway, record it when possible.
+    Later,
 }
 
 /// A command in a message's text.
@@ -258,8 +270,10 @@ pub async fn answer(
     if command.as_deref() == Some("start") {
         let first_name = user.first_name.clone();
         return Ok(match store.register(update_id, user, "start").await? {
-            Handled::Done(registration) => Answer::Reply(start_text(registration, &first_name)),
-            Handled::AlreadyHandled => Answer::AlreadyHandled,
+            Handled::Done(registration) | Handled::NothingWritten(registration) => {
+                Answer::Reply(start_text(registration, &first_name), Record::Written)
+            }
+            Handled::Before => Answer::AlreadyHandled,
         });
     }
     let logged = command.clone().filter(|c| is_loggable(c));
@@ -267,21 +281,22 @@ pub async fn answer(
     let seen = store
         .seen(update_id, telegram_id, user.language_code, logged)
         .await;
-    let stored = match seen {
-        Ok(Handled::Done(stored)) => Some(stored),
-        Ok(Handled::AlreadyHandled) => return Ok(Answer::AlreadyHandled),
+    let (stored, record) = match seen {
+        Ok(Handled::Done(stored)) => (Some(stored), Record::Written),
+        Ok(Handled::NothingWritten(stored)) => (Some(stored), Record::First),
+        Ok(Handled::Before) => return Ok(Answer::AlreadyHandled),
         Err(e) => {
             tracing::warn!(
                 "update {update_id} from user {telegram_id}: last-seen and command log not written, answering anyway: {e:#}"
             );
-            None
+            (None, Record::Later)
         }
     };
     let Some(command) = command else {
         return Ok(Answer::Nothing);
     };
     if group && matches!(command.as_str(), "me" | "stats") {
-        return Ok(Answer::Reply(private_only_text(&command)));
+        return Ok(Answer::Reply(private_only_text(&command), record));
     }
     let stored = match stored {
         Some(stored) => stored,
@@ -300,7 +315,7 @@ pub async fn answer(
         "stats" => STATS_REFUSED.to_owned(),
         other => unknown_text(other),
     };
-    Ok(Answer::Reply(reply))
+    Ok(Answer::Reply(reply, record))
 }
 
 #[cfg(test)]
@@ -642,7 +657,7 @@ mod tests {
 
         fn reply(answer: &Answer) -> &str {
             match answer {
-                Answer::Reply(text) => text,
+                Answer::Reply(text, _) => text,
                 other => panic!("expected a reply, got {other:?}"),
             }
         }
@@ -739,7 +754,10 @@ mod tests {
                 let (answer, wrote) = bot
                     .writes(bot.send(group, 1000, &format!("/{command}")))
                     .await;
-                assert_eq!(answer, Answer::Reply(private_only_text(command)));
+                assert_eq!(
+                    answer,
+                    Answer::Reply(private_only_text(command), Record::Written)
+                );
                 assert!(wrote, "/{command} is logged as usual");
             }
             assert!(bot.last_seen_is_fresh(1000));

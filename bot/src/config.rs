@@ -56,8 +56,8 @@ pub struct Telegram {
     /// `BOT_RATE_LIMITS`: `telegram` (the default) keeps outgoing messages within Telegram's
     /// published limits; `off` only for a stand-in without limits (benchmarks, fast tests).
     pub outgoing_limits: bool,
-    /// `BOT_USER_MESSAGES_PER_MINUTE` (default 20; 0: no limit): messages a user may send in a
-    /// minute before the rest are ignored.
+    /// `BOT_USER_MESSAGES_PER_MINUTE` (default 20; 0: no limit): messages of one user answered
+    /// within any 60 s; the rest are ignored.
     pub user_messages_per_minute: u32,
     /// `BOT_STOP_GRACE_SECS` (default 4): how long a stopping bot lets the chats finish the
     /// messages they have. A write already waiting for another process's lock may take its
@@ -65,6 +65,9 @@ pub struct Telegram {
     pub stop_grace: std::time::Duration,
     /// `COMMAND_LOG_DAYS` (default 90; 0: for ever): how long the command log is kept.
     pub command_log_days: u32,
+    /// `BOT_TAKE_OVER_DATABASE=1`: a database that served another bot is moved to this one
+    /// (once, on purpose: the other bot's handled update ids are forgotten).
+    pub take_over_database: bool,
 }
 
 impl Telegram {
@@ -105,6 +108,16 @@ impl Telegram {
             user_messages_per_minute: number("BOT_USER_MESSAGES_PER_MINUTE", 20)?,
             stop_grace: std::time::Duration::from_secs(number("BOT_STOP_GRACE_SECS", 4)?.into()),
             command_log_days: crate::retention::command_log_days_from_env()?,
+            take_over_database: match std::env::var("BOT_TAKE_OVER_DATABASE")
+                .unwrap_or_default()
+                .trim()
+            {
+                "" | "0" => false,
+                "1" => true,
+                other => bail!(
+                    "BOT_TAKE_OVER_DATABASE={other:?} is not known: use 1 (move a database that served another bot to this one) or leave it unset"
+                ),
+            },
         })
     }
 }

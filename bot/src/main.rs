@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod db_cli;
 mod failures;
+mod handled;
 mod health;
 mod import;
 mod migrating;

@@ -6,23 +6,24 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use teloxide::RequestError;
 use teloxide::prelude::*;
-use teloxide::types::{AllowedUpdate, BotCommand, UpdateKind};
+use teloxide::types::{AllowedUpdate, BotCommand, Me, UpdateKind};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::chats::{Answered, Chats, MAX_IN_FLIGHT, Shared};
+use crate::chats::{Chats, MAX_IN_FLIGHT, Shared, send_kept};
 use crate::commands::COMMANDS;
 use crate::config::{AdminIds, Config, Telegram};
 use crate::failures::{Failure, backoff, describe, token_rejected};
+use crate::handled::Recorder;
 use crate::health::Health;
 use crate::migrating;
 use crate::replies::Outbox;
-use crate::store::Store;
+use crate::store::{Owner, Store, Unsent};
 
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
 const POLL_TIMEOUT_SECS: u32 = 10;
@@ -30,9 +31,6 @@ const POLL_TIMEOUT_SECS: u32 = 10;
 /// Updates fetched and not yet confirmed beyond which the offset moves past a chat that is
 /// still being answered, so that the others' new messages come (`getUpdates` gives 100 at most).
 const MAX_UNCONFIRMED: i64 = 90;
-/// How often the updates answered meanwhile are recorded as handled (see [`note_answered`]): a
-/// crash may answer those of the last second twice, if their handling wrote nothing.
-const NOTE_ANSWERED_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause before asking again when Telegram sent only updates already being
 /// answered (a message answered meanwhile ends it early).
 const REPOLL_PAUSE: Duration = Duration::from_millis(250);
@@ -301,6 +299,8 @@ async fn serve(
         }
         me = connect(&bot, token) => me?,
     };
+    claim_database(&store, &me, telegram.take_over_database).await?;
+    let me = me.username.clone().unwrap_or_default();
     let shared = Arc::new(Shared {
         store: store.clone(),
         admins,
@@ -311,7 +311,10 @@ async fn serve(
             telegram.outgoing_limits,
         ),
         token: telegram.token.clone(),
+        recorder: Recorder::start(store.clone()),
+        sending: Mutex::default(),
     });
+    let sending_kept = send_kept_answers(&shared).await;
     let mut chats = Chats::new(Arc::clone(&shared), telegram.user_messages_per_minute);
     match store.forget_old_updates().await {
         Ok(0) => {}
@@ -322,8 +325,6 @@ async fn serve(
         Err(e) => tracing::warn!("{e:#}"),
     }
     let retention = crate::retention::spawn_retention(store.clone(), telegram.command_log_days);
-    let answered = chats.answered();
-    let noting = tokio::spawn(note_answered(store.clone(), answered.clone()));
     let mut offsets = Offsets::default();
     let mut retries = Retries::new("getUpdates");
     let mut probed = false;
@@ -422,34 +423,67 @@ async fn serve(
             String::new()
         }
     );
-    let unanswered = chats.finish(telegram.stop_grace).await;
-    noting.abort();
-    if let Err(e) = store.note_handled(answered.take()).await {
+    let finished = chats.finish(telegram.stop_grace).await;
+    if let Some(task) = sending_kept {
+        task.abort();
+    }
+    if let Err(e) = store.record_handled(shared.recorder.stop()).await {
         tracing::warn!(
             "{e:#}; the next start may answer the last messages that wrote nothing again"
         );
     }
+    keep_unsent(&store, finished.unsent, finished.maybe_sent).await;
+    let unanswered = finished.lowest_unanswered;
     confirm_offset(&bot, token, offsets.at_stop(unanswered), unanswered).await;
     Ok(())
 }
 
-/// Every [`NOTE_ANSWERED_EVERY`], records the updates answered meanwhile as handled, in one
-/// write: after a crash, Telegram delivers again what the offset had not yet confirmed, and an
-/// update whose handling wrote nothing (an unknown user's /help) would be answered twice.
-async fn note_answered(store: Store, answered: Answered) {
-    let mut ticks = tokio::time::interval(NOTE_ANSWERED_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = store.note_handled(answered.take()).await {
-            tracing::warn!("{e:#}");
+/// Starts sending the answers the last stop kept, if there are any.
+async fn send_kept_answers(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    match shared.store.unsent().await {
+        Ok(kept) if kept.is_empty() => None,
+        Ok(kept) => {
+            tracing::info!(
+                "sending {} answer(s) the last stop could not send in its grace period",
+                kept.len()
+            );
+            Some(tokio::spawn(send_kept(Arc::clone(shared), kept)))
+        }
+        Err(e) => {
+            tracing::warn!("{e:#}; answers kept by the last stop are sent at the next start");
+            None
+        }
+    }
+}
+
+/// Keeps the answers cut off by the end of the grace period for the next start (their updates'
+/// effects are committed, so the next start would not answer them).
+async fn keep_unsent(store: &Store, unsent: Vec<Unsent>, maybe_sent: usize) {
+    if maybe_sent > 0 {
+        tracing::warn!(
+            "{maybe_sent} answer(s) were cut off by the end of the grace period while their request was out: Telegram may have delivered them, so they are not sent again"
+        );
+    }
+    let count = unsent.len();
+    if count == 0 {
+        return;
+    }
+    match store.keep_unsent(unsent).await {
+        Ok(true) => tracing::info!(
+            "{count} answer(s) not sent within the grace period (waiting for Telegram's limits) are kept in the database: the next start sends them"
+        ),
+        Ok(false) => tracing::warn!(
+            "{count} answer(s) not sent within the grace period are lost: this release's schema has no place to keep them"
+        ),
+        Err(e) => {
+            tracing::warn!("{e:#}; {count} answer(s) not sent within the grace period are lost")
         }
     }
 }
 
 /// `getMe` until Telegram accepts the token (retrying outages), then the webhook is removed
-/// and the command menu published; returns the bot's username.
-async fn connect(bot: &Bot, token: &str) -> anyhow::Result<String> {
+/// and the command menu published; returns the bot as Telegram describes it.
+async fn connect(bot: &Bot, token: &str) -> anyhow::Result<Me> {
     let mut retries = Retries::new("getMe");
     let me = loop {
         let started = Instant::now();
@@ -477,7 +511,29 @@ async fn connect(bot: &Bot, token: &str) -> anyhow::Result<String> {
             describe(&e, token)
         );
     }
-    Ok(username)
+    Ok(me)
+}
+
+/// Refuses a database that serves another bot (its update ids would be taken for this bot's),
+/// unless told to take it over.
+async fn claim_database(store: &Store, me: &Me, take_over: bool) -> anyhow::Result<()> {
+    let ours = me.username.as_deref().unwrap_or_default();
+    let bot_id = i64::try_from(me.id.0).context("Telegram sent a bot id over 2^63")?;
+    match store.claim(bot_id, ours, take_over).await? {
+        Owner::This => Ok(()),
+        Owner::TakenOver { username } => {
+            tracing::warn!(
+                "this database served the bot @{username}; it now serves @{ours} (BOT_TAKE_OVER_DATABASE=1): @{username}'s handled update ids are forgotten. Remove BOT_TAKE_OVER_DATABASE from .env"
+            );
+            Ok(())
+        }
+        Owner::Other {
+            bot_id: theirs,
+            username,
+        } => anyhow::bail!(
+            "this database serves the bot @{username} (id {theirs}), and BOT_TOKEN is the bot @{ours}'s (id {bot_id}): one database serves one bot, since each bot numbers its updates on its own. Put @{username}'s token back in .env, give @{ours} a database of its own (another DATABASE_PATH or Compose project), or, to move this database and its users to @{ours} for good, start it once with BOT_TAKE_OVER_DATABASE=1"
+        ),
+    }
 }
 
 /// Tells Telegram, with a last short `getUpdates`, that every update before `confirm` was

@@ -84,8 +84,16 @@ impl Outbox {
     /// Sends `text` to `chat`: waits for the limits, retries what Telegram surely did not do
     /// (429 after `retry_after`, 5xx and refused connections after a backoff) up to
     /// [`SEND_ATTEMPTS`] tries, follows a group's move to a supergroup once, and drops (with a
-    /// log line) what was refused or may already have been delivered.
-    pub async fn send(&self, mut chat: ChatId, text: &str, pace: &mut Pace) {
+    /// log line) what was refused or may already have been delivered. `requesting` is told
+    /// true while a request is out (the answer may be delivered if the send is cut off then),
+    /// false while it waits.
+    pub async fn send(
+        &self,
+        mut chat: ChatId,
+        text: &str,
+        pace: &mut Pace,
+        requesting: impl Fn(bool),
+    ) {
         let mut failures = 0;
         let mut moved = false;
         loop {
@@ -95,7 +103,10 @@ impl Outbox {
                 pace.last_sent = Some(Instant::now());
             }
             let started = Instant::now();
-            let error = match self.bot.send_message(chat, text).await {
+            requesting(true);
+            let sent = self.bot.send_message(chat, text).await;
+            requesting(false);
+            let error = match sent {
                 Ok(_) => {
                     if failures > 0 {
                         tracing::info!(

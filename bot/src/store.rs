@@ -26,8 +26,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// retention) waits: every message queues behind the writer, so while another process holds
 /// the lock these give up quickly and the answers go out without them.
 const BEST_EFFORT_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a message's best-effort write waits for its turn on the writer and its own work:
+/// while another process holds the lock, each registration ahead of it waits out
+/// [`BUSY_TIMEOUT`] in turn, and a known user's /help must not wait for all of them.
+const BEST_EFFORT_WAIT: Duration = Duration::from_secs(2);
 /// The first revision with `handled_updates` and the /stats summaries.
 pub const REVISION_HANDLED_ONCE: u32 = 5;
+/// The first revision with `unsent_answers`.
+pub const REVISION_UNSENT_ANSWERS: u32 = 6;
 /// `last_seen_at` is written at most this often per user (it is shown rounded to this anyway).
 pub const LAST_SEEN_EVERY_MINUTES: u32 = 5;
 /// Days of `handled_updates` kept: Telegram delivers an update again within hours, and may
@@ -86,10 +92,43 @@ pub enum Registration {
 /// The outcome of a write made for one Telegram update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Handled<T> {
-    /// Written (or nothing needed writing).
+    /// Written, with the update's id (from revision 5).
     Done(T),
+    /// Nothing needed writing, so the update's id is not recorded either: its answer must
+    /// record it first (see [`Store::record_handled`]).
+    NothingWritten(T),
     /// The update's id was already recorded: it was handled before, nothing was written.
-    AlreadyHandled,
+    Before,
+}
+
+/// An answer a stopping bot could not send within its grace period, kept for the next start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsent {
+    /// The update it answers.
+    pub update_id: i64,
+    /// Where it goes.
+    pub chat_id: i64,
+    /// What it says.
+    pub text: String,
+}
+
+/// Which bot a database serves, as [`Store::claim`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This bot (now recorded, if the database named no bot before).
+    This,
+    /// Another bot: the database is left as it is.
+    Other {
+        /// Its Telegram id.
+        bot_id: i64,
+        /// Its username.
+        username: String,
+    },
+    /// Another bot's, moved to this one as asked: that bot's handled update ids are forgotten.
+    TakenOver {
+        /// The other bot's username.
+        username: String,
+    },
 }
 
 /// The numbers /stats shows. On revision 5 and later they are counted by the hour: the windows
@@ -180,6 +219,17 @@ impl Worker {
         what: &'static str,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        self.run_within(what, None, work).await
+    }
+
+    /// [`Worker::run`], giving up after `limit` (when given) if the work has not ended: the
+    /// work is then dropped unrun when its turn comes (or its result is, if it was running).
+    async fn run_within<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        limit: Option<Duration>,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
         let (reply, answer) = oneshot::channel();
         let closing = Arc::clone(&self.closing);
         let job: Job = Box::new(move |conn| {
@@ -193,7 +243,17 @@ impl Worker {
         self.requests
             .send(Request::Run(job))
             .map_err(|_| anyhow::Error::new(Closed).context(format!("cannot {what}")))?;
-        let result = answer.await.map_err(|_| {
+        let answer = match limit {
+            None => answer.await,
+            Some(limit) => match tokio::time::timeout(limit, answer).await {
+                Ok(answer) => answer,
+                Err(_) => anyhow::bail!(
+                    "cannot {what}: the database writer did not get to it within {} ms (writes ahead of it wait for a lock another process holds?)",
+                    limit.as_millis()
+                ),
+            },
+        };
+        let result = answer.map_err(|_| {
             if self.closing.load(Ordering::SeqCst) {
                 anyhow::Error::new(Closed).context(format!("cannot {what}"))
             } else {
@@ -297,27 +357,153 @@ impl Store {
         *failing_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records updates as handled, in one transaction: those whose handling wrote nothing (an
-    /// unknown user's /help) have no row of their own, and Telegram may deliver them again after
-    /// a restart. Ids already recorded are left as they are.
-    pub async fn note_handled(&self, update_ids: Vec<i64>) -> anyhow::Result<()> {
+    /// Records updates as handled, in one transaction, and says of each whether it is new
+    /// (false: recorded before, by a run before a restart or another instance with this token).
+    /// For those whose handling wrote nothing (an unknown user's /help): they have no row of
+    /// their own, and Telegram may deliver them again after a restart. Best effort: waits
+    /// briefly for the writer and for another process's lock. Before revision 5 every update
+    /// is new.
+    pub async fn record_handled(&self, update_ids: Vec<i64>) -> anyhow::Result<Vec<bool>> {
         if !self.handles_once() || update_ids.is_empty() {
-            return Ok(());
+            return Ok(vec![true; update_ids.len()]);
         }
         self.writer
-            .run("record the handled updates", move |conn| {
+            .run_within(
+                "record the handled updates",
+                Some(BEST_EFFORT_WAIT),
+                move |conn| {
+                    with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        let mut new = Vec::with_capacity(update_ids.len());
+                        for id in update_ids {
+                            new.push(mark_handled(&tx, id)?);
+                        }
+                        tx.commit()?;
+                        Ok(new)
+                    })
+                },
+            )
+            .await
+    }
+
+    /// Keeps answers not sent within the grace period for the next start, and records their
+    /// updates as handled, in one transaction; false when this build's schema has no place for
+    /// them (an older release's).
+    pub async fn keep_unsent(&self, answers: Vec<Unsent>) -> anyhow::Result<bool> {
+        if self.revision < REVISION_UNSENT_ANSWERS {
+            return Ok(false);
+        }
+        if answers.is_empty() {
+            return Ok(true);
+        }
+        let once = self.handles_once();
+        self.writer
+            .run("keep the unsent answers", move |conn| {
                 with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    {
-                        let mut insert = tx.prepare_cached(
-                            "INSERT OR IGNORE INTO handled_updates (update_id) VALUES (?1)",
-                        )?;
-                        for id in update_ids {
-                            insert.execute([id])?;
+                    for answer in answers {
+                        if once {
+                            mark_handled(&tx, answer.update_id)?;
                         }
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO unsent_answers (update_id, chat_id, text)
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![
+                            answer.update_id,
+                            answer.chat_id,
+                            answer.text
+                        ])?;
                     }
-                    tx.commit()
+                    tx.commit()?;
+                    Ok(true)
                 })
+            })
+            .await
+    }
+
+    /// Records that the database serves the bot `bot_id`, unless it serves another one; with
+    /// `take_over`, it is moved to this bot, forgetting the other's update ids and answers.
+    /// Before revision 6 a database names no bot: it is taken to be this one's.
+    pub async fn claim(
+        &self,
+        bot_id: i64,
+        username: &str,
+        take_over: bool,
+    ) -> anyhow::Result<Owner> {
+        if self.revision < REVISION_UNSENT_ANSWERS {
+            return Ok(Owner::This);
+        }
+        let username = username.to_owned();
+        self.writer
+            .run("record which bot the database serves", move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let recorded: Option<(i64, String)> = tx
+                    .query_row("SELECT bot_id, username FROM bot_identity", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let owner = match recorded {
+                    Some((other, theirs)) if other != bot_id => {
+                        if !take_over {
+                            return Ok(Owner::Other {
+                                bot_id: other,
+                                username: theirs,
+                            });
+                        }
+                        tx.execute_batch(
+                            "DELETE FROM handled_updates; DELETE FROM unsent_answers;",
+                        )?;
+                        Owner::TakenOver { username: theirs }
+                    }
+                    Some((_, ours)) if ours == username => return Ok(Owner::This),
+                    _ => Owner::This,
+                };
+                tx.execute(
+                    "INSERT INTO bot_identity (only_row, bot_id, username) VALUES (1, ?1, ?2)
+                     ON CONFLICT (only_row) DO UPDATE SET bot_id = excluded.bot_id,
+                        username = excluded.username,
+                        since = CASE WHEN bot_identity.bot_id = excluded.bot_id
+                            THEN bot_identity.since ELSE CURRENT_TIMESTAMP END",
+                    params![bot_id, username],
+                )?;
+                tx.commit()?;
+                Ok(owner)
+            })
+            .await
+    }
+
+    /// The answers a stopped bot kept for this start, oldest first.
+    pub async fn unsent(&self) -> anyhow::Result<Vec<Unsent>> {
+        if self.revision < REVISION_UNSENT_ANSWERS {
+            return Ok(Vec::new());
+        }
+        self.reader
+            .run("read the unsent answers", |conn| {
+                conn.prepare(
+                    "SELECT update_id, chat_id, text FROM unsent_answers ORDER BY update_id",
+                )?
+                .query_map([], |row| {
+                    Ok(Unsent {
+                        update_id: row.get(0)?,
+                        chat_id: row.get(1)?,
+                        text: row.get(2)?,
+                    })
+                })?
+                .collect()
+            })
+            .await
+    }
+
+    /// Deletes a kept answer once it is sent.
+    pub async fn sent(&self, update_id: i64) -> anyhow::Result<()> {
+        self.writer
+            .run("delete a sent answer", move |conn| {
+                conn.execute(
+                    "DELETE FROM unsent_answers WHERE update_id = ?1",
+                    [update_id],
+                )
+                .map(drop)
             })
             .await
     }
@@ -369,7 +555,7 @@ impl Store {
         self.writer.run("register the user", move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if once && !mark_handled(&tx, update_id)? {
-                return Ok(Handled::AlreadyHandled);
+                return Ok(Handled::Before);
             }
             let known = tx
                 .query_row(
@@ -415,62 +601,66 @@ impl Store {
     ) -> anyhow::Result<Handled<Option<StoredUser>>> {
         let once = self.handles_once();
         self.writer
-            .run("record the user's activity", move |conn| {
-                with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
-                    let every = format!("-{LAST_SEEN_EVERY_MINUTES} minutes");
-                    let lookup = |conn: &Connection| {
-                        conn.prepare_cached(SELECT_USER_DUE)?
-                            .query_row(params![telegram_id, language_code, every], |row| {
-                                Ok((row.get::<_, i64>(0)?, stored_user(row)?, row.get(9)?))
+            .run_within(
+                "record the user's activity",
+                Some(BEST_EFFORT_WAIT),
+                move |conn| {
+                    with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                        let every = format!("-{LAST_SEEN_EVERY_MINUTES} minutes");
+                        let lookup = |conn: &Connection| {
+                            conn.prepare_cached(SELECT_USER_DUE)?
+                                .query_row(params![telegram_id, language_code, every], |row| {
+                                    Ok((row.get::<_, i64>(0)?, stored_user(row)?, row.get(9)?))
+                                })
+                                .optional()
+                        };
+                        // Read first, without the write lock: most messages write nothing. An update
+                        // whose handling wrote nothing may still be recorded (see `record_handled`).
+                        let done = |conn: &Connection, user| -> rusqlite::Result<_> {
+                            Ok(if once && was_handled(conn, update_id)? {
+                                Handled::Before
+                            } else {
+                                Handled::NothingWritten(user)
                             })
-                            .optional()
-                    };
-                    // Read first, without the write lock: most messages write nothing. An update
-                    // whose handling wrote nothing may still be recorded (see `note_handled`).
-                    let done = |conn: &Connection, user| -> rusqlite::Result<_> {
-                        Ok(if once && was_handled(conn, update_id)? {
-                            Handled::AlreadyHandled
-                        } else {
-                            Handled::Done(user)
-                        })
-                    };
-                    match lookup(conn)? {
-                        None => return done(conn, None),
-                        Some((_, user, false)) if command.is_none() => {
-                            return done(conn, Some(user));
+                        };
+                        match lookup(conn)? {
+                            None => return done(conn, None),
+                            Some((_, user, false)) if command.is_none() => {
+                                return done(conn, Some(user));
+                            }
+                            Some(_) => {}
                         }
-                        Some(_) => {}
-                    }
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let (id, user, due) = match lookup(&tx)? {
-                        None => return Ok(Handled::Done(None)),
-                        Some((_, user, false)) if command.is_none() => {
-                            return Ok(Handled::Done(Some(user)));
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        let (id, user, due) = match lookup(&tx)? {
+                            None => return Ok(Handled::NothingWritten(None)),
+                            Some((_, user, false)) if command.is_none() => {
+                                return Ok(Handled::NothingWritten(Some(user)));
+                            }
+                            Some(found) => found,
+                        };
+                        if once && !mark_handled(&tx, update_id)? {
+                            return Ok(Handled::Before);
                         }
-                        Some(found) => found,
-                    };
-                    if once && !mark_handled(&tx, update_id)? {
-                        return Ok(Handled::AlreadyHandled);
-                    }
-                    let user = if due {
-                        tx.prepare_cached(
-                            "UPDATE users SET last_seen_at = CURRENT_TIMESTAMP,
+                        let user = if due {
+                            tx.prepare_cached(
+                                "UPDATE users SET last_seen_at = CURRENT_TIMESTAMP,
                                 language_code = coalesce(?2, language_code)
                              WHERE id = ?1
                              RETURNING id, telegram_id, username, first_name, last_name,
                                 language_code, is_admin, created_at, last_seen_at",
-                        )?
-                        .query_row(params![id, language_code], stored_user)?
-                    } else {
-                        user
-                    };
-                    if let Some(command) = &command {
-                        log_command(&tx, id, command)?;
-                    }
-                    tx.commit()?;
-                    Ok(Handled::Done(Some(user)))
-                })
-            })
+                            )?
+                            .query_row(params![id, language_code], stored_user)?
+                        } else {
+                            user
+                        };
+                        if let Some(command) = &command {
+                            log_command(&tx, id, command)?;
+                        }
+                        tx.commit()?;
+                        Ok(Handled::Done(Some(user)))
+                    })
+                },
+            )
             .await
     }
 
@@ -1069,6 +1259,77 @@ mod tests {
             .await
             .expect("the task ends once the store is closed")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_serves_one_bot_unless_another_takes_it_over() {
+        if migrations::head() < REVISION_UNSENT_ANSWERS {
+            return;
+        }
+        let db = TempDb::new("owner");
+        let store = db.open();
+        assert_eq!(
+            store.claim(1, "demo_bot", false).await.unwrap(),
+            Owner::This
+        );
+        assert_eq!(
+            store.claim(1, "renamed_bot", false).await.unwrap(),
+            Owner::This
+        );
+        store.register(7, facts(7), "start").await.unwrap();
+        let other = Owner::Other {
+            bot_id: 1,
+            username: "renamed_bot".into(),
+        };
+        assert_eq!(store.claim(2, "other_bot", false).await.unwrap(), other);
+        assert_eq!(
+            db.count("SELECT count(*) FROM handled_updates"),
+            1,
+            "left as it is"
+        );
+        assert_eq!(
+            store.claim(2, "other_bot", true).await.unwrap(),
+            Owner::TakenOver {
+                username: "renamed_bot".into()
+            }
+        );
+        assert_eq!(db.count("SELECT count(*) FROM handled_updates"), 0);
+        assert_eq!(db.count("SELECT count(*) FROM users"), 1, "the users stay");
+        assert_eq!(
+            store.claim(2, "other_bot", true).await.unwrap(),
+            Owner::This
+        );
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn answers_kept_at_a_stop_are_read_back_and_deleted_once_sent() {
+        if migrations::head() < REVISION_UNSENT_ANSWERS {
+            return;
+        }
+        let db = TempDb::new("unsent");
+        let store = db.open();
+        let kept = |update_id| Unsent {
+            update_id,
+            chat_id: 40 + update_id,
+            text: format!("answer {update_id}"),
+        };
+        assert!(store.keep_unsent(vec![kept(3), kept(2)]).await.unwrap());
+        assert_eq!(store.unsent().await.unwrap(), [kept(2), kept(3)]);
+        assert_eq!(
+            store.record_handled(vec![2, 3, 4]).await.unwrap(),
+            [false, false, true],
+            "their updates are recorded as handled with them"
+        );
+        store.sent(2).await.unwrap();
+        assert_eq!(store.unsent().await.unwrap(), [kept(3)]);
+        store.close().await.unwrap();
+
+        let older = TempDb::at("unsent-older", REVISION_UNSENT_ANSWERS - 1);
+        let store = older.open_as_release(REVISION_UNSENT_ANSWERS - 1);
+        assert!(!store.keep_unsent(vec![kept(1)]).await.unwrap());
+        assert!(store.unsent().await.unwrap().is_empty());
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

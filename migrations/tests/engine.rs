@@ -390,12 +390,13 @@ fn downgrade_runs_down_files_in_order_and_stops_before_a_step_without_one() {
     let plan = db.plan_downgrade(1).unwrap();
     let files: Vec<&str> = plan.steps.iter().map(|s| s.file).collect();
     let down_files = [
+        "0006_unsent_answers_bot_identity.down.sql",
         "0005_handled_updates_stats.down.sql",
         "0004_users_rebuild.down.sql",
         "0003_command_log.down.sql",
         "0002_user_activity.down.sql",
     ];
-    assert_eq!(files, down_files[5 - head() as usize..]);
+    assert_eq!(files, down_files[6 - head() as usize..]);
     let mut undone = Vec::new();
     db.downgrade(1, |m| undone.push(m.version)).unwrap();
     assert_eq!(undone, (2..=head()).rev().collect::<Vec<_>>());

@@ -46,13 +46,15 @@ fn check_migrations_passes_on_the_real_tree() {
 fn new_migration_writes_the_next_number_with_a_header() {
     let dir = copy("new");
     let d = dir.to_str().unwrap();
+    let next = highest_revision(&dir) + 1;
+    let name = |n: u32| format!("{n:04}_add_notes.up.sql");
     let out = xtask(&["new-migration", "add_notes", "--dry-run", "--dir", d]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!dir.join("0006_add_notes.up.sql").exists());
+    assert!(!dir.join(name(next)).exists());
     let out = xtask(&["new-migration", "add_notes", "--json", "--dir", d]);
     assert!(
         out.status.success(),
@@ -60,9 +62,9 @@ fn new_migration_writes_the_next_number_with_a_header() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["revision"], 6);
-    let up = fs::read_to_string(dir.join("0006_add_notes.up.sql")).unwrap();
-    let down = fs::read_to_string(dir.join("0006_add_notes.down.sql")).unwrap();
+    assert_eq!(report["revision"], next);
+    let up = fs::read_to_string(dir.join(name(next))).unwrap();
+    let down = fs::read_to_string(dir.join(format!("{next:04}_add_notes.down.sql"))).unwrap();
     assert!(
         up.contains("never be edited") && down.contains("up, down, up"),
         "{up}\n{down}"
@@ -70,7 +72,7 @@ fn new_migration_writes_the_next_number_with_a_header() {
     // The empty pair checks, but changes nothing: it is new, not yet released.
     let out = xtask(&["check-migrations", "--json", "--dir", d]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["report"]["unreleased"][0], "0006_add_notes.up.sql");
+    assert_eq!(report["report"]["unreleased"][0], name(next).as_str());
     // The same name again, a bad name: refused (3) and usage (2), nothing written.
     assert_eq!(
         xtask(&["new-migration", "add_notes", "--dir", d])
@@ -84,8 +86,20 @@ fn new_migration_writes_the_next_number_with_a_header() {
             .code(),
         Some(2)
     );
-    assert!(!dir.join("0007_add_notes.up.sql").exists());
+    assert!(!dir.join(name(next + 1)).exists());
     fs::remove_dir_all(dir).unwrap();
+}
+
+/// The highest revision among the migration files in `dir`.
+fn highest_revision(dir: &std::path::Path) -> u32 {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().ok()?;
+            name.strip_suffix(".up.sql")?.get(..4)?.parse().ok()
+        })
+        .max()
+        .expect("migration files")
 }
 
 #[test]

@@ -191,7 +191,7 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
     eprintln!("telegram: /stats at {} users", label(plan.stats_users));
     let stats = local.stats(sh, plan.stats_users)?;
     eprintln!(
-        "telegram: upgrade to revision 5 {}; /stats {:?}; /help {:?}",
+        "telegram: upgrade to the head {}; /stats {:?}; /help {:?}",
         show(stats.upgrade),
         stats.stats.iter().map(|d| show(*d)).collect::<Vec<_>>(),
         stats.help.iter().map(|d| show(*d)).collect::<Vec<_>>()
@@ -428,7 +428,7 @@ impl Local {
     }
 
     /// /stats and /help of an admin, on a fresh copy of the kept database of `users` users,
-    /// upgraded to revision 5.
+    /// upgraded to the head.
     fn stats(&self, sh: &Shell, users: u64) -> anyhow::Result<Stats> {
         let (kept, made) = self.dataset(sh, users)?;
         let bytes = std::fs::metadata(&kept)?.len();

@@ -34,6 +34,9 @@ pub struct Record {
     pub env_before: Option<PathBuf>,
     /// The environment file it runs with after.
     pub env_after: Option<PathBuf>,
+    /// The Compose profile it deployed (`demo`: with the stand-in), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// SHA-256 of the environment file deployed (to notice a changed `.env`).
     pub env_sha256: Option<String>,
     /// The database revision before.

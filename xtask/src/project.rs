@@ -3,7 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use xshell::Shell;
+
+use crate::compose::Stack;
 use crate::exit;
+use crate::history;
 use crate::secrets;
 
 /// Options shared by every task that drives the stack.
@@ -12,7 +16,8 @@ pub struct StackArgs {
     /// Answer yes to every question (for scripts).
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Run with the Bot API stand-in instead of Telegram; no token needed.
+    /// Run with the Bot API stand-in instead of Telegram; no token needed. Without it (and
+    /// without --env-file) a task uses what the project's last deploy used.
     #[arg(long)]
     pub demo: bool,
     /// The Compose project (else COMPOSE_PROJECT_NAME, else Compose's default, `docker`).
@@ -31,7 +36,8 @@ pub struct StackArgs {
     /// project.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub keep: usize,
-    /// The bot's environment file (default `.env`, or `docker/demo.env` with --demo).
+    /// The bot's environment file (default: the last deploy's, else `.env`, or
+    /// `docker/demo.env` with --demo).
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
     /// Seconds to wait for the bot to become healthy.
@@ -57,6 +63,29 @@ impl StackArgs {
         };
         base.join(project)
     }
+}
+
+/// The stack a task works on: the project from the options; the environment file and the
+/// profile from `--env-file` and `--demo`, else those the project's last deploy used (every
+/// task after a deploy, the next deploy included, works on what it deployed), else `.env`.
+pub fn stack(sh: &Shell, args: &StackArgs) -> anyhow::Result<Stack> {
+    let project = project_name(args.project_name.as_deref())?;
+    let told = args.demo || args.env_file.is_some();
+    let last = if told {
+        None
+    } else {
+        history::last_change(&history::read(&args.state_dir(&project))?).cloned()
+    };
+    let demo = args.demo || last.as_ref().and_then(|r| r.profile.as_deref()) == Some("demo");
+    let mut stack = Stack::new(sh, &project, demo)?;
+    if let Some(env_file) = &args.env_file {
+        stack.env_file = std::fs::canonicalize(env_file).map_err(|e| {
+            exit::not_ready(format!("the environment file {}: {e}", env_file.display()))
+        })?;
+    } else if let Some(env_file) = last.and_then(|r| r.env_after).filter(|f| f.exists()) {
+        stack.env_file = env_file;
+    }
+    Ok(stack)
 }
 
 /// The repository's root.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use common::{Project, SERIAL, old_app_database, report, steps, text, xtask};
 use rusqlite::Connection;
+use serde_json::Value;
 
 #[test]
 fn the_seeds_database_is_adopted_upgraded_and_served() {
@@ -99,8 +100,20 @@ fn the_seeds_database_is_adopted_upgraded_and_served() {
 fn first_deploy_on_a_fresh_volume_leaves_a_current_database_and_a_healthy_bot() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("fresh");
-    let deploy = project.xtask("first-deploy", &["--yes"]);
+    // An empty volume and no bot: nothing to lose, so no question (no --yes, no terminal),
+    // and no downtime, since nothing served before.
+    let deploy = project.xtask("first-deploy", &["--json"]);
     assert!(deploy.status.success(), "{}", text(&deploy));
+    let outcome = report(&deploy);
+    assert_eq!(outcome["downtime_seconds"], Value::Null, "{outcome}");
+    // A bot that serves now: stopping it asks, and without a terminal it needs --yes.
+    let restart = project.xtask("restart", &[]);
+    assert_eq!(restart.status.code(), Some(2), "{}", text(&restart));
+    assert!(
+        String::from_utf8_lossy(&restart.stderr).contains("pass --yes"),
+        "{}",
+        text(&restart)
+    );
     let status = project.db_status();
     assert_eq!(status["state"], "current", "{status}");
     assert_eq!(status["version"], status["head"], "{status}");
@@ -109,6 +122,26 @@ fn first_deploy_on_a_fresh_volume_leaves_a_current_database_and_a_healthy_bot() 
         "healthy"
     );
     let help = project.xtask("chat", &["/help"]);
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("/start"),
+        "{}",
+        text(&help)
+    );
+    // Plain text gets no answer from the bot: said so, not "is the demo stack up?".
+    let plain = project.xtask("chat", &["hello", "--wait-ms", "1500"]);
+    assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
+    let said = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        said.contains("no answer in 2 s: the bot answers commands only")
+            && !said.contains("is the demo stack up"),
+        "{said}"
+    );
+    // Without --demo, tasks work on what the last deploy deployed (its profile and environment
+    // file, from the history): no "Couldn't find env file", no "pass --demo".
+    let name = project.name.as_str();
+    let logs = xtask(&["logs", "--project-name", name]);
+    assert!(logs.status.success(), "{}", text(&logs));
+    let help = xtask(&["chat", "--project-name", name, "/help"]);
     assert!(
         String::from_utf8_lossy(&help.stdout).contains("/start"),
         "{}",

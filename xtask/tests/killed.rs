@@ -216,6 +216,16 @@ fn a_killed_backup_is_closed_by_the_next_backup() {
     );
     let status = project.status_json();
     assert_eq!(status["unfinished"], serde_json::json!([]), "{status}");
+    // The backup is the last task, not the last deploy: status shows the two apart.
+    assert_eq!(status["last_other_task"]["task"], "backup", "{status}");
+    assert_eq!(status["last_other_task"]["result"], "ok", "{status}");
+    assert!(
+        matches!(
+            status["last_deploy"]["task"].as_str(),
+            Some("first-deploy" | "prod-full-update" | "prod-migrate" | "recover")
+        ),
+        "{status}"
+    );
     let lines = history(&project);
     let backups: Vec<&Value> = lines.iter().filter(|l| l["task"] == "backup").collect();
     assert_eq!(backups.len(), 2, "{lines:?}");

@@ -149,7 +149,7 @@ impl Deploy<'_> {
     fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let (sh, args, printer) = (self.sh, self.args, self.printer);
         report.dry_run = args.dry_run;
-        let stack = check_machine(sh, args, !args.demo, printer, report)?;
+        let stack = check_machine(sh, args, true, printer, report)?;
         let mut all_containers = stack.bot_containers(sh)?;
         old_app::refuse_a_scaled_old_app(&all_containers)?;
         if !args.dry_run {
@@ -214,7 +214,9 @@ impl Deploy<'_> {
                 backups::require_room(sh, &self.state_dir, status.copy_bytes())
             })?;
         }
-        confirm(args.yes, &question(running, &status, &old))?;
+        if something_to_lose(running, &status, &old) {
+            confirm(args.yes, &question(running, &status, &old))?;
+        }
         report.changed = true;
         // From the first change until the bot serves again (or the rollback ends), a signal is
         // held: stopping halfway would leave the bot down.
@@ -297,6 +299,7 @@ impl Deploy<'_> {
             r.image_before_tag = image.clone();
             // The path, never a copy: no file this tool writes holds a secret.
             r.env_after = Some(stack.env_file.clone());
+            r.profile = stack.demo.then(|| "demo".to_owned());
         });
         Ok(Previous {
             image,
@@ -520,6 +523,16 @@ impl Deploy<'_> {
     }
 }
 
+/// Whether the deploy can cost something (a bot that serves stops, data is migrated or brought
+/// over from the old app), and so asks first: on an empty volume with no bot serving there is
+/// nothing to lose, and nothing to ask.
+fn something_to_lose(running: bool, status: &DbStatus, old: &OldApp) -> bool {
+    running
+        || old.container.is_some()
+        || old.import.is_some()
+        || (status.needs_migration() && status.state != "empty")
+}
+
 fn question(running: bool, status: &DbStatus, old: &OldApp) -> String {
     let mut question = String::from("This will");
     if running {
@@ -559,5 +572,24 @@ mod tests {
         );
         status.state = "current".into();
         assert!(!question(false, &status, &OldApp::default()).contains("migrate"));
+    }
+
+    #[test]
+    fn only_a_deploy_that_can_cost_something_asks() {
+        let none = OldApp::default();
+        let mut status = DbStatus::empty(4);
+        assert_eq!(status.state, "empty");
+        assert!(!something_to_lose(false, &status, &none), "a fresh volume");
+        assert!(
+            something_to_lose(true, &status, &none),
+            "a serving bot stops"
+        );
+        status.state = "current".into();
+        assert!(
+            !something_to_lose(false, &status, &none),
+            "a stopped bot starts"
+        );
+        status.state = "behind".into();
+        assert!(something_to_lose(false, &status, &none), "data is migrated");
     }
 }

@@ -23,7 +23,9 @@ use crate::project::{self, StackArgs};
 use crate::report::Report;
 use crate::signals;
 
-/// Checks the machine and names the stack: the first step of every task.
+/// Checks the machine and names the stack (see [`project::stack`]): the first step of every
+/// task. `needs_token`: the bot is (re)started with the environment file, which must then hold
+/// a token, unless the stack is the demo's.
 pub fn check_machine(
     sh: &Shell,
     args: &StackArgs,
@@ -33,11 +35,8 @@ pub fn check_machine(
 ) -> anyhow::Result<Stack> {
     printer.step(report, "check machine", || {
         let engine = docker::check_daemon(sh)?;
-        let mut stack = Stack::new(sh, &project::project_name(args.project_name.as_deref())?, args.demo)?;
-        if let Some(env_file) = &args.env_file {
-            stack.env_file = std::fs::canonicalize(env_file)
-                .map_err(|e| exit::not_ready(format!("the environment file {}: {e}", env_file.display())))?;
-        }
+        let stack = project::stack(sh, args)?;
+        let needs_token = needs_token && !stack.demo;
         // Parsed whatever the task: a malformed file is refused by its line number before
         // Compose could print its content, and its values are scrubbed from then on.
         if stack.env_file.exists() {

@@ -10,12 +10,7 @@ use crate::report::Report;
 
 /// `cargo xtask logs [-f]`: the bot's log.
 pub fn logs(sh: &Shell, args: &StackArgs, follow: bool, tail: usize) -> anyhow::Result<()> {
-    let stack = crate::compose::Stack::new(
-        sh,
-        &crate::project::project_name(args.project_name.as_deref())?,
-        args.demo,
-    )?;
-    stack.logs(sh, follow, tail)
+    crate::project::stack(sh, args)?.logs(sh, follow, tail)
 }
 
 /// `cargo xtask restart`: restarts the bot and waits until it is healthy.

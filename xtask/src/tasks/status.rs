@@ -1,11 +1,11 @@
 //! `cargo xtask status`: the bot's container and health, its image, the database's revision and
-//! pending migrations, the last backup, the last deploy, and the deploy lock with its holder.
+//! pending migrations, the last backup, the last deploy and (apart) the last other task, and the
+//! deploy lock with its holder.
 
 use serde_json::json;
 use xshell::Shell;
 
 use crate::backups;
-use crate::compose::Stack;
 use crate::database;
 use crate::deploy;
 use crate::docker;
@@ -23,11 +23,7 @@ pub struct Args {
 /// Prints the status; `--json` prints one object.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     docker::check_daemon(sh)?;
-    let stack = Stack::new(
-        sh,
-        &project::project_name(args.stack.project_name.as_deref())?,
-        args.stack.demo,
-    )?;
+    let stack = project::stack(sh, &args.stack)?;
     let container = stack.bot_container(sh)?;
     let image = docker::image_id(sh, &stack.bot_image)?;
     let database = match image {
@@ -52,7 +48,17 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
                 r.time
             )
         });
-    let last_deploy = records.last().cloned();
+    // A refused rollback or a backup is not "the last deploy": each is shown apart.
+    let last_deploy = records
+        .iter()
+        .rev()
+        .find(|r| history::is_deploy(&r.task))
+        .cloned();
+    let last_other = records
+        .iter()
+        .rev()
+        .find(|r| !history::is_deploy(&r.task))
+        .cloned();
     // A run that started and never ended: running now if it holds the lock, else killed.
     let running_since = held
         .as_ref()
@@ -81,6 +87,7 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             "imported_from": imported_from,
             "last_backup": last_backup,
             "last_deploy": last_deploy,
+            "last_other_task": last_other,
             "unfinished": unfinished.iter().map(|r| json!({
                 "task": r.task, "time": r.time, "operator": r.operator, "pid": r.pid,
                 "step": r.step, "volume": r.volume, "backup": r.backup,
@@ -149,6 +156,12 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             d.time, d.task, d.operator, d.result
         ),
         None => println!("last deploy: none recorded"),
+    }
+    if let Some(t) = last_other {
+        println!(
+            "last task:   {} {} by {}: {}",
+            t.time, t.task, t.operator, t.result
+        );
     }
     for run in &unfinished {
         println!(

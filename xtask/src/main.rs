@@ -68,6 +68,9 @@ enum Task {
     History(StackArgs),
     /// Run the preflight checks alone, each with its fix.
     Doctor(StackArgs),
+    /// `bot db ARGS` on the project's volume in a throw-away container: reads at once; writes
+    /// (upgrade, downgrade, stamp, adopt) after a question, under the deploy lock, after a backup.
+    Db(tasks::db::Args),
     /// The bot's log.
     Logs {
         #[command(flatten)]
@@ -148,6 +151,16 @@ fn main() -> std::process::ExitCode {
         Task::Ci => plain(tasks::ci::run(&sh)),
         Task::Status(args) => plain(tasks::status::run(&sh, args)),
         Task::Chat(args) => plain(tasks::chat::run(&sh, args)),
+        Task::Db(args) => match args.kind() {
+            Err(error) => plain(Err(error)),
+            Ok(tasks::db::Kind::Reads) => plain(tasks::db::read(&sh, &args)),
+            Ok(tasks::db::Kind::Writes) => {
+                let stack = args.stack.clone();
+                reported(&sh, "db", stack, move |sh, _, printer, report| {
+                    tasks::db::write(sh, &args, printer, report)
+                })
+            }
+        },
         Task::Bench(args) => plain(bench::run(&sh, args)),
     };
     std::process::ExitCode::from(code as u8)

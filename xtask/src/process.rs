@@ -84,6 +84,27 @@ pub fn run(cmd: Cmd<'_>, what: &str) -> anyhow::Result<Finished> {
 /// Every error is scrubbed of the environment file's secrets.
 pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result<Finished> {
     let shown = secrets::scrub(&cmd.to_string());
+    let (status, finished) = run_to_end(cmd, what, timeout)?;
+    if !status.success() {
+        let code = status
+            .code()
+            .map_or("a signal".to_owned(), |c| c.to_string());
+        bail!(
+            "{what}: `{shown}` exited with {code}:\n{}",
+            tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
+        );
+    }
+    Ok(finished)
+}
+
+/// Runs `cmd` to the end within `timeout` (else kills it and fails), whatever its exit status:
+/// the status and what it printed, for a caller that passes the command's own verdict on.
+pub fn run_to_end(
+    cmd: Cmd<'_>,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<(std::process::ExitStatus, Finished)> {
+    let shown = secrets::scrub(&cmd.to_string());
     let what = secrets::scrub(what);
     let mut command: Command = cmd.into();
     crate::signals::own_group(&mut command)
@@ -126,16 +147,7 @@ pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result
         stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
         stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
     };
-    if !status.success() {
-        let code = status
-            .code()
-            .map_or("a signal".to_owned(), |c| c.to_string());
-        bail!(
-            "{what}: `{shown}` exited with {code}:\n{}",
-            tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
-        );
-    }
-    Ok(finished)
+    Ok((status, finished))
 }
 
 /// The last `lines` lines of what a command printed, indented, scrubbed of the environment

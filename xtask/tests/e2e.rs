@@ -147,6 +147,62 @@ fn first_deploy_on_a_fresh_volume_leaves_a_current_database_and_a_healthy_bot() 
         "{}",
         text(&help)
     );
+
+    // `cargo xtask db`: `bot db` on the project's volume. Reading runs at once.
+    let read = xtask(&["db", "--project-name", name, "status", "--json"]);
+    assert!(read.status.success(), "{}", text(&read));
+    let state: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(state["state"], "current", "{state}");
+    // Writing asks (no terminal here: refused, nothing done), then backs up under the lock.
+    let backups = || {
+        std::fs::read_dir(project.state_dir())
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".db")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = backups();
+    let unasked = xtask(&["db", "--project-name", name, "downgrade", "--to", "4"]);
+    assert_eq!(unasked.status.code(), Some(2), "{}", text(&unasked));
+    assert_eq!(project.db_status()["version"], status["head"]);
+    let down = xtask(&[
+        "db",
+        "--project-name",
+        name,
+        "--yes",
+        "downgrade",
+        "--to",
+        "4",
+    ]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(project.db_status()["version"], 4);
+    assert_eq!(backups(), before + 1, "a backup before the write");
+    let up = xtask(&["db", "--project-name", name, "--yes", "upgrade"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert_eq!(project.db_status()["version"], status["head"]);
+    // Refused by the engine: its exit code is passed on (3), its message shown.
+    let stamp = xtask(&["db", "--project-name", name, "--yes", "stamp", "2"]);
+    assert_eq!(stamp.status.code(), Some(3), "{}", text(&stamp));
+    // What another task does is named.
+    let other = xtask(&["db", "--project-name", name, "backup", "/tmp/x.db"]);
+    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("cargo xtask backup"));
+    let history = xtask(&["history", "--project-name", name, "--json"]);
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    let writes: Vec<&Value> = history["deploys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["task"] == "db" && r["result"] == "ok")
+        .collect();
+    assert_eq!(writes.len(), 2, "the downgrade and the upgrade: {history}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod chat;
 pub mod ci;
+pub mod db;
 pub mod doctor;
 pub mod history;
 pub mod ops;

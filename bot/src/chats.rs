@@ -3,7 +3,7 @@
 //! while the polling loop goes on fetching. A user who writes faster than the per-user limit is
 //! not answered (and costs no write) until they slow down.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ pub struct Sending {
     answer: Unsent,
     /// A request is out: if the send is cut off now, Telegram may have delivered it.
     requesting: bool,
+    /// It is an answer a stop kept, sent again (its row stays until it is sent).
+    kept: bool,
 }
 
 /// What [`Chats::finish`] leaves.
@@ -57,14 +59,21 @@ pub struct Finished {
     pub lowest_unanswered: Option<i64>,
     /// Answers cut off while they waited (a 429, the limits): surely not delivered.
     pub unsent: Vec<Unsent>,
-    /// Answers cut off with a request out: maybe delivered, so not sent again.
+    /// Kept answers sent, or cut off with the request out (maybe delivered): their rows go.
+    pub sent_kept: Vec<i64>,
+    /// New answers cut off with a request out: maybe delivered, so not sent again.
     pub maybe_sent: usize,
 }
 
-/// One message to answer.
-struct Job {
-    update_id: i64,
-    message: Message,
+/// What a chat's worker does next.
+enum Job {
+    /// Answer a message.
+    Message {
+        update_id: i64,
+        message: Box<Message>,
+    },
+    /// Send an answer a stop kept.
+    Kept(Unsent),
 }
 
 /// A chat's worker: its queue, and how many of its messages are queued or being answered.
@@ -78,8 +87,13 @@ pub struct Chats {
     shared: Arc<Shared>,
     workers: HashMap<ChatId, Worker>,
     running: JoinSet<()>,
-    /// Update ids handed out and not yet answered.
-    unfinished: Arc<Mutex<BTreeSet<i64>>>,
+    /// Update ids handed out and not yet answered, with the message while it is not saved in
+    /// `pending_updates` (see [`Chats::take_unsaved`]).
+    unfinished: Arc<Mutex<BTreeMap<i64, Option<Message>>>>,
+    /// Kept answers handed to the workers and not yet deleted from the database.
+    kept: HashSet<i64>,
+    /// Kept answers sent (or cut off with the request out), whose rows are to be deleted.
+    sent_kept: Arc<Mutex<Vec<i64>>>,
     /// Told each time a message is answered: the polling loop may move its offset on.
     progress: Arc<Notify>,
     per_user: Option<PerUserLimit>,
@@ -95,6 +109,8 @@ impl Chats {
             workers: HashMap::new(),
             running: JoinSet::new(),
             unfinished: Arc::default(),
+            kept: HashSet::new(),
+            sent_kept: Arc::default(),
             progress: Arc::default(),
             per_user: (user_messages_per_minute > 0)
                 .then(|| PerUserLimit::new(user_messages_per_minute)),
@@ -120,9 +136,72 @@ impl Chats {
                 tracing::info!("user {user} slowed down: answered again");
             }
         }
-        lock(&self.unfinished).insert(update_id);
+        lock(&self.unfinished).insert(update_id, Some(message.clone()));
         let chat = message.chat.id;
-        let job = Job { update_id, message };
+        self.hand_over(
+            chat,
+            Job::Message {
+                update_id,
+                message: Box::new(message),
+            },
+        );
+    }
+
+    /// Hands a message saved before a stop or a crash (`pending_updates`) to its chat's
+    /// worker, as [`Chats::dispatch`] does (it is saved already).
+    pub fn dispatch_saved(&mut self, update_id: i64, message: Message) {
+        self.dispatch(update_id, message);
+        if let Some(unsaved) = lock(&self.unfinished).get_mut(&update_id) {
+            *unsaved = None;
+        }
+    }
+
+    /// Hands an answer a stop kept to its chat's worker, unless it was handed over already:
+    /// it goes out in order with the chat's other answers, at the chat's pace.
+    pub fn dispatch_kept(&mut self, answer: Unsent) {
+        if self.kept.insert(answer.update_id) {
+            self.hand_over(ChatId(answer.chat_id), Job::Kept(answer));
+        }
+    }
+
+    /// The kept answers sent since the last call, whose rows are to be deleted (then see
+    /// [`Chats::deleted_kept`]).
+    pub fn take_sent_kept(&self) -> Vec<i64> {
+        std::mem::take(&mut *lock(&self.sent_kept))
+    }
+
+    /// Notes kept answers whose rows are deleted now, or (`deleted` false) to delete later.
+    pub fn deleted_kept(&mut self, update_ids: Vec<i64>, deleted: bool) {
+        if deleted {
+            for id in update_ids {
+                self.kept.remove(&id);
+            }
+        } else {
+            lock(&self.sent_kept).extend(update_ids);
+        }
+    }
+
+    /// The messages handed out, not answered, below `below` and not saved yet: taken to be
+    /// saved before the offset passes them (see [`Chats::unsaved_again`] when that fails).
+    pub fn take_unsaved(&self, below: i64) -> Vec<(i64, Message)> {
+        lock(&self.unfinished)
+            .range_mut(..below)
+            .filter_map(|(id, message)| message.take().map(|m| (*id, m)))
+            .collect()
+    }
+
+    /// Puts back messages [`Chats::take_unsaved`] took whose saving failed.
+    pub fn unsaved_again(&self, messages: Vec<(i64, Message)>) {
+        let mut unfinished = lock(&self.unfinished);
+        for (id, message) in messages {
+            if let Some(slot) = unfinished.get_mut(&id) {
+                *slot = Some(message);
+            }
+        }
+    }
+
+    /// Gives `job` to `chat`'s worker, starting one if needed.
+    fn hand_over(&mut self, chat: ChatId, job: Job) {
         let job = match self.workers.get(&chat) {
             Some(worker) => {
                 worker.pending.fetch_add(1, Ordering::SeqCst);
@@ -147,6 +226,7 @@ impl Chats {
             jobs,
             Arc::clone(&pending),
             Arc::clone(&self.unfinished),
+            Arc::clone(&self.sent_kept),
             Arc::clone(&self.progress),
         ));
         self.workers.insert(chat, Worker { queue, pending });
@@ -159,7 +239,7 @@ impl Chats {
 
     /// The lowest update handed out and not yet answered.
     pub fn lowest_unanswered(&self) -> Option<i64> {
-        lock(&self.unfinished).first().copied()
+        lock(&self.unfinished).keys().next().copied()
     }
 
     /// Messages handed out and not yet answered.
@@ -196,10 +276,15 @@ impl Chats {
             std::mem::take(&mut *lock(&self.shared.sending))
                 .into_values()
                 .partition(|sending| sending.requesting);
+        let (kept_out, new_out): (Vec<Sending>, Vec<Sending>) =
+            requesting.into_iter().partition(|s| s.kept);
+        let mut sent_kept = std::mem::take(&mut *lock(&self.sent_kept));
+        sent_kept.extend(kept_out.into_iter().map(|s| s.answer.update_id));
         Finished {
-            lowest_unanswered: lock(&unfinished).first().copied(),
+            lowest_unanswered: lock(&unfinished).keys().next().copied(),
             unsent: waiting.into_iter().map(|s| s.answer).collect(),
-            maybe_sent: requesting.len(),
+            sent_kept,
+            maybe_sent: new_out.len(),
         }
     }
 }
@@ -259,13 +344,23 @@ async fn work(
     shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     pending: Arc<AtomicUsize>,
-    unfinished: Arc<Mutex<BTreeSet<i64>>>,
+    unfinished: Arc<Mutex<BTreeMap<i64, Option<Message>>>>,
+    sent_kept: Arc<Mutex<Vec<i64>>>,
     progress: Arc<Notify>,
 ) {
     let mut pace = Pace::default();
-    while let Some(Job { update_id, message }) = jobs.recv().await {
-        answer(&shared, update_id, message, &mut pace).await;
-        lock(&unfinished).remove(&update_id);
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Message { update_id, message } => {
+                answer(&shared, update_id, *message, &mut pace).await;
+                lock(&unfinished).remove(&update_id);
+            }
+            Job::Kept(kept) => {
+                let update_id = kept.update_id;
+                send(&shared, kept, true, &mut pace).await;
+                lock(&sent_kept).push(update_id);
+            }
+        }
         pending.fetch_sub(1, Ordering::SeqCst);
         progress.notify_one();
     }
@@ -291,7 +386,9 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
         },
         text: text.to_owned(),
     };
-    shared.outbox.wait_turn(message.chat.id, pace).await;
+    if commands::is_answered(incoming.chat, &incoming.text, &shared.me) {
+        shared.outbox.wait_turn(message.chat.id, pace).await;
+    }
     let answered = commands::answer(&shared.store, &shared.admins, &shared.me, incoming).await;
     let (reply, record) = match answered {
         Ok(Answer::Reply(reply, record)) => (reply, record),
@@ -329,17 +426,25 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
         }
         Record::Later => shared.recorder.later(update_id),
     }
-    let text = fit(reply);
     let answer = Unsent {
         update_id,
         chat_id: message.chat.id.0,
-        text: text.clone(),
+        text: fit(reply),
     };
+    send(shared, answer, false, pace).await;
+}
+
+/// Sends `answer`, noted in [`Shared::sending`] while it goes: a stop that cuts it off keeps
+/// it if it was waiting, and knows it may be delivered if its request was out.
+async fn send(shared: &Shared, answer: Unsent, kept: bool, pace: &mut Pace) {
+    let update_id = answer.update_id;
+    let (chat, text) = (ChatId(answer.chat_id), answer.text.clone());
     lock(&shared.sending).insert(
         update_id,
         Sending {
             answer,
             requesting: false,
+            kept,
         },
     );
     let requesting = |out: bool| {
@@ -347,26 +452,8 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
             sending.requesting = out;
         }
     };
-    shared
-        .outbox
-        .send(message.chat.id, &text, pace, requesting)
-        .await;
+    shared.outbox.send(chat, &text, pace, requesting).await;
     lock(&shared.sending).remove(&update_id);
-}
-
-/// Sends the answers a stopped bot kept (see [`Finished::unsent`]), each deleted once sent.
-pub async fn send_kept(shared: Arc<Shared>, kept: Vec<Unsent>) {
-    let mut paces: HashMap<i64, Pace> = HashMap::new();
-    for answer in kept {
-        let pace = paces.entry(answer.chat_id).or_default();
-        shared
-            .outbox
-            .send(ChatId(answer.chat_id), &answer.text, pace, |_| {})
-            .await;
-        if let Err(e) = shared.store.sent(answer.update_id).await {
-            tracing::warn!("{e:#}; the next start may send that answer again");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,17 @@ pub enum Record {
     Later,
 }
 
+/// Whether a message gets an answer at all: a command for this bot (in a group, addressed to
+/// it or one it knows). Decided from the text alone, before any database work, so that only
+/// messages that will be answered wait for a turn at Telegram's limits.
+pub fn is_answered(chat: ChatKind, text: &str, me: &str) -> bool {
+    match parse_command(text) {
+        Some(command) if !command.is_for(me) => false,
+        Some(command) => !(chat == ChatKind::Group && command.bot.is_none() && !command.is_known()),
+        None => false,
+    }
+}
+
 /// A command in a message's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedCommand {
@@ -259,10 +270,7 @@ pub async fn answer(
     let group = chat == ChatKind::Group;
     let command = parse_command(&text);
     match &command {
-        Some(command) if !command.is_for(me) => return Ok(Answer::Nothing),
-        Some(command) if group && command.bot.is_none() && !command.is_known() => {
-            return Ok(Answer::Nothing);
-        }
+        Some(_) if !is_answered(chat, &text, me) => return Ok(Answer::Nothing),
         None if group => return Ok(Answer::Nothing),
         _ => {}
     }

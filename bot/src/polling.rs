@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use teloxide::RequestError;
 use teloxide::prelude::*;
-use teloxide::types::{AllowedUpdate, BotCommand, Me, UpdateKind};
+use teloxide::types::{AllowedUpdate, BotCommand, Me, Message, UpdateKind};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::chats::{Chats, MAX_IN_FLIGHT, Shared, send_kept};
+use crate::chats::{Chats, Finished, MAX_IN_FLIGHT, Shared};
 use crate::commands::COMMANDS;
 use crate::config::{AdminIds, Config, Telegram};
 use crate::failures::{Failure, backoff, describe, token_rejected};
@@ -23,7 +23,7 @@ use crate::handled::Recorder;
 use crate::health::Health;
 use crate::migrating;
 use crate::replies::Outbox;
-use crate::store::{Owner, Store, Unsent};
+use crate::store::{Owner, Store};
 
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
 const POLL_TIMEOUT_SECS: u32 = 10;
@@ -34,6 +34,15 @@ const MAX_UNCONFIRMED: i64 = 90;
 /// The longest pause before asking again when Telegram sent only updates already being
 /// answered (a message answered meanwhile ends it early).
 const REPOLL_PAUSE: Duration = Duration::from_millis(250);
+/// How often the loop looks for answers a stop kept and deletes those sent (see [`Upkeep`]).
+const UPKEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often saved updates that are handled are deleted.
+const TIDY_PENDING_EVERY: Duration = Duration::from_secs(60);
+/// How long saving the updates the offset passes waits for another process's lock.
+const SAVE_PENDING_WAIT: Duration = Duration::from_secs(2);
+/// From the stop signal, by when the stop's last writes must be done: Compose kills the bot
+/// 10 s after its SIGTERM, and the offset's confirmation and the close come after them.
+const STOP_WRITES_BY: Duration = Duration::from_secs(8);
 
 /// The offsets of `getUpdates`. An offset confirms every update below it, and Telegram forgets
 /// what is confirmed: so the offset stays at the lowest update still being answered, and a
@@ -61,7 +70,7 @@ impl Offsets {
                 if !self.told_ahead {
                     // Expected under a burst (a thousand users at once): not a complaint.
                     tracing::info!(
-                        "update {lowest} is still being answered {} updates behind; confirming past it so that other chats' messages come (a crash now would lose what is not answered yet)",
+                        "update {lowest} is still being answered {} updates behind; confirming past it (what it passes is saved first) so that other chats' messages come",
                         self.after_all - lowest
                     );
                     self.told_ahead = true;
@@ -71,6 +80,17 @@ impl Offsets {
             None => self.after_all,
         };
         to_offset(offset)
+    }
+
+    /// Whether the next offset passes `lowest_unanswered` (then the updates it passes are
+    /// saved first: see `pending_updates`).
+    fn passes(&self, lowest_unanswered: Option<i64>) -> bool {
+        lowest_unanswered.is_some_and(|lowest| self.after_all - lowest > MAX_UNCONFIRMED)
+    }
+
+    /// The offset that holds at `lowest_unanswered`, when what it would pass cannot be saved.
+    fn hold(&self, lowest_unanswered: Option<i64>) -> i32 {
+        to_offset(lowest_unanswered.unwrap_or(self.after_all))
     }
 
     /// The offset a stop confirms: up to the lowest update left unanswered, or past them all.
@@ -314,8 +334,10 @@ async fn serve(
         recorder: Recorder::start(store.clone()),
         sending: Mutex::default(),
     });
-    let sending_kept = send_kept_answers(&shared).await;
     let mut chats = Chats::new(Arc::clone(&shared), telegram.user_messages_per_minute);
+    let mut offsets = Offsets::default();
+    answer_saved_updates(&store, &mut chats, &mut offsets).await;
+    let mut upkeep = Upkeep::default();
     match store.forget_old_updates().await {
         Ok(0) => {}
         Ok(forgotten) => tracing::info!(
@@ -325,7 +347,6 @@ async fn serve(
         Err(e) => tracing::warn!("{e:#}"),
     }
     let retention = crate::retention::spawn_retention(store.clone(), telegram.command_log_days);
-    let mut offsets = Offsets::default();
     let mut retries = Retries::new("getUpdates");
     let mut probed = false;
     let mut polled = false;
@@ -352,9 +373,16 @@ async fn serve(
             health.beat();
             continue;
         }
+        upkeep.run(&store, &mut chats).await;
         // The first poll returns at once: a deploy waits for it to call the bot ready, and an
         // idle long poll would keep it waiting for the whole timeout.
-        let offset = offsets.next(chats.lowest_unanswered());
+        let lowest = chats.lowest_unanswered();
+        let offset =
+            if offsets.passes(lowest) && !save_before_passing(&store, &chats, &offsets).await {
+                offsets.hold(lowest)
+            } else {
+                offsets.next(lowest)
+            };
         let poll = bot
             .get_updates()
             .offset(offset)
@@ -410,6 +438,7 @@ async fn serve(
             }
         }
     };
+    let stopping = Instant::now();
     retention.abort();
     let answering = chats.in_flight();
     tracing::info!(
@@ -424,51 +453,135 @@ async fn serve(
         }
     );
     let finished = chats.finish(telegram.stop_grace).await;
-    if let Some(task) = sending_kept {
-        task.abort();
-    }
     if let Err(e) = store.record_handled(shared.recorder.stop()).await {
         tracing::warn!(
             "{e:#}; the next start may answer the last messages that wrote nothing again"
         );
     }
-    keep_unsent(&store, finished.unsent, finished.maybe_sent).await;
     let unanswered = finished.lowest_unanswered;
+    let left = (stopping + STOP_WRITES_BY).saturating_duration_since(Instant::now());
+    keep_unsent(&store, finished, left.max(Duration::from_millis(500))).await;
     confirm_offset(&bot, token, offsets.at_stop(unanswered), unanswered).await;
     Ok(())
 }
 
-/// Starts sending the answers the last stop kept, if there are any.
-async fn send_kept_answers(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
-    match shared.store.unsent().await {
-        Ok(kept) if kept.is_empty() => None,
-        Ok(kept) => {
-            tracing::info!(
-                "sending {} answer(s) the last stop could not send in its grace period",
-                kept.len()
-            );
-            Some(tokio::spawn(send_kept(Arc::clone(shared), kept)))
+/// What the loop does between polls, every [`UPKEEP_EVERY`]: hands the answers a stop kept
+/// to their chats (also those the old bot of a deploy keeps after this one started), deletes
+/// the rows of kept answers sent (again later if the database is locked), and now and then
+/// the saved updates that are handled.
+#[derive(Default)]
+struct Upkeep {
+    last: Option<Instant>,
+    pending_tidied: Option<Instant>,
+}
+
+impl Upkeep {
+    async fn run(&mut self, store: &Store, chats: &mut Chats) {
+        if self.last.is_some_and(|last| last.elapsed() < UPKEEP_EVERY) {
+            return;
         }
-        Err(e) => {
-            tracing::warn!("{e:#}; answers kept by the last stop are sent at the next start");
-            None
+        self.last = Some(Instant::now());
+        match store.unsent().await {
+            Ok(kept) => {
+                for answer in kept {
+                    chats.dispatch_kept(answer);
+                }
+            }
+            Err(e) => tracing::warn!("{e:#}; answers a stop kept are sent later"),
+        }
+        let sent = chats.take_sent_kept();
+        if !sent.is_empty() {
+            match store.sent(sent.clone()).await {
+                Ok(()) => chats.deleted_kept(sent, true),
+                Err(e) => {
+                    tracing::warn!("{e:#}; tried again in a moment");
+                    chats.deleted_kept(sent, false);
+                }
+            }
+        }
+        if self
+            .pending_tidied
+            .is_none_or(|at| at.elapsed() >= TIDY_PENDING_EVERY)
+        {
+            self.pending_tidied = Some(Instant::now());
+            if let Err(e) = store.forget_handled_pending().await {
+                tracing::warn!("{e:#}");
+            }
         }
     }
 }
 
-/// Keeps the answers cut off by the end of the grace period for the next start (their updates'
-/// effects are committed, so the next start would not answer them).
-async fn keep_unsent(store: &Store, unsent: Vec<Unsent>, maybe_sent: usize) {
-    if maybe_sent > 0 {
-        tracing::warn!(
-            "{maybe_sent} answer(s) were cut off by the end of the grace period while their request was out: Telegram may have delivered them, so they are not sent again"
-        );
-    }
-    let count = unsent.len();
-    if count == 0 {
+/// At a start: answers the updates a stop or a crash left saved and unanswered (the offset had
+/// passed them, so Telegram will not send them again).
+async fn answer_saved_updates(store: &Store, chats: &mut Chats, offsets: &mut Offsets) {
+    let saved = match store.pending().await {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!("{e:#}; updates saved by the last run are answered at the next start");
+            return;
+        }
+    };
+    if saved.is_empty() {
         return;
     }
-    match store.keep_unsent(unsent).await {
+    tracing::info!(
+        "answering {} update(s) the last run fetched, saved and did not answer",
+        saved.len()
+    );
+    for (id, body) in saved {
+        match serde_json::from_str::<Message>(&body) {
+            Ok(message) => {
+                offsets.is_new(id);
+                chats.dispatch_saved(id, message);
+            }
+            Err(e) => tracing::warn!("saved update {id} cannot be read back ({e}); passed over"),
+        }
+    }
+}
+
+/// Saves the updates the next offset passes before they are answered; false (the offset then
+/// holds) when the database does not take them.
+async fn save_before_passing(store: &Store, chats: &Chats, offsets: &Offsets) -> bool {
+    let unsaved = chats.take_unsaved(offsets.after_all);
+    if unsaved.is_empty() {
+        return true;
+    }
+    let bodies: Vec<(i64, String)> = unsaved
+        .iter()
+        .filter_map(|(id, message)| serde_json::to_string(message).ok().map(|b| (*id, b)))
+        .collect();
+    match store.save_pending(bodies, SAVE_PENDING_WAIT).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "{e:#}; the offset stays below the updates being answered until they are saved or answered (new messages wait at Telegram meanwhile)"
+            );
+            chats.unsaved_again(unsaved);
+            false
+        }
+    }
+}
+
+/// At a stop: keeps the answers cut off by the end of the grace period for the next start
+/// (their updates' effects are committed, so the next start would not answer them), and
+/// deletes the rows of kept answers sent (or cut off with the request out), waiting up to
+/// `limit` for another process's lock.
+async fn keep_unsent(store: &Store, finished: Finished, limit: Duration) {
+    if finished.maybe_sent > 0 {
+        tracing::warn!(
+            "{} answer(s) were cut off by the end of the grace period while their request was out: Telegram may have delivered them, so they are not sent again",
+            finished.maybe_sent
+        );
+    }
+    let count = finished.unsent.len();
+    if count == 0 && finished.sent_kept.is_empty() {
+        return;
+    }
+    match store
+        .keep_unsent(finished.unsent, finished.sent_kept, limit)
+        .await
+    {
+        Ok(_) if count == 0 => {}
         Ok(true) => tracing::info!(
             "{count} answer(s) not sent within the grace period (waiting for Telegram's limits) are kept in the database: the next start sends them"
         ),

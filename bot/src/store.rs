@@ -386,22 +386,29 @@ impl Store {
             .await
     }
 
-    /// Keeps answers not sent within the grace period for the next start, and records their
-    /// updates as handled, in one transaction; false when this build's schema has no place for
-    /// them (an older release's).
-    pub async fn keep_unsent(&self, answers: Vec<Unsent>) -> anyhow::Result<bool> {
+    /// At a stop: keeps the answers not sent within the grace period for the next start and
+    /// records their updates as handled, and deletes the kept answers in `forget` (sent again
+    /// by this run with the request out when it was cut off: maybe delivered), in one
+    /// transaction, waiting up to `limit` for another process's lock; false when this build's
+    /// schema has no place for them (an older release's).
+    pub async fn keep_unsent(
+        &self,
+        keep: Vec<Unsent>,
+        forget: Vec<i64>,
+        limit: Duration,
+    ) -> anyhow::Result<bool> {
         if self.revision < REVISION_UNSENT_ANSWERS {
             return Ok(false);
         }
-        if answers.is_empty() {
+        if keep.is_empty() && forget.is_empty() {
             return Ok(true);
         }
         let once = self.handles_once();
         self.writer
             .run("keep the unsent answers", move |conn| {
-                with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                with_busy_timeout(conn, limit, |conn| {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    for answer in answers {
+                    for answer in keep {
                         if once {
                             mark_handled(&tx, answer.update_id)?;
                         }
@@ -414,6 +421,10 @@ impl Store {
                             answer.chat_id,
                             answer.text
                         ])?;
+                    }
+                    for update_id in forget {
+                        tx.prepare_cached("DELETE FROM unsent_answers WHERE update_id = ?1")?
+                            .execute([update_id])?;
                     }
                     tx.commit()?;
                     Ok(true)
@@ -452,7 +463,8 @@ impl Store {
                             });
                         }
                         tx.execute_batch(
-                            "DELETE FROM handled_updates; DELETE FROM unsent_answers;",
+                            "DELETE FROM handled_updates; DELETE FROM unsent_answers;
+                             DELETE FROM pending_updates;",
                         )?;
                         Owner::TakenOver { username: theirs }
                     }
@@ -470,6 +482,77 @@ impl Store {
                 tx.commit()?;
                 Ok(owner)
             })
+            .await
+    }
+
+    /// Writes updates the offset is about to pass before they are answered (their ids and
+    /// their JSON), in one transaction: Telegram forgets them then, and a start after a crash
+    /// or a stop answers them from here. Waits up to `limit` for another process's lock.
+    pub async fn save_pending(
+        &self,
+        updates: Vec<(i64, String)>,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        if self.revision < REVISION_UNSENT_ANSWERS || updates.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .run("save the updates not answered yet", move |conn| {
+                with_busy_timeout(conn, limit, |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    {
+                        let mut insert = tx.prepare_cached(
+                            "INSERT OR IGNORE INTO pending_updates (update_id, body) VALUES (?1, ?2)",
+                        )?;
+                        for (id, body) in updates {
+                            insert.execute(params![id, body])?;
+                        }
+                    }
+                    tx.commit()
+                })
+            })
+            .await
+    }
+
+    /// The saved updates not handled yet (see [`Store::save_pending`]), oldest first.
+    pub async fn pending(&self) -> anyhow::Result<Vec<(i64, String)>> {
+        if self.revision < REVISION_UNSENT_ANSWERS {
+            return Ok(Vec::new());
+        }
+        self.reader
+            .run("read the updates not answered yet", |conn| {
+                conn.prepare(
+                    "SELECT update_id, body FROM pending_updates
+                     WHERE update_id NOT IN (SELECT update_id FROM handled_updates)
+                     ORDER BY update_id",
+                )?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+            })
+            .await
+    }
+
+    /// Deletes the saved updates that are handled now, and those of over
+    /// [`HANDLED_UPDATES_DAYS`] ago; returns how many. Best effort.
+    pub async fn forget_handled_pending(&self) -> anyhow::Result<usize> {
+        if self.revision < REVISION_UNSENT_ANSWERS {
+            return Ok(0);
+        }
+        self.writer
+            .run_within(
+                "forget the saved updates that are handled",
+                Some(BEST_EFFORT_WAIT),
+                |conn| {
+                    with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                        conn.prepare_cached(
+                            "DELETE FROM pending_updates
+                             WHERE update_id IN (SELECT update_id FROM handled_updates)
+                                OR saved_at < datetime('now', ?1)",
+                        )?
+                        .execute([format!("-{HANDLED_UPDATES_DAYS} days")])
+                    })
+                },
+            )
             .await
     }
 
@@ -495,16 +578,23 @@ impl Store {
             .await
     }
 
-    /// Deletes a kept answer once it is sent.
-    pub async fn sent(&self, update_id: i64) -> anyhow::Result<()> {
+    /// Deletes kept answers once they are sent. Best effort: the caller tries again later.
+    pub async fn sent(&self, update_ids: Vec<i64>) -> anyhow::Result<()> {
         self.writer
-            .run("delete a sent answer", move |conn| {
-                conn.execute(
-                    "DELETE FROM unsent_answers WHERE update_id = ?1",
-                    [update_id],
-                )
-                .map(drop)
-            })
+            .run_within(
+                "delete the sent answers",
+                Some(BEST_EFFORT_WAIT),
+                move |conn| {
+                    with_busy_timeout(conn, BEST_EFFORT_BUSY_TIMEOUT, |conn| {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        for update_id in update_ids {
+                            tx.prepare_cached("DELETE FROM unsent_answers WHERE update_id = ?1")?
+                                .execute([update_id])?;
+                        }
+                        tx.commit()
+                    })
+                },
+            )
             .await
     }
 
@@ -1314,21 +1404,60 @@ mod tests {
             chat_id: 40 + update_id,
             text: format!("answer {update_id}"),
         };
-        assert!(store.keep_unsent(vec![kept(3), kept(2)]).await.unwrap());
+        let limit = Duration::from_secs(1);
+        assert!(
+            store
+                .keep_unsent(vec![kept(3), kept(2), kept(5)], Vec::new(), limit)
+                .await
+                .unwrap()
+        );
+        assert!(store.keep_unsent(Vec::new(), vec![5], limit).await.unwrap());
         assert_eq!(store.unsent().await.unwrap(), [kept(2), kept(3)]);
         assert_eq!(
             store.record_handled(vec![2, 3, 4]).await.unwrap(),
             [false, false, true],
             "their updates are recorded as handled with them"
         );
-        store.sent(2).await.unwrap();
+        store.sent(vec![2]).await.unwrap();
         assert_eq!(store.unsent().await.unwrap(), [kept(3)]);
         store.close().await.unwrap();
 
         let older = TempDb::at("unsent-older", REVISION_UNSENT_ANSWERS - 1);
         let store = older.open_as_release(REVISION_UNSENT_ANSWERS - 1);
-        assert!(!store.keep_unsent(vec![kept(1)]).await.unwrap());
+        assert!(
+            !store
+                .keep_unsent(vec![kept(1)], Vec::new(), Duration::from_secs(1))
+                .await
+                .unwrap()
+        );
         assert!(store.unsent().await.unwrap().is_empty());
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn updates_saved_before_the_offset_passes_them_are_read_back_until_handled() {
+        if migrations::head() < REVISION_UNSENT_ANSWERS {
+            return;
+        }
+        let db = TempDb::new("pending");
+        let store = db.open();
+        let limit = Duration::from_secs(1);
+        store
+            .save_pending(vec![(7, "{}".into()), (3, "{\"a\":1}".into())], limit)
+            .await
+            .unwrap();
+        store
+            .save_pending(vec![(3, "again".into())], limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pending().await.unwrap(),
+            [(3, "{\"a\":1}".to_owned()), (7, "{}".to_owned())]
+        );
+        store.record_handled(vec![3]).await.unwrap();
+        assert_eq!(store.pending().await.unwrap(), [(7, "{}".to_owned())]);
+        assert_eq!(store.forget_handled_pending().await.unwrap(), 1);
+        assert_eq!(db.count("SELECT count(*) FROM pending_updates"), 1);
         store.close().await.unwrap();
     }
 

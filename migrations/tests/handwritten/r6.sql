@@ -130,3 +130,8 @@ create table bot_identity (
   username  varchar(64) not null,
   since     timestamp not null default current_timestamp
 );
+CREATE TABLE "pending_updates" (
+  "update_id" INTEGER NOT NULL PRIMARY KEY,
+  "body" TEXT NOT NULL,
+  "saved_at" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use teloxide::prelude::*;
 
-use crate::failures::{Failure, backoff, describe};
+use crate::config::redact;
+use crate::failures::{Failure, backoff};
 
 /// Tries of one sendMessage before the answer is dropped (and logged).
 pub const SEND_ATTEMPTS: u32 = 5;
@@ -19,6 +20,8 @@ pub const SEND_ATTEMPTS: u32 = 5;
 const PRIVATE_CHAT_SPACING: Duration = Duration::from_millis(1100);
 /// See [`PRIVATE_CHAT_SPACING`].
 const GROUP_SPACING: Duration = Duration::from_millis(3300);
+/// How long a slot of the overall limit taken by [`Outbox::wait_turn`] stays good for the send.
+const FRESH_SLOT: Duration = Duration::from_millis(500);
 /// The spacing of all messages, 10% over Telegram's 30 a second.
 const OVERALL_SPACING: Duration = Duration::from_micros(36_700);
 
@@ -28,6 +31,8 @@ const OVERALL_SPACING: Duration = Duration::from_micros(36_700);
 #[derive(Debug, Default)]
 pub struct Pace {
     last_sent: Option<Instant>,
+    /// When [`Outbox::wait_turn`] took a slot of the overall limit for the next send.
+    slot_taken: Option<Instant>,
 }
 
 impl Pace {
@@ -74,10 +79,14 @@ impl Outbox {
 
     /// Waits until `chat` may get its next message. A worker calls it before it handles the
     /// message, so that its effects are committed just before the answer goes out: a crash
-    /// while a chat waits for its turn leaves the message unhandled, to be delivered again.
-    pub async fn wait_turn(&self, chat: ChatId, pace: &Pace) {
-        if self.overall.is_some() {
+    /// while a chat waits for its turn leaves the message unhandled, to be delivered again (or
+    /// saved, see `pending_updates`). The turn includes the overall limit: under a burst the
+    /// chats queue there, and a message handled first and sent later would be lost to a crash.
+    pub async fn wait_turn(&self, chat: ChatId, pace: &mut Pace) {
+        if let Some(overall) = &self.overall {
             tokio::time::sleep(pace.wait(chat, Instant::now())).await;
+            overall.until_ready().await;
+            pace.slot_taken = Some(Instant::now());
         }
     }
 
@@ -98,16 +107,21 @@ impl Outbox {
         let mut moved = false;
         loop {
             if let Some(overall) = &self.overall {
-                tokio::time::sleep(pace.wait(chat, Instant::now())).await;
-                overall.until_ready().await;
+                // The slot the turn took, if it is fresh (a handling that waited long for the
+                // database would otherwise bunch its send with later ones).
+                let fresh = pace
+                    .slot_taken
+                    .take()
+                    .is_some_and(|at| at.elapsed() < FRESH_SLOT);
+                if !fresh {
+                    tokio::time::sleep(pace.wait(chat, Instant::now())).await;
+                    overall.until_ready().await;
+                }
                 pace.last_sent = Some(Instant::now());
             }
             let started = Instant::now();
-            requesting(true);
-            let sent = self.bot.send_message(chat, text).await;
-            requesting(false);
-            let error = match sent {
-                Ok(_) => {
+            let (failure, error) = match self.send_once(chat, text, &requesting).await {
+                Ok(()) => {
                     if failures > 0 {
                         tracing::info!(
                             "sendMessage to chat {chat} went through after {failures} failed attempts"
@@ -115,9 +129,8 @@ impl Outbox {
                     }
                     return;
                 }
-                Err(error) => error,
+                Err(failed) => failed,
             };
-            let failure = Failure::of(&error);
             if let Failure::MovedTo(new_chat) = failure
                 && !moved
             {
@@ -144,7 +157,7 @@ impl Outbox {
                     tracing::warn!(
                         "sendMessage to chat {chat} failed (attempt {failures} of {SEND_ATTEMPTS}), retrying in {:.1}s: {}",
                         wait.as_secs_f32(),
-                        describe(&error, &self.token)
+                        error
                     );
                     Some(wait)
                 }
@@ -159,13 +172,89 @@ impl Outbox {
                     _ => "Telegram refused it".to_owned(),
                 };
                 tracing::warn!(
-                    "sendMessage to chat {chat} failed, answer dropped ({why}): {}",
-                    describe(&error, &self.token)
+                    "sendMessage to chat {chat} failed, answer dropped ({why}): {error}"
                 );
                 return;
             };
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+impl Outbox {
+    /// One `sendMessage`, through teloxide's HTTP client, its answer read here: teloxide waits
+    /// 10 s inside a request that got a 5xx before it reports it, and a stop in that wait could
+    /// not tell a refused answer (to keep for the next start) from one maybe delivered.
+    /// `requesting` is true from the request until its status is known. The error says what
+    /// failed without the token or Telegram's raw answer.
+    async fn send_once(
+        &self,
+        chat: ChatId,
+        text: &str,
+        requesting: &impl Fn(bool),
+    ) -> Result<(), (Failure, String)> {
+        let mut url = self.bot.api_url();
+        url.path_segments_mut()
+            .map_err(|()| {
+                (
+                    Failure::Refused,
+                    "TELEGRAM_API_URL cannot take a path".to_owned(),
+                )
+            })?
+            .push(&format!("bot{}", self.token))
+            .push("sendMessage");
+        requesting(true);
+        let response = self
+            .bot
+            .client()
+            .post(url)
+            .json(&serde_json::json!({"chat_id": chat.0, "text": text}))
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                requesting(false);
+                let failure = if e.is_connect() {
+                    Failure::Unreached
+                } else {
+                    Failure::Unknown
+                };
+                return Err((failure, redact(&e.without_url().to_string(), &self.token)));
+            }
+        };
+        let status = response.status();
+        requesting(false);
+        if status.is_server_error() {
+            return Err((Failure::NotDone, format!("Telegram answered {status}")));
+        }
+        let body = response.text().await.unwrap_or_default();
+        let answer: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+        let Some(answer) = answer.filter(|a| a.get("ok").is_some()) else {
+            return Err((
+                Failure::Unknown,
+                format!("Telegram's answer ({status}) is not JSON this build understands"),
+            ));
+        };
+        if answer["ok"] == true {
+            return Ok(());
+        }
+        let description = answer["description"].as_str().unwrap_or_default();
+        // The reason only (what precedes Telegram's details), never the rest of the answer.
+        let reason = description.split(':').next().unwrap_or_default().trim();
+        let parameters = &answer["parameters"];
+        let failure = if let Some(seconds) = parameters["retry_after"].as_u64() {
+            Failure::RetryAfter(Duration::from_secs(seconds))
+        } else if let Some(moved) = parameters["migrate_to_chat_id"].as_i64() {
+            Failure::MovedTo(ChatId(moved))
+        } else if status.as_u16() == 401 {
+            Failure::TokenRejected
+        } else if status.is_client_error() {
+            Failure::Refused
+        } else {
+            Failure::Unknown
+        };
+        Err((failure, format!("Telegram answered {status}: {reason}")))
     }
 }
 
@@ -208,6 +297,7 @@ mod tests {
         );
         let sent = Pace {
             last_sent: Some(now),
+            ..Pace::default()
         };
         assert_eq!(sent.wait(ChatId(1), now), PRIVATE_CHAT_SPACING);
         assert_eq!(

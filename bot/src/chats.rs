@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::commands::{self, Answer, ChatKind, Incoming, Record};
 use crate::config::{AdminIds, redact};
 use crate::handled::{Recorder, Recording};
-use crate::replies::{Outbox, Pace, fit};
+use crate::replies::{Outbox, Pace, Sent, fit};
 use crate::store::{Store, Unsent, UserFacts};
 
 /// The answer when the database fails under a message, so the user is not left waiting.
@@ -159,6 +159,13 @@ impl Chats {
     /// Hands an answer a stop kept to its chat's worker, unless it was handed over already:
     /// it goes out in order with the chat's other answers, at the chat's pace.
     pub fn dispatch_kept(&mut self, answer: Unsent) {
+        // One being sent (and kept while Telegram does not take it), or sent and not deleted
+        // yet, is not handed over again.
+        if lock(&self.shared.sending).contains_key(&answer.update_id)
+            || lock(&self.sent_kept).contains(&answer.update_id)
+        {
+            return;
+        }
         if self.kept.insert(answer.update_id) {
             self.hand_over(ChatId(answer.chat_id), Job::Kept(answer));
         }
@@ -352,7 +359,9 @@ async fn work(
     while let Some(job) = jobs.recv().await {
         match job {
             Job::Message { update_id, message } => {
-                answer(&shared, update_id, *message, &mut pace).await;
+                if answer(&shared, update_id, *message, &mut pace).await {
+                    lock(&sent_kept).push(update_id);
+                }
                 lock(&unfinished).remove(&update_id);
             }
             Job::Kept(kept) => {
@@ -366,9 +375,10 @@ async fn work(
     }
 }
 
-async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pace) {
+/// Answers one message; whether its answer ended up kept in the database (see [`send`]).
+async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pace) -> bool {
     let (Some(from), Some(text)) = (message.from.as_ref(), message.text()) else {
-        return;
+        return false;
     };
     let incoming = Incoming {
         update_id,
@@ -396,13 +406,13 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
             // Nothing to answer twice; recorded all the same, in the next batch, so that a
             // second delivery is passed over without a look at the database's users.
             shared.recorder.later(update_id);
-            return;
+            return false;
         }
         Ok(Answer::AlreadyHandled) => {
             tracing::info!(
                 "update {update_id} was handled before (its effects are in the database): not answered again"
             );
-            return;
+            return false;
         }
         Err(e) => {
             tracing::error!(
@@ -421,7 +431,7 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
                 tracing::info!(
                     "update {update_id} was answered before (before a restart, or by another instance with this BOT_TOKEN): not answered again"
                 );
-                return;
+                return false;
             }
         }
         Record::Later => shared.recorder.later(update_id),
@@ -431,14 +441,20 @@ async fn answer(shared: &Shared, update_id: i64, message: Message, pace: &mut Pa
         chat_id: message.chat.id.0,
         text: fit(reply),
     };
-    send(shared, answer, false, pace).await;
+    send(shared, answer, false, pace).await
 }
 
 /// Sends `answer`, noted in [`Shared::sending`] while it goes: a stop that cuts it off keeps
-/// it if it was waiting, and knows it may be delivered if its request was out.
-async fn send(shared: &Shared, answer: Unsent, kept: bool, pace: &mut Pace) {
+/// it if it was waiting, and knows it may be delivered if its request was out. An answer
+/// Telegram surely did not take after every try (an outage) is kept in the database (a crash
+/// meanwhile leaves it to the next start) and tried again every [`NOT_YET_PAUSE`], the chat's
+/// later answers waiting behind it. Returns whether this call put it in the database (its row
+/// is then to be deleted).
+async fn send(shared: &Shared, answer: Unsent, kept: bool, pace: &mut Pace) -> bool {
     let update_id = answer.update_id;
     let (chat, text) = (ChatId(answer.chat_id), answer.text.clone());
+    // In `sending` until it is done, pauses included: the upkeep hands no kept answer over
+    // twice, and a stop keeps it.
     lock(&shared.sending).insert(
         update_id,
         Sending {
@@ -452,9 +468,38 @@ async fn send(shared: &Shared, answer: Unsent, kept: bool, pace: &mut Pace) {
             sending.requesting = out;
         }
     };
-    shared.outbox.send(chat, &text, pace, requesting).await;
+    let mut saved = false;
+    while shared.outbox.send(chat, &text, pace, &requesting).await == Sent::NotYet {
+        let unsaved = lock(&shared.sending)
+            .get(&update_id)
+            .filter(|s| !s.kept)
+            .map(|s| s.answer.clone());
+        if let Some(answer) = unsaved {
+            match shared
+                .store
+                .keep_unsent(vec![answer], Vec::new(), KEEP_WAIT)
+                .await
+            {
+                Ok(true) => {
+                    saved = true;
+                    if let Some(sending) = lock(&shared.sending).get_mut(&update_id) {
+                        sending.kept = true;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{e:#}; the answer is tried again, not kept"),
+            }
+        }
+        tokio::time::sleep(NOT_YET_PAUSE).await;
+    }
     lock(&shared.sending).remove(&update_id);
+    saved
 }
+
+/// How long keeping an answer Telegram did not take waits for another process's lock.
+const KEEP_WAIT: Duration = Duration::from_secs(2);
+/// The pause before an answer Telegram did not take after every try is tried again.
+const NOT_YET_PAUSE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

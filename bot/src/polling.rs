@@ -481,14 +481,6 @@ impl Upkeep {
             return;
         }
         self.last = Some(Instant::now());
-        match store.unsent().await {
-            Ok(kept) => {
-                for answer in kept {
-                    chats.dispatch_kept(answer);
-                }
-            }
-            Err(e) => tracing::warn!("{e:#}; answers a stop kept are sent later"),
-        }
         let sent = chats.take_sent_kept();
         if !sent.is_empty() {
             match store.sent(sent.clone()).await {
@@ -498,6 +490,14 @@ impl Upkeep {
                     chats.deleted_kept(sent, false);
                 }
             }
+        }
+        match store.unsent().await {
+            Ok(kept) => {
+                for answer in kept {
+                    chats.dispatch_kept(answer);
+                }
+            }
+            Err(e) => tracing::warn!("{e:#}; answers a stop kept are sent later"),
         }
         if self
             .pending_tidied

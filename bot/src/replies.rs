@@ -21,7 +21,7 @@ const PRIVATE_CHAT_SPACING: Duration = Duration::from_millis(1100);
 /// See [`PRIVATE_CHAT_SPACING`].
 const GROUP_SPACING: Duration = Duration::from_millis(3300);
 /// How long a slot of the overall limit taken by [`Outbox::wait_turn`] stays good for the send.
-const FRESH_SLOT: Duration = Duration::from_millis(500);
+const FRESH_SLOT: Duration = Duration::from_millis(50);
 /// The spacing of all messages, 10% over Telegram's 30 a second.
 const OVERALL_SPACING: Duration = Duration::from_micros(36_700);
 
@@ -101,8 +101,8 @@ impl Outbox {
         mut chat: ChatId,
         text: &str,
         pace: &mut Pace,
-        requesting: impl Fn(bool),
-    ) {
+        requesting: &impl Fn(bool),
+    ) -> Sent {
         let mut failures = 0;
         let mut moved = false;
         loop {
@@ -120,14 +120,14 @@ impl Outbox {
                 pace.last_sent = Some(Instant::now());
             }
             let started = Instant::now();
-            let (failure, error) = match self.send_once(chat, text, &requesting).await {
+            let (failure, error) = match self.send_once(chat, text, requesting).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(
                             "sendMessage to chat {chat} went through after {failures} failed attempts"
                         );
                     }
-                    return;
+                    return Sent::Delivered;
                 }
                 Err(failed) => failed,
             };
@@ -164,17 +164,20 @@ impl Outbox {
                 _ => None,
             };
             let Some(wait) = wait else {
+                if failure.safe_to_retry() {
+                    tracing::warn!(
+                        "sendMessage to chat {chat} failed {failures} times, surely not delivered: the answer is kept and tried again in a moment: {error}"
+                    );
+                    return Sent::NotYet;
+                }
                 let why = match failure {
-                    Failure::Unknown => {
-                        "it may have been delivered, so it is not sent again".to_owned()
-                    }
-                    _ if failure.safe_to_retry() => format!("after {failures} attempts"),
-                    _ => "Telegram refused it".to_owned(),
+                    Failure::Unknown => "it may have been delivered, so it is not sent again",
+                    _ => "Telegram refused it",
                 };
                 tracing::warn!(
                     "sendMessage to chat {chat} failed, answer dropped ({why}): {error}"
                 );
-                return;
+                return Sent::Dropped;
             };
             tokio::time::sleep(wait).await;
         }
@@ -239,12 +242,13 @@ impl Outbox {
         if answer["ok"] == true {
             return Ok(());
         }
-        let description = answer["description"].as_str().unwrap_or_default();
-        // The reason only (what precedes Telegram's details), never the rest of the answer.
-        let reason = description.split(':').next().unwrap_or_default().trim();
+        // The status only, never Telegram's description: it may echo the user's data.
         let parameters = &answer["parameters"];
         let failure = if let Some(seconds) = parameters["retry_after"].as_u64() {
             Failure::RetryAfter(Duration::from_secs(seconds))
+        } else if status.as_u16() == 429 {
+            // Too many requests, without saying how long to wait: not done, retried later.
+            Failure::NotDone
         } else if let Some(moved) = parameters["migrate_to_chat_id"].as_i64() {
             Failure::MovedTo(ChatId(moved))
         } else if status.as_u16() == 401 {
@@ -254,8 +258,19 @@ impl Outbox {
         } else {
             Failure::Unknown
         };
-        Err((failure, format!("Telegram answered {status}: {reason}")))
+        Err((failure, format!("Telegram answered {status}")))
     }
+}
+
+/// How a send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Telegram has it.
+    Delivered,
+    /// Refused, or maybe delivered: not sent again.
+    Dropped,
+    /// Surely not delivered after [`SEND_ATTEMPTS`] tries (an outage): to keep and try later.
+    NotYet,
 }
 
 /// Telegram's limit on a message's length, in characters.

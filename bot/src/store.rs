@@ -181,6 +181,28 @@ pub struct Closed;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+thread_local! {
+    /// On a connection's thread, while a job runs: whether its asker is gone (see
+    /// [`abandoned`]).
+    static ASKER: std::cell::RefCell<Option<Box<dyn Fn() -> bool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Whether nobody waits any more for the job running on this connection's thread (its chat's
+/// worker was cut off by a stop, or gave up waiting): a write checks it before it commits, so
+/// that what an update changed is never committed without its answer going out.
+fn abandoned() -> bool {
+    ASKER.with(|slot| slot.borrow().as_ref().is_some_and(|gone| gone()))
+}
+
+/// The error a write returns when it is abandoned (see [`abandoned`]): it is rolled back.
+fn abandoned_error() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+        Some("nobody waits for this write any more: rolled back".into()),
+    )
+}
+
 enum Request {
     Run(Job),
     Close(oneshot::Sender<rusqlite::Result<()>>),
@@ -238,7 +260,22 @@ impl Worker {
             if reply.is_closed() || closing.load(Ordering::SeqCst) {
                 return;
             }
-            let _ = reply.send(work(conn));
+            let reply = Arc::new(Mutex::new(Some(reply)));
+            let asker = Arc::clone(&reply);
+            ASKER.with(|slot| {
+                *slot.borrow_mut() = Some(Box::new(move || {
+                    asker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .is_none_or(|r| r.is_closed())
+                }))
+            });
+            let result = work(conn);
+            ASKER.with(|slot| *slot.borrow_mut() = None);
+            if let Some(reply) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = reply.send(result);
+            }
         });
         self.requests
             .send(Request::Run(job))
@@ -667,6 +704,9 @@ impl Store {
                 |r| r.get(0),
             )?;
             log_command(&tx, id, &command)?;
+            if abandoned() {
+                return Err(abandoned_error());
+            }
             tx.commit()?;
             Ok(Handled::Done(if known.is_some() { Registration::Refreshed } else { Registration::New }))
         })
@@ -745,6 +785,9 @@ impl Store {
                         };
                         if let Some(command) = &command {
                             log_command(&tx, id, command)?;
+                        }
+                        if abandoned() {
+                            return Err(abandoned_error());
                         }
                         tx.commit()?;
                         Ok(Handled::Done(Some(user)))

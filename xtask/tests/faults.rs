@@ -649,14 +649,15 @@ fn dry_runs_change_no_container_image_volume_or_backup() {
     assert!(update.status.success(), "{}", text(&update));
     let plan = report(&update);
     assert_eq!(plan["dry_run"], true);
-    assert_eq!(
-        plan["migrations"],
-        serde_json::json!([
-            "0004_users_rebuild.up.sql",
-            "0005_handled_updates_stats.up.sql"
-        ]),
-        "{plan}"
-    );
+    // Every revision after 3, by its file.
+    let mut after_3: Vec<String> = std::fs::read_dir(root().join("migrations/sql"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".up.sql") && name.as_str() >= "0004")
+        .collect();
+    after_3.sort();
+    assert_eq!(after_3.len() as u64, head() - 3);
+    assert_eq!(plan["migrations"], serde_json::json!(after_3), "{plan}");
     assert!(
         plan["plan"]
             .as_array()

@@ -1,11 +1,14 @@
-//! A minimal HTTP/1.1 client for the control API, so the `chat` command needs no HTTP crate and
-//! runs inside the stand-in's `scratch` container; and helpers for tests that drive a stand-in
-//! in another process.
+//! A client for the control API, for the `chat`, `load`, `health` and `stats` commands (plain
+//! HTTP, no TLS, so the binary still runs alone in the stand-in's `scratch` container), and
+//! helpers for tests that drive a stand-in in another process.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use reqwest::Method;
+use reqwest::blocking::Client;
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use crate::Limits;
@@ -52,7 +55,22 @@ pub fn set_latency(base: &str, latency: Duration) -> io::Result<()> {
     control(base, "POST", "/control/latency", Some(&body)).map(drop)
 }
 
-/// Sends one request to `base` (`http://host:port`) and returns the status and the body.
+/// The client every call shares: its connections are kept alive between calls.
+fn client() -> &'static Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        Client::builder()
+            // The stand-in is local or in the same network: an HTTP_PROXY meant for the
+            // internet must not carry these calls.
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client without TLS always builds")
+    })
+}
+
+/// Sends one request to `base` (`http://host:port`) and returns the status and the body. An
+/// answer that is not HTTP is an [`io::ErrorKind::InvalidData`] error.
 pub fn request(
     base: &str,
     method: &str,
@@ -60,37 +78,30 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
-    let authority = base
-        .strip_prefix("http://")
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{base}: only http:// URLs are supported"),
-            )
-        })?
-        .trim_end_matches('/');
-    let addr = authority.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("{authority}: no address"))
-    })?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(timeout))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "no HTTP header in the response")
-    })?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "no HTTP status in the response")
-        })?;
-    Ok((status, body.to_owned()))
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut request = client()
+        .request(method, &url)
+        .timeout(timeout)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().map_err(to_io)?;
+    let status = response.status().as_u16();
+    let body = response.text().map_err(to_io)?;
+    Ok((status, body))
+}
+
+/// The I/O error behind a failed call, or `InvalidData` when the answer was not HTTP.
+fn to_io(error: reqwest::Error) -> io::Error {
+    let kind = if error.is_timeout() {
+        io::ErrorKind::TimedOut
+    } else {
+        std::iter::successors(std::error::Error::source(&error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<io::Error>())
+            .map_or(io::ErrorKind::InvalidData, io::Error::kind)
+    };
+    io::Error::new(kind, error)
 }

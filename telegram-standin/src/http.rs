@@ -1,22 +1,38 @@
-//! A small HTTP/1.1 server: a thread per connection, keep-alive, bodies by `Content-Length` or
-//! chunked. The stand-in used tiny_http before; its connection pool could leave a new
-//! connection queued behind idle kept-alive ones (a wake-up is lost when connections arrive
-//! together), and a burst of sendMessage calls saw one wait 17 s, until the client gave up. A
-//! thread per connection cannot starve.
+//! The HTTP/1.1 server: hyper, on a tokio runtime shared by every stand-in of the process.
+//!
+//! Handlers block (a long poll waits on a condvar, latency and delay faults sleep), so each
+//! request is handled on tokio's blocking pool, a thread of its own: a held poll cannot keep
+//! another request waiting. (The stand-in used tiny_http once; its connection pool left a new
+//! connection queued behind idle kept-alive ones, and a burst of sendMessage calls saw one wait
+//! 17 s.)
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
 
 /// A connection with no request for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// The longest request line or header line accepted.
-const MAX_LINE: u64 = 16 * 1024;
 /// The largest body accepted (a batch of thousands of messages fits).
 const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Requests handled at once, at most: each blocks a thread while it waits (tokio's default,
+/// 512, is below what a load test with many users can hold).
+const MAX_HANDLERS: usize = 4096;
 
 /// One request, body read.
 pub struct Request {
@@ -48,33 +64,56 @@ pub enum Reply {
     Raw(&'static [u8]),
 }
 
-/// Answers one request; runs on the connection's thread.
+/// Answers one request; runs on a thread of its own.
 pub type Handler = dyn Fn(Request) -> Reply + Send + Sync;
 
+/// The runtime every stand-in of the process serves on. It lives as long as the process, so a
+/// stopped stand-in's connections still finish the requests they are answering, as they did
+/// with a thread per connection.
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(MAX_HANDLERS)
+            .thread_name("standin-http")
+            .enable_all()
+            .build()
+            .expect("cannot start the stand-in's tokio runtime")
+    })
+}
+
 /// A running server. [`Server::stop`] (or dropping it) stops accepting connections; requests
-/// being answered finish on their own threads.
+/// being answered finish.
 pub struct Server {
     addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<thread::JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+    /// Disconnected once the listener is closed (in a mutex only to make the server `Sync`).
+    stopped: Option<Mutex<mpsc::Receiver<()>>>,
 }
 
 impl Server {
     /// Listens on `listen` and answers each request with `handler`.
     pub fn start(listen: &str, handler: Arc<Handler>) -> io::Result<Server> {
-        let listener = TcpListener::bind(listen)?;
+        // Bound here, not in the runtime, so that a busy port is the caller's error at once.
+        let listener = std::net::TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let stopping = Arc::clone(&stopping);
-            thread::Builder::new()
-                .name("standin-accept".into())
-                .spawn(move || accept(&listener, &stopping, &handler))?
+        listener.set_nonblocking(true)?;
+        let runtime = runtime();
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(listener)?
         };
+        let (stop, stopping) = oneshot::channel();
+        let (done, stopped) = mpsc::channel();
+        runtime.spawn(async move {
+            accept(listener, handler, stopping).await;
+            drop(done);
+        });
         Ok(Server {
             addr,
-            stopping,
-            acceptor: Some(acceptor),
+            stop: Some(stop),
+            stopped: Some(Mutex::new(stopped)),
         })
     }
 
@@ -85,241 +124,163 @@ impl Server {
 
     /// Blocks until the server stops.
     pub fn join(&mut self) {
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
+        if let Some(stopped) = self.stopped.take() {
+            // Nothing is ever sent: this returns when the accepting task drops its sender.
+            let stopped = stopped.into_inner().unwrap_or_else(|p| p.into_inner());
+            let _ = stopped.recv();
         }
     }
 
-    /// Stops accepting connections.
+    /// Stops accepting connections; returns once the port is closed.
     pub fn stop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // `accept` blocks: a connection of our own wakes it to see the flag.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(Ipv4Addr::LOCALHOST.into());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         self.join();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.acceptor.is_some() {
-            self.stop();
-        }
+        self.stop();
     }
 }
 
-fn accept(listener: &TcpListener, stopping: &AtomicBool, handler: &Arc<Handler>) {
-    for stream in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else {
-            // Out of file descriptors, or the client gave up already: let things settle.
-            thread::sleep(Duration::from_millis(10));
-            continue;
+async fn accept(listener: TcpListener, handler: Arc<Handler>, mut stopping: oneshot::Receiver<()>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stopping => return,
+            accepted = listener.accept() => accepted,
         };
-        let handler = Arc::clone(handler);
-        let spawned = thread::Builder::new()
-            .name("standin-connection".into())
-            .spawn(move || {
-                let _ = serve(stream, &*handler);
-            });
-        if spawned.is_err() {
-            thread::sleep(Duration::from_millis(10));
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, Arc::clone(&handler)));
+            }
+            // Out of file descriptors, or the client gave up already: let things settle.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }
 
 /// Answers the requests of one connection until the client closes it or asks to.
-fn serve(stream: TcpStream, handler: &Handler) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    loop {
-        let Some(request_line) = read_line(&mut reader)? else {
-            return Ok(());
+async fn serve(stream: TcpStream, handler: Arc<Handler>) {
+    let _ = stream.set_nodelay(true);
+    let raw = Arc::new(Mutex::new(None));
+    let socket = Socket {
+        stream,
+        raw: Arc::clone(&raw),
+    };
+    let service =
+        service_fn(move |request| answer(request, Arc::clone(&handler), Arc::clone(&raw)));
+    // The header timeout also runs while a kept-alive connection waits for its next request.
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT)
+        .serve_connection(TokioIo::new(socket), service)
+        .await;
+}
+
+/// The error that ends a connection without an answer: a handler that panicked.
+type Abort = Box<dyn std::error::Error + Send + Sync>;
+
+async fn answer(
+    request: hyper::Request<Incoming>,
+    handler: Arc<Handler>,
+    raw: Arc<Mutex<Option<&'static [u8]>>>,
+) -> Result<Response<Full<Bytes>>, Abort> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(e) => {
+            let why =
+                json!({"ok": false, "error_code": 400, "description": format!("Bad Request: {e}")});
+            let mut response = json_response(400, why.to_string());
+            // What is left of the body is unread: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
+        }
+    };
+    let request = Request {
+        method: parts.method.to_string(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        body,
+    };
+    let reply = tokio::task::spawn_blocking(move || handler(request)).await?;
+    Ok(match reply {
+        Reply::Json { status, body } => json_response(status, body.to_string()),
+        Reply::Text { status, body } => json_response(status, body),
+        Reply::Raw(bytes) => {
+            // The socket writes these instead of this response, then ends the connection.
+            *raw.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+            Response::new(Full::default())
+        }
+    })
+}
+
+/// A JSON response.
+fn json_response(status: u16, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A connection's socket. Once a handler answered [`Reply::Raw`], it writes those bytes in
+/// place of what hyper writes, then fails, so hyper closes the connection: the client gets
+/// bytes that are not HTTP, which no HTTP library lets a server send.
+struct Socket {
+    stream: TcpStream,
+    /// What is left to write of a [`Reply::Raw`].
+    raw: Arc<Mutex<Option<&'static [u8]>>>,
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let mut raw = this.raw.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(left) = raw.as_mut() else {
+            drop(raw);
+            return Pin::new(&mut this.stream).poll_write(cx, buf);
         };
-        if request_line.is_empty() {
-            continue;
+        while !left.is_empty() {
+            let written = ready!(Pin::new(&mut this.stream).poll_write(cx, left))?;
+            *left = &left[written..];
         }
-        let mut parts = request_line.split_whitespace();
-        let (Some(method), Some(target), Some(version)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return write_json(
-                &mut writer,
-                400,
-                &bad_request("malformed request line").to_string(),
-                false,
-            );
-        };
-        let (method, target, version) = (method.to_owned(), target.to_owned(), version.to_owned());
-        let mut length = 0usize;
-        let mut chunked = false;
-        let mut connection = String::new();
-        loop {
-            let Some(line) = read_line(&mut reader)? else {
-                return Ok(());
-            };
-            if line.is_empty() {
-                break;
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                return write_json(
-                    &mut writer,
-                    400,
-                    &bad_request("malformed header").to_string(),
-                    false,
-                );
-            };
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => match value.parse() {
-                    Ok(n) if n <= MAX_BODY => length = n,
-                    _ => {
-                        return write_json(
-                            &mut writer,
-                            400,
-                            &bad_request("bad length").to_string(),
-                            false,
-                        );
-                    }
-                },
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                "connection" => connection = value.to_ascii_lowercase(),
-                "expect" if value.eq_ignore_ascii_case("100-continue") => {
-                    writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-                }
-                _ => {}
-            }
-        }
-        let body = if chunked {
-            read_chunked(&mut reader)?
-        } else {
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body)?;
-            body
-        };
-        let keep_alive = if version == "HTTP/1.0" {
-            connection == "keep-alive"
-        } else {
-            connection != "close"
-        };
-        match handler(Request {
-            method,
-            target,
-            body,
-        }) {
-            Reply::Json { status, body } => {
-                write_json(&mut writer, status, &body.to_string(), keep_alive)?
-            }
-            Reply::Text { status, body } => write_json(&mut writer, status, &body, keep_alive)?,
-            Reply::Raw(bytes) => {
-                writer.write_all(bytes)?;
-                return writer.flush();
-            }
-        }
-        if !keep_alive {
-            return Ok(());
-        }
+        ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "answered with bytes that are not HTTP",
+        )))
     }
-}
 
-fn bad_request(why: &str) -> serde_json::Value {
-    serde_json::json!({"ok": false, "error_code": 400, "description": format!("Bad Request: {why}")})
-}
-
-/// A line without its CRLF; None at the end of the stream.
-fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
-    let mut line = Vec::new();
-    if reader.take(MAX_LINE).read_until(b'\n', &mut line)? == 0 {
-        return Ok(None);
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
-    if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "a line is too long or cut short",
-        ));
-    }
-    while matches!(line.last(), Some(b'\n' | b'\r')) {
-        line.pop();
-    }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a header is not UTF-8"))
-}
 
-fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(reader)?.ok_or_else(|| invalid("chunked body cut short"))?;
-        let size = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            while read_line(reader)?.is_some_and(|l| !l.is_empty()) {}
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(invalid("body too large"));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..])?;
-        read_line(reader)?;
-    }
-}
-
-fn write_json(writer: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        reason(status),
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body.as_bytes());
-    writer.write_all(&response)?;
-    writer.flush()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        409 => "Conflict",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunked_bodies_are_joined_and_lines_lose_their_crlf() {
-        let mut input: &[u8] = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
-        assert_eq!(read_chunked(&mut input).unwrap(), b"hello, world");
-        let mut lines: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
-        assert_eq!(
-            read_line(&mut lines).unwrap().as_deref(),
-            Some("GET / HTTP/1.1")
-        );
-        assert_eq!(read_line(&mut lines).unwrap().as_deref(), Some(""));
-        assert_eq!(read_line(&mut lines).unwrap(), None);
-        let mut cut: &[u8] = b"no end of line";
-        assert!(read_line(&mut cut).is_err());
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

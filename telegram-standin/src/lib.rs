@@ -1173,12 +1173,11 @@ fn send_message(shared: &Shared, params: &Value, arrived: u64) -> Result<Value, 
     }))
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+/// The query parameter `name`, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 fn control(shared: &Shared, method: &str, rest: &str, query: &str, body: &str) -> Reply {

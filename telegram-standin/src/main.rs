@@ -6,27 +6,93 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::{Args, Parser, Subcommand};
 use telegram_standin::{Config, IncomingMessage, Limits, SentMessage, Standin, client};
 
-const USAGE: &str = "usage:
-  telegram-standin serve [--listen ADDR] [--latency-ms N] [--telegram-limits]
-      (token from STANDIN_TOKEN, default the demo token; --latency-ms delays every Bot API call;
-       --telegram-limits answers 429 over Telegram's rate limits: 1 message/s per chat,
-       20/min per group, 30/s overall)
-  telegram-standin chat [--server URL] [--user ID] [--wait-ms N] TEXT
-      (prints the answers as soon as the first arrives; nothing, and exit 0, when none came)
-  telegram-standin health [--server URL]
-  telegram-standin stats [--server URL]           (the control API's counters, as JSON)
-  telegram-standin load [--server URL] --users N [--first-user ID] [--timeout-secs S]
-      (prints one JSON line {messages, seconds, per_second} once every user got an answer)";
+/// Telegram's Bot API for the bot, played locally: serve it, or talk to a running stand-in as
+/// its users.
+#[derive(Parser)]
+#[command(name = "telegram-standin", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-/// The first user id `load` plays, unless `--first-user` says otherwise.
-const LOAD_FIRST_USER: i64 = 1_000_000;
-/// How long `load` waits for every answer, unless `--timeout-secs` says otherwise.
-const LOAD_TIMEOUT_SECS: u64 = 300;
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the Bot API stand-in.
+    #[command(after_help = "Environment:
+  STANDIN_TOKEN             the only token accepted (default: the demo token)
+  STANDIN_MAX_LONG_POLL_MS  the longest a getUpdates long poll is held (at most 10000)")]
+    Serve {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+        listen: String,
+        /// Delays every Bot API call by N milliseconds, as if Telegram were far away.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        latency_ms: u64,
+        /// Answers 429 over Telegram's rate limits: 1 message/s per chat, 20/min per group,
+        /// 30/s overall.
+        #[arg(long)]
+        telegram_limits: bool,
+    },
+    /// Sends TEXT as a user; prints the answers as soon as the first arrives (nothing, and
+    /// exit 0, when none came).
+    Chat {
+        #[command(flatten)]
+        server: Server,
+        /// The Telegram user id to write as.
+        #[arg(long = "user", value_name = "ID", default_value_t = 1001)]
+        user_id: i64,
+        /// How long to wait for the first answer, in milliseconds.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        wait_ms: u64,
+        /// The message (words are joined with spaces).
+        #[arg(required = true, value_name = "TEXT")]
+        text: Vec<String>,
+    },
+    /// Exits 0 when the stand-in answers.
+    Health {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Prints the control API's counters, as JSON.
+    Stats {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Has N users send /start at once; prints one JSON line {messages, seconds, per_second}
+    /// once every user got an answer.
+    Load {
+        #[command(flatten)]
+        server: Server,
+        /// How many distinct users.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        users: u64,
+        /// The first user's id; the others follow it.
+        #[arg(long, value_name = "ID", default_value_t = 1_000_000,
+              value_parser = clap::value_parser!(i64).range(1..))]
+        first_user: i64,
+        /// How long to wait for every answer, in whole seconds.
+        #[arg(long, value_name = "S", default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+/// The running stand-in the client commands talk to.
+#[derive(Args)]
+struct Server {
+    /// The stand-in's base URL.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    url: String,
+}
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("telegram-standin: {message}");
@@ -35,36 +101,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn take_option(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
-    let Some(at) = args.iter().position(|a| a == name) else {
-        return Ok(None);
-    };
-    if at + 1 >= args.len() {
-        return Err(format!("{name} needs a value\n{USAGE}"));
-    }
-    let value = args.remove(at + 1);
-    args.remove(at);
-    Ok(Some(value))
-}
-
-/// Removes the flag `name` from `args`; whether it was there.
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-fn run(mut args: Vec<String>) -> Result<(), String> {
-    if args.is_empty() {
-        return Err(USAGE.into());
-    }
-    let command = args.remove(0);
-    let server =
-        take_option(&mut args, "--server")?.unwrap_or_else(|| "http://127.0.0.1:8081".into());
-    match command.as_str() {
-        "serve" => {
-            let listen =
-                take_option(&mut args, "--listen")?.unwrap_or_else(|| "0.0.0.0:8081".into());
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve {
+            listen,
+            latency_ms,
+            telegram_limits,
+        } => {
             let mut config = Config::default();
             if let Ok(token) = std::env::var("STANDIN_TOKEN") {
                 config.token = token;
@@ -75,17 +118,9 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
                 })?;
                 config.max_long_poll = Duration::from_millis(ms);
             }
-            if let Some(ms) = take_option(&mut args, "--latency-ms")? {
-                let ms: u64 = ms
-                    .parse()
-                    .map_err(|_| format!("--latency-ms takes milliseconds, not {ms}"))?;
-                config.latency = Duration::from_millis(ms);
-            }
-            if take_flag(&mut args, "--telegram-limits") {
+            config.latency = Duration::from_millis(latency_ms);
+            if telegram_limits {
                 config.limits = Some(Limits::default());
-            }
-            if !args.is_empty() {
-                return Err(format!("serve takes no argument {:?}\n{USAGE}", args[0]));
             }
             let standin = Standin::start(&listen, config)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -96,7 +131,8 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
             standin.join();
             Ok(())
         }
-        "stats" => {
+        Command::Stats { server } => {
+            let server = server.url;
             let (status, body) = client::request(
                 &server,
                 "GET",
@@ -111,62 +147,39 @@ fn run(mut args: Vec<String>) -> Result<(), String> {
             println!("{}", body.trim());
             Ok(())
         }
-        "chat" => {
-            let user_id: i64 = take_option(&mut args, "--user")?
-                .unwrap_or_else(|| "1001".into())
-                .parse()
-                .map_err(|_| "--user takes a numeric Telegram user id".to_owned())?;
-            let wait_ms: u64 = take_option(&mut args, "--wait-ms")?
-                .unwrap_or_else(|| "10000".into())
-                .parse()
-                .map_err(|_| "--wait-ms takes milliseconds".to_owned())?;
-            let text = args.join(" ");
-            if text.is_empty() {
-                return Err(format!("chat needs the message text\n{USAGE}"));
-            }
-            chat(&server, user_id, &text, wait_ms)
-        }
-        "health" => client::request(
-            &server,
-            "GET",
-            "/control/health",
-            None,
-            Duration::from_secs(5),
-        )
-        .map_err(|e| format!("{server}: {e}"))
-        .and_then(|(status, _)| {
+        Command::Chat {
+            server,
+            user_id,
+            wait_ms,
+            text,
+        } => chat(&server.url, user_id, &text.join(" "), wait_ms),
+        Command::Health { server } => {
+            let server = server.url;
+            let (status, _) = client::request(
+                &server,
+                "GET",
+                "/control/health",
+                None,
+                Duration::from_secs(5),
+            )
+            .map_err(|e| format!("{server}: {e}"))?;
             if status == 200 {
                 Ok(())
             } else {
                 Err(format!("{server}: status {status}"))
             }
-        }),
-        "load" => {
-            let users: usize = take_option(&mut args, "--users")?
-                .ok_or_else(|| format!("load needs --users N\n{USAGE}"))?
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| "--users takes a number of users, 1 or more".to_owned())?;
-            let first_user: i64 =
-                match take_option(&mut args, "--first-user")? {
-                    None => LOAD_FIRST_USER,
-                    Some(id) => id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-                        "--first-user takes a positive Telegram user id".to_owned()
-                    })?,
-                };
-            let timeout: u64 = match take_option(&mut args, "--timeout-secs")? {
-                None => LOAD_TIMEOUT_SECS,
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| "--timeout-secs takes whole seconds".to_owned())?,
-            };
-            if !args.is_empty() {
-                return Err(format!("load takes no argument {:?}\n{USAGE}", args[0]));
-            }
-            load(&server, users, first_user, Duration::from_secs(timeout))
         }
-        other => Err(format!("unknown command {other}\n{USAGE}")),
+        Command::Load {
+            server,
+            users,
+            first_user,
+            timeout_secs,
+        } => load(
+            &server.url,
+            users as usize,
+            first_user,
+            Duration::from_secs(timeout_secs),
+        ),
     }
 }
 

@@ -133,6 +133,35 @@ impl Stack {
             .env("BOT_ENV_FILE", &self.env_file)
     }
 
+    /// Writes `docker/.env`, the variables file Compose reads beside the compose file, with this
+    /// stack's image tags and environment file: by hand, `docker-compose -f
+    /// docker/docker-compose.prod.yml -p <project> run --rm bot db status` then needs no
+    /// exported variable. It names the last deployed project's images; the file says so.
+    pub fn write_compose_env(&self) -> anyhow::Result<()> {
+        let file = self.compose_file.with_file_name(".env");
+        let text = format!(
+            "# Written by `cargo xtask` after each deploy, for Compose commands typed by hand:\n\
+             # the last deploy was of project {project}. For another project, set\n\
+             # BOT_IMAGE=tgbot-bot:<that project> (and BOT_ENV_FILE) on the command line.\n\
+             BOT_IMAGE={bot}\nSTANDIN_IMAGE={standin}\nBOT_ENV_FILE={env}\n",
+            project = self.project,
+            bot = self.bot_image,
+            standin = self.standin_image,
+            env = self.env_file.display(),
+        );
+        // Written aside and renamed: a deploy of another project at the same moment leaves one
+        // whole file, never a mix of both.
+        let aside = file.with_file_name(format!(".env.{}.new", std::process::id()));
+        std::fs::write(&aside, text)
+            .and_then(|()| std::fs::rename(&aside, &file))
+            .with_context(|| {
+                format!(
+                    "could not write {} for Compose commands typed by hand",
+                    file.display()
+                )
+            })
+    }
+
     /// The bot service's container (running or not), if there is one.
     pub fn bot_container(&self, sh: &Shell) -> anyhow::Result<Option<ContainerState>> {
         Ok(self.bot_containers(sh)?.into_iter().next())

@@ -9,6 +9,7 @@ mod deploy;
 mod docker;
 mod exit;
 mod history;
+mod host;
 mod images;
 mod journal;
 mod lock;
@@ -115,6 +116,13 @@ fn main() -> std::process::ExitCode {
         let _ = Cli::command().print_help();
         return std::process::ExitCode::SUCCESS;
     };
+    // The engine is chosen before any thread starts: it becomes this process's DOCKER_HOST.
+    if let Some(args) = task.stack_args() {
+        match host::resolve(args.host.as_deref(), args.context.as_deref()) {
+            Ok(engine) => engine.apply(),
+            Err(error) => return std::process::ExitCode::from(plain(Err(error)) as u8),
+        }
+    }
     let sh = match Shell::new() {
         Ok(sh) => sh,
         Err(e) => {
@@ -164,6 +172,30 @@ fn main() -> std::process::ExitCode {
         Task::Bench(args) => plain(bench::run(&sh, args)),
     };
     std::process::ExitCode::from(code as u8)
+}
+
+impl Task {
+    /// The options naming the project and its engine, for the tasks that have them.
+    fn stack_args(&self) -> Option<&StackArgs> {
+        match self {
+            Task::FirstDeploy(args)
+            | Task::ProdMigrate(args)
+            | Task::ProdFullUpdate(args)
+            | Task::Recover(args) => Some(&args.stack),
+            Task::Status(args) => Some(&args.stack),
+            Task::Restore(args) => Some(args.stack_args()),
+            Task::Rollback(args)
+            | Task::Backup(args)
+            | Task::History(args)
+            | Task::Doctor(args)
+            | Task::Restart(args)
+            | Task::Down(args) => Some(args),
+            Task::Db(args) => Some(&args.stack),
+            Task::Logs { stack, .. } => Some(stack),
+            Task::Chat(args) => Some(&args.stack),
+            Task::NewMigration(_) | Task::CheckMigrations(_) | Task::Ci | Task::Bench(_) => None,
+        }
+    }
 }
 
 fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {

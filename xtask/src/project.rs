@@ -23,6 +23,13 @@ pub struct StackArgs {
     /// The Compose project (else COMPOSE_PROJECT_NAME, else Compose's default, `docker`).
     #[arg(long, short = 'p', value_name = "NAME")]
     pub project_name: Option<String>,
+    /// The Docker engine to work on: `ssh://user@server[:port]` deploys to a server from this
+    /// machine (else DOCKER_HOST, else the current Docker context).
+    #[arg(long, value_name = "URL")]
+    pub host: Option<String>,
+    /// The Docker context whose engine to work on (`docker context ls`).
+    #[arg(long, value_name = "NAME", conflicts_with = "host")]
+    pub context: Option<String>,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -50,7 +57,9 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
-    /// The folder holding this project's backups, history and lock.
+    /// The folder holding this project's backups, history and lock: `<backup dir>/<project>`
+    /// for the local engine, `<backup dir>/<engine>/<project>` for another one (see
+    /// [`crate::host::Engine::folder`]).
     pub fn state_dir(&self, project: &str) -> PathBuf {
         let base = self
             .backup_dir
@@ -61,7 +70,10 @@ impl StackArgs {
         } else {
             root().join(base)
         };
-        base.join(project)
+        match crate::host::Engine::current().folder() {
+            Some(engine) => base.join(engine).join(project),
+            None => base.join(project),
+        }
     }
 }
 

@@ -194,6 +194,28 @@ fn the_running_bot_has_the_production_defaults_and_serves() {
     let id = bot["Id"].as_str().unwrap();
     let check = common::run("docker", &["exec", id, "/bot", "healthcheck"]);
     assert!(check.status.success(), "{}", text(&check));
+    // The old runbook's by-hand command works after a deploy without exported variables:
+    // the deploy wrote them to docker/.env, which Compose reads beside the compose file.
+    let by_hand = std::process::Command::new("docker-compose")
+        .args(["-f", "docker/docker-compose.prod.yml", "-p", &project.name])
+        .args(["run", "--rm", "bot", "db", "status", "--json"])
+        .current_dir(root())
+        .env_remove("BOT_IMAGE")
+        .env_remove("STANDIN_IMAGE")
+        .env_remove("BOT_ENV_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(by_hand.status.success(), "{}", text(&by_hand));
+    let status: Value = serde_json::from_slice(
+        by_hand
+            .stdout
+            .split(|b| *b == b'\n')
+            .find(|l| l.starts_with(b"{"))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", text(&by_hand)));
+    assert_eq!(status["state"], "current", "{status}");
     let help = project.xtask("chat", &["/start"]);
     assert!(
         String::from_utf8_lossy(&help.stdout).contains("Welcome"),

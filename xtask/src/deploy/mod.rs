@@ -105,7 +105,16 @@ pub fn run(
             time: time.to_owned(),
         }
         .run(report)
-    })
+    })?;
+    if !args.dry_run {
+        // The by-hand path (`docker-compose -f docker/docker-compose.prod.yml -p P run --rm bot
+        // db status`) finds what this deploy used; a failure to write it changes no deploy.
+        if let Err(e) = crate::project::stack(sh, args).and_then(|stack| stack.write_compose_env())
+        {
+            report.warnings.push(format!("{e:#}"));
+        }
+    }
+    Ok(())
 }
 
 struct Deploy<'a> {

@@ -11,7 +11,7 @@ use crate::project::{self, StackArgs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    stack: StackArgs,
+    pub stack: StackArgs,
     /// The Telegram user id to send as.
     #[arg(long, default_value_t = 1001)]
     user: i64,

@@ -2,13 +2,15 @@
 //! scrubbed of the environment file's secrets (see [`crate::secrets`]).
 
 use serde_json::json;
-use xshell::Shell;
+use xshell::{Shell, cmd};
 
 use crate::backups;
 use crate::compose::{Flavour, Stack};
 use crate::database;
 use crate::docker;
 use crate::exit;
+use crate::host::{Engine, SshTarget};
+use crate::process;
 use crate::project::{self, StackArgs};
 use crate::secrets;
 
@@ -23,12 +25,22 @@ struct Check {
 pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
     let mut checks = Vec::new();
     let project = project::project_name(args.project_name.as_deref())?;
+    let engine = Engine::current();
+    if let Some(target) = engine.ssh() {
+        checks.push(ssh_login(sh, &target));
+    }
     let daemon = docker::check_daemon(sh);
     checks.push(Check {
         name: "Docker daemon reachable",
         ok: daemon.is_ok(),
-        detail: daemon.as_ref().map_or_else(|e| e.to_string(), |v| format!("engine {v}")),
-        fix: "start it (`sudo systemctl start docker`) or point DOCKER_HOST / `docker context use` at one".into(),
+        detail: daemon.as_ref().map_or_else(
+            |e| e.to_string(),
+            |v| format!("engine {v} ({})", engine.describe()),
+        ),
+        fix: match engine.ssh() {
+            Some(_) => "on the server: start Docker (`sudo systemctl start docker`) and let the ssh user run `docker` (`sudo usermod -aG docker USER`)".into(),
+            None => "start it (`sudo systemctl start docker`) or point --host, DOCKER_HOST or `docker context use` at one".into(),
+        },
     });
     let flavour = Flavour::detect(sh);
     checks.push(Check {
@@ -38,6 +50,9 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         fix: "install the compose plugin (https://docs.docker.com/compose/install/) or docker-compose 1.28+".into(),
     });
     let stack = Stack::new(sh, &project, args.demo).ok();
+    if let (Some(_), Some(stack)) = (engine.remote(), &stack) {
+        checks.push(compose_reaches(sh, stack, &engine));
+    }
     let env_file = args
         .env_file
         .clone()
@@ -125,4 +140,76 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether `ssh` logs in to the server without a question (the Docker CLI and Compose run it
+/// with no terminal to answer one).
+fn ssh_login(sh: &Shell, target: &SshTarget) -> Check {
+    let args = target.args();
+    let shown_args = args.clone();
+    let login = process::output(cmd!(
+        sh,
+        "ssh -o BatchMode=yes -o ConnectTimeout=10 {args...} true"
+    ));
+    let shown = format!(
+        "ssh {}",
+        shown_args
+            .iter()
+            .filter(|a| *a != "--")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let (ok, detail) = match &login {
+        Ok(out) if out.status.success() => (true, format!("`{shown}` logs in")),
+        Ok(out) => (
+            false,
+            format!(
+                "`{shown}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => (false, format!("the ssh command is missing ({e})")),
+    };
+    Check {
+        name: "ssh login to the server",
+        ok,
+        detail,
+        fix: format!(
+            "make `{shown} true` work without a question: a key in ssh-agent or ~/.ssh/config (IdentityFile), and the server's host key in ~/.ssh/known_hosts (`ssh {shown_tail}` once by hand); install openssh-client if ssh is missing",
+            shown_tail = shown.trim_start_matches("ssh ")
+        ),
+    }
+}
+
+/// Whether Compose reaches the engine too: docker-compose 1.x needs Python's paramiko for an
+/// `ssh://` address even when the Docker CLI gets there.
+fn compose_reaches(sh: &Shell, stack: &Stack, engine: &Engine) -> Check {
+    let listed = process::output(stack.cmd(sh).args(["ps", "-q"]));
+    let (ok, detail) = match &listed {
+        Ok(out) if out.status.success() => (
+            true,
+            format!("{} reaches {}", stack.flavour.describe(), engine.describe()),
+        ),
+        Ok(out) => (
+            false,
+            format!(
+                "`{} ps` failed: {}",
+                stack.flavour.describe(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    let paramiko = detail.contains("paramiko");
+    Check {
+        name: "Compose reaches the engine",
+        ok,
+        detail,
+        fix: if paramiko {
+            "install paramiko for docker-compose 1.x (`sudo apt install python3-paramiko`, or `pip install paramiko`), or use the compose plugin".into()
+        } else {
+            "check the ssh login and the engine above; `docker compose` (the plugin) needs nothing more".into()
+        },
+    }
 }

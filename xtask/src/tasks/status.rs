@@ -10,6 +10,7 @@ use crate::database;
 use crate::deploy;
 use crate::docker;
 use crate::history;
+use crate::host::Engine;
 use crate::lock::{self, Liveness};
 use crate::project::{self, StackArgs};
 
@@ -17,7 +18,7 @@ use crate::project::{self, StackArgs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    stack: StackArgs,
+    pub stack: StackArgs,
 }
 
 /// Prints the status; `--json` prints one object.
@@ -72,6 +73,7 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     if args.stack.json {
         let value = json!({
             "project": stack.project,
+            "engine": Engine::current().describe(),
             "compose": stack.flavour.describe(),
             "container": container.as_ref().map(|c| json!({
                 "id": c.id, "status": c.status, "health": c.health, "started_at": c.started_at,
@@ -110,9 +112,10 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "project:     {} ({})",
+        "project:     {} ({}, {})",
         stack.project,
-        stack.flavour.describe()
+        stack.flavour.describe(),
+        Engine::current().describe()
     );
     match &container {
         Some(c) if !c.is_ours() => println!(

@@ -1,0 +1,271 @@
+//! Which Docker engine the tasks drive: `--host`, else `--context`, else `DOCKER_HOST`, else the
+//! current Docker context. The choice is made once, before any thread or child starts, and
+//! handed to every `docker` and Compose command as `DOCKER_HOST`: the Docker CLI and both
+//! Composes read it, where Compose 1.x ignores `docker context use`.
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::exit;
+
+/// The engine a task drives, as its address (`None`: the local default socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engine {
+    host: Option<String>,
+}
+
+/// Where an `ssh://` engine is: what the `ssh` command needs to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// The login, when the address names one.
+    pub user: Option<String>,
+    /// The server's name or address.
+    pub server: String,
+    /// The port, when the address names one.
+    pub port: Option<u16>,
+}
+
+impl SshTarget {
+    /// `ssh`'s arguments before the remote command: `[-l user] [-p port] -- server`.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(user) = &self.user {
+            args.extend(["-l".to_owned(), user.clone()]);
+        }
+        if let Some(port) = self.port {
+            args.extend(["-p".to_owned(), port.to_string()]);
+        }
+        args.extend(["--".to_owned(), self.server.clone()]);
+        args
+    }
+}
+
+impl Engine {
+    /// The engine this process's environment names (after [`Engine::apply`], the chosen one).
+    pub fn current() -> Engine {
+        Engine::from_host(std::env::var("DOCKER_HOST").ok())
+    }
+
+    fn from_host(host: Option<String>) -> Engine {
+        let host = host.filter(|h| !h.trim().is_empty());
+        let local = host.as_deref().is_none_or(|h| {
+            matches!(
+                h.trim_end_matches('/'),
+                "unix:///var/run/docker.sock" | "unix:///run/docker.sock"
+            )
+        });
+        Engine {
+            host: if local { None } else { host },
+        }
+    }
+
+    /// The address, for messages and reports ("the local engine" when it is the default one).
+    pub fn describe(&self) -> String {
+        self.host
+            .clone()
+            .unwrap_or_else(|| "the local engine".into())
+    }
+
+    /// The address when the engine is not this machine's default one.
+    pub fn remote(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// The sub-folder of the backup folder for this engine's projects: none for the local
+    /// engine (`backups/<project>`), else the address made a file name (`backups/ssh-deploy@server_2222/<project>`),
+    /// so two servers with the same project name never share a history or a backup.
+    pub fn folder(&self) -> Option<String> {
+        let host = self.host.as_deref()?;
+        let (scheme, rest) = host.split_once("://").unwrap_or(("host", host));
+        let rest: String = rest
+            .trim_end_matches('/')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '@') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(format!("{scheme}-{rest}"))
+    }
+
+    /// The `ssh` target when the engine is reached through ssh.
+    pub fn ssh(&self) -> Option<SshTarget> {
+        let rest = self.host.as_deref()?.strip_prefix("ssh://")?;
+        let rest = rest.trim_end_matches('/');
+        let (user, server) = match rest.rsplit_once('@') {
+            Some((user, server)) => (Some(user.to_owned()), server),
+            None => (None, rest),
+        };
+        let (server, port) = match server.rsplit_once(':') {
+            Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => {
+                match port.parse() {
+                    Ok(port) => (name, Some(port)),
+                    Err(_) => (server, None),
+                }
+            }
+            _ => (server, None),
+        };
+        Some(SshTarget {
+            user,
+            server: server
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        })
+    }
+
+    /// Makes this the engine of every command the process runs from now on.
+    ///
+    /// Call it before any thread starts: it changes the process's environment.
+    pub fn apply(&self) {
+        // SAFETY: called from `main` before the signal thread or any other thread exists, so
+        // no other thread reads the environment while it changes.
+        unsafe {
+            match &self.host {
+                Some(host) => std::env::set_var("DOCKER_HOST", host),
+                None => std::env::remove_var("DOCKER_HOST"),
+            }
+            // DOCKER_HOST now says it all; with both set, the Docker CLI refuses to choose.
+            std::env::remove_var("DOCKER_CONTEXT");
+        }
+    }
+}
+
+/// Chooses the engine: `--host`, else `--context`, else `DOCKER_HOST`, else the current Docker
+/// context (`DOCKER_CONTEXT` or `docker context use`).
+pub fn resolve(host: Option<&str>, context: Option<&str>) -> anyhow::Result<Engine> {
+    if let Some(host) = host {
+        check_address(host)?;
+        return Ok(Engine::from_host(Some(host.to_owned())));
+    }
+    if let Some(name) = context {
+        return context_engine(Some(name));
+    }
+    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
+        check_address(&host)?;
+        return Ok(Engine::from_host(Some(host)));
+    }
+    // Without docker, or with no context store, the local default is what is left; the
+    // daemon check then says what is missing.
+    Ok(context_engine(None).unwrap_or(Engine { host: None }))
+}
+
+fn check_address(host: &str) -> anyhow::Result<()> {
+    let known = ["ssh://", "tcp://", "unix://", "fd://", "npipe://"];
+    if known.iter().any(|scheme| host.starts_with(scheme)) && host.len() > 8 {
+        Ok(())
+    } else {
+        Err(exit::usage(format!(
+            "the engine address {host:?} is not one Docker takes: write ssh://user@server (or ssh://user@server:port), tcp://server:2376 or unix:///path/to/docker.sock"
+        )))
+    }
+}
+
+/// The engine of a Docker context (`None`: the current one).
+fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
+    let mut args = vec!["context", "inspect"];
+    args.extend(name);
+    let out = std::process::Command::new("docker")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run `docker context inspect`")?;
+    let shown = name.unwrap_or("(current)");
+    if !out.status.success() {
+        return Err(exit::usage(format!(
+            "there is no Docker context {shown}: {}; `docker context ls` lists them",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let inspected: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("`docker context inspect {shown}` printed no JSON"))?;
+    let context = &inspected[0];
+    let host = context["Endpoints"]["docker"]["Host"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("the Docker context {shown} names no engine"))?;
+    let has_tls = context["TLSMaterial"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty());
+    if has_tls {
+        return Err(exit::usage(format!(
+            "the Docker context {} reaches its engine with TLS certificates, which Compose 1.x cannot take from a context: set DOCKER_HOST={host}, DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the certificates' folder instead",
+            context["Name"].as_str().unwrap_or(shown)
+        )));
+    }
+    Ok(Engine::from_host(Some(host)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(host: &str) -> Engine {
+        Engine::from_host(Some(host.to_owned()))
+    }
+
+    #[test]
+    fn the_default_socket_is_the_local_engine() {
+        for local in [
+            "unix:///var/run/docker.sock",
+            "unix:///run/docker.sock/",
+            "",
+        ] {
+            assert_eq!(engine(local).remote(), None, "{local}");
+            assert_eq!(engine(local).folder(), None, "{local}");
+        }
+        assert_eq!(Engine::from_host(None).describe(), "the local engine");
+    }
+
+    #[test]
+    fn a_remote_engine_has_a_folder_of_its_own() {
+        assert_eq!(
+            engine("ssh://deploy@server:2222").folder().unwrap(),
+            "ssh-deploy@server_2222"
+        );
+        assert_eq!(
+            engine("tcp://10.0.0.5:2376").folder().unwrap(),
+            "tcp-10.0.0.5_2376"
+        );
+        assert_eq!(
+            engine("unix:///srv/other.sock").folder().unwrap(),
+            "unix-_srv_other.sock"
+        );
+    }
+
+    #[test]
+    fn ssh_addresses_are_taken_apart() {
+        assert_eq!(
+            engine("ssh://deploy@server:2222").ssh().unwrap(),
+            SshTarget {
+                user: Some("deploy".into()),
+                server: "server".into(),
+                port: Some(2222)
+            }
+        );
+        let plain = engine("ssh://server").ssh().unwrap();
+        assert_eq!((plain.user, plain.port), (None, None));
+        assert_eq!(engine("ssh://root@[::1]:22").ssh().unwrap().server, "::1");
+        assert_eq!(
+            engine("ssh://root@127.0.0.1:2222").ssh().unwrap().args(),
+            ["-l", "root", "-p", "2222", "--", "127.0.0.1"]
+        );
+        assert!(engine("tcp://server:2376").ssh().is_none());
+    }
+
+    #[test]
+    fn an_address_docker_does_not_take_is_refused() {
+        for bad in ["server", "http://server", "ssh:/"] {
+            let error = resolve(Some(bad), None).unwrap_err();
+            assert_eq!(exit::code_of(&error), exit::ExitCode::Usage, "{bad}");
+        }
+        assert_eq!(
+            resolve(Some("ssh://a@b"), None).unwrap().remote(),
+            Some("ssh://a@b")
+        );
+    }
+}

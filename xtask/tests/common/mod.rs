@@ -2,6 +2,8 @@
 //! runs it, and ways to look into the volume.
 #![allow(dead_code)]
 
+pub mod ssh;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

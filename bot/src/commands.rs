@@ -7,13 +7,54 @@ use std::fmt::Write as _;
 use crate::config::AdminIds;
 use crate::store::{Handled, Registration, Store, StoredUser, UserFacts, UserStats};
 
-/// The commands the bot publishes with setMyCommands and lists in /help.
-pub const COMMANDS: &[(&str, &str)] = &[
-    ("start", "register, or refresh your details"),
-    ("help", "list the commands"),
-    ("me", "show what I store about you"),
-    ("stats", "user numbers (admins only)"),
-];
+/// The bot's commands, declared once: setMyCommands, /help and [`answer`] take them from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Register, or refresh the stored details.
+    Start,
+    /// List the commands.
+    Help,
+    /// Show what the bot stores about the user.
+    Me,
+    /// User numbers, for admins.
+    Stats,
+}
+
+impl Command {
+    /// Every command, in the order the menu and /help list them.
+    pub const ALL: [Command; 4] = [Command::Start, Command::Help, Command::Me, Command::Stats];
+
+    /// Its name, without the slash.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Help => "help",
+            Command::Me => "me",
+            Command::Stats => "stats",
+        }
+    }
+
+    /// What the menu and /help say it does.
+    pub fn description(self) -> &'static str {
+        match self {
+            Command::Start => "register, or refresh your details",
+            Command::Help => "list the commands",
+            Command::Me => "show what I store about you",
+            Command::Stats => "user numbers (admins only)",
+        }
+    }
+
+    /// The command of that (lower-case) name, if the bot has one.
+    pub fn named(name: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether its answer is for one person (their details) or the admins (the numbers), so a
+    /// group gets a hint to ask in private instead.
+    pub fn is_private_only(self) -> bool {
+        matches!(self, Command::Me | Command::Stats)
+    }
+}
 
 /// Telegram's limit on a command's length, and `command_log.command`'s.
 const MAX_COMMAND_LENGTH: usize = 32;
@@ -95,9 +136,9 @@ impl ParsedCommand {
             .is_none_or(|bot| bot.eq_ignore_ascii_case(me))
     }
 
-    /// Whether it is one of [`COMMANDS`].
+    /// Whether it is one of the bot's [`Command`]s.
     pub fn is_known(&self) -> bool {
-        COMMANDS.iter().any(|(name, _)| *name == self.name)
+        Command::named(&self.name).is_some()
     }
 }
 
@@ -129,8 +170,8 @@ pub fn is_loggable(command: &str) -> bool {
 /// The help text.
 pub fn help_text() -> String {
     let mut text = String::from("Commands:");
-    for (name, description) in COMMANDS {
-        let _ = write!(text, "\n/{name} - {description}");
+    for command in Command::ALL {
+        let _ = write!(text, "\n/{} - {}", command.name(), command.description());
     }
     text
 }
@@ -186,13 +227,16 @@ pub fn me_text(user: &StoredUser, admin: bool) -> String {
 
 /// The answer to /me or /stats in a group: what it would show is for the user (or the admins)
 /// only.
-pub fn private_only_text(command: &str) -> String {
-    let what = if command == "stats" {
+pub fn private_only_text(command: Command) -> String {
+    let what = if command == Command::Stats {
         "the bot's numbers"
     } else {
         "your details"
     };
-    format!("Send /{command} to me in a private chat: I do not post {what} in a group.")
+    format!(
+        "Send /{} to me in a private chat: I do not post {what} in a group.",
+        command.name()
+    )
 }
 
 /// The answer to /stats. "Today" is the last 24 hours, so the numbers do not drop at midnight.
@@ -275,7 +319,8 @@ pub async fn answer(
         _ => {}
     }
     let command = command.map(|c| c.name);
-    if command.as_deref() == Some("start") {
+    let known = command.as_deref().and_then(Command::named);
+    if known == Some(Command::Start) {
         let first_name = user.first_name.clone();
         return Ok(match store.register(update_id, user, "start").await? {
             Handled::Done(registration) | Handled::NothingWritten(registration) => {
@@ -303,25 +348,27 @@ pub async fn answer(
     let Some(command) = command else {
         return Ok(Answer::Nothing);
     };
-    if group && matches!(command.as_str(), "me" | "stats") {
-        return Ok(Answer::Reply(private_only_text(&command), record));
+    let private_only = known.filter(|c| c.is_private_only());
+    if let (true, Some(known)) = (group, private_only) {
+        return Ok(Answer::Reply(private_only_text(known), record));
     }
     let stored = match stored {
         Some(stored) => stored,
         // The write failed: what the answer needs of the row is read without it.
-        None if matches!(command.as_str(), "me" | "stats") => store.user(telegram_id).await?,
+        None if private_only.is_some() => store.user(telegram_id).await?,
         None => None,
     };
     let admin = admins.contains(telegram_id) || stored.as_ref().is_some_and(|u| u.is_admin);
-    let reply = match command.as_str() {
-        "help" => help_text(),
-        "me" => match &stored {
+    let reply = match known {
+        Some(Command::Help) => help_text(),
+        Some(Command::Me) => match &stored {
             Some(stored) => me_text(stored, admin),
             None => NOT_REGISTERED.to_owned(),
         },
-        "stats" if admin => stats_text(&store.stats().await?),
-        "stats" => STATS_REFUSED.to_owned(),
-        other => unknown_text(other),
+        Some(Command::Stats) if admin => stats_text(&store.stats().await?),
+        Some(Command::Stats) => STATS_REFUSED.to_owned(),
+        // /start was answered above.
+        Some(Command::Start) | None => unknown_text(&command),
     };
     Ok(Answer::Reply(reply, record))
 }
@@ -378,10 +425,17 @@ mod tests {
     #[test]
     fn help_lists_every_command() {
         let help = help_text();
-        assert_eq!(help.lines().count(), COMMANDS.len() + 1, "{help}");
-        for (name, description) in COMMANDS {
-            assert!(help.contains(&format!("/{name} - {description}")), "{help}");
+        assert_eq!(help.lines().count(), Command::ALL.len() + 1, "{help}");
+        for command in Command::ALL {
+            let line = format!("/{} - {}", command.name(), command.description());
+            assert!(help.contains(&line), "{help}");
+            assert_eq!(Command::named(command.name()), Some(command));
         }
+        assert_eq!(
+            help,
+            "Commands:\n/start - register, or refresh your details\n/help - list the commands\n\
+             /me - show what I store about you\n/stats - user numbers (admins only)"
+        );
     }
 
     #[test]
@@ -510,11 +564,11 @@ mod tests {
     #[test]
     fn in_a_group_me_and_stats_point_to_the_private_chat() {
         assert_eq!(
-            private_only_text("me"),
+            private_only_text(Command::Me),
             "Send /me to me in a private chat: I do not post your details in a group."
         );
         assert_eq!(
-            private_only_text("stats"),
+            private_only_text(Command::Stats),
             "Send /stats to me in a private chat: I do not post the bot's numbers in a group."
         );
     }
@@ -758,20 +812,19 @@ mod tests {
                     .starts_with("I don't know /weather")
             );
 
-            for command in ["me", "stats"] {
-                let (answer, wrote) = bot
-                    .writes(bot.send(group, 1000, &format!("/{command}")))
-                    .await;
+            for command in [Command::Me, Command::Stats] {
+                let name = command.name();
+                let (answer, wrote) = bot.writes(bot.send(group, 1000, &format!("/{name}"))).await;
                 assert_eq!(
                     answer,
                     Answer::Reply(private_only_text(command), Record::Written)
                 );
-                assert!(wrote, "/{command} is logged as usual");
+                assert!(wrote, "/{name} is logged as usual");
             }
             assert!(bot.last_seen_is_fresh(1000));
             assert_eq!(
                 reply(&bot.send(group, 7, "/me").await),
-                private_only_text("me"),
+                private_only_text(Command::Me),
                 "the same hint to a stranger"
             );
             assert!(reply(&bot.send(group, 1000, "/help").await).starts_with("Commands:"));

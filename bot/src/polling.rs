@@ -16,7 +16,7 @@ use teloxide::types::{AllowedUpdate, BotCommand, Me, Message, UpdateKind};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::chats::{Chats, Finished, MAX_IN_FLIGHT, Shared};
-use crate::commands::COMMANDS;
+use crate::commands::Command;
 use crate::config::{AdminIds, Config, Telegram};
 use crate::failures::{Failure, backoff, describe, token_rejected};
 use crate::handled::Recorder;
@@ -614,9 +614,9 @@ async fn connect(bot: &Bot, token: &str) -> anyhow::Result<Me> {
     if let Err(e) = bot.delete_webhook().await {
         tracing::warn!("deleteWebhook failed: {}", describe(&e, token));
     }
-    let published: Vec<BotCommand> = COMMANDS
-        .iter()
-        .map(|(name, description)| BotCommand::new(*name, *description))
+    let published: Vec<BotCommand> = Command::ALL
+        .into_iter()
+        .map(|c| BotCommand::new(c.name(), c.description()))
         .collect();
     if let Err(e) = bot.set_my_commands(published).await {
         tracing::warn!(

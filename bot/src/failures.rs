@@ -59,6 +59,27 @@ impl Failure {
         }
     }
 
+    /// What Telegram's JSON answer with `"ok": false` means, from the HTTP status and the
+    /// answer's `parameters` (never its description, which may echo the user's data).
+    pub fn of_answer(status: u16, parameters: &serde_json::Value) -> Failure {
+        if let Some(seconds) = parameters["retry_after"].as_u64() {
+            Failure::RetryAfter(Duration::from_secs(seconds))
+        } else if status == 429 {
+            // Too many requests, without saying how long to wait: not done, retried later.
+            Failure::NotDone
+        } else if let Some(moved) = parameters["migrate_to_chat_id"].as_i64() {
+            Failure::MovedTo(ChatId(moved))
+        } else if status == 401 {
+            Failure::TokenRejected
+        } else if (400..500).contains(&status) {
+            Failure::Refused
+        } else if status >= 500 {
+            Failure::NotDone
+        } else {
+            Failure::Unknown
+        }
+    }
+
     /// Whether a request that failed this way can be sent again without the risk of it being
     /// done twice.
     pub fn safe_to_retry(self) -> bool {
@@ -90,6 +111,65 @@ fn refusal(description: &str) -> bool {
 pub fn backoff(failures: u32, request_took: Duration) -> Duration {
     let doubled = FIRST_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16));
     doubled.min(MAX_BACKOFF).saturating_sub(request_took)
+}
+
+/// The one retry policy of every Bot API request: counts the failures in a row and says how
+/// long to wait before the next try, or that there is none. A 429 waits its `retry_after`;
+/// anything else waits [`backoff`]; a request that could be done twice (a reply) is retried only
+/// when Telegram surely did not do it, and a rejected token is never retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    failures: u32,
+    /// The most tries, if limited.
+    attempts: Option<u32>,
+    /// Whether doing the request twice is harmless (getUpdates, getMe).
+    idempotent: bool,
+}
+
+impl RetryPolicy {
+    /// For reads (getMe, getUpdates): retried as long as the bot runs.
+    pub fn reads() -> RetryPolicy {
+        RetryPolicy {
+            failures: 0,
+            attempts: None,
+            idempotent: true,
+        }
+    }
+
+    /// For a reply: retried only when surely not done, at most `attempts` tries in all.
+    pub fn reply(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            failures: 0,
+            attempts: Some(attempts),
+            idempotent: false,
+        }
+    }
+
+    /// Counts a failure of the request that started `took` ago: the pause before the next try,
+    /// or None when there is to be none.
+    pub fn after(&mut self, failure: Failure, took: Duration) -> Option<Duration> {
+        self.failures += 1;
+        if failure == Failure::TokenRejected
+            || self.attempts.is_some_and(|most| self.failures >= most)
+        {
+            return None;
+        }
+        match failure {
+            Failure::RetryAfter(wait) => Some(wait),
+            f if self.idempotent || f.safe_to_retry() => Some(backoff(self.failures, took)),
+            _ => None,
+        }
+    }
+
+    /// The failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A success: the count starts again; returns the failures before it.
+    pub fn succeeded(&mut self) -> u32 {
+        std::mem::take(&mut self.failures)
+    }
 }
 
 /// The error that stops the bot when Telegram rejects the token.
@@ -217,6 +297,63 @@ mod tests {
             Failure::of(&RequestError::Network(Arc::new(error))),
             Failure::Unreached
         );
+    }
+
+    #[test]
+    fn one_policy_retries_reads_always_and_replies_only_when_surely_not_done() {
+        let quick = Duration::ZERO;
+        let mut reads = RetryPolicy::reads();
+        for failure in [Failure::Unknown, Failure::Refused, Failure::Conflict] {
+            assert!(reads.after(failure, quick).is_some(), "{failure:?}");
+        }
+        assert_eq!(reads.failures(), 3);
+        assert_eq!(
+            reads.after(Failure::RetryAfter(Duration::from_secs(7)), quick),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(reads.after(Failure::TokenRejected, quick), None);
+        assert_eq!(reads.succeeded(), 5);
+        assert_eq!(reads.failures(), 0);
+
+        for failure in [Failure::Unknown, Failure::Refused, Failure::TokenRejected] {
+            assert_eq!(
+                RetryPolicy::reply(5).after(failure, quick),
+                None,
+                "{failure:?}"
+            );
+        }
+        let mut reply = RetryPolicy::reply(3);
+        assert_eq!(
+            reply.after(Failure::NotDone, quick),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            reply.after(Failure::Unreached, quick),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            reply.after(Failure::RetryAfter(Duration::from_secs(3)), quick),
+            None,
+            "the third try was the last"
+        );
+    }
+
+    #[test]
+    fn telegrams_refusals_are_told_by_status_and_parameters() {
+        let none = serde_json::json!(null);
+        assert_eq!(
+            Failure::of_answer(429, &serde_json::json!({"retry_after": 4})),
+            Failure::RetryAfter(Duration::from_secs(4))
+        );
+        assert_eq!(Failure::of_answer(429, &none), Failure::NotDone);
+        assert_eq!(
+            Failure::of_answer(400, &serde_json::json!({"migrate_to_chat_id": -100})),
+            Failure::MovedTo(ChatId(-100))
+        );
+        assert_eq!(Failure::of_answer(401, &none), Failure::TokenRejected);
+        assert_eq!(Failure::of_answer(403, &none), Failure::Refused);
+        assert_eq!(Failure::of_answer(502, &none), Failure::NotDone);
+        assert_eq!(Failure::of_answer(200, &none), Failure::Unknown);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::chats::{Chats, Finished, MAX_IN_FLIGHT, Shared};
 use crate::commands::Command;
 use crate::config::{AdminIds, Config, Telegram};
-use crate::failures::{Failure, backoff, describe, token_rejected};
+use crate::failures::{Failure, RetryPolicy, describe, token_rejected};
 use crate::handled::Recorder;
 use crate::health::Health;
 use crate::migrating;
@@ -126,14 +126,14 @@ const CONFIRM_LIMIT: Duration = Duration::from_secs(1);
 /// log, once per failure and once when it works again.
 struct Retries {
     method: &'static str,
-    failures: u32,
+    policy: RetryPolicy,
 }
 
 impl Retries {
     fn new(method: &'static str) -> Retries {
         Retries {
             method,
-            failures: 0,
+            policy: RetryPolicy::reads(),
         }
     }
 
@@ -144,12 +144,14 @@ impl Retries {
         error: &RequestError,
         took: Duration,
     ) -> anyhow::Result<Duration> {
-        self.failures += 1;
+        let failure = Failure::of(error);
+        let Some(wait) = self.policy.after(failure, took) else {
+            return Err(token_rejected());
+        };
         let method = self.method;
-        let failures = self.failures;
-        let wait = match Failure::of(error) {
-            Failure::TokenRejected => return Err(token_rejected()),
-            Failure::RetryAfter(wait) => {
+        let failures = self.policy.failures();
+        match failure {
+            Failure::RetryAfter(_) => {
                 tracing::warn!(
                     "{method}: Telegram asks to wait {}s (429 Too Many Requests); waiting, the bot keeps running",
                     wait.as_secs()
@@ -157,7 +159,6 @@ impl Retries {
                 return Ok(wait);
             }
             Failure::Conflict => {
-                let wait = backoff(failures, took);
                 tracing::error!(
                     "{method}: 409 Conflict ({failures} in a row): another instance is polling with this BOT_TOKEN (another server, a local run?); stop it, or each instance gets only some of the messages. Retrying in {:.1}s; the health check fails after {}s of this",
                     wait.as_secs_f32(),
@@ -165,8 +166,8 @@ impl Retries {
                 );
                 return Ok(wait);
             }
-            _ => backoff(failures, took),
-        };
+            _ => {}
+        }
         tracing::warn!(
             "{method} failed ({failures} in a row), retrying in {:.1}s; the bot keeps running: {}",
             wait.as_secs_f32(),
@@ -176,13 +177,12 @@ impl Retries {
     }
 
     fn after_success(&mut self) {
-        if self.failures > 0 {
+        let failures = self.policy.succeeded();
+        if failures > 0 {
             tracing::info!(
-                "{} works again after {} failed attempts",
-                self.method,
-                self.failures
+                "{} works again after {failures} failed attempts",
+                self.method
             );
-            self.failures = 0;
         }
     }
 }

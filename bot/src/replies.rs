@@ -10,7 +10,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use teloxide::prelude::*;
 
 use crate::config::redact;
-use crate::failures::{Failure, backoff};
+use crate::failures::{Failure, RetryPolicy};
 
 /// Tries of one sendMessage before the answer is dropped (and logged).
 pub const SEND_ATTEMPTS: u32 = 5;
@@ -103,7 +103,7 @@ impl Outbox {
         pace: &mut Pace,
         requesting: &impl Fn(bool),
     ) -> Sent {
-        let mut failures = 0;
+        let mut retries = RetryPolicy::reply(SEND_ATTEMPTS);
         let mut moved = false;
         loop {
             if let Some(overall) = &self.overall {
@@ -122,6 +122,7 @@ impl Outbox {
             let started = Instant::now();
             let (failure, error) = match self.send_once(chat, text, requesting).await {
                 Ok(()) => {
+                    let failures = retries.succeeded();
                     if failures > 0 {
                         tracing::info!(
                             "sendMessage to chat {chat} went through after {failures} failed attempts"
@@ -141,28 +142,21 @@ impl Outbox {
                 moved = true;
                 continue;
             }
-            failures += 1;
-            let wait = match failure {
-                _ if failures >= SEND_ATTEMPTS => None,
-                Failure::RetryAfter(wait) => {
-                    tracing::warn!(
-                        "sendMessage to chat {chat}: Telegram asks to wait {}s (429 Too Many Requests); waiting, then attempt {} of {SEND_ATTEMPTS}",
-                        wait.as_secs(),
-                        failures + 1
-                    );
-                    Some(wait)
-                }
-                Failure::NotDone | Failure::Unreached => {
-                    let wait = backoff(failures, started.elapsed());
-                    tracing::warn!(
-                        "sendMessage to chat {chat} failed (attempt {failures} of {SEND_ATTEMPTS}), retrying in {:.1}s: {}",
-                        wait.as_secs_f32(),
-                        error
-                    );
-                    Some(wait)
-                }
-                _ => None,
-            };
+            let wait = retries.after(failure, started.elapsed());
+            let failures = retries.failures();
+            match (wait, failure) {
+                (Some(wait), Failure::RetryAfter(_)) => tracing::warn!(
+                    "sendMessage to chat {chat}: Telegram asks to wait {}s (429 Too Many Requests); waiting, then attempt {} of {SEND_ATTEMPTS}",
+                    wait.as_secs(),
+                    failures + 1
+                ),
+                (Some(wait), _) => tracing::warn!(
+                    "sendMessage to chat {chat} failed (attempt {failures} of {SEND_ATTEMPTS}), retrying in {:.1}s: {}",
+                    wait.as_secs_f32(),
+                    error
+                ),
+                (None, _) => {}
+            }
             let Some(wait) = wait else {
                 if failure.safe_to_retry() {
                     tracing::warn!(
@@ -243,21 +237,7 @@ impl Outbox {
             return Ok(());
         }
         // The status only, never Telegram's description: it may echo the user's data.
-        let parameters = &answer["parameters"];
-        let failure = if let Some(seconds) = parameters["retry_after"].as_u64() {
-            Failure::RetryAfter(Duration::from_secs(seconds))
-        } else if status.as_u16() == 429 {
-            // Too many requests, without saying how long to wait: not done, retried later.
-            Failure::NotDone
-        } else if let Some(moved) = parameters["migrate_to_chat_id"].as_i64() {
-            Failure::MovedTo(ChatId(moved))
-        } else if status.as_u16() == 401 {
-            Failure::TokenRejected
-        } else if status.is_client_error() {
-            Failure::Refused
-        } else {
-            Failure::Unknown
-        };
+        let failure = Failure::of_answer(status.as_u16(), &answer["parameters"]);
         Err((failure, format!("Telegram answered {status}")))
     }
 }

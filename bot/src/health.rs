@@ -13,8 +13,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use migrations::{Database, State};
+use migrations::Database;
 use serde::{Deserialize, Serialize};
+
+use crate::store::Verdict;
 
 /// A heartbeat older than this means the polling loop is stuck or gone. The loop beats after
 /// every poll, and every [`BEAT_INTERVAL`] while it waits (a request, a retry, a batch).
@@ -201,7 +203,7 @@ pub fn check(heartbeat: &Path, database: &Path) -> anyhow::Result<()> {
     let db = Database::open_read_only(database)?
         .with_context(|| format!("no database at {}", database.display()))?;
     let status = db.status()?;
-    if status.state != State::Current {
+    if Verdict::of(Some(status.state)) != Verdict::Serve {
         bail!(
             "the database is {} (revision {:?}, head {})",
             status.state.name(),

@@ -23,7 +23,7 @@ use crate::handled::Recorder;
 use crate::health::Health;
 use crate::migrating;
 use crate::replies::Outbox;
-use crate::store::{Owner, Store};
+use crate::store::{Owner, Store, Verdict};
 
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
 const POLL_TIMEOUT_SECS: u32 = 10;
@@ -243,16 +243,7 @@ async fn wait_for_schema(path: &std::path::Path, limit: Duration) {
         })
         .await
         .unwrap_or((None, None));
-        let waitable = matches!(
-            state,
-            None | Some(
-                migrations::State::Behind
-                    | migrations::State::Unstamped
-                    | migrations::State::Foreign
-                    | migrations::State::Empty
-            )
-        );
-        if !waitable {
+        if Verdict::of(state) != Verdict::Wait {
             return;
         }
         let state = state.map_or("missing", |s| s.name());

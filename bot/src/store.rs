@@ -332,6 +332,32 @@ pub struct Store {
     revision: u32,
 }
 
+/// The one rule of what the bot does with a database, by its state (None: no file, or one that
+/// cannot be read yet): serve it, wait for a deploy's migration to bring it to head, or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Current: the bot serves it.
+    Serve,
+    /// Missing, empty, behind, or not yet ours (unstamped, another tool's): what a migration
+    /// that runs beside a starting bot brings to head.
+    Wait,
+    /// Ahead, modified or drifted: only a person can sort it out.
+    Refuse,
+}
+
+impl Verdict {
+    /// The verdict on a database in `state`.
+    pub fn of(state: Option<State>) -> Verdict {
+        match state {
+            Some(State::Current) => Verdict::Serve,
+            None | Some(State::Behind | State::Unstamped | State::Foreign | State::Empty) => {
+                Verdict::Wait
+            }
+            Some(State::Ahead | State::Modified | State::Drifted) => Verdict::Refuse,
+        }
+    }
+}
+
 impl Store {
     /// Opens the database; refuses unless its schema is current, since the bot never creates
     /// or changes tables itself.
@@ -351,7 +377,7 @@ impl Store {
             ),
         };
         let status = db.status()?;
-        if status.state != State::Current {
+        if Verdict::of(Some(status.state)) != Verdict::Serve {
             bail!(
                 "the database at {} is {} (revision {}, this build needs {}); run `cargo xtask prod-migrate` (or `bot db upgrade`) first",
                 path.display(),
@@ -1155,6 +1181,23 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::TempDb;
     use super::*;
+
+    #[test]
+    fn the_bot_serves_a_current_database_waits_for_a_migration_and_refuses_the_rest() {
+        assert_eq!(Verdict::of(Some(State::Current)), Verdict::Serve);
+        for state in [
+            None,
+            Some(State::Empty),
+            Some(State::Unstamped),
+            Some(State::Foreign),
+            Some(State::Behind),
+        ] {
+            assert_eq!(Verdict::of(state), Verdict::Wait, "{state:?}");
+        }
+        for state in [State::Ahead, State::Modified, State::Drifted] {
+            assert_eq!(Verdict::of(Some(state)), Verdict::Refuse, "{state:?}");
+        }
+    }
 
     fn facts(telegram_id: i64) -> UserFacts {
         UserFacts {

@@ -138,7 +138,7 @@ fn exit_codes() -> Vec<u32> {
 
 #[test]
 fn the_exit_codes_are_the_same_in_the_code_the_help_and_the_readme() {
-    let main = read("xtask/src/main.rs");
+    let main = read("xtask/src/cli.rs");
     let help = main
         .lines()
         .find(|l| l.trim_start().starts_with("after_help = \"Exit codes:"))

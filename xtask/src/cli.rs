@@ -1,0 +1,242 @@
+//! The command line: the tasks, their options, and how each one's outcome becomes the exit
+//! code and the final report.
+
+use std::time::Instant;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use xshell::Shell;
+
+use crate::deploy::Mode;
+use crate::exit::ExitCode;
+use crate::output::Printer;
+use crate::project::StackArgs;
+use crate::report::Report;
+use crate::{bench, deploy, exit, host, old_app, project, secrets, signals, tasks};
+
+/// Deploys and runs the bot with Docker Compose.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    after_help = "Exit codes: 0 done, 1 a step failed (rolled back), 2 usage, 3 refused (nothing changed), 4 machine not ready, 5 another deploy holds the lock, 6 done with a warning (see the report), 128+N stopped by signal N before anything changed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Set up a server: check it, build, create, import or adopt the database, start, wait
+    /// until healthy.
+    FirstDeploy(DeployArgs),
+    /// The database part alone: stop, back up, adopt, upgrade, start, wait until healthy.
+    ProdMigrate(DeployArgs),
+    /// Build while the old bot runs, then migrate and start the new image. Idempotent.
+    ProdFullUpdate(DeployArgs),
+    /// Finish a deploy that was killed before it ended (`status` names it): brings the
+    /// database to this image's head and the bot up, verified healthy; `rollback` afterwards
+    /// returns to where that deploy started.
+    Recover(DeployArgs),
+    /// Containers, health, database state.
+    Status(tasks::status::Args),
+    /// Put a database file into the volume (it does not migrate).
+    Restore(tasks::restore::Args),
+    /// Go back to the image (and backup) from before the last deploy.
+    Rollback(StackArgs),
+    /// Take a checked backup of the live database into the backup folder.
+    Backup(StackArgs),
+    /// The deploy history as a table.
+    History(StackArgs),
+    /// Run the preflight checks alone, each with its fix.
+    Doctor(StackArgs),
+    /// `bot db ARGS` on the project's volume in a throw-away container: reads at once; writes
+    /// (upgrade, downgrade, stamp, adopt) after a question, under the deploy lock, after a backup.
+    Db(tasks::db::Args),
+    /// The bot's log.
+    Logs {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Follow the log.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Restart the bot and wait until it is healthy.
+    Restart(StackArgs),
+    /// Stop and remove the containers (never the volume).
+    Down(StackArgs),
+    /// Write the next migration's up and down files.
+    NewMigration(tasks::schema::NewArgs),
+    /// Check every migration on a fresh database: released files unchanged, down files
+    /// round-trip; `--release` records the new ones as released.
+    CheckMigrations(tasks::schema::CheckArgs),
+    /// What CI runs: fmt, clippy, check-migrations, every test.
+    Ci,
+    /// Send a message to the demo bot through the stand-in and print the answer.
+    Chat(tasks::chat::Args),
+    /// Measure the speed and size targets; write docs/BENCHMARKS.md.
+    Bench(bench::Args),
+}
+
+/// The options of the deploy tasks.
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    #[command(flatten)]
+    import: old_app::ImportArgs,
+}
+
+/// Parses the command line and runs the task; `cargo xtask` alone lists the tasks.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let Some(task) = cli.task else {
+        // `cargo xtask` alone lists the tasks.
+        let _ = Cli::command().print_help();
+        return std::process::ExitCode::SUCCESS;
+    };
+    // The engine is chosen before any thread starts: it becomes this process's DOCKER_HOST.
+    if let Some(args) = task.stack_args() {
+        match host::resolve(args.host.as_deref(), args.context.as_deref()) {
+            Ok(engine) => engine.apply(),
+            Err(error) => return std::process::ExitCode::from(plain(Err(error)) as u8),
+        }
+    }
+    let sh = match Shell::new() {
+        Ok(sh) => sh,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    sh.change_dir(project::root());
+    signals::install();
+    let code = match task {
+        Task::FirstDeploy(args) => deploy_task(&sh, Mode::FirstDeploy, args),
+        Task::ProdMigrate(args) => deploy_task(&sh, Mode::Migrate, args),
+        Task::ProdFullUpdate(args) => deploy_task(&sh, Mode::FullUpdate, args),
+        Task::Recover(args) => deploy_task(&sh, Mode::Recover, args),
+        Task::Restore(args) => {
+            let stack_args = args_stack(&args);
+            reported(&sh, "restore", stack_args, move |sh, _, printer, report| {
+                tasks::restore::run(sh, args, printer, report)
+            })
+        }
+        Task::Rollback(args) => reported(&sh, "rollback", args, tasks::rollback::run),
+        Task::Backup(args) => reported(&sh, "backup", args, tasks::backup::run),
+        Task::Restart(args) => reported(&sh, "restart", args, tasks::ops::restart),
+        Task::Down(args) => reported(&sh, "down", args, tasks::ops::down),
+        Task::History(args) => plain(tasks::history::run(&args)),
+        Task::Doctor(args) => plain(tasks::doctor::run(&sh, &args)),
+        Task::Logs {
+            stack,
+            follow,
+            tail,
+        } => plain(tasks::ops::logs(&sh, &stack, follow, tail)),
+        Task::NewMigration(args) => plain(tasks::schema::new_migration(args)),
+        Task::CheckMigrations(args) => plain(tasks::schema::check_migrations(args)),
+        Task::Ci => plain(tasks::ci::run(&sh)),
+        Task::Status(args) => plain(tasks::status::run(&sh, args)),
+        Task::Chat(args) => plain(tasks::chat::run(&sh, args)),
+        Task::Db(args) => match args.kind() {
+            Err(error) => plain(Err(error)),
+            Ok(tasks::db::Kind::Reads) => plain(tasks::db::read(&sh, &args)),
+            Ok(tasks::db::Kind::Writes) => {
+                let stack = args.stack.clone();
+                reported(&sh, "db", stack, move |sh, _, printer, report| {
+                    tasks::db::write(sh, &args, printer, report)
+                })
+            }
+        },
+        Task::Bench(args) => plain(bench::run(&sh, args)),
+    };
+    std::process::ExitCode::from(code as u8)
+}
+
+impl Task {
+    /// The options naming the project and its engine, for the tasks that have them.
+    fn stack_args(&self) -> Option<&StackArgs> {
+        match self {
+            Task::FirstDeploy(args)
+            | Task::ProdMigrate(args)
+            | Task::ProdFullUpdate(args)
+            | Task::Recover(args) => Some(&args.stack),
+            Task::Status(args) => Some(&args.stack),
+            Task::Restore(args) => Some(args.stack_args()),
+            Task::Rollback(args)
+            | Task::Backup(args)
+            | Task::History(args)
+            | Task::Doctor(args)
+            | Task::Restart(args)
+            | Task::Down(args) => Some(args),
+            Task::Db(args) => Some(&args.stack),
+            Task::Logs { stack, .. } => Some(stack),
+            Task::Chat(args) => Some(&args.stack),
+            Task::NewMigration(_) | Task::CheckMigrations(_) | Task::Ci | Task::Bench(_) => None,
+        }
+    }
+}
+
+fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {
+    let DeployArgs { stack, import } = args;
+    reported(sh, mode.task(), stack, |sh, args, printer, report| {
+        deploy::run(sh, args, &import, mode, printer, report)
+    })
+}
+
+fn args_stack(args: &tasks::restore::Args) -> StackArgs {
+    args.stack_args().clone()
+}
+
+/// Runs a task that changes things, timing it and printing its final report.
+fn reported(
+    sh: &Shell,
+    task: &str,
+    args: StackArgs,
+    work: impl FnOnce(&Shell, &StackArgs, &Printer, &mut Report) -> anyhow::Result<()>,
+) -> ExitCode {
+    let printer = Printer::new(args.json);
+    let project = project::project_name(args.project_name.as_deref()).unwrap_or_default();
+    let mut report = Report::new(task, &project);
+    let started = Instant::now();
+    let result = work(sh, &args, &printer, &mut report);
+    report.seconds = started.elapsed().as_secs_f64();
+    let code = match &result {
+        Ok(()) if !report.warnings.is_empty() => {
+            report.result = "warning".into();
+            ExitCode::Warning
+        }
+        Ok(()) => ExitCode::Success,
+        Err(error) => {
+            let code = exit::code_of(error);
+            report.result = match code {
+                ExitCode::Refused => "refused",
+                ExitCode::NotReady => "not-ready",
+                ExitCode::Usage => "usage",
+                _ => "failed",
+            }
+            .into();
+            report.error = Some(format!("{error:#}"));
+            if report.failed_step.is_none() {
+                report.failed_step = report.last_failed_step();
+            }
+            eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
+            code
+        }
+    };
+    report.exit_code = code as i32;
+    printer.finish(&report);
+    code
+}
+
+fn plain(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::Success,
+        Err(error) => {
+            eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
+            exit::code_of(&error)
+        }
+    }
+}

@@ -11,6 +11,15 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 use serde_json::Value;
+use xshell::Shell;
+use xtask::compose::Stack;
+
+/// A shell in the workspace, for xtask's own command builders.
+pub fn shell() -> Shell {
+    let sh = Shell::new().unwrap();
+    sh.change_dir(root());
+    sh
+}
 
 /// One deploy at a time: they share the CPU-heavy release build and the Docker engine.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -112,12 +121,17 @@ impl Project {
         command.output().unwrap()
     }
 
+    /// The project's stack as `cargo xtask --demo` names it.
+    pub fn stack(&self) -> Stack {
+        Stack::new(&shell(), &self.name, true).expect("Docker Compose is installed")
+    }
+
     pub fn image(&self) -> String {
-        format!("tgbot-bot:{}", self.name)
+        self.stack().bot_image
     }
 
     pub fn volume(&self) -> String {
-        format!("{}_bot-data", self.name)
+        self.stack().volume()
     }
 
     /// `bot <args>` in a throw-away container on the project's volume.
@@ -240,36 +254,28 @@ impl Project {
 
     /// The bot service's containers: ids, newest first.
     pub fn bot_containers(&self) -> Vec<String> {
-        docker(&[
-            "ps",
-            "-a",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.name),
-            "--filter",
-            "label=com.docker.compose.service=bot",
-            "--filter",
-            "label=com.docker.compose.oneoff=False",
-        ])
-        .lines()
-        .map(str::to_owned)
-        .collect()
+        let sh = shell();
+        self.stack()
+            .bot_containers(&sh)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
     }
 
     /// A second container of the bot service beside the first, as `--scale bot=2` makes it;
     /// `started: false` leaves it created only (what a crash during "start new bot" leaves).
     pub fn second_bot(&self, started: bool) {
-        let compose = root().join("docker/docker-compose.prod.yml");
+        let sh = shell();
         let start: &[&str] = if started { &["-d"] } else { &["--no-start"] };
-        let made = Command::new("docker-compose")
-            .args(["-f", compose.to_str().unwrap(), "-p", &self.name])
-            .args(["--profile", "demo", "up"])
+        let made = self
+            .stack()
+            .cmd(&sh)
+            .arg("up")
             .args(start)
             .args(["--no-deps", "--no-recreate", "--scale", "bot=2", "bot"])
-            .env("BOT_ENV_FILE", root().join("docker/demo.env"))
-            .env("BOT_IMAGE", self.image())
-            .env("STANDIN_IMAGE", format!("tgbot-standin:{}", self.name))
-            .stdin(Stdio::null())
+            .quiet()
+            .ignore_status()
             .output()
             .unwrap();
         assert!(made.status.success(), "{}", text(&made));
@@ -293,32 +299,14 @@ impl Project {
     }
 
     pub fn remove_stack(&self) {
-        let compose = root().join("docker/docker-compose.prod.yml");
-        for program in [vec!["docker-compose"], vec!["docker", "compose"]] {
-            let mut args: Vec<&str> = program[1..].to_vec();
-            args.extend([
-                "-f",
-                compose.to_str().unwrap(),
-                "-p",
-                &self.name,
-                "--profile",
-                "demo",
-                "down",
-                "-v",
-                "--remove-orphans",
-            ]);
-            let done = Command::new(program[0])
-                .args(&args)
-                .env("BOT_ENV_FILE", root().join("docker/demo.env"))
-                .env("BOT_IMAGE", self.image())
-                .env("STANDIN_IMAGE", format!("tgbot-standin:{}", self.name))
-                .stdin(Stdio::null())
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if done {
-                break;
-            }
-        }
+        let sh = shell();
+        let stack = self.stack();
+        let _ = stack
+            .cmd(&sh)
+            .args(["down", "-v", "--remove-orphans"])
+            .quiet()
+            .ignore_status()
+            .output();
         let _ = run("docker", &["volume", "rm", "-f", &self.volume()]);
     }
 }

@@ -257,44 +257,12 @@ impl Stack {
 
     /// The services' logs (`-f` follows), line by line to this terminal, scrubbed.
     pub fn logs(&self, sh: &Shell, follow: bool, tail: usize) -> anyhow::Result<()> {
-        use std::io::{BufRead, BufReader, Write};
-        use std::process::{Command, Stdio};
         let tail = tail.to_string();
         let mut c = self.cmd(sh).args(["logs", "--tail", &tail]);
         if follow {
             c = c.arg("-f");
         }
-        let c = c.arg("bot");
-        let shown = secrets::scrub(&c.to_string());
-        let mut command: Command = c.into();
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run `{shown}`"))?;
-        let stderr = child.stderr.take().expect("piped");
-        let errors = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-                eprintln!("{}", secrets::scrub(&String::from_utf8_lossy(&line)));
-            }
-        });
-        let mut out = std::io::stdout().lock();
-        for line in BufReader::new(child.stdout.take().expect("piped"))
-            .split(b'\n')
-            .map_while(Result::ok)
-        {
-            if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
-                let _ = child.kill(); // the reader went away (`| head`)
-                break;
-            }
-        }
-        let status = child.wait()?;
-        let _ = errors.join();
-        if !status.success() && status.code().is_some() {
-            anyhow::bail!("`{shown}` exited with {status}");
-        }
-        Ok(())
+        process::stream(c.arg("bot"))
     }
 
     /// Stops and removes the containers and network; the volume is never removed.

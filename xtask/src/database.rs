@@ -474,16 +474,15 @@ impl MigrationContainer {
     /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
     /// and waiting.
     pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
-        let mut child = crate::signals::own_group(&mut std::process::Command::new("docker"))
-            .args(["start", "-ai", &self.id])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        let (stdin_reader, stdin) = std::io::pipe().context("cannot make a pipe")?;
+        let (stderr, stderr_writer) = std::io::pipe().context("cannot make a pipe")?;
+        let started = process::Argv::new("docker", ["start", "-ai", &self.id])
+            .start_with(|e| {
+                e.stdin_file(stdin_reader)
+                    .stdout_capture()
+                    .stderr_file(stderr_writer)
+            })
             .context("cannot run docker start")?;
-        let stdin = child.stdin.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let errors = std::thread::spawn(move || {
             use std::io::BufRead;
@@ -500,16 +499,10 @@ impl MigrationContainer {
             }
             lines.join("\n")
         });
-        let output = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-            text
-        });
         let mut waiting = WaitingMigration {
             limit: process::migration_limit(self.bytes),
-            child,
+            started,
             stdin: Some(stdin),
-            output: Some(output),
             errors: Some(errors),
         };
         if ready_rx
@@ -587,9 +580,10 @@ pub fn partial_name(file: &Path) -> PathBuf {
 pub struct WaitingMigration {
     /// How long the migration may take once told to go.
     limit: std::time::Duration,
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    output: Option<std::thread::JoinHandle<String>>,
+    /// `docker start -ai`, its standard output captured.
+    started: process::Started,
+    stdin: Option<std::io::PipeWriter>,
+    /// Its standard error, less the line saying it waits.
     errors: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -600,19 +594,17 @@ impl WaitingMigration {
             std::io::Write::write_all(&mut stdin, b"go\n")
                 .context("cannot tell the migration to go")?;
         }
-        let (status, errors) = self.finish();
-        let output = self
-            .output
-            .take()
-            .map(|o| o.join().unwrap_or_default())
-            .unwrap_or_default();
-        if !status.is_some_and(|s| s.success()) {
-            bail!(
+        let (ended, errors) = self.finish();
+        match ended {
+            Ok((status, stdout)) if status.success() => {
+                last_json(&stdout, "`bot db upgrade --json`")
+            }
+            Ok(_) => bail!(
                 "migrating the database failed:\n{}",
                 process::tail(&errors, 25)
-            );
+            ),
+            Err(e) => bail!("{e:#}\n{}", process::tail(&errors, 25)),
         }
-        last_json(&output, "`bot db upgrade --json`")
     }
 
     /// Tells it to stop without changing anything.
@@ -623,27 +615,23 @@ impl WaitingMigration {
         let _ = self.finish();
     }
 
-    fn finish(&mut self) -> (Option<std::process::ExitStatus>, String) {
+    /// Closes its standard input and waits for it within the migration's limit (else stops
+    /// it): its standard output, and its standard error.
+    fn finish(&mut self) -> (anyhow::Result<(std::process::ExitStatus, String)>, String) {
         drop(self.stdin.take());
-        let deadline = std::time::Instant::now() + self.limit;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    break None;
-                }
-            }
-        };
+        let ended = self
+            .started
+            .wait_within("migrating the database", self.limit)
+            .map(|output| {
+                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                (output.status, stdout)
+            });
         let errors = self
             .errors
             .take()
             .map(|e| e.join().unwrap_or_default())
             .unwrap_or_default();
-        (status, errors)
+        (ended, errors)
     }
 }
 

@@ -19,6 +19,9 @@ pub fn check_daemon(sh: &Shell) -> anyhow::Result<String> {
             "the Docker daemon is not reachable: {}\nStart it (`sudo systemctl start docker`), or point DOCKER_HOST / `docker context use` at a running engine",
             String::from_utf8_lossy(&out.stderr).trim()
         ))),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(exit::not_ready(format!(
+            "the Docker daemon does not answer: {e}\nCheck that it runs (`sudo systemctl status docker`), and for an ssh:// engine that the server is reachable"
+        ))),
         Err(e) => Err(exit::not_ready(format!(
             "the docker command is missing ({e}); install Docker Engine (https://docs.docker.com/engine/install/)"
         ))),

@@ -188,14 +188,7 @@ pub fn is_release_tag_of(tag: &str, project: &str) -> bool {
     };
     let revision_ok = revision == "nogit"
         || (!revision.is_empty() && revision.chars().all(|c| c.is_ascii_hexdigit()));
-    let time_ok = time.len() == 16
-        && time.as_bytes()[8] == b't'
-        && time.ends_with('z')
-        && time[..8]
-            .bytes()
-            .chain(time[9..15].bytes())
-            .all(|b| b.is_ascii_digit());
-    revision_ok && time_ok
+    revision_ok && crate::clock::is_tag_time(time)
 }
 
 /// The release tags to remove: all but the newest `keep` (by the time in the tag), and beyond

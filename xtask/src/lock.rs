@@ -154,13 +154,10 @@ pub fn operator() -> String {
 
 /// `git config user.name` in the project's checkout, when git runs and one is set.
 fn git_user_name() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["config", "--get", "user.name"])
-        .current_dir(crate::project::root())
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
+    let out = process::output(
+        process::Argv::new("git", ["config", "--get", "user.name"]).dir(&crate::project::root()),
+    )
+    .ok()?;
     let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (out.status.success() && !name.is_empty()).then_some(name)
 }
@@ -486,32 +483,15 @@ fn import_marker_image(sh: &Shell) -> anyhow::Result<()> {
 
 /// Removes a container by id, within [`DOCKER_TIMEOUT`]; a failure is only reported.
 fn remove_container(id: &str) {
-    let child = crate::signals::own_group(&mut std::process::Command::new("docker"))
-        .args(["rm", "-f", id])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
+    let Ok(removing) = process::Argv::new("docker", ["rm", "-f", id]).start() else {
         eprintln!("warning: could not remove the deploy lock {id}");
         return;
     };
-    let deadline = std::time::Instant::now() + DOCKER_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!(
-                    "warning: the deploy lock {id} was not removed; the next deploy removes it"
-                );
-                return;
-            }
-        }
+    if removing
+        .wait_within("removing the deploy lock", DOCKER_TIMEOUT)
+        .is_err()
+    {
+        eprintln!("warning: the deploy lock {id} was not removed; the next deploy removes it");
     }
 }
 

@@ -1,18 +1,24 @@
-//! Running programs: argv only (never a shell), output captured, every wait bounded by a
-//! timeout that says what it waited for, failures that show the command and what it printed,
-//! scrubbed of the environment file's secrets (see [`crate::secrets`]).
+//! Running programs, with duct: argv only (never a shell), output captured, every wait bounded
+//! by a timeout that says what it waited for, failures that show the command and what it
+//! printed, scrubbed of the environment file's secrets (see [`crate::secrets`]). Each program
+//! runs in a process group of its own, noted for the signal handler while it runs (see
+//! [`crate::signals`]); a program that outlives its time limit is stopped with its group.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{ExitStatus, Output};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use xshell::Cmd;
 
 use crate::secrets;
 
 /// How long a Docker or Compose command may take unless a step says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a program stopped (SIGKILL to its group) may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The size to plan a copy's or a migration's time for when it cannot be known (a damaged
 /// file, a container made before sizes were labelled): about 50 minutes of copy.
@@ -39,6 +45,15 @@ pub struct Finished {
     pub stderr: String,
 }
 
+impl Finished {
+    fn of(output: &Output) -> Finished {
+        Finished {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Finished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Finished")
@@ -48,13 +63,142 @@ impl std::fmt::Debug for Finished {
     }
 }
 
-/// Runs `cmd` to the end for what it prints, whatever its exit status, in a process group of
-/// its own (see [`crate::signals`]): for lookups whose failure is an answer.
-pub fn output(cmd: Cmd<'_>) -> std::io::Result<std::process::Output> {
-    let mut command: Command = cmd.into();
-    crate::signals::own_group(&mut command)
-        .stdin(Stdio::null())
-        .output()
+/// A command line: a program and its arguments (never a shell), in a process group of its own,
+/// with the working directory and environment an xshell `Shell` gave it.
+pub struct Argv {
+    expression: duct::Expression,
+    /// The command line as shown, scrubbed.
+    shown: String,
+}
+
+impl Argv {
+    /// `program` with `args`, in this process's working directory and environment.
+    pub fn new<I>(program: &str, args: I) -> Argv
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let shown = std::iter::once(program.into())
+            .chain(args.iter().map(|a| a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Argv::of(duct::cmd(program, args), &shown)
+    }
+
+    fn of(expression: duct::Expression, shown: &str) -> Argv {
+        Argv {
+            expression: expression.before_spawn(|command| {
+                crate::signals::own_group(command);
+                Ok(())
+            }),
+            shown: secrets::scrub(shown),
+        }
+    }
+
+    /// Runs it in `dir`.
+    pub fn dir(self, dir: &Path) -> Argv {
+        Argv {
+            expression: self.expression.dir(dir),
+            shown: self.shown,
+        }
+    }
+
+    /// Starts it with standard input from /dev/null and its output captured.
+    pub fn start(&self) -> std::io::Result<Started> {
+        self.start_with(|e| e.stdin_null().stdout_capture().stderr_capture())
+    }
+
+    /// Starts it with the redirections `io` adds (duct's `stdin_file`, `stdout_capture`...).
+    /// The expression is dropped once started, so the pipe ends handed to it close here.
+    pub fn start_with(
+        &self,
+        io: impl FnOnce(duct::Expression) -> duct::Expression,
+    ) -> std::io::Result<Started> {
+        let handle = io(self.expression.clone()).unchecked().start()?;
+        let tracked = handle.pids().into_iter().map(Tracked::new).collect();
+        Ok(Started {
+            handle,
+            shown: self.shown.clone(),
+            _tracked: tracked,
+        })
+    }
+}
+
+impl From<Cmd<'_>> for Argv {
+    /// The program, arguments, working directory and environment variables (the `Shell`'s and
+    /// the command's own) of an xshell command.
+    fn from(cmd: Cmd<'_>) -> Argv {
+        let shown = cmd.to_string();
+        let command = std::process::Command::from(cmd);
+        let mut expression = duct::cmd(command.get_program(), command.get_args());
+        if let Some(dir) = command.get_current_dir() {
+            expression = expression.dir(dir);
+        }
+        for (key, value) in command.get_envs() {
+            expression = match value {
+                Some(value) => expression.env(key, value),
+                None => expression.env_remove(key),
+            };
+        }
+        Argv::of(expression, &shown)
+    }
+}
+
+/// A program started by [`Argv::start`], noted for the signal handler until dropped; dropped
+/// while it still runs, it is stopped with its process group.
+pub struct Started {
+    handle: duct::Handle,
+    shown: String,
+    _tracked: Vec<Tracked>,
+}
+
+impl Started {
+    /// What it printed and its status, once it has ended.
+    pub fn try_wait(&self) -> Option<&Output> {
+        self.handle.try_wait().ok().flatten()
+    }
+
+    /// Waits at most `up_to` for it to end, and leaves it running past that: for a caller that
+    /// watches more than one thing within a deadline of its own.
+    pub fn wait_briefly(&self, up_to: Duration) -> Option<&Output> {
+        self.handle.wait_timeout(up_to).ok().flatten()
+    }
+
+    /// Waits at most `timeout` for it to end: what it printed and its status. Past that it is
+    /// stopped, and the error names `what` was waited for and the command.
+    pub fn wait_within(&self, what: &str, timeout: Duration) -> anyhow::Result<&Output> {
+        match self.handle.wait_timeout(timeout) {
+            Ok(Some(output)) => Ok(output),
+            Ok(None) => {
+                self.stop();
+                bail!(
+                    "{what}: `{}` did not finish within {:.1}s and was stopped; check that the Docker daemon answers (`docker info`)",
+                    self.shown,
+                    timeout.as_secs_f64()
+                )
+            }
+            Err(e) => bail!("{what}: waiting for `{}` failed: {e}", self.shown),
+        }
+    }
+
+    /// Stops it and its process group (SIGKILL), and reaps it within [`REAP_TIMEOUT`].
+    pub fn stop(&self) {
+        if let Ok(None) = self.handle.try_wait() {
+            // Its group's id is its pid, which is not reused while the group has a member.
+            for pid in self.handle.pids() {
+                crate::signals::kill_group(pid);
+            }
+            let _ = self.handle.kill();
+            let _ = self.handle.wait_timeout(REAP_TIMEOUT);
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A child noted for the signal handler while it runs (see [`crate::signals`]).
@@ -74,17 +218,36 @@ impl Drop for Tracked {
     }
 }
 
-/// Runs `cmd` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
-pub fn run(cmd: Cmd<'_>, what: &str) -> anyhow::Result<Finished> {
-    run_within(cmd, what, DEFAULT_TIMEOUT)
+/// Runs `command` to the end within [`DEFAULT_TIMEOUT`] for what it prints, whatever its exit
+/// status: for lookups whose failure is an answer. An error when it cannot run or outlives
+/// the limit (and was stopped).
+pub fn output(command: impl Into<Argv>) -> std::io::Result<Output> {
+    let started = command.into().start()?;
+    match started.wait_within("looking up", DEFAULT_TIMEOUT) {
+        Ok(output) => Ok(output.clone()),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{e:#}"),
+        )),
+    }
 }
 
-/// Runs `cmd` to the end; fails with the command line and the tail of its output when it exits
-/// non-zero, and kills it when it outlives `timeout`. `what` says what the command was for.
-/// Every error is scrubbed of the environment file's secrets.
-pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result<Finished> {
-    let shown = secrets::scrub(&cmd.to_string());
-    let (status, finished) = run_to_end(cmd, what, timeout)?;
+/// Runs `command` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
+pub fn run(command: impl Into<Argv>, what: &str) -> anyhow::Result<Finished> {
+    run_within(command, what, DEFAULT_TIMEOUT)
+}
+
+/// Runs `command` to the end; fails with the command line and the tail of its output when it
+/// exits non-zero, and stops it when it outlives `timeout`. `what` says what the command was
+/// for. Every error is scrubbed of the environment file's secrets.
+pub fn run_within(
+    command: impl Into<Argv>,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<Finished> {
+    let command = command.into();
+    let shown = command.shown.clone();
+    let (status, finished) = run_to_end(command, what, timeout)?;
     if !status.success() {
         let code = status
             .code()
@@ -97,57 +260,65 @@ pub fn run_within(cmd: Cmd<'_>, what: &str, timeout: Duration) -> anyhow::Result
     Ok(finished)
 }
 
-/// Runs `cmd` to the end within `timeout` (else kills it and fails), whatever its exit status:
-/// the status and what it printed, for a caller that passes the command's own verdict on.
+/// Runs `command` to the end within `timeout` (else stops it and fails), whatever its exit
+/// status: the status and what it printed, for a caller that passes the command's own verdict
+/// on.
 pub fn run_to_end(
-    cmd: Cmd<'_>,
+    command: impl Into<Argv>,
     what: &str,
     timeout: Duration,
-) -> anyhow::Result<(std::process::ExitStatus, Finished)> {
-    let shown = secrets::scrub(&cmd.to_string());
+) -> anyhow::Result<(ExitStatus, Finished)> {
+    let command = command.into();
     let what = secrets::scrub(what);
-    let mut command: Command = cmd.into();
-    crate::signals::own_group(&mut command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => bail!("{what}: cannot run `{shown}`: {e}"),
+    let started = match command.start() {
+        Ok(started) => started,
+        Err(e) => bail!("{what}: cannot run `{}`: {e}", command.shown),
     };
-    let _tracked = Tracked::new(child.id());
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+    let output = started.wait_within(&what, timeout)?;
+    Ok((output.status, Finished::of(output)))
+}
+
+/// Runs `command` with what it prints shown line by line as it comes (`logs -f`), scrubbed of
+/// the environment file's secrets, until it ends, the user stops it (Ctrl-C stops its group),
+/// or nobody reads this tool's output any more (`| head`). Fails when it exits non-zero.
+pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let command = command.into();
+    let (out_reader, out_writer) = std::io::pipe().context("cannot make a pipe")?;
+    let (err_reader, err_writer) = std::io::pipe().context("cannot make a pipe")?;
+    let started = command
+        .start_with(|e| {
+            e.stdin_null()
+                .stdout_file(out_writer)
+                .stderr_file(err_writer)
+        })
+        .with_context(|| format!("cannot run `{}`", command.shown))?;
+    let errors = std::thread::spawn(move || {
+        for line in BufReader::new(err_reader)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            eprintln!("{}", secrets::scrub(&String::from_utf8_lossy(&line)));
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{what}: `{shown}` did not finish within {:.1}s and was stopped; check that the Docker daemon answers (`docker info`)",
-                timeout.as_secs_f64()
-            );
+    });
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(out_reader)
+        .split(b'\n')
+        .map_while(Result::ok)
+    {
+        if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
+            started.stop(); // the reader went away (`| head`)
+            break;
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let finished = Finished {
-        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
-    };
-    Ok((status, finished))
+    }
+    let status = started
+        .wait_within("ending after its output closed", DEFAULT_TIMEOUT)?
+        .status;
+    let _ = errors.join();
+    if !status.success() && status.code().is_some() {
+        bail!("`{}` exited with {status}", command.shown);
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of what a command printed, indented, scrubbed of the environment
@@ -164,6 +335,8 @@ pub fn tail(text: &str, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
@@ -171,7 +344,6 @@ mod tests {
         assert_eq!(tail("a\nb\n\nc\n", 2), "    b\n    c");
         assert_eq!(tail("", 3), "");
     }
-
     #[test]
     fn a_failing_command_names_itself_and_its_output() {
         let sh = xshell::Shell::new().unwrap();
@@ -239,5 +411,67 @@ mod tests {
             error.starts_with("waiting for nothing: `sleep 30` did not finish within 0.3s"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_command_runs_where_and_with_what_its_shell_set() {
+        let sh = xshell::Shell::new().unwrap();
+        sh.change_dir("/tmp");
+        sh.set_var("XTASK_PROCESS_TEST", "from the shell");
+        assert_eq!(run(sh.cmd("pwd"), "printing").unwrap().stdout, "/tmp\n");
+        let env = run(sh.cmd("env").env("XTASK_OWN", "its own"), "printing")
+            .unwrap()
+            .stdout;
+        assert!(env.contains("XTASK_PROCESS_TEST=from the shell\n"), "{env}");
+        assert!(env.contains("XTASK_OWN=its own\n"), "{env}");
+        let removed = run(sh.cmd("env").env_remove("XTASK_PROCESS_TEST"), "printing")
+            .unwrap()
+            .stdout;
+        assert!(!removed.contains("XTASK_PROCESS_TEST"), "{removed}");
+    }
+
+    #[test]
+    fn a_command_stopped_at_its_timeout_takes_its_process_group_along() {
+        // `timeout` runs `sleep` as its child, which holds the output pipes open: stopping
+        // only `timeout` would leave the wait hanging on them for 30 s.
+        let started = Instant::now();
+        let error = run_within(
+            Argv::new("timeout", ["60", "sleep", "30"]),
+            "waiting for a family",
+            Duration::from_millis(300),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+        assert!(
+            error.starts_with(
+                "waiting for a family: `timeout 60 sleep 30` did not finish within 0.3s"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_streamed_command_passes_on_its_verdict() {
+        stream(Argv::new("echo", ["streamed"])).unwrap();
+        let error = stream(Argv::new("ls", ["/no/such/path"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("`ls /no/such/path` exited with"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_program_that_cannot_run_says_so() {
+        let error = run(Argv::new("/no/such/program", ["x"]), "running nothing")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("running nothing: cannot run `/no/such/program x`"),
+            "{error}"
+        );
+        assert!(output(Argv::new("/no/such/program", ["x"])).is_err());
     }
 }

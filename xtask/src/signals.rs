@@ -89,6 +89,15 @@ pub fn own_group(command: &mut Command) -> &mut Command {
     command.process_group(0)
 }
 
+/// Stops at once (SIGKILL) the process group of a child started with [`own_group`] and not
+/// reaped yet (so that its pid is still the group's id).
+pub fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
 /// Notes a running child (its own group), so that a signal before the critical part stops it.
 pub fn track(pid: u32) {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);

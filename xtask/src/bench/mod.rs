@@ -15,7 +15,6 @@ use anyhow::{Context, bail};
 use xshell::Shell;
 
 use crate::images;
-use crate::process;
 use crate::project;
 
 /// Arguments of `bench`.
@@ -312,17 +311,7 @@ fn render(sections: &[Section], args: &Args, earlier: &str) -> String {
     if let Some(output) = &args.output {
         command.push_str(&format!(" --output {}", output.display()));
     }
-    let date = Shell::new()
-        .ok()
-        .and_then(|sh| {
-            process::run(
-                xshell::cmd!(sh, "date -u +%Y-%m-%dT%H:%MZ"),
-                "reading the date",
-            )
-            .ok()
-        })
-        .map(|o| o.stdout.trim().to_owned())
-        .unwrap_or_default();
+    let date = crate::clock::minute();
     let mut out = format!(
         "# Benchmarks\n\nProduced by `{command}` on {date}, {}. Every number below comes from that one run, except in sections marked with the run they come from (a run with `--only` keeps the other sections); run `cargo xtask bench` to refresh them all.\n",
         machine()

@@ -319,18 +319,13 @@ struct Replaced {
 /// migration to go the moment it has exited: `docker wait` printed its exit code, or the
 /// engine says it no longer runs.
 fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
-    use std::process::{Command, Stdio};
-    let quiet = |command: &mut Command| {
-        crate::signals::own_group(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+    let quiet = |args: &[&str]| {
+        process::Argv::new("docker", args)
+            .start_with(|e| e.stdin_null().stdout_null().stderr_capture())
     };
-    let spawned = quiet(Command::new("docker").args(["wait", old_id])).and_then(|wait| {
-        quiet(Command::new("docker").args(["stop", "-t", "10", old_id])).map(|stop| (wait, stop))
-    });
-    let (mut old_exit, mut stop) = match spawned {
+    let spawned = quiet(&["wait", old_id])
+        .and_then(|wait| quiet(&["stop", "-t", "10", old_id]).map(|stop| (wait, stop)));
+    let (old_exit, stop) = match spawned {
         Ok(both) => both,
         Err(e) => {
             waiting.cancel();
@@ -345,52 +340,49 @@ fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
     };
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
     let mut wait_failed = false;
-    let mut stop_ended = false;
     let stopped = loop {
-        match old_exit.try_wait() {
-            // `docker wait` printed the exit code: the old bot stopped.
-            Ok(Some(status)) if status.success() && !wait_failed => break true,
-            Ok(Some(_)) | Err(_) => wait_failed = true,
-            Ok(None) => {}
-        }
-        stop_ended = stop_ended || matches!(stop.try_wait(), Ok(Some(_)));
-        let given_up = stop_ended || Instant::now() >= deadline;
-        if wait_failed || given_up {
-            // `docker wait` failed (or `docker stop` is done): the engine says whether it
-            // stopped.
-            if old_bot_stopped(old_id) {
-                break true;
+        if wait_failed {
+            stop.wait_briefly(Duration::from_millis(20));
+        } else {
+            // `docker wait` prints the exit code the moment the old bot stops.
+            match old_exit.wait_briefly(Duration::from_millis(20)) {
+                Some(out) if out.status.success() => break true,
+                Some(_) => wait_failed = true,
+                None => {}
             }
-            if given_up {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        let given_up = stop.try_wait().is_some() || Instant::now() >= deadline;
+        // `docker wait` failed (or `docker stop` is done): the engine says whether it stopped.
+        if (wait_failed || given_up) && old_bot_stopped(old_id) {
+            break true;
+        }
+        if given_up {
+            break false;
+        }
     };
     let stopped_at = stopped.then(Instant::now);
+    let stopping = "stopping the old bot";
     let migration = if stopped {
         waiting.go()
     } else {
         waiting.cancel();
-        let mut said = String::new();
-        if let Some(mut err) = stop.stderr.take() {
-            use std::io::Read;
-            let _ = err.read_to_string(&mut said);
-        }
+        let said = match stop.wait_within(stopping, STOP_ENDS) {
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
         Err(anyhow::anyhow!(
             "the old bot did not stop, so nothing was migrated{}",
-            if said.trim().is_empty() {
+            if said.is_empty() {
                 String::new()
             } else {
-                format!(": {}", crate::secrets::scrub(said.trim()))
+                format!(": {}", crate::secrets::scrub(&said))
             }
         ))
     };
-    let _ = old_exit.kill();
-    let _ = old_exit.wait();
-    let _ = stop.wait();
+    old_exit.stop();
+    if let Err(e) = stop.wait_within(stopping, STOP_ENDS) {
+        eprintln!("warning: {e:#}");
+    }
     Replaced {
         stopped_at,
         went: stopped,
@@ -398,13 +390,16 @@ fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
     }
 }
 
+/// How long `docker stop` may still take once the deploy is past waiting for it.
+const STOP_ENDS: Duration = Duration::from_secs(30);
+
 /// Whether the engine says the old bot's container no longer runs (stopped, or removed).
 fn old_bot_stopped(old_id: &str) -> bool {
-    use std::process::{Command, Stdio};
-    let inspected = crate::signals::own_group(&mut Command::new("docker"))
-        .args(["inspect", "--format", "{{.State.Running}}", old_id])
-        .stdin(Stdio::null())
-        .output();
+    let format = "{{.State.Running}}";
+    let inspected = process::output(process::Argv::new(
+        "docker",
+        ["inspect", "--format", format, old_id],
+    ));
     match inspected {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim() == "false",
         Ok(out) => String::from_utf8_lossy(&out.stderr).contains("No such"),

@@ -37,7 +37,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use migrations::{
-    Database, DiffScript, Error, LockHolder, Plan, Recovery, State, Status, head, schema, schema_at,
+    Catalog, Database, DiffScript, Error, LockHolder, Plan, Recovery, State, Status, head, schema,
+    schema_at,
 };
 use serde_json::{Value, json};
 
@@ -306,7 +307,22 @@ pub(crate) struct Refused(pub(crate) String);
 #[error("{0}")]
 struct Usage(String);
 
-/// The remedy for an engine error, naming the commands that help; `path` is DATABASE_PATH.
+/// What the command line adds to an engine error's message: the remedy, naming the commands
+/// that help (the engine knows none), worded to read on from the message, most on a line of
+/// its own; `path` is DATABASE_PATH.
+fn remedy(error: &Error, path: &Path) -> Option<String> {
+    Some(match error {
+        Error::SameFile { .. } => {
+            ". Restore a backup: a copy made with `bot db backup FILE`".to_string()
+        }
+        Error::Unstamped { .. } => "; run `bot db adopt` (or `cargo xtask prod-migrate`) to record the revision its schema matches".to_string(),
+        Error::StampMismatch { .. } => "\nStamp the revision it matches (`bot db adopt`), or pass --force if you are sure".to_string(),
+        _ => format!("\n{}", advice(error, path)?),
+    })
+}
+
+/// The remedy for an engine error, on a line of its own, naming the commands that help;
+/// `path` is DATABASE_PATH.
 fn advice(error: &Error, path: &Path) -> Option<String> {
     let folder = path
         .parent()
@@ -416,12 +432,12 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
         Err(error) => {
             let code = exit_code(&error);
             let mut message = format!("{error:#}");
-            if let Some(advice) = error
+            if let Some(remedy) = error
                 .chain()
                 .find_map(|e| e.downcast_ref::<Error>())
-                .and_then(|e| advice(e, path))
+                .and_then(|e| remedy(e, path))
             {
-                message = format!("{message}\n{advice}");
+                message.push_str(&remedy);
             }
             if json {
                 println!(
@@ -546,10 +562,10 @@ fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
                     {
                         let version = db.plan_adopt()?;
                         say!(json, "would adopt: the live schema is revision {version}");
-                        Plan::after(Some(version))
+                        Plan::after(db.catalog(), Some(version))
                     }
                     Some(db) => db.plan_upgrade()?,
-                    None => Plan::after(None),
+                    None => Plan::after(Catalog::released(), None),
                 };
                 return print_plan("upgrade", &plan, json);
             }

@@ -1,13 +1,15 @@
-//! The migrations compiled into this build, and the schema each revision produces.
+//! Schema histories: the migrations compiled into this build (or a test's own), and the
+//! schema each revision produces.
 
 use std::sync::OnceLock;
 
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use crate::schema::Schema;
+use crate::schema::{self, Schema};
 
 /// One step of the schema history: `sql/NNNN_<name>.up.sql` and its optional `.down.sql`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Migration {
     /// The revision this migration brings the database to (1, 2, ...).
     pub version: u32,
@@ -33,34 +35,84 @@ impl Migration {
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
+/// A schema history: migrations numbered 1, 2, ... and the schema each revision produces. The
+/// engine decides and migrates along the catalog it is given, so that tests can hand it
+/// migrations of their own; [`Catalog::released`] is the one compiled into this build.
+#[derive(Debug)]
+pub struct Catalog {
+    migrations: Vec<Migration>,
+    /// The schema of revision N at index N (0: the empty schema).
+    schemas: Vec<Schema>,
+}
+
+impl Catalog {
+    /// The migrations of `migrations/sql/`, compiled into this build. `build.rs` works out
+    /// their schemas when the crate is built, by applying migrations 1..=N to an in-memory
+    /// database and reading it; a run only parses them (tens of microseconds instead of
+    /// milliseconds).
+    pub fn released() -> &'static Catalog {
+        static RELEASED: OnceLock<Catalog> = OnceLock::new();
+        RELEASED.get_or_init(|| Catalog {
+            migrations: MIGRATIONS.to_vec(),
+            schemas: serde_json::from_str(include_str!(concat!(env!("OUT_DIR"), "/schemas.json")))
+                .expect("build.rs writes the schemas in the form this crate reads"),
+        })
+    }
+
+    /// A catalog of `migrations` (versions 1, 2, ... in order), each revision's schema made by
+    /// applying them in turn to an in-memory database.
+    pub fn new(migrations: Vec<Migration>) -> rusqlite::Result<Catalog> {
+        let conn = Connection::open_in_memory()?;
+        let mut schemas = vec![Schema::default()];
+        for (index, m) in migrations.iter().enumerate() {
+            assert_eq!(m.version as usize, index + 1, "{}: out of order", m.file);
+            conn.execute_batch(m.up)?;
+            schemas.push(schema::read(&conn, &[])?);
+        }
+        Ok(Catalog {
+            migrations,
+            schemas,
+        })
+    }
+
+    /// Every migration, in order.
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
+    /// The newest revision.
+    pub fn head(&self) -> u32 {
+        self.migrations.len() as u32
+    }
+
+    /// The migration that brings the database to `version`.
+    pub fn migration(&self, version: u32) -> Option<&Migration> {
+        self.migrations.get((version as usize).checked_sub(1)?)
+    }
+
+    /// The normalized schema of revision `version` (0 is the empty schema).
+    pub fn schema_at(&self, version: u32) -> &Schema {
+        &self.schemas[version as usize]
+    }
+}
+
 /// The newest revision this build knows.
 pub fn head() -> u32 {
-    MIGRATIONS.len() as u32
+    Catalog::released().head()
 }
 
-/// The migration that brings the database to `version`.
+/// The migration of this build that brings the database to `version`.
 pub fn migration(version: u32) -> Option<&'static Migration> {
-    MIGRATIONS.get((version as usize).checked_sub(1)?)
+    Catalog::released().migration(version)
 }
 
-/// The normalized schema of revision `version` (0 is the empty schema). `build.rs` works these
-/// out when the crate is built, by applying migrations 1..=version to an in-memory database
-/// and reading it; a run only parses them (tens of microseconds instead of milliseconds).
+/// The normalized schema of revision `version` of this build (0 is the empty schema).
 pub fn schema_at(version: u32) -> &'static Schema {
-    static SCHEMAS: OnceLock<Vec<Schema>> = OnceLock::new();
-    let schemas = SCHEMAS.get_or_init(|| {
-        serde_json::from_str(include_str!(concat!(env!("OUT_DIR"), "/schemas.json")))
-            .expect("build.rs writes the schemas in the form this crate reads")
-    });
-    &schemas[version as usize]
+    Catalog::released().schema_at(version)
 }
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
-
-    use crate::schema;
-
     use super::*;
 
     #[test]

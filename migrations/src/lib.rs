@@ -6,7 +6,9 @@
 //! a step can be undone, takes it back. Revision 1 is exactly the schema the old app's create-all
 //! made. The engine records applied revisions in its own table, [`HISTORY_TABLE`], one row per
 //! revision: version, name, SHA-256 of the `.up.sql` file, when, and how (`applied`, `stamped`, or
-//! `forced` when stamped over a schema that differed).
+//! `forced` when stamped over a schema that differed). The files compiled in are
+//! [`Catalog::released`]; the engine decides and migrates along the [`Catalog`] a
+//! [`Database`] holds, so a test can hand it migrations of its own.
 //!
 //! # What the engine promises
 //!
@@ -179,7 +181,7 @@ mod engine;
 pub mod schema;
 mod script;
 
-pub use catalog::{MIGRATIONS, Migration, head, migration, schema_at};
+pub use catalog::{Catalog, MIGRATIONS, Migration, head, migration, schema_at};
 pub use engine::{
     BUSY_TIMEOUT, BackupInfo, Commit, Database, EditedFile, Error, ForeignHistory, GateError,
     HISTORY_TABLE, HistoryRow, LockHolder, Pinned, Plan, PlannedStep, Recovery, Restored,

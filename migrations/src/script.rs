@@ -38,8 +38,8 @@ use std::path::PathBuf;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::catalog::{MIGRATIONS, head, schema_at};
-use crate::engine::{Database, Error, explain, history_tables};
+use crate::catalog::Catalog;
+use crate::engine::{Database, Error, explain, history_tables, known_revision};
 use crate::schema::sql::{Token, mentions, quote_name, tokenize};
 use crate::schema::{self, Change, Difference, Object, Schema, Subject};
 
@@ -127,29 +127,25 @@ impl Database {
     /// The SQL that turns the live schema into revision `version`'s, with what cannot be done
     /// in words; statements that lose data are comments unless `allow_data_loss`. Reads only.
     pub fn diff_to(&self, version: u32, allow_data_loss: bool) -> Result<DiffScript, Error> {
-        if version == 0 || version > head() {
-            return Err(Error::UnknownRevision {
-                version,
-                head: head(),
-            });
-        }
+        let catalog = self.catalog();
+        known_revision(catalog, version)?;
         let err = |e| Error::from_sqlite(self.path(), e);
         let live = self.schema()?;
         let live_entries = read_entries(self.connection(), &history_tables()).map_err(err)?;
         let recorded = self
             .history()?
             .and_then(|rows| rows.iter().map(|r| r.version).max());
-        let want_entries = revision_entries(version);
+        let want_entries = revision_entries(catalog, version);
         let planned = plan_script(
             Target {
                 version,
-                schema: schema_at(version),
+                schema: catalog.schema_at(version),
                 entries: &want_entries,
             },
             &live,
             &live_entries,
             allow_data_loss,
-            &|differences| explain(differences, version),
+            &|differences| explain(catalog, differences, version),
         );
         let script = render_script(
             &self.path().display().to_string(),
@@ -266,10 +262,11 @@ fn read_entries(conn: &Connection, skip: &[&str]) -> rusqlite::Result<Vec<Entry>
     Ok(entries)
 }
 
-/// The `sqlite_schema` rows of revision `version`, made by running its migrations in memory.
-fn revision_entries(version: u32) -> Vec<Entry> {
+/// The `sqlite_schema` rows of revision `version` of `catalog`, made by running its
+/// migrations in memory.
+fn revision_entries(catalog: &Catalog, version: u32) -> Vec<Entry> {
     let conn = Connection::open_in_memory().expect("an in-memory SQLite database opens");
-    for m in &MIGRATIONS[..version as usize] {
+    for m in &catalog.migrations()[..version as usize] {
         conn.execute_batch(m.up)
             .unwrap_or_else(|e| panic!("migrations/sql/{} does not apply: {e}", m.file));
     }
@@ -1291,6 +1288,7 @@ fn render_baseline(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{MIGRATIONS, head, schema_at};
 
     fn database(sql: &str) -> (tempdir::Dir, Database) {
         let dir = tempdir::Dir::new();

@@ -45,9 +45,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// `restore` of the live database onto itself.
-    #[error(
-        "{file} is the live database itself ({path}); nothing was changed. Restore a backup: a copy made with `bot db backup FILE`"
-    )]
+    #[error("{file} is the live database itself ({path}); nothing was changed")]
     SameFile {
         /// The file given to restore.
         file: PathBuf,
@@ -182,7 +180,7 @@ pub enum Error {
     },
     /// The database has tables but no history of ours, and the caller needs one.
     #[error(
-        "the database has tables but no migration history of this engine{}; run `bot db adopt` (or `cargo xtask prod-migrate`) to record the revision its schema matches",
+        "the database has tables but no migration history of this engine{}",
         .foreign.as_ref().map(|f| format!(" ({} history in table {} at {}, left as it is)", f.tool, f.table, f.revision.as_deref().unwrap_or("no revision"))).unwrap_or_else(|| " (made by the old app's create-all?)".into())
     )]
     Unstamped {
@@ -215,7 +213,7 @@ pub enum Error {
     /// An applied migration's file was edited.
     #[error(
         "applied migrations were edited since they ran; nothing was changed:\n  {}\nPut the files back as they were (git checkout migrations/sql) and add a new migration instead",
-        .edited.iter().map(|e| format!("{} changed since it was applied: recorded checksum {}, file now {}", e.file, e.recorded, e.current)).collect::<Vec<_>>().join("\n  ")
+        .edited.iter().map(EditedFile::to_string).collect::<Vec<_>>().join("\n  ")
     )]
     Modified {
         /// The edited files.
@@ -262,7 +260,8 @@ pub enum Error {
     HeldBack {
         /// The revision the history named when the transaction began (none: no history).
         at: Option<u32>,
-        /// Why the gate held it back, as the gate said it.
+        /// Why the gate held it back, as the gate said it. Not a `#[source]`: the message leads
+        /// with it, and a chain of sources would print it twice.
         cause: super::GateError,
     },
     /// After a migration, rows refer to parents that do not exist; rolled back.
@@ -289,7 +288,7 @@ pub enum Error {
     },
     /// `stamp` asked for a revision the live schema is not.
     #[error(
-        "the live schema is not revision {version}; nothing was changed. Differences:\n  {}\nStamp the revision it matches (`bot db adopt`), or pass --force if you are sure",
+        "the live schema is not revision {version}; nothing was changed. Differences:\n  {}",
         .difference.join("\n  ")
     )]
     StampMismatch {

@@ -247,16 +247,25 @@ pub(super) fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
     Ok(None)
 }
 
+/// A connection to `path`, read-write or read-only, that waits up to the busy timeout for
+/// another process's lock.
+pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, Error> {
+    let err = |e| Error::from_sqlite(path, e);
+    let access = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let conn =
+        Connection::open_with_flags(path, access | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
+    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    Ok(conn)
+}
+
 /// Whether SQLite finds a hot journal beside the database: a read-only connection then
 /// refuses to read (it may not roll it back).
 fn journal_is_hot(path: &Path) -> Result<bool, Error> {
-    let err = |e| Error::from_sqlite(path, e);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    let conn = connect(path, false)?;
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
         row.get::<_, i64>(0)
     }) {
@@ -277,12 +286,7 @@ fn journal_is_hot(path: &Path) -> Result<bool, Error> {
 /// WAL), then closes it (the last connection checkpoints a WAL and removes it).
 fn open_read_write_and_close(path: &Path) -> Result<(), Error> {
     let err = |e| Error::from_sqlite(path, e);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    let conn = connect(path, true)?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
         row.get::<_, i64>(0)
     })

@@ -159,12 +159,7 @@ fn restore(
     force: bool,
 ) -> Result<Restored, Error> {
     let err = |e| Error::from_sqlite(path, e);
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(super::busy_timeout()).map_err(err)?;
+    let mut conn = super::file::connect(path, true)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .map_err(err)?;
@@ -212,12 +207,7 @@ fn restore(
             StepResult::Busy | StepResult::Locked => return Err(busy(path, LockHolder::Writer)),
             _ => {}
         }
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err)?;
-        reader.busy_timeout(super::busy_timeout()).map_err(err)?;
+        let reader = super::file::connect(path, false)?;
         let live_tables = count_tables(&reader).map_err(err)?;
         let replaced = decide(&reader, live_tables)?;
         drop(reader);

@@ -1,15 +1,31 @@
 //! Copies of the live file with SQLite's online backup API: the whole file now
-//! ([`Database::snapshot_to`]), or the state pinned by a read transaction of its own
-//! ([`Database::pin`]), copied while another connection migrates. In WAL mode a reader does not
-//! hold a writer back, so a migration need not wait for its backup to be written; only its
-//! COMMIT waits for the backup's verdict (the commit gate).
+//! ([`Database::snapshot_to`], checked by [`inspect_copy`]), or the state pinned by a read
+//! transaction of its own ([`Database::pin`]), copied while another connection migrates. In WAL
+//! mode a reader does not hold a writer back, so a migration need not wait for its backup to be
+//! written; only its COMMIT waits for the backup's verdict (the commit gate).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use rusqlite::{Connection, MAIN_DB};
 
-use super::{Database, Error, LockHolder, busy_timeout, file, sqlite_error};
+use serde::Serialize;
+
+use super::database::sqlite_error;
+use super::{Database, Error, LockHolder, State, busy_timeout, file};
+
+/// A checked copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupInfo {
+    /// The copy.
+    pub path: PathBuf,
+    /// The revision its history records.
+    pub revision: Option<u32>,
+    /// Its state.
+    pub state: State,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
 
 /// The state a database had when [`Database::pin`] was called, held by a read transaction on
 /// a connection of its own until [`Pinned::copy_to`] has copied it. Whether anything committed
@@ -23,6 +39,20 @@ pub struct Pinned {
 }
 
 impl Database {
+    /// Copies the live database to `dest` with the online backup API, then checks the copy and
+    /// reads its revision.
+    pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, Error> {
+        self.snapshot_to(dest)?;
+        inspect_copy(dest)
+    }
+
+    /// Copies the live database to `dest` with the online backup API, without checking the
+    /// copy: for a caller that checks it off its critical path (e.g. with
+    /// [`quick_inspect_copy`] while a migration runs). Returns the copy's size.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<u64, Error> {
+        copy_whole(&self.conn, &self.path, dest)
+    }
+
     /// Pins the state last committed, to be copied by [`Pinned::copy_to`]. In WAL mode the copy may
     /// run beside a migration ([`Pinned::copies_beside_a_writer`]); in rollback-journal mode
     /// the reader would hold the migration's COMMIT back: copy first.
@@ -32,12 +62,7 @@ impl Database {
             .conn
             .query_row("PRAGMA journal_mode", [], |row| row.get(0))
             .map_err(err)?;
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err)?;
-        conn.busy_timeout(busy_timeout()).map_err(err)?;
+        let conn = file::connect(&self.path, false)?;
         // The first read in the transaction takes its snapshot (in WAL mode; a shared lock in
         // rollback-journal mode): from here on it sees this state.
         conn.execute_batch("BEGIN").map_err(err)?;
@@ -151,6 +176,57 @@ fn copy_pages(source: &Connection, path: &Path, dest: &Path) -> Result<u64, Erro
             path: dest.to_owned(),
             cause,
         })
+}
+
+/// Checks a copy (`integrity_check`) and reads its revision. A read-only connection to a
+/// copy in WAL mode leaves an empty `-wal` and a `-shm` beside it: those it made are removed,
+/// so that a checked backup is one file.
+pub fn inspect_copy(path: &Path) -> Result<BackupInfo, Error> {
+    inspect_copy_with(path, "PRAGMA integrity_check(1)")
+}
+
+/// Checks a copy with `quick_check` (every page read, as [`Database::quick_check`]: several
+/// times faster than [`inspect_copy`]'s `integrity_check`, which also matches every index to
+/// its table) and reads its revision; leaves the copy one file, as [`inspect_copy`] does.
+pub fn quick_inspect_copy(path: &Path) -> Result<BackupInfo, Error> {
+    inspect_copy_with(path, "PRAGMA quick_check(1)")
+}
+
+/// Checks a copy with a checking pragma whose first row is `ok` on a sound file.
+fn inspect_copy_with(path: &Path, pragma: &str) -> Result<BackupInfo, Error> {
+    let sidecars: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|suffix| file::beside(path, suffix))
+        .filter(|sidecar| !sidecar.exists())
+        .collect();
+    let inspected = inspect_copy_open(path, pragma);
+    for sidecar in sidecars {
+        let empty_wal = !sidecar.to_string_lossy().ends_with("-wal")
+            || std::fs::metadata(&sidecar).is_ok_and(|m| m.len() == 0);
+        if empty_wal {
+            let _ = std::fs::remove_file(&sidecar);
+        }
+    }
+    inspected
+}
+
+/// Opens a copy read-only, checks it with `pragma` and reads its revision.
+fn inspect_copy_open(path: &Path, pragma: &str) -> Result<BackupInfo, Error> {
+    let db = Database::open_read_only(path)?.ok_or_else(|| Error::Io {
+        path: path.to_owned(),
+        cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    db.check_with(pragma, |path, detail| Error::IntegrityCheck {
+        path,
+        detail,
+    })?;
+    let status = db.status()?;
+    Ok(BackupInfo {
+        path: path.to_owned(),
+        revision: status.version.or(status.matches),
+        state: status.state,
+        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+    })
 }
 
 #[cfg(test)]

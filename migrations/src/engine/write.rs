@@ -8,10 +8,30 @@ use rusqlite::Connection;
 
 use super::foreign_keys;
 
-use super::{
-    Commit, Database, Error, Gate, GateError, HISTORY_TABLE, MIGRATIONS, Migration, State, Status,
-    Upgrade, adopt_target, head, migration,
-};
+use super::plan::{self, Upgrade};
+use super::{Database, Error, HISTORY_TABLE, State, Status};
+use crate::catalog::Migration;
+
+/// A transaction of the history about to commit, as a commit gate sees it
+/// ([`Database::set_commit_gate`]).
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The database's state when the transaction took the write lock, before it changed
+    /// anything.
+    pub before: &'a Status,
+    /// The revision the history names once the transaction commits.
+    pub after: u32,
+    /// `PRAGMA data_version` of the migrating connection, read under the write lock: it
+    /// differs from a reading taken earlier on that connection ([`Database::data_version`])
+    /// when another connection committed in between.
+    pub data_version: i64,
+}
+
+/// Why a commit gate held a commit back: the caller's own error, of any type.
+pub type GateError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A commit gate: asked before each COMMIT of the history; an error holds the commit back.
+pub(super) type Gate = Box<dyn FnMut(&Commit<'_>) -> Result<(), GateError> + Send>;
 
 #[derive(Clone, Copy)]
 enum Direction {
@@ -88,7 +108,7 @@ impl Database {
         self.conn
             .execute(&format!("DELETE FROM {HISTORY_TABLE}"), [])
             .map_err(err)?;
-        for m in &MIGRATIONS[..version as usize] {
+        for m in &self.catalog.migrations()[..version as usize] {
             self.conn
                 .execute(
                     &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, ?4)"),
@@ -104,15 +124,10 @@ impl Database {
     /// Decided under the write lock. Returns the difference `--force` accepted (empty when
     /// the schema is the revision's). Another tool's history table is left as it is.
     pub fn stamp(&mut self, version: u32, force: bool) -> Result<Vec<String>, Error> {
-        if version == 0 || version > head() {
-            return Err(Error::UnknownRevision {
-                version,
-                head: head(),
-            });
-        }
+        plan::known_revision(self.catalog, version)?;
         self.write_locked(|db| {
-            let before = db.status()?;
-            let difference = db.check_stamp_at(&before, version, force)?;
+            let (before, live) = db.state()?;
+            let difference = plan::stamp(db.catalog, &before, &live, version, force)?;
             let how = if difference.is_empty() {
                 "stamped"
             } else {
@@ -130,7 +145,7 @@ impl Database {
     pub fn adopt(&mut self) -> Result<u32, Error> {
         self.write_locked(|db| {
             let before = db.status()?;
-            let version = adopt_target(&before)?;
+            let version = plan::adopt(&before)?;
             db.record_stamp(version, "stamped")?;
             db.ask_gate(&before, version)?;
             Ok(version)
@@ -145,7 +160,7 @@ impl Database {
             if !matches!(before.state, State::Unstamped | State::Foreign) {
                 return Ok(None);
             }
-            let version = adopt_target(&before)?;
+            let version = plan::adopt(&before)?;
             db.record_stamp(version, "stamped")?;
             db.ask_gate(&before, version)?;
             Ok(Some(version))
@@ -156,7 +171,7 @@ impl Database {
     /// the write lock first, the state read again under the lock: two processes started
     /// together apply each migration once.
     pub fn upgrade(&mut self, on_apply: impl FnMut(&Migration)) -> Result<Upgrade, Error> {
-        self.upgrade_to(head(), on_apply)
+        self.upgrade_to(self.catalog.head(), on_apply)
     }
 
     /// Applies the pending migrations up to revision `to` only. Each step reads the state
@@ -167,12 +182,10 @@ impl Database {
         to: u32,
         mut on_apply: impl FnMut(&Migration),
     ) -> Result<Upgrade, Error> {
-        if to > head() {
-            return Err(Error::UnknownRevision {
-                version: to,
-                head: head(),
-            });
+        if to > 0 {
+            plan::known_revision(self.catalog, to)?;
         }
+        let catalog = self.catalog;
         let mut from = None;
         let mut applied = Vec::new();
         loop {
@@ -183,7 +196,12 @@ impl Database {
                     if first && at > to {
                         return Err(Error::WrongDirection { at, to });
                     }
-                    Ok((at < to).then(|| (migration(at + 1).expect("below head"), Direction::Up)))
+                    Ok((at < to).then(|| {
+                        (
+                            catalog.migration(at + 1).expect("below head"),
+                            Direction::Up,
+                        )
+                    }))
                 },
                 &mut on_apply,
             )?;
@@ -212,6 +230,7 @@ impl Database {
         mut on_undo: impl FnMut(&Migration),
     ) -> Result<Upgrade, Error> {
         let plan = self.plan_downgrade(to)?;
+        let catalog = self.catalog;
         let mut undone = Vec::new();
         for step in &plan.steps {
             let (_, ran) = self.step_locked(
@@ -225,7 +244,7 @@ impl Database {
                         });
                     }
                     Ok(Some((
-                        migration(at).expect("planned revisions are known"),
+                        catalog.migration(at).expect("planned revisions are known"),
                         Direction::Down,
                     )))
                 },
@@ -254,12 +273,7 @@ impl Database {
             .execute_batch("PRAGMA foreign_keys = OFF")
             .map_err(|e| self.err(e))?;
         let result = self.write_locked(|db| {
-            let status = db.status_for_change()?;
-            if matches!(status.state, State::Unstamped | State::Foreign) {
-                return Err(Error::Unstamped {
-                    foreign: status.foreign,
-                });
-            }
+            let status = plan::migratable(db.status()?)?;
             let Some((m, direction)) = decide(&status)? else {
                 return Ok((status, None));
             };

@@ -1,6 +1,6 @@
 //! How a live schema differs from a revision's, one named difference per fact.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -222,6 +222,32 @@ impl Differences {
         });
     }
 
+    /// A view or a trigger (`sql` its statement) missing, different or not expected, with the
+    /// tables the one found reads.
+    fn statement<V: PartialEq>(
+        &mut self,
+        object: &Object,
+        pair: Pair<'_, V>,
+        sql: impl Fn(&V) -> &String,
+        expected: &Schema,
+        actual: &Schema,
+    ) {
+        let (change, what, found) = match pair {
+            Pair::Missing(_) => (Change::Missing, "missing".into(), None),
+            Pair::Both(want, have) if have != want => (
+                Change::Differs,
+                format!("{} expected, found {}", sql(want), sql(have)),
+                Some(have),
+            ),
+            Pair::Both(..) => return,
+            Pair::Unexpected(have) => (Change::Unexpected, "not expected".into(), Some(have)),
+        };
+        self.push(object, Subject::Whole, change, what);
+        if let Some(have) = found {
+            self.reading(sql(have), expected, actual);
+        }
+    }
+
     /// Records the tables the last difference's view or trigger names.
     fn reading(&mut self, sql: &str, expected: &Schema, actual: &Schema) {
         if let Some(last) = self.0.last_mut() {
@@ -236,97 +262,76 @@ impl Differences {
     }
 }
 
+/// What two maps hold under one name.
+enum Pair<'a, V> {
+    /// Only the expected schema has it.
+    Missing(&'a V),
+    /// Both have it: the expected one, then the actual one.
+    Both(&'a V, &'a V),
+    /// Only the actual schema has it.
+    Unexpected(&'a V),
+}
+
+impl<'a, V> Pair<'a, V> {
+    /// What it holds; the expected one when both hold it.
+    fn either(&self) -> &'a V {
+        match *self {
+            Pair::Missing(v) | Pair::Both(v, _) | Pair::Unexpected(v) => v,
+        }
+    }
+}
+
+/// Pairs two maps by name, in the order every difference is reported: `expected`'s names
+/// first, then the names only `actual` has.
+fn by_name<'a, V>(
+    expected: &'a BTreeMap<String, V>,
+    actual: &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = (&'a String, Pair<'a, V>)> {
+    let ours = expected.iter().map(|(name, want)| {
+        let pair = match actual.get(name) {
+            Some(have) => Pair::Both(want, have),
+            None => Pair::Missing(want),
+        };
+        (name, pair)
+    });
+    let theirs = actual
+        .iter()
+        .filter(|(name, _)| !expected.contains_key(*name))
+        .map(|(name, have)| (name, Pair::Unexpected(have)));
+    ours.chain(theirs)
+}
+
 /// How `actual` differs from `expected`, one line per difference, in a stable order.
 pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
     let mut out = Differences(Vec::new());
-    for (name, want) in &expected.tables {
+    for (name, pair) in by_name(&expected.tables, &actual.tables) {
         let object = Object::Table(name.clone());
-        match actual.tables.get(name) {
-            None => out.push(
+        match pair {
+            Pair::Missing(_) => out.push(
                 &object,
                 Subject::Whole,
                 Change::Missing,
                 "table missing".into(),
             ),
-            Some(have) => diff_table(&object, want, have, &mut out),
+            Pair::Both(want, have) => diff_table(&object, want, have, &mut out),
+            Pair::Unexpected(_) => out.push(
+                &object,
+                Subject::Whole,
+                Change::Unexpected,
+                "unexpected table".into(),
+            ),
         }
     }
-    for name in actual
-        .tables
-        .keys()
-        .filter(|t| !expected.tables.contains_key(*t))
-    {
-        out.push(
-            &Object::Table(name.clone()),
-            Subject::Whole,
-            Change::Unexpected,
-            "unexpected table".into(),
-        );
-    }
-    for (name, want) in &expected.views {
+    for (name, pair) in by_name(&expected.views, &actual.views) {
         let object = Object::View(name.clone());
-        match actual.views.get(name) {
-            None => out.push(&object, Subject::Whole, Change::Missing, "missing".into()),
-            Some(have) if have.sql != want.sql => {
-                out.push(
-                    &object,
-                    Subject::Whole,
-                    Change::Differs,
-                    format!("{} expected, found {}", want.sql, have.sql),
-                );
-                out.reading(&have.sql, expected, actual);
-            }
-            Some(_) => {}
-        }
+        out.statement(&object, pair, |view| &view.sql, expected, actual);
     }
-    for (name, have) in actual
-        .views
-        .iter()
-        .filter(|(n, _)| !expected.views.contains_key(*n))
-    {
-        out.push(
-            &Object::View(name.clone()),
-            Subject::Whole,
-            Change::Unexpected,
-            "not expected".into(),
-        );
-        out.reading(&have.sql, expected, actual);
-    }
-    for (name, want) in &expected.triggers {
+    for (name, pair) in by_name(&expected.triggers, &actual.triggers) {
         let object = Object::Trigger {
             name: name.clone(),
-            table: want.table.clone(),
+            table: pair.either().table.clone(),
         };
-        match actual.triggers.get(name) {
-            None => out.push(&object, Subject::Whole, Change::Missing, "missing".into()),
-            Some(have) if have != want => {
-                out.push(
-                    &object,
-                    Subject::Whole,
-                    Change::Differs,
-                    format!("{} expected, found {}", want.sql, have.sql),
-                );
-                out.reading(&have.sql, expected, actual);
-            }
-            Some(_) => {}
-        }
-    }
-    for (name, have) in actual
-        .triggers
-        .iter()
-        .filter(|(n, _)| !expected.triggers.contains_key(*n))
-    {
-        let object = Object::Trigger {
-            name: name.clone(),
-            table: have.table.clone(),
-        };
-        out.push(
-            &object,
-            Subject::Whole,
-            Change::Unexpected,
-            "not expected".into(),
-        );
-        out.reading(&have.sql, expected, actual);
+        out.statement(&object, pair, |trigger| &trigger.sql, expected, actual);
     }
     out.0
 }
@@ -360,28 +365,25 @@ fn diff_table(object: &Object, want: &Table, have: &Table, out: &mut Differences
             _ => {}
         }
     }
-    for (column, want_column) in &want.columns {
-        match have.columns.get(column) {
-            None => out.push(
+    for (column, pair) in by_name(&want.columns, &have.columns) {
+        let subject = Subject::Column(column.clone());
+        match pair {
+            Pair::Missing(_) => out.push(
                 object,
-                Subject::Column(column.clone()),
+                subject,
                 Change::Missing,
                 format!("column {column} missing"),
             ),
-            Some(have_column) => diff_column(object, column, want_column, have_column, have, out),
+            Pair::Both(want_column, have_column) => {
+                diff_column(object, column, want_column, have_column, have, out)
+            }
+            Pair::Unexpected(_) => out.push(
+                object,
+                subject,
+                Change::Unexpected,
+                format!("unexpected column {column}"),
+            ),
         }
-    }
-    for column in have
-        .columns
-        .keys()
-        .filter(|c| !want.columns.contains_key(*c))
-    {
-        out.push(
-            object,
-            Subject::Column(column.clone()),
-            Change::Unexpected,
-            format!("unexpected column {column}"),
-        );
     }
     diff_unique_and_indexes(object, want, have, out);
     for check in want.checks.difference(&have.checks) {
@@ -572,16 +574,16 @@ fn diff_unique_and_indexes(object: &Object, want: &Table, have: &Table, out: &mu
             ),
         );
     }
-    for (index, want_index) in &want.indexes {
+    for (index, pair) in by_name(&want.indexes, &have.indexes) {
         let subject = Subject::Index(index.clone());
-        match have.indexes.get(index) {
-            None => out.push(
+        match pair {
+            Pair::Missing(_) => out.push(
                 object,
                 subject,
                 Change::Missing,
                 format!("index {index} missing"),
             ),
-            Some(have_index) if have_index != want_index => out.push(
+            Pair::Both(want_index, have_index) if have_index != want_index => out.push(
                 object,
                 subject,
                 Change::Differs,
@@ -591,20 +593,16 @@ fn diff_unique_and_indexes(object: &Object, want: &Table, have: &Table, out: &mu
                     have_index.definition()
                 ),
             ),
-            Some(_) => {}
+            Pair::Both(..) => {}
+            // A UNIQUE index standing in for a UNIQUE constraint is no difference.
+            Pair::Unexpected(_) if standing_in.contains(index) => {}
+            Pair::Unexpected(have_index) => out.push(
+                object,
+                subject,
+                Change::Unexpected,
+                format!("unexpected index {index} {}", have_index.definition()),
+            ),
         }
-    }
-    for (index, have_index) in have
-        .indexes
-        .iter()
-        .filter(|(i, _)| !want.indexes.contains_key(*i) && !standing_in.contains(*i))
-    {
-        out.push(
-            object,
-            Subject::Index(index.clone()),
-            Change::Unexpected,
-            format!("unexpected index {index} {}", have_index.definition()),
-        );
     }
 }
 

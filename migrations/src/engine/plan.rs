@@ -1,0 +1,267 @@
+//! What a command would do to a database in a given state, or why it refuses: decided from
+//! the state read and the catalog, with no I/O.
+
+use serde::Serialize;
+
+use super::{Error, State, Status, explain};
+use crate::catalog::Catalog;
+use crate::schema::{self, Schema};
+
+/// What `upgrade` or `downgrade` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upgrade {
+    /// The revision before.
+    pub from: Option<u32>,
+    /// The revision after.
+    pub to: u32,
+    /// Revisions this process applied (or undid), in order; another process may have done
+    /// some meanwhile.
+    pub applied: Vec<u32>,
+}
+
+/// One step a plan would run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    /// The revision concerned.
+    pub version: u32,
+    /// The SQL file.
+    pub file: &'static str,
+    /// The SQL, as it would run.
+    pub sql: &'static str,
+}
+
+/// What `upgrade` or `downgrade` would do, for `--dry-run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The revision now.
+    pub from: Option<u32>,
+    /// The revision after.
+    pub to: u32,
+    /// The steps, in order.
+    pub steps: Vec<PlannedStep>,
+}
+
+impl Plan {
+    /// Every migration of `catalog` after revision `from` (none: from the start) up to its head.
+    pub fn after(catalog: &Catalog, from: Option<u32>) -> Plan {
+        Plan {
+            from,
+            to: catalog.head(),
+            steps: catalog.migrations()[from.unwrap_or(0) as usize..]
+                .iter()
+                .map(|m| PlannedStep {
+                    version: m.version,
+                    file: m.file,
+                    sql: m.up,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Refuses a revision `catalog` does not have (0 is none).
+pub(crate) fn known_revision(catalog: &Catalog, version: u32) -> Result<(), Error> {
+    if version == 0 || version > catalog.head() {
+        return Err(Error::UnknownRevision {
+            version,
+            head: catalog.head(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a history the catalog cannot vouch for: one ahead of it, or one whose applied files
+/// were edited since.
+fn refuse_unknown_history(status: &Status) -> Result<(), Error> {
+    match status.state {
+        State::Ahead => Err(Error::Ahead {
+            version: status.version.unwrap_or_default(),
+            head: status.head,
+        }),
+        State::Modified => Err(Error::Modified {
+            edited: status.edited.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The state, or the refusal for states where no migration may run: ahead, modified,
+/// drifted, and no history of ours (unstamped, foreign).
+pub(super) fn migratable(status: Status) -> Result<Status, Error> {
+    refuse_unknown_history(&status)?;
+    match status.state {
+        State::Drifted => Err(Error::Drifted {
+            version: status.version.unwrap_or_default(),
+            difference: status.difference,
+            forced: status.forced,
+            extra_tables: status.extra_tables,
+        }),
+        State::Unstamped | State::Foreign => Err(Error::Unstamped {
+            foreign: status.foreign,
+        }),
+        _ => Ok(status),
+    }
+}
+
+/// What `downgrade --to` would run on a database in `status`: every `.down.sql` from the
+/// current revision down to `to + 1`, each checked to exist.
+pub(super) fn downgrade(catalog: &Catalog, status: Status, to: u32) -> Result<Plan, Error> {
+    let status = migratable(status)?;
+    let at = status.version.unwrap_or(0);
+    if to > at {
+        return Err(Error::WrongDirection { at, to });
+    }
+    let steps = (to + 1..=at)
+        .rev()
+        .map(|version| {
+            let m = catalog
+                .migration(version)
+                .expect("recorded revisions are known");
+            match (m.down_file, m.down) {
+                (Some(file), Some(sql)) => Ok(PlannedStep { version, file, sql }),
+                _ => Err(Error::NoDown {
+                    version,
+                    file: m.file,
+                }),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Plan {
+        from: status.version,
+        to,
+        steps,
+    })
+}
+
+/// Checks that stamping `version` (a revision of `catalog`) is right on a database in
+/// `status` whose live schema is `live`: it must be that revision's, unless `force`. Returns
+/// the difference found.
+pub(super) fn stamp(
+    catalog: &Catalog,
+    status: &Status,
+    live: &Schema,
+    version: u32,
+    force: bool,
+) -> Result<Vec<String>, Error> {
+    refuse_unknown_history(status)?;
+    let difference = explain(
+        catalog,
+        &schema::diff(catalog.schema_at(version), live),
+        version,
+    );
+    if !difference.is_empty() && !force {
+        return Err(Error::StampMismatch {
+            version,
+            difference,
+        });
+    }
+    Ok(difference)
+}
+
+/// What `adopt` records on a database in `status`: the revision an unstamped (or foreign)
+/// live schema matches; refused, with the difference to the closest one, when none does.
+pub(super) fn adopt(status: &Status) -> Result<u32, Error> {
+    if !matches!(status.state, State::Unstamped | State::Foreign) {
+        return Err(Error::AlreadyStamped {
+            state: status.state,
+        });
+    }
+    status.matches.ok_or_else(|| Error::NoMatch {
+        closest: status.closest.unwrap_or(0),
+        difference: status.difference.clone(),
+        extra_tables: status.extra_tables.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::HistoryRow;
+    use super::super::status::decide;
+    use super::super::status::tests::{catalog, row};
+    use super::*;
+
+    fn status(history: &[HistoryRow], at: u32) -> Status {
+        decide(history, catalog().schema_at(at), None, catalog())
+    }
+
+    #[test]
+    fn an_upgrade_plans_every_migration_after_the_recorded_one() {
+        let plan = Plan::after(catalog(), Some(1));
+        assert_eq!((plan.from, plan.to), (Some(1), 2));
+        assert_eq!(plan.steps.len(), 1);
+        assert_eq!(plan.steps[0].file, "0002_pinned.up.sql");
+    }
+
+    #[test]
+    fn a_downgrade_stops_at_a_revision_without_a_down_file() {
+        let at_2 = status(&[row(1, "applied"), row(2, "applied")], 2);
+        let plan = downgrade(catalog(), at_2.clone(), 1).unwrap();
+        assert_eq!(plan.steps.len(), 1);
+        assert_eq!(plan.steps[0].file, "0002_pinned.down.sql");
+        assert!(matches!(
+            downgrade(catalog(), at_2.clone(), 0),
+            Err(Error::NoDown { version: 1, .. })
+        ));
+        assert!(matches!(
+            downgrade(catalog(), status(&[row(1, "applied")], 1), 2),
+            Err(Error::WrongDirection { at: 1, to: 2 })
+        ));
+    }
+
+    #[test]
+    fn nothing_migrates_a_database_without_a_history_of_ours_or_with_a_wrong_one() {
+        assert!(matches!(
+            migratable(status(&[], 1)),
+            Err(Error::Unstamped { .. })
+        ));
+        let drifted = status(&[row(1, "applied")], 2);
+        assert!(matches!(
+            migratable(drifted),
+            Err(Error::Drifted { version: 1, .. })
+        ));
+        let ahead = status(
+            &[row(1, "applied"), row(2, "applied"), row(3, "applied")],
+            2,
+        );
+        assert!(matches!(
+            migratable(ahead),
+            Err(Error::Ahead {
+                version: 3,
+                head: 2
+            })
+        ));
+        assert!(migratable(status(&[row(1, "applied")], 1)).is_ok());
+    }
+
+    #[test]
+    fn a_stamp_needs_the_revisions_schema_unless_forced() {
+        let unstamped = status(&[], 1);
+        let live = catalog().schema_at(1);
+        assert_eq!(
+            stamp(catalog(), &unstamped, live, 1, false).unwrap(),
+            Vec::<String>::new()
+        );
+        assert!(matches!(
+            stamp(catalog(), &unstamped, live, 2, false),
+            Err(Error::StampMismatch { version: 2, .. })
+        ));
+        assert_eq!(
+            stamp(catalog(), &unstamped, live, 2, true).unwrap().len(),
+            1
+        );
+        assert!(matches!(
+            known_revision(catalog(), 3),
+            Err(Error::UnknownRevision {
+                version: 3,
+                head: 2
+            })
+        ));
+        assert_eq!(adopt(&unstamped).unwrap(), 1);
+        assert!(matches!(
+            adopt(&status(&[row(1, "applied")], 1)),
+            Err(Error::AlreadyStamped {
+                state: State::Behind
+            })
+        ));
+    }
+}

@@ -42,20 +42,20 @@ enum Task {
     /// Put a database file into the volume (it does not migrate).
     Restore(tasks::restore::Args),
     /// Go back to the image (and backup) from before the last deploy.
-    Rollback(StackArgs),
+    Rollback(project::RollbackOptions),
     /// Take a checked backup of the live database into the backup folder.
-    Backup(StackArgs),
+    Backup(project::BackupOptions),
     /// The deploy history as a table.
-    History(StackArgs),
+    History(project::LookOptions),
     /// Run the preflight checks alone, each with its fix.
-    Doctor(StackArgs),
+    Doctor(project::LookOptions),
     /// `bot db ARGS` on the project's volume in a throw-away container: reads at once; writes
     /// (upgrade, downgrade, stamp, adopt) after a question, under the deploy lock, after a backup.
     Db(tasks::db::Args),
     /// The bot's log.
     Logs {
         #[command(flatten)]
-        stack: StackArgs,
+        options: project::PlaceOptions,
         /// Follow the log.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -64,9 +64,9 @@ enum Task {
         tail: usize,
     },
     /// Restart the bot and wait until it is healthy.
-    Restart(StackArgs),
+    Restart(project::RestartOptions),
     /// Stop and remove the containers (never the volume).
-    Down(StackArgs),
+    Down(project::DownOptions),
     /// Write the next migration's up and down files.
     NewMigration(tasks::schema::NewArgs),
     /// Check every migration on a fresh database: released files unchanged, down files
@@ -84,7 +84,7 @@ enum Task {
 #[derive(Debug, clap::Args)]
 struct DeployArgs {
     #[command(flatten)]
-    stack: StackArgs,
+    options: project::DeployOptions,
     #[command(flatten)]
     import: old_app::ImportArgs,
 }
@@ -99,6 +99,7 @@ pub fn main() -> std::process::ExitCode {
     };
     // The engine is chosen before any thread starts: it becomes this process's DOCKER_HOST.
     if let Some(args) = task.stack_args() {
+        let args = &args;
         match host::resolve(args.host.as_deref(), args.context.as_deref()) {
             Ok(engine) => engine.apply(),
             Err(error) => return std::process::ExitCode::from(plain(Err(error)) as u8),
@@ -124,17 +125,17 @@ pub fn main() -> std::process::ExitCode {
                 tasks::restore::run(sh, args, printer, report)
             })
         }
-        Task::Rollback(args) => reported(&sh, "rollback", args, tasks::rollback::run),
-        Task::Backup(args) => reported(&sh, "backup", args, tasks::backup::run),
-        Task::Restart(args) => reported(&sh, "restart", args, tasks::ops::restart),
-        Task::Down(args) => reported(&sh, "down", args, tasks::ops::down),
-        Task::History(args) => plain(tasks::history::run(&args)),
-        Task::Doctor(args) => plain(tasks::doctor::run(&sh, &args)),
+        Task::Rollback(args) => reported(&sh, "rollback", args.stack(), tasks::rollback::run),
+        Task::Backup(args) => reported(&sh, "backup", args.stack(), tasks::backup::run),
+        Task::Restart(args) => reported(&sh, "restart", args.stack(), tasks::ops::restart),
+        Task::Down(args) => reported(&sh, "down", args.stack(), tasks::ops::down),
+        Task::History(args) => plain(tasks::history::run(&args.stack())),
+        Task::Doctor(args) => plain(tasks::doctor::run(&sh, &args.stack())),
         Task::Logs {
-            stack,
+            options,
             follow,
             tail,
-        } => plain(tasks::ops::logs(&sh, &stack, follow, tail)),
+        } => plain(tasks::ops::logs(&sh, &options.stack(), follow, tail)),
         Task::NewMigration(args) => plain(tasks::schema::new_migration(args)),
         Task::CheckMigrations(args) => plain(tasks::schema::check_migrations(args)),
         Task::Ci => plain(tasks::ci::run(&sh)),
@@ -144,7 +145,7 @@ pub fn main() -> std::process::ExitCode {
             Err(error) => plain(Err(error)),
             Ok(tasks::db::Kind::Reads) => plain(tasks::db::read(&sh, &args)),
             Ok(tasks::db::Kind::Writes) => {
-                let stack = args.stack.clone();
+                let stack = args.options.stack();
                 reported(&sh, "db", stack, move |sh, _, printer, report| {
                     tasks::db::write(sh, &args, printer, report)
                 })
@@ -156,38 +157,40 @@ pub fn main() -> std::process::ExitCode {
 }
 
 impl Task {
-    /// The options naming the project and its engine, for the tasks that have them.
-    fn stack_args(&self) -> Option<&StackArgs> {
+    /// What the task runs with, for the tasks that work on a project.
+    fn stack_args(&self) -> Option<StackArgs> {
         match self {
             Task::FirstDeploy(args)
             | Task::ProdMigrate(args)
             | Task::ProdFullUpdate(args)
-            | Task::Recover(args) => Some(&args.stack),
-            Task::Status(args) => Some(&args.stack),
+            | Task::Recover(args) => Some(args.options.stack()),
+            Task::Status(args) => Some(args.options.stack()),
             Task::Restore(args) => Some(args.stack_args()),
-            Task::Rollback(args)
-            | Task::Backup(args)
-            | Task::History(args)
-            | Task::Doctor(args)
-            | Task::Restart(args)
-            | Task::Down(args) => Some(args),
-            Task::Db(args) => Some(&args.stack),
-            Task::Logs { stack, .. } => Some(stack),
-            Task::Chat(args) => Some(&args.stack),
+            Task::Rollback(args) => Some(args.stack()),
+            Task::Backup(args) => Some(args.stack()),
+            Task::History(args) | Task::Doctor(args) => Some(args.stack()),
+            Task::Restart(args) => Some(args.stack()),
+            Task::Down(args) => Some(args.stack()),
+            Task::Db(args) => Some(args.options.stack()),
+            Task::Logs { options, .. } => Some(options.stack()),
+            Task::Chat(args) => Some(args.options.stack()),
             Task::NewMigration(_) | Task::CheckMigrations(_) | Task::Ci | Task::Bench(_) => None,
         }
     }
 }
 
 fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {
-    let DeployArgs { stack, import } = args;
-    reported(sh, mode.task(), stack, |sh, args, printer, report| {
-        deploy::run(sh, args, &import, mode, printer, report)
-    })
+    let DeployArgs { options, import } = args;
+    reported(
+        sh,
+        mode.task(),
+        options.stack(),
+        |sh, args, printer, report| deploy::run(sh, args, &import, mode, printer, report),
+    )
 }
 
 fn args_stack(args: &tasks::restore::Args) -> StackArgs {
-    args.stack_args().clone()
+    args.stack_args()
 }
 
 /// Runs a task that changes things, timing it and printing its final report.

@@ -10,12 +10,40 @@ use crate::exit;
 use crate::history;
 use crate::secrets;
 
-/// Options shared by every task that drives the stack.
-#[derive(Debug, Clone, clap::Args)]
+/// What a task runs with: where (the project, its engine, its files) and how (questions,
+/// output, limits). Built from the options the task takes ([`Where`] and the groups below),
+/// with the defaults for those it does not take.
+#[derive(Debug, Clone)]
 pub struct StackArgs {
-    /// Answer yes to every question (for scripts).
-    #[arg(long, short = 'y')]
+    /// Answer yes to every question.
     pub yes: bool,
+    /// The Bot API stand-in instead of Telegram.
+    pub demo: bool,
+    /// The Compose project, when named.
+    pub project_name: Option<String>,
+    /// The Docker engine's address, when given.
+    pub host: Option<String>,
+    /// The Docker context, when given.
+    pub context: Option<String>,
+    /// The final report as JSON.
+    pub json: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// The folder for backups and the history, when given.
+    pub backup_dir: Option<PathBuf>,
+    /// Backups and release tags kept per project.
+    pub keep: usize,
+    /// The bot's environment file, when given.
+    pub env_file: Option<PathBuf>,
+    /// Seconds to wait for the bot to become healthy.
+    pub health_timeout: u64,
+    /// The newest schema revision to build with, when not the head.
+    pub schema_head: Option<u32>,
+}
+
+/// Where a task works: the project, its engine, its environment file and its backup folder.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Where {
     /// Run with the Bot API stand-in instead of Telegram; no token needed. Without it (and
     /// without --env-file) a task uses what the project's last deploy used.
     #[arg(long)]
@@ -30,31 +58,182 @@ pub struct StackArgs {
     /// The Docker context whose engine to work on (`docker context ls`).
     #[arg(long, value_name = "NAME", conflicts_with = "host")]
     pub context: Option<String>,
-    /// Print the final report as one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Print the plan (steps, Docker commands, migrations) and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
     /// The folder for backups and the deploy history (one sub-folder per project).
     #[arg(long, value_name = "DIR", env = "TGBOT_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// How many backups (and release tags, `tgbot-bot:<project>-<git>-<time>`) to keep per
-    /// project.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub keep: usize,
     /// The bot's environment file (default: the last deploy's, else `.env`, or
     /// `docker/demo.env` with --demo).
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+}
+
+/// `--yes`, for the tasks that may ask.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Confirm {
+    /// Answer yes to every question (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `--json`, for the tasks with a final report or a status.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Json {
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--dry-run`, for the tasks that change things.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DryRun {
+    /// Print the plan (steps, Docker commands, migrations) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--keep`, for the tasks that take backups.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Keep {
+    /// How many backups (and release tags, `tgbot-bot:<project>-<git>-<time>`) to keep per
+    /// project.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub keep: usize,
+}
+
+/// `--health-timeout`, for the tasks that start the bot.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthTimeout {
     /// Seconds to wait for the bot to become healthy.
     #[arg(long, value_name = "SECONDS", default_value_t = 90)]
     pub health_timeout: u64,
+}
+
+/// `--schema-head`, for the tasks that build.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchemaHead {
     /// Build with the schema history only up to this revision (an older release, for tests and
     /// benchmarks).
     #[arg(long, value_name = "N", hide = true)]
     pub schema_head: Option<u32>,
 }
+
+/// An option group's part of [`StackArgs`].
+trait Fill {
+    fn fill(&self, args: &mut StackArgs);
+}
+
+impl Fill for Confirm {
+    fn fill(&self, args: &mut StackArgs) {
+        args.yes = self.yes;
+    }
+}
+
+impl Fill for Json {
+    fn fill(&self, args: &mut StackArgs) {
+        args.json = self.json;
+    }
+}
+
+impl Fill for DryRun {
+    fn fill(&self, args: &mut StackArgs) {
+        args.dry_run = self.dry_run;
+    }
+}
+
+impl Fill for Keep {
+    fn fill(&self, args: &mut StackArgs) {
+        args.keep = self.keep;
+    }
+}
+
+impl Fill for HealthTimeout {
+    fn fill(&self, args: &mut StackArgs) {
+        args.health_timeout = self.health_timeout;
+    }
+}
+
+impl Fill for SchemaHead {
+    fn fill(&self, args: &mut StackArgs) {
+        args.schema_head = self.schema_head;
+    }
+}
+
+impl From<&Where> for StackArgs {
+    fn from(at: &Where) -> StackArgs {
+        StackArgs {
+            yes: false,
+            demo: at.demo,
+            project_name: at.project_name.clone(),
+            host: at.host.clone(),
+            context: at.context.clone(),
+            json: false,
+            dry_run: false,
+            backup_dir: at.backup_dir.clone(),
+            keep: 10,
+            env_file: at.env_file.clone(),
+            health_timeout: 90,
+            schema_head: None,
+        }
+    }
+}
+
+/// A task's options: [`Where`] and the groups it takes, and no others (`history --keep 3` is a
+/// usage error).
+macro_rules! task_options {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $group:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, clap::Args)]
+        pub struct $name {
+            /// Where the task works.
+            #[command(flatten)]
+            pub at: Where,
+            $(
+                #[allow(missing_docs)]
+                #[command(flatten)]
+                pub $field: $group,
+            )*
+        }
+
+        impl $name {
+            /// What the task runs with.
+            pub fn stack(&self) -> StackArgs {
+                #[allow(unused_mut)]
+                let mut args = StackArgs::from(&self.at);
+                $( self.$field.fill(&mut args); )*
+                args
+            }
+        }
+    };
+}
+
+task_options!(
+    /// The deploy tasks' options: all of them.
+    DeployOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, health: HealthTimeout, schema_head: SchemaHead }
+);
+task_options!(
+    /// `rollback`'s options.
+    RollbackOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, health: HealthTimeout }
+);
+task_options!(
+    /// The options of the tasks that back up and change the database (`backup`, `restore`, `db`).
+    BackupOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, schema_head: SchemaHead }
+);
+task_options!(
+    /// `restart`'s options.
+    RestartOptions { confirm: Confirm, json: Json, dry_run: DryRun, health: HealthTimeout }
+);
+task_options!(
+    /// `down`'s options.
+    DownOptions { confirm: Confirm, json: Json, dry_run: DryRun }
+);
+task_options!(
+    /// The options of the tasks that only look (`status`, `history`, `doctor`).
+    LookOptions { json: Json }
+);
+task_options!(
+    /// The options of the tasks that only need the place (`logs`, `chat`).
+    PlaceOptions {}
+);
 
 impl StackArgs {
     /// The folder holding this project's backups, history and lock: `<backup dir>/<project>`

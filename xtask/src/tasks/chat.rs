@@ -5,13 +5,13 @@ use std::time::Duration;
 use xshell::Shell;
 
 use crate::exit;
-use crate::project::{self, StackArgs};
+use crate::project::{self, PlaceOptions};
 
 /// Arguments of `chat`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub stack: StackArgs,
+    pub options: PlaceOptions,
     /// The Telegram user id to send as.
     #[arg(long, default_value_t = 1001)]
     user: i64,
@@ -24,7 +24,7 @@ pub struct Args {
 
 /// Sends the message and prints the bot's answers.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
-    let stack = project::stack(sh, &args.stack)?;
+    let stack = project::stack(sh, &args.options.stack())?;
     if !stack.demo {
         return Err(exit::usage(
             "chat talks to the demo stand-in, and this project was not deployed with --demo; pass --demo",

@@ -13,14 +13,14 @@ use crate::docker;
 use crate::exit::{self, Exit, ExitCode};
 use crate::output::Printer;
 use crate::process;
-use crate::project::{self, StackArgs};
+use crate::project::{self, BackupOptions};
 use crate::report::Report;
 
 /// Arguments of `db`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub stack: StackArgs,
+    pub options: BackupOptions,
     /// What to pass to `bot db`, e.g. `status`, `history --json`, `diff --to 3`, `stamp 2`
     /// (this tool's own options go before it).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -71,9 +71,9 @@ fn instead(command: &str, task: &str) -> anyhow::Error {
 /// Runs a command that only reads: no question, no lock.
 pub fn read(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     docker::check_daemon(sh)?;
-    let stack = project::stack(sh, &args.stack)?;
+    let stack = project::stack(sh, &args.options.stack())?;
     require_image(sh, &stack)?;
-    if args.stack.dry_run {
+    if args.options.dry_run.dry_run {
         eprintln!(
             "dry run: would run `{}`",
             run_cmd(sh, &stack, &args.command)
@@ -90,7 +90,7 @@ pub fn write(
     printer: &Printer,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let stack_args = &args.stack;
+    let stack_args = &args.options.stack();
     deploy::locked_and_recorded(sh, stack_args, "db", report, |state_dir, time, report| {
         let stack = deploy::check_machine(sh, stack_args, false, printer, report)?;
         require_image(sh, &stack)?;
@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(kind(&["diff", "--to", "3"]).unwrap(), Kind::Reads);
         let cli = Cli::try_parse_from(["db", "-p", "proj", "history", "--json"]).unwrap();
         assert_eq!(cli.args.command, ["history", "--json"]);
-        assert!(!cli.args.stack.json, "--json after the command is bot db's");
+        assert!(
+            !cli.args.options.json.json,
+            "--json after the command is bot db's"
+        );
         for (command, names) in [
             ("backup", "cargo xtask backup"),
             ("restore", "cargo xtask restore"),

@@ -14,7 +14,7 @@ use crate::docker;
 use crate::exit;
 use crate::images;
 use crate::output::Printer;
-use crate::project::StackArgs;
+use crate::project::{BackupOptions, StackArgs};
 use crate::report::Report;
 
 /// The live database's path in the volume, as the bot's container sees it.
@@ -24,15 +24,15 @@ const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    stack: StackArgs,
+    options: BackupOptions,
     /// The SQLite database file to put in place.
     file: PathBuf,
 }
 
 impl Args {
-    /// The options shared with the other tasks.
-    pub fn stack_args(&self) -> &StackArgs {
-        &self.stack
+    /// What the task runs with.
+    pub fn stack_args(&self) -> StackArgs {
+        self.options.stack()
     }
 }
 
@@ -48,24 +48,25 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
         incoming.state.name(),
         incoming.revision.map_or("none".into(), |r| r.to_string())
     ));
+    let stack_args = args.stack_args();
     deploy::locked_and_recorded(
         sh,
-        &args.stack,
+        &stack_args,
         "restore",
         report,
         |state_dir, time, report| {
-            let stack = deploy::check_machine(sh, &args.stack, false, printer, report)?;
-            if !args.stack.dry_run {
+            let stack = deploy::check_machine(sh, &stack_args, false, printer, report)?;
+            if !stack_args.dry_run {
                 // A killed run's restore or migration still at work must end first.
                 deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
             }
             crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
-                if args.stack.dry_run {
+                if stack_args.dry_run {
                     printer.info(&format!("would build {} first", stack.bot_image));
                 } else {
                     printer.step(report, "build images", || {
-                        images::build(sh, &stack, args.stack.schema_head).map(drop)
+                        images::build(sh, &stack, stack_args.schema_head).map(drop)
                     })?;
                 }
             }
@@ -91,7 +92,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             report.revision_before = live.effective_version();
             deploy::refuse_a_second_running_bot(sh, &stack)?;
             let container = stack.running_bot(sh)?;
-            if args.stack.dry_run {
+            if stack_args.dry_run {
                 printer.info("dry run: nothing was changed. The restore would:");
                 if container.is_some() {
                     printer.info("  stop bot: docker stop <bot container>");
@@ -109,7 +110,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
             }
             let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
             deploy::confirm(
-                args.stack.yes,
+                stack_args.yes,
                 &match &damage {
                     Some(_) => format!(
                         "The database in volume {} is damaged. Replace it with {}? The bot will be stopped; the damaged file is kept as {} and, in the volume, as bot_database.db.damaged-<time>.",
@@ -178,7 +179,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                     backups::seal(&host_file).map(drop)
                 })?;
                 report.backup = Some(host_file.display().to_string());
-                backups::prune_and_tell(printer, state_dir, &stack.project, args.stack.keep)?;
+                backups::prune_and_tell(printer, state_dir, &stack.project, stack_args.keep)?;
             }
             crate::journal::volume(format!(
                 "being replaced by {} (the bot is stopped)",

@@ -12,26 +12,27 @@ use crate::docker;
 use crate::history;
 use crate::host::Engine;
 use crate::lock::{self, Liveness};
-use crate::project::{self, StackArgs};
+use crate::project::{self, LookOptions};
 
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub stack: StackArgs,
+    pub options: LookOptions,
 }
 
 /// Prints the status; `--json` prints one object.
 pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     docker::check_daemon(sh)?;
-    let stack = project::stack(sh, &args.stack)?;
+    let stack_args = args.options.stack();
+    let stack = project::stack(sh, &stack_args)?;
     let container = stack.bot_container(sh)?;
     let image = docker::image_id(sh, &stack.bot_image)?;
     let database = match image {
         Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
         None => None,
     };
-    let state_dir = args.stack.state_dir(&stack.project);
+    let state_dir = stack_args.state_dir(&stack.project);
     let last_backup = backups::list(&state_dir, &stack.project).pop();
     let records = history::read(&state_dir)?;
     // The lock is the engine's, whatever the backup folder: see `lock`.
@@ -70,7 +71,7 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         .filter(|r| running_since.as_deref() != Some(r.time.as_str()))
         .collect();
     let old_app = container.as_ref().filter(|c| !c.is_ours());
-    if args.stack.json {
+    if stack_args.json {
         let value = json!({
             "project": stack.project,
             "engine": Engine::current().describe(),

@@ -139,27 +139,40 @@ impl Stack {
     /// exported variable. It names the last deployed project's images; the file says so.
     pub fn write_compose_env(&self) -> anyhow::Result<()> {
         let file = self.compose_file.with_file_name(".env");
+        let engine = crate::host::Engine::current();
+        let env_file = self.env_file.display().to_string();
+        // Single quotes keep a `#` or a `$` in a path as it is, for both Composes' parsers; a
+        // quote or a backslash they would read differently, so such a path is not written.
+        if env_file.contains(['\'', '\\', '\n']) {
+            bail!(
+                "{} was not written for Compose commands typed by hand: the environment file's path {env_file:?} has a quote or a backslash; by hand, set BOT_ENV_FILE yourself",
+                file.display()
+            );
+        }
         let text = format!(
             "# Written by `cargo xtask` after each deploy, for Compose commands typed by hand:\n\
-             # the last deploy was of project {project}. For another project, set\n\
-             # BOT_IMAGE=tgbot-bot:<that project> (and BOT_ENV_FILE) on the command line.\n\
-             BOT_IMAGE={bot}\nSTANDIN_IMAGE={standin}\nBOT_ENV_FILE={env}\n",
+             # the last deploy was of project {project} on {engine}. For another project, set\n\
+             # BOT_IMAGE=tgbot-bot:<that project> (and BOT_ENV_FILE, DOCKER_HOST) on the command line.\n\
+             DOCKER_HOST='{host}'\nBOT_IMAGE='{bot}'\nSTANDIN_IMAGE='{standin}'\nBOT_ENV_FILE='{env_file}'\n",
             project = self.project,
+            engine = engine.describe(),
+            host = engine.address(),
             bot = self.bot_image,
             standin = self.standin_image,
-            env = self.env_file.display(),
         );
         // Written aside and renamed: a deploy of another project at the same moment leaves one
         // whole file, never a mix of both.
         let aside = file.with_file_name(format!(".env.{}.new", std::process::id()));
-        std::fs::write(&aside, text)
-            .and_then(|()| std::fs::rename(&aside, &file))
-            .with_context(|| {
-                format!(
-                    "could not write {} for Compose commands typed by hand",
-                    file.display()
-                )
-            })
+        let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, &file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&aside);
+        }
+        written.with_context(|| {
+            format!(
+                "could not write {} for Compose commands typed by hand",
+                file.display()
+            )
+        })
     }
 
     /// The bot service's container (running or not), if there is one.

@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::exit;
 
+/// The address of the local engine, when nothing names another.
+const LOCAL: &str = "unix:///var/run/docker.sock";
+
 /// The engine a task drives, as its address (`None`: the local default socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Engine {
@@ -72,23 +75,22 @@ impl Engine {
     }
 
     /// The sub-folder of the backup folder for this engine's projects: none for the local
-    /// engine (`backups/<project>`), else the address made a file name (`backups/ssh-deploy@server_2222/<project>`),
-    /// so two servers with the same project name never share a history or a backup.
+    /// engine (`backups/<project>`), else the address made a file name, every character but
+    /// letters, digits, `.`, `-` and `@` written as `_` and its hex code
+    /// (`backups/ssh-deploy@server_3a2222/<project>`): two engines never share a folder, so
+    /// two servers with the same project name never share a history or a backup.
     pub fn folder(&self) -> Option<String> {
         let host = self.host.as_deref()?;
         let (scheme, rest) = host.split_once("://").unwrap_or(("host", host));
-        let rest: String = rest
-            .trim_end_matches('/')
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '@') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        Some(format!("{scheme}-{rest}"))
+        let mut folder = format!("{scheme}-");
+        for byte in rest.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'@') {
+                folder.push(char::from(byte));
+            } else {
+                folder.push_str(&format!("_{byte:02x}"));
+            }
+        }
+        Some(folder)
     }
 
     /// The `ssh` target when the engine is reached through ssh.
@@ -118,17 +120,21 @@ impl Engine {
         })
     }
 
-    /// Makes this the engine of every command the process runs from now on.
+    /// The address to hand to Docker and Compose.
+    pub fn address(&self) -> &str {
+        self.host.as_deref().unwrap_or(LOCAL)
+    }
+
+    /// Makes this the engine of every command the process runs from now on. Set even for the
+    /// local engine: Compose would otherwise take the DOCKER_HOST a deploy wrote to
+    /// `docker/.env` for the by-hand commands.
     ///
     /// Call it before any thread starts: it changes the process's environment.
     pub fn apply(&self) {
         // SAFETY: called from `main` before the signal thread or any other thread exists, so
         // no other thread reads the environment while it changes.
         unsafe {
-            match &self.host {
-                Some(host) => std::env::set_var("DOCKER_HOST", host),
-                None => std::env::remove_var("DOCKER_HOST"),
-            }
+            std::env::set_var("DOCKER_HOST", self.address());
             // DOCKER_HOST now says it all; with both set, the Docker CLI refuses to choose.
             std::env::remove_var("DOCKER_CONTEXT");
         }
@@ -139,29 +145,92 @@ impl Engine {
 /// context (`DOCKER_CONTEXT` or `docker context use`).
 pub fn resolve(host: Option<&str>, context: Option<&str>) -> anyhow::Result<Engine> {
     if let Some(host) = host {
-        check_address(host)?;
-        return Ok(Engine::from_host(Some(host.to_owned())));
+        return Ok(Engine::from_host(Some(checked_address(host)?)));
     }
     if let Some(name) = context {
         return context_engine(Some(name));
     }
     if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-        check_address(&host)?;
-        return Ok(Engine::from_host(Some(host)));
+        return Ok(Engine::from_host(Some(checked_address(&host)?)));
     }
-    // Without docker, or with no context store, the local default is what is left; the
-    // daemon check then says what is missing.
-    Ok(context_engine(None).unwrap_or(Engine { host: None }))
+    match context_engine(None) {
+        Ok(engine) => Ok(engine),
+        // Without the docker command the daemon check says what is missing.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some() => Ok(Engine { host: None }),
+        Err(e) => Err(e),
+    }
 }
 
-fn check_address(host: &str) -> anyhow::Result<()> {
-    let known = ["ssh://", "tcp://", "unix://", "fd://", "npipe://"];
-    if known.iter().any(|scheme| host.starts_with(scheme)) && host.len() > 8 {
-        Ok(())
+/// The address as Docker and Compose take it, or a usage error naming how to write it: a
+/// trailing `/` is dropped and an ssh or tcp host name lower-cased (one server, one history).
+fn checked_address(host: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| {
+        exit::usage(format!(
+            "the engine address {host:?} is not one Docker takes ({why}): write ssh://user@server (or ssh://user@server:port), tcp://server:2376 or unix:///path/to/docker.sock"
+        ))
+    };
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it has a space"));
+    }
+    let Some((scheme, rest)) = host.split_once("://") else {
+        return Err(bad("no scheme"));
+    };
+    match scheme {
+        "unix" | "npipe" | "fd" => {
+            if rest.len() < 2 || (scheme == "unix" && !rest.starts_with('/')) {
+                return Err(bad("no absolute path to the socket"));
+            }
+            Ok(host.to_owned())
+        }
+        "ssh" | "tcp" => {
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+                return Err(bad("a path after the server"));
+            }
+            let (user, server) = match rest.rsplit_once('@') {
+                Some(("", _)) => return Err(bad("an empty user")),
+                Some(_) if scheme == "tcp" => return Err(bad("a user in a tcp address")),
+                Some((user, server)) => (Some(user), server),
+                None => (None, rest),
+            };
+            let (name, port) = split_port(server).map_err(|why| bad(&why))?;
+            if name.is_empty() || name == "[]" {
+                return Err(bad("no server"));
+            }
+            let mut checked = format!("{scheme}://");
+            if let Some(user) = user {
+                checked.push_str(user);
+                checked.push('@');
+            }
+            checked.push_str(&name.to_ascii_lowercase());
+            if let Some(port) = port {
+                checked.push_str(&format!(":{port}"));
+            }
+            Ok(checked)
+        }
+        _ => Err(bad("an unknown scheme")),
+    }
+}
+
+/// `server[:port]` or `[v6]:port` taken apart; the port must be 1 to 65535.
+fn split_port(server: &str) -> Result<(&str, Option<u16>), String> {
+    let (name, port) = if server.starts_with('[') {
+        match server.split_once("]:") {
+            Some((name, port)) => (&server[..name.len() + 1], Some(port)),
+            None => (server, None),
+        }
     } else {
-        Err(exit::usage(format!(
-            "the engine address {host:?} is not one Docker takes: write ssh://user@server (or ssh://user@server:port), tcp://server:2376 or unix:///path/to/docker.sock"
-        )))
+        match server.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (server, None),
+        }
+    };
+    match port {
+        None => Ok((name, None)),
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok((name, Some(port))),
+            _ => Err(format!("the port {port:?} is not a number from 1 to 65535")),
+        },
     }
 }
 
@@ -172,12 +241,15 @@ fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
     let out = std::process::Command::new("docker")
         .args(&args)
         .stdin(std::process::Stdio::null())
-        .output()
-        .context("cannot run `docker context inspect`")?;
+        .output()?;
     let shown = name.unwrap_or("(current)");
     if !out.status.success() {
+        let set_by = match name {
+            Some(_) => "--context",
+            None => "DOCKER_CONTEXT or `docker context use`",
+        };
         return Err(exit::usage(format!(
-            "there is no Docker context {shown}: {}; `docker context ls` lists them",
+            "there is no Docker context {shown} (named by {set_by}): {}; `docker context ls` lists them, or pass --host",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -197,7 +269,7 @@ fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
             context["Name"].as_str().unwrap_or(shown)
         )));
     }
-    Ok(Engine::from_host(Some(host)))
+    Ok(Engine::from_host(Some(checked_address(&host)?)))
 }
 
 #[cfg(test)]
@@ -225,15 +297,20 @@ mod tests {
     fn a_remote_engine_has_a_folder_of_its_own() {
         assert_eq!(
             engine("ssh://deploy@server:2222").folder().unwrap(),
-            "ssh-deploy@server_2222"
+            "ssh-deploy@server_3a2222"
+        );
+        assert_eq!(
+            engine("ssh://deploy@server_2222").folder().unwrap(),
+            "ssh-deploy@server_5f2222",
+            "an alias with an underscore is another engine"
         );
         assert_eq!(
             engine("tcp://10.0.0.5:2376").folder().unwrap(),
-            "tcp-10.0.0.5_2376"
+            "tcp-10.0.0.5_3a2376"
         );
         assert_eq!(
             engine("unix:///srv/other.sock").folder().unwrap(),
-            "unix-_srv_other.sock"
+            "unix-_2fsrv_2fother.sock"
         );
     }
 
@@ -259,13 +336,37 @@ mod tests {
 
     #[test]
     fn an_address_docker_does_not_take_is_refused() {
-        for bad in ["server", "http://server", "ssh:/"] {
+        for bad in [
+            "server",
+            "http://server",
+            "ssh:/",
+            "ssh://deploy@",
+            "ssh://@server",
+            "ssh://deploy@server:notaport",
+            "ssh://deploy@server:99999",
+            "ssh://deploy@server:0",
+            "ssh://dep loy@server",
+            "ssh://deploy@server/path",
+            "tcp://user@server:2376",
+            "unix://relative.sock",
+        ] {
             let error = resolve(Some(bad), None).unwrap_err();
             assert_eq!(exit::code_of(&error), exit::ExitCode::Usage, "{bad}");
         }
         assert_eq!(
             resolve(Some("ssh://a@b"), None).unwrap().remote(),
             Some("ssh://a@b")
+        );
+        assert_eq!(
+            resolve(Some("ssh://Deploy@Server.Example.COM:2222/"), None)
+                .unwrap()
+                .remote(),
+            Some("ssh://Deploy@server.example.com:2222"),
+            "a trailing slash dropped, the host name lower-cased, the user kept"
+        );
+        assert_eq!(
+            resolve(Some("ssh://root@[::1]:22"), None).unwrap().remote(),
+            Some("ssh://root@[::1]:22")
         );
     }
 }

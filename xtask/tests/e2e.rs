@@ -280,10 +280,24 @@ fn cargo_xtask_alone_lists_the_tasks() {
 fn the_compose_file_used_by_hand_asks_for_the_image_instead_of_pulling_one() {
     let compose = common::root().join("docker/docker-compose.prod.yml");
     let compose = compose.to_str().unwrap();
+    // Before any deploy: no docker/.env (which a deploy writes for the by-hand commands).
+    let dir = std::env::temp_dir().join(format!("tgbot-by-hand-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let no_deploy = dir.join("empty.env");
+    std::fs::write(&no_deploy, "").unwrap();
     let output = common::run(
         "docker-compose",
-        &["-f", compose, "-p", "tgbot-by-hand", "config"],
+        &[
+            "--env-file",
+            no_deploy.to_str().unwrap(),
+            "-f",
+            compose,
+            "-p",
+            "tgbot-by-hand",
+            "config",
+        ],
     );
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("set BOT_IMAGE=tgbot-bot:<project>"),

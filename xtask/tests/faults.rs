@@ -431,6 +431,8 @@ fn a_running_but_unhealthy_bot_is_never_nothing_to_do() {
         .args(["--profile", "demo", "up", "-d", "--force-recreate", "bot"])
         .env("BOT_IMAGE", project.image())
         .env("BOT_ENV_FILE", &env)
+        // Not the engine of the last deploy docker/.env names (maybe another test's).
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
         .output()
         .unwrap();
     assert!(up.status.success(), "{}", text(&up));

@@ -33,7 +33,7 @@ fn every_task_works_through_ssh_with_backups_and_history_kept_here() {
     let server = SshServer::start(&project.dir.join("ssh"));
     let state = root()
         .join("backups")
-        .join(format!("ssh-{}@127.0.0.1_{}", server.user, server.port))
+        .join(format!("ssh-{}@127.0.0.1_3a{}", server.user, server.port))
         .join(&project.name);
     struct RemoveState(PathBuf);
     impl Drop for RemoveState {

@@ -219,9 +219,14 @@ impl Deploy<'_> {
                     short(&old.id)
                 ));
             }
-        } else {
-            // Nothing was migrated and the old bot may still serve: the new one goes.
-            remove_container(sh, &new_bot.id);
+        } else if let Err(e) = try_remove_container(sh, &new_bot.id) {
+            // Nothing was migrated and the old bot may still serve: the new one goes, and
+            // when it cannot (the engine went away), the error says what runs.
+            let at = super::where_flags(self.args);
+            return Err(outcome.err().unwrap_or_else(|| anyhow::anyhow!("the deploy stopped")).context(format!(
+                "the new bot's container {} could not be removed ({e:#}) and may run beside the old one with the same token; once the engine answers, `cargo xtask status{at}` shows it and the next deploy (or `cargo xtask recover{at}`) removes it",
+                short(&new_bot.id)
+            )));
         }
         let outcome = outcome?;
         printer.detail(
@@ -409,12 +414,18 @@ fn old_bot_stopped(old_id: &str) -> bool {
 
 /// Removes a container whatever its state (`docker rm -f`); a failure is only said.
 fn remove_container(sh: &xshell::Shell, id: &str) {
-    if let Err(e) = process::run(
-        xshell::cmd!(sh, "docker rm -f {id}"),
-        "removing the new bot's container",
-    ) {
+    if let Err(e) = try_remove_container(sh, id) {
         eprintln!("warning: {e:#}");
     }
+}
+
+/// Removes a container whatever its state (`docker rm -f`).
+fn try_remove_container(sh: &xshell::Shell, id: &str) -> anyhow::Result<()> {
+    process::run(
+        xshell::cmd!(sh, "docker rm -f {id}"),
+        "removing the new bot's container",
+    )
+    .map(drop)
 }
 
 /// Removes every container of the bot service but `old` (what a failed `start_beside` left).

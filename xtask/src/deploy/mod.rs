@@ -85,6 +85,21 @@ impl Mode {
     }
 }
 
+/// ` --host H -p P` as far as they are not the defaults: the commands a message names reach
+/// the same engine and project when typed as shown.
+pub(super) fn where_flags(args: &StackArgs) -> String {
+    let host = crate::host::Engine::current()
+        .remote()
+        .map(|h| format!(" --host {h}"))
+        .unwrap_or_default();
+    let project = args
+        .project_name
+        .as_deref()
+        .map(|p| format!(" -p {p}"))
+        .unwrap_or_default();
+    format!("{host}{project}")
+}
+
 /// Runs a deploy of the given mode: takes the lock, deploys, records the deploy.
 pub fn run(
     sh: &Shell,
@@ -366,8 +381,9 @@ impl Deploy<'_> {
                     ),
                     (None, None) => "no pre-deploy backup was taken".into(),
                 };
+                let at = where_flags(self.args);
                 error.context(format!(
-                    "and the rollback failed too: {rollback_error:#}. The bot may be down: `cargo xtask status` shows what runs and the database's state; `cargo xtask recover` brings the database to this image's head and the bot up, or `cargo xtask restore FILE` puts a backup back; {backup}"
+                    "and the rollback failed too: {rollback_error:#}. The bot may be down, or the new bot may run beside the old one: `cargo xtask status{at}` shows what runs and the database's state; `cargo xtask recover{at}` brings the database to this image's head and one bot up, or `cargo xtask restore{at} FILE` puts a backup back; {backup}"
                 ))
             }
         };

@@ -201,15 +201,22 @@ fn compose_reaches(sh: &Shell, stack: &Stack, engine: &Engine) -> Check {
         ),
         Err(e) => (false, e.to_string()),
     };
-    let paramiko = detail.contains("paramiko");
+    // docker-py's own words when paramiko is missing, not any traceback that names it.
+    let paramiko =
+        detail.contains("Install paramiko") || detail.contains("No module named 'paramiko'");
+    let ipv6 = engine.ssh().is_some_and(|t| t.server.contains(':'));
+    let fix = if paramiko {
+        "install paramiko for docker-compose 1.x (`sudo apt install python3-paramiko`, or `pip install paramiko`), or use the compose plugin".into()
+    } else if ipv6 && matches!(stack.flavour, crate::compose::Flavour::V1(_)) {
+        "docker-compose 1.x cannot take an IPv6 address in ssh://: name the server (a Host entry in ~/.ssh/config, or /etc/hosts) and pass --host ssh://user@that-name, or use the compose plugin".into()
+    } else {
+        "check the ssh login and the engine above; `docker compose` (the plugin) needs nothing more"
+            .into()
+    };
     Check {
         name: "Compose reaches the engine",
         ok,
         detail,
-        fix: if paramiko {
-            "install paramiko for docker-compose 1.x (`sudo apt install python3-paramiko`, or `pip install paramiko`), or use the compose plugin".into()
-        } else {
-            "check the ssh login and the engine above; `docker compose` (the plugin) needs nothing more".into()
-        },
+        fix,
     }
 }

@@ -18,6 +18,11 @@ use xtask::compose::Stack;
 pub fn shell() -> Shell {
     let sh = Shell::new().unwrap();
     sh.change_dir(root());
+    // As xtask does: Compose would otherwise take the DOCKER_HOST a deploy wrote to
+    // docker/.env (a remote test's ssh server, gone by now).
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    sh.set_var("DOCKER_HOST", host);
     sh
 }
 

@@ -1,13 +1,14 @@
 //! `bot db ...`: the migration engine's commands, run where the database is (in the container).
 //!
-//! Every command takes `--json` and then prints one JSON object on stdout, on success and on
-//! failure (`{"error": ..., "exit_code": ...}`). Exit codes: 0 done, 1 failed (rolled back),
-//! 2 usage, 3 refused because of the database's state or place (nothing changed: e.g. a
-//! missing or read-only folder), 4 the file is not a SQLite database (a folder, another kind of
-//! file, a FIFO, a device) or is damaged (cut short, failing `quick_check`; `check` runs
-//! `integrity_check`, which also finds an index that disagrees with its table and a broken
-//! UNIQUE constraint, which `quick_check` and so the writing commands do not see), 5 the database stayed locked by
-//! another process (the message says whether by a writer or by a reader).
+//! With `--json` (before or after the command's name) every command prints one JSON object on
+//! stdout, on success and on failure: the types of [`migrations::json`], documented there. Exit
+//! codes are [`ExitCode`]: 0 done, 1 failed (rolled back), 2 usage, 3 refused because of the
+//! database's state or place (nothing changed: e.g. a missing or read-only folder), 4 the file
+//! is not a SQLite database (a folder, another kind of file, a FIFO, a device) or is damaged
+//! (cut short, failing `quick_check`; `check` runs `integrity_check`, which also finds an index
+//! that disagrees with its table and a broken UNIQUE constraint, which `quick_check` and so the
+//! writing commands do not see), 5 the database stayed locked by another process (the message
+//! says whether by a writer or by a reader). Each command is one function below.
 //!
 //! Before anything reads the database, what a writer killed mid-transaction left beside it is
 //! recovered the way SQLite recovers it (a read-write open rolls back a hot `-journal`; the
@@ -36,10 +37,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use migrations::{
-    Catalog, Database, DiffScript, Error, LockHolder, Plan, Recovery, State, Status, head, schema,
-    schema_at,
+use migrations::json::{
+    AdoptPlanReport, AdoptReport, BaselineReport, CheckReport, DiffReport, ErrorReport, ExitCode,
+    HistoryReport, ImportReport, OwnershipReport, PlanReport, RestoreReport, SchemaReport, Search,
+    StampPlanReport, StampReport, StatusReport, UpgradeReport, WrongOwner,
 };
+use migrations::{
+    BackupInfo, Catalog, Database, DiffScript, Error, LockHolder, Plan, Recovery, State, Status,
+    Upgrade, head, schema, schema_at,
+};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::import;
@@ -50,11 +57,7 @@ use crate::snapshot::SnapshotCheck;
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Tell the database's state: empty, unstamped, foreign, behind, current, ahead, modified, drifted.
-    Status {
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Apply every pending migration.
     Upgrade {
         /// Adopt an unstamped database first (refused when its schema matches no revision).
@@ -74,9 +77,6 @@ pub enum DbCommand {
         /// (a deploy prepares this while the old bot still runs); any other line cancels.
         #[arg(long)]
         wait_for_go: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Undo migrations down to a revision with their .down.sql files.
     Downgrade {
@@ -86,9 +86,6 @@ pub enum DbCommand {
         /// Print the plan and the SQL; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Record a revision without running it (refused unless the live schema is that revision's).
     Stamp {
@@ -100,44 +97,27 @@ pub enum DbCommand {
         /// Print what would be recorded; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Stamp an unstamped database at the revision its live schema matches.
     Adopt {
         /// Print what would be recorded; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// List the applied revisions: when and how (applied, stamped, forced).
-    History {
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    History,
     /// Exit non-zero when the database is modified, drifted, ahead or damaged (for CI).
     ///
     /// Runs `PRAGMA integrity_check`, which reads every page and checks every index against
     /// its table. The writing commands check with the faster `quick_check` only, which does
     /// not see an index that disagrees with its table or a broken UNIQUE constraint: run
     /// `check` before a write when in doubt.
-    Check {
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Check,
     /// Print the normalized schema: the live one, or a revision's.
     Schema {
         /// A revision instead of the live database.
         #[arg(long)]
         at: Option<u32>,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Print SQL that turns the live schema into revision N's, for a person to review and run
     /// with `sqlite3 -bail` on a copy; what SQL cannot do, in words. Changes nothing.
@@ -152,9 +132,6 @@ pub enum DbCommand {
         /// Exit 1 when the schema differs from revision N's, like `git diff --exit-code`.
         #[arg(long)]
         exit_code: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Print the schema of an existing database (FILE, only read) as a first migration file,
     /// `0001_baseline.up.sql`, for a project that starts using this workspace.
@@ -164,17 +141,11 @@ pub enum DbCommand {
         /// Write it to this new file instead of stdout (never overwrites).
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Copy the live database with the online backup API, check the copy, name its revision.
     Backup {
         /// Where to write the copy (a new file).
         path: PathBuf,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Give the data folder and the database files to UID:GID where they belong to someone
     /// else (the old app ran as root); needs root.
@@ -185,18 +156,12 @@ pub enum DbCommand {
         /// Only report; change nothing.
         #[arg(long)]
         check: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// List the SQLite databases in files and folders, found by their header (never opened).
     FindDatabases {
         /// Files or folders; folders are searched 6 levels deep, symlinks in them not followed.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Copy another app's database (SOURCE, never written) into this one, which must be absent,
     /// empty, or a database with no tables; recovers a hot journal or WAL in a staged copy.
@@ -210,9 +175,6 @@ pub enum DbCommand {
         /// --check-only only its syntax is checked.
         #[arg(long)]
         owner: Option<String>,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
     /// Replace the live database with FILE, after checking FILE (integrity_check); the database
     /// it replaces is kept beside it as `<name>.replaced-<UTC time>`.
@@ -230,33 +192,10 @@ pub enum DbCommand {
         /// rename it to `<name>.damaged-<UTC time>` and restore into its place.
         #[arg(long)]
         replace_damaged: bool,
-        /// One JSON object on stdout.
-        #[arg(long)]
-        json: bool,
     },
 }
 
 impl DbCommand {
-    fn json(&self) -> bool {
-        match self {
-            DbCommand::Status { json }
-            | DbCommand::Upgrade { json, .. }
-            | DbCommand::Downgrade { json, .. }
-            | DbCommand::Stamp { json, .. }
-            | DbCommand::Adopt { json, .. }
-            | DbCommand::History { json }
-            | DbCommand::Check { json }
-            | DbCommand::Schema { json, .. }
-            | DbCommand::Diff { json, .. }
-            | DbCommand::Baseline { json, .. }
-            | DbCommand::Backup { json, .. }
-            | DbCommand::FixOwnership { json, .. }
-            | DbCommand::FindDatabases { json, .. }
-            | DbCommand::Import { json, .. }
-            | DbCommand::Restore { json, .. } => *json,
-        }
-    }
-
     /// Whether the command reads or writes the database at DATABASE_PATH (so that what a
     /// killed writer left must be recovered first).
     fn reads_the_database(&self) -> bool {
@@ -271,29 +210,15 @@ impl DbCommand {
     }
 }
 
-/// Exit codes of `bot db`.
-pub mod exit {
-    /// The command failed while working; what it did was rolled back.
-    pub const FAILED: u8 = 1;
-    /// A setting or an argument is wrong.
-    pub const USAGE: u8 = 2;
-    /// Refused because of the database's state; nothing was changed.
-    pub const REFUSED: u8 = 3;
-    /// The file is not a SQLite database, or is damaged.
-    pub const BAD_FILE: u8 = 4;
-    /// Another process kept the database locked.
-    pub const BUSY: u8 = 5;
-}
-
 /// The exit code for an error.
-pub fn exit_code(error: &anyhow::Error) -> u8 {
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     match error.chain().find_map(|e| e.downcast_ref::<Error>()) {
-        Some(e) if e.is_refusal() => exit::REFUSED,
-        Some(e) if e.is_bad_file() => exit::BAD_FILE,
-        Some(Error::Busy { .. }) => exit::BUSY,
-        _ if error.chain().any(|e| e.downcast_ref::<Refused>().is_some()) => exit::REFUSED,
-        _ if error.chain().any(|e| e.downcast_ref::<Usage>().is_some()) => exit::USAGE,
-        _ => exit::FAILED,
+        Some(e) if e.is_refusal() => ExitCode::Refused,
+        Some(e) if e.is_bad_file() => ExitCode::BadFile,
+        Some(Error::Busy { .. }) => ExitCode::Busy,
+        _ if error.chain().any(|e| e.downcast_ref::<Refused>().is_some()) => ExitCode::Refused,
+        _ if error.chain().any(|e| e.downcast_ref::<Usage>().is_some()) => ExitCode::Usage,
+        _ => ExitCode::Failed,
     }
 }
 
@@ -388,8 +313,7 @@ fn advice(error: &Error, path: &Path) -> Option<String> {
 
 /// Runs one database command against `path`; on failure prints the error (as JSON with
 /// `--json`) and exits with its code.
-pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
-    let json = command.json();
+pub fn run(command: DbCommand, json: bool, path: &Path) -> anyhow::Result<()> {
     // Every message names the file in full, whatever the working directory.
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let path = absolute.as_path();
@@ -412,7 +336,7 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
             }
             Ok(())
         })
-        .and_then(|()| execute(command, path));
+        .and_then(|()| execute(command, path, json));
     match result {
         Ok(mut value) => {
             if json {
@@ -425,7 +349,7 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
                 .as_array()
                 .is_some_and(|d| !d.is_empty());
             if exit_on_difference && differs {
-                std::process::exit(i32::from(exit::FAILED));
+                std::process::exit(i32::from(ExitCode::Failed.code()));
             }
             Ok(())
         }
@@ -440,13 +364,16 @@ pub fn run(command: DbCommand, path: &Path) -> anyhow::Result<()> {
                 message.push_str(&remedy);
             }
             if json {
-                println!(
-                    "{}",
-                    json!({"error": message, "exit_code": code, "database": path.display().to_string(), "recovered": recovered})
-                );
+                let report = ErrorReport {
+                    error: message.clone(),
+                    exit_code: code,
+                    database: path.display().to_string(),
+                    recovered,
+                };
+                println!("{}", serde_json::to_value(&report)?);
             }
             eprintln!("bot: {message}");
-            std::process::exit(i32::from(code));
+            std::process::exit(i32::from(code.code()));
         }
     }
 }
@@ -508,540 +435,653 @@ macro_rules! say {
     };
 }
 
-fn execute(command: DbCommand, path: &Path) -> anyhow::Result<Value> {
-    let db_path = path.display().to_string();
+/// Runs `command`: what it prints for a person (unless `json`), and its object of [`json`](migrations::json).
+fn execute(command: DbCommand, path: &Path, json: bool) -> anyhow::Result<Value> {
+    fn value(report: impl Serialize) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(report)?)
+    }
     match command {
-        DbCommand::Status { json } => {
-            let status = read_status(path)?;
-            let size = file_size(path);
-            if !json {
-                print_status(path, &status, size);
-            }
-            status_value(path, &status, size.unwrap_or(0))
-        }
-        DbCommand::Check { json } => {
-            // Unlike `status`, `check` reads every page and checks every index against its
-            // table (`integrity_check`): it fails on damage.
-            let status = match Database::open_read_only(path)? {
-                Some(db) => {
-                    db.integrity_check()?;
-                    db.status()?
-                }
-                None => read_status(path)?,
-            };
-            if !json {
-                print_status(path, &status, file_size(path));
-            }
-            if matches!(
-                status.state,
-                State::Modified | State::Drifted | State::Ahead
-            ) {
-                let mut reason = format!("check failed: the database is {}", status.state.name());
-                for line in &status.difference {
-                    reason.push_str(&format!("\n  {line}"));
-                }
-                return Err(Refused(reason).into());
-            }
-            let mut value = serde_json::to_value(&status)?;
-            value["database"] = json!(db_path);
-            value["ok"] = json!(true);
-            Ok(value)
-        }
+        DbCommand::Status => value(status(path, json)?),
+        DbCommand::Check => value(check(path, json)?),
+        DbCommand::Upgrade {
+            adopt,
+            dry_run: true,
+            ..
+        } => value(plan_upgrade(path, adopt, json)?),
         DbCommand::Upgrade {
             adopt,
             backup_to,
-            dry_run,
+            dry_run: false,
             wait_for_go,
-            json,
-        } => {
-            if dry_run {
-                let plan = match Database::open_read_only(path)? {
-                    Some(db)
-                        if adopt
-                            && matches!(db.status()?.state, State::Unstamped | State::Foreign) =>
-                    {
-                        let version = db.plan_adopt()?;
-                        say!(json, "would adopt: the live schema is revision {version}");
-                        Plan::after(db.catalog(), Some(version))
-                    }
-                    Some(db) => db.plan_upgrade()?,
-                    None => Plan::after(Catalog::released(), None),
-                };
-                return print_plan("upgrade", &plan, json);
-            }
-            let size = file_size(path);
-            let mut db = Database::open(path)?;
-            if size.is_none() {
-                say!(json, "creating {}", path.display());
-            }
-            if wait_for_go {
-                eprintln!("bot: ready; waiting for go");
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .context("cannot read stdin")?;
-                if line.trim() != "go" {
-                    bail!("cancelled before anything was changed");
-                }
-            }
-            // From before the backup to the end of the migration: a bot waiting for the schema
-            // waits as long as this runs, not only BOT_SCHEMA_WAIT_SECS.
-            let migrating = match Announcement::start(path) {
-                Ok(announcement) => Some(announcement),
-                Err(e) => {
-                    eprintln!(
-                        "bot: warning: {e:#}, so a bot waiting for the schema waits only its BOT_SCHEMA_WAIT_SECS for this migration"
-                    );
-                    None
-                }
-            };
-            let before = db.status()?;
-            let mut check = None;
-            if let Some(dest) =
-                backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
-            {
-                // A rollback restores this copy: it is checked while the migration runs, and the
-                // first COMMIT waits for the verdict. In WAL mode it is also written meanwhile,
-                // from the state pinned now (the old bot has stopped): the downtime does not
-                // wait for the copy.
-                refuse_a_file_of_the_database(path, &dest)?;
-                // Read before the pin: a commit by another process between the two is seen
-                // again under the write lock (a false alarm at worst, never a miss).
-                let version = db.data_version()?;
-                let mut pinned = db.pin()?;
-                let mut started = if pinned.copies_beside_a_writer() {
-                    say!(
-                        json,
-                        "backing up to {} beside the migration",
-                        dest.display()
-                    );
-                    SnapshotCheck::copy_and_check(pinned, &dest, version)?
-                } else {
-                    let bytes = pinned.copy_to(&dest)?;
-                    say!(json, "backed up to {} ({bytes} bytes)", dest.display());
-                    SnapshotCheck::check_pinned(pinned, &dest, version)?
-                };
-                db.set_commit_gate(started.gate());
-                check = Some((dest, started));
-            }
-            // Decided again under the write lock: another process may have adopted it meanwhile.
-            let adopted = if adopt {
-                db.adopt_if_unstamped()?
-            } else {
-                None
-            };
-            if let Some(version) = adopted {
-                say!(
-                    json,
-                    "adopted: the live schema is revision {version}, now recorded"
-                );
-            }
-            let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
-            db.clear_commit_gate();
-            drop(migrating);
-            // Said only when this run built the schema into the 0-byte file: another process
-            // that created the file a moment earlier and built it meanwhile is no failed copy.
-            let built_into_empty =
-                size == Some(0) && upgrade.from.is_none() && !upgrade.applied.is_empty();
-            if built_into_empty {
-                eprintln!(
-                    "bot: {} was a 0-byte file, not a database SQLite wrote: the schema was built into it. If it should hold data, a copy into it failed: stop, and put the data in place with `bot db restore BACKUP` or `bot db import OLD_DATABASE`",
-                    path.display()
-                );
-            }
-            if upgrade.applied.is_empty() {
-                say!(
-                    json,
-                    "nothing to apply: the database is at revision {}",
-                    upgrade.to
-                );
-            } else {
-                say!(
-                    json,
-                    "the database is at revision {} (applied {})",
-                    upgrade.to,
-                    upgrade.applied.len()
-                );
-            }
-            let backup = match check {
-                Some((dest, check)) => {
-                    // The full check (integrity_check), off the downtime path: the new bot may
-                    // serve meanwhile.
-                    check.finish();
-                    let info = migrations::inspect_copy(&dest).context(
-                        "the migration succeeded, but the backup taken before it failed its check",
-                    )?;
-                    say!(
-                        json,
-                        "the backup {} is sound (revision {:?})",
-                        dest.display(),
-                        info.revision
-                    );
-                    Some(info)
-                }
-                None => None,
-            };
-            let mut value = serde_json::to_value(&upgrade)?;
-            value["state_before"] = json!(before.state);
-            value["adopted"] = json!(adopted);
-            value["backup"] = json!(backup);
-            value["zero_bytes"] = json!(built_into_empty);
-            Ok(value)
+        } => value(upgrade(path, adopt, backup_to, wait_for_go, json)?),
+        DbCommand::Downgrade { to, dry_run: true } => {
+            let plan = open_existing_read_only(path)?.plan_downgrade(to)?;
+            value(print_plan("downgrade", plan, json))
         }
-        DbCommand::Downgrade { to, dry_run, json } => {
-            if dry_run {
-                let plan = open_existing_read_only(path)?.plan_downgrade(to)?;
-                return print_plan("downgrade", &plan, json);
-            }
-            let mut db = open_existing(path)?;
-            let downgrade = db.downgrade(to, |m| {
-                say!(json, "undoing {}", m.down_file.unwrap_or(m.file))
-            })?;
-            say!(
-                json,
-                "the database is at revision {} (undid {})",
-                downgrade.to,
-                downgrade.applied.len()
-            );
-            Ok(serde_json::to_value(&downgrade)?)
-        }
+        DbCommand::Downgrade { to, dry_run: false } => value(downgrade(path, to, json)?),
         DbCommand::Stamp {
             revision,
             force,
-            dry_run,
-            json,
-        } => {
-            let version = parse_revision(&revision)?;
-            if dry_run {
-                let difference = open_existing_read_only(path)?.check_stamp(version, force)?;
-                let how = if difference.is_empty() {
-                    "stamped"
-                } else {
-                    "forced"
-                };
-                say!(
-                    json,
-                    "would record revisions 1 to {version} as {how}; nothing was changed"
-                );
-                for line in &difference {
-                    say!(json, "  {line}");
-                }
-                return Ok(
-                    json!({"dry_run": true, "stamp": version, "how": how, "difference": difference}),
-                );
-            }
-            let difference = open_existing(path)?.stamp(version, force)?;
-            if difference.is_empty() {
-                say!(json, "stamped revision {version}");
-            } else {
-                say!(
-                    json,
-                    "stamped revision {version} with --force (recorded as forced) over a schema that differs:"
-                );
-                for line in &difference {
-                    say!(json, "  {line}");
-                }
-            }
-            Ok(
-                json!({"stamped": version, "forced": !difference.is_empty(), "difference": difference}),
-            )
-        }
-        DbCommand::Adopt { dry_run, json } => {
-            if dry_run {
-                let version = open_existing_read_only(path)?.plan_adopt()?;
-                say!(
-                    json,
-                    "would record revision {version}, which the live schema matches; nothing was changed"
-                );
-                return Ok(json!({"dry_run": true, "adopt": version}));
-            }
-            let version = open_existing(path)?.adopt()?;
-            say!(
-                json,
-                "adopted: the live schema is revision {version}, now recorded"
-            );
-            Ok(json!({"adopted": version}))
-        }
-        DbCommand::History { json } => {
-            let history = open_existing_read_only(path)?
-                .history()?
-                .unwrap_or_default();
-            if history.is_empty() {
-                say!(json, "no history: the database is not stamped");
-            }
-            for row in &history {
-                say!(
-                    json,
-                    "{:>4}  {:<24} {:<8} {}",
-                    row.version,
-                    row.name,
-                    row.how,
-                    row.applied_at
-                );
-            }
-            Ok(json!({"database": db_path, "history": history}))
-        }
-        DbCommand::Schema { at, json } => {
-            let schema = match at {
-                Some(version) if version > head() => bail!(Error::UnknownRevision {
-                    version,
-                    head: head()
-                }),
-                Some(version) => schema_at(version).clone(),
-                None => open_existing_read_only(path)?.schema()?,
-            };
-            say!(json, "{}", schema::render(&schema).trim_end());
-            Ok(json!({"at": at, "schema": schema}))
-        }
+            dry_run: true,
+        } => value(plan_stamp(path, &revision, force, json)?),
+        DbCommand::Stamp {
+            revision,
+            force,
+            dry_run: false,
+        } => value(stamp(path, &revision, force, json)?),
+        DbCommand::Adopt { dry_run: true } => value(plan_adopt(path, json)?),
+        DbCommand::Adopt { dry_run: false } => value(adopt(path, json)?),
+        DbCommand::History => value(history(path, json)?),
+        DbCommand::Schema { at } => value(schema_report(path, at, json)?),
         DbCommand::Diff {
             to,
             allow_data_loss,
             exit_code: _,
-            json,
-        } => {
-            let version = parse_revision(&to)?;
-            let diff = open_existing_read_only(path)?.diff_to(version, allow_data_loss)?;
-            if !json {
-                print!("{}", diff.script);
-            }
-            eprintln!("bot: {}", diff_summary(&diff));
-            let mut value = serde_json::to_value(&diff)?;
-            value["database"] = json!(db_path);
-            Ok(value)
+        } => value(diff(path, &to, allow_data_loss, json)?),
+        DbCommand::Baseline { file, output } => value(baseline(&file, output, json)?),
+        DbCommand::Backup { path: dest } => value(backup(path, &dest, json)?),
+        DbCommand::FixOwnership { owner, check } => {
+            value(fix_ownership(path, &owner, check, json)?)
         }
-        DbCommand::Baseline { file, output, json } => {
-            let db = Database::open_read_only(&file)?
-                .with_context(|| format!("{}: no such file", file.display()))?;
-            let baseline = db.baseline()?;
-            drop(db);
-            match &output {
-                Some(dest) => {
-                    write_new_file(dest, &baseline.sql)?;
-                    say!(
-                        json,
-                        "wrote {}: {} statements, the schema of {}",
-                        dest.display(),
-                        baseline.statements.len(),
-                        file.display()
-                    );
-                }
-                None if !json => print!("{}", baseline.sql),
-                None => {}
-            }
-            let mut value = serde_json::to_value(&baseline)?;
-            value["output"] = json!(output.as_ref().map(|o| o.display().to_string()));
-            Ok(value)
-        }
-        DbCommand::Backup { path: dest, json } => {
-            if dest.exists() {
-                bail!("{} exists already; choose a new file name", dest.display());
-            }
-            let info = open_existing_read_only(path)?.backup_to(&dest)?;
-            say!(
-                json,
-                "backed up to {} ({} bytes, integrity ok, revision {}, {})",
-                dest.display(),
-                info.bytes,
-                info.revision.map_or("none".into(), |r| r.to_string()),
-                info.state.name()
-            );
-            Ok(serde_json::to_value(&info)?)
-        }
-        DbCommand::FixOwnership { owner, check, json } => {
-            let (uid, gid) = parse_owner(&owner)?;
-            let mut targets = vec![path.parent().unwrap_or(Path::new("/")).to_path_buf()];
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                targets.push(PathBuf::from(format!("{}{suffix}", path.display())));
-            }
-            let mut wrong = Vec::new();
-            for target in targets {
-                use std::os::unix::fs::MetadataExt;
-                let Ok(meta) = std::fs::metadata(&target) else {
-                    continue;
-                };
-                if meta.uid() != uid || meta.gid() != gid {
-                    wrong.push(json!({"path": target.display().to_string(), "uid": meta.uid(), "gid": meta.gid()}));
-                    if !check {
-                        std::os::unix::fs::chown(&target, Some(uid), Some(gid)).with_context(
-                            || {
-                                format!(
-                                    "cannot give {} to {uid}:{gid} (run as root)",
-                                    target.display()
-                                )
-                            },
-                        )?;
-                    }
-                }
-            }
-            let verb = if check {
-                "owned by someone else"
-            } else {
-                "given to the bot"
-            };
-            for item in &wrong {
-                say!(
-                    json,
-                    "{} was {}:{}, {verb} ({uid}:{gid})",
-                    item["path"].as_str().unwrap_or(""),
-                    item["uid"],
-                    item["gid"]
-                );
-            }
-            if wrong.is_empty() {
-                say!(
-                    json,
-                    "the data folder and database files belong to {uid}:{gid}"
-                );
-            }
-            Ok(
-                json!({"owner": owner, "check": check, "wrong": wrong, "fixed": !check && !wrong.is_empty()}),
-            )
-        }
-        DbCommand::FindDatabases { paths, json } => {
-            let search = import::find_databases(&paths);
-            for missing in &search.missing {
-                eprintln!("bot: {missing}: no such file or folder; skipped");
-            }
-            for db in &search.databases {
-                let mut notes = String::new();
-                if db.journal {
-                    notes.push_str(", a non-empty -journal beside it");
-                }
-                if db.wal {
-                    notes.push_str(", a -wal beside it");
-                }
-                say!(json, "{} ({} bytes{notes})", db.path, db.bytes);
-            }
-            if search.databases.is_empty() {
-                eprintln!("bot: no SQLite database found");
-            }
-            Ok(serde_json::to_value(&search)?)
-        }
+        DbCommand::FindDatabases { paths } => value(find_databases(&paths, json)),
         DbCommand::Import {
             source,
             check_only,
             owner,
-            json,
-        } => {
-            let owner = owner.as_deref().map(parse_owner).transpose()?;
-            let imported =
-                import::import(&source, path, check_only, owner.filter(|_| !check_only))?;
-            let status = &imported.status;
-            let revision = match (status.version, status.matches, status.closest) {
-                (Some(version), _, _) => format!("at revision {version} ({})", status.state.name()),
-                (None, Some(matches), _) => format!("matches revision {matches}"),
-                (None, None, Some(closest)) => {
-                    format!("matches no revision (closest {closest})")
-                }
-                (None, None, None) => status.state.name().to_string(),
-            };
-            let users = imported
-                .users
-                .map_or("no users table".into(), |n| format!("{n} users"));
-            let recovered = match imported.recovered {
-                Some(import::Recovery::Journal) => " (recovered: its hot journal rolled back)",
-                Some(import::Recovery::Wal) => " (recovered: its WAL read)",
-                None => "",
-            };
-            let what = format!(
-                "{}: {users}, tables {}, {revision}{recovered}",
-                imported.source.display(),
-                imported.tables.join(", ")
-            );
-            match &imported.target {
-                Some(target) => say!(json, "imported {what}; now at {}", target.display()),
-                None => say!(
-                    json,
-                    "can import {what}; nothing was written (--check-only)"
-                ),
-            }
-            let shown = imported.target.as_deref().unwrap_or(&imported.source);
-            Ok(json!({
-                "source": imported.source.display().to_string(),
-                "bytes": imported.bytes,
-                "recovered": imported.recovered,
-                "users": imported.users,
-                "tables": imported.tables,
-                "status": status_value(shown, status, imported.bytes)?,
-                "target": imported.target.as_ref().map(|t| t.display().to_string()),
-                "check_only": check_only,
-            }))
-        }
+        } => value(import(path, &source, check_only, owner.as_deref(), json)?),
         DbCommand::Restore {
             file,
             owner,
             force,
             replace_damaged,
+        } => value(restore(
+            path,
+            &file,
+            owner.as_deref(),
+            force,
+            replace_damaged,
             json,
-        } => {
-            let owner = owner.as_deref().map(parse_owner).transpose()?;
-            if !file.exists() {
-                bail!("{}: no such file; nothing was changed", file.display());
-            }
-            let damaged = if replace_damaged {
-                // The source first: a damaged live database is set aside only for a good one.
-                migrations::inspect_copy(&file)?;
-                Database::set_aside_damaged(path)?
-            } else {
-                None
-            };
-            if let Some(aside) = &damaged {
-                say!(
-                    json,
-                    "the live database was damaged: it is kept as {}",
-                    aside.display()
-                );
-            }
-            let mut db = Database::open(path)?;
-            let restored = db.restore_from(&file, force)?;
-            drop(db);
-            if let Some((uid, gid)) = owner {
-                let targets = [Some(path), restored.replaced.as_deref(), path.parent()];
-                for target in targets.into_iter().flatten() {
-                    std::os::unix::fs::chown(target, Some(uid), Some(gid)).with_context(|| {
-                        format!("cannot give {} to {uid}:{gid}", target.display())
-                    })?;
-                }
-            }
-            let info = &restored.info;
-            say!(
-                json,
-                "restored {} to {} (revision {}, {})",
-                file.display(),
-                path.display(),
-                info.revision.map_or("none".into(), |r| r.to_string()),
-                info.state.name()
-            );
-            match &restored.replaced {
-                Some(kept) => say!(
-                    json,
-                    "the database it replaced is kept as {}",
-                    kept.display()
-                ),
-                None => say!(
-                    json,
-                    "the database it replaced had no tables; nothing was kept"
-                ),
-            }
-            let mut value = serde_json::to_value(&restored)?;
-            value["damaged"] = json!(damaged.map(|d| d.display().to_string()));
-            Ok(value)
-        }
+        )?),
     }
 }
 
-/// The object `status --json` prints: the [`Status`] plus `database`, `bytes`, `wal_bytes` (the
-/// `-wal` beside it: committed pages a copy carries too), `exists` and `zero_bytes` (a file of 0
-/// bytes is `empty`, and may be a failed copy).
-fn status_value(path: &Path, status: &Status, bytes: u64) -> anyhow::Result<Value> {
+/// `status`.
+fn status(path: &Path, json: bool) -> anyhow::Result<StatusReport> {
+    let status = read_status(path)?;
     let size = file_size(path);
-    let mut value = serde_json::to_value(status)?;
-    value["database"] = json!(path.display().to_string());
-    value["bytes"] = json!(bytes);
-    value["wal_bytes"] = json!(file_size(&crate::import::beside(path, "-wal")).unwrap_or(0));
-    value["exists"] = json!(size.is_some());
-    value["zero_bytes"] = json!(size == Some(0));
-    Ok(value)
+    if !json {
+        print_status(path, &status, size);
+    }
+    Ok(status_report(path, status, size.unwrap_or(0)))
+}
+
+/// `check`: unlike `status`, reads every page and checks every index against its table
+/// (`integrity_check`): it fails on damage.
+fn check(path: &Path, json: bool) -> anyhow::Result<CheckReport> {
+    let status = match Database::open_read_only(path)? {
+        Some(db) => {
+            db.integrity_check()?;
+            db.status()?
+        }
+        None => read_status(path)?,
+    };
+    if !json {
+        print_status(path, &status, file_size(path));
+    }
+    if matches!(
+        status.state,
+        State::Modified | State::Drifted | State::Ahead
+    ) {
+        let mut reason = format!("check failed: the database is {}", status.state.name());
+        for line in &status.difference {
+            reason.push_str(&format!("\n  {line}"));
+        }
+        return Err(Refused(reason).into());
+    }
+    Ok(CheckReport {
+        status,
+        database: path.display().to_string(),
+        ok: true,
+    })
+}
+
+/// `upgrade --dry-run`.
+fn plan_upgrade(path: &Path, adopt: bool, json: bool) -> anyhow::Result<PlanReport> {
+    let plan = match Database::open_read_only(path)? {
+        Some(db) if adopt && matches!(db.status()?.state, State::Unstamped | State::Foreign) => {
+            let version = db.plan_adopt()?;
+            say!(json, "would adopt: the live schema is revision {version}");
+            Plan::after(db.catalog(), Some(version))
+        }
+        Some(db) => db.plan_upgrade()?,
+        None => Plan::after(Catalog::released(), None),
+    };
+    Ok(print_plan("upgrade", plan, json))
+}
+
+/// `upgrade`.
+fn upgrade(
+    path: &Path,
+    adopt: bool,
+    backup_to: Option<PathBuf>,
+    wait_for_go: bool,
+    json: bool,
+) -> anyhow::Result<UpgradeReport> {
+    let size = file_size(path);
+    let mut db = Database::open(path)?;
+    if size.is_none() {
+        say!(json, "creating {}", path.display());
+    }
+    if wait_for_go {
+        eprintln!("bot: ready; waiting for go");
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read stdin")?;
+        if line.trim() != "go" {
+            bail!("cancelled before anything was changed");
+        }
+    }
+    // From before the backup to the end of the migration: a bot waiting for the schema
+    // waits as long as this runs, not only BOT_SCHEMA_WAIT_SECS.
+    let migrating = match Announcement::start(path) {
+        Ok(announcement) => Some(announcement),
+        Err(e) => {
+            eprintln!(
+                "bot: warning: {e:#}, so a bot waiting for the schema waits only its BOT_SCHEMA_WAIT_SECS for this migration"
+            );
+            None
+        }
+    };
+    let before = db.status()?;
+    let mut check = None;
+    if let Some(dest) =
+        backup_to.filter(|_| before.state != State::Current && before.state != State::Empty)
+    {
+        // A rollback restores this copy: it is checked while the migration runs, and the
+        // first COMMIT waits for the verdict. In WAL mode it is also written meanwhile,
+        // from the state pinned now (the old bot has stopped): the downtime does not
+        // wait for the copy.
+        refuse_a_file_of_the_database(path, &dest)?;
+        // Read before the pin: a commit by another process between the two is seen
+        // again under the write lock (a false alarm at worst, never a miss).
+        let version = db.data_version()?;
+        let mut pinned = db.pin()?;
+        let mut started = if pinned.copies_beside_a_writer() {
+            say!(
+                json,
+                "backing up to {} beside the migration",
+                dest.display()
+            );
+            SnapshotCheck::copy_and_check(pinned, &dest, version)?
+        } else {
+            let bytes = pinned.copy_to(&dest)?;
+            say!(json, "backed up to {} ({bytes} bytes)", dest.display());
+            SnapshotCheck::check_pinned(pinned, &dest, version)?
+        };
+        db.set_commit_gate(started.gate());
+        check = Some((dest, started));
+    }
+    // Decided again under the write lock: another process may have adopted it meanwhile.
+    let adopted = if adopt {
+        db.adopt_if_unstamped()?
+    } else {
+        None
+    };
+    if let Some(version) = adopted {
+        say!(
+            json,
+            "adopted: the live schema is revision {version}, now recorded"
+        );
+    }
+    let upgrade = db.upgrade(|m| say!(json, "applying {}", m.file))?;
+    db.clear_commit_gate();
+    drop(migrating);
+    // Said only when this run built the schema into the 0-byte file: another process
+    // that created the file a moment earlier and built it meanwhile is no failed copy.
+    let built_into_empty = size == Some(0) && upgrade.from.is_none() && !upgrade.applied.is_empty();
+    if built_into_empty {
+        eprintln!(
+            "bot: {} was a 0-byte file, not a database SQLite wrote: the schema was built into it. If it should hold data, a copy into it failed: stop, and put the data in place with `bot db restore BACKUP` or `bot db import OLD_DATABASE`",
+            path.display()
+        );
+    }
+    if upgrade.applied.is_empty() {
+        say!(
+            json,
+            "nothing to apply: the database is at revision {}",
+            upgrade.to
+        );
+    } else {
+        say!(
+            json,
+            "the database is at revision {} (applied {})",
+            upgrade.to,
+            upgrade.applied.len()
+        );
+    }
+    let backup = match check {
+        Some((dest, check)) => {
+            // The full check (integrity_check), off the downtime path: the new bot may
+            // serve meanwhile.
+            check.finish();
+            let info = migrations::inspect_copy(&dest).context(
+                "the migration succeeded, but the backup taken before it failed its check",
+            )?;
+            say!(
+                json,
+                "the backup {} is sound (revision {:?})",
+                dest.display(),
+                info.revision
+            );
+            Some(info)
+        }
+        None => None,
+    };
+    Ok(UpgradeReport {
+        upgrade,
+        state_before: before.state,
+        adopted,
+        backup,
+        zero_bytes: built_into_empty,
+    })
+}
+
+/// `downgrade`.
+fn downgrade(path: &Path, to: u32, json: bool) -> anyhow::Result<Upgrade> {
+    let mut db = open_existing(path)?;
+    let downgrade = db.downgrade(to, |m| {
+        say!(json, "undoing {}", m.down_file.unwrap_or(m.file))
+    })?;
+    say!(
+        json,
+        "the database is at revision {} (undid {})",
+        downgrade.to,
+        downgrade.applied.len()
+    );
+    Ok(downgrade)
+}
+
+/// `stamp --dry-run`.
+fn plan_stamp(
+    path: &Path,
+    revision: &str,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<StampPlanReport> {
+    let version = parse_revision(revision)?;
+    let difference = open_existing_read_only(path)?.check_stamp(version, force)?;
+    let how = if difference.is_empty() {
+        "stamped"
+    } else {
+        "forced"
+    };
+    say!(
+        json,
+        "would record revisions 1 to {version} as {how}; nothing was changed"
+    );
+    for line in &difference {
+        say!(json, "  {line}");
+    }
+    Ok(StampPlanReport {
+        dry_run: true,
+        stamp: version,
+        how: how.to_owned(),
+        difference,
+    })
+}
+
+/// `stamp`.
+fn stamp(path: &Path, revision: &str, force: bool, json: bool) -> anyhow::Result<StampReport> {
+    let version = parse_revision(revision)?;
+    let difference = open_existing(path)?.stamp(version, force)?;
+    if difference.is_empty() {
+        say!(json, "stamped revision {version}");
+    } else {
+        say!(
+            json,
+            "stamped revision {version} with --force (recorded as forced) over a schema that differs:"
+        );
+        for line in &difference {
+            say!(json, "  {line}");
+        }
+    }
+    Ok(StampReport {
+        stamped: version,
+        forced: !difference.is_empty(),
+        difference,
+    })
+}
+
+/// `adopt --dry-run`.
+fn plan_adopt(path: &Path, json: bool) -> anyhow::Result<AdoptPlanReport> {
+    let version = open_existing_read_only(path)?.plan_adopt()?;
+    say!(
+        json,
+        "would record revision {version}, which the live schema matches; nothing was changed"
+    );
+    Ok(AdoptPlanReport {
+        dry_run: true,
+        adopt: version,
+    })
+}
+
+/// `adopt`.
+fn adopt(path: &Path, json: bool) -> anyhow::Result<AdoptReport> {
+    let version = open_existing(path)?.adopt()?;
+    say!(
+        json,
+        "adopted: the live schema is revision {version}, now recorded"
+    );
+    Ok(AdoptReport { adopted: version })
+}
+
+/// `history`.
+fn history(path: &Path, json: bool) -> anyhow::Result<HistoryReport> {
+    let history = open_existing_read_only(path)?
+        .history()?
+        .unwrap_or_default();
+    if history.is_empty() {
+        say!(json, "no history: the database is not stamped");
+    }
+    for row in &history {
+        say!(
+            json,
+            "{:>4}  {:<24} {:<8} {}",
+            row.version,
+            row.name,
+            row.how,
+            row.applied_at
+        );
+    }
+    Ok(HistoryReport {
+        database: path.display().to_string(),
+        history,
+    })
+}
+
+/// `schema`: the live one, or revision `at`'s.
+fn schema_report(path: &Path, at: Option<u32>, json: bool) -> anyhow::Result<SchemaReport> {
+    let schema = match at {
+        Some(version) if version > head() => bail!(Error::UnknownRevision {
+            version,
+            head: head()
+        }),
+        Some(version) => schema_at(version).clone(),
+        None => open_existing_read_only(path)?.schema()?,
+    };
+    say!(json, "{}", schema::render(&schema).trim_end());
+    Ok(SchemaReport { at, schema })
+}
+
+/// `diff --to N`.
+fn diff(path: &Path, to: &str, allow_data_loss: bool, json: bool) -> anyhow::Result<DiffReport> {
+    let version = parse_revision(to)?;
+    let diff = open_existing_read_only(path)?.diff_to(version, allow_data_loss)?;
+    if !json {
+        print!("{}", diff.script);
+    }
+    eprintln!("bot: {}", diff_summary(&diff));
+    Ok(DiffReport {
+        diff,
+        database: path.display().to_string(),
+    })
+}
+
+/// `baseline FILE`.
+fn baseline(file: &Path, output: Option<PathBuf>, json: bool) -> anyhow::Result<BaselineReport> {
+    let db = Database::open_read_only(file)?
+        .with_context(|| format!("{}: no such file", file.display()))?;
+    let baseline = db.baseline()?;
+    drop(db);
+    match &output {
+        Some(dest) => {
+            write_new_file(dest, &baseline.sql)?;
+            say!(
+                json,
+                "wrote {}: {} statements, the schema of {}",
+                dest.display(),
+                baseline.statements.len(),
+                file.display()
+            );
+        }
+        None if !json => print!("{}", baseline.sql),
+        None => {}
+    }
+    Ok(BaselineReport {
+        baseline,
+        output: output.as_ref().map(|o| o.display().to_string()),
+    })
+}
+
+/// `backup PATH`.
+fn backup(path: &Path, dest: &Path, json: bool) -> anyhow::Result<BackupInfo> {
+    if dest.exists() {
+        bail!("{} exists already; choose a new file name", dest.display());
+    }
+    let info = open_existing_read_only(path)?.backup_to(dest)?;
+    say!(
+        json,
+        "backed up to {} ({} bytes, integrity ok, revision {}, {})",
+        dest.display(),
+        info.bytes,
+        info.revision.map_or("none".into(), |r| r.to_string()),
+        info.state.name()
+    );
+    Ok(info)
+}
+
+/// `fix-ownership`.
+fn fix_ownership(
+    path: &Path,
+    owner: &str,
+    check: bool,
+    json: bool,
+) -> anyhow::Result<OwnershipReport> {
+    let (uid, gid) = parse_owner(owner)?;
+    let mut targets = vec![path.parent().unwrap_or(Path::new("/")).to_path_buf()];
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        targets.push(PathBuf::from(format!("{}{suffix}", path.display())));
+    }
+    let mut wrong = Vec::new();
+    for target in targets {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(&target) else {
+            continue;
+        };
+        if meta.uid() != uid || meta.gid() != gid {
+            wrong.push(WrongOwner {
+                path: target.display().to_string(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+            if !check {
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid)).with_context(|| {
+                    format!(
+                        "cannot give {} to {uid}:{gid} (run as root)",
+                        target.display()
+                    )
+                })?;
+            }
+        }
+    }
+    let verb = if check {
+        "owned by someone else"
+    } else {
+        "given to the bot"
+    };
+    for item in &wrong {
+        say!(
+            json,
+            "{} was {}:{}, {verb} ({uid}:{gid})",
+            item.path,
+            item.uid,
+            item.gid
+        );
+    }
+    if wrong.is_empty() {
+        say!(
+            json,
+            "the data folder and database files belong to {uid}:{gid}"
+        );
+    }
+    Ok(OwnershipReport {
+        owner: owner.to_owned(),
+        check,
+        fixed: !check && !wrong.is_empty(),
+        wrong,
+    })
+}
+
+/// `find-databases`.
+fn find_databases(paths: &[PathBuf], json: bool) -> Search {
+    let search = import::find_databases(paths);
+    for missing in &search.missing {
+        eprintln!("bot: {missing}: no such file or folder; skipped");
+    }
+    for db in &search.databases {
+        let mut notes = String::new();
+        if db.journal {
+            notes.push_str(", a non-empty -journal beside it");
+        }
+        if db.wal {
+            notes.push_str(", a -wal beside it");
+        }
+        say!(json, "{} ({} bytes{notes})", db.path, db.bytes);
+    }
+    if search.databases.is_empty() {
+        eprintln!("bot: no SQLite database found");
+    }
+    search
+}
+
+/// `import SOURCE`.
+fn import(
+    path: &Path,
+    source: &Path,
+    check_only: bool,
+    owner: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ImportReport> {
+    let owner = owner.map(parse_owner).transpose()?;
+    let imported = import::import(source, path, check_only, owner.filter(|_| !check_only))?;
+    let status = &imported.status;
+    let revision = match (status.version, status.matches, status.closest) {
+        (Some(version), _, _) => format!("at revision {version} ({})", status.state.name()),
+        (None, Some(matches), _) => format!("matches revision {matches}"),
+        (None, None, Some(closest)) => {
+            format!("matches no revision (closest {closest})")
+        }
+        (None, None, None) => status.state.name().to_string(),
+    };
+    let users = imported
+        .users
+        .map_or("no users table".into(), |n| format!("{n} users"));
+    let recovered = match imported.recovered {
+        Some(import::Recovery::Journal) => " (recovered: its hot journal rolled back)",
+        Some(import::Recovery::Wal) => " (recovered: its WAL read)",
+        None => "",
+    };
+    let what = format!(
+        "{}: {users}, tables {}, {revision}{recovered}",
+        imported.source.display(),
+        imported.tables.join(", ")
+    );
+    match &imported.target {
+        Some(target) => say!(json, "imported {what}; now at {}", target.display()),
+        None => say!(
+            json,
+            "can import {what}; nothing was written (--check-only)"
+        ),
+    }
+    let shown = imported.target.as_deref().unwrap_or(&imported.source);
+    let status = status_report(shown, imported.status, imported.bytes);
+    Ok(ImportReport {
+        source: imported.source.display().to_string(),
+        bytes: imported.bytes,
+        recovered: imported.recovered,
+        users: imported.users,
+        tables: imported.tables,
+        status,
+        target: imported.target.as_ref().map(|t| t.display().to_string()),
+        check_only,
+    })
+}
+
+/// `restore FILE`.
+fn restore(
+    path: &Path,
+    file: &Path,
+    owner: Option<&str>,
+    force: bool,
+    replace_damaged: bool,
+    json: bool,
+) -> anyhow::Result<RestoreReport> {
+    let owner = owner.map(parse_owner).transpose()?;
+    if !file.exists() {
+        bail!("{}: no such file; nothing was changed", file.display());
+    }
+    let damaged = if replace_damaged {
+        // The source first: a damaged live database is set aside only for a good one.
+        migrations::inspect_copy(file)?;
+        Database::set_aside_damaged(path)?
+    } else {
+        None
+    };
+    if let Some(aside) = &damaged {
+        say!(
+            json,
+            "the live database was damaged: it is kept as {}",
+            aside.display()
+        );
+    }
+    let mut db = Database::open(path)?;
+    let restored = db.restore_from(file, force)?;
+    drop(db);
+    if let Some((uid, gid)) = owner {
+        let targets = [Some(path), restored.replaced.as_deref(), path.parent()];
+        for target in targets.into_iter().flatten() {
+            std::os::unix::fs::chown(target, Some(uid), Some(gid))
+                .with_context(|| format!("cannot give {} to {uid}:{gid}", target.display()))?;
+        }
+    }
+    let info = &restored.info;
+    say!(
+        json,
+        "restored {} to {} (revision {}, {})",
+        file.display(),
+        path.display(),
+        info.revision.map_or("none".into(), |r| r.to_string()),
+        info.state.name()
+    );
+    match &restored.replaced {
+        Some(kept) => say!(
+            json,
+            "the database it replaced is kept as {}",
+            kept.display()
+        ),
+        None => say!(
+            json,
+            "the database it replaced had no tables; nothing was kept"
+        ),
+    }
+    Ok(RestoreReport {
+        restored,
+        damaged: damaged.map(|d| d.display().to_string()),
+    })
+}
+
+/// The object `status --json` prints: the [`Status`] and the file's sizes.
+fn status_report(path: &Path, status: Status, bytes: u64) -> StatusReport {
+    let size = file_size(path);
+    StatusReport {
+        status,
+        database: path.display().to_string(),
+        bytes,
+        wal_bytes: file_size(&crate::import::beside(path, "-wal")).unwrap_or(0),
+        exists: size.is_some(),
+        zero_bytes: size == Some(0),
+    }
 }
 
 /// The file's size, `None` when there is none.
@@ -1084,19 +1124,7 @@ fn file_size(path: &Path) -> Option<u64> {
 fn read_status(path: &Path) -> anyhow::Result<Status> {
     Ok(match Database::open_read_only(path)? {
         Some(db) => db.status()?,
-        None => Status {
-            state: State::Empty,
-            version: None,
-            head: head(),
-            pending: (1..=head()).collect(),
-            matches: None,
-            closest: None,
-            difference: Vec::new(),
-            foreign: None,
-            edited: Vec::new(),
-            forced: None,
-            extra_tables: Vec::new(),
-        },
+        None => Status::empty(head()),
     })
 }
 
@@ -1146,7 +1174,8 @@ fn print_status(path: &Path, status: &Status, size: Option<u64>) {
     }
 }
 
-fn print_plan(what: &str, plan: &Plan, json: bool) -> anyhow::Result<Value> {
+/// Prints a dry run's plan for a person (unless `json`).
+fn print_plan(what: &str, plan: Plan, json: bool) -> PlanReport {
     let from = plan.from.map_or("none".into(), |v| v.to_string());
     say!(
         json,
@@ -1163,9 +1192,10 @@ fn print_plan(what: &str, plan: &Plan, json: bool) -> anyhow::Result<Value> {
             step.sql.trim_end()
         );
     }
-    let mut value = serde_json::to_value(plan)?;
-    value["dry_run"] = json!(true);
-    Ok(value)
+    PlanReport {
+        plan,
+        dry_run: true,
+    }
 }
 
 fn parse_revision(text: &str) -> anyhow::Result<u32> {

@@ -25,9 +25,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+pub use migrations::Recovery;
+pub use migrations::json::{FoundDatabase, Search};
 use migrations::{Database, Error, Status, busy_timeout, inspect_copy};
 use rusqlite::{Connection, OpenFlags};
-use serde::Serialize;
 
 use crate::db_cli::Refused;
 
@@ -39,30 +40,6 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// The files SQLite keeps beside a database.
 const SIDECARS: [&str; 3] = ["-journal", "-wal", "-shm"];
-
-/// A SQLite database found by its header.
-#[derive(Debug, Clone, Serialize)]
-pub struct FoundDatabase {
-    /// The file, as reached from the path searched.
-    pub path: String,
-    /// Its size.
-    pub bytes: u64,
-    /// A non-empty `-journal` lies beside it (a writer was killed mid-transaction, or still runs).
-    pub journal: bool,
-    /// A `-wal` lies beside it (WAL mode, open now or not closed cleanly).
-    pub wal: bool,
-}
-
-/// What `find-databases` found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Search {
-    /// The databases: the paths in the order given, files within a folder sorted by path.
-    pub databases: Vec<FoundDatabase>,
-    /// The paths that exist and were searched.
-    pub searched: Vec<String>,
-    /// The paths that do not exist.
-    pub missing: Vec<String>,
-}
 
 /// Finds SQLite databases in `paths` (files or folders) by their first 16 bytes, without opening
 /// them with SQLite. Folders are walked down to [`MAX_DEPTH`] without following symlinks;
@@ -159,16 +136,6 @@ pub fn beside(path: &Path, suffix: &str) -> PathBuf {
 
 fn non_empty(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
-}
-
-/// How the source had to be recovered before it could be copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Recovery {
-    /// A hot journal was rolled back (in a staged copy).
-    Journal,
-    /// A WAL's committed frames were read (in a staged copy).
-    Wal,
 }
 
 /// What `import` did, or with `--check-only` would do.

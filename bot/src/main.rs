@@ -38,6 +38,9 @@ enum Command {
     Run,
     /// The database: status, upgrade, stamp, adopt, backup, restore, import.
     Db {
+        /// One JSON object on stdout (after the command's name too: `bot db status --json`).
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: db_cli::DbCommand,
     },
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     let config = Config::from_env();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config),
-        Command::Db { command } => db_cli::run(command, &config.database_path),
+        Command::Db { command, json } => db_cli::run(command, json, &config.database_path),
         Command::Healthcheck => health::check(&config.heartbeat_path, &config.database_path),
     };
     match result {

@@ -145,39 +145,13 @@
 //!
 //! # JSON
 //!
-//! `bot db <command> --json` prints one object on stdout. On failure every command prints
-//! `{"error": "...", "exit_code": N, "database": "...", "recovered": ...}` (exit codes: 1 failed
-//! and rolled back, 2 usage, 3 refused because of the database's state or place (a missing or
-//! read-only folder, a hot journal this user cannot roll back), 4 not a SQLite database (or a
-//! folder) or damaged, 5 locked by another process, a writer or a reader). Every object of a
-//! command that reads the database has `"recovered"`: `"journal"` (a hot journal was rolled
-//! back), `"wal"` (a WAL no process had open was folded in) or null. On success:
-//!
-//! | command | object |
-//! | --- | --- |
-//! | `status`, `check` | a [`Status`]: `{"state","version","head","pending","matches","closest","difference","foreign","edited","forced","extra_tables","database","bytes","exists","zero_bytes"}` (`check` adds `"ok": true`; `zero_bytes`: the file exists and is 0 bytes, state `empty`) |
-//! | `upgrade` | an [`Upgrade`] `{"from","to","applied"}` plus `"state_before"`, `"adopted"` (with `--adopt`), `"backup"` (a [`BackupInfo`], with `--backup-to`) and `"zero_bytes"` (the schema was built into a 0-byte file) |
-//! | `upgrade --dry-run`, `downgrade --dry-run` | a [`Plan`] `{"from","to","steps":[{"version","file","sql"}]}` plus `"dry_run": true` |
-//! | `downgrade` | an [`Upgrade`]; `applied` lists the revisions undone |
-//! | `stamp` | `{"stamped": N, "forced": bool, "difference"}` (`forced`: recorded as forced, the schema differed); with `--dry-run`: `{"dry_run": true, "stamp": N, "how", "difference"}` |
-//! | `adopt` | `{"adopted": N}`; with `--dry-run`: `{"dry_run": true, "adopt": N}` |
-//! | `history` | `{"database", "history": [`[`HistoryRow`]`]}` |
-//! | `schema` | `{"at": N or null, "schema": `[`schema::Schema`]`}` |
-//! | `diff --to N` | a [`DiffScript`] `{"to","recorded","statements":[{"kind","object","sql","safe","commented","comment"}],"differences","remaining","script"}` plus `"database"` (`kind`: [`StatementKind`], e.g. `add_column`, `rebuild_table`, `drop_view`, `manual` (words only, `sql` null); `safe`: keeps every row and value; `remaining`: what still differs after the script as printed) |
-//! | `baseline FILE` | a [`Baseline`] `{"source","statements","left_out","sql"}` plus `"output"` (the file written, or null) |
-//! | `backup` | a [`BackupInfo`] `{"path","revision","state","bytes"}` |
-//! | `restore` | a [`Restored`]: the [`BackupInfo`] of the file restored plus `"replaced"` (where the database it replaced is kept, or null when it had no tables) and `"rows"` (a [`RowCounts`]: rows per table of the replaced and of the restored content, or null) |
-//! | `fix-ownership` | `{"owner","check","wrong":[{"path","uid","gid"}],"fixed"}` |
-//!
-//! For example, the old app's database, before `adopt`:
-//!
-//! ```json
-//! {"state":"unstamped","version":null,"head":4,"pending":[2,3,4],"matches":1,"closest":null,"difference":[],"foreign":null,"edited":[]}
-//! ```
+//! `bot db <command> --json` prints one object on stdout, on success and on failure: the types of
+//! [`json`], which the bot serializes and the deploy tool deserializes, are its definition.
 
 mod catalog;
 pub mod check;
 mod engine;
+pub mod json;
 pub mod schema;
 mod script;
 

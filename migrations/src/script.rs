@@ -36,7 +36,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use rusqlite::Connection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::engine::{Database, Error, explain, history_tables, known_revision};
@@ -44,7 +44,7 @@ use crate::schema::sql::{Token, mentions, quote_name, tokenize};
 use crate::schema::{self, Change, Difference, Object, Schema, Subject};
 
 /// What one statement of a `bot db diff` script does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatementKind {
     /// `CREATE TABLE` of a table the revision has and the database lacks.
@@ -74,7 +74,7 @@ pub enum StatementKind {
 }
 
 /// One statement of a `bot db diff` script, with what it is for.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScriptStatement {
     /// What it does.
     pub kind: StatementKind,
@@ -91,7 +91,7 @@ pub struct ScriptStatement {
 }
 
 /// What `bot db diff --to N` prints: the SQL from the live schema to revision N's.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffScript {
     /// The revision the script leads to.
     pub to: u32,
@@ -109,7 +109,7 @@ pub struct DiffScript {
 }
 
 /// A database's schema as a first migration file, for `bot db baseline`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Baseline {
     /// The database read.
     pub source: PathBuf,

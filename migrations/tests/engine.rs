@@ -334,7 +334,7 @@ fn another_tools_history_is_foreign_matched_and_left_alone() {
     assert_eq!((status.state, status.matches), (State::Foreign, Some(2)));
     let foreign = status.foreign.unwrap();
     assert_eq!(
-        (foreign.tool, foreign.revision.as_deref()),
+        (foreign.tool.as_ref(), foreign.revision.as_deref()),
         ("alembic", Some("4bcff00da989"))
     );
     let error = db.upgrade(|_| {}).unwrap_err();
@@ -388,7 +388,7 @@ fn downgrade_runs_down_files_in_order_and_stops_before_a_step_without_one() {
     let mut db = Database::open(&path).unwrap();
     db.upgrade(|_| {}).unwrap();
     let plan = db.plan_downgrade(1).unwrap();
-    let files: Vec<&str> = plan.steps.iter().map(|s| s.file).collect();
+    let files: Vec<&str> = plan.steps.iter().map(|s| s.file.as_ref()).collect();
     let down_files = [
         "0006_unsent_answers_bot_identity.down.sql",
         "0005_handled_updates_stats.down.sql",

@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use migrations::State;
+use migrations::json::{
+    ErrorReport, ExitCode, OwnershipReport, RestoreReport, StatusReport, UpgradeReport,
+};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
@@ -80,62 +84,25 @@ impl BackupPlace {
     }
 }
 
-/// `bot db status --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DbStatus {
-    /// empty, unstamped, foreign, behind, current, ahead, modified, drifted.
-    pub state: String,
-    /// The recorded revision.
-    pub version: Option<u32>,
-    /// The build's newest revision.
-    pub head: u32,
-    /// Revisions to apply.
-    pub pending: Vec<u32>,
-    /// For unstamped: the revision the schema matches.
-    pub matches: Option<u32>,
-    /// For unstamped without a match: the closest revision.
-    pub closest: Option<u32>,
-    /// What differs.
-    #[serde(default)]
-    pub difference: Vec<String>,
-    /// The file's size.
-    #[serde(default)]
-    pub bytes: u64,
-    /// The size of its `-wal` (a running bot's recent commits, which a copy carries too).
-    #[serde(default)]
-    pub wal_bytes: u64,
+/// `bot db status --json`: the engine's own type, read as its [`migrations::Status`].
+pub type DbStatus = StatusReport;
+
+/// Whether a deploy changes the database: anything but `current`.
+pub fn needs_migration(status: &DbStatus) -> bool {
+    status.state != State::Current
 }
 
-impl DbStatus {
-    /// What a copy of the database takes: the file and the committed pages in its `-wal`.
-    pub fn copy_bytes(&self) -> u64 {
-        self.bytes + self.wal_bytes
-    }
+/// Reads the last JSON object `what` printed as `T`.
+pub fn parse_last<T: DeserializeOwned>(out: &str, what: &str) -> anyhow::Result<T> {
+    serde_json::from_value(last_json(out, what)?)
+        .with_context(|| format!("{what} printed JSON of another shape"))
+}
 
-    /// The state of a volume that does not exist yet.
-    pub fn empty(head: u32) -> DbStatus {
-        DbStatus {
-            state: "empty".into(),
-            version: None,
-            head,
-            pending: (1..=head).collect(),
-            matches: None,
-            closest: None,
-            difference: Vec::new(),
-            bytes: 0,
-            wal_bytes: 0,
-        }
-    }
-
-    /// The revision the database is at, recorded or matched.
-    pub fn effective_version(&self) -> Option<u32> {
-        self.version.or(self.matches)
-    }
-
-    /// Whether a deploy changes the database.
-    pub fn needs_migration(&self) -> bool {
-        self.state != "current"
-    }
+/// What `bot db ... --json` printed when it failed, read from the error of the command that
+/// ran it: the bot's [`ErrorReport`], if it printed one.
+pub fn bot_failure(error: &anyhow::Error) -> Option<ErrorReport> {
+    let exited = error.downcast_ref::<process::Exited>()?;
+    serde_json::from_value(last_json(&exited.stdout, "the bot").ok()?).ok()
 }
 
 /// Whether the project's volume exists.
@@ -211,17 +178,13 @@ pub fn status_or_damaged(
         "reading the database's state",
     ) {
         Ok(out) => out,
-        Err(e)
-            if e.to_string().contains("not a SQLite database")
-                || e.to_string().contains("is damaged") =>
-        {
+        // Not SQLite at all, or damaged: told by the bot's exit code, not by its words.
+        Err(e) if bot_failure(&e).is_some_and(|f| f.exit_code == ExitCode::BadFile) => {
             return Ok(Err(format!("{e:#}")));
         }
         Err(e) => return Err(e),
     };
-    serde_json::from_value(last_json(&out.stdout, "`bot db status --json`")?)
-        .context("`bot db status --json` printed JSON of another shape")
-        .map(Ok)
+    parse_last(&out.stdout, "`bot db status --json`").map(Ok)
 }
 
 /// The newest revision `image` knows, without touching any volume.
@@ -233,10 +196,8 @@ fn image_head(sh: &Shell, image: &str) -> anyhow::Result<u32> {
         ),
         "reading the image's schema head",
     )?;
-    last_json(&out.stdout, "`bot db status --json`")?["head"]
-        .as_u64()
-        .map(|h| h as u32)
-        .context("no head in `bot db status --json`")
+    let status: StatusReport = parse_last(&out.stdout, "`bot db status --json`")?;
+    Ok(status.head)
 }
 
 /// Refuses, before anything changes, the states only a person can resolve.
@@ -249,22 +210,24 @@ pub fn refuse_unsafe(status: &DbStatus) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    match status.state.as_str() {
-        "unstamped" | "foreign" if status.matches.is_none() => Err(exit::refused(format!(
-            "the database has tables but no migration history, and its schema matches no revision of this build (closest: revision {}):\n{}\nThe deploy changed nothing and the bot was left as it was. Make the schema match a revision (or restore a backup with `cargo xtask restore`), then deploy again.",
-            status.closest.unwrap_or(0),
-            differences()
-        ))),
-        "ahead" => Err(exit::refused(format!(
+    match status.state {
+        State::Unstamped | State::Foreign if status.matches.is_none() => {
+            Err(exit::refused(format!(
+                "the database has tables but no migration history, and its schema matches no revision of this build (closest: revision {}):\n{}\nThe deploy changed nothing and the bot was left as it was. Make the schema match a revision (or restore a backup with `cargo xtask restore`), then deploy again.",
+                status.closest.unwrap_or(0),
+                differences()
+            )))
+        }
+        State::Ahead => Err(exit::refused(format!(
             "the database is at revision {}, newer than this build's head {}: deploy the newer build, or roll back with `cargo xtask rollback`. The deploy changed nothing.",
             status.version.unwrap_or(0),
             status.head
         ))),
-        "modified" => Err(exit::refused(format!(
+        State::Modified => Err(exit::refused(format!(
             "migration files were edited after they were applied:\n{}\nPut them back (`git checkout migrations/sql`) and add a new migration instead. The deploy changed nothing.",
             differences()
         ))),
-        "drifted" => Err(exit::refused(format!(
+        State::Drifted => Err(exit::refused(format!(
             "the live schema is not the revision its history records (someone changed it by hand):\n{}\nUndo that change or restore a backup. The deploy changed nothing.",
             differences()
         ))),
@@ -295,23 +258,12 @@ pub fn fix_ownership(
         &args,
         "checking who owns the database files",
     )?;
-    let report = last_json(&out.stdout, "`bot db fix-ownership`")?;
-    Ok(report["wrong"]
-        .as_array()
-        .map(|wrong| {
-            wrong
-                .iter()
-                .map(|w| {
-                    format!(
-                        "{} (was {}:{})",
-                        w["path"].as_str().unwrap_or("?"),
-                        w["uid"],
-                        w["gid"]
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    let report: OwnershipReport = parse_last(&out.stdout, "`bot db fix-ownership`")?;
+    Ok(report
+        .wrong
+        .iter()
+        .map(|w| format!("{} (was {}:{})", w.path, w.uid, w.gid))
+        .collect())
 }
 
 /// A created container that backs the database up, adopts it if needed and applies the pending
@@ -516,14 +468,14 @@ impl MigrationContainer {
     }
 
     /// Runs it to the end; returns what `bot db upgrade --json` reported.
-    pub fn run(&self, sh: &Shell) -> anyhow::Result<Value> {
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<UpgradeReport> {
         let id = &self.id;
         let out = process::run_within(
             cmd!(sh, "docker start -a {id}"),
             "migrating the database",
             process::migration_limit(self.bytes),
         )?;
-        last_json(&out.stdout, "`bot db upgrade --json`")
+        parse_last(&out.stdout, "`bot db upgrade --json`")
     }
 
     /// Copies the backup it took to `host_file`: to `<host_file>.partial` first, renamed once
@@ -589,7 +541,7 @@ pub struct WaitingMigration {
 
 impl WaitingMigration {
     /// Lets it migrate; returns what `bot db upgrade --json` reported.
-    pub fn go(mut self) -> anyhow::Result<Value> {
+    pub fn go(mut self) -> anyhow::Result<UpgradeReport> {
         if let Some(mut stdin) = self.stdin.take() {
             std::io::Write::write_all(&mut stdin, b"go\n")
                 .context("cannot tell the migration to go")?;
@@ -597,7 +549,7 @@ impl WaitingMigration {
         let (ended, errors) = self.finish();
         match ended {
             Ok((status, stdout)) if status.success() => {
-                last_json(&stdout, "`bot db upgrade --json`")
+                parse_last(&stdout, "`bot db upgrade --json`")
             }
             Ok(_) => bail!(
                 "migrating the database failed:\n{}",
@@ -689,7 +641,7 @@ pub fn restore_from_host(
     image: &str,
     host_file: &Path,
     replace_damaged: bool,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<RestoreReport> {
     let mount = format!("{}:/data", stack.volume());
     let labels = helper_labels(&stack.project);
     let bytes = std::fs::metadata(host_file).map_or(0, |m| m.len());
@@ -715,7 +667,7 @@ pub fn restore_from_host(
             )
         },
     )?;
-    last_json(&out.stdout, "`bot db restore --json`")
+    parse_last(&out.stdout, "`bot db restore --json`")
 }
 
 /// A migration container an earlier run left.
@@ -871,28 +823,24 @@ impl Drop for TempFile {
 mod tests {
     use super::*;
 
-    fn status(state: &str, matches: Option<u32>) -> DbStatus {
-        DbStatus {
-            state: state.into(),
-            version: None,
-            head: 2,
-            pending: vec![],
-            matches,
-            closest: Some(1),
-            difference: vec!["table users: column last_name missing".into()],
-            bytes: 0,
-            wal_bytes: 0,
-        }
+    fn status(state: State, matches: Option<u32>) -> DbStatus {
+        let mut status = DbStatus::empty(2);
+        status.state = state;
+        status.pending = vec![];
+        status.matches = matches;
+        status.closest = Some(1);
+        status.difference = vec!["table users: column last_name missing".into()];
+        status
     }
 
     #[test]
     fn only_states_a_person_must_resolve_are_refused() {
-        for ok in ["empty", "behind", "current"] {
+        for ok in [State::Empty, State::Behind, State::Current] {
             refuse_unsafe(&status(ok, None)).unwrap();
         }
-        refuse_unsafe(&status("unstamped", Some(1))).unwrap();
-        refuse_unsafe(&status("foreign", Some(1))).unwrap();
-        let error = refuse_unsafe(&status("unstamped", None)).unwrap_err();
+        refuse_unsafe(&status(State::Unstamped, Some(1))).unwrap();
+        refuse_unsafe(&status(State::Foreign, Some(1))).unwrap();
+        let error = refuse_unsafe(&status(State::Unstamped, None)).unwrap_err();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Refused);
         assert!(
             error
@@ -900,7 +848,12 @@ mod tests {
                 .contains("table users: column last_name missing"),
             "{error}"
         );
-        for refused in ["ahead", "modified", "drifted", "foreign"] {
+        for refused in [
+            State::Ahead,
+            State::Modified,
+            State::Drifted,
+            State::Foreign,
+        ] {
             assert_eq!(
                 exit::code_of(&refuse_unsafe(&status(refused, None)).unwrap_err()),
                 exit::ExitCode::Refused,

@@ -10,6 +10,10 @@
 //! look for, sharing its mounts (`--volumes-from`). A rollback recreates the container from
 //! that image with its own name, labels, restart policy and networks.
 
+use migrations::Recovery;
+#[cfg(test)]
+use migrations::State;
+use migrations::json::{ExitCode as BotExit, ImportReport, Search};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -79,21 +83,22 @@ pub struct Checked {
     pub status: DbStatus,
     /// Rows in `users`, when there is such a table.
     pub users: Option<u64>,
-    /// The crash leftover SQLite recovered on the copy ("journal" or "wal").
-    pub recovered: Option<String>,
+    /// The crash leftover SQLite recovered on the copy (a journal or a WAL).
+    pub recovered: Option<Recovery>,
 }
 
 impl Checked {
     fn from_json(value: &Value) -> anyhow::Result<Checked> {
-        let mut status: DbStatus = serde_json::from_value(value["status"].clone())
+        let report: ImportReport = serde_json::from_value(value.clone())
             .context("`bot db import` printed a status of another shape")?;
+        let mut status = report.status;
         if status.bytes == 0 {
-            status.bytes = value["bytes"].as_u64().unwrap_or(0);
+            status.bytes = report.bytes;
         }
         Ok(Checked {
             status,
-            users: value["users"].as_u64(),
-            recovered: value["recovered"].as_str().map(str::to_owned),
+            users: report.users.and_then(|n| u64::try_from(n).ok()),
+            recovered: report.recovered,
         })
     }
 }
@@ -262,7 +267,10 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
             "looking for the old app's database on its mounts",
         )?;
         let listing = database::last_json(&out.stdout, "`bot db find-databases`")?;
-        candidates(&listing)
+        candidates(
+            &serde_json::from_value(listing)
+                .context("`bot db find-databases` printed JSON of another shape")?,
+        )
     };
     let mounts: Vec<String> = old.mounts.iter().map(|m| m.destination.clone()).collect();
     match found.as_slice() {
@@ -298,18 +306,12 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
 
 /// The databases `bot db find-databases` listed, as paths inside the old container with their
 /// sizes; the runbook's path first.
-fn candidates(listing: &Value) -> Vec<(String, u64)> {
-    let mut found: Vec<(String, u64)> = listing["databases"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter_map(|d| {
-                    let path = d["path"].as_str()?.strip_prefix(OLD_ROOT)?.to_owned();
-                    Some((path, d["bytes"].as_u64().unwrap_or(0)))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+fn candidates(listing: &Search) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = listing
+        .databases
+        .iter()
+        .filter_map(|d| Some((d.path.strip_prefix(OLD_ROOT)?.to_owned(), d.bytes)))
+        .collect();
     found.sort_by_key(|(path, _)| path != RUNBOOK_PATH);
     found
 }
@@ -422,9 +424,9 @@ fn check(sh: &Shell, image: &str, source: &Source) -> anyhow::Result<Checked> {
         // `bot db import` exits 3 (refused) or 4 (not SQLite, damaged) for the file itself;
         // anything else (a timeout, Docker) is not the file's fault.
         let text = format!("{e:#}");
-        if exit::code_of(&e) == exit::ExitCode::Failed
-            && (text.contains("exited with 3:") || text.contains("exited with 4:"))
-        {
+        let the_files_fault = database::bot_failure(&e)
+            .is_some_and(|f| matches!(f.exit_code, BotExit::Refused | BotExit::BadFile));
+        if exit::code_of(&e) == exit::ExitCode::Failed && the_files_fault {
             exit::refused(format!(
                 "the database to import, {source}, cannot be used: {text}\nNothing was changed; the old app runs on."
             ))
@@ -739,10 +741,11 @@ mod tests {
 
     #[test]
     fn the_runbooks_path_comes_first_and_paths_are_the_old_containers() {
-        let listing = json!({"databases": [
+        let listing = serde_json::from_value(json!({"databases": [
             {"path": "/tgbot-old-app/app/a.db", "bytes": 1},
             {"path": "/tgbot-old-app/app/bot_database.db", "bytes": 2},
-        ]});
+        ]}))
+        .unwrap();
         assert_eq!(
             candidates(&listing),
             vec![("/app/bot_database.db".into(), 2), ("/app/a.db".into(), 1)]
@@ -853,7 +856,7 @@ mod tests {
     #[test]
     fn an_import_is_described_with_its_source_users_and_revision() {
         let mut status = DbStatus::empty(4);
-        status.state = "unstamped".into();
+        status.state = State::Unstamped;
         status.matches = Some(1);
         let checked = Checked {
             status,

@@ -252,13 +252,48 @@ pub fn run_within(
         let code = status
             .code()
             .map_or("a signal".to_owned(), |c| c.to_string());
-        bail!(
-            "{what}: `{shown}` exited with {code}:\n{}",
-            tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
-        );
+        return Err(Exited {
+            code: status.code(),
+            message: format!(
+                "{what}: `{shown}` exited with {code}:\n{}",
+                tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
+            ),
+            stdout: finished.stdout,
+        }
+        .into());
     }
     Ok(finished)
 }
+
+/// A command that exited non-zero: the error of [`run_within`], which says so with the command
+/// line and the tail of its output; the caller may read the exit code and what it printed (the
+/// JSON of `bot db ... --json`).
+pub struct Exited {
+    /// The exit code; none when a signal ended it.
+    pub code: Option<i32>,
+    /// What it printed on standard output.
+    pub stdout: String,
+    /// The message shown.
+    message: String,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::fmt::Debug for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exited")
+            .field("code", &self.code)
+            .field("stdout", &secrets::scrub(&self.stdout))
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl std::error::Error for Exited {}
 
 /// Runs `command` to the end within `timeout` (else stops it and fails), whatever its exit
 /// status: the status and what it printed, for a caller that passes the command's own verdict

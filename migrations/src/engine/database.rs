@@ -258,8 +258,8 @@ impl Database {
                         _ => None,
                     });
                 return Ok(Some(ForeignHistory {
-                    tool,
-                    table,
+                    tool: (*tool).into(),
+                    table: (*table).into(),
                     revision,
                 }));
             }

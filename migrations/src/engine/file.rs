@@ -8,14 +8,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Error;
 
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// What a writer killed mid-transaction left, and SQLite recovered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Recovery {
     /// A hot `-journal`: rolled back, so the database is as its last commit left it.
@@ -24,6 +24,16 @@ pub enum Recovery {
     /// database file (checkpointed) and it was removed, as SQLite does when the last
     /// connection closes.
     Wal,
+}
+
+impl std::fmt::Display for Recovery {
+    /// Its name as scripts see it: `journal`, `wal`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Recovery::Journal => "journal",
+            Recovery::Wal => "wal",
+        })
+    }
 }
 
 /// `path` with `suffix` appended to its file name (`x.db` and `-wal` give `x.db-wal`).

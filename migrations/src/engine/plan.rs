@@ -1,14 +1,16 @@
 //! What a command would do to a database in a given state, or why it refuses: decided from
 //! the state read and the catalog, with no I/O.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::{Error, State, Status, explain};
 use crate::catalog::Catalog;
 use crate::schema::{self, Schema};
 
 /// What `upgrade` or `downgrade` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Upgrade {
     /// The revision before.
     pub from: Option<u32>,
@@ -20,18 +22,18 @@ pub struct Upgrade {
 }
 
 /// One step a plan would run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
     /// The revision concerned.
     pub version: u32,
     /// The SQL file.
-    pub file: &'static str,
+    pub file: Cow<'static, str>,
     /// The SQL, as it would run.
-    pub sql: &'static str,
+    pub sql: Cow<'static, str>,
 }
 
 /// What `upgrade` or `downgrade` would do, for `--dry-run`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// The revision now.
     pub from: Option<u32>,
@@ -51,8 +53,8 @@ impl Plan {
                 .iter()
                 .map(|m| PlannedStep {
                     version: m.version,
-                    file: m.file,
-                    sql: m.up,
+                    file: m.file.into(),
+                    sql: m.up.into(),
                 })
                 .collect(),
         }
@@ -118,7 +120,11 @@ pub(super) fn downgrade(catalog: &Catalog, status: Status, to: u32) -> Result<Pl
                 .migration(version)
                 .expect("recorded revisions are known");
             match (m.down_file, m.down) {
-                (Some(file), Some(sql)) => Ok(PlannedStep { version, file, sql }),
+                (Some(file), Some(sql)) => Ok(PlannedStep {
+                    version,
+                    file: file.into(),
+                    sql: sql.into(),
+                }),
                 _ => Err(Error::NoDown {
                     version,
                     file: m.file,

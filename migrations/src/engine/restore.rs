@@ -7,12 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::backup::{Backup, NO_PROGRESS, StepResult};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{BackupInfo, Database, Error, LockHolder, inspect_copy};
 
 /// What `restore` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Restored {
     /// The restored file, checked.
     #[serde(flatten)]
@@ -26,7 +26,7 @@ pub struct Restored {
 }
 
 /// Rows per table (SQLite's own tables left out), before and after a restore.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RowCounts {
     /// In the content that was replaced (now in the kept file).
     pub replaced: BTreeMap<String, u64>,

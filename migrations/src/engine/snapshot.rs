@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use rusqlite::{Connection, MAIN_DB};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::database::sqlite_error;
 use super::{Database, Error, LockHolder, State, busy_timeout, file};
 
 /// A checked copy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// The copy.
     pub path: PathBuf,

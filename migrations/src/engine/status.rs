@@ -2,15 +2,16 @@
 //! history, as read, against a catalog. No I/O here, so that every state can be tested with
 //! migrations written in the test.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::schema::{self, Change, Difference, Object, Schema, Subject};
 
 /// What the engine can tell about a database.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// No tables (or no file yet).
@@ -48,30 +49,36 @@ impl State {
     }
 }
 
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Another tool's history found in the database.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForeignHistory {
     /// The tool, e.g. "alembic".
-    pub tool: &'static str,
+    pub tool: Cow<'static, str>,
     /// Its table.
-    pub table: &'static str,
+    pub table: Cow<'static, str>,
     /// The revision it records, as text.
     pub revision: Option<String>,
 }
 
 /// An applied migration whose file changed since.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EditedFile {
     /// The `.up.sql` file.
-    pub file: &'static str,
+    pub file: Cow<'static, str>,
     /// The checksum the history recorded.
     pub recorded: String,
     /// The file's checksum now.
     pub current: String,
 }
 
-/// A database's state, as `bot db status --json` prints it.
-#[derive(Debug, Default, Clone, Serialize)]
+/// A database's state, as `bot db status --json` prints it ([`crate::json::StatusReport`]).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// The state.
     pub state: State,
@@ -87,21 +94,43 @@ pub struct Status {
     pub closest: Option<u32>,
     /// Why the state is not clean: the schema difference (to `closest`, or for `drifted` to the
     /// recorded revision), or the edited files.
+    #[serde(default)]
     pub difference: Vec<String>,
     /// For `foreign`: the other tool's history.
+    #[serde(default)]
     pub foreign: Option<ForeignHistory>,
     /// For `modified`: the edited files with both checksums.
+    #[serde(default)]
     pub edited: Vec<EditedFile>,
     /// The newest revision the history says was stamped with `--force` (over a schema that
     /// differed then), if any.
+    #[serde(default)]
     pub forced: Option<u32>,
     /// For `unstamped` and `foreign` with no match, and `drifted`: live tables that no
     /// revision has (e.g. the old app's own).
+    #[serde(default)]
     pub extra_tables: Vec<String>,
 }
 
+impl Status {
+    /// The state of a database with no tables (or no file yet), for a build whose head is
+    /// `head`: every revision pending.
+    pub fn empty(head: u32) -> Status {
+        Status {
+            head,
+            pending: (1..=head).collect(),
+            ..Status::default()
+        }
+    }
+
+    /// The revision the database is at: recorded, or matched by its schema.
+    pub fn effective_version(&self) -> Option<u32> {
+        self.version.or(self.matches)
+    }
+}
+
 /// One row of the history table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryRow {
     /// The revision.
     pub version: u32,
@@ -317,7 +346,7 @@ fn edited_files(history: &[HistoryRow], catalog: &Catalog) -> Vec<EditedFile> {
             let m = catalog.migration(row.version)?;
             let current = m.checksum();
             (current != row.checksum).then(|| EditedFile {
-                file: m.file,
+                file: m.file.into(),
                 recorded: row.checksum.clone(),
                 current,
             })
@@ -382,8 +411,8 @@ pub(super) mod tests {
 
     fn alembic() -> ForeignHistory {
         ForeignHistory {
-            tool: "alembic",
-            table: "alembic_version",
+            tool: "alembic".into(),
+            table: "alembic_version".into(),
             revision: Some("ae1027a6acf".into()),
         }
     }

@@ -3,6 +3,7 @@
 //! would use instead, on the same file: `alembic current`, `PRAGMA quick_check` in the `sqlite3`
 //! shell, the shell running the same rebuild SQL, and the shell's `.backup`.
 
+use migrations::State;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -359,7 +360,7 @@ impl Bench {
     fn expect_current(&self, db: &Path) -> anyhow::Result<()> {
         let (state, version) = state(&self.bot, db)?;
         let head = u64::from(migrations::head());
-        if state != "current" || version != Some(head) {
+        if state != State::Current || version != Some(head) {
             bail!(
                 "after the rebuild, {} is {state} at revision {version:?}, not current at {head}",
                 db.display()
@@ -396,7 +397,7 @@ fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
         .join(format!("revision3-{}-g{GENERATOR}.db", label(users)));
     if db.exists() {
         match state(&bench.bot, &db) {
-            Ok((state, Some(3))) if state == "behind" => return Ok((db, Duration::ZERO)),
+            Ok((State::Behind, Some(3))) => return Ok((db, Duration::ZERO)),
             Ok((state, version)) => eprintln!(
                 "engine: {} is {state} at revision {version:?}, not revision 3: making it again",
                 db.display()
@@ -442,7 +443,7 @@ fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     )?;
     File::open(&partial)?.sync_all()?;
     let (state, version) = state(&bench.bot, &partial)?;
-    if state != "behind" || version != Some(3) {
+    if state != State::Behind || version != Some(3) {
         bail!(
             "the generated {} is {state} at revision {version:?}, not revision 3",
             partial.display()
@@ -487,7 +488,7 @@ fn rebuild_script(checked: bool) -> anyhow::Result<String> {
 }
 
 /// `bot db status --json` of `db`: its state and revision.
-fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
+fn state(bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
     let output = Command::new(bot)
         .args(["db", "status", "--json"])
         .env("DATABASE_PATH", db)
@@ -501,12 +502,9 @@ fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+    let status: migrations::json::StatusReport = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("bot db status --json on {}", db.display()))?;
-    Ok((
-        value["state"].as_str().unwrap_or("?").to_owned(),
-        value["version"].as_u64(),
-    ))
+    Ok((status.state, status.version.map(u64::from)))
 }
 
 /// The 1-minute load average.

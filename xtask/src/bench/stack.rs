@@ -4,6 +4,7 @@
 //! (both deploys seen as gaps in `getUpdates` calls at the stand-in); a no-op update; the bot's
 //! idle memory, image size and throughput.
 
+use migrations::State;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -350,7 +351,7 @@ fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Dur
     let result = time(bot, &["db", "upgrade"], &[("DATABASE_PATH", work)]).and_then(|took| {
         let (state, version) = state(bot, work)?;
         let head = u64::from(migrations::head());
-        if state != "current" || version != Some(head) {
+        if state != State::Current || version != Some(head) {
             bail!("after `bot db upgrade` the copy is {state} at revision {version:?}, not current at {head}");
         }
         Ok(took)
@@ -656,7 +657,7 @@ pub(super) fn dataset(bot: &Path, dir: &Path, users: u64) -> anyhow::Result<Path
     let path = dir.join(format!("revision-3-{}-g{GENERATOR}.db", label(users)));
     if path.exists() {
         match state(bot, &path) {
-            Ok((state, Some(3))) if state == "behind" => return Ok(path),
+            Ok((State::Behind, Some(3))) => return Ok(path),
             Ok((state, version)) => eprintln!(
                 "stack: {} is {state} at revision {version:?}, not revision 3: making it again",
                 path.display()
@@ -674,7 +675,7 @@ pub(super) fn dataset(bot: &Path, dir: &Path, users: u64) -> anyhow::Result<Path
     );
     revision_3_database(&path, users)?;
     let (state, version) = state(bot, &path)?;
-    if state != "behind" || version != Some(3) {
+    if state != State::Behind || version != Some(3) {
         bail!(
             "the generated {} is {state} at revision {version:?}, not revision 3",
             path.display()
@@ -711,7 +712,7 @@ fn revision_3_database(path: &Path, users: u64) -> anyhow::Result<()> {
 }
 
 /// `bot db status --json` of `db`: its state and revision.
-pub(super) fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64>)> {
+pub(super) fn state(bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
     let output = Command::new(bot)
         .args(["db", "status", "--json"])
         .env("DATABASE_PATH", db)
@@ -725,12 +726,9 @@ pub(super) fn state(bot: &Path, db: &Path) -> anyhow::Result<(String, Option<u64
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let value: Value = serde_json::from_slice(&output.stdout)
+    let status: migrations::json::StatusReport = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("bot db status --json on {}", db.display()))?;
-    Ok((
-        value["state"].as_str().unwrap_or("?").to_owned(),
-        value["version"].as_u64(),
-    ))
+    Ok((status.state, status.version.map(u64::from)))
 }
 
 /// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to`

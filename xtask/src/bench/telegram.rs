@@ -4,6 +4,7 @@
 //! release binaries as processes on this machine; the last one runs the demo stack in Docker, as
 //! the deploy section does.
 
+use migrations::State;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -456,7 +457,7 @@ impl Local {
         let upgrade = bot_db(&self.bot, db, &["upgrade"])?;
         let (state, version) = stack::state(&self.bot, db)?;
         let head = u64::from(migrations::head());
-        if state != "current" || version != Some(head) {
+        if state != State::Current || version != Some(head) {
             bail!(
                 "after `bot db upgrade` the copy is {state} at revision {version:?}, not current at {head}"
             );
@@ -505,7 +506,7 @@ impl Local {
             .join(format!("revision-4-{}-g{GENERATOR}.db", label(users)));
         if path.exists() {
             match stack::state(&self.bot, &path) {
-                Ok((state, Some(4))) if state == "behind" => return Ok((path, None)),
+                Ok((State::Behind, Some(4))) => return Ok((path, None)),
                 Ok((state, version)) => eprintln!(
                     "telegram: {} is {state} at revision {version:?}, not revision 4: making it again",
                     path.display()
@@ -530,7 +531,7 @@ impl Local {
         sql(&sqlite3, &partial, &fill_script(users, now_ms() / 1000))?;
         File::open(&partial)?.sync_all()?;
         let (state, version) = stack::state(&self.bot, &partial)?;
-        if state != "behind" || version != Some(4) {
+        if state != State::Behind || version != Some(4) {
             bail!(
                 "the generated {} is {state} at revision {version:?}, not revision 4",
                 partial.display()

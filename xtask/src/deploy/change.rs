@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use migrations::json::UpgradeReport;
 
 use crate::backups;
 use crate::compose::Stack;
@@ -52,16 +53,16 @@ impl Deploy<'_> {
             fix_owner,
             image_changes,
         } = found;
-        if status.needs_migration() && !database::volume_exists(sh, stack) {
+        if database::needs_migration(status) && !database::volume_exists(sh, stack) {
             database::create_volume(sh, stack)?;
         }
         let running = before.filter(|c| c.status == "running");
         if let Some(old) =
-            running.filter(|_| status.needs_migration() && image_changes && !fix_owner)
+            running.filter(|_| database::needs_migration(status) && image_changes && !fix_owner)
         {
             return self.replace_and_migrate(stack, status, old, report, changes);
         }
-        if status.needs_migration() {
+        if database::needs_migration(status) {
             changes.migration = Some(self.prepare_migration(stack, status, false, report)?);
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
@@ -242,7 +243,7 @@ impl Deploy<'_> {
         &self,
         stack: &Stack,
         status: &DbStatus,
-        outcome: &serde_json::Value,
+        outcome: &UpgradeReport,
         report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
@@ -252,25 +253,25 @@ impl Deploy<'_> {
             .as_ref()
             .context("no migration container")?;
         {
-            let applied = outcome["applied"].as_array().map_or(0, Vec::len);
+            let applied = outcome.upgrade.applied.len();
             printer.detail(
                 report,
                 format!(
                     "{}applied {applied} migrations, now at revision {}",
-                    outcome["adopted"]
-                        .as_u64()
+                    outcome
+                        .adopted
                         .map(|v| format!("adopted revision {v}, "))
                         .unwrap_or_default(),
-                    outcome["to"]
+                    outcome.upgrade.to
                 ),
             );
-            report.revision_after = outcome["to"].as_u64().map(|v| v as u32);
+            report.revision_after = Some(outcome.upgrade.to);
             journal::volume(format!(
                 "migrated to revision {}; the pre-deploy backup is in container {}",
-                outcome["to"],
+                outcome.upgrade.to,
                 short(&migration.id)
             ));
-            if !outcome["backup"].is_null() {
+            if outcome.backup.is_some() {
                 let host_file = self.state_dir.join(self.backup_name(stack, status));
                 let saved = printer.step(report, "save backup", || {
                     migration.copy_backup(sh, &host_file)?;
@@ -280,7 +281,7 @@ impl Deploy<'_> {
                     Ok(()) => {
                         journal::volume(format!(
                             "migrated to revision {}; the pre-deploy backup is saved as {}",
-                            outcome["to"],
+                            outcome.upgrade.to,
                             host_file.display()
                         ));
                         printer.detail(report, host_file.display().to_string());
@@ -317,7 +318,7 @@ struct Replaced {
     /// Whether the migration was told to go (so the database may have changed).
     went: bool,
     /// What the migration reported.
-    migration: anyhow::Result<serde_json::Value>,
+    migration: anyhow::Result<UpgradeReport>,
 }
 
 /// Stops the old bot (`docker stop`, its grace period as Compose's) and tells the waiting

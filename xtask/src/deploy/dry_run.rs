@@ -2,6 +2,7 @@
 //! with their SQL; nothing is changed.
 
 use anyhow::Context;
+use migrations::json::PlanReport;
 use xshell::cmd;
 
 use crate::compose::Stack;
@@ -67,7 +68,7 @@ impl Deploy<'_> {
                             .is_some_and(|n| Some(n) > matched)
                     });
                     report.revision_before = matched;
-                    report.state_before = Some(planned.checked.status.state.clone());
+                    report.state_before = Some(planned.checked.status.state.to_string());
                 }
             } else if importing {
                 plan.push(format!(
@@ -157,7 +158,7 @@ impl Deploy<'_> {
             );
             let _ = std::fs::remove_dir_all(&folder.0);
             let out = out?;
-            serde_json::from_str::<serde_json::Value>(out.stdout.trim())?
+            serde_json::from_str::<PlanReport>(out.stdout.trim())?
         } else {
             // Copy the binary that will run into a created container on the volume and ask it.
             let mount = format!("{}:/data", stack.volume());
@@ -194,23 +195,13 @@ impl Deploy<'_> {
                 .context("the plan printed no JSON")?;
             serde_json::from_str(line)?
         };
-        let from = plan_json["from"].as_u64().map(|v| v as u32);
-        let to = plan_json["to"].as_u64().map(|v| v as u32);
-        let steps = plan_json["steps"]
-            .as_array()
-            .map(|steps| {
-                steps
-                    .iter()
-                    .map(|s| {
-                        (
-                            s["file"].as_str().unwrap_or("?").to_owned(),
-                            s["sql"].as_str().unwrap_or("").to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok((steps, from, to))
+        let plan = plan_json.plan;
+        let steps = plan
+            .steps
+            .into_iter()
+            .map(|s| (s.file.into_owned(), s.sql.into_owned()))
+            .collect();
+        Ok((steps, plan.from, Some(plan.to)))
     }
 }
 /// The migrations a dry run found (file and SQL), and the revisions before and after.

@@ -53,7 +53,7 @@ impl Deploy<'_> {
             database::refuse_unsafe(&imported.status)?;
             status = imported.status;
         }
-        if status.needs_migration() {
+        if database::needs_migration(&status) {
             let migration = self.prepare_migration(stack, &status, false, report)?;
             changes.migration = Some(migration);
             changes.migrated = true;

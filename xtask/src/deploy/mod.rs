@@ -31,6 +31,7 @@ pub use shared::{
     refuse_a_second_running_bot, short, stop_container, unfinished_runs, wait_until_healthy,
 };
 
+use migrations::State;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -211,7 +212,7 @@ impl Deploy<'_> {
         let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
         let env_changes =
             last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
-        let database_changes = status.needs_migration();
+        let database_changes = database::needs_migration(&status);
         // A bot that runs but is not healthy (a killed deploy left it so) is no reason for
         // "nothing to do": it is started again with this environment and waited for.
         let healthy = before
@@ -233,7 +234,7 @@ impl Deploy<'_> {
             return Ok(());
         }
 
-        if database_changes && status.state != "empty" {
+        if database_changes && status.state != State::Empty {
             printer.step(report, "check room for the backup", || {
                 backups::require_room(sh, &self.state_dir, status.copy_bytes())
             })?;
@@ -491,7 +492,7 @@ impl Deploy<'_> {
             database::status(sh, stack, &stack.bot_image)
         })?;
         if let Some(planned) = &old.import {
-            if status.state != "empty" {
+            if status.state != State::Empty {
                 let interrupted = old
                     .container
                     .as_ref()
@@ -511,7 +512,7 @@ impl Deploy<'_> {
             }
             status = planned.checked.status.clone();
         }
-        report.state_before = Some(status.state.clone());
+        report.state_before = Some(status.state.to_string());
         report.revision_before = status.effective_version();
         report.revision_after = status.effective_version();
         printer.detail(report, describe(&status));
@@ -555,7 +556,7 @@ fn something_to_lose(running: bool, status: &DbStatus, old: &OldApp) -> bool {
     running
         || old.container.is_some()
         || old.import.is_some()
-        || (status.needs_migration() && status.state != "empty")
+        || (database::needs_migration(status) && status.state != State::Empty)
 }
 
 fn question(running: bool, status: &DbStatus, old: &OldApp) -> String {
@@ -572,7 +573,7 @@ fn question(running: bool, status: &DbStatus, old: &OldApp) -> String {
             planned.source
         ));
     }
-    if status.needs_migration() {
+    if database::needs_migration(status) {
         question.push_str(&format!(
             " back up and migrate the database ({} -> revision {}),",
             status.state, status.head
@@ -589,13 +590,13 @@ mod tests {
     #[test]
     fn the_question_says_what_will_happen() {
         let mut status = DbStatus::empty(4);
-        status.state = "behind".into();
+        status.state = State::Behind;
         let q = question(true, &status, &OldApp::default());
         assert!(
             q.contains("stop the bot") && q.contains("migrate the database (behind -> revision 4)"),
             "{q}"
         );
-        status.state = "current".into();
+        status.state = State::Current;
         assert!(!question(false, &status, &OldApp::default()).contains("migrate"));
     }
 
@@ -603,18 +604,18 @@ mod tests {
     fn only_a_deploy_that_can_cost_something_asks() {
         let none = OldApp::default();
         let mut status = DbStatus::empty(4);
-        assert_eq!(status.state, "empty");
+        assert_eq!(status.state, State::Empty);
         assert!(!something_to_lose(false, &status, &none), "a fresh volume");
         assert!(
             something_to_lose(true, &status, &none),
             "a serving bot stops"
         );
-        status.state = "current".into();
+        status.state = State::Current;
         assert!(
             !something_to_lose(false, &status, &none),
             "a stopped bot starts"
         );
-        status.state = "behind".into();
+        status.state = State::Behind;
         assert!(something_to_lose(false, &status, &none), "data is migrated");
     }
 }

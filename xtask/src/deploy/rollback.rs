@@ -2,10 +2,11 @@
 //! the new bot wrote is set aside, never dropped), and the previous image starts again with the
 //! environment it had, under the project's tag.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use migrations::RowCounts;
 use xshell::cmd;
 
 use crate::backups;
@@ -42,7 +43,7 @@ impl Deploy<'_> {
             && report.revision_after == report.revision_before
             && database::status(sh, stack, &stack.bot_image).is_ok_and(|live| {
                 live.effective_version() == report.revision_before
-                    && report.state_before.as_deref() == Some(live.state.as_str())
+                    && report.state_before.as_deref() == Some(live.state.name())
             });
         let set_aside = if changes.migrated && !untouched {
             self.restore_pre_deploy_database(stack, changes, report)?
@@ -191,7 +192,11 @@ impl Deploy<'_> {
         // A committed migration means the new bot may have served: what it served is kept and
         // named whatever the counts say (rows changed in place do not show in them).
         let committed = report.revision_after != report.revision_before;
-        let set_aside = SetAside::from_restore(&restored, committed);
+        let set_aside = SetAside::from_restore(
+            restored.restored.replaced.as_deref(),
+            restored.restored.rows.as_ref(),
+            committed,
+        );
         journal::volume(format!(
             "put back from the pre-deploy backup (revision {})",
             report
@@ -212,20 +217,27 @@ pub(super) struct SetAside {
     rows: String,
 }
 impl SetAside {
-    /// From the JSON of `bot db restore`: `None` when nothing was replaced, or when the
-    /// migration never committed and the replaced content has no more rows in any table than
-    /// the restored one (it is the same database). The history table's own row is not counted.
-    fn from_restore(restored: &serde_json::Value, migration_committed: bool) -> Option<SetAside> {
-        let file = restored["replaced"].as_str()?;
-        let before = restored["rows"]["replaced"].as_object();
-        let after = &restored["rows"]["restored"];
-        let more: Vec<String> = before
+    /// From what `bot db restore` reported (where the replaced database is kept, and the rows
+    /// per table): `None` when nothing was replaced, or when the migration never committed and
+    /// the replaced content has no more rows in any table than the restored one (it is the same
+    /// database). The history table's own row is not counted.
+    fn from_restore(
+        replaced: Option<&Path>,
+        rows: Option<&RowCounts>,
+        migration_committed: bool,
+    ) -> Option<SetAside> {
+        let file = replaced?.to_str()?;
+        let more: Vec<String> = rows
             .into_iter()
-            .flatten()
-            .filter(|(table, _)| table.as_str() != "schema_history")
-            .filter_map(|(table, n)| {
-                let extra = n.as_u64()? as i64 - after[table].as_u64().unwrap_or(0) as i64;
-                (extra > 0).then(|| format!("{table} +{extra}"))
+            .flat_map(|rows| {
+                rows.replaced
+                    .iter()
+                    .filter(|(table, _)| table.as_str() != "schema_history")
+                    .filter_map(|(table, n)| {
+                        let extra =
+                            *n as i64 - rows.restored.get(table).copied().unwrap_or(0) as i64;
+                        (extra > 0).then(|| format!("{table} +{extra}"))
+                    })
             })
             .collect();
         if more.is_empty() && !migration_committed {
@@ -280,16 +292,22 @@ impl Previous {
 mod tests {
     use super::*;
 
+    fn counts(replaced: &[(&str, u64)], restored: &[(&str, u64)]) -> RowCounts {
+        let map = |rows: &[(&str, u64)]| rows.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        RowCounts {
+            replaced: map(replaced),
+            restored: map(restored),
+        }
+    }
+
     #[test]
     fn a_restore_over_newer_rows_is_said_table_by_table() {
-        let restored = serde_json::json!({
-            "replaced": "/data/bot_database.db.replaced-20261126T101010Z",
-            "rows": {
-                "replaced": {"users": 12, "command_log": 30, "schema_history": 4},
-                "restored": {"users": 10, "command_log": 30, "schema_history": 3}
-            }
-        });
-        let set_aside = SetAside::from_restore(&restored, true).unwrap();
+        let replaced = Path::new("/data/bot_database.db.replaced-20261126T101010Z");
+        let rows = counts(
+            &[("users", 12), ("command_log", 30), ("schema_history", 4)],
+            &[("users", 10), ("command_log", 30), ("schema_history", 3)],
+        );
+        let set_aside = SetAside::from_restore(Some(replaced), Some(&rows), true).unwrap();
         assert_eq!(
             set_aside.file,
             "/data/bot_database.db.replaced-20261126T101010Z"
@@ -298,21 +316,19 @@ mod tests {
             set_aside.rows, "rows it has more than the backup: users +2",
             "the history's own row is the migration's, not the bot's"
         );
-        let same = serde_json::json!({
-            "replaced": "/data/x",
-            "rows": {"replaced": {"users": 10}, "restored": {"users": 10}}
-        });
+        let same = counts(&[("users", 10)], &[("users", 10)]);
+        let x = Some(Path::new("/data/x"));
         assert!(
-            SetAside::from_restore(&same, false).is_none(),
+            SetAside::from_restore(x, Some(&same), false).is_none(),
             "a migration that never committed left the same database"
         );
-        let kept =
-            SetAside::from_restore(&same, true).expect("a committed migration's database is kept");
+        let kept = SetAside::from_restore(x, Some(&same), true)
+            .expect("a committed migration's database is kept");
         assert!(
             kept.rows.contains("changed in place are not counted"),
             "{}",
             kept.rows
         );
-        assert!(SetAside::from_restore(&serde_json::json!({"replaced": null}), true).is_none());
+        assert!(SetAside::from_restore(None, None, true).is_none());
     }
 }

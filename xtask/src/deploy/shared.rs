@@ -1,6 +1,7 @@
 //! What every task that changes the stack shares: the machine check, the question, the lock and
 //! the history line, and the health wait.
 
+use migrations::State;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -223,8 +224,8 @@ pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyho
 /// A database state in words.
 pub fn describe(status: &DbStatus) -> String {
     let revision = status.version.map_or("none".into(), |v| v.to_string());
-    match status.state.as_str() {
-        "unstamped" | "foreign" => match status.matches {
+    match status.state {
+        State::Unstamped | State::Foreign => match status.matches {
             Some(m) => format!(
                 "{}: tables without our history, matching revision {m} (head {})",
                 status.state, status.head
@@ -234,7 +235,7 @@ pub fn describe(status: &DbStatus) -> String {
                 status.state, status.head
             ),
         },
-        "empty" => format!("empty (head {})", status.head),
+        State::Empty => format!("empty (head {})", status.head),
         state => format!("{state}: revision {revision} (head {})", status.head),
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask backup`: a checked copy of the live database on this machine, while the bot
 //! keeps running (the online backup API).
 
+use migrations::State;
 use std::path::Path;
 
 use xshell::Shell;
@@ -76,7 +77,7 @@ pub fn take(
     })?;
     report.revision_before = live.effective_version();
     report.revision_after = live.effective_version();
-    if live.state == "empty" {
+    if live.state == State::Empty {
         printer.info("the database is empty: nothing to back up");
         return Ok(());
     }

@@ -2,6 +2,7 @@
 //! backup) into the volume, owned by the bot's user, after checking it and backing the live
 //! database up. It does not migrate: `prod-migrate` does that.
 
+use migrations::State;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -83,12 +84,14 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 Ok(live) => (live, None),
                 Err(damage) => {
                     printer.detail(report, format!("the live database is damaged: {damage}"));
-                    let mut live = database::DbStatus::empty(0);
-                    live.state = "damaged".into();
-                    (live, Some(damage))
+                    (database::DbStatus::empty(0), Some(damage))
                 }
             };
-            report.state_before = Some(live.state.clone());
+            // A damaged file has no state the engine can name.
+            report.state_before = Some(match damage {
+                Some(_) => "damaged".to_owned(),
+                None => live.state.to_string(),
+            });
             report.revision_before = live.effective_version();
             deploy::refuse_a_second_running_bot(sh, &stack)?;
             let container = stack.running_bot(sh)?;
@@ -97,10 +100,13 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 if container.is_some() {
                     printer.info("  stop bot: docker stop <bot container>");
                 }
-                if live.state != "empty" {
+                if damage.is_some() || live.state != State::Empty {
                     printer.info(&format!(
                         "  back up the live database ({}) to {}/",
-                        deploy::describe(&live),
+                        match damage {
+                            Some(_) => format!("damaged: revision none (head {})", live.head),
+                            None => deploy::describe(&live),
+                        },
                         state_dir.display()
                     ));
                 }
@@ -126,7 +132,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                     ),
                 },
             )?;
-            if live.state != "empty" && damage.is_none() {
+            if live.state != State::Empty && damage.is_none() {
                 printer.step(report, "check room for the backup", || {
                     backups::require_room(sh, state_dir, live.copy_bytes())
                 })?;
@@ -160,7 +166,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                     )
                 })?;
                 printer.detail(report, format!("kept as {}", damaged_copy.display()));
-            } else if live.state != "empty" {
+            } else if live.state != State::Empty {
                 let name = backups::name(
                     &stack.project,
                     time,

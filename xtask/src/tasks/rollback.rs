@@ -1,6 +1,7 @@
 //! `cargo xtask rollback`: back to the image (and environment) the last deploy replaced and,
 //! when that deploy moved the schema, to the backup taken before it.
 
+use migrations::State;
 use xshell::Shell;
 
 use crate::backups;
@@ -108,7 +109,7 @@ pub fn run(
             Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
             None => None,
         };
-        if let Some(live) = live.as_ref().filter(|l| l.state != "empty") {
+        if let Some(live) = live.as_ref().filter(|l| l.state != State::Empty) {
             printer.step(report, "check room for the backup", || {
                 backups::require_room(sh, state_dir, live.copy_bytes())
             })?;
@@ -155,7 +156,7 @@ pub fn run(
         };
         if let Some(backup) = &backup {
             let live = live.as_ref().expect("read above");
-            if live.state != "empty" {
+            if live.state != State::Empty {
                 let keep = state_dir.join(backups::name(
                     &stack.project,
                     time,

@@ -891,13 +891,9 @@ fn handle(shared: &Shared, request: Request) -> Reply {
         shared.lock().stats.unauthorized += 1;
         return bot_error(401, "Unauthorized");
     }
-    let params: Value = if body.trim().is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_str(&body) {
-            Ok(value) => value,
-            Err(_) => return bot_error(400, "Bad Request: can't parse JSON"),
-        }
+    let params = match bot_params(query, &body) {
+        Some(params) => params,
+        None => return bot_error(400, "Bad Request: can't parse JSON"),
     };
     let method = method.to_ascii_lowercase();
     let (delay, fault) = {
@@ -1033,13 +1029,9 @@ fn server_error_description(status: u16) -> String {
 }
 
 fn get_updates(shared: &Shared, params: &Value) -> Result<Value, Reply> {
-    let offset = params.get("offset").and_then(Value::as_i64).unwrap_or(0);
-    let limit = params
-        .get("limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(100)
-        .clamp(1, 100) as usize;
-    let timeout = Duration::from_secs(params.get("timeout").and_then(Value::as_u64).unwrap_or(0))
+    let offset = number_param(params, "offset").unwrap_or(0);
+    let limit = number_param(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
+    let timeout = Duration::from_secs(number_param(params, "timeout").unwrap_or(0).max(0) as u64)
         .min(shared.config.max_long_poll.min(MAX_LONG_POLL));
     let deadline = Instant::now() + timeout;
     let mut state = shared.lock();
@@ -1085,9 +1077,44 @@ fn get_updates(shared: &Shared, params: &Value) -> Result<Value, Reply> {
 
 /// The `chat_id` parameter, as a number or a numeric string.
 fn chat_id_param(params: &Value) -> Option<i64> {
+    number_param(params, "chat_id")
+}
+
+/// A number parameter, as JSON sends it or as a query string or form sends it (text).
+fn number_param(params: &Value, name: &str) -> Option<i64> {
     params
-        .get("chat_id")
-        .and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()))
+        .get(name)
+        .and_then(|c| c.as_i64().or_else(|| c.as_str()?.trim().parse().ok()))
+}
+
+/// A Bot API call's parameters, from wherever Telegram takes them: the query string, and a
+/// JSON or form (`application/x-www-form-urlencoded`) body; a form or query value that is a
+/// JSON object or array (`reply_parameters`) is read as one. None: a body that is neither.
+fn bot_params(query: &str, body: &str) -> Option<Value> {
+    let from_form = |text: &str| -> serde_json::Map<String, Value> {
+        form_urlencoded::parse(text.as_bytes())
+            .map(|(key, value)| {
+                let structured = (value.starts_with('{') || value.starts_with('['))
+                    .then(|| serde_json::from_str(&value).ok())
+                    .flatten();
+                let value = structured.unwrap_or_else(|| Value::String(value.into_owned()));
+                (key.into_owned(), value)
+            })
+            .collect()
+    };
+    let mut params = from_form(query);
+    let body = body.trim();
+    if !body.is_empty() {
+        match serde_json::from_str::<Value>(body) {
+            Ok(Value::Object(fields)) => params.extend(fields),
+            Ok(_) => return None,
+            Err(_) if body.contains('=') && !body.starts_with(['{', '[']) => {
+                params.extend(from_form(body));
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(Value::Object(params))
 }
 
 /// The chat as Telegram shows it, for a chat no message was posted in.
@@ -1118,8 +1145,8 @@ fn send_message(shared: &Shared, params: &Value, arrived: u64) -> Result<Value, 
     };
     let reply_to_message_id = params
         .pointer("/reply_parameters/message_id")
-        .or_else(|| params.get("reply_to_message_id"))
-        .and_then(Value::as_i64);
+        .and_then(Value::as_i64)
+        .or_else(|| number_param(params, "reply_to_message_id"));
     let mut state = shared.lock();
     if let Some(&new) = state.migrated.get(&chat_id) {
         return Err(respond(

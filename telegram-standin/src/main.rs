@@ -26,7 +26,7 @@ enum Command {
   STANDIN_MAX_LONG_POLL_MS  the longest a getUpdates long poll is held (at most 10000)")]
     Serve {
         /// The address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = socket_address)]
         listen: String,
         /// Delays every Bot API call by N milliseconds, as if Telegram were far away.
         #[arg(long, value_name = "N", default_value_t = 0)]
@@ -44,8 +44,9 @@ enum Command {
         /// The Telegram user id to write as.
         #[arg(long = "user", value_name = "ID", default_value_t = 1001)]
         user_id: i64,
-        /// How long to wait for the first answer, in milliseconds.
-        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        /// How long to wait for the first answer, in milliseconds (at most an hour).
+        #[arg(long, value_name = "N", default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(..=3_600_000))]
         wait_ms: u64,
         /// The message (words are joined with spaces).
         #[arg(required = true, value_name = "TEXT")]
@@ -67,14 +68,15 @@ enum Command {
         #[command(flatten)]
         server: Server,
         /// How many distinct users.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         users: u64,
         /// The first user's id; the others follow it.
         #[arg(long, value_name = "ID", default_value_t = 1_000_000,
               value_parser = clap::value_parser!(i64).range(1..))]
         first_user: i64,
-        /// How long to wait for every answer, in whole seconds.
-        #[arg(long, value_name = "S", default_value_t = 300)]
+        /// How long to wait for every answer, in whole seconds (at most a day).
+        #[arg(long, value_name = "S", default_value_t = 300,
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout_secs: u64,
     },
 }
@@ -86,13 +88,47 @@ struct Server {
     #[arg(
         long = "server",
         value_name = "URL",
-        default_value = "http://127.0.0.1:8081"
+        default_value = "http://127.0.0.1:8081",
+        value_parser = http_url
     )]
     url: String,
 }
 
+/// An address to listen on (`HOST:PORT`), checked as the command line is read.
+fn socket_address(text: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not an address to listen on (HOST:PORT): {e}"))
+}
+
+/// An http(s) URL, checked as the command line is read.
+fn http_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(text.to_owned())
+        }
+        Ok(_) => Err("not an http:// or https:// URL with a host".into()),
+        Err(e) => Err(format!("not a URL: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::parse();
+    if let Command::Load {
+        users, first_user, ..
+    } = &cli.command
+        && first_user.checked_add(*users as i64).is_none()
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                "--first-user plus --users goes past the largest user id",
+            )
+            .exit();
+    }
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("telegram-standin: {message}");

@@ -18,7 +18,10 @@ use crate::secrets;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How long a program stopped (SIGKILL to its group) may take to be reaped.
-const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest wait any caller may ask for (a longer one overflows the clock's arithmetic).
+const LONGEST_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The size to plan a copy's or a migration's time for when it cannot be known (a damaged
 /// file, a container made before sizes were labelled): about 50 minutes of copy.
@@ -67,8 +70,10 @@ impl std::fmt::Debug for Finished {
 /// with the working directory and environment an xshell `Shell` gave it.
 pub struct Argv {
     expression: duct::Expression,
-    /// The command line as shown, scrubbed.
+    /// The command line, scrubbed whenever it is shown (a secret may be registered later).
     shown: String,
+    /// The working directory, when not this process's.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Argv {
@@ -92,7 +97,8 @@ impl Argv {
                 crate::signals::own_group(command);
                 Ok(())
             }),
-            shown: secrets::scrub(shown),
+            shown: shown.to_owned(),
+            dir: None,
         }
     }
 
@@ -101,7 +107,13 @@ impl Argv {
         Argv {
             expression: self.expression.dir(dir),
             shown: self.shown,
+            dir: Some(dir.to_owned()),
         }
+    }
+
+    /// The command line as it may be shown: scrubbed of the secrets known now.
+    pub fn shown(&self) -> String {
+        secrets::scrub(&self.shown)
     }
 
     /// Starts it with standard input from /dev/null and its output captured.
@@ -115,11 +127,26 @@ impl Argv {
         &self,
         io: impl FnOnce(duct::Expression) -> duct::Expression,
     ) -> std::io::Result<Started> {
-        let handle = io(self.expression.clone()).unchecked().start()?;
+        let handle = io(self.expression.clone())
+            .unchecked()
+            .start()
+            .map_err(|e| match &self.dir {
+                // The kernel says "not found" for a missing folder as for a missing program.
+                Some(dir) if !dir.is_dir() => std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the working directory {} of `{}` does not exist",
+                        dir.display(),
+                        self.shown()
+                    ),
+                ),
+                _ => std::io::Error::new(e.kind(), format!("cannot run `{}`: {e}", self.shown())),
+            })?;
         let tracked = handle.pids().into_iter().map(Tracked::new).collect();
         Ok(Started {
             handle,
             shown: self.shown.clone(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             _tracked: tracked,
         })
     }
@@ -132,7 +159,8 @@ impl From<Cmd<'_>> for Argv {
         let shown = cmd.to_string();
         let command = std::process::Command::from(cmd);
         let mut expression = duct::cmd(command.get_program(), command.get_args());
-        if let Some(dir) = command.get_current_dir() {
+        let dir = command.get_current_dir().map(Path::to_owned);
+        if let Some(dir) = &dir {
             expression = expression.dir(dir);
         }
         for (key, value) in command.get_envs() {
@@ -141,7 +169,10 @@ impl From<Cmd<'_>> for Argv {
                 None => expression.env_remove(key),
             };
         }
-        Argv::of(expression, &shown)
+        Argv {
+            dir,
+            ..Argv::of(expression, &shown)
+        }
     }
 }
 
@@ -150,6 +181,8 @@ impl From<Cmd<'_>> for Argv {
 pub struct Started {
     handle: duct::Handle,
     shown: String,
+    /// Whether [`Started::stop`] has run: it kills and waits once, not again when dropped.
+    stopped: std::sync::atomic::AtomicBool,
     _tracked: Vec<Tracked>,
 }
 
@@ -162,28 +195,36 @@ impl Started {
     /// Waits at most `up_to` for it to end, and leaves it running past that: for a caller that
     /// watches more than one thing within a deadline of its own.
     pub fn wait_briefly(&self, up_to: Duration) -> Option<&Output> {
-        self.handle.wait_timeout(up_to).ok().flatten()
+        self.handle
+            .wait_timeout(up_to.min(LONGEST_WAIT))
+            .ok()
+            .flatten()
     }
 
     /// Waits at most `timeout` for it to end: what it printed and its status. Past that it is
     /// stopped, and the error names `what` was waited for and the command.
     pub fn wait_within(&self, what: &str, timeout: Duration) -> anyhow::Result<&Output> {
+        let timeout = timeout.min(LONGEST_WAIT);
+        // Scrubbed now, not when the command was built: a secret may be known only since.
+        let (what, shown) = (secrets::scrub(what), secrets::scrub(&self.shown));
         match self.handle.wait_timeout(timeout) {
             Ok(Some(output)) => Ok(output),
             Ok(None) => {
                 self.stop();
                 bail!(
-                    "{what}: `{}` did not finish within {:.1}s and was stopped; check that the Docker daemon answers (`docker info`)",
-                    self.shown,
+                    "{what}: `{shown}` did not finish within {:.1}s and was stopped; check that the Docker daemon answers (`docker info`)",
                     timeout.as_secs_f64()
                 )
             }
-            Err(e) => bail!("{what}: waiting for `{}` failed: {e}", self.shown),
+            Err(e) => bail!("{what}: waiting for `{shown}` failed: {e}"),
         }
     }
 
     /// Stops it and its process group (SIGKILL), and reaps it within [`REAP_TIMEOUT`].
     pub fn stop(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Ok(None) = self.handle.try_wait() {
             // Its group's id is its pid, which is not reused while the group has a member.
             for pid in self.handle.pids() {
@@ -246,18 +287,18 @@ pub fn run_within(
     timeout: Duration,
 ) -> anyhow::Result<Finished> {
     let command = command.into();
-    let shown = command.shown.clone();
-    let (status, finished) = run_to_end(command, what, timeout)?;
+    let (status, finished) = run_argv_to_end(&command, what, timeout)?;
     if !status.success() {
         let code = status
             .code()
             .map_or("a signal".to_owned(), |c| c.to_string());
         return Err(Exited {
             code: status.code(),
-            message: format!(
-                "{what}: `{shown}` exited with {code}:\n{}",
+            message: secrets::scrub(&format!(
+                "{what}: `{}` exited with {code}:\n{}",
+                command.shown,
                 tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
-            ),
+            )),
             stdout: finished.stdout,
         }
         .into());
@@ -303,11 +344,18 @@ pub fn run_to_end(
     what: &str,
     timeout: Duration,
 ) -> anyhow::Result<(ExitStatus, Finished)> {
-    let command = command.into();
+    run_argv_to_end(&command.into(), what, timeout)
+}
+
+fn run_argv_to_end(
+    command: &Argv,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<(ExitStatus, Finished)> {
     let what = secrets::scrub(what);
     let started = match command.start() {
         Ok(started) => started,
-        Err(e) => bail!("{what}: cannot run `{}`: {e}", command.shown),
+        Err(e) => bail!("{what}: {e}"),
     };
     let output = started.wait_within(&what, timeout)?;
     Ok((output.status, Finished::of(output)))
@@ -318,17 +366,32 @@ pub fn run_to_end(
 /// or nobody reads this tool's output any more (`| head`). Fails when it exits non-zero.
 pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
     let command = command.into();
     let (out_reader, out_writer) = std::io::pipe().context("cannot make a pipe")?;
     let (err_reader, err_writer) = std::io::pipe().context("cannot make a pipe")?;
-    let started = command
-        .start_with(|e| {
-            e.stdin_null()
-                .stdout_file(out_writer)
-                .stderr_file(err_writer)
-        })
-        .with_context(|| format!("cannot run `{}`", command.shown))?;
-    let errors = std::thread::spawn(move || {
+    let started = command.start_with(|e| {
+        e.stdin_null()
+            .stdout_file(out_writer)
+            .stderr_file(err_writer)
+    })?;
+    // Read apart from the wait: the program's end, not the pipes', ends the stream (a child it
+    // left in the background may hold them open).
+    let reader_gone = std::sync::Arc::new(AtomicBool::new(false));
+    let gone = reader_gone.clone();
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(out_reader)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
+                gone.store(true, Ordering::SeqCst); // the reader went away (`| head`)
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
         for line in BufReader::new(err_reader)
             .split(b'\n')
             .map_while(Result::ok)
@@ -336,22 +399,19 @@ pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
             eprintln!("{}", secrets::scrub(&String::from_utf8_lossy(&line)));
         }
     });
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(out_reader)
-        .split(b'\n')
-        .map_while(Result::ok)
-    {
-        if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
-            started.stop(); // the reader went away (`| head`)
-            break;
+    let status = loop {
+        if let Some(output) = started.wait_briefly(Duration::from_millis(100)) {
+            break output.status;
         }
-    }
-    let status = started
-        .wait_within("ending after its output closed", DEFAULT_TIMEOUT)?
-        .status;
-    let _ = errors.join();
+        if reader_gone.load(Ordering::SeqCst) {
+            started.stop();
+            return Ok(());
+        }
+    };
+    // What it printed last gets a moment to be shown.
+    std::thread::sleep(Duration::from_millis(100));
     if !status.success() && status.code().is_some() {
-        bail!("`{}` exited with {status}", command.shown);
+        bail!("`{}` exited with {status}", command.shown());
     }
     Ok(())
 }

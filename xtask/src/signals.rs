@@ -68,12 +68,42 @@ fn on_signal(signal: i32) {
         return;
     }
     let step = crate::journal::interrupted(name);
-    for group in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    let groups: Vec<u32> = CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect();
+    for group in &groups {
         // The group's leader is the child: its pid is the group's id.
         // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
         unsafe {
             libc::kill(-(*group as i32), SIGTERM);
         }
+    }
+    // A program that ignores SIGTERM is not left behind: 2 s, then SIGKILL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let alive: Vec<u32> = groups
+            .iter()
+            .copied()
+            .filter(|group| {
+                // SAFETY: waitpid reaps our own child if it ended (a zombie still counts as a
+                // member); kill with signal 0 only asks whether the group has a member.
+                unsafe {
+                    libc::waitpid(*group as i32, std::ptr::null_mut(), libc::WNOHANG);
+                    libc::kill(-(*group as i32), 0) == 0
+                }
+            })
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            alive.into_iter().for_each(kill_group);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     eprintln!(
         "\nstopped by {name}{}; nothing was changed",

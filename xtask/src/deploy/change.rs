@@ -224,8 +224,16 @@ impl Deploy<'_> {
             // Nothing was migrated and the old bot may still serve: the new one goes, and
             // when it cannot (the engine went away), the error says what runs.
             let at = super::where_flags(self.args);
+            // One line: what `docker rm` said last (the engine's own words) is enough here.
+            let said = format!("{e:#}");
+            let said = said
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .unwrap_or_default()
+                .to_owned();
             return Err(outcome.err().unwrap_or_else(|| anyhow::anyhow!("the deploy stopped")).context(format!(
-                "the new bot's container {} could not be removed ({e:#}) and may run beside the old one with the same token; once the engine answers, `cargo xtask status{at}` shows it and the next deploy (or `cargo xtask recover{at}`) removes it",
+                "the new bot's container {} may run beside the old one with the same token: it could not be removed ({said}); once the engine answers, `cargo xtask status{at}` shows it and the next deploy (or `cargo xtask recover{at}`) removes it",
                 short(&new_bot.id)
             )));
         }

@@ -189,16 +189,21 @@ pub struct Started {
 impl Started {
     /// What it printed and its status, once it has ended.
     pub fn try_wait(&self) -> Option<&Output> {
-        self.handle.try_wait().ok().flatten()
+        let ended = self.handle.try_wait().ok().flatten();
+        crate::signals::wait_if_stopping();
+        ended
     }
 
     /// Waits at most `up_to` for it to end, and leaves it running past that: for a caller that
     /// watches more than one thing within a deadline of its own.
     pub fn wait_briefly(&self, up_to: Duration) -> Option<&Output> {
-        self.handle
+        let ended = self
+            .handle
             .wait_timeout(up_to.min(LONGEST_WAIT))
             .ok()
-            .flatten()
+            .flatten();
+        crate::signals::wait_if_stopping();
+        ended
     }
 
     /// Waits at most `timeout` for it to end: what it printed and its status. Past that it is
@@ -207,7 +212,9 @@ impl Started {
         let timeout = timeout.min(LONGEST_WAIT);
         // Scrubbed now, not when the command was built: a secret may be known only since.
         let (what, shown) = (secrets::scrub(what), secrets::scrub(&self.shown));
-        match self.handle.wait_timeout(timeout) {
+        let ended = self.handle.wait_timeout(timeout);
+        crate::signals::wait_if_stopping();
+        match ended {
             Ok(Some(output)) => Ok(output),
             Ok(None) => {
                 self.stop();

@@ -67,6 +67,7 @@ fn on_signal(signal: i32) {
         }
         return;
     }
+    STOPPING.store(true, Ordering::SeqCst);
     let step = crate::journal::interrupted(name);
     let groups: Vec<u32> = CHILDREN
         .lock()
@@ -91,6 +92,17 @@ fn on_signal(signal: i32) {
             .unwrap_or_default()
     );
     std::process::exit(128 + signal);
+}
+
+/// Set once a signal stops the task: the handler is about to exit.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// When a signal is stopping the task, never returns: the handler exits the process, and the
+/// task must not see its programs end by that signal and report a failure of its own.
+pub fn wait_if_stopping() {
+    while STOPPING.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
 }
 
 /// Runs `command` in a process group of its own (see the module's documentation).

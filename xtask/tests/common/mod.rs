@@ -312,7 +312,17 @@ impl Project {
             .quiet()
             .ignore_status()
             .output();
-        let _ = run("docker", &["volume", "rm", "-f", &self.volume()]);
+        // Containers outside Compose's sight that a test made on the volume (a bot started by
+        // hand, a kept migration) would keep it.
+        let volume = self.volume();
+        let users = run(
+            "docker",
+            &["ps", "-aq", "--filter", &format!("volume={volume}")],
+        );
+        for id in String::from_utf8_lossy(&users.stdout).split_whitespace() {
+            let _ = run("docker", &["rm", "-f", id]);
+        }
+        let _ = run("docker", &["volume", "rm", "-f", &volume]);
     }
 }
 

@@ -120,7 +120,7 @@ pub fn main() -> std::process::ExitCode {
         Task::ProdFullUpdate(args) => deploy_task(&sh, Mode::FullUpdate, args),
         Task::Recover(args) => deploy_task(&sh, Mode::Recover, args),
         Task::Restore(args) => {
-            let stack_args = args_stack(&args);
+            let stack_args = args.stack_args();
             reported(&sh, "restore", stack_args, move |sh, _, printer, report| {
                 tasks::restore::run(sh, args, printer, report)
             })
@@ -187,10 +187,6 @@ fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {
         options.stack(),
         |sh, args, printer, report| deploy::run(sh, args, &import, mode, printer, report),
     )
-}
-
-fn args_stack(args: &tasks::restore::Args) -> StackArgs {
-    args.stack_args()
 }
 
 /// Runs a task that changes things, timing it and printing its final report.

@@ -101,15 +101,7 @@ impl Engine {
             Some((user, server)) => (Some(user.to_owned()), server),
             None => (None, rest),
         };
-        let (server, port) = match server.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => {
-                match port.parse() {
-                    Ok(port) => (name, Some(port)),
-                    Err(_) => (server, None),
-                }
-            }
-            _ => (server, None),
-        };
+        let (server, port) = split_port(server).unwrap_or((server, None));
         Some(SshTarget {
             user,
             server: server

@@ -230,15 +230,7 @@ impl Stack {
         running: &ContainerState,
     ) -> anyhow::Result<ContainerState> {
         process::run(
-            self.cmd(sh).args([
-                "up",
-                "-d",
-                "--no-deps",
-                "--no-recreate",
-                "--scale",
-                "bot=2",
-                "bot",
-            ]),
+            self.beside_cmd(sh),
             "starting the new bot beside the old one",
         )?;
         let mut others: Vec<ContainerState> = self
@@ -257,6 +249,12 @@ impl Stack {
                     .join(", ")
             ),
         }
+    }
+
+    /// The command of [`Stack::start_beside`].
+    pub fn beside_cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
+        let up = ["up", "-d", "--no-deps", "--no-recreate", "--scale"];
+        self.cmd(sh).args(up).args(["bot=2", "bot"])
     }
 
     /// The `up -d` command for the bot (and the stand-in in demo runs).

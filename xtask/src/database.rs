@@ -14,7 +14,7 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
-use crate::docker;
+use crate::docker::{self, Throwaway};
 use crate::exit;
 use crate::process;
 
@@ -56,30 +56,35 @@ impl BackupPlace {
             out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == BACKUP_VOLUME
         });
         if has_volume {
-            BackupPlace {
-                path: format!("{BACKUP_VOLUME}/{file}"),
-                // SQLite's temporary files (the sorts of an index build or a GROUP BY) go there
-                // too: in the container's own layer they made a migration twice as slow.
-                create_args: vec![
-                    "-v".into(),
-                    BACKUP_VOLUME.into(),
-                    "-e".into(),
-                    format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
-                    // The bot service's hardening (docker-compose.prod.yml), which a container
-                    // made by `docker create` does not inherit: it writes only to the volumes
-                    // (/data, and its copy and temporary files here), as the bot's own user.
-                    "--read-only".into(),
-                    "--cap-drop".into(),
-                    "ALL".into(),
-                    "--security-opt".into(),
-                    "no-new-privileges".into(),
-                ],
-            }
+            BackupPlace::in_volume(file)
         } else {
             BackupPlace {
                 path: format!("/tmp/{file}"),
                 create_args: Vec::new(),
             }
+        }
+    }
+
+    /// In the backup volume, as for an image built from this checkout's Dockerfile.
+    pub fn in_volume(file: &str) -> BackupPlace {
+        BackupPlace {
+            path: format!("{BACKUP_VOLUME}/{file}"),
+            // SQLite's temporary files (the sorts of an index build or a GROUP BY) go there
+            // too: in the container's own layer they made a migration twice as slow.
+            create_args: vec![
+                "-v".into(),
+                BACKUP_VOLUME.into(),
+                "-e".into(),
+                format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
+                // The bot service's hardening (docker-compose.prod.yml), which a container
+                // made by `docker create` does not inherit: it writes only to the volumes
+                // (/data, and its copy and temporary files here), as the bot's own user.
+                "--read-only".into(),
+                "--cap-drop".into(),
+                "ALL".into(),
+                "--security-opt".into(),
+                "no-new-privileges".into(),
+            ],
         }
     }
 }
@@ -401,21 +406,12 @@ impl MigrationContainer {
         labels: &MigrationLabels,
         extra: &[&str],
     ) -> anyhow::Result<MigrationContainer> {
-        let mount = format!("{}:/data", stack.volume());
         let place = BackupPlace::for_image(sh, image, "pre-deploy.db");
-        let label_args = labels.args(stack, &place);
-        let stdin: &[&str] = if extra.is_empty() { &[] } else { &["-i"] };
-        let (volume, backup) = (&place.create_args, &place.path);
-        let id = process::run(
-            cmd!(
-                sh,
-                "docker create {label_args...} {volume...} {stdin...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {backup} {extra...} --json"
-            ),
-            "preparing the migration",
-        )?
-        .stdout
-        .trim()
-        .to_owned();
+        let create = Self::create_cmd(sh, stack, image, labels, &place, !extra.is_empty());
+        let id = process::run(create, "preparing the migration")?
+            .stdout
+            .trim()
+            .to_owned();
         Ok(MigrationContainer {
             id,
             bytes: labels.bytes,
@@ -423,12 +419,44 @@ impl MigrationContainer {
         })
     }
 
+    /// The `docker create` command of a migration container writing its backup to `place`
+    /// (one that waits for `go` on its stdin when `waiting`): what the deploy runs, and what
+    /// its dry run shows.
+    pub fn create_cmd<'a>(
+        sh: &'a Shell,
+        stack: &Stack,
+        image: &str,
+        labels: &MigrationLabels,
+        place: &BackupPlace,
+        waiting: bool,
+    ) -> xshell::Cmd<'a> {
+        let mount = format!("{}:/data", stack.volume());
+        let label_args = labels.args(stack, place);
+        let (stdin, extra): (&[&str], &[&str]) = if waiting {
+            (&["-i"], &["--wait-for-go"])
+        } else {
+            (&[], &[])
+        };
+        let (volume, backup) = (&place.create_args, &place.path);
+        cmd!(
+            sh,
+            "docker create {label_args...} {volume...} {stdin...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {backup} {extra...} --json"
+        )
+    }
+
+    /// `docker start` for the migration container `id`: attached, and with its stdin when it
+    /// waits for `go`.
+    pub fn start_argv(id: &str, waiting: bool) -> process::Argv {
+        let attach = if waiting { "-ai" } else { "-a" };
+        process::Argv::new("docker", ["start", attach, id])
+    }
+
     /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
     /// and waiting.
     pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
         let (stdin_reader, stdin) = std::io::pipe().context("cannot make a pipe")?;
         let (stderr, stderr_writer) = std::io::pipe().context("cannot make a pipe")?;
-        let started = process::Argv::new("docker", ["start", "-ai", &self.id])
+        let started = Self::start_argv(&self.id, true)
             .start_with(|e| {
                 e.stdin_file(stdin_reader)
                     .stdout_capture()
@@ -468,10 +496,9 @@ impl MigrationContainer {
     }
 
     /// Runs it to the end; returns what `bot db upgrade --json` reported.
-    pub fn run(&self, sh: &Shell) -> anyhow::Result<UpgradeReport> {
-        let id = &self.id;
+    pub fn run(&self) -> anyhow::Result<UpgradeReport> {
         let out = process::run_within(
-            cmd!(sh, "docker start -a {id}"),
+            Self::start_argv(&self.id, false),
             "migrating the database",
             process::migration_limit(self.bytes),
         )?;
@@ -499,7 +526,7 @@ pub fn copy_out(sh: &Shell, source: &str, host_file: &Path, bytes: u64) -> anyho
     let partial = partial_name(host_file);
     let _ = std::fs::remove_file(&partial);
     let copied = process::run_within(
-        cmd!(sh, "docker cp {source} {partial}"),
+        copy_out_cmd(sh, source, &partial),
         "copying the file to this machine",
         process::copy_limit(bytes),
     )
@@ -519,6 +546,11 @@ pub fn copy_out(sh: &Shell, source: &str, host_file: &Path, bytes: u64) -> anyho
         let _ = std::fs::remove_file(&partial);
     }
     copied
+}
+
+/// The `docker cp` command of [`copy_out`], which writes to `partial` first.
+pub fn copy_out_cmd<'a>(sh: &'a Shell, source: &str, partial: &Path) -> xshell::Cmd<'a> {
+    cmd!(sh, "docker cp {source} {partial}")
 }
 
 /// Where a copy to `file` is written until it is whole.
@@ -587,20 +619,6 @@ impl WaitingMigration {
     }
 }
 
-/// Creates a container with `create` (a `docker create` command), runs `work` with its id,
-/// and removes it whatever `work` returned.
-fn with_container<T>(
-    sh: &Shell,
-    create: xshell::Cmd<'_>,
-    what: &str,
-    work: impl FnOnce(&str) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let id = process::run(create, what)?.stdout.trim().to_owned();
-    let result = work(&id);
-    let _ = crate::process::output(cmd!(sh, "docker rm -f -v {id}"));
-    result
-}
-
 /// Takes a checked online backup of the live database into `host_file` on this machine.
 pub fn back_up_to_host(
     sh: &Shell,
@@ -613,23 +631,16 @@ pub fn back_up_to_host(
     let labels = helper_labels(&stack.project);
     let place = BackupPlace::for_image(sh, image, "backup.db");
     let (volume, backup) = (&place.create_args, &place.path);
-    with_container(
+    let helper = Throwaway::create(
         sh,
         cmd!(
             sh,
             "docker create {labels...} {volume...} --user {BOT_OWNER} -v {mount} {image} db backup {backup} --json"
         ),
         "preparing the backup",
-        |id| {
-            let source = format!("{id}:{backup}");
-            process::run_within(
-                cmd!(sh, "docker start -a {id}"),
-                "backing up the database",
-                process::copy_limit(bytes),
-            )?;
-            copy_out(sh, &source, host_file, bytes)
-        },
-    )
+    )?;
+    helper.run("backing up the database", process::copy_limit(bytes))?;
+    copy_out(sh, &format!("{}:{backup}", helper.id), host_file, bytes)
 }
 
 /// Replaces the live database with `host_file` (checked by the engine first), owned by the
@@ -646,27 +657,21 @@ pub fn restore_from_host(
     let labels = helper_labels(&stack.project);
     let bytes = std::fs::metadata(host_file).map_or(0, |m| m.len());
     let damaged = replace_damaged.then_some("--replace-damaged");
-    let out = with_container(
+    let helper = Throwaway::create(
         sh,
         cmd!(
             sh,
             "docker create {labels...} --user 0:0 -v {mount} {image} db restore /tmp/restore-source.db {damaged...} --owner {BOT_OWNER} --json"
         ),
         "preparing the restore",
-        |id| {
-            let target = format!("{id}:/tmp/restore-source.db");
-            process::run_within(
-                cmd!(sh, "docker cp {host_file} {target}"),
-                "copying the database file to Docker",
-                process::copy_limit(bytes),
-            )?;
-            process::run_within(
-                cmd!(sh, "docker start -a {id}"),
-                "restoring the database",
-                process::migration_limit(bytes),
-            )
-        },
     )?;
+    helper.copy_in(
+        host_file,
+        "/tmp/restore-source.db",
+        "copying the database file to Docker",
+        process::copy_limit(bytes),
+    )?;
+    let out = helper.run("restoring the database", process::migration_limit(bytes))?;
     parse_last(&out.stdout, "`bot db restore --json`")
 }
 
@@ -791,12 +796,12 @@ pub fn copy_from_volume(
 ) -> anyhow::Result<()> {
     let mount = format!("{}:/data", stack.volume());
     let labels = helper_labels(&stack.project);
-    with_container(
+    let helper = Throwaway::create(
         sh,
         cmd!(sh, "docker create {labels...} -v {mount} {image} db status"),
         "preparing the copy out of the volume",
-        |id| copy_out(sh, &format!("{id}:{file}"), host_file, bytes),
-    )
+    )?;
+    copy_out(sh, &format!("{}:{file}", helper.id), host_file, bytes)
 }
 
 /// A temporary file on this machine, removed when dropped.

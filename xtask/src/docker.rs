@@ -1,8 +1,11 @@
 //! The Docker engine: reachable or not, images, containers.
 
+use std::path::Path;
+use std::time::Duration;
+
 use anyhow::Context;
 use serde_json::Value;
-use xshell::{Shell, cmd};
+use xshell::{Cmd, Shell, cmd};
 
 use crate::exit;
 use crate::process;
@@ -209,4 +212,47 @@ pub fn logs_tail(sh: &Shell, id: &str, lines: usize) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+/// A created container that tasks use once and throw away: files copied in, started to the
+/// end, files copied out. It is removed, with its anonymous volumes, when dropped, whatever
+/// the work in between returned. (A run killed meanwhile leaves it; its labels let the next
+/// run find it.)
+pub struct Throwaway<'a> {
+    sh: &'a Shell,
+    /// Its id.
+    pub id: String,
+}
+
+impl<'a> Throwaway<'a> {
+    /// Creates it with `create` (a `docker create` command); `what` names it in errors.
+    pub fn create(sh: &'a Shell, create: Cmd<'_>, what: &str) -> anyhow::Result<Throwaway<'a>> {
+        let id = process::run(create, what)?.stdout.trim().to_owned();
+        Ok(Throwaway { sh, id })
+    }
+
+    /// Copies `from` on this machine to `to` inside it, within `limit`.
+    pub fn copy_in(
+        &self,
+        from: &Path,
+        to: &str,
+        what: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let (sh, target) = (self.sh, format!("{}:{to}", self.id));
+        process::run_within(cmd!(sh, "docker cp {from} {target}"), what, limit).map(drop)
+    }
+
+    /// Starts it and waits for its end within `limit`: what it printed.
+    pub fn run(&self, what: &str, limit: Duration) -> anyhow::Result<process::Finished> {
+        let (sh, id) = (self.sh, &self.id);
+        process::run_within(cmd!(sh, "docker start -a {id}"), what, limit)
+    }
+}
+
+impl Drop for Throwaway<'_> {
+    fn drop(&mut self) {
+        let (sh, id) = (self.sh, &self.id);
+        let _ = process::output(cmd!(sh, "docker rm -f -v {id}"));
+    }
 }

@@ -1,10 +1,10 @@
 //! Building the static binaries and the `scratch` images.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
-use xshell::{Shell, cmd};
+use xshell::{Cmd, Shell, cmd};
 
 use crate::compose::Stack;
 use crate::docker;
@@ -29,7 +29,7 @@ pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Res
     // one copy, which another build must not replace meanwhile.
     let binaries = build_binaries(sh, schema_head)?;
     let release = &binaries.dir;
-    let context = root.join("target/docker-context");
+    let context = root.join(DOCKER_CONTEXT);
     // A fresh folder and fresh copies: the legacy builder can take a hard-linked binary for an
     // unchanged one and ship the old image.
     if context.exists() {
@@ -41,19 +41,8 @@ pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Res
     for binary in ["bot", "telegram-standin"] {
         std::fs::copy(release.join(binary), context.join(binary))?;
     }
-    build_image(
-        sh,
-        &root.join("docker/Dockerfile"),
-        &context,
-        &stack.bot_image,
-    )?;
-    if stack.demo {
-        build_image(
-            sh,
-            &root.join("docker/standin.Dockerfile"),
-            &context,
-            &stack.standin_image,
-        )?;
+    for (build, tag) in image_builds(sh, stack) {
+        process::run(build, &format!("building the image {tag}"))?;
     }
     let bot = docker::image_id(sh, &stack.bot_image)?.ok_or_else(|| {
         anyhow::anyhow!("the image {} was built but is not there", stack.bot_image)
@@ -161,15 +150,29 @@ fn compile(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<()> {
     .map(drop)
 }
 
-fn build_image(sh: &Shell, dockerfile: &Path, context: &Path, tag: &str) -> anyhow::Result<()> {
-    process::run(
-        cmd!(
-            sh,
-            "docker build --quiet -f {dockerfile} -t {tag} {context}"
-        ),
-        &format!("building the image {tag}"),
-    )
-    .map(drop)
+/// The folder the images are built from: the binaries and the empty folders they need.
+const DOCKER_CONTEXT: &str = "target/docker-context";
+
+/// The `docker build` commands [`build`] runs, in order, with the tag each makes: the bot's
+/// image, and the stand-in's in demo runs (a dry run shows them).
+pub fn image_builds<'a>(sh: &'a Shell, stack: &Stack) -> Vec<(Cmd<'a>, String)> {
+    let root = project::root();
+    let context = root.join(DOCKER_CONTEXT);
+    let mut images = vec![("docker/Dockerfile", &stack.bot_image)];
+    if stack.demo {
+        images.push(("docker/standin.Dockerfile", &stack.standin_image));
+    }
+    images
+        .into_iter()
+        .map(|(file, tag)| {
+            let dockerfile = root.join(file);
+            let build = cmd!(
+                sh,
+                "docker build --quiet -f {dockerfile} -t {tag} {context}"
+            );
+            (build, tag.clone())
+        })
+        .collect()
 }
 
 /// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`:

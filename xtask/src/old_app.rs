@@ -22,7 +22,7 @@ use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
 use crate::database::{self, DbStatus};
-use crate::docker::{self, ContainerState, Mount};
+use crate::docker::{self, ContainerState, Mount, Throwaway};
 use crate::exit;
 use crate::process;
 
@@ -317,7 +317,7 @@ fn candidates(listing: &Search) -> Vec<(String, u64)> {
 }
 
 /// Runs `bot db import <args>` in a throw-away container that sees the source, as root (the
-/// old app's files are root's), with more `docker run` options `extra`.
+/// old app's files are root's), with more `docker create` options `extra`.
 fn run_import(
     sh: &Shell,
     image: &str,
@@ -326,7 +326,7 @@ fn run_import(
     args: &[&str],
     what: &str,
 ) -> anyhow::Result<Value> {
-    let out = match source {
+    let (mounts, inside, host_file) = match source {
         Source::Container { id, path, .. } => {
             let old = docker::inspect(sh, id)?;
             if mount_holding(&old, path).is_none() {
@@ -335,79 +335,44 @@ fn run_import(
                     old.name, old.name
                 )));
             }
-            let inside = format!("{OLD_ROOT}{path}");
-            // Named, so that a timeout (which stops only the client) can remove it too.
-            let name = helper_name("import");
-            let result = process::run_within(
-                cmd!(
-                    sh,
-                    "docker run --rm --name {name} --user 0:0 --network none"
-                )
-                .args(mount_args(&old))
-                .args(extra)
-                .arg(image)
-                .args(["db", "import", &inside])
-                .args(args),
-                what,
-                process::copy_limit(0),
-            );
-            if result.is_err() {
-                let _ = crate::process::output(cmd!(sh, "docker rm -f {name}"));
-            }
-            result?
+            (mount_args(&old), format!("{OLD_ROOT}{path}"), None)
         }
-        Source::HostFile(file) => {
-            let id = process::run(
-                cmd!(sh, "docker create --user 0:0 --network none")
-                    .args(database::helper_labels(project_of(image)))
-                    .args(extra)
-                    .arg(image)
-                    .args(["db", "import", HOST_FILE_IN_CONTAINER])
-                    .args(args),
-                "preparing the import",
-            )?
-            .stdout
-            .trim()
-            .to_owned();
-            let result = (|| {
-                let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-                // The crash leftovers travel with the file, so SQLite recovers the copy.
-                for suffix in ["", "-journal", "-wal"] {
-                    let from = PathBuf::from(format!("{}{suffix}", file.display()));
-                    if suffix.is_empty() || from.exists() {
-                        let to = format!("{id}:{HOST_FILE_IN_CONTAINER}{suffix}");
-                        process::run_within(
-                            cmd!(sh, "docker cp {from} {to}"),
-                            "copying the database to import to Docker",
-                            process::copy_limit(size),
-                        )?;
-                    }
-                }
-                process::run_within(
-                    cmd!(sh, "docker start -a {id}"),
-                    what,
-                    process::copy_limit(size),
-                )
-            })();
-            let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
-            result?
-        }
+        Source::HostFile(file) => (Vec::new(), HOST_FILE_IN_CONTAINER.to_owned(), Some(file)),
     };
+    let helper = Throwaway::create(
+        sh,
+        cmd!(sh, "docker create --user 0:0 --network none")
+            .args(database::helper_labels(project_of(image)))
+            .args(mounts)
+            .args(extra)
+            .arg(image)
+            .args(["db", "import", &inside])
+            .args(args),
+        "preparing the import",
+    )?;
+    let size = host_file.map_or(0, |file| std::fs::metadata(file).map_or(0, |m| m.len()));
+    if let Some(file) = host_file {
+        // The crash leftovers travel with the file, so SQLite recovers the copy.
+        for suffix in ["", "-journal", "-wal"] {
+            let from = PathBuf::from(format!("{}{suffix}", file.display()));
+            if suffix.is_empty() || from.exists() {
+                helper.copy_in(
+                    &from,
+                    &format!("{inside}{suffix}"),
+                    "copying the database to import to Docker",
+                    process::copy_limit(size),
+                )?;
+            }
+        }
+    }
+    let out = helper.run(what, process::copy_limit(size))?;
     database::last_json(&out.stdout, "`bot db import`")
 }
 
-/// A unique name for a throw-away container of this process.
 /// The project an image tag `tgbot-bot:<project>` belongs to, for the labels of the helper
 /// containers made with it.
 fn project_of(image: &str) -> &str {
     image.rsplit_once(':').map_or(image, |(_, project)| project)
-}
-
-fn helper_name(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("tgbot-{what}-{}-{nanos}", std::process::id())
 }
 
 /// Checks the source on a copy (the old app still runs) and reads its state.

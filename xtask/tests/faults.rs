@@ -661,11 +661,11 @@ fn dry_runs_change_no_container_image_volume_or_backup() {
     assert_eq!(after_3.len() as u64, head() - 3);
     assert_eq!(plan["migrations"], serde_json::json!(after_3), "{plan}");
     assert!(
-        plan["plan"]
-            .as_array()
+        plan["plan"].as_array().unwrap().iter().any(|s| s
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|s| s.as_str().unwrap().starts_with("stop bot: docker stop"))
+            .starts_with("migrate database: docker stop -t 10")),
+        "a new image over a serving bot: the fast path, which stops the bot as the migration goes"
     );
     assert!(
         String::from_utf8_lossy(&update.stderr).contains("CREATE TABLE new_users"),

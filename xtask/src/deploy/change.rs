@@ -67,7 +67,7 @@ impl Deploy<'_> {
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
             signals::checkpoint()?;
-            printer.step(report, "stop bot", || stop_container(sh, &container.id))?;
+            printer.step(report, "stop bot", || stop_container(&container.id))?;
             changes.stopped_at = Some(Instant::now());
         }
         if fix_owner {
@@ -83,7 +83,7 @@ impl Deploy<'_> {
                 describe(status),
                 short(&migration.id)
             ));
-            let outcome = printer.step(report, "migrate database", || migration.run(sh))?;
+            let outcome = printer.step(report, "migrate database", || migration.run())?;
             self.record_migration(stack, status, &outcome, report, changes)?;
         }
         if changes.stopped_at.is_none() {
@@ -209,9 +209,8 @@ impl Deploy<'_> {
         if went {
             // The old bot is stopped: its container goes, as Compose's own replacement would
             // remove it, so that the service has one container again.
-            let old_id = &old.id;
             let removed = process::run(
-                xshell::cmd!(sh, "docker rm {old_id}"),
+                remove_argv(&old.id),
                 "removing the old bot's stopped container",
             );
             if let Err(e) = removed {
@@ -333,12 +332,10 @@ struct Replaced {
 /// migration to go the moment it has exited: `docker wait` printed its exit code, or the
 /// engine says it no longer runs.
 fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
-    let quiet = |args: &[&str]| {
-        process::Argv::new("docker", args)
-            .start_with(|e| e.stdin_null().stdout_null().stderr_capture())
-    };
-    let spawned = quiet(&["wait", old_id])
-        .and_then(|wait| quiet(&["stop", "-t", "10", old_id]).map(|stop| (wait, stop)));
+    let quiet =
+        |argv: process::Argv| argv.start_with(|e| e.stdin_null().stdout_null().stderr_capture());
+    let spawned = quiet(process::Argv::new("docker", ["wait", old_id]))
+        .and_then(|wait| quiet(stop_argv(old_id)).map(|stop| (wait, stop)));
     let (old_exit, stop) = match spawned {
         Ok(both) => both,
         Err(e) => {

@@ -2,22 +2,27 @@
 //! with their SQL; nothing is changed.
 
 use anyhow::Context;
+use migrations::State;
 use migrations::json::PlanReport;
 use xshell::cmd;
 
+use crate::backups;
 use crate::compose::Stack;
-use crate::database;
-use crate::docker::{self, ContainerState};
+use crate::database::{self, BackupPlace, MigrationContainer, MigrationLabels};
+use crate::docker::{self, ContainerState, Throwaway};
 use crate::images;
 use crate::old_app;
 use crate::process;
 use crate::report::Report;
 
+use super::shared::{remove_argv, stop_argv};
 use super::{Deploy, Mode, describe};
 
 impl Deploy<'_> {
     /// Prints what the deploy would do and changes nothing: no image, container, volume or
-    /// backup is touched. The plan of migrations comes from this build's engine.
+    /// backup is touched. The plan of migrations comes from this build's engine; each Docker
+    /// and Compose command is made by the same function the deploy runs it from (ids not known
+    /// before the deploy shown as `<...>`).
     pub(super) fn dry_run(
         &self,
         stack: &Stack,
@@ -26,6 +31,7 @@ impl Deploy<'_> {
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
         let mut plan = Vec::new();
+        let shown = |command: process::Argv| command.shown();
         // Held while the plan runs the built binary: another build must not replace it.
         let bot = match self.mode {
             Mode::Migrate | Mode::Recover => None,
@@ -34,20 +40,26 @@ impl Deploy<'_> {
             })?),
         };
         if bot.is_some() {
-            plan.push(format!(
-                "build images: docker build -f docker/Dockerfile -t {} target/docker-context",
-                stack.bot_image
-            ));
+            for (build, _) in images::image_builds(sh, stack) {
+                plan.push(format!("build images: {}", shown(build.into())));
+            }
         }
         let (mut migrations, from, to) =
             printer.step(report, "plan migrations", || self.plan_migrations(stack))?;
         report.revision_before = from;
         report.revision_after = to;
+        let image = docker::image_id(sh, &stack.bot_image)?;
+        // Read only: the size and revision the migration container's labels carry.
+        let mut status = match &image {
+            Some(_) => Some(database::status(sh, stack, &stack.bot_image)?),
+            None => None,
+        };
         let old_app_present = before.is_some_and(|c| !c.is_ours());
-        if old_app_present || self.import.import.is_some() {
+        let from_old_app = old_app_present || self.import.import.is_some();
+        if from_old_app {
             let name = before.map_or_else(|| "(none)".to_owned(), |c| c.name.clone());
             let importing = !self.import.fresh;
-            if docker::image_id(sh, &stack.bot_image)?.is_some() && importing {
+            if image.is_some() && importing {
                 // Reading only: the same search and check the deploy makes first.
                 let old = printer.step(report, "look for the old app", || {
                     old_app::look(sh, &stack.bot_image, before, self.import)
@@ -69,61 +81,110 @@ impl Deploy<'_> {
                     });
                     report.revision_before = matched;
                     report.state_before = Some(planned.checked.status.state.to_string());
+                    status = Some(planned.checked.status.clone());
                 }
             } else if importing {
                 plan.push(format!(
                     "look for the old app: {name} is not ours; after the build its mounts are searched for its database (bot db find-databases) and the one found is checked on a copy (a dry run before the first build cannot search; the migrations below assume an empty volume)"
                 ));
             }
-            if old_app_present {
-                plan.push(format!("stop old app: docker stop {name}"));
+            if let Some(c) = before.filter(|c| old_app_present && c.is_running()) {
+                plan.push(format!("stop old app: {}", shown(stop_argv(&c.id))));
             }
             if importing {
                 plan.push(format!(
-                    "import database: bot db import <its database> into {}:/data (the backup API); it is adopted at the revision it matches",
+                    "import database: # bot db import <its database> into {}:/data (the backup API); it is adopted at the revision it matches",
                     stack.volume()
                 ));
             }
-            if old_app_present {
+        }
+        // The deploy's own choice of path (`Deploy::change`): the fast one for a new image
+        // with pending migrations while the bot serves and owns its files.
+        let running = before.filter(|c| c.is_ours() && c.status == "running");
+        let pending = !migrations.is_empty();
+        let image_changes =
+            self.mode.builds() || running.is_none_or(|c| Some(&c.image_id) != image.as_ref());
+        let fix_owner = match (&image, from_old_app) {
+            (Some(_), false) => {
+                !database::fix_ownership(sh, stack, &stack.bot_image, true)?.is_empty()
+            }
+            _ => false,
+        };
+        let fast = running.filter(|_| pending && image_changes && !fix_owner && !from_old_app);
+        let place = match self.mode.builds() {
+            true => BackupPlace::in_volume("pre-deploy.db"),
+            false => BackupPlace::for_image(sh, &stack.bot_image, "pre-deploy.db"),
+        };
+        let version = status.as_ref().and_then(|s| s.effective_version());
+        let backup_name = backups::name(&stack.project, &self.time, version, None);
+        let labels = MigrationLabels {
+            deploy: &self.time,
+            backup_name: &backup_name,
+            bytes: status.as_ref().map_or(0, |s| s.copy_bytes()),
+        };
+        let migration = "<migration>";
+        if pending {
+            let create = MigrationContainer::create_cmd(
+                sh,
+                stack,
+                &stack.bot_image,
+                &labels,
+                &place,
+                fast.is_some(),
+            );
+            plan.push(format!("prepare migration: {}", shown(create.into())));
+        }
+        if let Some(old) = fast {
+            plan.push(format!(
+                "start migration, waiting: {}",
+                shown(MigrationContainer::start_argv(migration, true))
+            ));
+            plan.push(format!(
+                "start new bot: {}",
+                shown(stack.beside_cmd(sh).into())
+            ));
+            plan.push(format!(
+                "migrate database: {} # `go` to the waiting migration the moment it has exited",
+                shown(stop_argv(&old.id))
+            ));
+            plan.push(format!("migrate database: {}", shown(remove_argv(&old.id))));
+        } else {
+            if let Some(c) = running {
+                plan.push(format!("stop bot: {}", shown(stop_argv(&c.id))));
+            }
+            if fix_owner {
                 plan.push(format!(
-                    "keep old app's container: docker commit {name} and a stopped copy out of Compose's sight"
+                    "fix volume ownership: # bot db fix-ownership --owner {} in a container on {}",
+                    database::BOT_OWNER,
+                    stack.volume()
+                ));
+            }
+            if pending {
+                plan.push(format!(
+                    "migrate database: {}",
+                    shown(MigrationContainer::start_argv(migration, false))
                 ));
             }
         }
-        match before {
-            Some(c) if !c.is_ours() => {}
-            Some(c) if c.status == "running" => {
-                plan.push("stop bot: docker stop <bot container>".into());
-            }
-            _ => {}
+        // The engine takes no backup of an empty database (nothing to lose).
+        if pending && status.as_ref().is_some_and(|s| s.state != State::Empty) {
+            let copy = database::copy_out_cmd(
+                sh,
+                &format!("{migration}:{}", place.path),
+                &database::partial_name(&self.state_dir.join(&backup_name)),
+            );
+            plan.push(format!("save backup: {}", shown(copy.into())));
         }
-        if !migrations.is_empty() {
+        if old_app_present {
             plan.push(format!(
-                "migrate database: docker run --user {} -v {}:/data -v {} {} db upgrade --adopt --backup-to {}/pre-deploy.db",
-                database::BOT_OWNER,
-                stack.volume(),
-                database::BACKUP_VOLUME,
-                stack.bot_image,
-                database::BACKUP_VOLUME
-            ));
-            plan.push(format!(
-                "save backup: docker cp <migration>:{}/pre-deploy.db {}/",
-                database::BACKUP_VOLUME,
-                self.state_dir.display()
+                "keep old app's container: # docker commit {} and a stopped copy out of Compose's sight",
+                before.map_or("", |c| c.name.as_str())
             ));
         }
-        plan.push(format!(
-            "start bot: {} -p {} up -d bot{}",
-            match stack.flavour {
-                crate::compose::Flavour::V1(_) =>
-                    "docker-compose -f docker/docker-compose.prod.yml",
-                crate::compose::Flavour::Plugin(_) =>
-                    "docker compose -f docker/docker-compose.prod.yml",
-            },
-            stack.project,
-            if stack.demo { " telegram-standin" } else { "" }
-        ));
-        plan.push("wait until healthy: docker inspect <bot container> (health)".into());
+        if fast.is_none() {
+            plan.push(format!("start bot: {}", shown(stack.up_cmd(sh).into())));
+        }
+        plan.push("wait until healthy: docker container inspect <bot-container> # until it reports healthy".into());
         printer.info("dry run: nothing was changed. The deploy would:");
         for line in &plan {
             printer.info(&format!("  {line}"));
@@ -168,25 +229,23 @@ impl Deploy<'_> {
                 "/tmp/bot-new"
             };
             let owner = database::BOT_OWNER;
-            let id = process::run(
-                cmd!(sh, "docker create --user {owner} -v {mount} --entrypoint {entry} {image} db upgrade --adopt --dry-run --json"),
+            let helper = Throwaway::create(
+                sh,
+                cmd!(
+                    sh,
+                    "docker create --user {owner} -v {mount} --entrypoint {entry} {image} db upgrade --adopt --dry-run --json"
+                ),
                 "preparing the plan",
-            )?
-            .stdout
-            .trim()
-            .to_owned();
-            let result = (|| {
-                if self.mode.builds() {
-                    let target = format!("{id}:/tmp/bot-new");
-                    process::run(
-                        cmd!(sh, "docker cp {host_bot} {target}"),
-                        "copying the new binary for the plan",
-                    )?;
-                }
-                process::run(cmd!(sh, "docker start -a {id}"), "planning the migrations")
-            })();
-            let _ = crate::process::output(cmd!(sh, "docker rm -f {id}"));
-            let out = result?;
+            )?;
+            if self.mode.builds() {
+                helper.copy_in(
+                    &host_bot,
+                    "/tmp/bot-new",
+                    "copying the new binary for the plan",
+                    process::DEFAULT_TIMEOUT,
+                )?;
+            }
+            let out = helper.run("planning the migrations", process::DEFAULT_TIMEOUT)?;
             let line = out
                 .stdout
                 .lines()

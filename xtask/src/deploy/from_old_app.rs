@@ -31,7 +31,7 @@ impl Deploy<'_> {
     ) -> anyhow::Result<()> {
         let (sh, printer) = (self.sh, self.printer);
         if let Some(container) = old.container.as_ref().filter(|c| c.is_running()) {
-            printer.step(report, "stop old app", || stop_container(sh, &container.id))?;
+            printer.step(report, "stop old app", || stop_container(&container.id))?;
             changes.stopped_at = Some(Instant::now());
         }
         if !database::volume_exists(sh, stack) {
@@ -58,7 +58,7 @@ impl Deploy<'_> {
             changes.migration = Some(migration);
             changes.migrated = true;
             let outcome = printer.step(report, "migrate database", || {
-                changes.migration.as_ref().expect("just set").run(sh)
+                changes.migration.as_ref().expect("just set").run()
             })?;
             self.record_migration(stack, &status, &outcome, report, changes)?;
         }

@@ -34,7 +34,7 @@ impl Deploy<'_> {
             .bot_container(sh)?
             .filter(|c| c.status == "running" || c.status == "restarting")
         {
-            stop_container(sh, &container.id)?;
+            stop_container(&container.id)?;
         }
         // A migration that committed nothing (refused before its first commit, e.g. because
         // its backup failed the check) left the database as it was: nothing to put back, and

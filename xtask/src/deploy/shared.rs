@@ -181,8 +181,18 @@ pub fn refuse_a_second_running_bot(sh: &Shell, stack: &Stack) -> anyhow::Result<
 }
 
 /// Stops a container (SIGTERM; the bot exits within a second).
-pub fn stop_container(sh: &Shell, id: &str) -> anyhow::Result<()> {
-    process::run(cmd!(sh, "docker stop -t 10 {id}"), "stopping the bot").map(drop)
+pub fn stop_container(id: &str) -> anyhow::Result<()> {
+    process::run(stop_argv(id), "stopping the bot").map(drop)
+}
+
+/// `docker rm` for the old bot's container `id` once stopped (the fast path's last command).
+pub fn remove_argv(id: &str) -> process::Argv {
+    process::Argv::new("docker", ["rm", id])
+}
+
+/// `docker stop` for the bot's container `id`, with the grace period Compose gives it.
+pub fn stop_argv(id: &str) -> process::Argv {
+    process::Argv::new("docker", ["stop", "-t", "10", id])
 }
 
 /// Waits until the bot's container reports healthy; fails at once when it exits or restarts.

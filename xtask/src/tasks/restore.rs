@@ -143,9 +143,7 @@ pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> an
                 "the restore runs to its end (stopping halfway would leave the bot down)",
             );
             if let Some(container) = container {
-                printer.step(report, "stop bot", || {
-                    deploy::stop_container(sh, &container.id)
-                })?;
+                printer.step(report, "stop bot", || deploy::stop_container(&container.id))?;
             }
             if !database::volume_exists(sh, &stack) {
                 database::create_volume(sh, &stack)?;

@@ -123,9 +123,7 @@ pub fn run(
         );
         let was_running = stack.running_bot(sh)?;
         if let Some(container) = &was_running {
-            printer.step(report, "stop bot", || {
-                deploy::stop_container(sh, &container.id)
-            })?;
+            printer.step(report, "stop bot", || deploy::stop_container(&container.id))?;
         }
         // Until the restore is done the database is the current one: a failure up to there
         // starts the bot that ran, as it was.

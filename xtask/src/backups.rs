@@ -184,7 +184,7 @@ pub fn prune(dir: &Path, project: &str, keep: usize) -> anyhow::Result<Pruned> {
 /// Prunes, and says what it deleted and what it kept for a rollback. A failure to prune is
 /// reported, never fatal: the task's work is done by then.
 pub fn prune_and_tell(
-    printer: &crate::output::Printer,
+    run: &crate::output::Run,
     dir: &Path,
     project: &str,
     keep: usize,
@@ -192,20 +192,20 @@ pub fn prune_and_tell(
     let pruned = match prune(dir, project, keep) {
         Ok(pruned) => pruned,
         Err(e) => {
-            printer.info(&format!("warning: old backups were not pruned: {e:#}"));
+            run.info(&format!("warning: old backups were not pruned: {e:#}"));
             return Ok(());
         }
     };
     let keep = keep.max(1);
     if !pruned.removed.is_empty() {
-        printer.info(&format!(
+        run.info(&format!(
             "pruned {} old backup{} (keeping the newest {keep})",
             pruned.removed.len(),
             if pruned.removed.len() == 1 { "" } else { "s" }
         ));
     }
     for (file, reason) in &pruned.kept_for_rollback {
-        printer.info(&format!(
+        run.info(&format!(
             "kept {} as well: {reason}",
             file.file_name().map_or(file.display().to_string(), |n| n
                 .to_string_lossy()

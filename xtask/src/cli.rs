@@ -8,9 +8,8 @@ use xshell::Shell;
 
 use crate::deploy::Mode;
 use crate::exit::ExitCode;
-use crate::output::Printer;
+use crate::output::Run;
 use crate::project::StackArgs;
-use crate::report::Report;
 use crate::{bench, deploy, exit, host, old_app, project, secrets, signals, tasks};
 
 /// Deploys and runs the bot with Docker Compose.
@@ -121,8 +120,8 @@ pub fn main() -> std::process::ExitCode {
         Task::Recover(args) => deploy_task(&sh, Mode::Recover, args),
         Task::Restore(args) => {
             let stack_args = args.stack_args();
-            reported(&sh, "restore", stack_args, move |sh, _, printer, report| {
-                tasks::restore::run(sh, args, printer, report)
+            reported(&sh, "restore", stack_args, move |sh, _, run| {
+                tasks::restore::run(sh, args, run)
             })
         }
         Task::Rollback(args) => reported(&sh, "rollback", args.stack(), tasks::rollback::run),
@@ -146,8 +145,8 @@ pub fn main() -> std::process::ExitCode {
             Ok(tasks::db::Kind::Reads) => plain(tasks::db::read(&sh, &args)),
             Ok(tasks::db::Kind::Writes) => {
                 let stack = args.options.stack();
-                reported(&sh, "db", stack, move |sh, _, printer, report| {
-                    tasks::db::write(sh, &args, printer, report)
+                reported(&sh, "db", stack, move |sh, _, run| {
+                    tasks::db::write(sh, &args, run)
                 })
             }
         },
@@ -181,12 +180,9 @@ impl Task {
 
 fn deploy_task(sh: &Shell, mode: Mode, args: DeployArgs) -> ExitCode {
     let DeployArgs { options, import } = args;
-    reported(
-        sh,
-        mode.task(),
-        options.stack(),
-        |sh, args, printer, report| deploy::run(sh, args, &import, mode, printer, report),
-    )
+    reported(sh, mode.task(), options.stack(), |sh, args, run| {
+        deploy::run(sh, args, &import, mode, run)
+    })
 }
 
 /// Runs a task that changes things, timing it and printing its final report.
@@ -194,13 +190,15 @@ fn reported(
     sh: &Shell,
     task: &str,
     args: StackArgs,
-    work: impl FnOnce(&Shell, &StackArgs, &Printer, &mut Report) -> anyhow::Result<()>,
+    work: impl FnOnce(&Shell, &StackArgs, &Run) -> anyhow::Result<()>,
 ) -> ExitCode {
-    let printer = Printer::new(args.json);
-    let project = project::project_name(args.project_name.as_deref()).unwrap_or_default();
-    let mut report = Report::new(task, &project);
+    // Worked out once: the run carries it to every step (a name Compose refuses ends the task
+    // before it starts).
+    let project = project::project_name(args.project_name.as_deref());
+    let run = Run::new(task, project.as_deref().unwrap_or_default(), args.json);
     let started = Instant::now();
-    let result = work(sh, &args, &printer, &mut report);
+    let result = project.and_then(|_| work(sh, &args, &run));
+    let mut report = run.edit();
     report.seconds = started.elapsed().as_secs_f64();
     let code = match &result {
         Ok(()) if !report.warnings.is_empty() => {
@@ -226,7 +224,8 @@ fn reported(
         }
     };
     report.exit_code = code as i32;
-    printer.finish(&report);
+    drop(report);
+    run.finish();
     code
 }
 

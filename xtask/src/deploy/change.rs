@@ -15,7 +15,6 @@ use crate::database::{self, DbStatus, MigrationContainer, MigrationLabels};
 use crate::docker::ContainerState;
 use crate::journal;
 use crate::process;
-use crate::report::Report;
 use crate::signals;
 
 use super::{Changes, Deploy, Found, describe, shared::*, short};
@@ -44,10 +43,9 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         found: Found<'_>,
-        report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         let Found {
             before,
             fix_owner,
@@ -60,18 +58,18 @@ impl Deploy<'_> {
         if let Some(old) =
             running.filter(|_| database::needs_migration(status) && image_changes && !fix_owner)
         {
-            return self.replace_and_migrate(stack, status, old, report, changes);
+            return self.replace_and_migrate(stack, status, old, changes);
         }
         if database::needs_migration(status) {
-            changes.migration = Some(self.prepare_migration(stack, status, false, report)?);
+            changes.migration = Some(self.prepare_migration(stack, status, false)?);
         }
         if let Some(container) = before.filter(|c| c.status == "running") {
             signals::checkpoint()?;
-            printer.step(report, "stop bot", || stop_container(&container.id))?;
+            run.step("stop bot", || stop_container(&container.id))?;
             changes.stopped_at = Some(Instant::now());
         }
         if fix_owner {
-            printer.step(report, "fix volume ownership", || {
+            run.step("fix volume ownership", || {
                 database::fix_ownership(sh, stack, &stack.bot_image, false).map(drop)
             })?;
         }
@@ -83,15 +81,15 @@ impl Deploy<'_> {
                 describe(status),
                 short(&migration.id)
             ));
-            let outcome = printer.step(report, "migrate database", || migration.run())?;
-            self.record_migration(stack, status, &outcome, report, changes)?;
+            let outcome = run.step("migrate database", || migration.run())?;
+            self.record_migration(stack, status, &outcome, changes)?;
         }
         if changes.stopped_at.is_none() {
             changes.stopped_at = Some(Instant::now());
         }
         signals::checkpoint()?;
-        printer.step(report, "start bot", || stack.up(sh))?;
-        self.wait_until_serving(stack, report, changes)
+        run.step("start bot", || stack.up(sh))?;
+        self.wait_until_serving(stack, changes)
     }
 
     /// Step "prepare migration": creates the labelled migration container (one that waits for
@@ -101,12 +99,11 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         waiting: bool,
-        report: &mut Report,
     ) -> anyhow::Result<MigrationContainer> {
         let sh = self.sh;
         let backup_name = self.backup_name(stack, status);
         let labels = self.labels(&backup_name, status);
-        let migration = self.printer.step(report, "prepare migration", || {
+        let migration = self.run.step("prepare migration", || {
             if waiting {
                 MigrationContainer::create_waiting(sh, stack, &stack.bot_image, &labels)
             } else {
@@ -141,11 +138,10 @@ impl Deploy<'_> {
     pub(super) fn wait_until_serving(
         &self,
         stack: &Stack,
-        report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
         let timeout = Duration::from_secs(self.args.health_timeout);
-        self.printer.step(report, "wait until healthy", || {
+        self.run.step("wait until healthy", || {
             wait_until_healthy(self.sh, stack, timeout)
         })?;
         changes.serving_at = Some(Instant::now());
@@ -163,21 +159,17 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         old: &ContainerState,
-        report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
-        let migration = self.prepare_migration(stack, status, true, report)?;
-        let waiting = signals::checkpoint().and_then(|()| {
-            printer.step(report, "start migration, waiting", || {
-                migration.start_waiting()
-            })
-        });
+        let (sh, run) = (self.sh, self.run);
+        let migration = self.prepare_migration(stack, status, true)?;
+        let waiting = signals::checkpoint()
+            .and_then(|()| run.step("start migration, waiting", || migration.start_waiting()));
         let migration_id = migration.id.clone();
         changes.migration = Some(migration);
         let waiting = waiting?;
         let new_bot = signals::checkpoint()
-            .and_then(|()| printer.step(report, "start new bot", || stack.start_beside(sh, old)));
+            .and_then(|()| run.step("start new bot", || stack.start_beside(sh, old)));
         let new_bot = match new_bot {
             Ok(new_bot) => new_bot,
             Err(e) => {
@@ -198,7 +190,7 @@ impl Deploy<'_> {
             short(&new_bot.id)
         ));
         let mut replaced = None;
-        let outcome = printer.step(report, "migrate database", || {
+        let outcome = run.step("migrate database", || {
             let r = stop_then_go(&old.id, waiting);
             replaced = Some((r.stopped_at, r.went));
             r.migration
@@ -214,7 +206,7 @@ impl Deploy<'_> {
                 "removing the old bot's stopped container",
             );
             if let Err(e) = removed {
-                printer.info(&format!(
+                run.info(&format!(
                     "warning: the old bot's stopped container {} could not be removed ({e:#}); the next deploy removes it",
                     short(&old.id)
                 ));
@@ -237,12 +229,9 @@ impl Deploy<'_> {
             )));
         }
         let outcome = outcome?;
-        printer.detail(
-            report,
-            "the new bot started beside the old one and waited for the schema",
-        );
-        self.record_migration(stack, status, &outcome, report, changes)?;
-        self.wait_until_serving(stack, report, changes)
+        run.detail("the new bot started beside the old one and waited for the schema");
+        self.record_migration(stack, status, &outcome, changes)?;
+        self.wait_until_serving(stack, changes)
     }
 
     /// Reports what the migration did and saves its backup on this machine.
@@ -251,28 +240,24 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         outcome: &UpgradeReport,
-        report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         let migration = changes
             .migration
             .as_ref()
             .context("no migration container")?;
         {
             let applied = outcome.upgrade.applied.len();
-            printer.detail(
-                report,
-                format!(
-                    "{}applied {applied} migrations, now at revision {}",
-                    outcome
-                        .adopted
-                        .map(|v| format!("adopted revision {v}, "))
-                        .unwrap_or_default(),
-                    outcome.upgrade.to
-                ),
-            );
-            report.revision_after = Some(outcome.upgrade.to);
+            run.detail(format!(
+                "{}applied {applied} migrations, now at revision {}",
+                outcome
+                    .adopted
+                    .map(|v| format!("adopted revision {v}, "))
+                    .unwrap_or_default(),
+                outcome.upgrade.to
+            ));
+            run.edit().revision_after = Some(outcome.upgrade.to);
             journal::volume(format!(
                 "migrated to revision {}; the pre-deploy backup is in container {}",
                 outcome.upgrade.to,
@@ -280,7 +265,7 @@ impl Deploy<'_> {
             ));
             if outcome.backup.is_some() {
                 let host_file = self.state_dir.join(self.backup_name(stack, status));
-                let saved = printer.step(report, "save backup", || {
+                let saved = run.step("save backup", || {
                     migration.copy_backup(sh, &host_file)?;
                     backups::seal(&host_file).map(drop)
                 });
@@ -291,8 +276,8 @@ impl Deploy<'_> {
                             outcome.upgrade.to,
                             host_file.display()
                         ));
-                        printer.detail(report, host_file.display().to_string());
-                        report.backup = Some(host_file.display().to_string());
+                        run.detail(host_file.display().to_string());
+                        run.edit().backup = Some(host_file.display().to_string());
                         changes.backup_on_host = Some(host_file);
                     }
                     // The migration is committed and the new bot may serve already: a copy
@@ -306,10 +291,10 @@ impl Deploy<'_> {
                             host_file.display(),
                             short(&migration.id)
                         );
-                        printer.info(&format!("warning: {warning}"));
-                        report.warnings.push(warning);
+                        run.info(&format!("warning: {warning}"));
+                        run.edit().warnings.push(warning);
                         // The name it will have once saved: `rollback` finds it there.
-                        report.backup = Some(host_file.display().to_string());
+                        run.edit().backup = Some(host_file.display().to_string());
                         changes.backup_pending = true;
                     }
                 }

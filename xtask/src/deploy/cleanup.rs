@@ -13,9 +13,8 @@ use crate::exit;
 use crate::history;
 use crate::images;
 use crate::journal;
-use crate::output::Printer;
+use crate::output::Run;
 use crate::process;
-use crate::report::Report;
 
 use super::{Deploy, shared::*, short};
 
@@ -23,12 +22,12 @@ impl Deploy<'_> {
     /// Names the runs that were killed before they ended and takes them over: this run finishes
     /// them forward (their migration containers are saved from and removed next), and its
     /// record carries their way back, so that `rollback` returns to where they started.
-    pub(super) fn finish_unfinished_runs(&self, report: &mut Report) -> anyhow::Result<()> {
+    pub(super) fn finish_unfinished_runs(&self) -> anyhow::Result<()> {
         let unfinished = unfinished_runs(&self.state_dir, &self.time)?;
-        for run in &unfinished {
-            let line = format!("{}; this run finishes it", describe_unfinished(run));
-            self.printer.info(&line);
-            report.finished_earlier.push(line);
+        for earlier in &unfinished {
+            let line = format!("{}; this run finishes it", describe_unfinished(earlier));
+            self.run.info(&line);
+            self.run.edit().finished_earlier.push(line);
         }
         journal::take_over(unfinished);
         Ok(())
@@ -61,12 +60,12 @@ impl Deploy<'_> {
                 "removing a bot container a killed deploy left",
             );
             match removed {
-                Ok(_) => self.printer.info(&format!(
+                Ok(_) => self.run.info(&format!(
                     "removed the bot container {} ({}) that a killed deploy left beside the one kept",
                     container.name, container.status
                 )),
                 Err(e) => {
-                    self.printer.info(&format!("warning: {e:#}"));
+                    self.run.info(&format!("warning: {e:#}"));
                     left.push(container);
                 }
             }
@@ -77,7 +76,7 @@ impl Deploy<'_> {
     /// Saves what migration containers of earlier runs left (see [`save_leftover_backups`]);
     /// refuses while one of them still runs.
     pub(super) fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
-        save_leftover_backups(self.sh, stack, &self.state_dir, self.printer)
+        save_leftover_backups(self.sh, stack, &self.state_dir, self.run)
     }
 
     /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
@@ -106,7 +105,7 @@ impl Deploy<'_> {
             needed.extend(after);
         }
         match images::prune_release_tags(sh, stack, self.args.keep, &needed) {
-            Ok(removed) if !removed.is_empty() => self.printer.info(&format!(
+            Ok(removed) if !removed.is_empty() => self.run.info(&format!(
                 "removed {} old release tag{} (keeping the newest {})",
                 removed.len(),
                 if removed.len() == 1 { "" } else { "s" },
@@ -114,7 +113,7 @@ impl Deploy<'_> {
             )),
             Ok(_) => {}
             Err(e) => self
-                .printer
+                .run
                 .info(&format!("warning: old release tags were not pruned: {e:#}")),
         }
     }
@@ -128,12 +127,12 @@ pub fn save_leftover_backups(
     sh: &Shell,
     stack: &Stack,
     dir: &Path,
-    printer: &Printer,
+    run: &Run,
 ) -> anyhow::Result<()> {
     let (saved, mut running) = database::save_leftover_backups(sh, stack, dir)?;
     running.extend(database::remove_leftover_helpers(sh, &stack.project)?);
     for file in saved {
-        printer.info(&format!(
+        run.info(&format!(
             "saved the pre-deploy backup an earlier run left behind: {}",
             file.display()
         ));

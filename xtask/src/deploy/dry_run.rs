@@ -13,7 +13,6 @@ use crate::docker::{self, ContainerState, Throwaway};
 use crate::images;
 use crate::old_app;
 use crate::process;
-use crate::report::Report;
 
 use super::shared::{remove_argv, stop_argv};
 use super::{Deploy, Mode, describe};
@@ -27,15 +26,14 @@ impl Deploy<'_> {
         &self,
         stack: &Stack,
         before: Option<&ContainerState>,
-        report: &mut Report,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         let mut plan = Vec::new();
         let shown = |command: process::Argv| command.shown();
         // Held while the plan runs the built binary: another build must not replace it.
         let bot = match self.mode {
             Mode::Migrate | Mode::Recover => None,
-            _ => Some(printer.step(report, "build binaries", || {
+            _ => Some(run.step("build binaries", || {
                 images::build_binaries(sh, self.args.schema_head)
             })?),
         };
@@ -45,9 +43,9 @@ impl Deploy<'_> {
             }
         }
         let (mut migrations, from, to) =
-            printer.step(report, "plan migrations", || self.plan_migrations(stack))?;
-        report.revision_before = from;
-        report.revision_after = to;
+            run.step("plan migrations", || self.plan_migrations(stack))?;
+        run.edit().revision_before = from;
+        run.edit().revision_after = to;
         let image = docker::image_id(sh, &stack.bot_image)?;
         // Read only: the size and revision the migration container's labels carry.
         let mut status = match &image {
@@ -61,7 +59,7 @@ impl Deploy<'_> {
             let importing = !self.import.fresh;
             if image.is_some() && importing {
                 // Reading only: the same search and check the deploy makes first.
-                let old = printer.step(report, "look for the old app", || {
+                let old = run.step("look for the old app", || {
                     old_app::look(sh, &stack.bot_image, before, self.import)
                 })?;
                 if let Some(planned) = &old.import {
@@ -79,8 +77,8 @@ impl Deploy<'_> {
                             .and_then(|n| n.parse::<u32>().ok())
                             .is_some_and(|n| Some(n) > matched)
                     });
-                    report.revision_before = matched;
-                    report.state_before = Some(planned.checked.status.state.to_string());
+                    run.edit().revision_before = matched;
+                    run.edit().state_before = Some(planned.checked.status.state.to_string());
                     status = Some(planned.checked.status.clone());
                 }
             } else if importing {
@@ -185,15 +183,15 @@ impl Deploy<'_> {
             plan.push(format!("start bot: {}", shown(stack.up_cmd(sh).into())));
         }
         plan.push("wait until healthy: docker container inspect <bot-container> # until it reports healthy".into());
-        printer.info("dry run: nothing was changed. The deploy would:");
+        run.info("dry run: nothing was changed. The deploy would:");
         for line in &plan {
-            printer.info(&format!("  {line}"));
+            run.info(&format!("  {line}"));
         }
         for (file, sql) in &migrations {
-            printer.info(&format!("\n-- {file}\n{}", sql.trim_end()));
+            run.info(&format!("\n-- {file}\n{}", sql.trim_end()));
         }
-        report.plan = plan;
-        report.migrations = migrations.iter().map(|(file, _)| file.clone()).collect();
+        run.edit().plan = plan;
+        run.edit().migrations = migrations.iter().map(|(file, _)| file.clone()).collect();
         Ok(())
     }
 

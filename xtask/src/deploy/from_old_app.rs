@@ -12,7 +12,6 @@ use crate::docker::ContainerState;
 use crate::journal;
 use crate::old_app::{self, OldApp};
 use crate::process;
-use crate::report::Report;
 
 use super::{Changes, Deploy, shared::*};
 
@@ -26,12 +25,11 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         old: &OldApp,
-        report: &mut Report,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         if let Some(container) = old.container.as_ref().filter(|c| c.is_running()) {
-            printer.step(report, "stop old app", || stop_container(&container.id))?;
+            run.step("stop old app", || stop_container(&container.id))?;
             changes.stopped_at = Some(Instant::now());
         }
         if !database::volume_exists(sh, stack) {
@@ -44,44 +42,41 @@ impl Deploy<'_> {
                 "was empty; the old app's database {} is being copied into it",
                 planned.source
             ));
-            let imported = printer.step(report, "import database", || {
+            let imported = run.step("import database", || {
                 old_app::import(sh, stack, &stack.bot_image, &planned.source)
             })?;
             let text = planned.describe(&imported);
-            printer.detail(report, text.clone());
-            report.imported_from = Some(text);
+            run.detail(text.clone());
+            run.edit().imported_from = Some(text);
             database::refuse_unsafe(&imported.status)?;
             status = imported.status;
         }
         if database::needs_migration(&status) {
-            let migration = self.prepare_migration(stack, &status, false, report)?;
+            let migration = self.prepare_migration(stack, &status, false)?;
             changes.migration = Some(migration);
             changes.migrated = true;
-            let outcome = printer.step(report, "migrate database", || {
+            let outcome = run.step("migrate database", || {
                 changes.migration.as_ref().expect("just set").run()
             })?;
-            self.record_migration(stack, &status, &outcome, report, changes)?;
+            self.record_migration(stack, &status, &outcome, changes)?;
         }
         if let Some(container) = &old.container {
-            let kept = printer.step(report, "keep old app's container", || {
+            let kept = run.step("keep old app's container", || {
                 old_app::keep(sh, stack, container)
             })?;
-            printer.detail(
-                report,
-                format!(
-                    "stopped, kept as {} until the new bot is healthy",
-                    kept.copy_name
-                ),
-            );
+            run.detail(format!(
+                "stopped, kept as {} until the new bot is healthy",
+                kept.copy_name
+            ));
             changes.kept = Some(kept);
         }
         if changes.stopped_at.is_none() {
             changes.stopped_at = Some(Instant::now());
         }
-        printer.step(report, "start bot", || stack.up(sh))?;
-        self.wait_until_serving(stack, report, changes)?;
+        run.step("start bot", || stack.up(sh))?;
+        self.wait_until_serving(stack, changes)?;
         if let (Some(kept), Some(container)) = (&changes.kept, &old.container) {
-            report.old_app = Some(format!(
+            run.edit().old_app = Some(format!(
                 "{} is stopped; a copy is kept as {} (image {}). Once you no longer need it: docker rm {} && docker rmi {}",
                 container.name, kept.copy_name, kept.image, kept.copy_name, kept.image
             ));
@@ -100,9 +95,8 @@ impl Deploy<'_> {
         stack: &Stack,
         old: &OldApp,
         changes: &mut Changes,
-        report: &mut Report,
     ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         let mut failures = Vec::new();
         let ours = stack
             .bot_containers(sh)
@@ -111,7 +105,7 @@ impl Deploy<'_> {
             .filter(ContainerState::is_ours);
         for container in ours {
             let id = container.id;
-            if let Err(e) = printer.step(report, "rollback: remove new bot", || {
+            if let Err(e) = run.step("rollback: remove new bot", || {
                 process::run(cmd!(sh, "docker rm -f {id}"), "removing the new bot").map(drop)
             }) {
                 failures.push(format!("{e:#}"));
@@ -120,7 +114,7 @@ impl Deploy<'_> {
         if let Some(migration) = changes.migration.take() {
             if !changes.imported && changes.migrated {
                 changes.migration = Some(migration);
-                if let Err(e) = self.restore_pre_deploy_database(stack, changes, report) {
+                if let Err(e) = self.restore_pre_deploy_database(stack, changes) {
                     failures.push(format!("{e:#}"));
                 }
                 if let Some(migration) = changes.migration.take() {
@@ -133,7 +127,7 @@ impl Deploy<'_> {
         if changes.imported {
             // The volume was empty before the import (checked), so nothing of value goes.
             let volume = stack.volume();
-            if let Err(e) = printer.step(report, "rollback: discard imported database", || {
+            if let Err(e) = run.step("rollback: discard imported database", || {
                 process::run(
                     cmd!(sh, "docker volume rm -f {volume}"),
                     "removing the volume with the imported copy",
@@ -145,9 +139,9 @@ impl Deploy<'_> {
                 ));
             }
         }
-        report.revision_after = None;
+        run.edit().revision_after = None;
         if let Some(container) = &old.container {
-            match printer.step(report, "rollback: start old app", || {
+            match run.step("rollback: start old app", || {
                 old_app::bring_back(
                     sh,
                     &container.id,
@@ -155,7 +149,7 @@ impl Deploy<'_> {
                     container.is_running(),
                 )
             }) {
-                Ok(name) => printer.detail(report, format!("the old app runs again as {name}")),
+                Ok(name) => run.detail(format!("the old app runs again as {name}")),
                 Err(e) => failures.push(format!(
                     "{e:#}\nThe old app is NOT running. {}",
                     match &changes.kept {

@@ -28,7 +28,8 @@ mod shared;
 pub use cleanup::save_leftover_backups;
 pub use shared::{
     check_machine, confirm, describe, describe_unfinished, locked_and_recorded,
-    refuse_a_second_running_bot, short, stop_container, unfinished_runs, wait_until_healthy,
+    refuse_a_second_running_bot, short, stop_argv, stop_container, unfinished_runs,
+    wait_until_healthy,
 };
 
 use migrations::State;
@@ -47,10 +48,9 @@ use crate::history;
 use crate::images;
 use crate::journal;
 use crate::old_app::{self, ImportArgs, OldApp};
-use crate::output::Printer;
+use crate::output::Run;
 use crate::process;
 use crate::project::StackArgs;
-use crate::report::Report;
 use crate::signals;
 
 use rollback::Previous;
@@ -107,27 +107,26 @@ pub fn run(
     args: &StackArgs,
     import: &ImportArgs,
     mode: Mode,
-    printer: &Printer,
-    report: &mut Report,
+    run: &Run,
 ) -> anyhow::Result<()> {
-    locked_and_recorded(sh, args, mode.task(), report, |state_dir, time, report| {
+    locked_and_recorded(sh, args, mode.task(), run, |state_dir, time| {
         Deploy {
             sh,
             args,
             import,
             mode,
-            printer,
+            run,
             state_dir: state_dir.to_owned(),
             time: time.to_owned(),
         }
-        .run(report)
+        .run()
     })?;
     if !args.dry_run {
         // The by-hand path (`docker-compose -f docker/docker-compose.prod.yml -p P run --rm bot
         // db status`) finds what this deploy used; a failure to write it changes no deploy.
         if let Err(e) = crate::project::stack(sh, args).and_then(|stack| stack.write_compose_env())
         {
-            report.warnings.push(format!("{e:#}"));
+            run.edit().warnings.push(format!("{e:#}"));
         }
     }
     Ok(())
@@ -138,7 +137,7 @@ struct Deploy<'a> {
     args: &'a StackArgs,
     import: &'a ImportArgs,
     mode: Mode,
-    printer: &'a Printer,
+    run: &'a Run,
     state_dir: PathBuf,
     time: String,
 }
@@ -171,10 +170,10 @@ struct Changes {
 }
 
 impl Deploy<'_> {
-    fn run(&self, report: &mut Report) -> anyhow::Result<()> {
-        let (sh, args, printer) = (self.sh, self.args, self.printer);
-        report.dry_run = args.dry_run;
-        let stack = check_machine(sh, args, true, printer, report)?;
+    fn run(&self) -> anyhow::Result<()> {
+        let (sh, args, run) = (self.sh, self.args, self.run);
+        run.edit().dry_run = args.dry_run;
+        let stack = check_machine(sh, args, true, run)?;
         let mut all_containers = stack.bot_containers(sh)?;
         old_app::refuse_a_scaled_old_app(&all_containers)?;
         if !args.dry_run {
@@ -194,20 +193,20 @@ impl Deploy<'_> {
         });
 
         if args.dry_run {
-            return self.dry_run(&stack, found_container.as_ref(), report);
+            return self.dry_run(&stack, found_container.as_ref());
         }
-        self.finish_unfinished_runs(report)?;
+        self.finish_unfinished_runs()?;
         self.save_leftover_backups(&stack)?;
 
-        self.build_images(&stack, report)?;
+        self.build_images(&stack)?;
         let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
         journal::update(|r| r.image_after = Some(image_id.clone()));
-        report.image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
+        run.edit().image = Some(format!("{} ({})", stack.bot_image, short(&image_id)));
 
-        let old = self.look_for_old_app(&stack, found_container.as_ref(), report)?;
-        let status = self.read_database(&stack, &old, report)?;
+        let old = self.look_for_old_app(&stack, found_container.as_ref())?;
+        let status = self.read_database(&stack, &old)?;
 
-        let wrong_owner = self.check_volume_ownership(&stack, &old, report)?;
+        let wrong_owner = self.check_volume_ownership(&stack, &old)?;
 
         let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
         let env_changes =
@@ -226,23 +225,23 @@ impl Deploy<'_> {
             && wrong_owner.is_empty()
             && old.container.is_none()
         {
-            printer.info("nothing to do: the bot runs this image and environment, and the database is current");
+            run.info("nothing to do: the bot runs this image and environment, and the database is current");
             if args.demo {
                 stack.up(sh)?; // the stand-in may be missing; the running bot is left alone
             }
-            report.revision_after = status.version;
+            run.edit().revision_after = status.version;
             return Ok(());
         }
 
         if database_changes && status.state != State::Empty {
-            printer.step(report, "check room for the backup", || {
+            run.step("check room for the backup", || {
                 backups::require_room(sh, &self.state_dir, status.copy_bytes())
             })?;
         }
         if something_to_lose(running, &status, &old) {
             confirm(args.yes, &question(running, &status, &old))?;
         }
-        report.changed = true;
+        run.edit().changed = true;
         // From the first change until the bot serves again (or the rollback ends), a signal is
         // held: stopping halfway would leave the bot down.
         let _critical = signals::Critical::enter();
@@ -261,25 +260,25 @@ impl Deploy<'_> {
             image_changes,
         };
         let result = if old.container.is_some() || old.import.is_some() {
-            self.replace_old_app(&stack, &status, &old, report, &mut changes)
+            self.replace_old_app(&stack, &status, &old, &mut changes)
         } else {
-            self.change(&stack, &status, found, report, &mut changes)
+            self.change(&stack, &status, found, &mut changes)
         };
         if let Some(stopped) = changes
             .stopped_at
             .filter(|_| running || old.container.is_some())
         {
             let serving = changes.serving_at.unwrap_or_else(Instant::now);
-            report.downtime_seconds =
+            run.edit().downtime_seconds =
                 Some(serving.saturating_duration_since(stopped).as_secs_f64());
         }
         if let Err(error) = result {
-            return Err(self.roll_back_after(error, &stack, &old, &previous, &mut changes, report));
+            return Err(self.roll_back_after(error, &stack, &old, &previous, &mut changes));
         }
         if let Some(migration) = changes.migration.take().filter(|_| !changes.backup_pending) {
             migration.remove(sh);
         }
-        backups::prune_and_tell(printer, &self.state_dir, &stack.project, args.keep)?;
+        backups::prune_and_tell(run, &self.state_dir, &stack.project, args.keep)?;
         self.prune_release_tags(&stack, &previous.previous_tag.0);
         Ok(())
     }
@@ -346,19 +345,18 @@ impl Deploy<'_> {
         old: &OldApp,
         previous: &Previous,
         changes: &mut Changes,
-        report: &mut Report,
     ) -> anyhow::Error {
-        let (sh, printer) = (self.sh, self.printer);
-        report.failed_step = report.last_failed_step();
+        let (sh, run) = (self.sh, self.run);
+        let failed_step = run.report().last_failed_step();
+        run.edit().failed_step = failed_step;
         let from_old_app = old.container.is_some() || old.import.is_some();
         let outcome = if from_old_app || changes.stopped_at.is_some() || changes.migrated {
-            printer.info(&format!("a step failed: {error:#}\nrolling back"));
+            run.info(&format!("a step failed: {error:#}\nrolling back"));
             signals::rolling_back();
             if from_old_app {
-                self.roll_back_old_app(stack, old, changes, report)
-                    .map(|()| None)
+                self.roll_back_old_app(stack, old, changes).map(|()| None)
             } else {
-                self.roll_back(stack, changes, previous, report)
+                self.roll_back(stack, changes, previous)
             }
         } else {
             // Nothing ran yet, but `-previous` may have moved: it names again what it named.
@@ -366,7 +364,7 @@ impl Deploy<'_> {
         };
         let error = match outcome {
             Ok(set_aside) => {
-                report.rolled_back =
+                run.edit().rolled_back =
                     from_old_app || changes.stopped_at.is_some() || changes.migrated;
                 match set_aside {
                     Some(set_aside) => error.context(set_aside),
@@ -396,8 +394,8 @@ impl Deploy<'_> {
 
     /// Step "build images" (or, for a deploy that builds nothing, a check that the project's
     /// image is there), with the release tag `<project tag>-<git>-<time>`.
-    fn build_images(&self, stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
-        let (sh, args, printer) = (self.sh, self.args, self.printer);
+    fn build_images(&self, stack: &Stack) -> anyhow::Result<()> {
+        let (sh, args, run) = (self.sh, self.args, self.run);
         if !self.mode.builds() {
             if docker::image_id(sh, &stack.bot_image)?.is_none() {
                 return Err(exit::not_ready(format!(
@@ -406,7 +404,7 @@ impl Deploy<'_> {
                 )));
             }
         } else {
-            let built = printer.step(report, "build images", || {
+            let built = run.step("build images", || {
                 images::build(sh, stack, args.schema_head)
             })?;
             let release_tag = format!(
@@ -423,14 +421,11 @@ impl Deploy<'_> {
                 cmd!(sh, "docker tag {built_id} {release_tag}"),
                 "tagging the release",
             )?;
-            printer.detail(
-                report,
-                format!(
-                    "{} = {} (also {release_tag})",
-                    stack.bot_image,
-                    short(&built.bot)
-                ),
-            );
+            run.detail(format!(
+                "{} = {} (also {release_tag})",
+                stack.bot_image,
+                short(&built.bot)
+            ));
         }
         Ok(())
     }
@@ -441,36 +436,29 @@ impl Deploy<'_> {
         &self,
         stack: &Stack,
         found_container: Option<&ContainerState>,
-        report: &mut Report,
     ) -> anyhow::Result<OldApp> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         let old = if found_container.is_some_and(|c| !c.is_ours()) || self.import.import.is_some() {
-            let old = printer.step(report, "look for the old app", || {
+            let old = run.step("look for the old app", || {
                 old_app::look(sh, &stack.bot_image, found_container, self.import)
             })?;
             if let Some(c) = &old.container {
-                printer.detail(
-                    report,
-                    format!(
-                        "the bot container {} is not ours (image {}): the old app",
-                        c.name, c.config_image
-                    ),
-                );
+                run.detail(format!(
+                    "the bot container {} is not ours (image {}): the old app",
+                    c.name, c.config_image
+                ));
             }
             if let Some(planned) = &old.import {
-                printer.detail(
-                    report,
-                    format!(
-                        "its database: {} ({}{})",
-                        planned.source,
-                        describe(&planned.checked.status),
-                        planned
-                            .checked
-                            .users
-                            .map(|u| format!(", {u} users"))
-                            .unwrap_or_default()
-                    ),
-                );
+                run.detail(format!(
+                    "its database: {} ({}{})",
+                    planned.source,
+                    describe(&planned.checked.status),
+                    planned
+                        .checked
+                        .users
+                        .map(|u| format!(", {u} users"))
+                        .unwrap_or_default()
+                ));
             }
             old
         } else {
@@ -481,14 +469,9 @@ impl Deploy<'_> {
 
     /// Step "read database": the state of the volume's database (or of the one to import),
     /// refused when only a person can sort it out.
-    fn read_database(
-        &self,
-        stack: &Stack,
-        old: &OldApp,
-        report: &mut Report,
-    ) -> anyhow::Result<DbStatus> {
-        let (sh, printer) = (self.sh, self.printer);
-        let mut status = printer.step(report, "read database", || {
+    fn read_database(&self, stack: &Stack, old: &OldApp) -> anyhow::Result<DbStatus> {
+        let (sh, run) = (self.sh, self.run);
+        let mut status = run.step("read database", || {
             database::status(sh, stack, &stack.bot_image)
         })?;
         if let Some(planned) = &old.import {
@@ -512,38 +495,30 @@ impl Deploy<'_> {
             }
             status = planned.checked.status.clone();
         }
-        report.state_before = Some(status.state.to_string());
-        report.revision_before = status.effective_version();
-        report.revision_after = status.effective_version();
-        printer.detail(report, describe(&status));
+        run.edit().state_before = Some(status.state.to_string());
+        run.edit().revision_before = status.effective_version();
+        run.edit().revision_after = status.effective_version();
+        run.detail(describe(&status));
         database::refuse_unsafe(&status)?;
         Ok(status)
     }
 
     /// Step "check volume ownership": the database files in the volume the bot's user does not
     /// own (the old app's root-owned file), to give to it.
-    fn check_volume_ownership(
-        &self,
-        stack: &Stack,
-        old: &OldApp,
-        report: &mut Report,
-    ) -> anyhow::Result<Vec<String>> {
-        let (sh, printer) = (self.sh, self.printer);
+    fn check_volume_ownership(&self, stack: &Stack, old: &OldApp) -> anyhow::Result<Vec<String>> {
+        let (sh, run) = (self.sh, self.run);
         let wrong_owner = if old.import.is_some() {
             Vec::new() // the import gives the copy to the bot
         } else {
-            printer.step(report, "check volume ownership", || {
+            run.step("check volume ownership", || {
                 database::fix_ownership(sh, stack, &stack.bot_image, true)
             })?
         };
         if !wrong_owner.is_empty() {
-            printer.detail(
-                report,
-                format!(
-                    "owned by someone else, to give to the bot: {}",
-                    wrong_owner.join(", ")
-                ),
-            );
+            run.detail(format!(
+                "owned by someone else, to give to the bot: {}",
+                wrong_owner.join(", ")
+            ));
         }
         Ok(wrong_owner)
     }

@@ -14,7 +14,6 @@ use crate::compose::Stack;
 use crate::database;
 use crate::journal;
 use crate::process;
-use crate::report::Report;
 
 use super::{Changes, Deploy, shared::*, short};
 
@@ -27,9 +26,8 @@ impl Deploy<'_> {
         stack: &Stack,
         changes: &Changes,
         previous: &Previous,
-        report: &mut Report,
     ) -> anyhow::Result<Option<String>> {
-        let (sh, printer) = (self.sh, self.printer);
+        let (sh, run) = (self.sh, self.run);
         if let Some(container) = stack
             .bot_container(sh)?
             .filter(|c| c.status == "running" || c.status == "restarting")
@@ -40,19 +38,16 @@ impl Deploy<'_> {
         // its backup failed the check) left the database as it was: nothing to put back, and
         // that backup may be the one thing that cannot be restored.
         let untouched = changes.migrated
-            && report.revision_after == report.revision_before
+            && run.report().revision_after == run.report().revision_before
             && database::status(sh, stack, &stack.bot_image).is_ok_and(|live| {
-                live.effective_version() == report.revision_before
-                    && report.state_before.as_deref() == Some(live.state.name())
+                live.effective_version() == run.report().revision_before
+                    && run.report().state_before.as_deref() == Some(live.state.name())
             });
         let set_aside = if changes.migrated && !untouched {
-            self.restore_pre_deploy_database(stack, changes, report)?
+            self.restore_pre_deploy_database(stack, changes)?
         } else {
             if untouched {
-                printer.detail(
-                    report,
-                    "the migration committed nothing: the database is as it was",
-                );
+                run.detail("the migration committed nothing: the database is as it was");
             }
             None
         };
@@ -61,7 +56,7 @@ impl Deploy<'_> {
             let name = backups::name(
                 &stack.project,
                 &self.time,
-                report.revision_after,
+                run.report().revision_after,
                 Some("set-aside-by-rollback"),
             );
             let host_file = self.state_dir.join(name);
@@ -80,7 +75,7 @@ impl Deploy<'_> {
             match copied {
                 Ok(()) => Some(host_file),
                 Err(e) => {
-                    printer.info(&format!(
+                    run.info(&format!(
                         "warning: the set-aside database stays in the volume only ({}): {e:#}",
                         set_aside.file
                     ));
@@ -100,7 +95,8 @@ impl Deploy<'_> {
         });
         if changes.migrated {
             // The volume holds the pre-deploy database again, whatever fails after this.
-            report.revision_after = report.revision_before;
+            let before = run.report().revision_before;
+            run.edit().revision_after = before;
             if let Some(text) = &set_aside {
                 journal::update(|r| {
                     r.volume = Some(format!("put back from the pre-deploy backup; {text}"))
@@ -112,20 +108,15 @@ impl Deploy<'_> {
             Some(text) => error.context(text.clone()),
             None => error,
         };
-        self.start_previous(stack, previous, report)
+        self.start_previous(stack, previous)
             .map_err(with_set_aside)?;
         Ok(set_aside)
     }
 
     /// The rest of a rollback: the project's tag names the previous image again, `-previous`
     /// what it named before, and the previous bot starts (waited for when it ran before).
-    fn start_previous(
-        &self,
-        stack: &Stack,
-        previous: &Previous,
-        report: &mut Report,
-    ) -> anyhow::Result<()> {
-        let (sh, printer) = (self.sh, self.printer);
+    fn start_previous(&self, stack: &Stack, previous: &Previous) -> anyhow::Result<()> {
+        let (sh, run) = (self.sh, self.run);
         let Some(image) = &previous.image else {
             return Ok(()); // there was no bot before this deploy
         };
@@ -140,16 +131,16 @@ impl Deploy<'_> {
             previous.put_back_tag(sh)?;
         }
         if let Some(id) = &previous.image_id {
-            report.image = Some(format!("{main_tag} ({})", short(id)));
+            run.edit().image = Some(format!("{main_tag} ({})", short(id)));
         }
         let mut old = stack.clone();
         if let Some(env_file) = &previous.env_file {
             old.env_file = env_file.clone();
         }
-        printer.step(report, "rollback: start previous bot", || old.up(sh))?;
+        run.step("rollback: start previous bot", || old.up(sh))?;
         if previous.was_running {
             let timeout = Duration::from_secs(self.args.health_timeout);
-            printer.step(report, "rollback: wait until healthy", || {
+            run.step("rollback: wait until healthy", || {
                 wait_until_healthy(sh, &old, timeout)
             })?;
         }
@@ -163,35 +154,35 @@ impl Deploy<'_> {
         &self,
         stack: &Stack,
         changes: &Changes,
-        report: &mut Report,
     ) -> anyhow::Result<Option<SetAside>> {
         let sh = self.sh;
         journal::volume(
             "being put back from the pre-deploy backup by the rollback (the migrated database is kept beside it)",
         );
-        let restored = self
-            .printer
-            .step(report, "rollback: restore database", || {
-                let staged;
-                let source = match &changes.backup_on_host {
-                    Some(file) => file.as_path(),
-                    None => {
-                        let migration = changes
-                            .migration
-                            .as_ref()
-                            .context("no migration container to take the backup from")?;
-                        staged = database::TempFile::new("rollback");
-                        migration
-                            .copy_backup(sh, &staged.0)
-                            .context("the database changed and its backup cannot be read back")?;
-                        staged.0.as_path()
-                    }
-                };
-                database::restore_from_host(sh, stack, &stack.bot_image, source, false)
-            })?;
+        let restored = self.run.step("rollback: restore database", || {
+            let staged;
+            let source = match &changes.backup_on_host {
+                Some(file) => file.as_path(),
+                None => {
+                    let migration = changes
+                        .migration
+                        .as_ref()
+                        .context("no migration container to take the backup from")?;
+                    staged = database::TempFile::new("rollback");
+                    migration
+                        .copy_backup(sh, &staged.0)
+                        .context("the database changed and its backup cannot be read back")?;
+                    staged.0.as_path()
+                }
+            };
+            database::restore_from_host(sh, stack, &stack.bot_image, source, false)
+        })?;
         // A committed migration means the new bot may have served: what it served is kept and
         // named whatever the counts say (rows changed in place do not show in them).
-        let committed = report.revision_after != report.revision_before;
+        let committed = {
+            let report = self.run.report();
+            report.revision_after != report.revision_before
+        };
         let set_aside = SetAside::from_restore(
             restored.restored.replaced.as_deref(),
             restored.restored.rows.as_ref(),
@@ -199,13 +190,14 @@ impl Deploy<'_> {
         );
         journal::volume(format!(
             "put back from the pre-deploy backup (revision {})",
-            report
+            self.run
+                .report()
                 .revision_before
                 .map_or("none".into(), |r| r.to_string())
         ));
         if let Some(s) = &set_aside {
-            self.printer
-                .detail(report, format!("set aside: {} ({})", s.file, s.rows));
+            self.run
+                .detail(format!("set aside: {} ({})", s.file, s.rows));
         }
         Ok(set_aside)
     }

@@ -18,10 +18,9 @@ use crate::exit;
 use crate::history::{self, Record};
 use crate::journal;
 use crate::lock::{self, DeployLock};
-use crate::output::Printer;
+use crate::output::Run;
 use crate::process;
 use crate::project::{self, StackArgs};
-use crate::report::Report;
 use crate::signals;
 
 /// Checks the machine and names the stack (see [`project::stack`]): the first step of every
@@ -31,10 +30,9 @@ pub fn check_machine(
     sh: &Shell,
     args: &StackArgs,
     needs_token: bool,
-    printer: &Printer,
-    report: &mut Report,
+    run: &Run,
 ) -> anyhow::Result<Stack> {
-    printer.step(report, "check machine", || {
+    run.step("check machine", || {
         let engine = docker::check_daemon(sh)?;
         let stack = project::stack(sh, args)?;
         let needs_token = needs_token && !stack.demo;
@@ -108,14 +106,14 @@ pub fn locked_and_recorded(
     sh: &Shell,
     args: &StackArgs,
     task: &str,
-    report: &mut Report,
-    work: impl FnOnce(&Path, &str, &mut Report) -> anyhow::Result<()>,
+    run: &Run,
+    work: impl FnOnce(&Path, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let started = crate::clock::timestamp();
-    let project = project::project_name(args.project_name.as_deref())?;
+    let project = run.project();
     let state_dir = args.state_dir(&project);
     if args.dry_run {
-        return work(&state_dir, &started, report);
+        return work(&state_dir, &started);
     }
     let _lock = DeployLock::acquire(sh, &project, &state_dir, task, &started)?;
     journal::begin(
@@ -128,8 +126,8 @@ pub fn locked_and_recorded(
             ..Record::default()
         },
     )?;
-    let result = work(&state_dir, &started, report);
-    journal::finish(report, &result);
+    let result = work(&state_dir, &started);
+    journal::finish(&run.report(), &result);
     result
 }
 

@@ -11,10 +11,9 @@ use crate::database::BOT_OWNER;
 use crate::deploy;
 use crate::docker;
 use crate::exit::{self, Exit, ExitCode};
-use crate::output::Printer;
+use crate::output::Run;
 use crate::process;
 use crate::project::{self, BackupOptions};
-use crate::report::Report;
 
 /// Arguments of `db`.
 #[derive(Debug, clap::Args)]
@@ -80,27 +79,22 @@ pub fn read(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    run(sh, &stack, &args.command, process::DEFAULT_TIMEOUT)
+    run_db(sh, &stack, &args.command, process::DEFAULT_TIMEOUT)
 }
 
 /// Runs a command that writes: asks, holds the deploy lock, backs the database up first.
-pub fn write(
-    sh: &Shell,
-    args: &Args,
-    printer: &Printer,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+pub fn write(sh: &Shell, args: &Args, run: &Run) -> anyhow::Result<()> {
     let stack_args = &args.options.stack();
-    deploy::locked_and_recorded(sh, stack_args, "db", report, |state_dir, time, report| {
-        let stack = deploy::check_machine(sh, stack_args, false, printer, report)?;
+    deploy::locked_and_recorded(sh, stack_args, "db", run, |state_dir, time| {
+        let stack = deploy::check_machine(sh, stack_args, false, run)?;
         require_image(sh, &stack)?;
         let shown = format!("bot db {}", args.command.join(" "));
         if stack_args.dry_run {
-            printer.info(&format!(
+            run.info(&format!(
                 "dry run: would back up the database, then run `{}`",
                 run_cmd(sh, &stack, &args.command)
             ));
-            report.dry_run = true;
+            run.edit().dry_run = true;
             return Ok(());
         }
         deploy::confirm(
@@ -110,10 +104,10 @@ pub fn write(
                 stack.project
             ),
         )?;
-        report.changed = true;
-        super::backup::take(sh, &stack, stack_args, state_dir, time, printer, report)?;
-        printer.step(report, &format!("run {shown}"), || {
-            run(
+        run.edit().changed = true;
+        super::backup::take(sh, &stack, stack_args, state_dir, time, run)?;
+        run.step(&format!("run {shown}"), || {
+            run_db(
                 sh,
                 &stack,
                 &args.command,
@@ -147,7 +141,7 @@ fn run_cmd<'a>(sh: &'a Shell, stack: &Stack, command: &[String]) -> xshell::Cmd<
 
 /// Runs it, passing on what it printed and its verdict: the exit code `bot db` gave, as this
 /// tool's (2 usage, 3 refused, 4 a damaged file: refused too, 5 busy: locked).
-fn run(
+fn run_db(
     sh: &Shell,
     stack: &Stack,
     command: &[String],

@@ -4,9 +4,8 @@ use xshell::Shell;
 
 use crate::deploy;
 use crate::exit;
-use crate::output::Printer;
+use crate::output::Run;
 use crate::project::StackArgs;
-use crate::report::Report;
 
 /// `cargo xtask logs [-f]`: the bot's log.
 pub fn logs(sh: &Shell, args: &StackArgs, follow: bool, tail: usize) -> anyhow::Result<()> {
@@ -14,37 +13,32 @@ pub fn logs(sh: &Shell, args: &StackArgs, follow: bool, tail: usize) -> anyhow::
 }
 
 /// `cargo xtask restart`: restarts the bot and waits until it is healthy.
-pub fn restart(
-    sh: &Shell,
-    args: &StackArgs,
-    printer: &Printer,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(sh, args, "restart", report, |_, _, report| {
-        let stack = deploy::check_machine(sh, args, false, printer, report)?;
+pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
+    deploy::locked_and_recorded(sh, args, "restart", run, |_, _| {
+        let stack = deploy::check_machine(sh, args, false, run)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "restart")?;
         let container = stack.bot_container(sh)?.ok_or_else(|| {
             exit::not_ready("there is no bot container; deploy first (`cargo xtask first-deploy`)")
         })?;
         if args.dry_run {
-            printer.info(&format!(
+            run.info(&format!(
                 "dry run: would run `docker restart {}` and wait until healthy",
                 deploy::short(&container.id)
             ));
-            report.dry_run = true;
+            run.edit().dry_run = true;
             return Ok(());
         }
         deploy::confirm(args.yes, "Restart the bot?")?;
-        report.changed = true;
+        run.edit().changed = true;
         let id = &container.id;
-        printer.step(report, "restart bot", || {
+        run.step("restart bot", || {
             crate::process::run(
                 xshell::cmd!(sh, "docker restart -t 10 {id}"),
                 "restarting the bot",
             )
             .map(drop)
         })?;
-        printer.step(report, "wait until healthy", || {
+        run.step("wait until healthy", || {
             deploy::wait_until_healthy(
                 sh,
                 &stack,
@@ -55,22 +49,17 @@ pub fn restart(
 }
 
 /// `cargo xtask down`: stops and removes the containers; never the volume.
-pub fn down(
-    sh: &Shell,
-    args: &StackArgs,
-    printer: &Printer,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(sh, args, "down", report, |_, _, report| {
-        let stack = deploy::check_machine(sh, args, false, printer, report)?;
+pub fn down(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
+    deploy::locked_and_recorded(sh, args, "down", run, |_, _| {
+        let stack = deploy::check_machine(sh, args, false, run)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "down")?;
         if args.dry_run {
-            printer.info(&format!(
+            run.info(&format!(
                 "dry run: would stop and remove the containers of {}; the volume {} stays",
                 stack.project,
                 stack.volume()
             ));
-            report.dry_run = true;
+            run.edit().dry_run = true;
             return Ok(());
         }
         deploy::confirm(
@@ -80,7 +69,7 @@ pub fn down(
                 stack.volume()
             ),
         )?;
-        report.changed = true;
-        printer.step(report, "stop stack", || stack.down(sh))
+        run.edit().changed = true;
+        run.step("stop stack", || stack.down(sh))
     })
 }

@@ -14,9 +14,8 @@ use crate::deploy;
 use crate::docker;
 use crate::exit;
 use crate::images;
-use crate::output::Printer;
+use crate::output::Run;
 use crate::project::{BackupOptions, StackArgs};
-use crate::report::Report;
 
 /// The live database's path in the volume, as the bot's container sees it.
 const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
@@ -38,174 +37,168 @@ impl Args {
 }
 
 /// Replaces the live database with FILE, backing the live one up first.
-pub fn run(sh: &Shell, args: Args, printer: &Printer, report: &mut Report) -> anyhow::Result<()> {
+pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
     let file = std::fs::canonicalize(&args.file)
         .map_err(|e| exit::usage(format!("{}: {e}", args.file.display())))?;
     let incoming = migrations::inspect_copy(&file)
         .map_err(|e| exit::refused(format!("{}: {e}; nothing was changed", file.display())))?;
-    printer.info(&format!(
+    run.info(&format!(
         "{}: integrity ok, {}, revision {}",
         file.display(),
         incoming.state.name(),
         incoming.revision.map_or("none".into(), |r| r.to_string())
     ));
     let stack_args = args.stack_args();
-    deploy::locked_and_recorded(
-        sh,
-        &stack_args,
-        "restore",
-        report,
-        |state_dir, time, report| {
-            let stack = deploy::check_machine(sh, &stack_args, false, printer, report)?;
-            if !stack_args.dry_run {
-                // A killed run's restore or migration still at work must end first.
-                deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
-            }
-            crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
-            if docker::image_id(sh, &stack.bot_image)?.is_none() {
-                if stack_args.dry_run {
-                    printer.info(&format!("would build {} first", stack.bot_image));
-                } else {
-                    printer.step(report, "build images", || {
-                        images::build(sh, &stack, stack_args.schema_head).map(drop)
-                    })?;
-                }
-            }
-            let read = if docker::image_id(sh, &stack.bot_image)?.is_some() {
-                printer.step(report, "read database", || {
-                    database::status_or_damaged(sh, &stack, &stack.bot_image)
-                })?
-            } else {
-                Ok(database::DbStatus::empty(0))
-            };
-            // A damaged live database is what a restore is for: it is replaced (asking, or
-            // --yes), its file kept beside the backups and, whole, in the volume.
-            let (live, damage) = match read {
-                Ok(live) => (live, None),
-                Err(damage) => {
-                    printer.detail(report, format!("the live database is damaged: {damage}"));
-                    (database::DbStatus::empty(0), Some(damage))
-                }
-            };
-            // A damaged file has no state the engine can name.
-            report.state_before = Some(match damage {
-                Some(_) => "damaged".to_owned(),
-                None => live.state.to_string(),
-            });
-            report.revision_before = live.effective_version();
-            deploy::refuse_a_second_running_bot(sh, &stack)?;
-            let container = stack.running_bot(sh)?;
+    deploy::locked_and_recorded(sh, &stack_args, "restore", run, |state_dir, time| {
+        let stack = deploy::check_machine(sh, &stack_args, false, run)?;
+        if !stack_args.dry_run {
+            // A killed run's restore or migration still at work must end first.
+            deploy::save_leftover_backups(sh, &stack, state_dir, run)?;
+        }
+        crate::old_app::refuse_if_old_app(sh, &stack, "restore")?;
+        if docker::image_id(sh, &stack.bot_image)?.is_none() {
             if stack_args.dry_run {
-                printer.info("dry run: nothing was changed. The restore would:");
-                if container.is_some() {
-                    printer.info("  stop bot: docker stop <bot container>");
-                }
-                if damage.is_some() || live.state != State::Empty {
-                    printer.info(&format!(
-                        "  back up the live database ({}) to {}/",
-                        match damage {
-                            Some(_) => format!("damaged: revision none (head {})", live.head),
-                            None => deploy::describe(&live),
-                        },
-                        state_dir.display()
-                    ));
-                }
-                printer.info(&format!("  restore: docker cp {} <restore container> && bot db restore (as root, then owned by {})", file.display(), database::BOT_OWNER));
-                report.dry_run = true;
-                return Ok(());
-            }
-            let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
-            deploy::confirm(
-                stack_args.yes,
-                &match &damage {
-                    Some(_) => format!(
-                        "The database in volume {} is damaged. Replace it with {}? The bot will be stopped; the damaged file is kept as {} and, in the volume, as bot_database.db.damaged-<time>.",
-                        stack.volume(),
-                        file.display(),
-                        damaged_copy.display()
-                    ),
-                    None => format!(
-                        "Replace the database in volume {} ({}) with {}? The bot will be stopped.",
-                        stack.volume(),
-                        deploy::describe(&live),
-                        file.display()
-                    ),
-                },
-            )?;
-            if live.state != State::Empty && damage.is_none() {
-                printer.step(report, "check room for the backup", || {
-                    backups::require_room(sh, state_dir, live.copy_bytes())
+                run.info(&format!("would build {} first", stack.bot_image));
+            } else {
+                run.step("build images", || {
+                    images::build(sh, &stack, stack_args.schema_head).map(drop)
                 })?;
             }
-            report.changed = true;
-            let _critical = crate::signals::Critical::enter();
-            crate::signals::hold_all(
-                "the restore runs to its end (stopping halfway would leave the bot down)",
-            );
-            if let Some(container) = container {
-                printer.step(report, "stop bot", || deploy::stop_container(&container.id))?;
+        }
+        let read = if docker::image_id(sh, &stack.bot_image)?.is_some() {
+            run.step("read database", || {
+                database::status_or_damaged(sh, &stack, &stack.bot_image)
+            })?
+        } else {
+            Ok(database::DbStatus::empty(0))
+        };
+        // A damaged live database is what a restore is for: it is replaced (asking, or
+        // --yes), its file kept beside the backups and, whole, in the volume.
+        let (live, damage) = match read {
+            Ok(live) => (live, None),
+            Err(damage) => {
+                run.detail(format!("the live database is damaged: {damage}"));
+                (database::DbStatus::empty(0), Some(damage))
             }
-            if !database::volume_exists(sh, &stack) {
-                database::create_volume(sh, &stack)?;
+        };
+        // A damaged file has no state the engine can name.
+        run.edit().state_before = Some(match damage {
+            Some(_) => "damaged".to_owned(),
+            None => live.state.to_string(),
+        });
+        run.edit().revision_before = live.effective_version();
+        deploy::refuse_a_second_running_bot(sh, &stack)?;
+        let container = stack.running_bot(sh)?;
+        if stack_args.dry_run {
+            run.info("dry run: nothing was changed. The restore would:");
+            if let Some(c) = &container {
+                run.info(&format!("  stop bot: {}", deploy::stop_argv(&c.id).shown()));
             }
-            if damage.is_some() {
-                // Not a backup (it fails its checks): named so that retention and rollback
-                // never take it for one.
-                printer.step(report, "keep damaged database", || {
-                    std::fs::create_dir_all(state_dir)?;
-                    database::copy_from_volume(
-                        sh,
-                        &stack,
-                        &stack.bot_image,
-                        DATABASE_IN_VOLUME,
-                        &damaged_copy,
-                        // Its size is unknown: it cannot be read.
-                        crate::process::UNKNOWN_SIZE,
-                    )
-                })?;
-                printer.detail(report, format!("kept as {}", damaged_copy.display()));
-            } else if live.state != State::Empty {
-                let name = backups::name(
-                    &stack.project,
-                    time,
-                    live.effective_version(),
-                    Some("before-restore"),
-                );
-                let host_file = state_dir.join(name);
-                printer.step(report, "back up database", || {
-                    database::back_up_to_host(
-                        sh,
-                        &stack,
-                        &stack.bot_image,
-                        &host_file,
-                        live.copy_bytes(),
-                    )?;
-                    backups::seal(&host_file).map(drop)
-                })?;
-                report.backup = Some(host_file.display().to_string());
-                backups::prune_and_tell(printer, state_dir, &stack.project, stack_args.keep)?;
+            if damage.is_some() || live.state != State::Empty {
+                run.info(&format!(
+                    "  back up the live database ({}) to {}/",
+                    match damage {
+                        Some(_) => format!("damaged: revision none (head {})", live.head),
+                        None => deploy::describe(&live),
+                    },
+                    state_dir.display()
+                ));
             }
-            crate::journal::volume(format!(
-                "being replaced by {} (the bot is stopped)",
-                file.display()
-            ));
-            printer.step(report, "restore database", || {
-                database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
-                    .map(drop)
+            run.info(&format!("  restore: docker cp {} <restore container> && bot db restore (as root, then owned by {})", file.display(), database::BOT_OWNER));
+            run.edit().dry_run = true;
+            return Ok(());
+        }
+        let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
+        deploy::confirm(
+            stack_args.yes,
+            &match &damage {
+                Some(_) => format!(
+                    "The database in volume {} is damaged. Replace it with {}? The bot will be stopped; the damaged file is kept as {} and, in the volume, as bot_database.db.damaged-<time>.",
+                    stack.volume(),
+                    file.display(),
+                    damaged_copy.display()
+                ),
+                None => format!(
+                    "Replace the database in volume {} ({}) with {}? The bot will be stopped.",
+                    stack.volume(),
+                    deploy::describe(&live),
+                    file.display()
+                ),
+            },
+        )?;
+        if live.state != State::Empty && damage.is_none() {
+            run.step("check room for the backup", || {
+                backups::require_room(sh, state_dir, live.copy_bytes())
             })?;
-            let after = database::status(sh, &stack, &stack.bot_image)
-                .context("reading the restored database")?;
-            report.revision_after = after.effective_version();
-            crate::journal::volume(format!(
-                "restored from {}: {}; the bot is stopped",
-                file.display(),
-                deploy::describe(&after)
-            ));
-            printer.info(&format!(
+        }
+        run.edit().changed = true;
+        let _critical = crate::signals::Critical::enter();
+        crate::signals::hold_all(
+            "the restore runs to its end (stopping halfway would leave the bot down)",
+        );
+        if let Some(container) = container {
+            run.step("stop bot", || deploy::stop_container(&container.id))?;
+        }
+        if !database::volume_exists(sh, &stack) {
+            database::create_volume(sh, &stack)?;
+        }
+        if damage.is_some() {
+            // Not a backup (it fails its checks): named so that retention and rollback
+            // never take it for one.
+            run.step("keep damaged database", || {
+                std::fs::create_dir_all(state_dir)?;
+                database::copy_from_volume(
+                    sh,
+                    &stack,
+                    &stack.bot_image,
+                    DATABASE_IN_VOLUME,
+                    &damaged_copy,
+                    // Its size is unknown: it cannot be read.
+                    crate::process::UNKNOWN_SIZE,
+                )
+            })?;
+            run.detail(format!("kept as {}", damaged_copy.display()));
+        } else if live.state != State::Empty {
+            let name = backups::name(
+                &stack.project,
+                time,
+                live.effective_version(),
+                Some("before-restore"),
+            );
+            let host_file = state_dir.join(name);
+            run.step("back up database", || {
+                database::back_up_to_host(
+                    sh,
+                    &stack,
+                    &stack.bot_image,
+                    &host_file,
+                    live.copy_bytes(),
+                )?;
+                backups::seal(&host_file).map(drop)
+            })?;
+            run.edit().backup = Some(host_file.display().to_string());
+            backups::prune_and_tell(run, state_dir, &stack.project, stack_args.keep)?;
+        }
+        crate::journal::volume(format!(
+            "being replaced by {} (the bot is stopped)",
+            file.display()
+        ));
+        run.step("restore database", || {
+            database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
+                .map(drop)
+        })?;
+        let after = database::status(sh, &stack, &stack.bot_image)
+            .context("reading the restored database")?;
+        run.edit().revision_after = after.effective_version();
+        crate::journal::volume(format!(
+            "restored from {}: {}; the bot is stopped",
+            file.display(),
+            deploy::describe(&after)
+        ));
+        run.info(&format!(
             "restored: the database is {}. The bot stays stopped; next: `cargo xtask prod-migrate` (or prod-full-update) to bring it to head and start it",
             deploy::describe(&after)
         ));
-            Ok(())
-        },
-    )
+        Ok(())
+    })
 }

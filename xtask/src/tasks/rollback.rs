@@ -10,18 +10,12 @@ use crate::deploy;
 use crate::docker;
 use crate::exit;
 use crate::history;
-use crate::output::Printer;
+use crate::output::Run;
 use crate::project::StackArgs;
-use crate::report::Report;
 
 /// Rolls the last deploy back.
-pub fn run(
-    sh: &Shell,
-    args: &StackArgs,
-    printer: &Printer,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    deploy::locked_and_recorded(sh, args, "rollback", report, |state_dir, time, report| {
+pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
+    deploy::locked_and_recorded(sh, args, "rollback", run, |state_dir, time| {
         let records = history::read(state_dir)?;
         if let Some(run) = history::unfinished(&records)
             .into_iter()
@@ -44,11 +38,11 @@ pub fn run(
                 last.task, last.time
             )));
         };
-        let mut stack = deploy::check_machine(sh, args, false, printer, report)?;
+        let mut stack = deploy::check_machine(sh, args, false, run)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "rollback")?;
         if !args.dry_run {
             // A deploy whose backup copy failed left it in its migration container.
-            deploy::save_leftover_backups(sh, &stack, state_dir, printer)?;
+            deploy::save_leftover_backups(sh, &stack, state_dir, run)?;
         }
         if docker::image_id(sh, tag)?.as_deref() != Some(image_before.as_str()) {
             return Err(exit::refused(format!(
@@ -83,7 +77,7 @@ pub fn run(
                 )));
             }
         }
-        report.revision_before = last.revision_after;
+        run.edit().revision_before = last.revision_after;
         let mut question = format!(
             "Roll back the deploy of {} to image {}",
             last.time,
@@ -99,8 +93,8 @@ pub fn run(
             question.push('?');
         }
         if args.dry_run {
-            printer.info(&format!("dry run: nothing was changed. {question}"));
-            report.dry_run = true;
+            run.info(&format!("dry run: nothing was changed. {question}"));
+            run.edit().dry_run = true;
             return Ok(());
         }
         // Read and checked while the bot still runs: a rollback that cannot keep the current
@@ -110,32 +104,32 @@ pub fn run(
             None => None,
         };
         if let Some(live) = live.as_ref().filter(|l| l.state != State::Empty) {
-            printer.step(report, "check room for the backup", || {
+            run.step("check room for the backup", || {
                 backups::require_room(sh, state_dir, live.copy_bytes())
             })?;
         }
         deploy::refuse_a_second_running_bot(sh, &stack)?;
         deploy::confirm(args.yes, &question)?;
-        report.changed = true;
+        run.edit().changed = true;
         let _critical = crate::signals::Critical::enter();
         crate::signals::hold_all(
             "the rollback runs to its end (stopping halfway would leave the bot down)",
         );
         let was_running = stack.running_bot(sh)?;
         if let Some(container) = &was_running {
-            printer.step(report, "stop bot", || deploy::stop_container(&container.id))?;
+            run.step("stop bot", || deploy::stop_container(&container.id))?;
         }
         // Until the restore is done the database is the current one: a failure up to there
         // starts the bot that ran, as it was.
-        let start_again = |report: &mut Report, error: anyhow::Error| -> anyhow::Error {
+        let start_again = |error: anyhow::Error| -> anyhow::Error {
             if was_running.is_none() {
                 return error;
             }
             crate::signals::rolling_back();
-            let restarted = printer
-                .step(report, "start the bot that ran", || stack.up(sh))
+            let restarted = run
+                .step("start the bot that ran", || stack.up(sh))
                 .and_then(|()| {
-                    printer.step(report, "wait until healthy", || {
+                    run.step("wait until healthy", || {
                         deploy::wait_until_healthy(
                             sh,
                             &stack,
@@ -161,7 +155,7 @@ pub fn run(
                     live.effective_version(),
                     Some("before-rollback"),
                 ));
-                if let Err(e) = printer.step(report, "back up database", || {
+                if let Err(e) = run.step("back up database", || {
                     database::back_up_to_host(
                         sh,
                         &stack,
@@ -172,18 +166,18 @@ pub fn run(
                     backups::seal(&keep).map(drop)
                 }) {
                     let _ = std::fs::remove_file(&keep);
-                    return Err(start_again(report, e));
+                    return Err(start_again(e));
                 }
-                report.backup = Some(keep.display().to_string());
+                run.edit().backup = Some(keep.display().to_string());
             }
             crate::journal::volume(format!(
                 "being put back from {} by the rollback (the bot is stopped)",
                 backup.display()
             ));
-            if let Err(e) = printer.step(report, "restore database", || {
+            if let Err(e) = run.step("restore database", || {
                 database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
             }) {
-                return Err(start_again(report, e));
+                return Err(start_again(e));
             }
             crate::journal::volume(format!(
                 "put back from {} (revision {:?}); the previous image starts next",
@@ -204,16 +198,16 @@ pub fn run(
             r.image_after = Some(image_before.clone());
             r.env_after = last.env_before.clone();
         });
-        printer.step(report, "start previous bot", || stack.up(sh))?;
-        printer.step(report, "wait until healthy", || {
+        run.step("start previous bot", || stack.up(sh))?;
+        run.step("wait until healthy", || {
             deploy::wait_until_healthy(
                 sh,
                 &stack,
                 std::time::Duration::from_secs(args.health_timeout),
             )
         })?;
-        report.revision_after = last.revision_before;
-        report.image = Some(format!("{tag} ({})", deploy::short(image_before)));
+        run.edit().revision_after = last.revision_before;
+        run.edit().image = Some(format!("{tag} ({})", deploy::short(image_before)));
         Ok(())
     })
 }

@@ -246,6 +246,7 @@ pub fn require_room(sh: &Shell, dir: &Path, bytes: u64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Progress;
 
     #[test]
     fn names_sort_by_time_and_pruning_keeps_the_newest() {
@@ -301,10 +302,13 @@ mod tests {
             time: time.into(),
             task: "prod-full-update".into(),
             result: "ok".into(),
-            changed: true,
-            revision_before: from,
-            revision_after: to,
-            backup: backup.map(|b| PathBuf::from("/somewhere/backups/p").join(b)),
+            progress: Progress {
+                changed: true,
+                revision_before: from,
+                revision_after: to,
+                backup: backup.map(|b| PathBuf::from("/somewhere/backups/p").join(b)),
+                ..Progress::default()
+            },
             ..Record::default()
         }
     }

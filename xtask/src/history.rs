@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::report::StepReport;
+use crate::report::Progress;
 use crate::secrets;
 
 /// One deploy, as recorded.
@@ -39,19 +39,6 @@ pub struct Record {
     pub profile: Option<String>,
     /// SHA-256 of the environment file deployed (to notice a changed `.env`).
     pub env_sha256: Option<String>,
-    /// The database revision before.
-    pub revision_before: Option<u32>,
-    /// The database revision after.
-    pub revision_after: Option<u32>,
-    /// The backup taken before the database changed.
-    pub backup: Option<PathBuf>,
-    /// Where the database came from, when the deploy imported it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imported_from: Option<String>,
-    /// Every step with its duration.
-    pub steps: Vec<StepRecord>,
-    /// Seconds the bot was not running.
-    pub downtime_seconds: Option<f64>,
     /// ok, failed, refused, rolled-back, nothing-to-do; `running` while it runs (and for ever
     /// when it was killed: see [`unfinished`]); `interrupted` when a signal stopped it before it
     /// changed anything, or a later run found it unfinished and finished it.
@@ -68,30 +55,24 @@ pub struct Record {
     /// For an unfinished run: the run that found it and finished it (task and time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_by: Option<String>,
-    /// Whether anything changed.
-    pub changed: bool,
     /// The error, when it failed.
     pub error: Option<String>,
+    /// What it did, as its report told it (revisions, backup, steps, downtime, changed).
+    #[serde(flatten)]
+    pub progress: Progress,
 }
 
-/// One step of a recorded deploy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    /// The step's name.
-    pub name: String,
-    /// Its duration.
-    pub seconds: f64,
-    /// ok or failed.
-    pub result: String,
+impl std::ops::Deref for Record {
+    type Target = Progress;
+
+    fn deref(&self) -> &Progress {
+        &self.progress
+    }
 }
 
-impl From<&StepReport> for StepRecord {
-    fn from(step: &StepReport) -> StepRecord {
-        StepRecord {
-            name: step.name.clone(),
-            seconds: step.seconds,
-            result: step.result.to_owned(),
-        }
+impl std::ops::DerefMut for Record {
+    fn deref_mut(&mut self) -> &mut Progress {
+        &mut self.progress
     }
 }
 
@@ -112,9 +93,10 @@ fn scrubbed(record: &Record) -> Record {
         }
     };
     scrub(&mut clean.error);
-    scrub(&mut clean.imported_from);
-    for step in &mut clean.steps {
+    scrub(&mut clean.progress.imported_from);
+    for step in &mut clean.progress.steps {
         step.name = secrets::scrub(&step.name);
+        scrub(&mut step.detail);
     }
     clean
 }
@@ -283,17 +265,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-history-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let ok = Record {
+            progress: Progress {
+                changed: true,
+                revision_before: Some(3),
+                revision_after: Some(4),
+                ..Progress::default()
+            },
             time: "20261125T070000Z".into(),
             task: "prod-full-update".into(),
             result: "ok".into(),
-            changed: true,
-            revision_before: Some(3),
-            revision_after: Some(4),
             ..Record::default()
         };
         let noop = Record {
+            progress: Progress {
+                changed: false,
+                ..ok.progress.clone()
+            },
             result: "ok".into(),
-            changed: false,
             ..ok.clone()
         };
         let failed = Record {
@@ -301,8 +289,11 @@ mod tests {
             ..ok.clone()
         };
         let older = Record {
-            revision_before: Some(2),
-            revision_after: Some(3),
+            progress: Progress {
+                revision_before: Some(2),
+                revision_after: Some(3),
+                ..ok.progress.clone()
+            },
             ..ok.clone()
         };
         for record in [&older, &ok, &noop, &failed] {
@@ -346,10 +337,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-history-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let record = Record {
+            progress: Progress {
+                backup: Some(PathBuf::from("/srv/history-test/backup.db")),
+                ..Progress::default()
+            },
             task: "prod-migrate".into(),
             result: "failed".into(),
             error: Some("log: token 717171:HISTORYtestSECRET in /srv/history-test".into()),
-            backup: Some(PathBuf::from("/srv/history-test/backup.db")),
             ..Record::default()
         };
         append(&dir, &record).unwrap();

@@ -143,24 +143,20 @@ pub fn interrupted(signal: &str) -> Option<String> {
     step
 }
 
-/// Copies the report's progress into the record: what a killed run's line should say.
+/// Copies the report's progress into the record: what a killed run's line should say. The
+/// backup the record names (where this deploy's will be) stays until the report names one.
 fn fill_from_report(record: &mut Record, report: &Report) {
-    record.steps = report.steps.iter().map(Into::into).collect();
-    record.downtime_seconds = report.downtime_seconds;
-    record.revision_before = report.revision_before;
-    record.revision_after = report.revision_after;
-    if report.backup.is_some() {
-        record.backup = report.backup.as_ref().map(PathBuf::from);
+    let planned_backup = record.backup.take();
+    record.progress = report.progress.clone();
+    if record.backup.is_none() {
+        record.backup = planned_backup;
     }
-    record.imported_from = report.imported_from.clone();
-    record.changed = report.changed;
 }
 
 /// Fills the record's outcome from the report.
 pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Result<()>) {
-    fill_from_report(record, report);
     // The backup the run ended with, not the one it meant to take.
-    record.backup = report.backup.as_ref().map(PathBuf::from);
+    record.progress = report.progress.clone();
     record.step = None;
     record.result = match result {
         Ok(()) if !report.changed => "nothing-to-do".into(),
@@ -204,6 +200,7 @@ pub fn inherit(record: &mut Record, old: &Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Progress;
 
     fn temp_dir(label: &str) -> PathBuf {
         let dir =
@@ -250,20 +247,26 @@ mod tests {
         let backup = dir.join("proj-20261126T110000Z-rev3.db");
         std::fs::write(&backup, b"x").unwrap();
         let killed = Record {
+            progress: Progress {
+                revision_before: Some(3),
+                revision_after: Some(3),
+                backup: Some(backup.clone()),
+                ..Progress::default()
+            },
             task: "prod-full-update".into(),
             image_before: Some("sha256:old".into()),
             image_before_tag: Some("tgbot-bot:proj-previous".into()),
-            revision_before: Some(3),
-            revision_after: Some(3),
-            backup: Some(backup.clone()),
             result: "running".into(),
             ..Record::default()
         };
         // The killed run's migration and new bot went on without it: nothing left to do.
         let mut finisher = Record {
+            progress: Progress {
+                revision_before: Some(4),
+                revision_after: Some(4),
+                ..Progress::default()
+            },
             result: "nothing-to-do".into(),
-            revision_before: Some(4),
-            revision_after: Some(4),
             ..Record::default()
         };
         inherit(&mut finisher, &killed);
@@ -275,12 +278,15 @@ mod tests {
 
         // A finisher that migrated and replaced the image itself keeps its own way back.
         let mut own = Record {
+            progress: Progress {
+                revision_before: Some(3),
+                revision_after: Some(4),
+                backup: Some(dir.join("mine.db")),
+                ..Progress::default()
+            },
             result: "ok".into(),
             image_before: Some("sha256:mine".into()),
             image_before_tag: Some("tgbot-bot:proj-previous".into()),
-            revision_before: Some(3),
-            revision_after: Some(4),
-            backup: Some(dir.join("mine.db")),
             ..Record::default()
         };
         inherit(&mut own, &killed);
@@ -290,9 +296,12 @@ mod tests {
         // A backup the killed run never took is no way back.
         std::fs::remove_file(&backup).unwrap();
         let mut nothing = Record {
+            progress: Progress {
+                revision_before: Some(4),
+                revision_after: Some(4),
+                ..Progress::default()
+            },
             result: "nothing-to-do".into(),
-            revision_before: Some(4),
-            revision_after: Some(4),
             ..Record::default()
         };
         let killed_early = Record {

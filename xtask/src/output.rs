@@ -89,7 +89,7 @@ impl Run {
         self.edit().steps.push(StepReport {
             name: name.to_owned(),
             seconds,
-            result: if ok { "ok" } else { "failed" },
+            result: if ok { "ok" } else { "failed" }.into(),
             detail: None,
         });
         crate::journal::progress(&self.report(), None);

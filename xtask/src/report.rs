@@ -1,22 +1,45 @@
 //! The final report of a task: what changed, each step with its duration, and how it ended.
 //! Both its forms are scrubbed of the environment file's secrets (see [`crate::secrets`]).
 
-use serde::Serialize;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use crate::secrets;
 
 /// One step as it ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     /// The step's name, e.g. "upgrade database".
     pub name: String,
     /// How long it took.
     pub seconds: f64,
     /// "ok" or "failed".
-    pub result: &'static str,
+    pub result: String,
     /// What it found or did, when worth saying.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// What a task did so far, as its report and its line in the deploy history both tell it: the
+/// history record embeds it as it is (see [`crate::history::Record`]).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Progress {
+    /// The database's recorded revision before (null: none).
+    pub revision_before: Option<u32>,
+    /// The database's recorded revision after.
+    pub revision_after: Option<u32>,
+    /// The backup taken before the database changed, on this machine.
+    pub backup: Option<PathBuf>,
+    /// Where the database came from, when the deploy imported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
+    /// Every step in order.
+    pub steps: Vec<StepReport>,
+    /// Seconds the bot was not running.
+    pub downtime_seconds: Option<f64>,
+    /// Whether anything was changed (containers, database).
+    pub changed: bool,
 }
 
 /// The whole task's report; `--json` prints it as one object on stdout.
@@ -28,19 +51,11 @@ pub struct Report {
     pub project: String,
     /// "ok", "failed" or "refused" (or "not-ready", "usage").
     pub result: String,
-    /// Whether anything was changed (containers, database).
-    pub changed: bool,
-    /// The database's recorded revision before (null: none).
-    pub revision_before: Option<u32>,
-    /// The database's recorded revision after.
-    pub revision_after: Option<u32>,
+    /// What it did so far (revisions, backup, steps, downtime, changed).
+    #[serde(flatten)]
+    pub progress: Progress,
     /// The database's state before ("unstamped", "behind", ...).
     pub state_before: Option<String>,
-    /// The backup taken, on the host.
-    pub backup: Option<String>,
-    /// Where the database came from, when the deploy imported it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub imported_from: Option<String>,
     /// What became of the old app's container, when the deploy replaced it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_app: Option<String>,
@@ -48,10 +63,6 @@ pub struct Report {
     pub image: Option<String>,
     /// Whether a failure was rolled back.
     pub rolled_back: bool,
-    /// Seconds the bot was not running.
-    pub downtime_seconds: Option<f64>,
-    /// Every step in order.
-    pub steps: Vec<StepReport>,
     /// Seconds for the whole task.
     pub seconds: f64,
     /// The step that failed, when one did.
@@ -75,6 +86,20 @@ pub struct Report {
     pub migrations: Vec<String>,
     /// The exit code.
     pub exit_code: i32,
+}
+
+impl std::ops::Deref for Report {
+    type Target = Progress;
+
+    fn deref(&self) -> &Progress {
+        &self.progress
+    }
+}
+
+impl std::ops::DerefMut for Report {
+    fn deref_mut(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
 }
 
 impl Report {
@@ -136,7 +161,7 @@ impl Report {
             out.push_str(&format!("  old app:  {old_app}\n"));
         }
         if let Some(backup) = &self.backup {
-            out.push_str(&format!("  backup:   {backup}\n"));
+            out.push_str(&format!("  backup:   {}\n", backup.display()));
         }
         if let Some(image) = &self.image {
             out.push_str(&format!("  image:    {image}\n"));
@@ -175,7 +200,7 @@ mod tests {
         report.steps.push(StepReport {
             name: "start bot".into(),
             seconds: 1.0,
-            result: "failed",
+            result: "failed".into(),
             detail: Some("bot/REPORTtestSECRETvalue".into()),
         });
         report.plan.push("wait 1 s".into());

@@ -277,7 +277,7 @@ impl Deploy<'_> {
                             host_file.display()
                         ));
                         run.detail(host_file.display().to_string());
-                        run.edit().backup = Some(host_file.display().to_string());
+                        run.edit().backup = Some(host_file.clone());
                         changes.backup_on_host = Some(host_file);
                     }
                     // The migration is committed and the new bot may serve already: a copy
@@ -294,7 +294,7 @@ impl Deploy<'_> {
                         run.info(&format!("warning: {warning}"));
                         run.edit().warnings.push(warning);
                         // The name it will have once saved: `rollback` finds it there.
-                        run.edit().backup = Some(host_file.display().to_string());
+                        run.edit().backup = Some(host_file.clone());
                         changes.backup_pending = true;
                     }
                 }

@@ -101,7 +101,7 @@ pub fn take(
         info.bytes,
         info.revision
     ));
-    run.edit().backup = Some(host_file.display().to_string());
+    run.edit().backup = Some(host_file.clone());
     backups::prune_and_tell(run, state_dir, &stack.project, args.keep)?;
     Ok(())
 }

@@ -176,7 +176,7 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
                 )?;
                 backups::seal(&host_file).map(drop)
             })?;
-            run.edit().backup = Some(host_file.display().to_string());
+            run.edit().backup = Some(host_file.clone());
             backups::prune_and_tell(run, state_dir, &stack.project, stack_args.keep)?;
         }
         crate::journal::volume(format!(

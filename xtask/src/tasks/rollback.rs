@@ -168,7 +168,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                     let _ = std::fs::remove_file(&keep);
                     return Err(start_again(e));
                 }
-                run.edit().backup = Some(keep.display().to_string());
+                run.edit().backup = Some(keep.clone());
             }
             crate::journal::volume(format!(
                 "being put back from {} by the rollback (the bot is stopped)",

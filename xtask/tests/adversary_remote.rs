@@ -115,35 +115,6 @@ fn spawn_sshd(config: &Path, log: &Path) -> Daemon {
     )
 }
 
-/// `docker` and `docker-compose` first on PATH, each noting the engine it was given
-/// (DOCKER_HOST, DOCKER_CONTEXT) and its arguments before running the real one.
-fn logging_bin(dir: &Path) -> (PathBuf, PathBuf) {
-    let bin = dir.join("logbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let log = dir.join("engine-commands.log");
-    for program in ["docker", "docker-compose"] {
-        let real = std::env::var("PATH")
-            .unwrap()
-            .split(':')
-            .map(|d| Path::new(d).join(program))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("{program} is not on PATH"));
-        let script = bin.join(program);
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"DOCKER_HOST=${{DOCKER_HOST-<unset>}} DOCKER_CONTEXT=${{DOCKER_CONTEXT-<unset>}} :: {program} $*\" >> {log}\nexec {real} \"$@\"\n",
-                log = log.display(),
-                real = real.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    (bin, log)
-}
-
 /// `cargo xtask TASK --demo -p NAME ARGS` with ENV, running in the background.
 struct Running {
     child: Child,
@@ -736,7 +707,7 @@ fn every_task_through_ssh_reaches_only_that_engine_shares_the_lock_and_leaks_not
     let server = SshServer::start(&project.dir.join("ssh"));
     let host = server.host();
     let _state = Remove(vec![engine_state(&server)]);
-    let (logbin, log) = logging_bin(&project.dir);
+    let (logbin, log) = common::logging_bin(&project.dir);
     let path = format!("{}:{}", logbin.display(), server.path());
     let env_file = common::env_file(&project.dir, "prod.env", TOKEN);
     let env_arg = env_file.display().to_string();

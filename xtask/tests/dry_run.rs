@@ -7,39 +7,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
 use serde_json::Value;
-
-/// `docker` and `docker-compose` first on PATH, each writing its arguments to the log before
-/// running the real one. Returns the PATH to use and the log.
-fn logging_path(dir: &Path) -> (String, PathBuf) {
-    let bin = dir.join("logbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let log = dir.join("commands.log");
-    let path = std::env::var("PATH").unwrap();
-    for program in ["docker", "docker-compose"] {
-        let real = path
-            .split(':')
-            .map(|d| Path::new(d).join(program))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("{program} is not on PATH"));
-        let script = bin.join(program);
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"{program} $*\" >> {log}\nexec {real} \"$@\"\n",
-                log = log.display(),
-                real = real.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    (format!("{}:{path}", bin.display()), log)
-}
 
 /// The plan's commands, as (step, command): the text after `step: ` up to a ` # ` note; lines
 /// that only describe (no `docker` command) are left out.
@@ -123,7 +92,8 @@ fn plan_matches_deploy(project: &Project, task: &str, args: &[&str]) -> Vec<(Str
     let planned = planned_commands(&report(&dry));
     assert!(!planned.is_empty(), "{}", text(&dry));
 
-    let (path, log) = logging_path(&project.dir);
+    let (bin, log) = logging_bin(&project.dir);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let _ = std::fs::remove_file(&log);
     let mut real_args = args.to_vec();
     real_args.extend(["--yes", "--json"]);
@@ -132,7 +102,11 @@ fn plan_matches_deploy(project: &Project, task: &str, args: &[&str]) -> Vec<(Str
     let ran: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
-        .map(str::to_owned)
+        .map(|line| {
+            line.split_once(" :: ")
+                .map_or(line, |(_, command)| command)
+                .to_owned()
+        })
         .collect();
     let mut from = 0;
     for (step, command) in &planned {

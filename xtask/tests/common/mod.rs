@@ -526,3 +526,33 @@ pub fn deploy_acted_on(
     output.stderr = progress.into_bytes();
     (output, acted)
 }
+
+/// `docker` and `docker-compose` first on PATH (the folder returned first), each noting in the
+/// log returned second the engine it was given (DOCKER_HOST, DOCKER_CONTEXT) and its arguments,
+/// as `DOCKER_HOST=... DOCKER_CONTEXT=... :: docker ARGS`, before running the real one.
+pub fn logging_bin(dir: &Path) -> (PathBuf, PathBuf) {
+    let bin = dir.join("logbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("engine-commands.log");
+    for program in ["docker", "docker-compose"] {
+        let real = std::env::var("PATH")
+            .unwrap()
+            .split(':')
+            .map(|d| Path::new(d).join(program))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{program} is not on PATH"));
+        let script = bin.join(program);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"DOCKER_HOST=${{DOCKER_HOST-<unset>}} DOCKER_CONTEXT=${{DOCKER_CONTEXT-<unset>}} :: {program} $*\" >> {log}\nexec {real} \"$@\"\n",
+                log = log.display(),
+                real = real.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (bin, log)
+}

@@ -246,7 +246,7 @@ pub fn require_room(sh: &Shell, dir: &Path, bytes: u64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Progress;
+    use crate::report::{Outcome, Progress};
 
     #[test]
     fn names_sort_by_time_and_pruning_keeps_the_newest() {
@@ -301,7 +301,7 @@ mod tests {
         Record {
             time: time.into(),
             task: "prod-full-update".into(),
-            result: "ok".into(),
+            result: Outcome::Ok,
             progress: Progress {
                 changed: true,
                 revision_before: from,
@@ -448,7 +448,7 @@ mod tests {
             Some("p-20261125T061000Z-r3.db"),
         );
         let failed = Record {
-            result: "rolled-back".into(),
+            result: Outcome::RolledBack,
             ..change(
                 "20261125T067000Z",
                 Some(2),

@@ -10,6 +10,7 @@ use crate::deploy::Mode;
 use crate::exit::ExitCode;
 use crate::output::Run;
 use crate::project::StackArgs;
+use crate::report::Outcome;
 use crate::{bench, deploy, exit, host, old_app, project, secrets, signals, tasks};
 
 /// Deploys and runs the bot with Docker Compose.
@@ -200,27 +201,17 @@ fn reported(
     let result = project.and_then(|_| work(sh, &args, &run));
     let mut report = run.edit();
     report.seconds = started.elapsed().as_secs_f64();
+    report.result = Outcome::of_task(&result, &report);
     let code = match &result {
-        Ok(()) if !report.warnings.is_empty() => {
-            report.result = "warning".into();
-            ExitCode::Warning
-        }
+        Ok(()) if !report.warnings.is_empty() => ExitCode::Warning,
         Ok(()) => ExitCode::Success,
         Err(error) => {
-            let code = exit::code_of(error);
-            report.result = match code {
-                ExitCode::Refused => "refused",
-                ExitCode::NotReady => "not-ready",
-                ExitCode::Usage => "usage",
-                _ => "failed",
-            }
-            .into();
             report.error = Some(format!("{error:#}"));
             if report.failed_step.is_none() {
                 report.failed_step = report.last_failed_step();
             }
             eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
-            code
+            exit::code_of(error)
         }
     };
     report.exit_code = code as i32;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::report::Progress;
+use crate::report::{Outcome, Progress};
 use crate::secrets;
 
 /// One deploy, as recorded.
@@ -42,7 +42,7 @@ pub struct Record {
     /// ok, failed, refused, rolled-back, nothing-to-do; `running` while it runs (and for ever
     /// when it was killed: see [`unfinished`]); `interrupted` when a signal stopped it before it
     /// changed anything, or a later run found it unfinished and finished it.
-    pub result: String,
+    pub result: Outcome,
     /// The step it is in (or was in when it stopped), while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
@@ -164,7 +164,10 @@ pub fn save(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
 
 /// Runs that started and never ended (killed, or still running: the lock tells which).
 pub fn unfinished(records: &[Record]) -> Vec<&Record> {
-    records.iter().filter(|r| r.result == "running").collect()
+    records
+        .iter()
+        .filter(|r| r.result == Outcome::Running)
+        .collect()
 }
 
 /// Every record, oldest first, as written; lines that do not parse are skipped.
@@ -199,9 +202,11 @@ pub fn is_deploy(task: &str) -> bool {
 pub fn last_change(records: &[Record]) -> Option<&Record> {
     let mut rolled_back = 0;
     for record in records.iter().rev() {
-        if record.task == "rollback" && record.result == "ok" {
+        if record.task == "rollback" && record.result == Outcome::Ok {
             rolled_back += 1;
-        } else if DEPLOYS.contains(&record.task.as_str()) && record.changed && record.result == "ok"
+        } else if DEPLOYS.contains(&record.task.as_str())
+            && record.changed
+            && record.result == Outcome::Ok
         {
             if rolled_back == 0 {
                 return Some(record);
@@ -244,7 +249,7 @@ fn table_unscrubbed(records: &[Record]) -> String {
             r.result,
             r.step
                 .as_deref()
-                .filter(|_| r.result == "running")
+                .filter(|_| r.result == Outcome::Running)
                 .map(|s| format!(" (step \"{s}\")"))
                 .unwrap_or_default()
                 + &r.error
@@ -273,7 +278,7 @@ mod tests {
             },
             time: "20261125T070000Z".into(),
             task: "prod-full-update".into(),
-            result: "ok".into(),
+            result: Outcome::Ok,
             ..Record::default()
         };
         let noop = Record {
@@ -281,11 +286,11 @@ mod tests {
                 changed: false,
                 ..ok.progress.clone()
             },
-            result: "ok".into(),
+            result: Outcome::Ok,
             ..ok.clone()
         };
         let failed = Record {
-            result: "rolled-back".into(),
+            result: Outcome::RolledBack,
             ..ok.clone()
         };
         let older = Record {
@@ -342,7 +347,7 @@ mod tests {
                 ..Progress::default()
             },
             task: "prod-migrate".into(),
-            result: "failed".into(),
+            result: Outcome::Failed,
             error: Some("log: token 717171:HISTORYtestSECRET in /srv/history-test".into()),
             ..Record::default()
         };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::history::{self, Record};
-use crate::report::Report;
+use crate::report::{Outcome, Report};
 
 struct Journal {
     state_dir: PathBuf,
@@ -36,7 +36,7 @@ fn write(journal: &Journal) {
 /// Writes `record` as a running task's line; fails (changing nothing) when the history cannot
 /// be written, since a run that leaves no trace must not start.
 pub fn begin(state_dir: &Path, mut record: Record) -> anyhow::Result<()> {
-    record.result = "running".into();
+    record.result = Outcome::Running;
     record.pid = Some(std::process::id());
     std::fs::create_dir_all(state_dir)?;
     history::save(state_dir, &record).map_err(|e| {
@@ -109,13 +109,13 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut journal) = current.take() {
         finish_record(&mut journal.record, report, result);
-        let ended_well = matches!(journal.record.result.as_str(), "ok" | "nothing-to-do");
+        let ended_well = journal.record.result.ended_well();
         if ended_well {
             let by = format!("{} {}", journal.record.task, journal.record.time);
             for old in &journal.inherited {
                 inherit(&mut journal.record, old);
                 let mut finished = old.clone();
-                finished.result = "interrupted".into();
+                finished.result = Outcome::Interrupted;
                 finished.finished_by = Some(by.clone());
                 if let Err(e) = history::save(&journal.state_dir, &finished) {
                     eprintln!("warning: the deploy history could not be updated: {e:#}");
@@ -131,7 +131,7 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
 pub fn interrupted(signal: &str) -> Option<String> {
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     let mut journal = current.take()?;
-    journal.record.result = "interrupted".into();
+    journal.record.result = Outcome::Interrupted;
     let step = journal.record.step.clone();
     journal.record.error = Some(format!(
         "stopped by {signal}{} before anything was changed",
@@ -158,13 +158,7 @@ pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Resu
     // The backup the run ended with, not the one it meant to take.
     record.progress = report.progress.clone();
     record.step = None;
-    record.result = match result {
-        Ok(()) if !report.changed => "nothing-to-do".into(),
-        Ok(()) => "ok".into(),
-        Err(_) if report.rolled_back => "rolled-back".into(),
-        Err(e) if crate::exit::code_of(e) == crate::exit::ExitCode::Refused => "refused".into(),
-        Err(_) => "failed".into(),
-    };
+    record.result = Outcome::in_history(result, report);
     record.error = result.as_ref().err().map(|e| format!("{e:#}"));
 }
 
@@ -173,7 +167,7 @@ pub fn finish_record(record: &mut Record, report: &Report, result: &anyhow::Resu
 /// run replaced none itself) and the backup taken before its migration (when this run took none
 /// and that file was saved).
 pub fn inherit(record: &mut Record, old: &Record) {
-    if record.result != "ok" && record.result != "nothing-to-do" {
+    if !record.result.ended_well() {
         return;
     }
     let mut took = false;
@@ -193,7 +187,7 @@ pub fn inherit(record: &mut Record, old: &Record) {
     }
     if took {
         record.changed = true;
-        record.result = "ok".into();
+        record.result = Outcome::Ok;
     }
 }
 
@@ -216,14 +210,14 @@ mod tests {
         let earlier = Record {
             time: "20261126T100000Z".into(),
             task: "backup".into(),
-            result: "ok".into(),
+            result: Outcome::Ok,
             ..Record::default()
         };
         history::append(&dir, &earlier).unwrap();
         let mut running = Record {
             time: "20261126T110000Z".into(),
             task: "prod-full-update".into(),
-            result: "running".into(),
+            result: Outcome::Running,
             step: Some("build images".into()),
             ..Record::default()
         };
@@ -256,7 +250,7 @@ mod tests {
             task: "prod-full-update".into(),
             image_before: Some("sha256:old".into()),
             image_before_tag: Some("tgbot-bot:proj-previous".into()),
-            result: "running".into(),
+            result: Outcome::Running,
             ..Record::default()
         };
         // The killed run's migration and new bot went on without it: nothing left to do.
@@ -266,11 +260,11 @@ mod tests {
                 revision_after: Some(4),
                 ..Progress::default()
             },
-            result: "nothing-to-do".into(),
+            result: Outcome::NothingToDo,
             ..Record::default()
         };
         inherit(&mut finisher, &killed);
-        assert_eq!(finisher.result, "ok");
+        assert_eq!(finisher.result, Outcome::Ok);
         assert!(finisher.changed);
         assert_eq!(finisher.image_before_tag, killed.image_before_tag);
         assert_eq!(finisher.revision_before, Some(3));
@@ -284,7 +278,7 @@ mod tests {
                 backup: Some(dir.join("mine.db")),
                 ..Progress::default()
             },
-            result: "ok".into(),
+            result: Outcome::Ok,
             image_before: Some("sha256:mine".into()),
             image_before_tag: Some("tgbot-bot:proj-previous".into()),
             ..Record::default()
@@ -301,7 +295,7 @@ mod tests {
                 revision_after: Some(4),
                 ..Progress::default()
             },
-            result: "nothing-to-do".into(),
+            result: Outcome::NothingToDo,
             ..Record::default()
         };
         let killed_early = Record {
@@ -309,7 +303,7 @@ mod tests {
             ..killed
         };
         inherit(&mut nothing, &killed_early);
-        assert_eq!(nothing.result, "nothing-to-do");
+        assert_eq!(nothing.result, Outcome::NothingToDo);
         assert!(nothing.backup.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }

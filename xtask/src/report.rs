@@ -7,6 +7,80 @@ use serde::{Deserialize, Serialize};
 
 use crate::secrets;
 
+/// How a task ended, or where it is: one type for the report (`result`), the history (its
+/// line's `result`) and `status`, each name written once. The report tells how the task ended
+/// for the caller (its exit code's class: `ok`, `warning`, `failed`, `refused`, `not-ready`,
+/// `usage`, with `rolled_back` beside); the history tells what it did to the stack (`ok`,
+/// `nothing-to-do`, `rolled-back`, `refused`, `failed`, `running`, `interrupted`). Both are
+/// decided here ([`Outcome::of_task`], [`Outcome::in_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// It did what it was asked.
+    #[default]
+    Ok,
+    /// It ended well but something went wrong beside (exit code 6).
+    Warning,
+    /// It had nothing to change.
+    NothingToDo,
+    /// It failed.
+    Failed,
+    /// It failed, and what it had changed was undone.
+    RolledBack,
+    /// It refused before changing anything.
+    Refused,
+    /// The machine is not ready for it.
+    NotReady,
+    /// It was called wrongly.
+    Usage,
+    /// It runs (or was killed: see [`crate::history::unfinished`]).
+    Running,
+    /// A signal stopped it before it changed anything, or a later run finished it.
+    Interrupted,
+    /// A name this release does not know (written by a later one).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Outcome {
+    /// How a task ended, for its report: the class of its exit code.
+    pub fn of_task(result: &anyhow::Result<()>, report: &Report) -> Outcome {
+        match result {
+            Ok(()) if !report.warnings.is_empty() => Outcome::Warning,
+            Ok(()) => Outcome::Ok,
+            Err(error) => match crate::exit::code_of(error) {
+                crate::exit::ExitCode::Refused => Outcome::Refused,
+                crate::exit::ExitCode::NotReady => Outcome::NotReady,
+                crate::exit::ExitCode::Usage => Outcome::Usage,
+                _ => Outcome::Failed,
+            },
+        }
+    }
+
+    /// What a task did to the stack, for its history line.
+    pub fn in_history(result: &anyhow::Result<()>, report: &Report) -> Outcome {
+        match result {
+            Ok(()) if !report.changed => Outcome::NothingToDo,
+            Ok(()) => Outcome::Ok,
+            Err(_) if report.rolled_back => Outcome::RolledBack,
+            Err(e) if crate::exit::code_of(e) == crate::exit::ExitCode::Refused => Outcome::Refused,
+            Err(_) => Outcome::Failed,
+        }
+    }
+
+    /// Whether a history line with this outcome ended well.
+    pub fn ended_well(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::NothingToDo)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).expect("an outcome serializes");
+        f.write_str(name.as_str().unwrap_or("unknown"))
+    }
+}
+
 /// One step as it ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
@@ -49,8 +123,8 @@ pub struct Report {
     pub task: String,
     /// The Compose project.
     pub project: String,
-    /// "ok", "failed" or "refused" (or "not-ready", "usage").
-    pub result: String,
+    /// How it ended: ok, warning, failed, refused, not-ready or usage.
+    pub result: Outcome,
     /// What it did so far (revisions, backup, steps, downtime, changed).
     #[serde(flatten)]
     pub progress: Progress,
@@ -108,7 +182,7 @@ impl Report {
         Report {
             task: task.to_owned(),
             project: project.to_owned(),
-            result: "ok".into(),
+            result: Outcome::Ok,
             ..Report::default()
         }
     }

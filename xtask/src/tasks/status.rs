@@ -41,7 +41,7 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
     let imported_from = records
         .iter()
         .rev()
-        .find(|r| r.result == "ok" && r.imported_from.is_some())
+        .find(|r| r.result == crate::report::Outcome::Ok && r.imported_from.is_some())
         .map(|r| {
             format!(
                 "{} (by {} at {})",

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{Dir, Ended, acted_on_at, behind_with_users, bot, show, sql};
+use common::{
+    Dir, assert_stderr_has, bot, count_users, limit_file_size, show, sql, upgrade_backing_up_to,
+    upgrade_overtaken_at,
+};
 
 use std::path::Path;
 
@@ -29,9 +32,7 @@ fn revision(db: &Path) -> i64 {
 /// the live file itself, its `-shm`, or its `.migrating` file is held back correctly.)
 #[test]
 fn adversary_backup_to_the_live_wal_lets_the_migration_commit_without_a_backup() {
-    let dir = Dir::new("adv-backup-to-wal");
-    let db = dir.db();
-    behind_with_users(&db, true);
+    let (_dir, db) = Dir::behind("adv-backup-to-wal", true);
     let before = revision(&db);
     let wal = format!("{}-wal", db.display());
     let output = bot(&db, &["db", "upgrade", "--backup-to", &wal])
@@ -46,18 +47,7 @@ fn adversary_backup_to_the_live_wal_lets_the_migration_commit_without_a_backup()
          database unchanged; got: {}",
         show(&output)
     );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("is the -wal file of the database"),
-        "{}",
-        show(&output)
-    );
-}
-
-fn users(db: &Path) -> i64 {
-    Connection::open(db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
-        .unwrap()
+    assert_stderr_has(&output, "is the -wal file of the database");
 }
 
 /// Broke P1 (fixed: the copy first is taken by a pin, asked at the first commit whether anything
@@ -75,34 +65,17 @@ fn users(db: &Path) -> i64 {
 /// `PRAGMA journal_mode = WAL`.
 #[test]
 fn adversary_in_journal_mode_a_commit_between_the_backup_and_the_lock_is_not_noticed() {
-    let dir = Dir::new("adv-backup-journal-overtaken");
-    let db = dir.db();
-    behind_with_users(&db, false);
+    let (dir, db) = Dir::behind("adv-backup-journal-overtaken", false);
     let backup = dir.path("pre-deploy.db");
-    let holder = Connection::open(&db).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let Ended {
-        status,
-        stdout: rest,
-        stderr,
-    } = acted_on_at(
-        &db,
-        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-        "backed up to",
-        || {
-            holder
-                .execute_batch(
-                    "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
-                )
-                .unwrap()
-        },
-    );
-    drop(holder);
-    let (live, copied) = (users(&db), users(&backup));
+    let ended = upgrade_overtaken_at(&db, &backup, "backed up to");
+    let (live, copied) = (count_users(&db), count_users(&backup));
     assert!(
-        status.code() == Some(1) || live == copied,
-        "the migration committed ({status}) though its backup has {copied} users and the \
-         database it migrated had {live}: a rollback would lose a row.\nstdout: {rest}\nstderr: {stderr}"
+        ended.status.code() == Some(1) || live == copied,
+        "the migration committed ({}) though its backup has {copied} users and the \
+         database it migrated had {live}: a rollback would lose a row.\nstdout: {}\nstderr: {}",
+        ended.status,
+        ended.stdout,
+        ended.stderr
     );
 }
 
@@ -116,10 +89,7 @@ fn adversary_in_journal_mode_a_commit_between_the_backup_and_the_lock_is_not_not
 /// none was before.
 #[test]
 fn adversary_a_failed_copy_through_a_symlink_leaves_a_file_at_its_target() {
-    use std::process::Command;
-    let dir = Dir::new("adv-backup-symlink");
-    let db = dir.db();
-    behind_with_users(&db, true);
+    let (dir, db) = Dir::behind("adv-backup-symlink", true);
     sql(
         &db,
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
@@ -130,27 +100,9 @@ fn adversary_a_failed_copy_through_a_symlink_leaves_a_file_at_its_target() {
     let target = real.join("target.db");
     let link = dir.0.join("pre-deploy.db");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let limit = |command: &mut Command| {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let limit = libc::rlimit {
-                    rlim_cur: 64 * 1024,
-                    rlim_max: 64 * 1024,
-                };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
-                Ok(())
-            });
-        }
-    };
     let before = revision(&db);
-    let mut command = bot(
-        &db,
-        &["db", "upgrade", "--backup-to", link.to_str().unwrap()],
-    );
-    limit(&mut command);
+    let mut command = upgrade_backing_up_to(&db, &link);
+    limit_file_size(&mut command);
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert_eq!(revision(&db), before, "held back");

@@ -9,37 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::sandbox::*;
-use telegram_standin::{Chat, Config, Fault, IncomingMessage, Limits, SentMessage, Standin};
-
-fn count(path: &Path, table: &str) -> i64 {
-    query(path, &format!("SELECT count(*) FROM {table}"))
-}
-
-fn message(user: i64, text: &str) -> IncomingMessage {
-    let mut message = IncomingMessage::new(user, text);
-    message.first_name = Some(format!("U{user}"));
-    message.language_code = Some("en".into());
-    message
-}
-
-/// Every answer a chat got so far.
-fn answers_to(sandbox: &Sandbox, chat: i64) -> Vec<String> {
-    sandbox
-        .standin
-        .sent()
-        .into_iter()
-        .filter(|m| m.chat_id == chat)
-        .map(|m| m.text)
-        .collect()
-}
-
-fn healthcheck(sandbox: &Sandbox) -> (bool, String) {
-    let output = sandbox.run(&["healthcheck"]);
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use telegram_standin::{Chat, Fault, IncomingMessage, Limits, SentMessage};
 
 /// The most messages that arrived at the stand-in within any one second.
 fn busiest_second(sent: &[SentMessage]) -> usize {
@@ -60,6 +30,39 @@ fn busiest_second(sent: &[SentMessage]) -> usize {
 // Promise 1: each update answered once, across SIGTERM, a deploy, a crash and a restart.
 // ---------------------------------------------------------------------------------------------
 
+/// Starts a bot, registers user 1, and has their /help's answer told to wait 30 s (a 429);
+/// `what` names the moment the answer meets it. Returns the bot and the stand-in's sequence
+/// number before the /help.
+fn help_stuck_on_a_429(sandbox: &Sandbox, what: &str) -> (Running, u64) {
+    let first = sandbox.start_bot();
+    sandbox.welcome(1, "Ann");
+    sandbox.too_many_requests(30);
+    let after = sandbox.standin.post_message(&message(1, "/help"));
+    sandbox.until_a_fault_applies(what);
+    (first, after)
+}
+
+/// Posts user 6's /q1../q8 at once: the texts, and the stand-in's sequence number before them.
+fn eight_queued(sandbox: &Sandbox) -> (Vec<String>, u64) {
+    let texts: Vec<String> = (1..=8).map(|i| format!("/q{i}")).collect();
+    let batch: Vec<IncomingMessage> = texts.iter().map(|t| message(6, t)).collect();
+    let after = sandbox.standin.post_messages(&batch);
+    (texts, after)
+}
+
+/// Asserts that each of `texts` got one answer in chat 6; a failure says "across the `across`"
+/// and shows `logs`.
+fn each_answered_once(sandbox: &Sandbox, texts: &[String], across: &str, logs: &str) {
+    let answers = sandbox.answers_to(6);
+    for text in texts {
+        assert_eq!(
+            times_answered(&answers, text),
+            1,
+            "{text} answered once across the {across}; answers: {answers:#?}\n{logs}"
+        );
+    }
+}
+
 /// Fixed. A chat waits out a 429 longer than the grace period when SIGTERM comes. The update's
 /// effects (command_log, handled_updates) were committed before the send, so when Telegram
 /// delivered it again the next start passed it over as "handled before": the user's /help was
@@ -67,22 +70,10 @@ fn busiest_second(sent: &[SentMessage]) -> usize {
 /// (`unsent_answers`, revision 6) and the next start sends it.
 #[test]
 fn an_answer_cut_off_by_the_grace_period_is_sent_by_the_next_start() {
-    let sandbox = Sandbox::new("adv-429-past-grace");
-    sandbox.upgrade();
-    let first = sandbox.start_bot();
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
+    let sandbox = Sandbox::upgraded("adv-429-past-grace");
     // Telegram asks this chat to wait 30 s: longer than the 8 s grace.
-    sandbox
-        .standin
-        .inject(Fault::too_many_requests("sendMessage", 30));
-    let after = sandbox.standin.post_message(&message(1, "/help"));
-    wait_until(
-        ANSWER_WITHIN,
-        || !sandbox.standin.stats().faults_applied.is_empty(),
-        "the answer meets the 429",
-    );
-    let (status, took, log) = first.terminate();
-    assert!(status.success(), "{log}");
+    let (first, after) = help_stuck_on_a_429(&sandbox, "the answer meets the 429");
+    let (took, log) = first.terminate_ok();
     assert!(
         took < Duration::from_secs(10),
         "exits within Compose's 10 s: {took:?}"
@@ -109,34 +100,15 @@ fn an_answer_cut_off_by_the_grace_period_is_sent_by_the_next_start() {
 /// brings nothing back.
 #[test]
 fn a_stop_with_one_chat_stuck_answers_no_other_chat_twice_at_the_next_start() {
-    let sandbox = Sandbox::new("adv-stuck-chat-double");
-    sandbox.upgrade();
-    let first = sandbox.start_bot();
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
-    sandbox
-        .standin
-        .inject(Fault::too_many_requests("sendMessage", 30));
-    sandbox.standin.post_message(&message(1, "/help"));
-    wait_until(
-        ANSWER_WITHIN,
-        || !sandbox.standin.stats().faults_applied.is_empty(),
-        "user 1's answer meets the 429",
-    );
+    let sandbox = Sandbox::upgraded("adv-stuck-chat-double");
+    let (first, _) = help_stuck_on_a_429(&sandbox, "user 1's answer meets the 429");
     // User 2 never sent /start: their /help is answered without a write.
-    let help = sandbox.send(&message(2, "/help"));
-    assert!(help.starts_with("Commands:"), "{help}");
-    let (status, _, log) = first.terminate();
-    assert!(status.success(), "{log}");
+    sandbox.help(2);
+    let (_, log) = first.terminate_ok();
 
-    let second = sandbox.start_bot();
-    wait_until(
-        ANSWER_WITHIN,
-        || sandbox.standin.stats().pending_updates == 0,
-        "the next bot fetched what was left",
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    let (_, _, second_log) = second.terminate();
-    let answers = answers_to(&sandbox, 2);
+    let second_log =
+        sandbox.next_bot_fetches("the next bot fetched what was left", Duration::from_secs(3));
+    let answers = sandbox.answers_to(2);
     assert_eq!(
         answers.len(),
         1,
@@ -152,35 +124,17 @@ fn a_stop_with_one_chat_stuck_answers_no_other_chat_twice_at_the_next_start() {
 /// answered. Observed: 2-3 of 8 answered, the rest lost for good.
 #[test]
 fn after_a_crash_messages_still_queued_in_a_chat_are_answered_by_the_restart() {
-    let sandbox = Sandbox::new("adv-crash-queued");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-crash-queued");
     let mut first = sandbox.start_bot();
     // Registered: each command writes (the command log, with the update's id), so an answered
     // one is known as handled at the restart.
-    assert!(sandbox.say(6, "Six", "/start").starts_with("Welcome"));
-    let texts: Vec<String> = (1..=8).map(|i| format!("/q{i}")).collect();
-    let batch: Vec<IncomingMessage> = texts.iter().map(|t| message(6, t)).collect();
-    let after = sandbox.standin.post_messages(&batch);
+    sandbox.welcome(6, "Six");
+    let (texts, after) = eight_queued(&sandbox);
     let early = sandbox.standin.wait_for_sent_count(after, 2, ANSWER_WITHIN);
     assert_eq!(early.len(), 2);
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    let second = sandbox.start_bot();
-    sandbox
-        .standin
-        .wait_for_sent_count(after, 8, Duration::from_secs(15));
-    let (_, _, log) = second.terminate();
-    let answers = answers_to(&sandbox, 6);
-    for text in &texts {
-        let n = answers
-            .iter()
-            .filter(|a| a.contains(&format!("{text}.")))
-            .count();
-        assert_eq!(
-            n, 1,
-            "{text} answered once across the crash; answers: {answers:#?}\nrestarted bot:\n{log}"
-        );
-    }
+    first.crash();
+    let log = sandbox.next_bot_answers(after, 8, 15, 0);
+    each_answered_once(&sandbox, &texts, "crash", &format!("restarted bot:\n{log}"));
 }
 
 /// BREAK. The same with SIGTERM (BOT_STOP_GRACE_SECS=2 to keep the test short; with the
@@ -189,31 +143,14 @@ fn after_a_crash_messages_still_queued_in_a_chat_are_answered_by_the_restart() {
 /// them to Telegram when it polled again; the deploy's bot never sees them.
 #[test]
 fn messages_not_answered_within_the_grace_are_answered_by_the_next_start() {
-    let sandbox = Sandbox::new("adv-stop-queued");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-stop-queued");
     let first = sandbox.start_bot_with(&[("BOT_STOP_GRACE_SECS", "2")]);
-    let texts: Vec<String> = (1..=8).map(|i| format!("/q{i}")).collect();
-    let batch: Vec<IncomingMessage> = texts.iter().map(|t| message(6, t)).collect();
-    let after = sandbox.standin.post_messages(&batch);
+    let (texts, after) = eight_queued(&sandbox);
     sandbox.standin.wait_for_sent_count(after, 1, ANSWER_WITHIN);
-    let (status, _, first_log) = first.terminate();
-    assert!(status.success(), "{first_log}");
-    let second = sandbox.start_bot();
-    sandbox
-        .standin
-        .wait_for_sent_count(after, 8, Duration::from_secs(15));
-    let (_, _, log) = second.terminate();
-    let answers = answers_to(&sandbox, 6);
-    for text in &texts {
-        let n = answers
-            .iter()
-            .filter(|a| a.contains(&format!("{text}.")))
-            .count();
-        assert_eq!(
-            n, 1,
-            "{text} answered once across the stop; answers: {answers:#?}\nstopping bot:\n{first_log}\nnext bot:\n{log}"
-        );
-    }
+    let (_, first_log) = first.terminate_ok();
+    let log = sandbox.next_bot_answers(after, 8, 15, 0);
+    let logs = format!("stopping bot:\n{first_log}\nnext bot:\n{log}");
+    each_answered_once(&sandbox, &texts, "stop", &logs);
 }
 
 /// Fixed. kill -9 after the answer went out, before a poll confirmed it (here the poll after
@@ -224,8 +161,7 @@ fn messages_not_answered_within_the_grace_are_answered_by_the_next_start() {
 /// (with those of other chats in one write).
 #[test]
 fn after_a_crash_an_answered_help_of_an_unknown_user_is_not_answered_again() {
-    let sandbox = Sandbox::new("adv-crash-unknown");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-crash-unknown");
     let mut first = sandbox.start_bot();
     wait_until(
         ANSWER_WITHIN,
@@ -236,20 +172,14 @@ fn after_a_crash_an_answered_help_of_an_unknown_user_is_not_answered_again() {
     sandbox
         .standin
         .inject(Fault::delay("getUpdates", Duration::from_secs(60)));
-    let help = sandbox.send(&message(5, "/help"));
-    assert!(help.starts_with("Commands:"), "{help}");
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    sandbox.help(5);
+    first.crash();
     sandbox.standin.clear_faults();
-    let second = sandbox.start_bot();
-    wait_until(
-        ANSWER_WITHIN,
-        || sandbox.standin.stats().pending_updates == 0,
+    let log = sandbox.next_bot_fetches(
         "the restarted bot fetched the unconfirmed update",
+        Duration::from_secs(2),
     );
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, _, log) = second.terminate();
-    let answers = answers_to(&sandbox, 5);
+    let answers = sandbox.answers_to(5);
     assert_eq!(
         answers.len(),
         1,
@@ -264,13 +194,11 @@ fn after_a_crash_an_answered_help_of_an_unknown_user_is_not_answered_again() {
 /// SIGKILLed mid-way).
 #[test]
 fn a_stop_while_the_database_is_locked_exits_within_composes_ten_seconds() {
-    let sandbox = Sandbox::new("adv-stop-locked");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-stop-locked");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
-    let blocker = rusqlite::Connection::open(sandbox.database()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let users: Vec<IncomingMessage> = (2..=6).map(|u| message(u, "/start")).collect();
+    sandbox.welcome(1, "Ann");
+    let blocker = sandbox.write_lock();
+    let users = messages(2..=6, "/start");
     sandbox.standin.post_messages(&users);
     // The offset stays below what is being answered, so the stand-in still counts them as
     // pending: give the bot time to fetch them and start on the first.
@@ -292,8 +220,7 @@ fn a_stop_while_the_database_is_locked_exits_within_composes_ten_seconds() {
 /// swallowed: not registered, not answered.
 #[test]
 fn a_new_update_reusing_an_id_from_over_a_week_ago_is_answered() {
-    let sandbox = Sandbox::new("adv-stale-ids");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-stale-ids");
     sandbox.sql(
         "INSERT INTO handled_updates (update_id, handled_at)
          VALUES (1, datetime('now', '-9 days')), (2, datetime('now', '-9 days')),
@@ -321,19 +248,9 @@ fn a_new_update_reusing_an_id_from_over_a_week_ago_is_answered() {
 /// BOT_TAKE_OVER_DATABASE=1 the database moves to the second bot, whose update 1 is answered.
 #[test]
 fn a_bot_with_another_token_refuses_the_database_unless_told_to_take_it_over() {
-    let sandbox = Sandbox::new("adv-two-tokens");
-    sandbox.upgrade();
-    let other_token = "654321:OTHER-token-xyz";
-    let other = Standin::start(
-        "127.0.0.1:0",
-        Config {
-            token: other_token.into(),
-            bot_id: 654321,
-            bot_username: "other_demo_bot".into(),
-            ..Config::default()
-        },
-    )
-    .unwrap();
+    let sandbox = Sandbox::upgraded("adv-two-tokens");
+    let other_token = OTHER_TOKEN;
+    let other = other_bots_standin();
     let first = sandbox.start_bot();
     assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome, Ann"));
     let other_heartbeat = sandbox.dir.join("other-heartbeat");
@@ -401,10 +318,9 @@ fn a_bot_with_another_token_refuses_the_database_unless_told_to_take_it_over() {
 /// carry the request URL.
 #[test]
 fn the_token_is_in_no_log_line_even_at_trace_level() {
-    let sandbox = Sandbox::new("adv-trace-token");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-trace-token");
     let bot = sandbox.start_bot_with(&[("RUST_LOG", "trace")]);
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(1, "Ann");
     sandbox
         .standin
         .inject(Fault::broken_response("sendMessage"));
@@ -430,13 +346,12 @@ fn the_token_is_in_no_log_line_even_at_trace_level() {
 /// Held: SIGTERM twice in a row changes nothing: the batch is still answered within the grace.
 #[test]
 fn a_second_sigterm_does_not_cut_the_grace_short_nor_answer_twice() {
-    let sandbox = Sandbox::new("adv-sigterm-twice");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-sigterm-twice");
     sandbox
         .standin
         .inject(Fault::delay("sendMessage", Duration::from_millis(700)));
     let bot = sandbox.start_bot();
-    let starts: Vec<IncomingMessage> = (1..=6).map(|u| message(u, "/start")).collect();
+    let starts = messages(1..=6, "/start");
     let after = sandbox.standin.post_messages(&starts);
     wait_until(
         ANSWER_WITHIN,
@@ -470,7 +385,7 @@ fn a_second_sigterm_does_not_cut_the_grace_short_nor_answer_twice() {
     std::thread::sleep(Duration::from_secs(2));
     let _ = second.terminate();
     for user in 1..=6 {
-        assert_eq!(answers_to(&sandbox, user).len(), 1, "user {user}");
+        assert_eq!(sandbox.answers_to(user).len(), 1, "user {user}");
     }
 }
 
@@ -485,8 +400,7 @@ fn a_second_sigterm_does_not_cut_the_grace_short_nor_answer_twice() {
 /// Telegram's 30 messages a second (measured at the stand-in, its limits off).
 #[test]
 fn answers_to_groups_and_private_chats_together_stay_under_30_a_second() {
-    let sandbox = Sandbox::new("adv-overall-bunching");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-overall-bunching");
     let bot = sandbox.start_bot();
     let mut in_groups = Vec::new();
     for g in 0..30 {
@@ -511,7 +425,7 @@ fn answers_to_groups_and_private_chats_together_stay_under_30_a_second() {
     while now_ms() < first_at + 2900 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let private: Vec<IncomingMessage> = (1..=60).map(|u| message(u, "/help")).collect();
+    let private = messages(1..=60, "/help");
     sandbox.standin.post_messages(&private);
     let sent = sandbox
         .standin
@@ -528,11 +442,10 @@ fn answers_to_groups_and_private_chats_together_stay_under_30_a_second() {
 /// Held: 200 users at once against the stand-in's limits: few 429s, every user answered once.
 #[test]
 fn two_hundred_users_at_once_stay_within_telegrams_limits() {
-    let sandbox = Sandbox::new("adv-200-users");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-200-users");
     sandbox.standin.set_limits(Some(Limits::default()));
     let bot = sandbox.start_bot();
-    let starts: Vec<IncomingMessage> = (1..=200).map(|u| message(u, "/start")).collect();
+    let starts = messages(1..=200, "/start");
     let sent = sandbox.send_all(&starts, 200);
     let stats = sandbox.standin.stats();
     let (_, _, log) = bot.terminate();
@@ -556,8 +469,7 @@ fn two_hundred_users_at_once_stay_within_telegrams_limits() {
 /// minute (up to 2N-1 in a minute in general).
 #[test]
 fn a_user_gets_no_more_than_the_limit_answered_within_a_minute() {
-    let sandbox = Sandbox::new("adv-user-limit-window");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-user-limit-window");
     let bot = sandbox.start_bot_with(&[("BOT_USER_MESSAGES_PER_MINUTE", "2")]);
     let after = sandbox
         .standin
@@ -579,8 +491,7 @@ fn a_user_gets_no_more_than_the_limit_answered_within_a_minute() {
 /// Held: one user writing in two chats within one batch is answered in both, in order.
 #[test]
 fn the_same_user_in_two_chats_in_one_batch_is_answered_in_both() {
-    let sandbox = Sandbox::new("adv-user-two-chats");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-user-two-chats");
     let bot = sandbox.start_bot();
     let group = Chat::supergroup(-1_000_000_000_077, "Both");
     let batch = [
@@ -617,12 +528,10 @@ fn the_same_user_in_two_chats_in_one_batch_is_answered_in_both() {
 /// apologised for, /help answered every 10 s) the health check still passes.
 #[test]
 fn a_minute_of_failing_writes_fails_the_health_check_even_while_help_is_answered() {
-    let sandbox = Sandbox::new("adv-writes-failing-minute");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-writes-failing-minute");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
-    let blocker = rusqlite::Connection::open(sandbox.database()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    sandbox.welcome(1, "Ann");
+    let blocker = sandbox.write_lock();
     let locked = Instant::now();
     assert!(sandbox.say(2, "Bo", "/start").starts_with("Sorry"));
     let logged_before = count(&sandbox.database(), "command_log");
@@ -631,7 +540,7 @@ fn a_minute_of_failing_writes_fails_the_health_check_even_while_help_is_answered
         assert!(sandbox.say(1, "Ann", "/help").starts_with("Commands:"));
         std::thread::sleep(Duration::from_secs(10));
     }
-    let (healthy, why) = healthcheck(&sandbox);
+    let (healthy, why) = sandbox.healthcheck();
     blocker.execute_batch("ROLLBACK").unwrap();
     assert_eq!(
         count(&sandbox.database(), "command_log"),
@@ -648,11 +557,10 @@ fn a_minute_of_failing_writes_fails_the_health_check_even_while_help_is_answered
 /// Held: a corrupt heartbeat, or the old release's "alive", fails the check with a reason.
 #[test]
 fn a_corrupt_or_old_heartbeat_fails_the_health_check() {
-    let sandbox = Sandbox::new("adv-heartbeat-corrupt");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-heartbeat-corrupt");
     for text in ["alive\n", "{\"ready\":tr", "", "{\"ready\":\"yes\"}"] {
         std::fs::write(sandbox.heartbeat(), text).unwrap();
-        let (healthy, why) = healthcheck(&sandbox);
+        let (healthy, why) = sandbox.healthcheck();
         assert!(!healthy, "{text:?}");
         assert!(why.contains("heartbeat"), "{text:?}: {why}");
     }
@@ -666,8 +574,7 @@ fn a_corrupt_or_old_heartbeat_fails_the_health_check() {
 /// unicode.
 #[test]
 fn commands_are_matched_to_this_bot_exactly() {
-    let sandbox = Sandbox::new("adv-addressing");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-addressing");
     let bot = sandbox.start_bot_with(&[("BOT_RATE_LIMITS", "off")]);
     let group = Chat::group(-900, "G");
     let in_group = |text: &str| message(3, text).in_chat(group.clone());
@@ -695,8 +602,7 @@ fn commands_are_matched_to_this_bot_exactly() {
 /// supergroup, once, in order.
 #[test]
 fn queued_answers_of_a_group_that_moved_all_reach_the_supergroup_in_order() {
-    let sandbox = Sandbox::new("adv-migrate-queued");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-migrate-queued");
     let bot = sandbox.start_bot();
     let group = Chat::group(-777, "Team");
     let batch: Vec<IncomingMessage> = (1..=5)
@@ -727,10 +633,9 @@ fn queued_answers_of_a_group_that_moved_all_reach_the_supergroup_in_order() {
 /// Held: /me for a user whose stored names are huge (written by another process) fits 4096.
 #[test]
 fn me_with_huge_stored_names_fits_one_message() {
-    let sandbox = Sandbox::new("adv-huge-me");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-huge-me");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(4, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(4, "Ann");
     sandbox.sql(
         "UPDATE users SET first_name = replace(printf('%.5000c', 'x'), 'x', '😀'),
              last_name = printf('%.3000c', 'y') WHERE telegram_id = 4",
@@ -739,6 +644,26 @@ fn me_with_huge_stored_names_fits_one_message() {
     let (_, _, _log) = bot.terminate();
     assert!(me.chars().count() <= 4096, "{}", me.chars().count());
     assert!(me.starts_with("Here is what I store"));
+}
+
+/// What /stats should say, counted from the rows: users, new in the last 7 days (from the
+/// hour), seen in the last day, and commands in the last day.
+fn counted_from_the_rows(db: &Path) -> (i64, i64, i64, i64) {
+    (
+        count(db, "users"),
+        query::<i64>(
+            db,
+            "SELECT count(*) FROM users WHERE created_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-7 days')",
+        ),
+        query::<i64>(
+            db,
+            "SELECT count(*) FROM users WHERE last_seen_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
+        ),
+        query::<i64>(
+            db,
+            "SELECT count(*) FROM command_log WHERE used_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
+        ),
+    )
 }
 
 /// /stats as it reads, against a count of the rows.
@@ -770,8 +695,7 @@ fn stats_numbers(text: &str) -> (i64, i64, i64, i64) {
 /// 2026-11-19 17:00 UTC"), and counts exactly from there.
 #[test]
 fn stats_counts_exactly_from_the_hours_it_names() {
-    let sandbox = Sandbox::new("adv-stats-hours");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-stats-hours");
     // Not in the first seconds of an hour: the hour's start must be minutes in the past.
     let minute_of_hour = || {
         let now = std::time::SystemTime::now()
@@ -792,25 +716,10 @@ fn stats_counts_exactly_from_the_hours_it_names() {
             WHERE telegram_id = 2;",
     );
     let bot = sandbox.start_bot_with(&[("ADMIN_IDS", "1")]);
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(1, "Ann");
     let stats = sandbox.say(1, "Ann", "/stats");
     let (_, _, log) = bot.terminate();
-    let db = sandbox.database();
-    let counted = (
-        count(&db, "users"),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM users WHERE created_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-7 days')",
-        ),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM users WHERE last_seen_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
-        ),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM command_log WHERE used_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
-        ),
-    );
+    let counted = counted_from_the_rows(&sandbox.database());
     assert_eq!(
         stats_numbers(&stats),
         counted,
@@ -823,12 +732,11 @@ fn stats_counts_exactly_from_the_hours_it_names() {
 /// downgrade to revision 4 with writes by the old release, then the upgrade back.
 #[test]
 fn stats_agrees_with_the_rows_after_outside_writes_and_a_downgrade() {
-    let sandbox = Sandbox::new("adv-stats-outside");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-stats-outside");
     let bot = sandbox.start_bot_with(&[("ADMIN_IDS", "1"), ("BOT_RATE_LIMITS", "off")]);
-    let starts: Vec<IncomingMessage> = (1..=30).map(|u| message(u, "/start")).collect();
+    let starts = messages(1..=30, "/start");
     sandbox.send_all(&starts, 30);
-    let helps: Vec<IncomingMessage> = (1..=30).map(|u| message(u, "/help")).collect();
+    let helps = messages(1..=30, "/help");
     sandbox.send_all(&helps, 30);
     let _ = bot.terminate();
     sandbox.sql(
@@ -851,22 +759,7 @@ fn stats_agrees_with_the_rows_after_outside_writes_and_a_downgrade() {
     let bot = sandbox.start_bot_with(&[("ADMIN_IDS", "1")]);
     let stats = sandbox.say(1, "Ann", "/stats");
     let (_, _, log) = bot.terminate();
-    let db = sandbox.database();
-    let counted = (
-        count(&db, "users"),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM users WHERE created_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-7 days')",
-        ),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM users WHERE last_seen_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
-        ),
-        query::<i64>(
-            &db,
-            "SELECT count(*) FROM command_log WHERE used_at >= strftime('%Y-%m-%d %H:00:00', 'now', '-1 day')",
-        ),
-    );
+    let counted = counted_from_the_rows(&sandbox.database());
     assert_eq!(
         stats_numbers(&stats),
         counted,
@@ -1077,8 +970,7 @@ mod scripted {
 /// and again: 5 calls, "sendMessage to chat -42 failed (attempt 1 of 5), retrying in 1.0s".
 #[test]
 fn a_refusal_with_a_description_teloxide_does_not_know_is_not_retried() {
-    let sandbox = Sandbox::new("adv-unknown-refusal");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-unknown-refusal");
     let api = scripted::Api::start(Box::new(|_| {
         (
             400,
@@ -1108,8 +1000,7 @@ fn a_refusal_with_a_description_teloxide_does_not_know_is_not_retried() {
 /// same update again on every poll.
 #[test]
 fn the_largest_update_id_is_answered_once_and_the_bot_keeps_running() {
-    let sandbox = Sandbox::new("adv-max-update-id");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-max-update-id");
     let api = scripted::Api::start(Box::new(scripted::sent));
     let mut bot = sandbox.start_bot_with(&[("TELEGRAM_API_URL", &api.url)]);
     api.push(scripted::text_update(2_147_483_647, 5, 5, "/help"));
@@ -1127,8 +1018,7 @@ fn the_largest_update_id_is_answered_once_and_the_bot_keeps_running() {
 #[test]
 fn updates_that_are_not_text_messages_are_passed_over_and_confirmed() {
     use serde_json::json;
-    let sandbox = Sandbox::new("adv-update-kinds");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-update-kinds");
     let api = scripted::Api::start(Box::new(scripted::sent));
     let bot = sandbox.start_bot_with(&[("TELEGRAM_API_URL", &api.url)]);
     let photo = json!({"update_id": 101, "message": {"message_id": 1, "date": 1_700_000_000,
@@ -1179,13 +1069,11 @@ fn updates_that_are_not_text_messages_are_passed_over_and_confirmed() {
 /// five new users' /start). Its best-effort write now waits at most 2 s for its turn.
 #[test]
 fn while_the_database_is_locked_new_users_start_holds_up_no_other_chats_help() {
-    let sandbox = Sandbox::new("adv-locked-fairness");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-locked-fairness");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(1, "Ann", "/start").starts_with("Welcome"));
-    let blocker = rusqlite::Connection::open(sandbox.database()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let starts: Vec<IncomingMessage> = (2..=6).map(|u| message(u, "/start")).collect();
+    sandbox.welcome(1, "Ann");
+    let blocker = sandbox.write_lock();
+    let starts = messages(2..=6, "/start");
     sandbox.standin.post_messages(&starts);
     std::thread::sleep(Duration::from_millis(500));
     let posted = Instant::now();
@@ -1208,13 +1096,12 @@ fn while_the_database_is_locked_new_users_start_holds_up_no_other_chats_help() {
 /// answered by both when both fetched it: its id was written only after the answer).
 #[test]
 fn two_instances_with_one_token_on_one_database_answer_each_message_once() {
-    let sandbox = Sandbox::new("adv-two-instances");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-two-instances");
     let other_heartbeat = sandbox.dir.join("other-heartbeat");
     let first = sandbox.start_bot();
     let second = sandbox.start_bot_with(&[("HEARTBEAT_PATH", other_heartbeat.to_str().unwrap())]);
-    let mut batch: Vec<IncomingMessage> = (1..=20).map(|u| message(u, "/start")).collect();
-    batch.extend((21..=40).map(|u| message(u, "/help")));
+    let mut batch = messages(1..=20, "/start");
+    batch.extend(messages(21..=40, "/help"));
     let after = sandbox.standin.post_messages(&batch);
     sandbox
         .standin
@@ -1223,7 +1110,7 @@ fn two_instances_with_one_token_on_one_database_answer_each_message_once() {
     let (_, _, log1) = first.terminate();
     let (_, _, log2) = second.terminate();
     for user in 1..=40 {
-        let answers = answers_to(&sandbox, user);
+        let answers = sandbox.answers_to(user);
         assert_eq!(answers.len(), 1, "user {user}: {answers:?}\n{log1}\n{log2}");
     }
     assert_eq!(count(&sandbox.database(), "users"), 20);
@@ -1233,10 +1120,9 @@ fn two_instances_with_one_token_on_one_database_answer_each_message_once() {
 /// the bot for 75 s; both health checks should fail ("after a minute of 409s in a row").
 #[test]
 fn a_real_minute_of_409s_from_another_instance_fails_both_health_checks() {
-    let sandbox = Sandbox::new("adv-real-409-minute");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-real-409-minute");
     let first = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(42, "Ann");
     let other_database = sandbox.dir.join("other.db");
     std::fs::copy(sandbox.database(), &other_database).unwrap();
     let other_heartbeat = sandbox.dir.join("other-heartbeat");
@@ -1245,7 +1131,7 @@ fn a_real_minute_of_409s_from_another_instance_fails_both_health_checks() {
         ("HEARTBEAT_PATH", other_heartbeat.to_str().unwrap()),
     ]);
     std::thread::sleep(Duration::from_secs(75));
-    let (first_ok, first_why) = healthcheck(&sandbox);
+    let (first_ok, first_why) = sandbox.healthcheck();
     let other = sandbox
         .command(&["healthcheck"], TOKEN)
         .env("DATABASE_PATH", &other_database)
@@ -1299,8 +1185,7 @@ impl Drop for Immutable {
 /// `chattr +i`, which binds root too) never makes the bot ready, and the check says why.
 #[test]
 fn a_bot_on_a_database_it_cannot_write_is_never_ready() {
-    let sandbox = Sandbox::new("adv-readonly-ready");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("adv-readonly-ready");
     let Some(_frozen) = Immutable::set(&sandbox.database()) else {
         eprintln!("chattr +i is not available here: skipped");
         return;
@@ -1313,7 +1198,7 @@ fn a_bot_on_a_database_it_cannot_write_is_never_ready() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    let (healthy, why) = healthcheck(&sandbox);
+    let (healthy, why) = sandbox.healthcheck();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -13,8 +13,7 @@ use telegram_standin::{Fault, FaultKind, IncomingMessage, SentMessage};
 
 #[test]
 fn start_registers_then_refreshes_and_help_lists_the_commands() {
-    let sandbox = Sandbox::new("start");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("start");
     let bot = sandbox.start_bot();
 
     assert_eq!(
@@ -61,8 +60,7 @@ fn start_registers_then_refreshes_and_help_lists_the_commands() {
         "{}",
         String::from_utf8_lossy(&health.stderr)
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(
         !log.contains("TEST-TOKEN"),
         "the token never appears in the log:\n{log}"
@@ -117,8 +115,7 @@ fn healthcheck_fails_without_a_live_polling_loop_or_a_current_database() {
 
 #[test]
 fn a_rejected_token_stops_the_bot_with_a_message_that_does_not_show_it() {
-    let sandbox = Sandbox::new("token");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("token");
     let wrong = "999999:WRONG-secret-token";
     let output = sandbox.command(&[], wrong).output().unwrap();
     assert!(!output.status.success());
@@ -177,8 +174,7 @@ fn db_commands_report_state_as_json() {
 
 #[test]
 fn me_shows_everything_stored_about_the_user() {
-    let sandbox = Sandbox::new("me");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("me");
     let bot = sandbox.start_bot();
 
     assert_eq!(
@@ -212,14 +208,12 @@ fn me_shows_everything_stored_about_the_user() {
     sandbox.sql("UPDATE users SET is_admin = 1 WHERE telegram_id = 42");
     assert!(sandbox.send(&ann).ends_with("\nAdmin: yes"));
     assert_eq!(users(&sandbox.database()).len(), 1, "/me does not register");
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn stats_is_for_admins_listed_in_admin_ids_or_flagged_in_the_database() {
-    let sandbox = Sandbox::new("stats");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("stats");
     // An old user seen three days ago, with a command from two days ago (neither is "today"),
     // and a flagged admin who registered two days ago and never wrote since.
     sandbox.sql(
@@ -247,8 +241,7 @@ fn stats_is_for_admins_listed_in_admin_ids_or_flagged_in_the_database() {
         "Users: 4\nNew: 3\nActive: 3\nCommands: 5 (/stats 3, /start 2)",
         "is_admin = 1 is an admin too"
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(log.contains("ADMIN_IDS names 2 admin(s)"), "{log}");
 }
 
@@ -266,8 +259,7 @@ fn without_hours(text: &str) -> String {
 
 #[test]
 fn a_malformed_admin_list_stops_the_bot_before_it_polls() {
-    let sandbox = Sandbox::new("admins");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("admins");
     let output = sandbox
         .command(&[], TOKEN)
         .env("ADMIN_IDS", "42;7")
@@ -284,8 +276,7 @@ fn a_malformed_admin_list_stops_the_bot_before_it_polls() {
 
 #[test]
 fn every_message_of_a_known_user_updates_last_seen_language_and_the_command_log() {
-    let sandbox = Sandbox::new("seen");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("seen");
     let bot = sandbox.start_bot();
     let database = sandbox.database();
     let language = || -> Option<String> {
@@ -351,16 +342,14 @@ fn every_message_of_a_known_user_updates_last_seen_language_and_the_command_log(
         1,
         "an unknown user's messages do not register them"
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(complaints(&log).is_empty(), "{log}");
 }
 
 #[test]
 fn a_thousand_users_start_at_once_then_again_with_new_names() {
     const USERS: i64 = 1000;
-    let sandbox = Sandbox::new("thousand");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("thousand");
     // The stand-in has no rate limits here, and the bot's own would take over a minute for
     // 2,000 answers; bot/tests/telegram.rs holds the bot to Telegram's limits.
     let bot = sandbox.start_bot_with(&[("BOT_RATE_LIMITS", "off")]);
@@ -422,8 +411,7 @@ fn a_thousand_users_start_at_once_then_again_with_new_names() {
         count("SELECT count(*) FROM command_log WHERE command = 'start'"),
         2 * USERS
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(complaints(&log).is_empty(), "no error: {log}");
 }
 
@@ -463,14 +451,11 @@ fn sigterm_or_sigint_during_a_long_poll_stops_the_bot_within_a_second() {
 
 #[test]
 fn a_429_is_waited_out_as_telegram_asks_and_the_message_is_delivered() {
-    let sandbox = Sandbox::new("429");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("429");
     sandbox
         .standin
         .inject(Fault::too_many_requests("getUpdates", 2));
-    sandbox
-        .standin
-        .inject(Fault::too_many_requests("sendMessage", 2));
+    sandbox.too_many_requests(2);
     let bot = sandbox.start_bot();
     assert_eq!(
         sandbox.say(42, "Ann", "/start"),
@@ -499,8 +484,7 @@ fn a_429_is_waited_out_as_telegram_asks_and_the_message_is_delivered() {
             next - refused[0]
         );
     }
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(
         log.contains("getUpdates: Telegram asks to wait 2s (429 Too Many Requests)")
             && log.contains(
@@ -512,10 +496,9 @@ fn a_429_is_waited_out_as_telegram_asks_and_the_message_is_delivered() {
 
 #[test]
 fn network_errors_and_5xx_are_retried_while_the_bot_stays_healthy() {
-    let sandbox = Sandbox::new("outage");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("outage");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(42, "Ann");
     // The poll that brought /start has returned: a poll in flight now is the next one, past
     // the point where faults apply, so the /help below arrives at once.
     wait_until(
@@ -567,8 +550,7 @@ fn network_errors_and_5xx_are_retried_while_the_bot_stays_healthy() {
     assert!(answer[0].text.contains("Telegram id: 42"), "{answer:?}");
     assert!(sandbox.standin.faults().is_empty(), "every fault was met");
 
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     for expected in [
         "getUpdates failed (1 in a row), retrying in 1.0s; the bot keeps running",
         "getUpdates failed (2 in a row), retrying in 2.0s; the bot keeps running",
@@ -679,8 +661,7 @@ impl LongMigration {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let holder = Connection::open(sandbox.database()).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = sandbox.write_lock();
         let backup = sandbox.dir.join("pre-deploy.db");
         let upgrade = sandbox
             .command(
@@ -811,8 +792,7 @@ fn a_bot_waits_past_its_limit_while_the_migration_announces_itself_then_serves()
     assert!(!announcement(&sandbox).exists(), "removed at the end");
     polls_once_current(&sandbox, &mut bot);
     assert!(sandbox.say(5, "Eve", "/start").starts_with("Welcome, Eve!"));
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
@@ -850,8 +830,7 @@ fn a_bot_stops_waiting_once_the_migration_stops_announcing_itself() {
 
 #[test]
 fn a_stale_announcement_does_not_keep_a_bot_waiting() {
-    let sandbox = Sandbox::new("schemawaitstale");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("schemawaitstale");
     let output = sandbox.run(&["db", "downgrade", "--to", "3"]);
     assert!(output.status.success());
     // Left by a migration killed a minute ago.

@@ -3,7 +3,12 @@
 
 mod common;
 
-use common::{Dir, Ended, acted_on_at, behind_with_users, bot, ok, run, show, sql};
+use common::{
+    Dir, Ended, WRITER_READY, assert_stderr_has, bot, count_users, each_str, helper_connection,
+    helper_process, insert_users, kill_once_in_its_transaction, limit_file_size, ok, run,
+    said_ready, show, sql, upgrade_backing_up_to, upgrade_overtaken_at,
+    write_rows_that_never_commit,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -114,12 +119,7 @@ fn empty_behind_and_current_are_reported_and_upgraded() {
         (Some("current"), Some(true))
     );
     let history = ok(&dir.db(), &["db", "history"]);
-    let how: Vec<&str> = history["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["how"].as_str().unwrap())
-        .collect();
+    let how = each_str(&history["history"], "how");
     assert_eq!(how.len() as u64, head);
     assert!(how.iter().all(|h| *h == "applied"));
     let schema = run(&dir.db(), &["db", "schema"]);
@@ -409,13 +409,7 @@ fn two_upgrade_processes_started_together_both_succeed_and_apply_once() {
     {
         let conn = Connection::open(dir.db()).unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        for i in 0..50_000 {
-            conn.execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'x')",
-                [i],
-            )
-            .unwrap();
-        }
+        insert_users(&conn, 0..50_000, "x");
         conn.execute_batch("COMMIT").unwrap();
     }
     ok(&dir.db(), &["db", "adopt"]);
@@ -846,30 +840,21 @@ fn restore_and_upgrade_held_at_the_lock_leave_a_consistent_history() {
 const WRITER_ENV: &str = "BOT_DB_CLI_TEST_WRITER";
 /// Set (with WRITER_ENV) for a writer in WAL mode.
 const WRITER_WAL_ENV: &str = "BOT_DB_CLI_TEST_WRITER_WAL";
-/// What the writer prints once its rows are written and not committed.
-const WRITER_READY: &str = "writer: in the transaction";
 
 /// Not a test on its own: the writer process that `kill_a_writer_mid_transaction` starts (this
 /// test binary, run for this function alone) and SIGKILLs in the middle of a transaction.
 #[test]
 #[ignore = "the helper process of other tests; does nothing on its own"]
 fn writer_killed_mid_transaction() {
-    let Some(db) = std::env::var_os(WRITER_ENV) else {
+    let Some(conn) = helper_connection(WRITER_ENV) else {
         return;
     };
-    let conn = Connection::open(db).unwrap();
     if std::env::var_os(WRITER_WAL_ENV).is_some() {
         // Committed rows stay in the WAL (no checkpoint), then a transaction never commits.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0")
             .unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        for i in 0..100 {
-            conn.execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'committed in the WAL')",
-                [500_000 + i],
-            )
-            .unwrap();
-        }
+        insert_users(&conn, 500_000..500_100, "committed in the WAL");
         conn.execute_batch("COMMIT; PRAGMA cache_size = 8; BEGIN")
             .unwrap();
     } else {
@@ -878,18 +863,7 @@ fn writer_killed_mid_transaction() {
         conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA cache_size = 8; BEGIN")
             .unwrap();
     }
-    for i in 0..20_000 {
-        conn.execute(
-            "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'a row that never commits')",
-            [1_000_000 + i],
-        )
-        .unwrap();
-    }
-    // libtest may print "test writer_killed_mid_transaction ... " before it on the same line.
-    println!("{WRITER_READY}");
-    loop {
-        std::thread::sleep(Duration::from_secs(60));
-    }
+    write_rows_that_never_commit(&conn);
 }
 
 /// Set for the process `lock_holder` runs as: the database, then the SQL it runs and holds.
@@ -922,24 +896,11 @@ struct LockHolder(std::process::Child);
 
 impl LockHolder {
     fn start(db: &Path, statements: &str) -> LockHolder {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "lock_holder",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = helper_process("lock_holder")
             .env(HOLDER_ENV, format!("{}\n{statements}", db.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let ready = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.ends_with(WRITER_READY));
+        let ready = said_ready(&mut child);
         assert!(ready, "the lock holder holds its lock");
         LockHolder(child)
     }
@@ -955,30 +916,12 @@ impl Drop for LockHolder {
 /// Starts a writer on `db` (rollback-journal mode, or WAL), SIGKILLs it in the middle of its
 /// transaction, and checks that it left a hot journal (or a WAL).
 fn kill_a_writer_mid_transaction(db: &Path, wal: bool) {
-    use std::io::{BufRead, BufReader};
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "writer_killed_mid_transaction",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WRITER_ENV, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut command = helper_process("writer_killed_mid_transaction");
+    command.env(WRITER_ENV, db);
     if wal {
         command.env(WRITER_WAL_ENV, "1");
     }
-    let mut writer = command.spawn().unwrap();
-    let ready = BufReader::new(writer.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.ends_with(WRITER_READY));
-    writer.kill().unwrap(); // SIGKILL
-    writer.wait().unwrap();
-    assert!(ready, "the writer got into its transaction");
+    kill_once_in_its_transaction(&mut command);
     let left = beside(db, if wal { "-wal" } else { "-journal" });
     assert!(
         std::fs::metadata(&left).unwrap().len() > 0,
@@ -989,13 +932,6 @@ fn kill_a_writer_mid_transaction(db: &Path, wal: bool) {
 
 fn beside(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", db.display()))
-}
-
-fn count_users(db: &Path) -> i64 {
-    Connection::open(db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .unwrap()
 }
 
 /// Whether the tests run as root (who may write anything): then a command runs as `nobody` to
@@ -1114,11 +1050,7 @@ fn a_wal_left_by_a_killed_writer_is_folded_in_and_said() {
     kill_a_writer_mid_transaction(&dir.db(), true);
     let output = run(&dir.db(), &["db", "status", "--json"]);
     assert!(output.status.success(), "{}", show(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("folded the write-ahead log"),
-        "{}",
-        show(&output)
-    );
+    assert_stderr_has(&output, "folded the write-ahead log");
     assert_eq!(report(&output)["recovered"], "wal");
     // Folded in and removed; the read-only connection `status` then reads with creates an
     // empty one again, as any reader of a WAL-mode database does.
@@ -1589,22 +1521,14 @@ fn an_empty_database_path_is_refused_and_a_relative_one_is_named_in_full() {
     let dir = Dir::new("empty-path");
     let output = bot(Path::new(""), &["db", "status"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("DATABASE_PATH is set but empty"),
-        "{}",
-        show(&output)
-    );
+    assert_stderr_has(&output, "DATABASE_PATH is set but empty");
     let output = bot(Path::new("missing/bot.db"), &["db", "status"])
         .current_dir(&dir.0)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(REFUSED), "{}", show(&output));
     let full = dir.0.join("missing/bot.db").display().to_string();
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains(&full),
-        "{}",
-        show(&output)
-    );
+    assert_stderr_has(&output, &full);
 }
 
 /// Restoring the live file over itself (or a symlink to it) is refused at once; in
@@ -1668,23 +1592,8 @@ fn a_failed_backup_leaves_no_partial_copy() {
     let dir = Dir::new("backup-fails");
     old_app_with_users(&dir.db(), 5000);
     let dest = dir.0.join("copy.db");
-    let limit = |command: &mut Command| {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let limit = libc::rlimit {
-                    rlim_cur: 64 * 1024,
-                    rlim_max: 64 * 1024,
-                };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
-                Ok(())
-            });
-        }
-    };
     let mut command = bot(&dir.db(), &["db", "backup", dest.to_str().unwrap()]);
-    limit(&mut command);
+    limit_file_size(&mut command);
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(!dest.exists(), "{} left behind", dest.display());
@@ -1699,7 +1608,7 @@ fn a_failed_backup_leaves_no_partial_copy() {
             backup_to.to_str().unwrap(),
         ],
     );
-    limit(&mut command);
+    limit_file_size(&mut command);
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(!backup_to.exists(), "{} left behind", backup_to.display());
@@ -1726,14 +1635,11 @@ fn a_backup_that_is_not_the_state_the_migration_starts_from_stops_it_before_its_
     let announcement = beside(&db, ".migrating");
     let holder = Connection::open(&db).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let mut upgrade = bot(
-        &db,
-        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut upgrade = upgrade_backing_up_to(&db, &backup)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = BufReader::new(upgrade.stdout.take().unwrap());
     let mut said = String::new();
     while !said.contains("backed up to") {
@@ -1849,28 +1755,13 @@ fn a_sound_backup_lets_the_migration_commit_and_is_reported() {
 /// that row: the migration stops before its first commit and says why.
 #[test]
 fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
-    let dir = Dir::new("backup-overtaken");
-    let db = dir.db();
-    behind_with_users(&db, true);
+    let (dir, db) = Dir::behind("backup-overtaken", true);
     let backup = dir.path("pre-deploy.db");
-    let holder = Connection::open(&db).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let Ended {
         status,
         stdout: rest,
         stderr,
-    } = acted_on_at(
-        &db,
-        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-        "beside the migration",
-        || {
-            holder
-                .execute_batch(
-                    "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
-                )
-                .unwrap()
-        },
-    );
+    } = upgrade_overtaken_at(&db, &backup, "beside the migration");
     assert_eq!(status.code(), Some(1), "stdout: {rest}\nstderr: {stderr}");
     for needle in [
         "lacks what another process committed to the database after the copy began",
@@ -1879,7 +1770,6 @@ fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
     ] {
         assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
     }
-    drop(holder);
     // The database is as the other process left it (in WAL mode its bytes move with each
     // checkpoint: its content is compared).
     let head = migrations::head() as u64;
@@ -1894,16 +1784,9 @@ fn in_wal_mode_a_commit_between_the_backup_and_the_lock_stops_the_migration() {
 /// the report names it, at the revision the database had, with every user.
 #[test]
 fn in_wal_mode_the_backup_is_copied_beside_the_migration_and_reported() {
-    let dir = Dir::new("backup-wal-beside");
-    let db = dir.db();
-    behind_with_users(&db, true);
+    let (dir, db) = Dir::behind("backup-wal-beside", true);
     let backup = dir.path("pre-deploy.db");
-    let output = bot(
-        &db,
-        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
+    let output = upgrade_backing_up_to(&db, &backup).output().unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", show(&output));
     assert!(said.contains("beside the migration"), "{said}");
@@ -1926,18 +1809,11 @@ fn in_wal_mode_the_backup_is_copied_beside_the_migration_and_reported() {
 /// before its first commit; nothing is left half written.
 #[test]
 fn in_wal_mode_a_backup_that_cannot_be_written_stops_the_migration() {
-    let dir = Dir::new("backup-wal-unwritable");
-    let db = dir.db();
-    behind_with_users(&db, true);
+    let (dir, db) = Dir::behind("backup-wal-unwritable", true);
     std::fs::write(dir.path("not-a-folder"), b"x").unwrap();
     let backup = dir.path("not-a-folder").join("pre-deploy.db");
     let left = count_users(&db);
-    let output = bot(
-        &db,
-        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
+    let output = upgrade_backing_up_to(&db, &backup).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
     assert!(stderr.contains("could not be written"), "{stderr}");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Dir, head, ok, run, show, sql};
+use common::{Dir, each_str, head, ok, run, show, sql};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,11 +119,27 @@ fn drifted(dir: &Dir, schema: &str) -> PathBuf {
     dir.db()
 }
 
+/// A JSON array of strings, as strings.
+fn strings(array: &Value) -> Vec<&str> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+/// [`drifted`] in a new folder named after the test: the folder and the database.
+fn drifted_in(name: &str, schema: &str) -> (Dir, PathBuf) {
+    let dir = Dir::new(name);
+    let db = drifted(&dir, schema);
+    (dir, db)
+}
+
 /// The common case: the script to `version` makes an unstamped copy match it, keeps every user,
 /// and contains `expected`.
 fn matches_after_diff(name: &str, schema: &str, version: u32, expected: &[&str]) -> String {
-    let dir = Dir::new(name);
-    let db = drifted(&dir, schema);
+    let (dir, db) = drifted_in(name, schema);
     let before = ok(&db, &["db", "status"]);
     assert_eq!(before["state"], "unstamped", "{name}");
     assert!(before["matches"].is_null(), "{name}: {before}");
@@ -254,9 +270,8 @@ fn a_bigint_id_rebuilds_the_table_into_a_rowid_alias() {
 
 #[test]
 fn an_extra_table_is_dropped_only_when_data_loss_is_allowed() {
-    let dir = Dir::new("extra-table");
-    let db = drifted(
-        &dir,
+    let (dir, db) = drifted_in(
+        "extra-table",
         &format!(
             "{REVISION_1}\nCREATE TABLE settings (key VARCHAR(64) PRIMARY KEY, value TEXT);\nINSERT INTO settings VALUES ('mode', 'old');"
         ),
@@ -285,9 +300,8 @@ fn an_extra_table_is_dropped_only_when_data_loss_is_allowed() {
 
 #[test]
 fn an_extra_column_is_dropped_only_when_data_loss_is_allowed() {
-    let dir = Dir::new("extra-column");
-    let db = drifted(
-        &dir,
+    let (dir, db) = drifted_in(
+        "extra-column",
         &format!("{REVISION_1}\nALTER TABLE users ADD COLUMN nickname TEXT;"),
     );
     let script = diff(&db, &["--to", "1"]);
@@ -306,9 +320,8 @@ fn an_extra_column_is_dropped_only_when_data_loss_is_allowed() {
 
 #[test]
 fn a_drifted_database_stamped_with_force_is_behind_after_the_script_and_upgrades() {
-    let dir = Dir::new("forced");
-    let db = drifted(
-        &dir,
+    let (dir, db) = drifted_in(
+        "forced",
         &REVISION_1.replace("is_admin BOOLEAN DEFAULT 0", "is_admin BOOLEAN DEFAULT 1"),
     );
     ok(&db, &["db", "stamp", "1", "--force"]);
@@ -362,9 +375,8 @@ fn a_script_that_fails_on_the_rows_changes_nothing() {
 
 #[test]
 fn json_lists_each_statement_with_its_kind_and_the_differences() {
-    let dir = Dir::new("json");
-    let db = drifted(
-        &dir,
+    let (dir, db) = drifted_in(
+        "json",
         &format!(
             "{}\nCREATE VIEW admins AS SELECT * FROM users WHERE is_admin = 1;",
             REVISION_1.replace("\tlast_name VARCHAR(128),\n", "")
@@ -374,12 +386,7 @@ fn json_lists_each_statement_with_its_kind_and_the_differences() {
     assert_eq!(object["to"], head());
     assert_eq!(object["recorded"], Value::Null);
     assert_eq!(object["remaining"], serde_json::json!([]));
-    let kinds: Vec<&str> = object["statements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["kind"].as_str().unwrap())
-        .collect();
+    let kinds = each_str(&object["statements"], "kind");
     // Tables first, then indexes, then triggers: command_log, then revision 5's
     // handled_updates and two /stats summaries, then revision 6's unsent_answers,
     // pending_updates and bot_identity; command_log's two indexes and handled_updates' one; the
@@ -401,12 +408,7 @@ fn json_lists_each_statement_with_its_kind_and_the_differences() {
         assert_eq!(statement["commented"], false);
         assert!(!statement["comment"].as_str().unwrap().is_empty());
     }
-    let differences: Vec<&str> = object["differences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap())
-        .collect();
+    let differences = strings(&object["differences"]);
     assert!(
         differences.contains(&"table users: column last_name missing (revision 1 adds it)"),
         "{differences:?}"
@@ -516,24 +518,14 @@ fn a_baseline_of_a_stamped_database_leaves_the_history_out_and_output_never_over
     let db = dir.db();
     ok(&db, &["db", "upgrade"]);
     let file = dir.path("0001_baseline.up.sql");
-    let object = ok(
-        &db,
-        &[
-            "db",
-            "baseline",
-            db.to_str().unwrap(),
-            "--output",
-            file.to_str().unwrap(),
-        ],
-    );
+    let args = ["db", "baseline", db.to_str().unwrap()]
+        .into_iter()
+        .chain(["--output", file.to_str().unwrap()])
+        .collect::<Vec<_>>();
+    let object = ok(&db, &args);
     assert_eq!(object["output"], file.to_str().unwrap());
     assert_eq!(object["left_out"], serde_json::json!(["schema_history"]));
-    let statements: Vec<&str> = object["statements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let statements = strings(&object["statements"]);
     // Revisions 1 to 4: users, command_log and 3 indexes; revision 5: 4 tables and indexes, 7
     // triggers; revision 6: 3 tables.
     assert_eq!(statements.len(), 19, "{statements:?}");
@@ -544,16 +536,7 @@ fn a_baseline_of_a_stamped_database_leaves_the_history_out_and_output_never_over
     let written = std::fs::read_to_string(&file).unwrap();
     assert_eq!(written, object["sql"].as_str().unwrap());
 
-    let again = run(
-        &db,
-        &[
-            "db",
-            "baseline",
-            db.to_str().unwrap(),
-            "--output",
-            file.to_str().unwrap(),
-        ],
-    );
+    let again = run(&db, &args);
     assert_eq!(again.status.code(), Some(REFUSED), "{}", show(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already; nothing was written"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), written);

@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::{Dir, bot, ok, run, show, sql};
+use common::{
+    Dir, assert_stderr_has, bot, helper_connection, helper_process, insert_users,
+    kill_once_in_its_transaction, ok, run, show, sql, write_rows_that_never_commit,
+};
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OpenFlags};
@@ -23,8 +24,6 @@ const REVISION_1: &str = include_str!("../../migrations/sql/0001_initial.up.sql"
 
 /// Set for the writer process `writer_killed_mid_transaction` runs as: the database it writes.
 const WRITER_ENV: &str = "BOT_IMPORT_TEST_WRITER";
-/// What the writer prints once its rows are written and not committed.
-const WRITER_READY: &str = "writer: in the transaction";
 
 fn fails(db: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
     let mut all = args.to_vec();
@@ -200,11 +199,7 @@ fn find_databases_goes_by_the_header_skips_sidecars_and_symlinks_and_lists_each_
         stdout.starts_with(&format!("{} (", elsewhere.join("other.db").display())),
         "{stdout}"
     );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no such file or folder"),
-        "{}",
-        show(&output)
-    );
+    assert_stderr_has(&output, "no such file or folder");
 }
 
 #[test]
@@ -489,26 +484,14 @@ fn a_source_with_no_tables_is_refused_as_nothing_to_import() {
 #[test]
 #[ignore = "the helper process of another test; does nothing on its own"]
 fn writer_killed_mid_transaction() {
-    let Some(db) = std::env::var_os(WRITER_ENV) else {
+    let Some(conn) = helper_connection(WRITER_ENV) else {
         return;
     };
-    let conn = Connection::open(db).unwrap();
     // A tiny cache makes SQLite spill changed pages into the database file before COMMIT,
     // after writing their old content to the journal.
     conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA cache_size = 8; BEGIN")
         .unwrap();
-    for i in 0..20_000 {
-        conn.execute(
-            "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'a row that never commits')",
-            [1_000_000 + i],
-        )
-        .unwrap();
-    }
-    // libtest may print "test writer_killed_mid_transaction ... " before it on the same line.
-    println!("{WRITER_READY}");
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-    }
+    write_rows_that_never_commit(&conn);
 }
 
 #[test]
@@ -517,26 +500,9 @@ fn a_hot_journal_left_by_a_killed_writer_is_rolled_back_in_a_staged_copy() {
     let source = dir.folder("app").join("bot_database.db");
     old_database(&source, 50);
     let committed = std::fs::read(&source).unwrap();
-    let mut writer = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "writer_killed_mid_transaction",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WRITER_ENV, &source)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = BufReader::new(writer.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.ends_with(WRITER_READY));
-    writer.kill().unwrap(); // SIGKILL
-    writer.wait().unwrap();
-    assert!(ready, "the writer got into its transaction");
+    kill_once_in_its_transaction(
+        helper_process("writer_killed_mid_transaction").env(WRITER_ENV, &source),
+    );
     let journal = with_suffix(&source, "-journal");
     assert!(
         std::fs::metadata(&journal).unwrap().len() > 0,
@@ -603,13 +569,7 @@ fn a_wal_with_committed_frames_and_no_shm_is_read_from_a_staged_copy() {
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         conn.execute_batch(REVISION_1).unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        for i in 0..50 {
-            conn.execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'committed')",
-                [i],
-            )
-            .unwrap();
-        }
+        insert_users(&conn, 0..50, "committed");
         conn.execute_batch("COMMIT").unwrap();
         // The three files while the writer still holds them open, as a killed writer leaves them.
         for suffix in ["", "-wal", "-shm"] {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use common::sandbox::*;
@@ -31,27 +30,14 @@ fn answers_by_chat(sandbox: &Sandbox) -> HashMap<i64, Vec<String>> {
     by_chat
 }
 
-fn count(path: &Path, table: &str) -> i64 {
-    query(path, &format!("SELECT count(*) FROM {table}"))
-}
-
 /// The vitals the bot wrote into its heartbeat.
 fn vitals(sandbox: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(sandbox.heartbeat()).unwrap()).unwrap()
 }
 
-fn healthcheck(sandbox: &Sandbox) -> (bool, String) {
-    let output = sandbox.run(&["healthcheck"]);
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_stop_in_the_middle_of_a_batch_answers_every_message_once_across_the_restart() {
-    let sandbox = Sandbox::new("stop-mid-batch");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("stop-mid-batch");
     // Every answer takes 1.5 s to go out: the stop comes while the batch is being answered.
     sandbox
         .standin
@@ -63,8 +49,7 @@ fn a_stop_in_the_middle_of_a_batch_answers_every_message_once_across_the_restart
         || count(&sandbox.database(), "command_log") >= 1,
         "the batch is being answered",
     );
-    let (status, took, log) = first.terminate();
-    assert!(status.success(), "{log}");
+    let (took, log) = first.terminate_ok();
     assert!(
         took < Duration::from_secs(4),
         "the batch finished within the grace period: {took:?}\n{log}"
@@ -90,8 +75,7 @@ fn a_stop_in_the_middle_of_a_batch_answers_every_message_once_across_the_restart
             .say(99, "Zed", "/start")
             .starts_with("Welcome, Zed!")
     );
-    let (status, _, log) = second.terminate();
-    assert!(status.success(), "{log}");
+    second.terminate_ok();
     let answers = answers_by_chat(&sandbox);
     for user in 1..=20 {
         assert_eq!(
@@ -107,8 +91,7 @@ fn a_stop_in_the_middle_of_a_batch_answers_every_message_once_across_the_restart
 
 #[test]
 fn after_a_crash_an_update_whose_effects_were_committed_is_not_handled_again() {
-    let sandbox = Sandbox::new("crash");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("crash");
     // The answers hang, and the poll that would confirm the batch hangs before it does: a
     // crash now leaves the batch committed in the database but unconfirmed at Telegram.
     sandbox
@@ -129,8 +112,7 @@ fn after_a_crash_an_update_whose_effects_were_committed_is_not_handled_again() {
         || count(&sandbox.database(), "command_log") == 10,
         "every /start of the batch is committed",
     );
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.crash();
     assert_eq!(
         sandbox.standin.stats().pending_updates,
         10,
@@ -149,8 +131,7 @@ fn after_a_crash_an_update_whose_effects_were_committed_is_not_handled_again() {
             .say(99, "Zed", "/start")
             .starts_with("Welcome, Zed!")
     );
-    let (status, _, log) = second.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = second.terminate_ok();
     assert_eq!(
         log.matches("was handled before").count(),
         10,
@@ -169,10 +150,9 @@ fn after_a_crash_an_update_whose_effects_were_committed_is_not_handled_again() {
 
 #[test]
 fn an_answer_that_may_have_been_delivered_is_not_sent_again_nor_logged() {
-    let sandbox = Sandbox::new("garbled");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("garbled");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(42, "Ann");
     // Telegram does the sendMessage, and its answer breaks off: the user has the reply.
     sandbox.standin.inject(Fault::garbled_answer("sendMessage"));
     let calls_before = sandbox.standin.stats().calls["sendmessage"];
@@ -188,8 +168,7 @@ fn an_answer_that_may_have_been_delivered_is_not_sent_again_nor_logged() {
         .standin
         .wait_for_sent(after, Some(42), Duration::from_secs(30));
     assert_eq!(help.len(), 1, "{help:?}");
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert_eq!(
         sandbox.standin.stats().calls["sendmessage"] - calls_before,
         3,
@@ -212,11 +191,10 @@ fn an_answer_that_may_have_been_delivered_is_not_sent_again_nor_logged() {
 
 #[test]
 fn a_second_instance_polling_with_the_token_is_named_and_the_bot_stays_ready_for_a_minute() {
-    let sandbox = Sandbox::new("conflict");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("conflict");
     let first = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
-    let (healthy, why) = healthcheck(&sandbox);
+    sandbox.welcome(42, "Ann");
+    let (healthy, why) = sandbox.healthcheck();
     assert!(
         healthy,
         "ready after a getUpdates and the write probe: {why}"
@@ -247,7 +225,7 @@ fn a_second_instance_polling_with_the_token_is_named_and_the_bot_stays_ready_for
         || vitals(&sandbox)["conflict_since_ms"].is_u64(),
         "the run of 409s is in the heartbeat",
     );
-    let (healthy, why) = healthcheck(&sandbox);
+    let (healthy, why) = sandbox.healthcheck();
     assert!(
         healthy,
         "under a minute of 409s the bot stays healthy: {why}"
@@ -259,22 +237,19 @@ fn a_second_instance_polling_with_the_token_is_named_and_the_bot_stays_ready_for
         || vitals(&sandbox).get("conflict_since_ms").is_none(),
         "the conflict ends once the other instance stops",
     );
-    let (status, _, log) = first.terminate();
-    assert!(status.success(), "{log}");
+    first.terminate_ok();
     assert!(sandbox.standin.stats().conflicts >= 2);
 }
 
 #[test]
 fn a_minute_of_409s_fails_the_health_check_and_says_why() {
-    let sandbox = Sandbox::new("conflict-minute");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("conflict-minute");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
-    let (healthy, why) = healthcheck(&sandbox);
+    sandbox.welcome(42, "Ann");
+    let (healthy, why) = sandbox.healthcheck();
     assert!(healthy, "{why}");
     // The heartbeat as the loop writes it after 61 s of 409s in a row.
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
     let mut vitals = vitals(&sandbox);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -282,7 +257,7 @@ fn a_minute_of_409s_fails_the_health_check_and_says_why() {
         .as_millis() as u64;
     vitals["conflict_since_ms"] = serde_json::json!(now_ms - 61_000);
     std::fs::write(sandbox.heartbeat(), vitals.to_string()).unwrap();
-    let (healthy, why) = healthcheck(&sandbox);
+    let (healthy, why) = sandbox.healthcheck();
     assert!(!healthy);
     assert!(
         why.contains("another instance has been polling with this BOT_TOKEN for 61s"),
@@ -292,21 +267,14 @@ fn a_minute_of_409s_fails_the_health_check_and_says_why() {
 
 #[test]
 fn a_chat_that_waits_out_a_429_holds_up_no_other_chat() {
-    let sandbox = Sandbox::new("fair");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("fair");
     let bot = sandbox.start_bot();
     // The next sendMessage (user A's) is told to wait 6 s.
-    sandbox
-        .standin
-        .inject(Fault::too_many_requests("sendMessage", 6));
+    sandbox.too_many_requests(6);
     let after = sandbox
         .standin
         .post_message(&IncomingMessage::new(1, "/help"));
-    wait_until(
-        ANSWER_WITHIN,
-        || !sandbox.standin.stats().faults_applied.is_empty(),
-        "user A's answer meets the 429",
-    );
+    sandbox.until_a_fault_applies("user A's answer meets the 429");
     let b_answer = sandbox
         .standin
         .post_message(&IncomingMessage::new(2, "/help"));
@@ -319,14 +287,12 @@ fn a_chat_that_waits_out_a_429_holds_up_no_other_chat() {
         .wait_for_sent(after, Some(1), Duration::from_secs(15));
     assert_eq!(a.len(), 1, "A is answered after the wait");
     assert!(a[0].seq > b[0].seq, "B was answered before A: {a:?} {b:?}");
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn answers_stay_within_telegrams_limits_and_each_chat_gets_its_answers_in_order() {
-    let sandbox = Sandbox::new("limits");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("limits");
     sandbox.standin.set_limits(Some(Limits::default()));
     let bot = sandbox.start_bot();
     let mut messages = Vec::new();
@@ -360,14 +326,12 @@ fn answers_stay_within_telegrams_limits_and_each_chat_gets_its_answers_in_order(
             "{user}: {texts:?}"
         );
     }
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn a_user_writing_faster_than_the_limit_is_not_answered_nor_written_for() {
-    let sandbox = Sandbox::new("flood");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("flood");
     let bot = sandbox.start_bot_with(&[("BOT_USER_MESSAGES_PER_MINUTE", "3")]);
     let flood: Vec<IncomingMessage> = (0..8).map(|_| IncomingMessage::new(7, "/start")).collect();
     let after = sandbox.standin.post_messages(&flood);
@@ -378,8 +342,7 @@ fn a_user_writing_faster_than_the_limit_is_not_answered_nor_written_for() {
     assert_eq!(count(&sandbox.database(), "command_log"), 3);
     // Another user is not limited by it.
     assert!(sandbox.say(8, "Bo", "/start").starts_with("Welcome, Bo"));
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(
         log.contains("user 7 writes faster than 3 messages a minute"),
         "{log}"
@@ -388,8 +351,7 @@ fn a_user_writing_faster_than_the_limit_is_not_answered_nor_written_for() {
 
 #[test]
 fn in_groups_commands_for_other_bots_are_ignored_and_private_data_stays_private() {
-    let sandbox = Sandbox::new("groups");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("groups");
     let bot = sandbox.start_bot();
     let group = Chat::group(-500, "Friends");
     let say_in_group = |user: i64, text: &str| {
@@ -430,14 +392,12 @@ fn in_groups_commands_for_other_bots_are_ignored_and_private_data_stays_private(
         .standin
         .wait_for_sent(after, Some(-500), ANSWER_WITHIN);
     assert!(!stats[0].text.contains("Users:"), "{stats:?}");
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn an_answer_to_a_group_that_became_a_supergroup_goes_to_the_supergroup() {
-    let sandbox = Sandbox::new("supergroup");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("supergroup");
     let bot = sandbox.start_bot();
     // The answer is held 1 s on its way; the group is upgraded meanwhile.
     sandbox
@@ -457,15 +417,13 @@ fn an_answer_to_a_group_that_became_a_supergroup_goes_to_the_supergroup() {
         .wait_for_sent(after, Some(-1_000_000_000_600), ANSWER_WITHIN);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].text.starts_with("Commands:"));
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    let (_, log) = bot.terminate_ok();
     assert!(log.contains("became supergroup"), "{log}");
 }
 
 #[test]
 fn stats_fits_in_one_telegram_message_however_many_commands_were_tried() {
-    let sandbox = Sandbox::new("stats-long");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("stats-long");
     let bot = sandbox.start_bot_with(&[
         ("ADMIN_IDS", "1"),
         ("BOT_USER_MESSAGES_PER_MINUTE", "0"),
@@ -494,14 +452,12 @@ fn stats_fits_in_one_telegram_message_however_many_commands_were_tried() {
         "{}",
         stats[0].text
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn the_bot_is_ready_only_after_a_successful_get_updates() {
-    let sandbox = Sandbox::new("ready");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("ready");
     sandbox
         .standin
         .inject(Fault::broken_response("getUpdates").times(None));
@@ -511,28 +467,25 @@ fn the_bot_is_ready_only_after_a_successful_get_updates() {
         || sandbox.standin.stats().faults_applied.len() >= 2,
         "the polls fail",
     );
-    let (healthy, why) = healthcheck(&sandbox);
+    let (healthy, why) = sandbox.healthcheck();
     assert!(!healthy, "not ready while no getUpdates worked");
     assert!(why.contains("not ready yet"), "{why}");
     sandbox.standin.clear_faults();
     wait_until(
         Duration::from_secs(20),
-        || healthcheck(&sandbox).0,
+        || sandbox.healthcheck().0,
         "ready once a getUpdates works",
     );
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }
 
 #[test]
 fn failing_writes_show_in_the_health_check_and_help_is_still_answered() {
-    let sandbox = Sandbox::new("writes-fail");
-    sandbox.upgrade();
+    let sandbox = Sandbox::upgraded("writes-fail");
     let bot = sandbox.start_bot();
-    assert!(sandbox.say(42, "Ann", "/start").starts_with("Welcome"));
+    sandbox.welcome(42, "Ann");
     // Another process holds the write lock longer than the bot's busy timeout.
-    let blocker = rusqlite::Connection::open(sandbox.database()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocker = sandbox.write_lock();
     let help = sandbox.say(42, "Ann", "/help");
     assert!(
         help.starts_with("Commands:"),
@@ -548,6 +501,5 @@ fn failing_writes_show_in_the_health_check_and_help_is_still_answered() {
     blocker.execute_batch("ROLLBACK").unwrap();
     assert!(sandbox.say(43, "Bo", "/start").starts_with("Welcome, Bo"));
     assert!(vitals(&sandbox).get("writes_failing_since_ms").is_none());
-    let (status, _, log) = bot.terminate();
-    assert!(status.success(), "{log}");
+    bot.terminate_ok();
 }

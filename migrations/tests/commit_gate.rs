@@ -1,34 +1,16 @@
 //! The commit gate: asked inside each transaction of the history just before its COMMIT, it
 //! can hold the commit back, and then nothing of the transaction stays.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::*;
 use migrations::{Database, Error, GateError, MIGRATIONS, State, head};
 use rusqlite::{Connection, ErrorCode};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("migrations-gate-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A database at revision `k` (applied by the engine), with some users.
 fn at_revision(path: &Path, k: u32) {
@@ -40,26 +22,6 @@ fn at_revision(path: &Path, k: u32) {
              INSERT INTO users (telegram_id, first_name) SELECT i, 'user' || i FROM n;",
         )
         .unwrap();
-}
-
-/// The recorded revisions, read by a connection of its own.
-fn versions(path: &Path) -> Vec<u32> {
-    Database::open_read_only(path)
-        .unwrap()
-        .unwrap()
-        .history()
-        .unwrap()
-        .map(|rows| rows.iter().map(|row| row.version).collect())
-        .unwrap_or_default()
-}
-
-fn state(path: &Path) -> (State, Option<u32>) {
-    let status = Database::open_read_only(path)
-        .unwrap()
-        .unwrap()
-        .status()
-        .unwrap();
-    (status.state, status.version)
 }
 
 /// Whether another connection is kept from taking the write lock: someone holds it.
@@ -166,13 +128,7 @@ fn a_gate_that_passes_commits_every_step_as_before() {
         (2..=head()).map(|v| (Some(v - 1), v, true)).collect();
     assert_eq!(*asked.lock().unwrap(), expected, "asked before each COMMIT");
     assert_eq!(state(&gated_path), (State::Current, Some(head())));
-    let how: Vec<String> = gated
-        .history()
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .map(|row| row.how)
-        .collect();
+    let how = hows(&gated);
     assert_eq!(how, vec!["applied"; head() as usize]);
     assert_eq!(gated.schema().unwrap(), {
         Database::open_read_only(&plain_path)

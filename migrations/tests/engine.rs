@@ -1,41 +1,12 @@
 //! The engine against real database files.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use migrations::{Database, Error, HISTORY_TABLE, MIGRATIONS, State, head};
 use rusqlite::Connection;
-
-/// The error and its causes, as the command line prints them.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("migrations-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A database at revision `k` built by applying 1..=k by hand, with no history table.
 fn unstamped_at(path: &Path, k: u32) {
@@ -70,15 +41,8 @@ fn every_revision_without_history_is_unstamped_matching_it() {
             .upgrade_to(k, |_| {})
             .unwrap();
         assert_eq!(upgrade.applied, (1..=k).collect::<Vec<_>>());
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(&format!("DROP TABLE {HISTORY_TABLE}"))
-            .unwrap();
-        let status = Database::open_read_only(&path)
-            .unwrap()
-            .unwrap()
-            .status()
-            .unwrap();
+        sql(&path, &format!("DROP TABLE {HISTORY_TABLE}"));
+        let status = status(&path);
         assert_eq!(status.state, State::Unstamped, "revision {k}");
         assert_eq!(status.matches, Some(k), "revision {k}");
         assert_eq!(status.pending, (k + 1..=head()).collect::<Vec<_>>());
@@ -111,13 +75,7 @@ fn upgrade_from_empty_reaches_head_and_twice_changes_nothing() {
         (State::Current, Some(head()))
     );
     assert!(db.upgrade(|_| {}).unwrap().applied.is_empty());
-    let how: Vec<String> = db
-        .history()
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.how)
-        .collect();
+    let how = hows(&db);
     assert!(how.iter().all(|h| h == "applied"));
 }
 
@@ -140,13 +98,7 @@ fn the_seeds_database_is_adopted_then_upgraded_keeping_every_user() {
         })
         .unwrap();
     assert_eq!((count, admins), (1000, 10));
-    let how: Vec<String> = db
-        .history()
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.how)
-        .collect();
+    let how = hows(&db);
     assert_eq!(how[0], "stamped");
     assert_eq!(how[1], "applied");
 }
@@ -301,10 +253,10 @@ fn checking_a_copy_in_wal_mode_leaves_it_one_file() {
     let dir = TempDir::new("inspect-wal");
     let path = dir.file("bot.db");
     old_app_database(&path, 5);
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
+    sql(
+        &path,
+        "PRAGMA journal_mode = WAL; PRAGMA wal_checkpoint(TRUNCATE);",
+    );
     let copy = dir.file("copy.db");
     std::fs::copy(&path, &copy).unwrap();
     migrations::inspect_copy(&copy).unwrap();
@@ -325,10 +277,10 @@ fn another_tools_history_is_foreign_matched_and_left_alone() {
     let dir = TempDir::new("foreign");
     let path = dir.file("bot.db");
     unstamped_at(&path, 2);
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('4bcff00da989');")
-        .unwrap();
+    sql(
+        &path,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY); INSERT INTO alembic_version VALUES ('4bcff00da989');",
+    );
     let mut db = Database::open(&path).unwrap();
     let status = db.status().unwrap();
     assert_eq!((status.state, status.matches), (State::Foreign, Some(2)));
@@ -362,10 +314,7 @@ fn a_schema_changed_by_hand_after_stamping_is_drifted_and_refused() {
     let dir = TempDir::new("drift");
     let path = dir.file("bot.db");
     at_revision(&path, 2);
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("ALTER TABLE users DROP COLUMN last_seen_at")
-        .unwrap();
+    sql(&path, "ALTER TABLE users DROP COLUMN last_seen_at");
     let mut db = Database::open(&path).unwrap();
     let status = db.status().unwrap();
     assert_eq!((status.state, status.version), (State::Drifted, Some(2)));
@@ -505,11 +454,7 @@ fn rows_whose_parent_is_gone_stop_the_rebuild_and_are_named() {
     assert!(message.contains("PRAGMA foreign_key_check"), "{message}");
     drop(db);
     assert_eq!(state(&path), (State::Behind, Some(3)));
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        before,
-        "the file is unchanged"
-    );
+    assert_unchanged(&path, &before);
 }
 
 #[test]
@@ -542,11 +487,7 @@ fn what_writing_the_history_row_does_is_checked_too() {
         "{err:?}"
     );
     drop(db);
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        before,
-        "the file is unchanged"
-    );
+    assert_unchanged(&path, &before);
 }
 
 #[test]
@@ -555,10 +496,10 @@ fn a_failing_migration_is_rolled_back_whole() {
     let path = dir.file("bot.db");
     at_revision(&path, 3);
     // The rebuild's CHECK refuses an is_admin the old BOOLEAN column allowed.
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("INSERT INTO users (telegram_id, first_name, is_admin) VALUES (1, 'A', 0), (2, 'B', 2);")
-        .unwrap();
+    sql(
+        &path,
+        "INSERT INTO users (telegram_id, first_name, is_admin) VALUES (1, 'A', 0), (2, 'B', 2);",
+    );
     let mut db = Database::open(&path).unwrap();
     let error = db.upgrade(|_| {}).unwrap_err();
     assert!(
@@ -779,27 +720,6 @@ fn while_another_process_writes<T: Send + 'static>(
     holder.execute_batch(meanwhile).unwrap();
     holder.execute_batch("COMMIT").unwrap();
     worker.join().unwrap()
-}
-
-fn versions(path: &Path) -> Vec<u32> {
-    Database::open_read_only(path)
-        .unwrap()
-        .unwrap()
-        .history()
-        .unwrap()
-        .unwrap_or_default()
-        .iter()
-        .map(|row| row.version)
-        .collect()
-}
-
-fn state(path: &Path) -> (State, Option<u32>) {
-    let status = Database::open_read_only(path)
-        .unwrap()
-        .unwrap()
-        .status()
-        .unwrap();
-    (status.state, status.version)
 }
 
 #[test]
@@ -1057,11 +977,7 @@ fn a_wal_no_process_has_open_is_folded_into_the_file() {
         Some(migrations::Recovery::Wal)
     );
     assert!(!wal.exists());
-    let status = Database::open_read_only(&crashed)
-        .unwrap()
-        .unwrap()
-        .status()
-        .unwrap();
+    let status = status(&crashed);
     assert_eq!((status.state, status.matches), (State::Unstamped, Some(1)));
     // A WAL another connection has open (the bot running) is left to it.
     let open = Connection::open(&crashed).unwrap();
@@ -1080,10 +996,7 @@ fn restore_refuses_an_empty_source_over_tables_and_keeps_what_it_replaces() {
     let zero = dir.file("zero.db");
     std::fs::write(&zero, b"").unwrap();
     let no_tables = dir.file("no-tables.db");
-    Connection::open(&no_tables)
-        .unwrap()
-        .execute_batch("PRAGMA user_version = 7")
-        .unwrap();
+    sql(&no_tables, "PRAGMA user_version = 7");
     let before = std::fs::read(&path).unwrap();
     for (source, zero_bytes) in [(&zero, true), (&no_tables, false)] {
         let error = Database::open(&path)
@@ -1223,10 +1136,10 @@ fn a_forced_stamp_is_named_when_the_schema_differs() {
     let dir = TempDir::new("forced");
     let path = dir.file("bot.db");
     unstamped_at(&path, 1);
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)")
-        .unwrap();
+    sql(
+        &path,
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)",
+    );
     let mut db = Database::open(&path).unwrap();
     let difference = db.stamp(1, true).unwrap();
     assert_eq!(difference.len(), 1, "{difference:?}");

@@ -644,15 +644,16 @@ fn what_the_messages_say_a_rebuild_does_is_what_sqlite_does() {
         conn.execute_batch(extra).unwrap();
         conn
     };
+    // The rebuild in a transaction of its own fails, naming `needle`.
+    let fails_naming = |conn: Connection, needle: &str| {
+        let error = conn
+            .execute_batch(&format!("BEGIN; {rebuild} COMMIT;"))
+            .unwrap_err();
+        assert!(error.to_string().contains(needle), "{error}");
+    };
     // A view that reads users: the rebuild fails at its RENAME.
     let conn = setup("CREATE VIEW admins AS SELECT * FROM users WHERE is_admin;");
-    let error = conn
-        .execute_batch(&format!("BEGIN; {rebuild} COMMIT;"))
-        .unwrap_err();
-    assert!(
-        error.to_string().contains("error in view admins"),
-        "{error}"
-    );
+    fails_naming(conn, "error in view admins");
     // A trigger on users: dropped with the old table, silently.
     let conn = setup("CREATE TRIGGER keep_admins BEFORE DELETE ON users BEGIN SELECT 1; END;");
     conn.execute_batch(rebuild).unwrap();
@@ -668,13 +669,7 @@ fn what_the_messages_say_a_rebuild_does_is_what_sqlite_does() {
     let conn = setup(
         "CREATE TABLE audit (x); CREATE TRIGGER t_audit AFTER INSERT ON audit BEGIN UPDATE users SET username = 'x'; END;",
     );
-    let error = conn
-        .execute_batch(&format!("BEGIN; {rebuild} COMMIT;"))
-        .unwrap_err();
-    assert!(
-        error.to_string().contains("error in trigger t_audit"),
-        "{error}"
-    );
+    fails_naming(conn, "error in trigger t_audit");
     let status = status_of(
         &format!(
             "{}\nCREATE TABLE audit (x); CREATE TRIGGER t_audit AFTER INSERT ON audit BEGIN UPDATE users SET username = 'x'; END;",

@@ -2,8 +2,11 @@
 //! script to every revision, run on a copy with its rows, leaves a schema that matches that
 //! revision; the baseline, run on an empty database, gives back the same schema.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::status;
 use migrations::{Database, State, head, schema};
 use rusqlite::Connection;
 
@@ -86,11 +89,7 @@ fn the_diff_to_every_revision_makes_every_corpus_database_match_it_and_keeps_its
                 failures.push(format!("{case}: {e}\n{}", script.script));
                 continue;
             }
-            let after = Database::open_read_only(&copy)
-                .unwrap()
-                .unwrap()
-                .status()
-                .unwrap();
+            let after = status(&copy);
             let expected_state = match before.state {
                 State::Empty => State::Unstamped,
                 other => other,

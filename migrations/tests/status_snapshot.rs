@@ -3,18 +3,19 @@
 //! commits made a database half way between two revisions look modified (the bot then gave up
 //! waiting and exited).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::TempDir;
 use migrations::{Database, State};
 
 #[test]
 fn status_polled_during_migrations_sees_only_whole_revisions() {
-    let dir = std::env::temp_dir().join(format!("status-snapshot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bot.db");
+    let dir = TempDir::new("status-snapshot");
+    let path = dir.file("bot.db");
     let mut db = Database::open(&path).unwrap();
     db.connection()
         .execute_batch("PRAGMA journal_mode = WAL")
@@ -49,5 +50,5 @@ fn status_polled_during_migrations_sees_only_whole_revisions() {
         seen.is_subset(&whole),
         "states seen while migrating: {seen:?} ({reads} reads)"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&dir.0).unwrap();
 }

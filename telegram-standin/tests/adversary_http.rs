@@ -2,22 +2,17 @@
 //! states the promise it probes; a failing one names the promise that broke. Raw sockets, so
 //! that the requests are exactly those written here.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{start, token};
 use serde_json::{Value, json};
-use telegram_standin::{Config, IncomingMessage, Standin};
-
-fn start() -> Standin {
-    Standin::start("127.0.0.1:0", Config::default()).unwrap()
-}
-
-fn token() -> String {
-    Config::default().token
-}
+use telegram_standin::IncomingMessage;
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
@@ -369,6 +364,29 @@ fn describe(out: &std::process::Output) -> String {
     )
 }
 
+/// Runs `args` (split at white space), which must exit 2 without a panic; `shown` is how a
+/// failure names them.
+fn refused_not_a_panic(args: &str, shown: &str) {
+    let out = cli(&args.split_whitespace().collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2) && !stderr.contains("panicked"),
+        "promise broken: the command line rejects bad input with exit 2; {shown}: {}",
+        describe(&out)
+    );
+}
+
+/// Runs `args`, which must exit 2; `shown` is how a failure names them.
+fn a_usage_error(args: &[&str], shown: &str) {
+    let out = cli(args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "promise broken: the command line rejects bad input with exit 2; {shown}: {}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn help_and_usage_errors_exit_as_clap_says() {
     assert_eq!(cli(&["--help"]).status.code(), Some(0));
@@ -391,59 +409,25 @@ fn help_and_usage_errors_exit_as_clap_says() {
 
 #[test]
 fn load_with_a_huge_timeout_is_refused_not_a_panic() {
-    let out = cli(&[
-        "load",
-        "--server",
-        "http://127.0.0.1:9",
-        "--users",
-        "1",
-        "--timeout-secs",
-        "18446744073709551615",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() == Some(2) && !stderr.contains("panicked"),
-        "promise broken: the command line rejects bad input with exit 2; \
-         `load --timeout-secs 18446744073709551615`: {}",
-        describe(&out)
+    refused_not_a_panic(
+        "load --server http://127.0.0.1:9 --users 1 --timeout-secs 18446744073709551615",
+        "`load --timeout-secs 18446744073709551615`",
     );
 }
 
 #[test]
 fn load_with_user_ids_past_i64_is_refused_not_a_panic() {
-    let out = cli(&[
-        "load",
-        "--server",
-        "http://127.0.0.1:9",
-        "--users",
-        "2",
-        "--first-user",
-        "9223372036854775807",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() == Some(2) && !stderr.contains("panicked"),
-        "promise broken: the command line rejects bad input with exit 2; \
-         `load --users 2 --first-user 9223372036854775807`: {}",
-        describe(&out)
+    refused_not_a_panic(
+        "load --server http://127.0.0.1:9 --users 2 --first-user 9223372036854775807",
+        "`load --users 2 --first-user 9223372036854775807`",
     );
 }
 
 #[test]
 fn load_with_absurdly_many_users_is_refused_not_a_panic() {
-    let out = cli(&[
-        "load",
-        "--server",
-        "http://127.0.0.1:9",
-        "--users",
-        "4611686018427387904",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() == Some(2) && !stderr.contains("panicked"),
-        "promise broken: the command line rejects bad input with exit 2; \
-         `load --users 4611686018427387904` (2^62): {}",
-        describe(&out)
+    refused_not_a_panic(
+        "load --server http://127.0.0.1:9 --users 4611686018427387904",
+        "`load --users 4611686018427387904` (2^62)",
     );
 }
 
@@ -470,24 +454,16 @@ fn chat_with_a_huge_wait_is_refused_not_a_panic() {
 
 #[test]
 fn serve_with_a_listen_address_that_is_not_one_is_a_usage_error() {
-    let out = cli(&["serve", "--listen", "not an address"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "promise broken: the command line rejects bad input with exit 2; \
-         `serve --listen 'not an address'`: {}",
-        describe(&out)
+    a_usage_error(
+        &["serve", "--listen", "not an address"],
+        "`serve --listen 'not an address'`",
     );
 }
 
 #[test]
 fn health_with_a_server_that_is_not_a_url_is_a_usage_error() {
-    let out = cli(&["health", "--server", "not a url"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "promise broken: the command line rejects bad input with exit 2; \
-         `health --server 'not a url'`: {}",
-        describe(&out)
+    a_usage_error(
+        &["health", "--server", "not a url"],
+        "`health --server 'not a url'`",
     );
 }

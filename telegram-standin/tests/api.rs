@@ -1,32 +1,18 @@
 //! The stand-in over real HTTP, as the bot and the `chat` command see it.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{call, call_as, control, load, post, start, token};
 use serde_json::{Value, json};
-use telegram_standin::{Config, Fault, FaultKind, IncomingMessage, Standin, client};
-
-fn call(standin: &Standin, token: &str, method: &str, body: Value) -> (u16, Value) {
-    let (status, text) = client::request(
-        &standin.url(),
-        "POST",
-        &format!("/bot{token}/{method}"),
-        Some(&body.to_string()),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (status, serde_json::from_str(&text).unwrap())
-}
-
-fn start() -> Standin {
-    Standin::start("127.0.0.1:0", Config::default()).unwrap()
-}
+use telegram_standin::{Fault, FaultKind, IncomingMessage, Standin, client};
 
 #[test]
 fn methods_answer_in_any_case_wrapped_as_telegram_does() {
     let standin = start();
-    let token = Config::default().token;
     for method in ["getMe", "GetMe", "getme"] {
-        let (status, body) = call(&standin, &token, method, json!({}));
+        let (status, body) = call(&standin, method, json!({}));
         assert_eq!(status, 200);
         assert_eq!(body["ok"], true);
         assert_eq!(body["result"]["username"], "demo_bot");
@@ -38,7 +24,7 @@ fn methods_answer_in_any_case_wrapped_as_telegram_does() {
 #[test]
 fn a_wrong_token_gets_401_and_an_unknown_method_404_never_5xx() {
     let standin = start();
-    let (status, body) = call(&standin, "1:wrong", "getMe", json!({}));
+    let (status, body) = call_as(&standin, "1:wrong", "getMe", json!({}));
     assert_eq!(
         (
             status,
@@ -47,21 +33,15 @@ fn a_wrong_token_gets_401_and_an_unknown_method_404_never_5xx() {
         ),
         (401, Some(401), Some("Unauthorized"))
     );
-    let (status, body) = call(
-        &standin,
-        &Config::default().token,
-        "launchRocket",
-        json!({}),
-    );
+    let (status, body) = call(&standin, "launchRocket", json!({}));
     assert_eq!((status, body["ok"].as_bool()), (404, Some(false)));
 }
 
 #[test]
 fn get_updates_holds_an_empty_long_poll_and_confirms_by_offset() {
     let standin = start();
-    let token = Config::default().token;
     let started = Instant::now();
-    let (_, empty) = call(&standin, &token, "GetUpdates", json!({"timeout": 1}));
+    let (_, empty) = call(&standin, "GetUpdates", json!({"timeout": 1}));
     assert_eq!(empty["result"], json!([]));
     assert!(
         started.elapsed() >= Duration::from_millis(900),
@@ -69,7 +49,7 @@ fn get_updates_holds_an_empty_long_poll_and_confirms_by_offset() {
     );
 
     standin.post_message(&IncomingMessage::new(42, "/start"));
-    let (_, first) = call(&standin, &token, "GetUpdates", json!({"timeout": 5}));
+    let (_, first) = call(&standin, "GetUpdates", json!({"timeout": 5}));
     let update = &first["result"][0];
     assert_eq!(update["message"]["text"], "/start");
     assert_eq!(update["message"]["entities"][0]["type"], "bot_command");
@@ -77,7 +57,6 @@ fn get_updates_holds_an_empty_long_poll_and_confirms_by_offset() {
     let next = update["update_id"].as_i64().unwrap() + 1;
     let (_, again) = call(
         &standin,
-        &token,
         "GetUpdates",
         json!({"offset": next, "timeout": 0}),
     );
@@ -92,13 +71,8 @@ fn get_updates_holds_an_empty_long_poll_and_confirms_by_offset() {
 #[test]
 fn sent_messages_are_recorded_and_waited_for() {
     let standin = start();
-    let token = Config::default().token;
-    let (status, sent) = call(
-        &standin,
-        &token,
-        "SendMessage",
-        json!({"chat_id": 42, "text": "hello"}),
-    );
+    let hello = json!({"chat_id": 42, "text": "hello"});
+    let (status, sent) = call(&standin, "SendMessage", hello);
     assert_eq!(status, 200);
     assert_eq!(sent["result"]["text"], "hello");
     let seen = standin.wait_for_sent(0, Some(42), Duration::from_secs(1));
@@ -112,30 +86,16 @@ fn sent_messages_are_recorded_and_waited_for() {
             .wait_for_sent(1, None, Duration::from_millis(100))
             .is_empty()
     );
-    let (status, _) = call(&standin, &token, "sendMessage", json!({"text": "no chat"}));
+    let (status, _) = call(&standin, "sendMessage", json!({"text": "no chat"}));
     assert_eq!(status, 400);
-}
-
-fn control(standin: &Standin, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = client::request(
-        &standin.url(),
-        method,
-        path,
-        body.as_deref(),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (status, serde_json::from_str(&text).unwrap())
 }
 
 #[test]
 fn a_429_has_telegrams_shape_and_is_recorded_with_the_call_times() {
     let standin = start();
-    let token = Config::default().token;
     standin.inject(Fault::too_many_requests("sendMessage", 2));
     let message = json!({"chat_id": 42, "text": "hello"});
-    let (status, body) = call(&standin, &token, "SendMessage", message.clone());
+    let (status, body) = call(&standin, "SendMessage", message.clone());
     assert_eq!(status, 429);
     assert_eq!(
         body,
@@ -149,7 +109,7 @@ fn a_429_has_telegrams_shape_and_is_recorded_with_the_call_times() {
     assert!(standin.sent().is_empty(), "a refused call sends nothing");
     assert!(standin.faults().is_empty(), "the fault was for one call");
 
-    let (status, _) = call(&standin, &token, "sendMessage", message);
+    let (status, _) = call(&standin, "sendMessage", message);
     assert_eq!(status, 200);
     assert_eq!(standin.sent().len(), 1);
     let stats = standin.stats();
@@ -169,25 +129,19 @@ fn a_429_has_telegrams_shape_and_is_recorded_with_the_call_times() {
 #[test]
 fn faults_apply_to_their_method_for_their_number_of_calls() {
     let standin = start();
-    let token = Config::default().token;
     standin.inject(Fault::server_error("getMe", 502).times(Some(2)));
     for _ in 0..2 {
-        let (status, _) = call(
-            &standin,
-            &token,
-            "sendMessage",
-            json!({"chat_id": 1, "text": "x"}),
-        );
+        let (status, _) = call(&standin, "sendMessage", json!({"chat_id": 1, "text": "x"}));
         assert_eq!(status, 200, "another method is not affected");
     }
     for _ in 0..2 {
-        let (status, body) = call(&standin, &token, "getMe", json!({}));
+        let (status, body) = call(&standin, "getMe", json!({}));
         assert_eq!(
             (status, body["ok"].as_bool(), body["description"].as_str()),
             (502, Some(false), Some("Bad Gateway"))
         );
     }
-    let (status, _) = call(&standin, &token, "getMe", json!({}));
+    let (status, _) = call(&standin, "getMe", json!({}));
     assert_eq!(status, 200, "used up after two calls: 5xx-free again");
     assert_eq!(standin.stats().faults_applied.len(), 2);
 }
@@ -195,12 +149,11 @@ fn faults_apply_to_their_method_for_their_number_of_calls() {
 #[test]
 fn a_delay_holds_every_call_until_cleared_and_adds_to_another_fault() {
     let standin = start();
-    let token = Config::default().token;
     standin.inject(Fault::delay("*", Duration::from_millis(300)));
     standin.inject(Fault::too_many_requests("getMe", 1));
     let timed = |method: &str| {
         let started = Instant::now();
-        let (status, _) = call(&standin, &token, method, json!({}));
+        let (status, _) = call(&standin, method, json!({}));
         (status, started.elapsed())
     };
     let (status, took) = timed("getMe");
@@ -219,41 +172,37 @@ fn a_delay_holds_every_call_until_cleared_and_adds_to_another_fault() {
 #[test]
 fn a_broken_response_is_not_http() {
     let standin = start();
-    let token = Config::default().token;
     standin.inject(Fault::broken_response("getMe"));
     let error = client::request(
         &standin.url(),
         "POST",
-        &format!("/bot{token}/getMe"),
+        &format!("/bot{}/getMe", token()),
         Some("{}"),
         Duration::from_secs(5),
     )
     .unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
-    let (status, _) = call(&standin, &token, "getMe", json!({}));
+    let (status, _) = call(&standin, "getMe", json!({}));
     assert_eq!(status, 200);
 }
 
 #[test]
 fn faults_are_controlled_over_http_too() {
     let standin = start();
-    let token = Config::default().token;
-    let (status, pending) = control(
+    let (status, pending) = post(
         &standin,
-        "POST",
         "/control/faults",
-        Some(json!({"method": "getUpdates", "kind": "too_many_requests", "retry_after": 3})),
+        json!({"method": "getUpdates", "kind": "too_many_requests", "retry_after": 3}),
     );
     assert_eq!(status, 200);
     assert_eq!(
         pending,
         json!([{"method": "getUpdates", "kind": "too_many_requests", "retry_after": 3, "times": 1}])
     );
-    let (status, _) = control(
+    let (status, _) = post(
         &standin,
-        "POST",
         "/control/faults",
-        Some(json!({"method": "*", "kind": "delay", "ms": 10, "times": null})),
+        json!({"method": "*", "kind": "delay", "ms": 10, "times": null}),
     );
     assert_eq!(status, 200);
     assert_eq!(standin.faults()[1].times, None);
@@ -262,11 +211,11 @@ fn faults_are_controlled_over_http_too() {
         json!({"method": "getMe", "kind": "explode"}),
         json!({"method": "", "kind": "broken_response"}),
     ] {
-        let (status, body) = control(&standin, "POST", "/control/faults", Some(wrong.clone()));
+        let (status, body) = post(&standin, "/control/faults", wrong.clone());
         assert_eq!(status, 400, "{wrong} is refused: {body}");
         assert!(body["error"].is_string());
     }
-    let (status, body) = call(&standin, &token, "getUpdates", json!({"timeout": 0}));
+    let (status, body) = call(&standin, "getUpdates", json!({"timeout": 0}));
     assert_eq!(
         (status, body["parameters"]["retry_after"].as_u64()),
         (429, Some(3))
@@ -286,16 +235,10 @@ fn faults_are_controlled_over_http_too() {
 #[test]
 fn a_batch_of_messages_arrives_in_one_poll_and_sent_waits_for_a_count() {
     let standin = start();
-    let token = Config::default().token;
     let batch: Vec<Value> = (1..=3)
         .map(|id| json!({"user_id": id, "text": "/start", "first_name": format!("U{id}")}))
         .collect();
-    let (status, posted) = control(
-        &standin,
-        "POST",
-        "/control/messages/batch",
-        Some(json!(batch)),
-    );
+    let (status, posted) = post(&standin, "/control/messages/batch", json!(batch));
     assert_eq!(status, 200);
     assert_eq!(posted["update_ids"], json!([1, 2, 3]));
     assert_eq!(posted["sent_before"], 0);
@@ -303,7 +246,7 @@ fn a_batch_of_messages_arrives_in_one_poll_and_sent_waits_for_a_count() {
         IncomingMessage::new(4, "/help"),
         IncomingMessage::new(5, "/me"),
     ]);
-    let (_, polled) = call(&standin, &token, "getUpdates", json!({"timeout": 1}));
+    let (_, polled) = call(&standin, "getUpdates", json!({"timeout": 1}));
     let chats: Vec<i64> = polled["result"]
         .as_array()
         .unwrap()
@@ -318,7 +261,6 @@ fn a_batch_of_messages_arrives_in_one_poll_and_sent_waits_for_a_count() {
                 std::thread::sleep(Duration::from_millis(50));
                 call(
                     &standin,
-                    &token,
                     "sendMessage",
                     json!({"chat_id": chat, "text": "hi"}),
                 );
@@ -346,9 +288,8 @@ fn a_batch_of_messages_arrives_in_one_poll_and_sent_waits_for_a_count() {
 #[test]
 fn a_held_long_poll_is_counted_in_flight() {
     let standin = start();
-    let token = Config::default().token;
     std::thread::scope(|scope| {
-        let poll = scope.spawn(|| call(&standin, &token, "getUpdates", json!({"timeout": 2})));
+        let poll = scope.spawn(|| call(&standin, "getUpdates", json!({"timeout": 2})));
         let deadline = Instant::now() + Duration::from_secs(2);
         while standin.stats().polls_in_flight == 0 {
             assert!(Instant::now() < deadline, "the poll is held");
@@ -361,12 +302,10 @@ fn a_held_long_poll_is_counted_in_flight() {
 
 /// Plays the bot: answers every message it polls, until `stop`.
 fn echo_bot(standin: &Standin, stop: &std::sync::atomic::AtomicBool) {
-    let token = Config::default().token;
     let mut offset = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let (_, polled) = call(
             standin,
-            &token,
             "getUpdates",
             json!({"offset": offset, "timeout": 1}),
         );
@@ -375,7 +314,6 @@ fn echo_bot(standin: &Standin, stop: &std::sync::atomic::AtomicBool) {
             let chat = update["message"]["chat"]["id"].clone();
             call(
                 standin,
-                &token,
                 "sendMessage",
                 json!({"chat_id": chat, "text": "welcome"}),
             );
@@ -389,18 +327,7 @@ fn load_prints_one_json_line_once_every_user_got_an_answer() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let output = std::thread::scope(|scope| {
         scope.spawn(|| echo_bot(&standin, &stop));
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_telegram-standin"))
-            .args([
-                "load",
-                "--server",
-                &standin.url(),
-                "--users",
-                "150",
-                "--timeout-secs",
-                "60",
-            ])
-            .output()
-            .unwrap();
+        let output = load(&standin, "150", "60");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         output
     });
@@ -430,18 +357,7 @@ fn load_prints_one_json_line_once_every_user_got_an_answer() {
 #[test]
 fn load_without_a_bot_gives_up_at_its_timeout_and_says_why() {
     let standin = start();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_telegram-standin"))
-        .args([
-            "load",
-            "--server",
-            &standin.url(),
-            "--users",
-            "3",
-            "--timeout-secs",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let output = load(&standin, "3", "1");
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "no report on stdout");
     let stderr = String::from_utf8_lossy(&output.stderr);

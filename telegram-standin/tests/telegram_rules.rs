@@ -1,30 +1,17 @@
 //! Telegram's own rules, played over real HTTP: groups and their migration, message length,
 //! the 409 of two pollers, rate limits, latency, offsets, and what each sent message records.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{call, control, post, start};
 use serde_json::{Value, json};
 use telegram_standin::{Chat, Config, Fault, IncomingMessage, Limits, Standin, client};
 
 const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
-
-fn token() -> String {
-    Config::default().token
-}
-
-fn call(standin: &Standin, method: &str, body: Value) -> (u16, Value) {
-    let (status, text) = client::request(
-        &standin.url(),
-        "POST",
-        &format!("/bot{}/{method}", token()),
-        Some(&body.to_string()),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (status, serde_json::from_str(&text).unwrap())
-}
 
 fn send(standin: &Standin, chat_id: i64, text: &str) -> (u16, Value) {
     call(
@@ -32,23 +19,6 @@ fn send(standin: &Standin, chat_id: i64, text: &str) -> (u16, Value) {
         "sendMessage",
         json!({"chat_id": chat_id, "text": text}),
     )
-}
-
-fn control(standin: &Standin, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = client::request(
-        &standin.url(),
-        method,
-        path,
-        body.as_deref(),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (status, serde_json::from_str(&text).unwrap())
-}
-
-fn start() -> Standin {
-    Standin::start("127.0.0.1:0", Config::default()).unwrap()
 }
 
 fn now_ms() -> u64 {
@@ -78,14 +48,13 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 #[test]
 fn a_user_writes_in_a_group_and_the_bot_answers_there_as_the_chat_really_is() {
     let standin = start();
-    let (status, _) = control(
+    let (status, _) = post(
         &standin,
-        "POST",
         "/control/messages",
-        Some(json!({
+        json!({
             "user_id": 42, "text": "/start", "first_name": "Ann",
             "chat": {"id": -100123, "type": "supergroup", "title": "Team"},
-        })),
+        }),
     );
     assert_eq!(status, 200);
     standin.post_message(&IncomingMessage::new(43, "hi").in_chat(Chat::group(-55, "Old")));
@@ -153,11 +122,10 @@ fn a_user_writes_in_a_group_and_the_bot_answers_there_as_the_chat_really_is() {
         ["to a group no one wrote in"]
     );
 
-    let (status, refused) = control(
+    let (status, refused) = post(
         &standin,
-        "POST",
         "/control/messages",
-        Some(json!({"user_id": 42, "text": "x", "chat": {"id": 5, "type": "group"}})),
+        json!({"user_id": 42, "text": "x", "chat": {"id": 5, "type": "group"}}),
     );
     assert_eq!(status, 400);
     assert!(
@@ -196,11 +164,10 @@ fn a_group_upgraded_to_a_supergroup_refuses_messages_as_telegram_does() {
         "the refused message was not sent"
     );
 
-    let (status, refused) = control(
+    let (status, refused) = post(
         &standin,
-        "POST",
         "/control/messages",
-        Some(json!({"user_id": 42, "text": "x", "chat": {"id": -123, "type": "group"}})),
+        json!({"user_id": 42, "text": "x", "chat": {"id": -123, "type": "group"}}),
     );
     assert_eq!(status, 400);
     assert!(
@@ -220,12 +187,7 @@ fn a_group_upgraded_to_a_supergroup_refuses_messages_as_telegram_does() {
         json!({"from": -5}),
         json!(null),
     ] {
-        let (status, body) = control(
-            &standin,
-            "POST",
-            "/control/chats/migrate",
-            Some(wrong.clone()),
-        );
+        let (status, body) = post(&standin, "/control/chats/migrate", wrong.clone());
         assert_eq!(status, 400, "{wrong} is refused: {body}");
     }
 
@@ -308,11 +270,10 @@ fn a_newer_get_updates_ends_the_held_one_with_a_409_and_proceeds() {
 #[test]
 fn a_conflict_fault_answers_409_for_its_number_of_calls() {
     let standin = start();
-    let (status, _) = control(
+    let (status, _) = post(
         &standin,
-        "POST",
         "/control/faults",
-        Some(json!({"method": "getUpdates", "kind": "conflict", "times": 2})),
+        json!({"method": "getUpdates", "kind": "conflict", "times": 2}),
     );
     assert_eq!(status, 200);
     for _ in 0..2 {
@@ -340,11 +301,10 @@ fn a_conflict_fault_answers_409_for_its_number_of_calls() {
         "{:?}",
         stats.faults_applied
     );
-    let (status, body) = control(
+    let (status, body) = post(
         &standin,
-        "POST",
         "/control/faults",
-        Some(json!({"method": "sendMessage", "kind": "conflict"})),
+        json!({"method": "sendMessage", "kind": "conflict"}),
     );
     assert_eq!(status, 400);
     assert!(
@@ -421,7 +381,7 @@ fn rate_limits_are_off_by_default_and_answer_429_as_telegram_does_when_on() {
     );
 
     // Over HTTP: missing fields are Telegram's, 0 is refused, null turns them off.
-    let (status, limits) = control(&standin, "POST", "/control/limits", Some(json!({})));
+    let (status, limits) = post(&standin, "/control/limits", json!({}));
     assert_eq!(
         (status, limits),
         (
@@ -430,12 +390,7 @@ fn rate_limits_are_off_by_default_and_answer_429_as_telegram_does_when_on() {
         )
     );
     assert_eq!(standin.limits(), Some(Limits::default()));
-    let (status, body) = control(
-        &standin,
-        "POST",
-        "/control/limits",
-        Some(json!({"overall_per_sec": 0})),
-    );
+    let (status, body) = post(&standin, "/control/limits", json!({"overall_per_sec": 0}));
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("null"), "{body}");
     client::set_limits(&standin.url(), None).unwrap();
@@ -498,12 +453,7 @@ fn latency_delays_bot_api_calls_but_not_the_control_api() {
     let took = timed(&|| assert_eq!(control(&standin, "GET", "/control/health", None).0, 200));
     assert!(took < Duration::from_millis(1500), "{took:?}");
 
-    let (status, _) = control(
-        &standin,
-        "POST",
-        "/control/latency",
-        Some(json!({"ms": -1})),
-    );
+    let (status, _) = post(&standin, "/control/latency", json!({"ms": -1}));
     assert_eq!(status, 400);
     standin.set_latency(Duration::ZERO);
     let (_, latency) = control(&standin, "GET", "/control/latency", None);

@@ -26,6 +26,15 @@ impl Dir {
         Dir(dir)
     }
 
+    /// A new folder named after the test, holding a database behind by one revision
+    /// ([`behind_with_users`]): the folder and the database.
+    pub fn behind(name: &str, wal: bool) -> (Dir, PathBuf) {
+        let dir = Dir::new(name);
+        let db = dir.db();
+        behind_with_users(&db, wal);
+        (dir, db)
+    }
+
     /// The database file inside.
     pub fn db(&self) -> PathBuf {
         self.0.join("bot_database.db")
@@ -76,6 +85,15 @@ pub fn show(output: &Output) -> String {
     )
 }
 
+/// Asserts that `output`'s standard error contains `needle` (the output shown otherwise).
+pub fn assert_stderr_has(output: &Output, needle: &str) {
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(needle),
+        "{}",
+        show(output)
+    );
+}
+
 /// Runs `args` with `--json`, expects success, returns the object.
 pub fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
@@ -84,6 +102,16 @@ pub fn ok(db: &Path, args: &[&str]) -> serde_json::Value {
     assert!(output.status.success(), "{args:?}: {}", show(&output));
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&output)))
+}
+
+/// Each element's `key` of a JSON array, as strings.
+pub fn each_str<'a>(array: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|element| element[key].as_str().unwrap())
+        .collect()
 }
 
 /// Runs SQL on `db` directly.
@@ -104,6 +132,126 @@ pub fn behind_with_users(db: &Path, wal: bool) {
     ok(db, &["db", "downgrade", "--to", &(head - 1).to_string()]);
     if wal {
         sql(db, "PRAGMA journal_mode = WAL;");
+    }
+}
+
+/// The users in `db`.
+pub fn count_users(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Has `command` run with a 64 KiB limit on the size of a file it writes (`RLIMIT_FSIZE`, the
+/// signal ignored): a full disk, as a write sees it.
+pub fn limit_file_size(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+}
+
+/// `bot db upgrade --backup-to <backup>` on `db`.
+pub fn upgrade_backing_up_to(db: &Path, backup: &Path) -> Command {
+    bot(
+        db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+    )
+}
+
+/// [`upgrade_backing_up_to`] while another connection holds the write lock; once the command
+/// says `line`, that connection adds a user (telegram id 100000) and commits.
+pub fn upgrade_overtaken_at(db: &Path, backup: &Path, line: &str) -> Ended {
+    let holder = Connection::open(db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    acted_on_at(
+        db,
+        &["db", "upgrade", "--backup-to", backup.to_str().unwrap()],
+        line,
+        || {
+            holder
+                .execute_batch(
+                    "INSERT INTO users (telegram_id, first_name) VALUES (100000, 'late'); COMMIT;",
+                )
+                .unwrap()
+        },
+    )
+}
+
+/// What a helper process (a writer, a lock holder) prints once it is where it was sent.
+pub const WRITER_READY: &str = "writer: in the transaction";
+
+/// This test binary, run for its ignored test `name` alone: a helper process, its standard
+/// output piped.
+pub fn helper_process(name: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Reads `child`'s standard output until a line ends with [`WRITER_READY`]: whether one did.
+pub fn said_ready(child: &mut std::process::Child) -> bool {
+    use std::io::{BufRead, BufReader};
+    BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.ends_with(WRITER_READY))
+}
+
+/// Starts the writer `command` and SIGKILLs it once it is in its transaction (failing when it
+/// never got there).
+pub fn kill_once_in_its_transaction(command: &mut Command) {
+    let mut writer = command.spawn().unwrap();
+    let ready = said_ready(&mut writer);
+    writer.kill().unwrap(); // SIGKILL
+    writer.wait().unwrap();
+    assert!(ready, "the writer got into its transaction");
+}
+
+/// In a helper process: a connection to the database named by the environment variable
+/// `env`, or none when it is not set (the helper run as a test of its own).
+pub fn helper_connection(env: &str) -> Option<Connection> {
+    std::env::var_os(env).map(|db| Connection::open(db).unwrap())
+}
+
+/// Inserts a user of each telegram id, all named `first_name`.
+pub fn insert_users(conn: &Connection, ids: impl IntoIterator<Item = i64>, first_name: &str) {
+    for id in ids {
+        conn.execute(
+            "INSERT INTO users (telegram_id, first_name) VALUES (?1, ?2)",
+            rusqlite::params![id, first_name],
+        )
+        .unwrap();
+    }
+}
+
+/// What a writer killed in the middle of its transaction does in it: 20 000 rows that never
+/// commit; then it says [`WRITER_READY`] and waits to be killed.
+pub fn write_rows_that_never_commit(conn: &Connection) -> ! {
+    insert_users(conn, 1_000_000..1_020_000, "a row that never commits");
+    // libtest may print "test writer_killed_mid_transaction ... " before it on the same line.
+    println!("{WRITER_READY}");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }
 

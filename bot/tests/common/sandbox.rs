@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use telegram_standin::{Config, IncomingMessage, SentMessage, Standin};
+use telegram_standin::{Config, Fault, IncomingMessage, SentMessage, Standin};
 
 pub const TOKEN: &str = "123456:TEST-TOKEN-abc";
+/// The token of another bot (`other_demo_bot`, id 654321).
+pub const OTHER_TOKEN: &str = "654321:OTHER-token-xyz";
 /// How long a test waits for an answer the bot should give at once.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
@@ -34,6 +36,13 @@ impl Sandbox {
         )
         .unwrap();
         Sandbox { dir, standin }
+    }
+
+    /// A sandbox whose database is upgraded to the newest revision.
+    pub fn upgraded(name: &str) -> Sandbox {
+        let sandbox = Sandbox::new(name);
+        sandbox.upgrade();
+        sandbox
     }
 
     pub fn database(&self) -> PathBuf {
@@ -78,6 +87,21 @@ impl Sandbox {
         conn.execute_batch(sql).unwrap();
     }
 
+    /// Another process's connection to the database, holding its write lock.
+    pub fn write_lock(&self) -> Connection {
+        let lock = Connection::open(self.database()).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        lock
+    }
+
+    /// [`Sandbox::write_lock`], taken with a 5 s busy timeout.
+    pub fn write_lock_with_busy_timeout(&self) -> Connection {
+        let lock = Connection::open(self.database()).unwrap();
+        lock.busy_timeout(Duration::from_secs(5)).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        lock
+    }
+
     pub fn start_bot(&self) -> Running {
         self.start_bot_with(&[])
     }
@@ -112,6 +136,122 @@ impl Sandbox {
         message.username = Some(format!("u{user_id}"));
         message.language_code = Some("en".into());
         self.send(&message)
+    }
+
+    /// `/start` from a user, who is welcomed.
+    pub fn welcome(&self, user_id: i64, first_name: &str) {
+        assert!(
+            self.say(user_id, first_name, "/start")
+                .starts_with("Welcome")
+        );
+    }
+
+    /// Every answer a chat got so far.
+    pub fn answers_to(&self, chat: i64) -> Vec<String> {
+        self.standin
+            .sent()
+            .into_iter()
+            .filter(|m| m.chat_id == chat)
+            .map(|m| m.text)
+            .collect()
+    }
+
+    /// How many sendMessage calls the stand-in got.
+    pub fn send_calls(&self) -> u64 {
+        self.standin
+            .stats()
+            .calls
+            .get("sendmessage")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Has the next sendMessage told to wait `retry_after` seconds (a 429).
+    pub fn too_many_requests(&self, retry_after: u32) {
+        self.standin
+            .inject(Fault::too_many_requests("sendMessage", retry_after));
+    }
+
+    /// Waits until an injected fault was applied; `what` names the moment.
+    pub fn until_a_fault_applies(&self, what: &str) {
+        wait_until(
+            ANSWER_WITHIN,
+            || !self.standin.stats().faults_applied.is_empty(),
+            what,
+        );
+    }
+
+    /// `/help` from `user_id` (`message`), answered with the list of commands.
+    pub fn help(&self, user_id: i64) {
+        let help = self.send(&message(user_id, "/help"));
+        assert!(help.starts_with("Commands:"), "{help}");
+    }
+
+    /// Starts a bot, waits until it has sent `answers` answers after `after` (at most
+    /// `within_secs`), lets it run `settle_secs` more and terminates it: its log.
+    pub fn next_bot_answers(
+        &self,
+        after: u64,
+        answers: usize,
+        within_secs: u64,
+        settle_secs: u64,
+    ) -> String {
+        let bot = self.start_bot();
+        self.standin
+            .wait_for_sent_count(after, answers, Duration::from_secs(within_secs));
+        std::thread::sleep(Duration::from_secs(settle_secs));
+        bot.terminate().2
+    }
+
+    /// [`Sandbox::next_bot_answers`] for one answer to each of `users`: the log, and of the
+    /// users those answered more than once and those never answered.
+    pub fn next_bot_answers_each(
+        &self,
+        after: u64,
+        users: &[i64],
+        within_secs: u64,
+        settle_secs: u64,
+    ) -> (String, Vec<i64>, Vec<i64>) {
+        let log = self.next_bot_answers(after, users.len(), within_secs, settle_secs);
+        let (twice, never) = self.twice_and_never(users);
+        (log, twice, never)
+    }
+
+    /// Starts a bot, waits until it fetched every pending update (`what` names that), lets it
+    /// run `settle` more and terminates it: its log.
+    pub fn next_bot_fetches(&self, what: &str, settle: Duration) -> String {
+        let bot = self.start_bot();
+        wait_until(
+            ANSWER_WITHIN,
+            || self.standin.stats().pending_updates == 0,
+            what,
+        );
+        std::thread::sleep(settle);
+        bot.terminate().2
+    }
+
+    /// Of `users`, those answered more than once and those never answered, so far.
+    pub fn twice_and_never(&self, users: &[i64]) -> (Vec<i64>, Vec<i64>) {
+        let sent = self.standin.sent();
+        let mut twice = Vec::new();
+        let mut never = Vec::new();
+        for user in users {
+            match sent.iter().filter(|m| m.chat_id == *user).count() {
+                1 => {}
+                0 => never.push(*user),
+                _ => twice.push(*user),
+            }
+        }
+        (twice, never)
+    }
+
+    /// `bot healthcheck`: whether it passed, and what it said on standard error.
+    pub fn healthcheck(&self) -> (bool, String) {
+        let output = self.run(&["healthcheck"]);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// Posts the message and returns the one answer to it.
@@ -168,8 +308,22 @@ impl Running {
         (status, took, self.log())
     }
 
+    /// Kills the bot (SIGKILL, as a crash) and waits for it.
+    pub fn crash(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     pub fn terminate(self) -> (std::process::ExitStatus, Duration, String) {
         self.stop("TERM")
+    }
+
+    /// Terminates the bot, which must exit with success (its log shown otherwise): the time
+    /// from the signal to the exit, and the log.
+    pub fn terminate_ok(self) -> (Duration, String) {
+        let (status, took, log) = self.terminate();
+        assert!(status.success(), "{log}");
+        (took, log)
     }
 }
 
@@ -178,6 +332,20 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A Bot API stand-in for another bot: [`OTHER_TOKEN`]'s.
+pub fn other_bots_standin() -> Standin {
+    Standin::start(
+        "127.0.0.1:0",
+        Config {
+            token: OTHER_TOKEN.into(),
+            bot_id: 654321,
+            bot_username: "other_demo_bot".into(),
+            ..Config::default()
+        },
+    )
+    .unwrap()
 }
 
 pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool, what: &str) {
@@ -222,6 +390,32 @@ pub fn query<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
         .unwrap()
         .query_row(sql, [], |r| r.get(0))
         .unwrap()
+}
+
+/// The rows of `table`.
+pub fn count(path: &Path, table: &str) -> i64 {
+    query(path, &format!("SELECT count(*) FROM {table}"))
+}
+
+/// A message of `user`, with a first name (`U<user>`) and English as the language.
+pub fn message(user: i64, text: &str) -> IncomingMessage {
+    let mut message = IncomingMessage::new(user, text);
+    message.first_name = Some(format!("U{user}"));
+    message.language_code = Some("en".into());
+    message
+}
+
+/// The same `text` from each of `users` ([`message`]).
+pub fn messages(users: impl IntoIterator<Item = i64>, text: &str) -> Vec<IncomingMessage> {
+    users.into_iter().map(|u| message(u, text)).collect()
+}
+
+/// How many of `answers` answer `command` (they name it, followed by a full stop).
+pub fn times_answered(answers: &[String], command: &str) -> usize {
+    answers
+        .iter()
+        .filter(|a| a.contains(&format!("{command}.")))
+        .count()
 }
 
 /// Log lines at WARN or ERROR.

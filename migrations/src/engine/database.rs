@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use super::plan::{self, Plan};
 use super::status::{self, ForeignHistory, HistoryRow, Status};
@@ -13,45 +13,29 @@ use super::{Error, HISTORY_TABLE, Recovery, busy_timeout, file};
 use crate::catalog::Catalog;
 use crate::schema::{self, Schema};
 
-/// Other migration tools' history tables: recognised, reported, left as they are.
-const FOREIGN_TOOLS: &[(&str, &str, &str)] = &[
-    (
-        "alembic",
-        "alembic_version",
-        "SELECT version_num FROM alembic_version LIMIT 1",
-    ),
+/// Other migration tools' history tables: recognised, reported, left as they are. Each with
+/// the column its revision is read from and what follows the table in that query.
+const FOREIGN_TOOLS: &[(&str, &str, &str, &str)] = &[
+    ("alembic", "alembic_version", "version_num", " LIMIT 1"),
     (
         "flyway",
         "flyway_schema_history",
-        "SELECT version FROM flyway_schema_history WHERE success ORDER BY installed_rank DESC LIMIT 1",
+        "version",
+        " WHERE success ORDER BY installed_rank DESC LIMIT 1",
     ),
-    (
-        "golang-migrate or rails",
-        "schema_migrations",
-        "SELECT max(version) FROM schema_migrations",
-    ),
-    (
-        "sqlx",
-        "_sqlx_migrations",
-        "SELECT max(version) FROM _sqlx_migrations",
-    ),
-    (
-        "refinery",
-        "refinery_schema_history",
-        "SELECT max(version) FROM refinery_schema_history",
-    ),
-    (
-        "diesel",
-        "__diesel_schema_migrations",
-        "SELECT max(version) FROM __diesel_schema_migrations",
-    ),
+    ("golang-migrate or rails", "schema_migrations", NEWEST, ""),
+    ("sqlx", "_sqlx_migrations", NEWEST, ""),
+    ("refinery", "refinery_schema_history", NEWEST, ""),
+    ("diesel", "__diesel_schema_migrations", NEWEST, ""),
 ];
+
+/// The newest revision, for the tools whose history has a row per revision.
+const NEWEST: &str = "max(version)";
 
 /// The history tables of this engine and of the tools it recognises: never part of a schema.
 pub(crate) fn history_tables() -> Vec<&'static str> {
-    let mut tables = vec![HISTORY_TABLE];
-    tables.extend(FOREIGN_TOOLS.iter().map(|(_, table, _)| *table));
-    tables
+    let tools = FOREIGN_TOOLS.iter().map(|(_, table, ..)| *table);
+    std::iter::once(HISTORY_TABLE).chain(tools).collect()
 }
 
 /// An open database file.
@@ -75,11 +59,7 @@ impl Database {
             return Ok(None);
         };
         file::check_header(path, len)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        );
-        Self::finish_open(path, conn).map(Some)
+        Self::finish_open(path, file::open_read_only(path)).map(Some)
     }
 
     /// Recovers what a writer killed mid-transaction left beside the database (a hot journal
@@ -88,10 +68,7 @@ impl Database {
     /// when a hot journal needs recovering and this process may not write the file and its
     /// folder. The database's committed content is not changed.
     pub fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
-        match file::locate(path)? {
-            Some(_) => file::recover(path),
-            None => Ok(None),
-        }
+        file::locate(path)?.map_or(Ok(None), |_| file::recover(path))
     }
 
     /// Opens a database for writing, creating the file when there is none (its folder must
@@ -113,44 +90,32 @@ impl Database {
     }
 
     fn finish_open(path: &Path, conn: rusqlite::Result<Connection>) -> Result<Database, Error> {
-        let conn = conn.map_err(|e| sqlite_error(path, e))?;
-        let db = Database {
+        let err = |e| Error::from_sqlite(path, e);
+        let conn = conn.map_err(err)?;
+        conn.busy_timeout(busy_timeout()).map_err(err)?;
+        // Reading the schema table notices a damaged or foreign file before anything else.
+        file::read_schema_table(&conn).map_err(err)?;
+        Ok(Database {
             conn,
             path: path.to_owned(),
             recovered: None,
             catalog: Catalog::released(),
             gate: RefCell::new(None),
-        };
-        db.conn
-            .busy_timeout(busy_timeout())
-            .map_err(|e| db.err(e))?;
-        // Reading the schema table notices a damaged or foreign file before anything else.
-        db.conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
-                row.get::<_, i64>(0)
-            })
-            .map_err(|e| db.err(e))?;
-        Ok(db)
+        })
     }
 
     /// Runs `PRAGMA quick_check` (every page of every table and index is read): refuses a
     /// damaged file. It does not see an index that disagrees with its table (a row changed
     /// in place), nor a broken UNIQUE constraint: [`Database::integrity_check`] does.
     pub fn quick_check(&self) -> Result<(), Error> {
-        self.check_with("PRAGMA quick_check(1)", |path, detail| Error::Corrupt {
-            path,
-            detail,
-        })
+        self.check_with("PRAGMA quick_check(1)", corrupt)
     }
 
     /// Runs `PRAGMA integrity_check` (slower than [`Database::quick_check`]: it also checks
     /// that every index agrees with its table, row by row, and that UNIQUE and NOT NULL
     /// hold): refuses a damaged file.
     pub fn integrity_check(&self) -> Result<(), Error> {
-        self.check_with("PRAGMA integrity_check(1)", |path, detail| Error::Corrupt {
-            path,
-            detail,
-        })
+        self.check_with("PRAGMA integrity_check(1)", corrupt)
     }
 
     /// Runs a checking pragma whose first row is `ok` on a sound file, else what is wrong,
@@ -160,10 +125,7 @@ impl Database {
         pragma: &str,
         refuse: impl FnOnce(PathBuf, String) -> Error,
     ) -> Result<(), Error> {
-        let detail: String = self
-            .conn
-            .query_row(pragma, [], |row| row.get(0))
-            .map_err(|e| self.err(e))?;
+        let detail: String = self.query_one(pragma)?;
         if detail != "ok" {
             return Err(refuse(self.path.clone(), detail));
         }
@@ -188,9 +150,7 @@ impl Database {
 
     /// `PRAGMA data_version` of this connection: it moves when another connection commits.
     pub fn data_version(&self) -> Result<i64, Error> {
-        self.conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))
-            .map_err(|e| self.err(e))
+        self.query_one("PRAGMA data_version")
     }
 
     /// The file's path.
@@ -204,18 +164,23 @@ impl Database {
     }
 
     pub(super) fn err(&self, e: rusqlite::Error) -> Error {
-        sqlite_error(&self.path, e)
+        Error::from_sqlite(&self.path, e)
+    }
+
+    /// The first column of the first row of `sql`.
+    pub(super) fn query_one<T: rusqlite::types::FromSql>(&self, sql: &str) -> Result<T, Error> {
+        file::query_one(&self.conn, sql).map_err(|e| self.err(e))
+    }
+
+    /// Runs `sql`, statements that return no rows.
+    pub(super) fn run(&self, sql: &str) -> Result<(), Error> {
+        self.conn.execute_batch(sql).map_err(|e| self.err(e))
     }
 
     fn table_exists(&self, name: &str) -> Result<bool, Error> {
-        self.conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-                [name],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.err(e))
+        let sql = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
+        let count = self.conn.query_row(sql, [name], |row| row.get::<_, i64>(0));
+        count.map(|n| n > 0).map_err(|e| self.err(e))
     }
 
     /// The history, oldest first; `None` when there is no history table.
@@ -223,34 +188,33 @@ impl Database {
         if !self.table_exists(HISTORY_TABLE)? {
             return Ok(None);
         }
-        let mut statement = self
-            .conn
-            .prepare(&format!(
-                "SELECT version, name, checksum, applied_at, how FROM {HISTORY_TABLE} ORDER BY version"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(HistoryRow {
-                    version: row.get(0)?,
-                    name: row.get(1)?,
-                    checksum: row.get(2)?,
-                    applied_at: row.get(3)?,
-                    how: row.get(4)?,
-                })
+        let sql = format!(
+            "SELECT version, name, checksum, applied_at, how FROM {HISTORY_TABLE} ORDER BY version"
+        );
+        let read = |row: &rusqlite::Row<'_>| {
+            Ok(HistoryRow {
+                version: row.get(0)?,
+                name: row.get(1)?,
+                checksum: row.get(2)?,
+                applied_at: row.get(3)?,
+                how: row.get(4)?,
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        Ok(Some(rows))
+        };
+        let mut statement = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([], read)
+            .and_then(|rows| rows.collect());
+        rows.map(Some).map_err(|e| self.err(e))
     }
 
     /// Another tool's history table, if there is one.
     pub fn foreign_history(&self) -> Result<Option<ForeignHistory>, Error> {
-        for (tool, table, query) in FOREIGN_TOOLS {
+        for (tool, table, column, rest) in FOREIGN_TOOLS {
             if self.table_exists(table)? {
+                let query = format!("SELECT {column} FROM {table}{rest}");
                 let revision = self
                     .conn
-                    .query_row(query, [], |row| row.get::<_, rusqlite::types::Value>(0))
+                    .query_row(&query, [], |row| row.get::<_, rusqlite::types::Value>(0))
                     .ok()
                     .and_then(|value| match value {
                         rusqlite::types::Value::Text(text) => Some(text),
@@ -284,9 +248,7 @@ impl Database {
         if !self.conn.is_autocommit() {
             return self.state_in_transaction();
         }
-        self.conn
-            .execute_batch("BEGIN DEFERRED")
-            .map_err(|e| self.err(e))?;
+        self.run("BEGIN DEFERRED")?;
         let state = self.state_in_transaction();
         let _ = self.conn.execute_batch("COMMIT");
         state
@@ -297,11 +259,8 @@ impl Database {
         let history = self.history()?.unwrap_or_default();
         let live = self.schema()?;
         // Another tool's history counts only where there is none of ours: not read otherwise.
-        let foreign = if history.is_empty() {
-            self.foreign_history()?
-        } else {
-            None
-        };
+        let foreign = history.is_empty().then(|| self.foreign_history());
+        let foreign = foreign.transpose()?.flatten();
         let status = status::decide(&history, &live, foreign, self.catalog);
         Ok((status, live))
     }
@@ -333,7 +292,7 @@ impl Database {
     }
 }
 
-/// The engine's error for a SQLite error met on `path`.
-pub(super) fn sqlite_error(path: &Path, e: rusqlite::Error) -> Error {
-    Error::from_sqlite(path, e)
+/// A damaged file: `detail` is what a checking pragma said of it.
+fn corrupt(path: PathBuf, detail: String) -> Error {
+    Error::Corrupt { path, detail }
 }

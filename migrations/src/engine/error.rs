@@ -27,51 +27,36 @@ pub enum LockHolder {
     Readers,
 }
 
-/// Everything that can go wrong.
+/// Everything that can go wrong; each variant's message says what. `path` is the database file
+/// (or the copy) concerned, `source` the error met; revisions are `version` (the recorded or
+/// the asked-for one), `head` (this build's newest), `at` (where the database is, or stays) and
+/// `to`; `difference` is how a live schema differs from a revision, and `extra_tables` the live
+/// tables no revision has (e.g. the old app's own).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file is not a SQLite database.
     #[error(
         "{path}: not a SQLite database (its first bytes are not \"SQLite format 3\"); point DATABASE_PATH at the right file or restore a backup"
     )]
-    NotADatabase {
-        /// The file.
-        path: PathBuf,
-    },
+    NotADatabase { path: PathBuf },
     /// The path is a folder.
     #[error("{path} is a folder, not a SQLite database file; nothing was changed")]
-    Folder {
-        /// The folder.
-        path: PathBuf,
-    },
-    /// `restore` of the live database onto itself.
+    Folder { path: PathBuf },
+    /// `restore` of the live database (`path`) onto itself (`file`, the file given to restore).
     #[error("{file} is the live database itself ({path}); nothing was changed")]
-    SameFile {
-        /// The file given to restore.
-        file: PathBuf,
-        /// The live database.
-        path: PathBuf,
-    },
-    /// The path is neither a regular file nor a folder (a FIFO, a device, a socket).
+    SameFile { file: PathBuf, path: PathBuf },
+    /// Neither a regular file nor a folder (a FIFO, a device, a socket): `kind` says which.
     #[error(
         "{path} is {kind}, not a SQLite database file; point DATABASE_PATH at the database file; nothing was changed"
     )]
-    NotAFile {
-        /// The path.
-        path: PathBuf,
-        /// What it is, in words.
-        kind: &'static str,
-    },
+    NotAFile { path: PathBuf, kind: &'static str },
     /// The disk (or the file size limit) is full: SQLite could not write.
     #[error(
         "{path}: the disk holding {} is full (or the file size limit was reached), so SQLite could not write; nothing was changed. Free some space and retry",
         folder_of(.path).display()
     )]
-    DiskFull {
-        /// The file SQLite was writing.
-        path: PathBuf,
-    },
-    /// The file starts like a SQLite database but is shorter than its header says.
+    DiskFull { path: PathBuf },
+    /// A file like a SQLite database but shorter (`len`) than its header says (`expected`).
     #[error(
         "{path}: the database file is damaged: {}; nothing was written to it",
         match .expected {
@@ -80,53 +65,36 @@ pub enum Error {
         }
     )]
     Truncated {
-        /// The file.
         path: PathBuf,
-        /// Its size.
         len: u64,
-        /// The size its header says, when it says one.
         expected: Option<u64>,
     },
-    /// SQLite found the file damaged.
+    /// SQLite found the file damaged; `detail` is what it said.
     #[error(
         "{path}: the database file is damaged ({detail}); nothing was written to it. Restore it from a backup"
     )]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What SQLite said.
-        detail: String,
-    },
+    Corrupt { path: PathBuf, detail: String },
     /// The database's folder does not exist.
     #[error(
         "{path}: the folder {} does not exist, so there is no database there; nothing was created",
         folder_of(.path).display()
     )]
-    MissingFolder {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// This process may not write the database or its folder.
+    MissingFolder { path: PathBuf },
+    /// This process (effective user `uid`) may not write `target`: the folder, or the file.
     #[error(
         "{path}: this user (uid {uid}) cannot write the {} {}; SQLite writes a -journal beside the database, so both the folder and the file must be writable; nothing was changed",
         if *.folder { "folder" } else { "file" },
         .target.display()
     )]
     ReadOnly {
-        /// The database file.
         path: PathBuf,
-        /// What cannot be written: the folder or the file.
         target: PathBuf,
-        /// Whether `target` is the folder.
         folder: bool,
-        /// The effective user.
         uid: u32,
-        /// What the system said.
-        #[source]
-        cause: std::io::Error,
+        source: std::io::Error,
     },
-    /// A writer killed mid-transaction left a hot journal (or a WAL) that this process cannot
-    /// recover, since only a connection that may write can.
+    /// A writer killed mid-transaction left a hot journal (or a WAL: `kind`) that only a
+    /// connection that may write can recover; `source` is why this process could not, if known.
     #[error(
         "{path}: {} lies beside it, left by a writer that was killed mid-transaction; SQLite must recover it before the database can be read, and only a connection that may write the database and its folder can; nothing was changed",
         match .kind {
@@ -135,15 +103,11 @@ pub enum Error {
         }
     )]
     NeedsRecovery {
-        /// The database file.
         path: PathBuf,
-        /// A journal or a WAL.
         kind: Recovery,
-        /// Why this process could not recover it, when known.
-        #[source]
-        cause: Option<Box<Error>>,
+        source: Option<Box<Error>>,
     },
-    /// Another process kept the database locked for longer than the busy timeout.
+    /// Another process (`holder`) kept the database locked for the busy timeout (`waited`).
     #[error(
         "{path}: {} for {}s; nothing was changed",
         match .holder {
@@ -153,73 +117,50 @@ pub enum Error {
         .waited.as_secs_f64()
     )]
     Busy {
-        /// The file.
         path: PathBuf,
-        /// Who held the lock.
         holder: LockHolder,
-        /// How long this process waited.
         waited: Duration,
     },
     /// Any other SQLite error.
     #[error("SQLite failed on {path}")]
     Sqlite {
-        /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        cause: rusqlite::Error,
+        source: rusqlite::Error,
     },
     /// Could not read or write a file or folder.
     #[error("cannot use {path}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        cause: std::io::Error,
+        source: std::io::Error,
     },
-    /// The database has tables but no history of ours, and the caller needs one.
+    /// Tables but no history of ours, and the caller needs one (`foreign`: another tool's).
     #[error(
         "the database has tables but no migration history of this engine{}",
         .foreign.as_ref().map(|f| format!(" ({} history in table {} at {}, left as it is)", f.tool, f.table, f.revision.as_deref().unwrap_or("no revision"))).unwrap_or_else(|| " (made by the old app's create-all?)".into())
     )]
-    Unstamped {
-        /// Another tool's history, if present.
-        foreign: Option<ForeignHistory>,
-    },
-    /// An unstamped schema matches no revision.
+    Unstamped { foreign: Option<ForeignHistory> },
+    /// An unstamped schema matches no revision; `closest` is the closest one.
     #[error(
         "the database's schema matches no revision of this build (closest: revision {closest}); nothing was changed. Differences:\n  {}",
         .difference.join("\n  ")
     )]
     NoMatch {
-        /// The closest revision.
         closest: u32,
-        /// The differences to it.
         difference: Vec<String>,
-        /// Tables no revision has (e.g. the old app's own).
         extra_tables: Vec<String>,
     },
-    /// The database is at a revision this build does not know.
+    /// The database is at a revision newer than this build's head.
     #[error(
         "the database is at revision {version}, newer than this build knows (head is {head}); nothing was changed. Deploy the newer build or restore a backup taken before it"
     )]
-    Ahead {
-        /// The recorded revision.
-        version: u32,
-        /// This build's head.
-        head: u32,
-    },
-    /// An applied migration's file was edited.
+    Ahead { version: u32, head: u32 },
+    /// Migration files were edited after they were applied.
     #[error(
         "applied migrations were edited since they ran; nothing was changed:\n  {}\nPut the files back as they were (git checkout migrations/sql) and add a new migration instead",
         .edited.iter().map(EditedFile::to_string).collect::<Vec<_>>().join("\n  ")
     )]
-    Modified {
-        /// The edited files.
-        edited: Vec<EditedFile>,
-    },
-    /// The live schema is not the recorded revision's.
+    Modified { edited: Vec<EditedFile> },
+    /// The live schema is not the recorded revision's (`forced`: the newest stamped `--force`).
     #[error(
         "the history says revision {version}, but the live schema differs from it; nothing was changed. Differences:\n  {}\n{}",
         .difference.join("\n  "),
@@ -229,27 +170,20 @@ pub enum Error {
         }
     )]
     Drifted {
-        /// The recorded revision.
         version: u32,
-        /// How the live schema differs from it.
         difference: Vec<String>,
-        /// The newest revision the history says was stamped with `--force`.
         forced: Option<u32>,
-        /// Tables no revision has.
         extra_tables: Vec<String>,
     },
-    /// A migration's SQL failed; its transaction was rolled back.
+    /// A migration failed and was rolled back.
     #[error("migration {file} failed and was rolled back; the database is still at revision {at}")]
     MigrationFailed {
-        /// The file.
         file: &'static str,
-        /// The revision the database stays at.
         at: u32,
-        /// The error.
-        #[source]
-        cause: rusqlite::Error,
+        source: rusqlite::Error,
     },
     /// The commit gate held a transaction back; it was rolled back, so nothing of it stays.
+    /// `at`: the revision the history named when the transaction began (none: no history).
     #[error(
         "{cause}; the transaction was rolled back before its COMMIT and the database was left as it was ({})",
         match .at {
@@ -258,46 +192,34 @@ pub enum Error {
         }
     )]
     HeldBack {
-        /// The revision the history named when the transaction began (none: no history).
         at: Option<u32>,
         /// Why the gate held it back, as the gate said it. Not a `#[source]`: the message leads
         /// with it, and a chain of sources would print it twice.
         cause: super::GateError,
     },
-    /// After a migration, rows refer to parents that do not exist; rolled back.
+    /// After a migration, `count` rows of `table` (the first such) refer to missing parents.
     #[error(
         "after migration {file}, {count} rows of table {table} refer to a row that does not exist (a foreign key SQLite was not enforcing, or the migration broke it); the migration was rolled back and the database is still at revision {at}; `PRAGMA foreign_key_check` in the sqlite3 shell lists the rows: delete or mend them, then run the upgrade again"
     )]
     ForeignKeys {
-        /// The file.
         file: &'static str,
-        /// Violations found.
         count: usize,
-        /// The first table with one.
         table: String,
-        /// The revision the database stays at.
         at: u32,
     },
-    /// No such revision.
+    /// A revision this build does not know.
     #[error("revision {version} does not exist; this build knows revisions 1 to {head}")]
-    UnknownRevision {
-        /// The revision asked for.
-        version: u32,
-        /// This build's head.
-        head: u32,
-    },
+    UnknownRevision { version: u32, head: u32 },
     /// `stamp` asked for a revision the live schema is not.
     #[error(
         "the live schema is not revision {version}; nothing was changed. Differences:\n  {}",
         .difference.join("\n  ")
     )]
     StampMismatch {
-        /// The revision asked for.
         version: u32,
-        /// How the live schema differs from it.
         difference: Vec<String>,
     },
-    /// `adopt` on a database that already has a history.
+    /// `adopt` on a database that already has a history (or no tables), in `state`.
     #[error(
         "{}",
         if *.state == State::Empty {
@@ -306,60 +228,37 @@ pub enum Error {
             format!("the database already has a migration history (state {}); nothing to adopt", .state.name())
         }
     )]
-    AlreadyStamped {
-        /// Its state.
-        state: State,
-    },
-    /// A downgrade would pass a revision that cannot be undone.
+    AlreadyStamped { state: State },
+    /// A downgrade would pass a revision that cannot be undone (`file`: its up file).
     #[error(
         "revision {version} ({file}) has no .down.sql, so the database cannot go below it; nothing was changed"
     )]
-    NoDown {
-        /// The revision.
-        version: u32,
-        /// Its up file.
-        file: &'static str,
-    },
+    NoDown { version: u32, file: &'static str },
     /// A downgrade target above the current revision, or an upgrade target below it.
     #[error("the database is at revision {at}; cannot go to {to} in that direction")]
-    WrongDirection {
-        /// The revision now.
-        at: u32,
-        /// The revision asked for.
-        to: u32,
-    },
-    /// Another process moved the database while a downgrade ran; it stopped there.
+    WrongDirection { at: u32, to: u32 },
+    /// Another process moved the database (to `at`, not `expected`) while a downgrade ran,
+    /// which stopped there, having undone `undone`.
     #[error(
         "the database is at revision {at}, not {expected} as planned: another process changed it meanwhile; {} Run the command again",
         if .undone.is_empty() { "nothing was undone.".to_string() } else { format!("this command undid {:?} before that.", .undone) }
     )]
     Moved {
-        /// The revision the plan expected.
         expected: u32,
-        /// The revision found under the lock.
         at: u32,
-        /// The revisions this command undid before it noticed.
         undone: Vec<u32>,
     },
     /// A copy failed its integrity check.
     #[error("{path}: integrity check failed: {detail}; the copy cannot be trusted")]
-    IntegrityCheck {
-        /// The copy.
-        path: PathBuf,
-        /// What SQLite reported.
-        detail: String,
-    },
-    /// `restore` of a file without data over a database with tables.
+    IntegrityCheck { path: PathBuf, detail: String },
+    /// `restore` of a `file` of 0 bytes (`zero_bytes`) or no tables over one with tables.
     #[error(
         "{file}: {}, but the live database has {live_tables} tables; nothing was changed. A backup is never empty: is it the right file (a failed copy?)",
         if *.zero_bytes { "the file is 0 bytes" } else { "the file holds no tables" }
     )]
     EmptySource {
-        /// The file that would have been restored.
         file: PathBuf,
-        /// Whether it is 0 bytes (else a database with no tables).
         zero_bytes: bool,
-        /// Tables in the live database.
         live_tables: usize,
     },
 }
@@ -410,49 +309,58 @@ impl Error {
     pub fn from_sqlite(path: &Path, e: rusqlite::Error) -> Error {
         let path = path.to_owned();
         let extended = e.sqlite_error().map(|e| e.extended_code);
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+        match (e.sqlite_error_code(), extended) {
+            (Some(ErrorCode::DatabaseCorrupt), _) => Error::Corrupt {
                 path,
                 detail: e.to_string(),
             },
-            Some(ErrorCode::NotADatabase) => Error::NotADatabase { path },
-            Some(ErrorCode::DiskFull) => Error::DiskFull { path },
+            (Some(ErrorCode::NotADatabase), _) => Error::NotADatabase { path },
+            (Some(ErrorCode::DiskFull), _) => Error::DiskFull { path },
             // A `-wal` without its `-shm`, in a folder this user may not create one in: only a
             // connection that may write recovers it.
-            Some(ErrorCode::CannotOpen)
+            (Some(ErrorCode::CannotOpen), _)
                 if std::fs::metadata(beside(&path, "-wal")).is_ok_and(|m| m.len() > 0)
                     && !beside(&path, "-shm").exists() =>
             {
-                Error::NeedsRecovery {
-                    path,
-                    kind: Recovery::Wal,
-                    cause: None,
-                }
+                Error::needs_recovery(&path, Recovery::Wal)
             }
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy {
-                path,
-                holder: LockHolder::Writer,
-                waited: super::busy_timeout(),
-            },
-            _ if extended == Some(SQLITE_READONLY_ROLLBACK) => Error::NeedsRecovery {
-                path,
-                kind: Recovery::Journal,
-                cause: None,
-            },
-            _ if matches!(
-                extended,
+            (Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked), _) => {
+                Error::busy(&path, LockHolder::Writer)
+            }
+            (_, Some(SQLITE_READONLY_ROLLBACK)) => Error::needs_recovery(&path, Recovery::Journal),
+            (
+                _,
                 Some(
-                    SQLITE_READONLY_RECOVERY | SQLITE_READONLY_CANTINIT | SQLITE_READONLY_CANTLOCK
-                )
-            ) =>
-            {
-                Error::NeedsRecovery {
-                    path,
-                    kind: Recovery::Wal,
-                    cause: None,
-                }
-            }
-            _ => Error::Sqlite { path, cause: e },
+                    SQLITE_READONLY_RECOVERY | SQLITE_READONLY_CANTINIT | SQLITE_READONLY_CANTLOCK,
+                ),
+            ) => Error::needs_recovery(&path, Recovery::Wal),
+            _ => Error::Sqlite { path, source: e },
+        }
+    }
+
+    /// [`Error::Io`] on `path`, for `map_err`.
+    pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// [`Error::Busy`] on `path`, after waiting the busy timeout for `holder`.
+    pub(super) fn busy(path: &Path, holder: LockHolder) -> Error {
+        Error::Busy {
+            path: path.to_owned(),
+            holder,
+            waited: super::busy_timeout(),
+        }
+    }
+
+    /// [`Error::NeedsRecovery`] of `kind` on `path`, with no known cause.
+    pub(super) fn needs_recovery(path: &Path, kind: Recovery) -> Error {
+        Error::NeedsRecovery {
+            path: path.to_owned(),
+            kind,
+            source: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::FromSql;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
@@ -54,10 +55,41 @@ fn non_empty(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
 }
 
+/// Removes the file at `path` with its journal, WAL and shared-memory file, if there.
+pub(super) fn remove_with_sidecars(path: &Path) {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(beside(path, suffix));
+    }
+}
+
+/// Reads the schema table, as the first read on a connection: SQLite opens the file then (and
+/// rolls back a hot journal, or notices a damaged or foreign file).
+pub(super) fn read_schema_table(conn: &Connection) -> rusqlite::Result<()> {
+    query_one::<i64>(conn, "SELECT count(*) FROM sqlite_schema").map(drop)
+}
+
+/// The first column of every row of `sql`.
+pub(super) fn query_all<T: FromSql>(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<T>> {
+    conn.prepare(sql)?
+        .query_map([], |row| row.get(0))?
+        .collect()
+}
+
+/// The first column of the first row of `sql`.
+pub(super) fn query_one<T: FromSql>(conn: &Connection, sql: &str) -> rusqlite::Result<T> {
+    conn.query_row(sql, [], |row| row.get(0))
+}
+
 /// The size of the file at `path`, or `None` when there is none in an existing folder.
 /// Refuses a folder, anything else that is not a regular file (a FIFO, a device, a socket:
 /// symlinks followed), and a path whose folder does not exist.
 pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
+    let missing = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        )
+    };
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Err(Error::Folder {
             path: path.to_owned(),
@@ -67,37 +99,14 @@ pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
             kind: file_kind(&meta),
         }),
         Ok(meta) => Ok(Some(meta.len())),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            match std::fs::metadata(folder_of(path)) {
-                Ok(folder) if folder.is_dir() => Ok(None),
-                Ok(_) => Err(Error::MissingFolder {
-                    path: path.to_owned(),
-                }),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                    ) =>
-                {
-                    Err(Error::MissingFolder {
-                        path: path.to_owned(),
-                    })
-                }
-                Err(cause) => Err(Error::Io {
-                    path: folder_of(path).to_owned(),
-                    cause,
-                }),
-            }
-        }
-        Err(cause) => Err(Error::Io {
-            path: path.to_owned(),
-            cause,
-        }),
+        Err(e) if missing(&e) => match std::fs::metadata(folder_of(path)) {
+            Ok(folder) if folder.is_dir() => Ok(None),
+            Err(cause) if !missing(&cause) => Err(Error::io(folder_of(path))(cause)),
+            _ => Err(Error::MissingFolder {
+                path: path.to_owned(),
+            }),
+        },
+        Err(cause) => Err(Error::io(path)(cause)),
     }
 }
 
@@ -105,17 +114,15 @@ pub(super) fn locate(path: &Path) -> Result<Option<u64>, Error> {
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let kind = meta.file_type();
-    if kind.is_fifo() {
-        "a named pipe (FIFO)"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
+    [
+        (kind.is_fifo(), "a named pipe (FIFO)"),
+        (kind.is_char_device(), "a character device"),
+        (kind.is_block_device(), "a block device"),
+        (kind.is_socket(), "a socket"),
+    ]
+    .into_iter()
+    .find_map(|(is, words)| is.then_some(words))
+    .unwrap_or("not a regular file")
 }
 
 /// Checks that the file of `len` bytes at `path` looks like a SQLite database whose header
@@ -125,31 +132,25 @@ pub(super) fn check_header(path: &Path, len: u64) -> Result<(), Error> {
     if len == 0 {
         return Ok(());
     }
-    let io = |cause| Error::Io {
-        path: path.to_owned(),
-        cause,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    let mut header = [0u8; 100];
-    let mut read = 0;
-    while read < header.len() {
-        match file.read(&mut header[read..]).map_err(io)? {
-            0 => break,
-            n => read += n,
-        }
-    }
+    let mut header = Vec::with_capacity(100);
+    File::open(path)
+        .and_then(|file| file.take(100).read_to_end(&mut header))
+        .map_err(Error::io(path))?;
+    let read = header.len();
+    header.resize(100, 0);
     let magic = read.min(SQLITE_HEADER.len());
     if header[..magic] != SQLITE_HEADER[..magic] {
         return Err(Error::NotADatabase {
             path: path.to_owned(),
         });
     }
+    let truncated = |expected| Error::Truncated {
+        path: path.to_owned(),
+        len,
+        expected,
+    };
     if read < 100 {
-        return Err(Error::Truncated {
-            path: path.to_owned(),
-            len,
-            expected: None,
-        });
+        return Err(truncated(None));
     }
     let page_size = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65_536,
@@ -162,18 +163,13 @@ pub(super) fn check_header(path: &Path, len: u64) -> Result<(), Error> {
         });
     }
     // The in-header page count is valid when its "version valid for" matches the change counter.
-    let change_counter = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
-    let pages = u32::from_be_bytes(header[28..32].try_into().expect("4 bytes"));
-    let valid_for = u32::from_be_bytes(header[92..96].try_into().expect("4 bytes"));
+    let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let (change_counter, pages, valid_for) = (be32(24), be32(28), be32(92));
     // In WAL mode the pages a checkpoint has not yet written (or could not write, on a full
     // disk) are in the `-wal`, and page 1 may already name them: the size says nothing then.
     let wal = (header[18] == 2 && header[19] == 2) || beside(path, "-wal").exists();
     if !wal && pages > 0 && valid_for == change_counter && u64::from(pages) * page_size > len {
-        return Err(Error::Truncated {
-            path: path.to_owned(),
-            len,
-            expected: Some(u64::from(pages) * page_size),
-        });
+        return Err(truncated(Some(u64::from(pages) * page_size)));
     }
     Ok(())
 }
@@ -205,28 +201,21 @@ pub(super) fn check_writable(path: &Path, exists: bool) -> Result<(), Error> {
     let folder = folder_of(path);
     let targets = [(folder, true), (path, false)];
     for (target, is_folder) in targets.into_iter().take(if exists { 2 } else { 1 }) {
-        may_write(target).map_err(|cause| Error::ReadOnly {
+        may_write(target).map_err(|source| Error::ReadOnly {
             path: path.to_owned(),
             target: target.to_owned(),
             folder: is_folder,
             uid: uid(),
-            cause,
+            source,
         })?;
     }
     Ok(())
 }
 
-/// Recovers what a writer killed mid-transaction left beside the database, the way SQLite
-/// does on a read-write open, before anything else reads it:
-///
-/// - a hot `-journal` (SQLite itself tells, on a read-only open: `SQLITE_READONLY_ROLLBACK`;
-///   a live writer's journal is not hot) is rolled back;
-/// - a `-wal` that no process has open is checkpointed into the file and removed, as the last
-///   connection to close does (with the bot running the log is its, and is left alone).
-///
-/// Refuses, naming the journal, when a hot journal needs recovering and this process may not
-/// write the file or its folder. Nothing else is written: the database's committed content
-/// stays as it was.
+/// [`Database::recover`](super::Database::recover), before anything else reads the file. A
+/// journal is hot when SQLite itself says so on a read-only open (`SQLITE_READONLY_ROLLBACK`;
+/// a live writer's journal is not hot); a `-wal` that a process has open (the running bot's)
+/// is left alone. Nothing else is written.
 pub(super) fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
     if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         return Ok(None);
@@ -235,15 +224,11 @@ pub(super) fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
         check_writable(path, true).map_err(|cause| Error::NeedsRecovery {
             path: path.to_owned(),
             kind: Recovery::Journal,
-            cause: Some(Box::new(cause)),
+            source: Some(Box::new(cause)),
         })?;
         open_read_write_and_close(path)?;
         if journal_is_hot(path)? {
-            return Err(Error::NeedsRecovery {
-                path: path.to_owned(),
-                kind: Recovery::Journal,
-                cause: None,
-            });
+            return Err(Error::needs_recovery(path, Recovery::Journal));
         }
         return Ok(Some(Recovery::Journal));
     }
@@ -255,6 +240,14 @@ pub(super) fn recover(path: &Path) -> Result<Option<Recovery>, Error> {
         }
     }
     Ok(None)
+}
+
+/// A read-only connection to `path` that does not wait for another process's lock.
+pub(super) fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
 }
 
 /// A connection to `path`, read-write or read-only, that waits up to the busy timeout for
@@ -275,10 +268,7 @@ pub(super) fn connect(path: &Path, write: bool) -> Result<Connection, Error> {
 /// Whether SQLite finds a hot journal beside the database: a read-only connection then
 /// refuses to read (it may not roll it back).
 fn journal_is_hot(path: &Path) -> Result<bool, Error> {
-    let conn = connect(path, false)?;
-    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
-        row.get::<_, i64>(0)
-    }) {
+    match read_schema_table(&connect(path, false)?) {
         Ok(_) => Ok(false),
         Err(e) => match Error::from_sqlite(path, e) {
             Error::NeedsRecovery {
@@ -297,9 +287,6 @@ fn journal_is_hot(path: &Path) -> Result<bool, Error> {
 fn open_read_write_and_close(path: &Path) -> Result<(), Error> {
     let err = |e| Error::from_sqlite(path, e);
     let conn = connect(path, true)?;
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
-        row.get::<_, i64>(0)
-    })
-    .map_err(err)?;
+    read_schema_table(&conn).map_err(err)?;
     conn.close().map_err(|(_, e)| err(e))
 }

@@ -12,6 +12,7 @@
 
 use rusqlite::Connection;
 
+use super::file::query_all;
 use crate::schema::{self, Schema, sql::quote_name};
 
 /// The first table with a row whose reference has no parent, and how many such rows it has;
@@ -20,22 +21,15 @@ pub(super) fn first_violation(conn: &Connection) -> rusqlite::Result<Option<(Str
     let schema = schema::read(conn, &[])?;
     // Every table SQLite has, as its own check walks them: the schema reader leaves some out
     // (a virtual table's shadow tables, SQLite's own), and those are checked by SQLite.
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' ORDER BY name")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+    let sql = "SELECT name FROM main.sqlite_schema WHERE type = 'table' ORDER BY name";
+    let tables: Vec<String> = query_all(conn, sql)?;
     for name in tables {
-        let walks: Option<Vec<String>> =
-            schema
-                .tables
-                .get(&name.to_ascii_lowercase())
-                .and_then(|table| {
-                    table
-                        .foreign_keys
-                        .iter()
-                        .map(|key| rowid_reference_check(&schema, &name, key))
-                        .collect()
-                });
+        let table = schema.tables.get(&name.to_ascii_lowercase());
+        let walks: Option<Vec<String>> = table.and_then(|table| {
+            let keys = table.foreign_keys.iter();
+            keys.map(|key| rowid_reference_check(&schema, &name, key))
+                .collect()
+        });
         // A walk that cannot run (a collation this process does not have, say) proves
         // nothing: SQLite's check decides.
         let holds = walks.is_some_and(|queries| {
@@ -45,7 +39,8 @@ pub(super) fn first_violation(conn: &Connection) -> rusqlite::Result<Option<(Str
             })
         });
         if !holds {
-            let count = pragma_violations(conn, &name)?;
+            let sql = "SELECT count(*) FROM pragma_foreign_key_check(?1)";
+            let count = conn.query_row(sql, [&name], |row| row.get::<_, i64>(0))? as usize;
             if count > 0 {
                 return Ok(Some((name, count)));
             }
@@ -80,12 +75,6 @@ fn rowid_reference_check(schema: &Schema, child: &str, key: &schema::ForeignKey)
     ))
 }
 
-/// The rows of `table` that `PRAGMA foreign_key_check` reports.
-fn pragma_violations(conn: &Connection, table: &str) -> rusqlite::Result<usize> {
-    let mut check = conn.prepare("SELECT count(*) FROM pragma_foreign_key_check(?1)")?;
-    check.query_row([table], |row| row.get::<_, i64>(0).map(|n| n as usize))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,12 +89,7 @@ mod tests {
 
     /// What SQLite's own check says, for comparison.
     fn sqlite_says(conn: &Connection) -> Option<(String, usize)> {
-        let mut check = conn.prepare("PRAGMA foreign_key_check").unwrap();
-        let tables: Vec<String> = check
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let tables: Vec<String> = query_all(conn, "PRAGMA foreign_key_check").unwrap();
         tables
             .first()
             .map(|first| (first.clone(), tables.iter().filter(|t| *t == first).count()))
@@ -167,6 +151,9 @@ mod tests {
              CREATE TABLE c (p_id TEXT REFERENCES p (id)); INSERT INTO c VALUES ('1'), ('x');",
             "CREATE TABLE p (name TEXT COLLATE NOCASE UNIQUE); INSERT INTO p VALUES ('Ann');
              CREATE TABLE c (name TEXT REFERENCES p (name)); INSERT INTO c VALUES ('ann'), ('Bob');",
+            // A parent key whose name differs from another column's only in non-ASCII case.
+            "CREATE TABLE p (\"é\" INTEGER, \"É\" INTEGER PRIMARY KEY); INSERT INTO p VALUES (7, 1);
+             CREATE TABLE c (x INTEGER REFERENCES p (\"É\")); INSERT INTO c VALUES (7);",
         ] {
             let conn = database(sql);
             assert_eq!(first_violation(&conn).unwrap(), sqlite_says(&conn), "{sql}");
@@ -175,72 +162,62 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_reference_is_counted_row_by_row_and_a_sound_database_passes() {
-        let conn = database(
-            "CREATE TABLE users (id INTEGER PRIMARY KEY);
+    fn the_first_table_with_a_broken_reference_is_named_with_its_count() {
+        let users = "CREATE TABLE users (id INTEGER PRIMARY KEY);
              INSERT INTO users VALUES (1), (2);
              CREATE TABLE command_log (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users (id));
              CREATE INDEX ix ON command_log (user_id);
-             INSERT INTO command_log (user_id) VALUES (1), (2), (2), (1);",
-        );
-        assert_eq!(first_violation(&conn).unwrap(), None);
-        conn.execute_batch("DELETE FROM users WHERE id = 2")
-            .unwrap();
-        assert_eq!(
-            first_violation(&conn).unwrap(),
-            Some(("command_log".to_owned(), 2))
-        );
-        assert_eq!(first_violation(&conn).unwrap(), sqlite_says(&conn));
-    }
-
-    #[test]
-    fn names_that_differ_only_in_non_ascii_case_are_different_columns() {
-        // SQLite folds ASCII letters only: "é" and "É" are two columns.
-        let conn = database(
-            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
-             CREATE TABLE t (\"é\" INTEGER, \"É\" INTEGER REFERENCES users (id));
-             INSERT INTO t VALUES (1, 999);",
-        );
-        assert_eq!(first_violation(&conn).unwrap(), Some(("t".to_owned(), 1)));
-        let clean = database(
-            "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
-             CREATE TABLE t (\"Ö\" INTEGER REFERENCES users (id)); INSERT INTO t VALUES (1);",
-        );
-        assert_eq!(first_violation(&clean).unwrap(), None);
-        let parent = database(
-            "CREATE TABLE p (\"é\" INTEGER, \"É\" INTEGER PRIMARY KEY); INSERT INTO p VALUES (7, 1);
-             CREATE TABLE c (x INTEGER REFERENCES p (\"É\")); INSERT INTO c VALUES (7);",
-        );
-        assert_eq!(first_violation(&parent).unwrap(), sqlite_says(&parent));
-        assert!(first_violation(&parent).unwrap().is_some());
-    }
-
-    #[test]
-    fn tables_the_schema_reader_leaves_out_are_checked_too() {
-        // An FTS5 table's shadow tables are not part of the schema the engine matches, but
-        // SQLite checks their foreign keys, and so must the engine.
-        let conn = database(
-            "CREATE TABLE users (id INTEGER PRIMARY KEY);
-             CREATE VIRTUAL TABLE docs USING fts5(body, content='');
-             CREATE TABLE docs_content (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users (id));
-             INSERT INTO docs_content (user_id) VALUES (42), (43);",
-        );
-        assert_eq!(
-            first_violation(&conn).unwrap(),
-            Some(("docs_content".to_owned(), 2))
-        );
+             INSERT INTO command_log (user_id) VALUES (1), (2), (2), (1);";
+        let broken = format!("{users} DELETE FROM users WHERE id = 2;");
+        for (sql, expected) in [
+            // A sound database passes; a broken reference is counted row by row.
+            (users, None),
+            (&broken, Some(("command_log", 2))),
+            // SQLite folds ASCII letters only: "é" and "É" are two columns.
+            (
+                "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+                 CREATE TABLE t (\"é\" INTEGER, \"É\" INTEGER REFERENCES users (id));
+                 INSERT INTO t VALUES (1, 999);",
+                Some(("t", 1)),
+            ),
+            (
+                "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+                 CREATE TABLE t (\"Ö\" INTEGER REFERENCES users (id)); INSERT INTO t VALUES (1);",
+                None,
+            ),
+            // An FTS5 table's shadow tables are not part of the schema the engine matches, but
+            // SQLite checks their foreign keys, and so must the engine.
+            (
+                "CREATE TABLE users (id INTEGER PRIMARY KEY);
+                 CREATE VIRTUAL TABLE docs USING fts5(body, content='');
+                 CREATE TABLE docs_content (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users (id));
+                 INSERT INTO docs_content (user_id) VALUES (42), (43);",
+                Some(("docs_content", 2)),
+            ),
+            // Odd names are quoted.
+            (
+                "CREATE TABLE \"order\" (\"select\" INTEGER PRIMARY KEY);
+                 CREATE TABLE \"my items\" (\"the order\" INTEGER REFERENCES \"order\" (\"select\"));
+                 INSERT INTO \"my items\" VALUES (7);",
+                Some(("my items", 1)),
+            ),
+        ] {
+            let conn = database(sql);
+            let expected = expected.map(|(table, count)| (table.to_owned(), count));
+            assert_eq!(first_violation(&conn).unwrap(), expected, "{sql}");
+            assert_eq!(first_violation(&conn).unwrap(), sqlite_says(&conn), "{sql}");
+        }
     }
 
     #[test]
     fn a_collation_this_process_lacks_leaves_the_verdict_to_sqlite() {
-        let maker = Connection::open_in_memory().unwrap();
+        let maker = database("");
         maker
             .create_collation("appcoll", |a: &str, b: &str| a.cmp(b))
             .unwrap();
         maker
             .execute_batch(
-                "PRAGMA foreign_keys = OFF;
-                 CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
+                "CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);
                  CREATE TABLE t (v TEXT COLLATE appcoll REFERENCES users (id));
                  INSERT INTO t VALUES ('1');",
             )
@@ -249,18 +226,5 @@ mod tests {
         assert_eq!(first_violation(&maker).unwrap(), None);
         maker.execute_batch("INSERT INTO t VALUES ('2')").unwrap();
         assert_eq!(first_violation(&maker).unwrap(), Some(("t".to_owned(), 1)));
-    }
-
-    #[test]
-    fn odd_names_are_quoted() {
-        let conn = database(
-            "CREATE TABLE \"order\" (\"select\" INTEGER PRIMARY KEY);
-             CREATE TABLE \"my items\" (\"the order\" INTEGER REFERENCES \"order\" (\"select\"));
-             INSERT INTO \"my items\" VALUES (7);",
-        );
-        assert_eq!(
-            first_violation(&conn).unwrap(),
-            Some(("my items".to_owned(), 1))
-        );
     }
 }

@@ -5,41 +5,35 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, State, Status, explain};
+use super::status::differences_to;
+use super::{Error, State, Status};
 use crate::catalog::Catalog;
-use crate::schema::{self, Schema};
+use crate::schema::Schema;
 
-/// What `upgrade` or `downgrade` did.
+/// What `upgrade` or `downgrade` did: the revision before (`from`) and after (`to`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Upgrade {
-    /// The revision before.
     pub from: Option<u32>,
-    /// The revision after.
     pub to: u32,
     /// Revisions this process applied (or undid), in order; another process may have done
     /// some meanwhile.
     pub applied: Vec<u32>,
 }
 
-/// One step a plan would run.
+/// One step a plan would run: the revision concerned, its SQL file and the SQL, as it would run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
-    /// The revision concerned.
     pub version: u32,
-    /// The SQL file.
     pub file: Cow<'static, str>,
-    /// The SQL, as it would run.
     pub sql: Cow<'static, str>,
 }
 
-/// What `upgrade` or `downgrade` would do, for `--dry-run`.
+/// What `upgrade` or `downgrade` would do, for `--dry-run`: the revision now (`from`), the
+/// revision after (`to`) and the steps, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    /// The revision now.
     pub from: Option<u32>,
-    /// The revision after.
     pub to: u32,
-    /// The steps, in order.
     pub steps: Vec<PlannedStep>,
 }
 
@@ -105,8 +99,7 @@ pub(super) fn migratable(status: Status) -> Result<Status, Error> {
     }
 }
 
-/// What `downgrade --to` would run on a database in `status`: every `.down.sql` from the
-/// current revision down to `to + 1`, each checked to exist.
+/// [`Database::plan_downgrade`](super::Database::plan_downgrade) on a database in `status`.
 pub(super) fn downgrade(catalog: &Catalog, status: Status, to: u32) -> Result<Plan, Error> {
     let status = migratable(status)?;
     let at = status.version.unwrap_or(0);
@@ -139,9 +132,8 @@ pub(super) fn downgrade(catalog: &Catalog, status: Status, to: u32) -> Result<Pl
     })
 }
 
-/// Checks that stamping `version` (a revision of `catalog`) is right on a database in
-/// `status` whose live schema is `live`: it must be that revision's, unless `force`. Returns
-/// the difference found.
+/// [`Database::check_stamp`](super::Database::check_stamp) on a database in `status` whose
+/// live schema is `live`, `version` being a revision of `catalog`.
 pub(super) fn stamp(
     catalog: &Catalog,
     status: &Status,
@@ -150,11 +142,7 @@ pub(super) fn stamp(
     force: bool,
 ) -> Result<Vec<String>, Error> {
     refuse_unknown_history(status)?;
-    let difference = explain(
-        catalog,
-        &schema::diff(catalog.schema_at(version), live),
-        version,
-    );
+    let difference = differences_to(catalog, live, version);
     if !difference.is_empty() && !force {
         return Err(Error::StampMismatch {
             version,
@@ -164,8 +152,7 @@ pub(super) fn stamp(
     Ok(difference)
 }
 
-/// What `adopt` records on a database in `status`: the revision an unstamped (or foreign)
-/// live schema matches; refused, with the difference to the closest one, when none does.
+/// [`Database::plan_adopt`](super::Database::plan_adopt) on a database in `status`.
 pub(super) fn adopt(status: &Status) -> Result<u32, Error> {
     if !matches!(status.state, State::Unstamped | State::Foreign) {
         return Err(Error::AlreadyStamped {
@@ -181,13 +168,13 @@ pub(super) fn adopt(status: &Status) -> Result<u32, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::HistoryRow;
     use super::super::status::decide;
-    use super::super::status::tests::{catalog, row};
+    use super::super::status::tests::{applied, catalog};
     use super::*;
 
-    fn status(history: &[HistoryRow], at: u32) -> Status {
-        decide(history, catalog().schema_at(at), None, catalog())
+    /// The state of a database whose history applied `versions`, with the schema of `at`.
+    fn status(versions: &[u32], at: u32) -> Status {
+        decide(&applied(versions), catalog().schema_at(at), None, catalog())
     }
 
     #[test]
@@ -200,74 +187,40 @@ mod tests {
 
     #[test]
     fn a_downgrade_stops_at_a_revision_without_a_down_file() {
-        let at_2 = status(&[row(1, "applied"), row(2, "applied")], 2);
+        let at_2 = status(&[1, 2], 2);
         let plan = downgrade(catalog(), at_2.clone(), 1).unwrap();
         assert_eq!(plan.steps.len(), 1);
         assert_eq!(plan.steps[0].file, "0002_pinned.down.sql");
-        assert!(matches!(
-            downgrade(catalog(), at_2.clone(), 0),
-            Err(Error::NoDown { version: 1, .. })
-        ));
-        assert!(matches!(
-            downgrade(catalog(), status(&[row(1, "applied")], 1), 2),
-            Err(Error::WrongDirection { at: 1, to: 2 })
-        ));
+        let no_down = downgrade(catalog(), at_2.clone(), 0).unwrap_err();
+        assert!(matches!(no_down, Error::NoDown { version: 1, .. }));
+        let up = downgrade(catalog(), status(&[1], 1), 2).unwrap_err();
+        assert!(matches!(up, Error::WrongDirection { at: 1, to: 2 }));
     }
 
     #[test]
     fn nothing_migrates_a_database_without_a_history_of_ours_or_with_a_wrong_one() {
-        assert!(matches!(
-            migratable(status(&[], 1)),
-            Err(Error::Unstamped { .. })
-        ));
-        let drifted = status(&[row(1, "applied")], 2);
-        assert!(matches!(
-            migratable(drifted),
-            Err(Error::Drifted { version: 1, .. })
-        ));
-        let ahead = status(
-            &[row(1, "applied"), row(2, "applied"), row(3, "applied")],
-            2,
-        );
-        assert!(matches!(
-            migratable(ahead),
-            Err(Error::Ahead {
-                version: 3,
-                head: 2
-            })
-        ));
-        assert!(migratable(status(&[row(1, "applied")], 1)).is_ok());
+        let unstamped = migratable(status(&[], 1)).unwrap_err();
+        assert!(matches!(unstamped, Error::Unstamped { .. }));
+        let drifted = migratable(status(&[1], 2)).unwrap_err();
+        assert!(matches!(drifted, Error::Drifted { version: 1, .. }));
+        let e = migratable(status(&[1, 2, 3], 2)).unwrap_err();
+        assert_eq!(format!("{e:?}"), "Ahead { version: 3, head: 2 }");
+        assert!(migratable(status(&[1], 1)).is_ok());
     }
 
     #[test]
     fn a_stamp_needs_the_revisions_schema_unless_forced() {
         let unstamped = status(&[], 1);
         let live = catalog().schema_at(1);
-        assert_eq!(
-            stamp(catalog(), &unstamped, live, 1, false).unwrap(),
-            Vec::<String>::new()
-        );
-        assert!(matches!(
-            stamp(catalog(), &unstamped, live, 2, false),
-            Err(Error::StampMismatch { version: 2, .. })
-        ));
-        assert_eq!(
-            stamp(catalog(), &unstamped, live, 2, true).unwrap().len(),
-            1
-        );
-        assert!(matches!(
-            known_revision(catalog(), 3),
-            Err(Error::UnknownRevision {
-                version: 3,
-                head: 2
-            })
-        ));
+        let stamp_at = |version, force| stamp(catalog(), &unstamped, live, version, force);
+        assert_eq!(stamp_at(1, false).unwrap(), Vec::<String>::new());
+        let mismatch = stamp_at(2, false).unwrap_err();
+        assert!(matches!(mismatch, Error::StampMismatch { version: 2, .. }));
+        assert_eq!(stamp_at(2, true).unwrap().len(), 1);
+        let e = known_revision(catalog(), 3).unwrap_err();
+        assert_eq!(format!("{e:?}"), "UnknownRevision { version: 3, head: 2 }");
         assert_eq!(adopt(&unstamped).unwrap(), 1);
-        assert!(matches!(
-            adopt(&status(&[row(1, "applied")], 1)),
-            Err(Error::AlreadyStamped {
-                state: State::Behind
-            })
-        ));
+        let e = adopt(&status(&[1], 1)).unwrap_err();
+        assert_eq!(format!("{e:?}"), "AlreadyStamped { state: Behind }");
     }
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::backup::{Backup, NO_PROGRESS, StepResult};
-use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use rusqlite::{Connection, MAIN_DB};
 use serde::{Deserialize, Serialize};
 
+use super::file::{self, beside, remove_with_sidecars};
 use super::{BackupInfo, Database, Error, LockHolder, inspect_copy};
 
 /// What `restore` did.
@@ -37,38 +38,25 @@ pub struct RowCounts {
 /// Rows per table of the database at `path` (read only), SQLite's own tables left out.
 fn row_counts(path: &Path) -> Result<BTreeMap<String, u64>, Error> {
     let err = |e| Error::from_sqlite(path, e);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    let tables: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
-        )
-        .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
-        .map_err(err)?;
+    let conn = file::open_read_only(path).map_err(err)?;
+    let sql = "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name";
+    let tables: Vec<String> = file::query_all(&conn, sql).map_err(err)?;
     tables
         .into_iter()
         .map(|table| {
             let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-            conn.query_row(&format!("SELECT count(*) FROM main.{quoted}"), [], |row| {
-                row.get::<_, i64>(0)
-            })
-            .map(|n| (table, u64::try_from(n).unwrap_or(0)))
-            .map_err(err)
+            let rows =
+                file::query_one::<i64>(&conn, &format!("SELECT count(*) FROM main.{quoted}"));
+            rows.map(|n| (table, u64::try_from(n).unwrap_or(0)))
+                .map_err(err)
         })
         .collect()
 }
 
 /// Tables other than SQLite's own.
 fn count_tables(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-        [],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|n| usize::try_from(n).unwrap_or(0))
+    let sql = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
+    file::query_one::<i64>(conn, sql).map(|n| usize::try_from(n).unwrap_or(0))
 }
 
 impl Database {
@@ -112,36 +100,23 @@ impl Database {
         }
         Ok(restored)
     }
-}
 
-impl Database {
     /// When the file at `path` fails the checks every write makes (not SQLite, cut short,
     /// `quick_check`), renames it, with its journal and WAL, to `<name>.damaged-<UTC time>`
     /// beside it and returns that name: a restore can then put a good database in its place
     /// and nothing of the damaged one is lost. `None` (nothing done) when the file is sound
     /// or absent; other errors (a folder, permissions, a lock) are returned as they are.
     pub fn set_aside_damaged(path: &Path) -> Result<Option<PathBuf>, Error> {
-        let checked = Database::open_read_only(path).and_then(|db| match db {
-            Some(db) => db.quick_check(),
-            None => Ok(()),
-        });
+        let checked =
+            Database::open_read_only(path).and_then(|db| db.map_or(Ok(()), |db| db.quick_check()));
         match checked {
             Ok(()) => Ok(None),
             Err(e) if e.is_bad_file() => {
-                let stamp = utc_stamp(
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                );
-                let mut name = path.as_os_str().to_owned();
-                name.push(format!(".damaged-{stamp}"));
-                let aside = PathBuf::from(name);
+                let aside = beside(path, &format!(".damaged-{}", utc_now()));
                 for suffix in ["-journal", "-wal", "-shm", ""] {
-                    let from = super::file::beside(path, suffix);
+                    let from = beside(path, suffix);
                     if from.exists() {
-                        let to = super::file::beside(&aside, suffix);
-                        std::fs::rename(&from, &to)
-                            .map_err(|cause| Error::Io { path: from, cause })?;
+                        std::fs::rename(&from, beside(&aside, suffix)).map_err(Error::io(&from))?;
                     }
                 }
                 Ok(Some(aside))
@@ -159,16 +134,12 @@ fn restore(
     force: bool,
 ) -> Result<Restored, Error> {
     let err = |e| Error::from_sqlite(path, e);
-    let mut conn = super::file::connect(path, true)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-        .map_err(err)?;
+    let mut conn = file::connect(path, true)?;
+    let mode: String = file::query_one(&conn, "PRAGMA journal_mode").map_err(err)?;
     let from = if info.bytes == 0 {
         // A source without a single page would finish the backup at its first step, before
         // the decision: an empty database of one page (of the live page size) stands in.
-        let page_size: i64 = conn
-            .query_row("PRAGMA page_size", [], |row| row.get(0))
-            .map_err(err)?;
+        let page_size: i64 = file::query_one(&conn, "PRAGMA page_size").map_err(err)?;
         let empty = Connection::open_in_memory().map_err(err)?;
         empty
             .pragma_update(None, "page_size", page_size)
@@ -176,11 +147,7 @@ fn restore(
             .map_err(err)?;
         empty
     } else {
-        Connection::open_with_flags(
-            source,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| Error::from_sqlite(source, e))?
+        file::open_read_only(source).map_err(|e| Error::from_sqlite(source, e))?
     };
     // Refuses (nothing changed) or keeps a copy of what is replaced, given the live tables
     // counted on `reader` while this process holds the write lock (outside any transaction
@@ -193,21 +160,19 @@ fn restore(
                 live_tables,
             });
         }
-        if live_tables > 0 {
-            keep(reader, path).map(Some)
-        } else {
-            Ok(None)
-        }
+        (live_tables > 0).then(|| keep(reader, path)).transpose()
     };
-    let copied = if mode.eq_ignore_ascii_case("wal") {
+    let (done, replaced) = if mode.eq_ignore_ascii_case("wal") {
         // In WAL mode the backup holds the write lock from its first step to its end, and
         // readers still see the last commit: a second connection decides and keeps the copy.
         let backup = Backup::new(&from, &mut conn).map_err(err)?;
-        match backup.step(0).map_err(err)? {
-            StepResult::Busy | StepResult::Locked => return Err(busy(path, LockHolder::Writer)),
-            _ => {}
+        if matches!(
+            backup.step(0).map_err(err)?,
+            StepResult::Busy | StepResult::Locked
+        ) {
+            return Err(Error::busy(path, LockHolder::Writer));
         }
-        let reader = super::file::connect(path, false)?;
+        let reader = file::connect(path, false)?;
         let live_tables = count_tables(&reader).map_err(err)?;
         let replaced = decide(&reader, live_tables)?;
         drop(reader);
@@ -233,23 +198,19 @@ fn restore(
             .map_err(|e| err(e).blocked_by_readers())?;
         (done, replaced)
     };
-    match copied {
-        (StepResult::Done, replaced) => {
-            drop(from);
-            conn.close().map_err(|(_, e)| err(e))?;
-            Ok(Restored {
-                info,
-                replaced,
-                rows: None,
-            })
+    if done != StepResult::Done {
+        if let Some(kept) = replaced {
+            remove_with_sidecars(&kept);
         }
-        (_, replaced) => {
-            if let Some(kept) = replaced {
-                remove_with_sidecars(&kept);
-            }
-            Err(busy(path, LockHolder::Readers))
-        }
+        return Err(Error::busy(path, LockHolder::Readers));
     }
+    drop(from);
+    conn.close().map_err(|(_, e)| err(e))?;
+    Ok(Restored {
+        info,
+        replaced,
+        rows: None,
+    })
 }
 
 /// Whether `a` and `b` are the same file (device and inode, symlinks followed).
@@ -261,62 +222,43 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn busy(path: &Path, holder: LockHolder) -> Error {
-    Error::Busy {
-        path: path.to_owned(),
-        holder,
-        waited: super::busy_timeout(),
-    }
-}
-
-fn remove_with_sidecars(path: &Path) {
-    for suffix in ["", "-journal", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(super::file::beside(path, suffix));
-    }
-}
-
 /// Copies the live database (read on `conn`, which holds the lock) to a new file
 /// `<name>.replaced-<UTC time>` beside it, with the live file's mode.
 fn keep(conn: &Connection, path: &Path) -> Result<PathBuf, Error> {
-    let stamp = utc_stamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
+    let stamp = utc_now();
     let mut attempt = 1;
     let kept = loop {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".replaced-{stamp}"));
+        let mut kept = beside(path, &format!(".replaced-{stamp}"));
         if attempt > 1 {
-            name.push(format!("-{attempt}"));
+            kept = beside(&kept, &format!("-{attempt}"));
         }
-        let kept = PathBuf::from(name);
         match std::fs::File::create_new(&kept) {
             Ok(_) => break kept,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
-            Err(cause) => return Err(Error::Io { path: kept, cause }),
+            Err(source) => return Err(Error::Io { path: kept, source }),
         }
     };
     let copied = conn
         .backup(MAIN_DB, &kept, NO_PROGRESS)
         .map_err(|e| Error::from_sqlite(&kept, e))
         .and_then(|()| {
-            let mode = std::fs::metadata(path)
-                .map_err(|cause| Error::Io {
-                    path: path.to_owned(),
-                    cause,
-                })?
-                .permissions();
-            std::fs::set_permissions(&kept, mode).map_err(|cause| Error::Io {
-                path: kept.clone(),
-                cause,
-            })
+            let mode = std::fs::metadata(path).map_err(Error::io(path))?;
+            std::fs::set_permissions(&kept, mode.permissions()).map_err(Error::io(&kept))
         });
     if let Err(error) = copied {
         remove_with_sidecars(&kept);
         return Err(error);
     }
     Ok(kept)
+}
+
+/// [`utc_stamp`] of now.
+fn utc_now() -> String {
+    utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
 }
 
 /// `YYYYMMDDTHHMMSSZ` for seconds since the Unix epoch (UTC).

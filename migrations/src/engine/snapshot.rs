@@ -11,19 +11,14 @@ use rusqlite::{Connection, MAIN_DB};
 
 use serde::{Deserialize, Serialize};
 
-use super::database::sqlite_error;
 use super::{Database, Error, LockHolder, State, busy_timeout, file};
 
-/// A checked copy.
+/// A checked copy: its path, the revision its history records, its state, its size in bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupInfo {
-    /// The copy.
     pub path: PathBuf,
-    /// The revision its history records.
     pub revision: Option<u32>,
-    /// Its state.
     pub state: State,
-    /// Its size in bytes.
     pub bytes: u64,
 }
 
@@ -57,19 +52,14 @@ impl Database {
     /// run beside a migration ([`Pinned::copies_beside_a_writer`]); in rollback-journal mode
     /// the reader would hold the migration's COMMIT back: copy first.
     pub fn pin(&self) -> Result<Pinned, Error> {
-        let err = |e| sqlite_error(&self.path, e);
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-            .map_err(err)?;
+        let err = |e| self.err(e);
+        let mode: String = self.query_one("PRAGMA journal_mode")?;
         let conn = file::connect(&self.path, false)?;
         // The first read in the transaction takes its snapshot (in WAL mode; a shared lock in
         // rollback-journal mode): from here on it sees this state.
-        conn.execute_batch("BEGIN").map_err(err)?;
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
-            row.get::<_, i64>(0)
-        })
-        .map_err(err)?;
+        conn.execute_batch("BEGIN")
+            .and_then(|()| file::read_schema_table(&conn))
+            .map_err(err)?;
         Ok(Pinned {
             conn,
             path: self.path.clone(),
@@ -92,10 +82,9 @@ impl Pinned {
         let ended = self
             .conn
             .execute_batch("COMMIT")
-            .map_err(|e| sqlite_error(&self.path, e));
+            .map_err(|e| Error::from_sqlite(&self.path, e));
         let bytes = copied?;
-        ended?;
-        Ok(bytes)
+        ended.map(|()| bytes)
     }
 }
 
@@ -111,9 +100,7 @@ pub(super) fn copy_whole(source: &Connection, path: &Path, dest: &Path) -> Resul
     let copied = copy_pages(source, path, dest);
     if copied.is_err() && !existed {
         // A partial copy (a full disk) is not a backup: nothing is left behind.
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(file::beside(dest, suffix));
-        }
+        file::remove_with_sidecars(dest);
     }
     copied
 }
@@ -122,60 +109,45 @@ pub(super) fn copy_whole(source: &Connection, path: &Path, dest: &Path) -> Resul
 fn resolve_link(path: &Path) -> PathBuf {
     let mut path = path.to_owned();
     for _ in 0..40 {
-        match std::fs::read_link(&path) {
-            Ok(target) => {
-                path = match path.parent() {
-                    Some(folder) if target.is_relative() => folder.join(target),
-                    _ => target,
-                };
-            }
-            Err(_) => break,
-        }
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = match path.parent() {
+            Some(folder) if target.is_relative() => folder.join(target),
+            _ => target,
+        };
     }
     path
 }
 
 fn copy_pages(source: &Connection, path: &Path, dest: &Path) -> Result<u64, Error> {
     if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).map_err(|cause| Error::Io {
-            path: folder.to_owned(),
-            cause,
-        })?;
+        std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
     }
     // One step copies every page under one read transaction: a source that another
     // process keeps writing would restart a stepwise copy for ever (seen with an old app
     // committing every 20 ms). In WAL mode the read does not block the writer.
-    let mut copy = Connection::open(dest).map_err(|e| sqlite_error(dest, e))?;
+    let err = |e| Error::from_sqlite(dest, e);
+    let mut copy = Connection::open(dest).map_err(err)?;
     {
         use rusqlite::backup::{Backup, StepResult};
-        let backup = Backup::new_with_names(source, MAIN_DB, &mut copy, MAIN_DB)
-            .map_err(|e| sqlite_error(dest, e))?;
-        let waited = busy_timeout();
-        let deadline = std::time::Instant::now() + waited;
+        let backup = Backup::new_with_names(source, MAIN_DB, &mut copy, MAIN_DB).map_err(err)?;
+        let deadline = std::time::Instant::now() + busy_timeout();
         loop {
-            match backup.step(-1).map_err(|e| sqlite_error(dest, e))? {
+            match backup.step(-1).map_err(err)? {
                 StepResult::Done => break,
                 // Another process holds a lock for a moment: wait as a busy timeout would.
                 _ if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                _ => {
-                    return Err(Error::Busy {
-                        path: path.to_owned(),
-                        holder: LockHolder::Writer,
-                        waited,
-                    });
-                }
+                _ => return Err(Error::busy(path, LockHolder::Writer)),
             }
         }
     }
     drop(copy);
     std::fs::metadata(dest)
         .map(|m| m.len())
-        .map_err(|cause| Error::Io {
-            path: dest.to_owned(),
-            cause,
-        })
+        .map_err(Error::io(dest))
 }
 
 /// Checks a copy (`integrity_check`) and reads its revision. A read-only connection to a
@@ -199,7 +171,21 @@ fn inspect_copy_with(path: &Path, pragma: &str) -> Result<BackupInfo, Error> {
         .map(|suffix| file::beside(path, suffix))
         .filter(|sidecar| !sidecar.exists())
         .collect();
-    let inspected = inspect_copy_open(path, pragma);
+    // Opens the copy read-only, checks it with `pragma` and reads its revision.
+    let inspected = Database::open_read_only(path).and_then(|db| {
+        let db = db.ok_or_else(|| Error::io(path)(std::io::ErrorKind::NotFound.into()))?;
+        db.check_with(pragma, |path, detail| Error::IntegrityCheck {
+            path,
+            detail,
+        })?;
+        let status = db.status()?;
+        Ok(BackupInfo {
+            path: path.to_owned(),
+            revision: status.effective_version(),
+            state: status.state,
+            bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        })
+    });
     for sidecar in sidecars {
         let empty_wal = !sidecar.to_string_lossy().ends_with("-wal")
             || std::fs::metadata(&sidecar).is_ok_and(|m| m.len() == 0);
@@ -210,89 +196,72 @@ fn inspect_copy_with(path: &Path, pragma: &str) -> Result<BackupInfo, Error> {
     inspected
 }
 
-/// Opens a copy read-only, checks it with `pragma` and reads its revision.
-fn inspect_copy_open(path: &Path, pragma: &str) -> Result<BackupInfo, Error> {
-    let db = Database::open_read_only(path)?.ok_or_else(|| Error::Io {
-        path: path.to_owned(),
-        cause: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })?;
-    db.check_with(pragma, |path, detail| Error::IntegrityCheck {
-        path,
-        detail,
-    })?;
-    let status = db.status()?;
-    Ok(BackupInfo {
-        path: path.to_owned(),
-        revision: status.version.or(status.matches),
-        state: status.state,
-        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn database(dir: &Path) -> Database {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).unwrap();
+    /// A fresh folder `engine-<name>-<pid>` with `bot.db` at head and two users, in WAL mode
+    /// when `wal`.
+    fn database(name: &str, wal: bool) -> (PathBuf, Database) {
+        let dir = std::env::temp_dir().join(format!("engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let mut db = Database::open(&dir.join("bot.db")).unwrap();
-        db.connection()
-            .execute_batch("PRAGMA journal_mode = WAL")
-            .unwrap();
+        if wal {
+            db.run("PRAGMA journal_mode = WAL").unwrap();
+        }
         db.upgrade(|_| {}).unwrap();
-        db.connection()
-            .execute_batch(
-                "INSERT INTO users (telegram_id, first_name) VALUES (1, 'one'), (2, 'two');",
-            )
-            .unwrap();
-        db
+        let users = "INSERT INTO users (telegram_id, first_name) VALUES (1, 'one'), (2, 'two');";
+        db.run(users).unwrap();
+        (dir, db)
     }
 
     fn users(path: &Path) -> i64 {
-        Connection::open(path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
-            .unwrap()
+        let conn = Connection::open(path).unwrap();
+        file::query_one(&conn, "SELECT count(*) FROM users").unwrap()
     }
 
     /// Another process's write, on a connection of its own.
     fn other_writes(path: &Path, id: i64) {
-        Connection::open(path)
-            .unwrap()
-            .execute(
-                "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'other')",
-                [id],
-            )
-            .unwrap();
+        let sql = "INSERT INTO users (telegram_id, first_name) VALUES (?1, 'other')";
+        Connection::open(path).unwrap().execute(sql, [id]).unwrap();
     }
 
-    /// The copy is the state at the pin, though another connection wrote and committed while
-    /// the pin was held; the migrating connection's data version shows that commit.
+    /// The copy is the state at the pin, and a later commit shows in the migrating
+    /// connection's data version. In WAL mode another connection writes and commits while the
+    /// pin is held; in rollback-journal mode the copy is taken first (a reader would hold the
+    /// migration's COMMIT back), and the commit follows.
     #[test]
     fn a_pinned_copy_is_the_state_at_the_pin_and_a_later_commit_shows() {
-        let dir = std::env::temp_dir().join(format!("engine-pin-{}", std::process::id()));
-        let db = database(&dir);
-        let version = db.data_version().unwrap();
-        let mut pinned = db.pin().unwrap();
-        assert!(pinned.copies_beside_a_writer(), "WAL mode");
-        assert_eq!(db.data_version().unwrap(), version, "nothing committed yet");
-        // A write while pinned does not wait for the reader (WAL), and is not in the copy.
-        other_writes(&dir.join("bot.db"), 3);
-        let copy = dir.join("copy.db");
-        let bytes = pinned.copy_to(&copy).unwrap();
-        assert_eq!(bytes, std::fs::metadata(&copy).unwrap().len());
-        assert_eq!(users(&copy), 2, "the copy is the pinned state");
-        assert_eq!(users(&dir.join("bot.db")), 3);
-        assert_ne!(db.data_version().unwrap(), version, "the commit is seen");
-        std::fs::remove_dir_all(&dir).unwrap();
+        for (name, wal) in [("pin", true), ("pin-delete", false)] {
+            let (dir, db) = database(name, wal);
+            let live = dir.join("bot.db");
+            let version = db.data_version().unwrap();
+            let mut pinned = db.pin().unwrap();
+            assert_eq!(pinned.copies_beside_a_writer(), wal, "WAL mode");
+            assert_eq!(db.data_version().unwrap(), version, "nothing committed yet");
+            if wal {
+                // A write while pinned does not wait for the reader, and is not in the copy.
+                other_writes(&live, 3);
+            }
+            let copy = dir.join("copy.db");
+            let bytes = pinned.copy_to(&copy).unwrap();
+            assert_eq!(bytes, std::fs::metadata(&copy).unwrap().len());
+            assert_eq!(users(&copy), 2, "the copy is the pinned state");
+            if !wal {
+                assert_eq!(db.data_version().unwrap(), version);
+                other_writes(&live, 3);
+            }
+            assert_eq!(users(&live), 3);
+            assert_ne!(db.data_version().unwrap(), version, "the commit is seen");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     /// The migrating connection's own writes are no change in its data version.
     #[test]
     fn its_own_writes_are_no_change() {
-        let dir = std::env::temp_dir().join(format!("engine-pin-open-{}", std::process::id()));
-        let db = database(&dir);
+        let (dir, db) = database("pin-open", true);
         let version = db.data_version().unwrap();
         let mut pinned = db.pin().unwrap();
         db.connection().execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -305,30 +274,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Rollback-journal mode: the copy is taken first (a reader would hold the migration's
-    /// COMMIT back), and a later commit shows all the same.
-    #[test]
-    fn a_rollback_journal_database_is_copied_first_and_a_later_commit_shows() {
-        let dir = std::env::temp_dir().join(format!("engine-pin-delete-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut db = Database::open(&dir.join("bot.db")).unwrap();
-        db.upgrade(|_| {}).unwrap();
-        let version = db.data_version().unwrap();
-        let mut pinned = db.pin().unwrap();
-        assert!(!pinned.copies_beside_a_writer());
-        pinned.copy_to(&dir.join("copy.db")).unwrap();
-        assert_eq!(db.data_version().unwrap(), version);
-        other_writes(&dir.join("bot.db"), 1);
-        assert_ne!(db.data_version().unwrap(), version);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
     /// A copy into a folder that cannot take it leaves nothing behind and ends the pin.
     #[test]
     fn a_failed_pinned_copy_leaves_no_file() {
-        let dir = std::env::temp_dir().join(format!("engine-pin-fail-{}", std::process::id()));
-        let db = database(&dir);
+        let (dir, db) = database("pin-fail", true);
         let mut pinned = db.pin().unwrap();
         // The destination's folder is a file: the copy cannot be made.
         std::fs::write(dir.join("not-a-folder"), b"x").unwrap();
@@ -337,10 +286,7 @@ mod tests {
         assert!(!dest.exists());
         // The read transaction ended: a checkpoint can reset the WAL past the pin.
         other_writes(&dir.join("bot.db"), 4);
-        let busy: i64 = db
-            .connection()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
-            .unwrap();
+        let busy: i64 = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
         assert_eq!(busy, 0, "no reader holds the WAL");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -55,25 +55,21 @@ impl fmt::Display for State {
     }
 }
 
-/// Another tool's history found in the database.
+/// Another tool's history found in the database: the tool (e.g. "alembic"), its table and
+/// the revision it records, as text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForeignHistory {
-    /// The tool, e.g. "alembic".
     pub tool: Cow<'static, str>,
-    /// Its table.
     pub table: Cow<'static, str>,
-    /// The revision it records, as text.
     pub revision: Option<String>,
 }
 
-/// An applied migration whose file changed since.
+/// An applied migration whose `.up.sql` file changed since: the checksum the history
+/// `recorded`, and the file's `current` one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EditedFile {
-    /// The `.up.sql` file.
     pub file: Cow<'static, str>,
-    /// The checksum the history recorded.
     pub recorded: String,
-    /// The file's checksum now.
     pub current: String,
 }
 
@@ -97,14 +93,12 @@ pub struct Status {
     #[serde(default)]
     pub difference: Vec<String>,
     /// For `foreign`: the other tool's history.
-    #[serde(default)]
     pub foreign: Option<ForeignHistory>,
     /// For `modified`: the edited files with both checksums.
     #[serde(default)]
     pub edited: Vec<EditedFile>,
     /// The newest revision the history says was stamped with `--force` (over a schema that
     /// differed then), if any.
-    #[serde(default)]
     pub forced: Option<u32>,
     /// For `unstamped` and `foreign` with no match, and `drifted`: live tables that no
     /// revision has (e.g. the old app's own).
@@ -129,18 +123,15 @@ impl Status {
     }
 }
 
-/// One row of the history table.
+/// One row of the history table: the revision, the migration's name, the SHA-256 of the
+/// `.up.sql` file when it was recorded, when (UTC, ISO 8601), and how: `applied`, `stamped`
+/// or `forced` (stamped though the schema differed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryRow {
-    /// The revision.
     pub version: u32,
-    /// The migration's name.
     pub name: String,
-    /// SHA-256 of the `.up.sql` file when it was recorded.
     pub checksum: String,
-    /// When (UTC, ISO 8601).
     pub applied_at: String,
-    /// `applied`, `stamped` or `forced` (stamped though the schema differed).
     pub how: String,
 }
 
@@ -174,11 +165,10 @@ pub(crate) fn decide(
         ..Status::default()
     };
     let Some(version) = history.iter().map(|row| row.version).max() else {
-        status.foreign = foreign;
-        if live.tables.is_empty() && status.foreign.is_none() {
-            status.pending = (1..=head).collect();
-            return status;
+        if live.tables.is_empty() && foreign.is_none() {
+            return Status::empty(head);
         }
+        status.foreign = foreign;
         status.state = if status.foreign.is_some() {
             State::Foreign
         } else {
@@ -208,11 +198,7 @@ pub(crate) fn decide(
         status.difference = status.edited.iter().map(EditedFile::to_string).collect();
         return status;
     }
-    let drift = explain(
-        catalog,
-        &schema::diff(catalog.schema_at(version), live),
-        version,
-    );
+    let drift = differences_to(catalog, live, version);
     if !drift.is_empty() {
         status.state = State::Drifted;
         status.difference = drift;
@@ -262,21 +248,18 @@ pub fn explain(catalog: &Catalog, differences: &[Difference], version: u32) -> V
         };
         later.iter().find_map(|(r, table, rebuilt)| {
             let verb = if *rebuilt { "rebuilds" } else { "drops" };
-            if object_table == Some(table.as_str()) {
+            let note = if object_table == Some(table.as_str()) {
                 let what = match d.subject {
                     Subject::Column(_) => "it and its data",
                     _ => "it",
                 };
-                Some(format!(
-                    "; revision {r} {verb} {table} and would drop {what}"
-                ))
+                format!("; revision {r} {verb} {table} and would drop {what}")
             } else if fails && *rebuilt && d.reads.contains(table) {
-                Some(format!(
-                    "; revision {r} rebuilds {table} and would fail on it"
-                ))
+                format!("; revision {r} rebuilds {table} and would fail on it")
             } else {
-                None
-            }
+                return None;
+            };
+            Some(note)
         })
     };
     differences
@@ -317,6 +300,12 @@ pub fn explain(catalog: &Catalog, differences: &[Difference], version: u32) -> V
             format!("{line}{}", note.unwrap_or_default())
         })
         .collect()
+}
+
+/// How `live` differs from revision `version` of `catalog`, [explained](explain).
+pub(super) fn differences_to(catalog: &Catalog, live: &Schema, version: u32) -> Vec<String> {
+    let differences = schema::diff(catalog.schema_at(version), live);
+    explain(catalog, &differences, version)
 }
 
 /// The revision whose schema is `live`, or the closest one and the difference to it.
@@ -390,7 +379,7 @@ pub(super) mod tests {
     }
 
     /// The history row `how` of revision `version`, with the checksum of the file now.
-    pub(in crate::engine) fn row(version: u32, how: &str) -> HistoryRow {
+    fn row(version: u32, how: &str) -> HistoryRow {
         HistoryRow {
             version,
             name: format!("revision {version}"),
@@ -400,6 +389,14 @@ pub(super) mod tests {
             applied_at: "2026-01-01T00:00:00Z".into(),
             how: how.into(),
         }
+    }
+
+    /// A history that applied `versions`.
+    pub(in crate::engine) fn applied(versions: &[u32]) -> Vec<HistoryRow> {
+        versions
+            .iter()
+            .map(|&version| row(version, "applied"))
+            .collect()
     }
 
     /// The schema `sql` makes in an empty database.
@@ -417,25 +414,49 @@ pub(super) mod tests {
         }
     }
 
+    /// The one difference `status` names.
+    fn the_difference(status: &Status) -> &str {
+        assert_eq!(status.difference.len(), 1, "{:?}", status.difference);
+        &status.difference[0]
+    }
+
     /// The state of a database with `history` and the schema of revision `at` of the catalog.
     fn decide_at(history: &[HistoryRow], at: u32, foreign: Option<ForeignHistory>) -> Status {
         decide(history, catalog().schema_at(at), foreign, catalog())
     }
 
     #[test]
-    fn no_tables_and_no_history_is_empty() {
-        let status = decide_at(&[], 0, None);
-        assert_eq!(status.state, State::Empty);
-        assert_eq!((status.version, status.head), (None, 2));
-        assert_eq!(status.pending, [1, 2]);
-    }
-
-    #[test]
-    fn tables_without_history_are_unstamped_at_the_revision_they_match() {
-        let status = decide_at(&[], 1, None);
-        assert_eq!(status.state, State::Unstamped);
-        assert_eq!((status.matches, status.closest), (Some(1), None));
-        assert_eq!(status.pending, [2]);
+    fn each_clean_state_is_decided_from_the_history_the_schema_and_another_tools_history() {
+        use State::*;
+        // The revisions the history applied, the schema of revision `at`, whether another
+        // tool's history is there; the state, the recorded revision, the matched revision and
+        // the pending revisions.
+        let cases = [
+            // No tables and no history.
+            (vec![], 0, false, Empty, None, None, vec![1, 2]),
+            // Tables without history: unstamped at the revision they match.
+            (vec![], 1, false, Unstamped, None, Some(1), vec![2]),
+            // Another tool's history is foreign, even without tables.
+            (vec![], 2, true, Foreign, None, Some(2), vec![]),
+            (vec![], 0, true, Foreign, None, None, vec![]),
+            // An older revision is behind: our history is what counts.
+            (vec![1], 1, true, Behind, Some(1), None, vec![2]),
+            // A revision after head.
+            (vec![1, 2, 3], 2, false, Ahead, Some(3), None, vec![]),
+        ];
+        for (versions, at, foreign, state, version, matches, pending) in cases {
+            let status = decide_at(&applied(&versions), at, foreign.then(alembic));
+            let tool = status.foreign.as_ref().map(|f| f.tool.as_ref());
+            let found = (status.state, status.version, status.matches, tool);
+            let foreign = (state == Foreign).then_some("alembic");
+            let expected = (state, version, matches, foreign);
+            assert_eq!(found, expected, "{versions:?} at {at}");
+            assert_eq!((status.head, status.pending), (2, pending));
+            assert!(status.matches.is_none() || status.closest.is_none());
+        }
+        let current = decide_at(&[row(1, "stamped"), row(2, "applied")], 2, None);
+        assert_eq!((current.state, current.forced), (Current, None));
+        assert!(current.pending.is_empty());
     }
 
     #[test]
@@ -448,44 +469,11 @@ pub(super) mod tests {
         assert_eq!((status.matches, status.closest), (None, Some(1)));
         assert_eq!(status.extra_tables, ["old"]);
         assert!(status.pending.is_empty());
-        assert_eq!(status.difference.len(), 1, "{:?}", status.difference);
+        let difference = the_difference(&status);
         assert!(
-            status.difference[0].starts_with("table old: unexpected table (no revision has it"),
-            "{:?}",
-            status.difference
+            difference.starts_with("table old: unexpected table (no revision has it"),
+            "{difference}"
         );
-    }
-
-    #[test]
-    fn another_tools_history_is_foreign_even_without_tables() {
-        let status = decide_at(&[], 2, Some(alembic()));
-        assert_eq!(status.state, State::Foreign);
-        assert_eq!(status.matches, Some(2));
-        assert_eq!(status.foreign.unwrap().tool, "alembic");
-        assert_eq!(decide_at(&[], 0, Some(alembic())).state, State::Foreign);
-    }
-
-    #[test]
-    fn an_older_revision_is_behind_and_head_is_current() {
-        let behind = decide_at(&[row(1, "applied")], 1, Some(alembic()));
-        assert_eq!(behind.state, State::Behind);
-        assert_eq!((behind.version, behind.pending.clone()), (Some(1), vec![2]));
-        assert!(behind.foreign.is_none(), "our history is what counts");
-        let current = decide_at(&[row(1, "stamped"), row(2, "applied")], 2, None);
-        assert_eq!(current.state, State::Current);
-        assert!(current.pending.is_empty());
-        assert_eq!(current.forced, None);
-    }
-
-    #[test]
-    fn a_revision_after_head_is_ahead() {
-        let status = decide_at(
-            &[row(1, "applied"), row(2, "applied"), row(3, "applied")],
-            2,
-            None,
-        );
-        assert_eq!(status.state, State::Ahead);
-        assert_eq!(status.version, Some(3));
     }
 
     #[test]
@@ -497,12 +485,12 @@ pub(super) mod tests {
         assert_eq!(status.edited.len(), 1);
         assert_eq!(status.edited[0].file, "0001_notes.up.sql");
         assert_eq!(
-            status.difference,
-            [format!(
+            the_difference(&status),
+            format!(
                 "0001_notes.up.sql changed since it was applied: recorded checksum {}, file now {}",
                 "0".repeat(64),
                 catalog().migration(1).unwrap().checksum()
-            )]
+            )
         );
     }
 
@@ -512,12 +500,10 @@ pub(super) mod tests {
         assert_eq!(status.state, State::Drifted);
         assert_eq!(status.forced, Some(1));
         assert!(status.pending.is_empty());
-        assert_eq!(status.difference.len(), 1, "{:?}", status.difference);
+        let difference = the_difference(&status);
         assert!(
-            status.difference[0].contains("pinned")
-                && status.difference[0].ends_with("(revision 2 adds it)"),
-            "{:?}",
-            status.difference
+            difference.contains("pinned") && difference.ends_with("(revision 2 adds it)"),
+            "{difference}"
         );
     }
 }

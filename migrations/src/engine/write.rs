@@ -80,14 +80,10 @@ impl Database {
         &self,
         work: impl FnOnce(&Database) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))?;
+        self.run("BEGIN IMMEDIATE")?;
         let result = work(self).and_then(|value| {
-            self.conn
-                .execute_batch("COMMIT")
-                .map_err(|e| self.write_err(e))?;
-            Ok(value)
+            let committed = self.conn.execute_batch("COMMIT");
+            committed.map(|()| value).map_err(|e| self.write_err(e))
         });
         if result.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -101,22 +97,18 @@ impl Database {
         self.err(e).blocked_by_readers()
     }
 
-    /// Records revisions 1 to `version` as `how`, replacing the history.
-    fn record_stamp(&self, version: u32, how: &str) -> Result<(), Error> {
+    /// Records revisions 1 to `version` as `how`, replacing the history, then asks the gate
+    /// (the transaction began at `before`).
+    fn record_stamp(&self, before: &Status, version: u32, how: &str) -> Result<(), Error> {
         let err = |e| self.write_err(e);
         create_history_table(&self.conn).map_err(err)?;
         self.conn
             .execute(&format!("DELETE FROM {HISTORY_TABLE}"), [])
             .map_err(err)?;
         for m in &self.catalog.migrations()[..version as usize] {
-            self.conn
-                .execute(
-                    &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, ?4)"),
-                    rusqlite::params![m.version, m.name, m.checksum(), how],
-                )
-                .map_err(err)?;
+            insert_history_row(&self.conn, m, how).map_err(err)?;
         }
-        Ok(())
+        self.ask_gate(before, version)
     }
 
     /// Records `version` as the database's revision without running anything. Refuses unless the
@@ -133,8 +125,7 @@ impl Database {
             } else {
                 "forced"
             };
-            db.record_stamp(version, how)?;
-            db.ask_gate(&before, version)?;
+            db.record_stamp(&before, version, how)?;
             Ok(difference)
         })
     }
@@ -146,8 +137,7 @@ impl Database {
         self.write_locked(|db| {
             let before = db.status()?;
             let version = plan::adopt(&before)?;
-            db.record_stamp(version, "stamped")?;
-            db.ask_gate(&before, version)?;
+            db.record_stamp(&before, version, "stamped")?;
             Ok(version)
         })
     }
@@ -161,8 +151,7 @@ impl Database {
                 return Ok(None);
             }
             let version = plan::adopt(&before)?;
-            db.record_stamp(version, "stamped")?;
-            db.ask_gate(&before, version)?;
+            db.record_stamp(&before, version, "stamped")?;
             Ok(Some(version))
         })
     }
@@ -191,31 +180,25 @@ impl Database {
         loop {
             let first = from.is_none();
             let (status, ran) = self.step_locked(
+                Direction::Up,
                 |status| {
                     let at = status.version.unwrap_or(0);
                     if first && at > to {
                         return Err(Error::WrongDirection { at, to });
                     }
-                    Ok((at < to).then(|| {
-                        (
-                            catalog.migration(at + 1).expect("below head"),
-                            Direction::Up,
-                        )
-                    }))
+                    Ok((at < to).then(|| catalog.migration(at + 1).expect("below head")))
                 },
                 &mut on_apply,
             )?;
             from.get_or_insert(status.version);
-            match ran {
-                Some(version) => applied.push(version),
-                None => {
-                    return Ok(Upgrade {
-                        from: from.flatten(),
-                        to: status.version.unwrap_or(0),
-                        applied,
-                    });
-                }
-            }
+            let Some(version) = ran else {
+                return Ok(Upgrade {
+                    from: from.flatten(),
+                    to: status.version.unwrap_or(0),
+                    applied,
+                });
+            };
+            applied.push(version);
         }
     }
 
@@ -234,6 +217,7 @@ impl Database {
         let mut undone = Vec::new();
         for step in &plan.steps {
             let (_, ran) = self.step_locked(
+                Direction::Down,
                 |status| {
                     let at = status.version.unwrap_or(0);
                     if at != step.version {
@@ -243,10 +227,9 @@ impl Database {
                             undone: undone.clone(),
                         });
                     }
-                    Ok(Some((
+                    Ok(Some(
                         catalog.migration(at).expect("planned revisions are known"),
-                        Direction::Down,
-                    )))
+                    ))
                 },
                 &mut on_undo,
             )?;
@@ -260,45 +243,42 @@ impl Database {
     }
 
     /// One step under the write lock: reads the state there (refusing ahead, modified,
-    /// drifted, unstamped), lets `decide` choose the migration to run, runs it with its
-    /// history row, and commits. Returns the state read under the lock and the revision run.
+    /// drifted, unstamped), lets `decide` choose the migration to run in `direction`, runs it
+    /// with its history row, and commits. Returns the state read under the lock and the revision run.
     /// Foreign keys are off around the transaction (SQLite ignores the pragma inside one) and
     /// checked before COMMIT.
     fn step_locked(
         &mut self,
-        decide: impl FnOnce(&Status) -> Result<Option<(&'static Migration, Direction)>, Error>,
+        direction: Direction,
+        decide: impl FnOnce(&Status) -> Result<Option<&'static Migration>, Error>,
         on_run: &mut impl FnMut(&Migration),
     ) -> Result<(Status, Option<u32>), Error> {
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = OFF")
-            .map_err(|e| self.err(e))?;
+        self.run("PRAGMA foreign_keys = OFF")?;
         let result = self.write_locked(|db| {
             let status = plan::migratable(db.status()?)?;
-            let Some((m, direction)) = decide(&status)? else {
+            let Some(m) = decide(&status)? else {
                 return Ok((status, None));
             };
             let at = status.version.unwrap_or(0);
-            let (sql, file) = match direction {
-                Direction::Up => (m.up, m.file),
+            let (sql, file, after) = match direction {
+                Direction::Up => (m.up, m.file, m.version),
                 Direction::Down => (
                     m.down.expect("planned"),
                     m.down_file.expect("planned"),
+                    m.version - 1,
                 ),
             };
             on_run(m);
             db.conn
                 .execute_batch(sql)
                 .map_err(|cause| match db.write_err(cause) {
-                    Error::Sqlite { cause, .. } => Error::MigrationFailed { file, at, cause },
+                    Error::Sqlite { source, .. } => Error::MigrationFailed { file, at, source },
                     other => other,
                 })?;
             let err = |e| db.write_err(e);
             create_history_table(&db.conn).map_err(err)?;
             match direction {
-                Direction::Up => db.conn.execute(
-                    &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, 'applied')"),
-                    rusqlite::params![m.version, m.name, m.checksum()],
-                ),
+                Direction::Up => insert_history_row(&db.conn, m, "applied"),
                 Direction::Down => db.conn.execute(
                     &format!("DELETE FROM {HISTORY_TABLE} WHERE version = ?1"),
                     [m.version],
@@ -307,34 +287,32 @@ impl Database {
             .map_err(err)?;
             // After the history row: whatever writing it does (a default, a trigger) is checked
             // too.
-            db.check_foreign_keys(file, at)?;
-            let after = match direction {
-                Direction::Up => m.version,
-                Direction::Down => m.version - 1,
-            };
+            if let Some((table, count)) = foreign_keys::first_violation(&db.conn).map_err(err)? {
+                return Err(Error::ForeignKeys {
+                    file,
+                    count,
+                    table,
+                    at,
+                });
+            }
             // Last before COMMIT: a gate that waits for a check running beside the step costs
             // only what the check takes beyond the step.
             db.ask_gate(&status, after)?;
             Ok((status, Some(m.version)))
         });
-        self.conn
-            .execute_batch("PRAGMA foreign_keys = ON")
-            .map_err(|e| self.err(e))?;
+        self.run("PRAGMA foreign_keys = ON")?;
         result
     }
+}
 
-    /// Fails when the transaction left rows that break a foreign key.
-    fn check_foreign_keys(&self, file: &'static str, at: u32) -> Result<(), Error> {
-        match foreign_keys::first_violation(&self.conn).map_err(|e| self.write_err(e))? {
-            Some((table, count)) => Err(Error::ForeignKeys {
-                file,
-                count,
-                table,
-                at,
-            }),
-            None => Ok(()),
-        }
-    }
+/// Adds the history row of `m`, recorded as `how`.
+fn insert_history_row(conn: &Connection, m: &Migration, how: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "INSERT INTO {HISTORY_TABLE} (version, name, checksum, how) VALUES (?1, ?2, ?3, ?4)"
+        ),
+        rusqlite::params![m.version, m.name, m.checksum(), how],
+    )
 }
 
 fn create_history_table(conn: &Connection) -> rusqlite::Result<()> {

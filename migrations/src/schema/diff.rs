@@ -222,6 +222,21 @@ impl Differences {
         });
     }
 
+    /// `what` (e.g. "column x") missing from `object`.
+    fn missing(&mut self, object: &Object, subject: Subject, what: &str) {
+        self.push(object, subject, Change::Missing, format!("{what} missing"));
+    }
+
+    /// `what` (e.g. "column x") in `object`, not expected.
+    fn unexpected(&mut self, object: &Object, subject: Subject, what: &str) {
+        self.push(
+            object,
+            subject,
+            Change::Unexpected,
+            format!("unexpected {what}"),
+        );
+    }
+
     /// A view or a trigger (`sql` its statement) missing, different or not expected, with the
     /// tables the one found reads.
     fn statement<V: PartialEq>(
@@ -307,19 +322,9 @@ pub fn diff(expected: &Schema, actual: &Schema) -> Vec<Difference> {
     for (name, pair) in by_name(&expected.tables, &actual.tables) {
         let object = Object::Table(name.clone());
         match pair {
-            Pair::Missing(_) => out.push(
-                &object,
-                Subject::Whole,
-                Change::Missing,
-                "table missing".into(),
-            ),
+            Pair::Missing(_) => out.missing(&object, Subject::Whole, "table"),
             Pair::Both(want, have) => diff_table(&object, want, have, &mut out),
-            Pair::Unexpected(_) => out.push(
-                &object,
-                Subject::Whole,
-                Change::Unexpected,
-                "unexpected table".into(),
-            ),
+            Pair::Unexpected(_) => out.unexpected(&object, Subject::Whole, "table"),
         }
     }
     for (name, pair) in by_name(&expected.views, &actual.views) {
@@ -368,38 +373,26 @@ fn diff_table(object: &Object, want: &Table, have: &Table, out: &mut Differences
     for (column, pair) in by_name(&want.columns, &have.columns) {
         let subject = Subject::Column(column.clone());
         match pair {
-            Pair::Missing(_) => out.push(
-                object,
-                subject,
-                Change::Missing,
-                format!("column {column} missing"),
-            ),
+            Pair::Missing(_) => out.missing(object, subject, &format!("column {column}")),
             Pair::Both(want_column, have_column) => {
                 diff_column(object, column, want_column, have_column, have, out)
             }
-            Pair::Unexpected(_) => out.push(
-                object,
-                subject,
-                Change::Unexpected,
-                format!("unexpected column {column}"),
-            ),
+            Pair::Unexpected(_) => out.unexpected(object, subject, &format!("column {column}")),
         }
     }
     diff_unique_and_indexes(object, want, have, out);
     for check in want.checks.difference(&have.checks) {
-        out.push(
+        out.missing(
             object,
             Subject::Check(check.clone()),
-            Change::Missing,
-            format!("CHECK ({check}) missing"),
+            &format!("CHECK ({check})"),
         );
     }
     for check in have.checks.difference(&want.checks) {
-        out.push(
+        out.unexpected(
             object,
             Subject::Check(check.clone()),
-            Change::Unexpected,
-            format!("unexpected CHECK ({check})"),
+            &format!("CHECK ({check})"),
         );
     }
     diff_foreign_keys(object, want, have, out);
@@ -548,12 +541,7 @@ fn diff_unique_and_indexes(object: &Object, want: &Table, have: &Table, out: &mu
                     Some((name, _)) => {
                         standing_in.insert(name.clone());
                     }
-                    None => out.push(
-                        object,
-                        subject,
-                        Change::Missing,
-                        format!("{} missing", unique.definition()),
-                    ),
+                    None => out.missing(object, subject, &unique.definition()),
                 }
             }
         }
@@ -563,26 +551,14 @@ fn diff_unique_and_indexes(object: &Object, want: &Table, have: &Table, out: &mu
         .iter()
         .filter(|u| !want.unique.iter().any(|w| w.columns == u.columns))
     {
-        out.push(
-            object,
-            Subject::Unique(unique.columns.clone()),
-            Change::Unexpected,
-            format!(
-                "unexpected {}{}",
-                unique.definition(),
-                conflict_consequence(unique.conflict.as_deref())
-            ),
-        );
+        let consequence = conflict_consequence(unique.conflict.as_deref());
+        let what = format!("{}{consequence}", unique.definition());
+        out.unexpected(object, Subject::Unique(unique.columns.clone()), &what);
     }
     for (index, pair) in by_name(&want.indexes, &have.indexes) {
         let subject = Subject::Index(index.clone());
         match pair {
-            Pair::Missing(_) => out.push(
-                object,
-                subject,
-                Change::Missing,
-                format!("index {index} missing"),
-            ),
+            Pair::Missing(_) => out.missing(object, subject, &format!("index {index}")),
             Pair::Both(want_index, have_index) if have_index != want_index => out.push(
                 object,
                 subject,
@@ -596,12 +572,10 @@ fn diff_unique_and_indexes(object: &Object, want: &Table, have: &Table, out: &mu
             Pair::Both(..) => {}
             // A UNIQUE index standing in for a UNIQUE constraint is no difference.
             Pair::Unexpected(_) if standing_in.contains(index) => {}
-            Pair::Unexpected(have_index) => out.push(
-                object,
-                subject,
-                Change::Unexpected,
-                format!("unexpected index {index} {}", have_index.definition()),
-            ),
+            Pair::Unexpected(have_index) => {
+                let what = format!("index {index} {}", have_index.definition());
+                out.unexpected(object, subject, &what);
+            }
         }
     }
 }
@@ -614,12 +588,7 @@ fn diff_foreign_keys(object: &Object, want: &Table, have: &Table, out: &mut Diff
             .iter()
             .find(|k| k.target() == key.target())
         {
-            None => out.push(
-                object,
-                subject,
-                Change::Missing,
-                format!("foreign key {} missing", key.target()),
-            ),
+            None => out.missing(object, subject, &format!("foreign key {}", key.target())),
             Some(found) if found != key => {
                 let show = |actions: String| {
                     if actions.is_empty() {
@@ -648,11 +617,7 @@ fn diff_foreign_keys(object: &Object, want: &Table, have: &Table, out: &mut Diff
         .iter()
         .filter(|k| !want.foreign_keys.iter().any(|w| w.target() == k.target()))
     {
-        out.push(
-            object,
-            Subject::ForeignKey(key.target()),
-            Change::Unexpected,
-            format!("unexpected foreign key {}", key.definition()),
-        );
+        let what = format!("foreign key {}", key.definition());
+        out.unexpected(object, Subject::ForeignKey(key.target()), &what);
     }
 }

@@ -404,6 +404,21 @@ pub(crate) struct TableClauses {
 }
 
 impl TableClauses {
+    /// Records a UNIQUE constraint on `columns`, with the conflict clause at `i` (read past).
+    fn push_unique(&mut self, columns: Vec<String>, item: &[Token], i: &mut usize) {
+        let conflict = conflict_at(item, i);
+        self.unique.push(UniqueClause { columns, conflict });
+    }
+
+    /// Records the CHECK constraint whose expression is bracketed at `open`; returns where it
+    /// ends.
+    fn push_check(&mut self, item: &[Token], open: usize) -> usize {
+        let (expression, next) = bracketed(item, open);
+        self.checks
+            .push(canonical(strip_outer_brackets(expression)));
+        next
+    }
+
     /// The clauses of column `name` (lower case), or none.
     pub(crate) fn column(&self, name: &str) -> ColumnClauses {
         self.columns
@@ -483,17 +498,9 @@ fn parse_column(item: &[Token], clauses: &mut TableClauses) {
             conflict_at(item, &mut i);
         } else if token.is("unique") {
             i += 1;
-            let conflict = conflict_at(item, &mut i);
-            clauses.unique.push(UniqueClause {
-                columns: vec![name.clone()],
-                conflict,
-            });
+            clauses.push_unique(vec![name.clone()], item, &mut i);
         } else if token.is("check") {
-            let (expression, next) = bracketed(item, i + 1);
-            clauses
-                .checks
-                .push(canonical(strip_outer_brackets(expression)));
-            i = next;
+            i = clauses.push_check(item, i + 1);
         } else if token.is("default") {
             i += 1;
             if item.get(i).is_some_and(|t| t.is_punct("(")) {
@@ -639,17 +646,9 @@ fn parse_table_constraint(item: &[Token], clauses: &mut TableClauses) {
         } else if token.is("unique") {
             let (list, next) = bracketed(item, i + 1);
             i = next;
-            let conflict = conflict_at(item, &mut i);
-            clauses.unique.push(UniqueClause {
-                columns: column_names(list),
-                conflict,
-            });
+            clauses.push_unique(column_names(list), item, &mut i);
         } else if token.is("check") {
-            let (expression, next) = bracketed(item, i + 1);
-            clauses
-                .checks
-                .push(canonical(strip_outer_brackets(expression)));
-            i = next;
+            i = clauses.push_check(item, i + 1);
             conflict_at(item, &mut i);
         } else if token.is("foreign") {
             let (list, next) = bracketed(item, i + 2);

@@ -3,19 +3,15 @@
 //! would use instead, on the same file: `alembic current`, `PRAGMA quick_check` in the `sqlite3`
 //! shell, the shell running the same rebuild SQL, and the shell's `.backup`.
 
-use migrations::State;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use super::{
-    Measurement, Section, bot_binary, fresh, label, long, median, path_str, show, size, time,
-    warm_copy, work_dir,
+    Clock, Measurement, Section, UNTIMED_LIMIT, expect_current, fresh, kept, label, long, median,
+    path_str, release_binaries, remove_old, show, size, time, warm_copy, work_dir,
 };
 use crate::process;
 use crate::project;
@@ -141,7 +137,8 @@ impl Cell {
 }
 
 /// The tools and files every measurement uses.
-struct Bench {
+struct Bench<'a> {
+    sh: &'a Shell,
     bot: PathBuf,
     sqlite3: PathBuf,
     alembic: Alembic,
@@ -154,9 +151,8 @@ struct Bench {
 
 /// Runs the engine benchmarks.
 pub fn run(sh: &Shell) -> anyhow::Result<Section> {
-    let started = Instant::now();
-    let load_before = load();
-    let bot = bot_binary(sh)?;
+    let clock = Clock::start();
+    let bot = release_binaries(sh)?.0;
     let sqlite3 = sqlite3(sh)?;
     let version = process::run(cmd!(sh, "{sqlite3} --version"), "sqlite3 --version")?
         .stdout
@@ -166,22 +162,14 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
         .to_owned();
     let dir = work_dir().join("engine");
     std::fs::create_dir_all(&dir)?;
-    for old in OLD_FILES {
-        let old = dir.join(old);
-        if old.exists() {
-            eprintln!(
-                "engine: removing {}, left by an older benchmark",
-                old.display()
-            );
-            fresh(&old);
-        }
-    }
+    remove_old(&dir, &OLD_FILES, "engine");
     let alembic = alembic(sh, &dir)?;
     let rebuild_sql = dir.join("rebuild.sql");
     std::fs::write(&rebuild_sql, rebuild_script(true)?)?;
     let bare_sql = dir.join("rebuild-sql-only.sql");
     std::fs::write(&bare_sql, rebuild_script(false)?)?;
     let bench = Bench {
+        sh,
         bot,
         sqlite3,
         alembic,
@@ -236,26 +224,12 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
         .collect();
     Ok(Section {
         title: "Migration engine: how cost grows".into(),
-        method: method(
-            &version,
-            &bench.alembic.versions,
-            kept,
-            generating,
-            started.elapsed(),
-            (load_before, load()),
-        ),
+        method: method(&version, &bench.alembic.versions, kept, generating, &clock),
         rows,
     })
 }
 
-fn method(
-    sqlite3: &str,
-    alembic: &str,
-    kept: u64,
-    generating: Duration,
-    took: Duration,
-    (load_before, load_after): (String, String),
-) -> String {
+fn method(sqlite3: &str, alembic: &str, kept: u64, generating: Duration, clock: &Clock) -> String {
     format!(
         "Each command and its comparison run on the same database at each size: {sizes} users at revision 3 (the `users` table of the old app plus `language_code` and `last_seen_at`; rows like `user123`, `First123`, `Last123`, one admin in 100, timestamps; {LOG_ROWS_PER_USER} `command_log` rows per user; the `schema_history` of `bot db upgrade` then `downgrade --to 3`; and an Alembic `alembic_version` at `r0003`). The databases are generated once by the `sqlite3` shell in one transaction (`journal_mode=OFF`, `synchronous=OFF`) and kept in `target/bench/engine/` ({kept} for the four; made again only when missing or no longer read as revision 3); working copies are deleted after each size.\n\n\
          Both sides are whole processes timed from spawn to exit, with default settings (rollback journal, `synchronous=FULL`): `bot` is the static release binary the image ships; `sqlite3` is the system's shell ({sqlite3}); Alembic ({alembic}) is installed from PyPI into `target/bench/venv`, with an Alembic project whose four revisions mirror ours. The two sides alternate, each run once untimed first so that the page cache is warm for both; a cell is the median of {QUICK_RUNS} runs for `status` and `alembic current`, and of 5 runs (3 at 1M and 10M users) for the others. The ratio is ours divided by the comparison.\n\n\
@@ -263,15 +237,14 @@ fn method(
          - `adopt`: `bot db adopt` on a copy of the database whose `schema_history` is dropped (untimed) before each run, so each run checks the file, reads the schema, matches it to revision 3 and writes the history; against `sqlite3 FILE 'PRAGMA quick_check'` on the same copy.\n\
          - rebuild: `bot db upgrade` (revision 3 to the head: `migrations/sql/0004_users_rebuild.up.sql`, then `0005_handled_updates_stats.up.sql`, which fills the /stats summaries from the rows) against `sqlite3 -bail FILE '.read rebuild.sql'`, where `rebuild.sql` is the procedure of sqlite.org/lang_altertable.html as a person would run it in the shell, with the checks the engine makes: `PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the same SQL, `PRAGMA foreign_key_check`, the same history row (so the result is the engine's own revision), `COMMIT`, once per migration. The engine also runs `PRAGMA quick_check` before it writes, and checks foreign keys its own way: a one-column reference to a parent's rowid (here `command_log.user_id`) is checked by walking the child's distinct values in index order, each parent looked up once and in key order, where `foreign_key_check` seeks the parent of every child row in rowid order; any other reference, and any violation, goes to `foreign_key_check` itself (`migrations/src/engine/foreign_keys.rs`, whose tests hold the two to the same verdict on values of every type). A second row sets the same runs of `bot db upgrade` beside the shell running the migration's SQL alone (`PRAGMA foreign_keys = OFF`, `BEGIN IMMEDIATE`, the SQL, `COMMIT`: no check at all, no history row), to show what the checks cost. Each run, on any side, gets a fresh copy of the database, written through the page cache and flushed before the clock starts; after each run of the first two `bot db status` must read the result as current at the head.\n\
          - `backup`: `bot db backup DEST` (online backup API, then `integrity_check` of the copy) against `sqlite3 -readonly FILE '.backup DEST'`, from the kept database to a new file each run.\n\n\
-         This run of the section took {} (generating databases: {}); the load average (1 minute) was {load_before} at its start and {load_after} at its end: other work on the machine shows in the millisecond cells.",
-        long(took),
-        long(generating),
+         {}: other work on the machine shows in the millisecond cells.",
+        clock.summary(&format!(" (generating databases: {})", long(generating))),
         sizes = SIZES.map(label).join(", "),
         kept = size(kept),
     )
 }
 
-impl Bench {
+impl Bench<'_> {
     fn status(&self, db: &Path, users: u64) -> anyhow::Result<(Duration, Duration)> {
         let ini = self.alembic.ini(&self.dir, users, db)?;
         let ini = ini.to_str().context("a UTF-8 path")?;
@@ -289,7 +262,7 @@ impl Bench {
         let result = pair(
             runs(users),
             || {
-                sql(&self.sqlite3, &db, "DROP TABLE schema_history;")?;
+                sql(self.sh, &self.sqlite3, &db, "DROP TABLE schema_history;")?;
                 bot_db(&self.bot, &db, &["adopt"])
             },
             || time(&self.sqlite3, &[text, "PRAGMA quick_check;"], &[]),
@@ -314,17 +287,18 @@ impl Bench {
             time(&self.sqlite3, &["-bail", text, script], &[])
         };
         let mut bare = Vec::new();
+        // Both sides must leave the same result: current at the head.
         let result = pair(
             runs(users),
             || {
                 warm_copy(template, &db)?;
                 let took = bot_db(&self.bot, &db, &["upgrade"])?;
-                self.expect_current(&db)?;
+                expect_current(self.sh, &self.bot, &db, "after the rebuild,")?;
                 Ok(took)
             },
             || {
                 let took = shell(&read)?;
-                self.expect_current(&db)?;
+                expect_current(self.sh, &self.bot, &db, "after the rebuild,")?;
                 bare.push(shell(&read_bare)?);
                 Ok(took)
             },
@@ -354,20 +328,6 @@ impl Bench {
         fresh(&dest);
         result
     }
-
-    /// Fails unless `bot db status` reads `db` as current at the head: both sides of the
-    /// rebuild must leave the same result.
-    fn expect_current(&self, db: &Path) -> anyhow::Result<()> {
-        let (state, version) = state(&self.bot, db)?;
-        let head = u64::from(migrations::head());
-        if state != State::Current || version != Some(head) {
-            bail!(
-                "after the rebuild, {} is {state} at revision {version:?}, not current at {head}",
-                db.display()
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Times `ours` and `theirs` alternately, `runs` times each, after one untimed run of each (so
@@ -388,69 +348,42 @@ fn pair(
     Ok((median(a), median(b)))
 }
 
-/// The database of `users` users at revision 3, generated when missing or when `bot db status`
-/// no longer reads it as revision 3 (e.g. a migration file changed). Returns it and how long
-/// generating it took.
+/// The kept database of `users` users at revision 3 (see [`kept`]), and how long generating
+/// it took in this run.
 fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     let db = bench
         .dir
         .join(format!("revision3-{}-g{GENERATOR}.db", label(users)));
-    if db.exists() {
-        match state(&bench.bot, &db) {
-            Ok((State::Behind, Some(3))) => return Ok((db, Duration::ZERO)),
-            Ok((state, version)) => eprintln!(
-                "engine: {} is {state} at revision {version:?}, not revision 3: making it again",
-                db.display()
+    let made = kept(bench.sh, &bench.bot, &db, 3, "engine", |partial| {
+        bot_db(&bench.bot, partial, &["upgrade"])?;
+        bot_db(&bench.bot, partial, &["downgrade", "--to", "3"])?;
+        let log_rows = users * LOG_ROWS_PER_USER;
+        sql(
+            bench.sh,
+            &bench.sqlite3,
+            partial,
+            &format!(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -1048576;
+                 BEGIN;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {users})
+                 INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, created_at, language_code, last_seen_at)
+                 SELECT 100000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0,
+                        datetime(1600000000 + i * 10, 'unixepoch'), 'en',
+                        datetime(1700000000 + (i * 7919) % 30000000, 'unixepoch')
+                 FROM n;
+                 WITH RECURSIVE n(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM n WHERE j < {log_rows} - 1)
+                 INSERT INTO command_log (user_id, command, used_at)
+                 SELECT (j * 7919) % {users} + 1,
+                        CASE j % 3 WHEN 0 THEN '/start' WHEN 1 THEN '/stats' ELSE '/help' END,
+                        datetime(1700000000 + j * 30000000 / {log_rows}, 'unixepoch')
+                 FROM n;
+                 CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));
+                 INSERT INTO alembic_version VALUES ('r0003');
+                 COMMIT;"
             ),
-            Err(e) => eprintln!(
-                "engine: {} is unreadable ({e:#}): making it again",
-                db.display()
-            ),
-        }
-    }
-    let started = Instant::now();
-    eprintln!(
-        "engine: generating a database of {} users at revision 3",
-        label(users)
-    );
-    let partial = db.with_extension("partial.db");
-    fresh(&partial);
-    bot_db(&bench.bot, &partial, &["upgrade"])?;
-    bot_db(&bench.bot, &partial, &["downgrade", "--to", "3"])?;
-    let log_rows = users * LOG_ROWS_PER_USER;
-    sql(
-        &bench.sqlite3,
-        &partial,
-        &format!(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -1048576;
-             BEGIN;
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {users})
-             INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, created_at, language_code, last_seen_at)
-             SELECT 100000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0,
-                    datetime(1600000000 + i * 10, 'unixepoch'), 'en',
-                    datetime(1700000000 + (i * 7919) % 30000000, 'unixepoch')
-             FROM n;
-             WITH RECURSIVE n(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM n WHERE j < {log_rows} - 1)
-             INSERT INTO command_log (user_id, command, used_at)
-             SELECT (j * 7919) % {users} + 1,
-                    CASE j % 3 WHEN 0 THEN '/start' WHEN 1 THEN '/stats' ELSE '/help' END,
-                    datetime(1700000000 + j * 30000000 / {log_rows}, 'unixepoch')
-             FROM n;
-             CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));
-             INSERT INTO alembic_version VALUES ('r0003');
-             COMMIT;"
-        ),
-    )?;
-    File::open(&partial)?.sync_all()?;
-    let (state, version) = state(&bench.bot, &partial)?;
-    if state != State::Behind || version != Some(3) {
-        bail!(
-            "the generated {} is {state} at revision {version:?}, not revision 3",
-            partial.display()
-        );
-    }
-    std::fs::rename(&partial, &db)?;
-    Ok((db, started.elapsed()))
+        )
+    })?;
+    Ok((db, made.unwrap_or_default()))
 }
 
 /// The migrations after revision 3 (the `users` rebuild, then revision 5's tables and
@@ -487,34 +420,6 @@ fn rebuild_script(checked: bool) -> anyhow::Result<String> {
     Ok(script)
 }
 
-/// `bot db status --json` of `db`: its state and revision.
-fn state(bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
-    let output = Command::new(bot)
-        .args(["db", "status", "--json"])
-        .env("DATABASE_PATH", db)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", bot.display()))?;
-    if !output.status.success() {
-        bail!(
-            "bot db status on {}: {}",
-            db.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let status: migrations::json::StatusReport = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("bot db status --json on {}", db.display()))?;
-    Ok((status.state, status.version.map(u64::from)))
-}
-
-/// The 1-minute load average.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// The `sqlite3` shell, installed from the distribution when missing.
 pub(super) fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
     if let Ok(out) = cmd!(sh, "which sqlite3").quiet().ignore_status().output()
@@ -528,26 +433,14 @@ pub(super) fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a script in the `sqlite3` shell (untimed); fails when it prints an error.
-pub(super) fn sql(sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(sqlite3)
-        .arg("-bail")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() || !output.stderr.is_empty() {
-        bail!(
-            "sqlite3 {}: {}",
-            db.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+pub(super) fn sql(sh: &Shell, sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
+    let out = process::run_within(
+        cmd!(sh, "{sqlite3} -bail {db} {script}"),
+        "running SQL in the sqlite3 shell",
+        UNTIMED_LIMIT,
+    )?;
+    if !out.stderr.is_empty() {
+        bail!("sqlite3 {}: {}", db.display(), out.stderr);
     }
     Ok(())
 }

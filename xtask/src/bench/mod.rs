@@ -12,10 +12,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use xshell::Shell;
+use migrations::State;
+use xshell::{Shell, cmd};
 
-use crate::images;
-use crate::project;
+use crate::database::{self, DbStatus};
+use crate::{images, process, project};
+
+/// How long an untimed step (making a database, a deploy) may take.
+pub const UNTIMED_LIMIT: Duration = Duration::from_secs(3 * 3600);
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -75,30 +79,27 @@ pub fn work_dir() -> PathBuf {
     project::root().join("target/bench")
 }
 
-/// The static release `bot` binary (the one the image ships), built if needed and copied
-/// out of the build folder, so that a build of another release meanwhile (a test's older
-/// schema head) cannot change what is measured.
-pub fn bot_binary(sh: &Shell) -> anyhow::Result<PathBuf> {
-    Ok(release_binaries(sh)?.0)
-}
-
-/// The static release `bot` and `telegram-standin` binaries, built if needed and copied out of
-/// the build folder (see [`bot_binary`]).
+/// The static release `bot` (the one the image ships) and `telegram-standin` binaries, built if
+/// needed and copied out of the build folder, so that a build of another release meanwhile (a
+/// test's older schema head) cannot change what is measured.
 pub fn release_binaries(sh: &Shell) -> anyhow::Result<(PathBuf, PathBuf)> {
     let binaries = images::build_binaries(sh, None)?;
+    Ok((
+        own_copy(&binaries.bot(), "bot")?,
+        own_copy(&binaries.dir.join("telegram-standin"), "telegram-standin")?,
+    ))
+}
+
+/// A copy of the program `from`, named `name` in the benchmark's `bin` folder: a build
+/// meanwhile cannot replace what is measured or run.
+pub fn own_copy(from: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = work_dir().join("bin");
     std::fs::create_dir_all(&dir)?;
-    let copy = |from: PathBuf, name: &str| -> anyhow::Result<PathBuf> {
-        let copy = dir.join(name);
-        let _ = std::fs::remove_file(&copy);
-        std::fs::copy(from, &copy)
-            .with_context(|| format!("cannot copy the {name} binary to {}", copy.display()))?;
-        Ok(copy)
-    };
-    Ok((
-        copy(binaries.bot(), "bot")?,
-        copy(binaries.dir.join("telegram-standin"), "telegram-standin")?,
-    ))
+    let copy = dir.join(name);
+    let _ = std::fs::remove_file(&copy);
+    std::fs::copy(from, &copy)
+        .with_context(|| format!("cannot copy the {name} binary to {}", copy.display()))?;
+    Ok(copy)
 }
 
 /// Runs a program to the end and returns how long it took; fails when it fails.
@@ -106,12 +107,10 @@ pub fn time(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Res
     let mut command = Command::new(program);
     command
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
     let started = Instant::now();
     let output = command
         .output()
@@ -131,6 +130,21 @@ pub fn time(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Res
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
+}
+
+/// Samples as shown: the median, then the lowest and highest.
+pub fn spread(samples: &[Duration]) -> String {
+    let mid = median(samples.to_vec());
+    match (samples.iter().min(), samples.iter().max()) {
+        (Some(low), Some(high)) if samples.len() > 1 => format!(
+            "{} (median of {}; min–max {}–{})",
+            show(mid),
+            samples.len(),
+            show(*low),
+            show(*high)
+        ),
+        _ => format!("{} (1 run)", show(mid)),
+    }
 }
 
 /// A long duration as shown: 21 min 4 s.
@@ -186,6 +200,142 @@ pub fn fresh(db: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
+}
+
+/// The kept database `path` at revision `revision`, made again by `make` (given a new file
+/// beside it) when missing, or when `bot db status` no longer reads it as revision `revision`
+/// (e.g. a migration file changed). Returns how long making it took, when it was made.
+pub fn kept(
+    sh: &Shell,
+    bot: &Path,
+    path: &Path,
+    revision: u64,
+    group: &str,
+    make: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<Duration>> {
+    if path.exists() {
+        match state(sh, bot, path) {
+            Ok((State::Behind, Some(r))) if r == revision => return Ok(None),
+            Ok((state, version)) => eprintln!(
+                "{group}: {} is {state} at revision {version:?}, not revision {revision}: making it again",
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "{group}: {} is unreadable ({e:#}): making it again",
+                path.display()
+            ),
+        }
+        fresh(path);
+    }
+    eprintln!("{group}: making {}", path.display());
+    let started = Instant::now();
+    let partial = path.with_extension("partial.db");
+    fresh(&partial);
+    make(&partial)?;
+    File::open(&partial)?.sync_all()?;
+    expect_state(sh, bot, &partial, State::Behind, revision, "the generated")?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
+    }
+    std::fs::rename(&partial, path)?;
+    Ok(Some(started.elapsed()))
+}
+
+/// `bot db status --json` of `db`: its state and revision.
+pub fn state(sh: &Shell, bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
+    let out = process::run(
+        cmd!(sh, "{bot} db status --json").env("DATABASE_PATH", db),
+        "bot db status",
+    )?;
+    let status: DbStatus = database::parse_last(&out.stdout, "`bot db status --json`")?;
+    Ok((status.state, status.version.map(u64::from)))
+}
+
+/// Fails unless `bot db status` reads `db` as `want` at revision `revision`; `what` begins
+/// the error.
+pub fn expect_state(
+    sh: &Shell,
+    bot: &Path,
+    db: &Path,
+    want: State,
+    revision: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    let (state, version) = state(sh, bot, db)?;
+    if state != want || version != Some(revision) {
+        bail!(
+            "{what} {} is {state} at revision {version:?}, not {want} at revision {revision}",
+            db.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless `bot db status` reads `db` as current at the head (see [`expect_state`]).
+pub fn expect_current(sh: &Shell, bot: &Path, db: &Path, what: &str) -> anyhow::Result<()> {
+    let head = u64::from(migrations::head());
+    expect_state(sh, bot, db, State::Current, head, what)
+}
+
+/// Removes the `files` an older version of a benchmark left in its folder `dir`.
+pub fn remove_old(dir: &Path, files: &[&str], group: &str) {
+    for old in files.iter().map(|f| dir.join(f)).filter(|f| f.exists()) {
+        eprintln!(
+            "{group}: removing {}, left by an older benchmark",
+            old.display()
+        );
+        fresh(&old);
+    }
+}
+
+/// Checks `ready` every `every` until it holds (true) or `timeout` has passed (false).
+pub fn wait_until(
+    timeout: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    while !ready()? {
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(every);
+    }
+    Ok(true)
+}
+
+/// When a section's run began, and the load average then.
+pub struct Clock {
+    started: Instant,
+    load: String,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            started: Instant::now(),
+            load: load(),
+        }
+    }
+
+    /// The sentence that ends a section's method: how long its run took (`detail` after the
+    /// duration) and the load average at its start and now, its end.
+    pub fn summary(&self, detail: &str) -> String {
+        format!(
+            "This run of the section took {}{detail}; the load average (1 minute) was {} at its start and {} at its end",
+            long(self.started.elapsed()),
+            self.load,
+            load()
+        )
+    }
+}
+
+/// The 1-minute load average.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 pub fn path_str(path: &Path) -> anyhow::Result<&str> {
@@ -276,7 +426,8 @@ fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
         .to_owned();
     let mut out = Vec::new();
     for chunk in earlier.split("\n## ").skip(1) {
-        let title = chunk.lines().next().unwrap_or("").trim();
+        let (heading, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
+        let title = heading.trim();
         let title = title.split(" (from the run of").next().unwrap_or(title);
         // A group's section may be renamed ("Migration engine: how cost grows"): the part
         // before a colon names the group.
@@ -284,18 +435,12 @@ fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
         if measured.iter().any(|m| group(m) == group(title)) {
             continue;
         }
-        let body = chunk.split_once('\n').map_or("", |(_, b)| b);
-        let note = if chunk
-            .lines()
-            .next()
-            .unwrap_or("")
-            .contains("(from the run of")
-        {
-            chunk.lines().next().unwrap_or("").to_owned()
+        let note = if heading.contains("(from the run of") {
+            heading.to_owned()
         } else {
             format!("{title} (from the run of {produced})")
         };
-        out.push(format!("\n## {note}\n{}", body.trim_end_matches('\n')).to_owned() + "\n");
+        out.push(format!("\n## {note}\n{}\n", body.trim_end_matches('\n')));
     }
     out
 }

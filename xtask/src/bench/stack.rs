@@ -4,22 +4,20 @@
 //! (both deploys seen as gaps in `getUpdates` calls at the stand-in); a no-op update; the bot's
 //! idle memory, image size and throughput.
 
-use migrations::State;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
+use super::engine::bot_db;
 use super::{
-    Measurement, Section, bot_binary, fresh, label, long, median, path_str, show, size, time,
-    work_dir,
+    Clock, Measurement, Section, UNTIMED_LIMIT, expect_current, fresh, kept, label, median,
+    own_copy, path_str, release_binaries, remove_old, show, size, spread, wait_until, work_dir,
 };
 use crate::compose::Stack;
-use crate::process;
+use crate::{database, process};
 
 const PROJECT: &str = "tgbot-bench";
 /// The sizes measured, in users.
@@ -63,23 +61,16 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                sizes: vec![10_000],
-                runs: 2,
-                quick,
-            }
-        } else {
-            Plan {
-                sizes: SIZES.to_vec(),
-                runs: RUNS,
-                quick,
-            }
-        }
+        let (sizes, runs) = match quick {
+            true => (vec![10_000], 2),
+            false => (SIZES.to_vec(), RUNS),
+        };
+        Plan { sizes, runs, quick }
     }
 }
 
 /// Everything measured at one size.
+#[derive(Default)]
 struct AtSize {
     users: u64,
     bytes: u64,
@@ -104,47 +95,19 @@ struct Once {
 /// Runs the stack benchmarks: the deploy section and the bot section. `quick`: a smoke run of
 /// the code paths (one small size, two runs each), whose numbers mean nothing.
 pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
-    let started = Instant::now();
-    let load_before = load();
+    let clock = Clock::start();
     let plan = Plan::new(quick);
-    let dir = work_dir().join("stack");
-    std::fs::create_dir_all(&dir)?;
-    for old in OLD_FILES {
-        let old = dir.join(old);
-        if old.exists() {
-            eprintln!(
-                "stack: removing {}, left by an older benchmark",
-                old.display()
-            );
-            fresh(&old);
-        }
-    }
     // The current release, built before anything runs (so that no measured deploy compiles
     // while a bot serves), and a copy of its `bot` for the migration alone.
-    let bot = bot_binary(sh)?;
-    let xtask = own_copy()?;
+    let tools = Tools::new(&release_binaries(sh)?.0, PROJECT)?;
+    remove_old(&tools.dir, &OLD_FILES, "stack");
     let mut data = Vec::new();
     for &users in &plan.sizes {
-        data.push((users, dataset(&bot, &dir, users)?));
+        data.push((users, dataset(sh, &tools.bot, &tools.dir, users)?));
     }
-    let stack = Stack::new(sh, PROJECT, true)?;
-    remove(sh, &stack);
-    let tools = Tools {
-        bot,
-        xtask,
-        dir,
-        project: PROJECT,
-    };
-    let result = measure(sh, &stack, &tools, &plan, &data);
-    remove(sh, &stack);
-    let (results, once) = result?;
-    let method = method(
-        &stack,
-        &plan,
-        &results,
-        started.elapsed(),
-        (load_before, load()),
-    );
+    let (stack, (results, once)) =
+        tools.on_stack(sh, |stack| measure(sh, stack, &tools, &plan, &data))?;
+    let method = method(&stack, &plan, &results, &clock);
     Ok(sections(&plan, &results, &once, method))
 }
 
@@ -167,18 +130,9 @@ fn measure(
     plan: &Plan,
     data: &[(u64, PathBuf)],
 ) -> anyhow::Result<(Vec<AtSize>, Once)> {
-    // The old release (schema head 3), and names for it and the new image that no deploy's
-    // pruning removes.
-    tools.run(&["first-deploy", "--schema-head", "3"])?;
-    let old_image = image_id(sh, &stack.bot_image)?;
-    let old_tag = format!("{}-bench-old", stack.bot_image);
-    tag(sh, &old_image, &old_tag)?;
-    // One untimed deploy: it builds the new images (no timed run builds anything new) and
-    // names the new image for the manual flow.
     let first = &data.first().context("no size to measure")?.1;
-    reset(sh, stack, tools, &old_image, first)?;
-    eprintln!("stack: one untimed prod-full-update first");
-    deployed(&tools.run(&["prod-full-update", "--json"])?)?;
+    let old_image = prepare(sh, stack, tools, first, "stack")?;
+    // A name for the new image, for the manual flow, that no deploy's pruning removes.
     let new_image = image_id(sh, &stack.bot_image)?;
     let mut new = stack.clone();
     new.bot_image = format!("{}-bench-new", stack.bot_image);
@@ -192,23 +146,21 @@ fn measure(
         let mut at = AtSize {
             users,
             bytes: std::fs::metadata(file)?.len(),
-            migration: Vec::new(),
-            ours: Vec::new(),
-            manual: Vec::new(),
+            ..AtSize::default()
         };
-        migrate_alone(&tools.bot, file, &work)?; // untimed: the binary and the cache warm
+        migrate_alone(sh, &tools.bot, file, &work)?; // untimed: the binary and the cache warm
         for run in 1..=plan.runs {
             // The migration alone, on this machine with the stack down.
             take_down(sh, stack)?;
             std::thread::sleep(SETTLE);
-            let migration = migrate_alone(&tools.bot, file, &work)?;
+            let migration = migrate_alone(sh, &tools.bot, file, &work)?;
             at.migration.push(migration);
             // The manual flow, then ours, each from the same state.
             reset(sh, stack, tools, &old_image, file)?;
             let manual = manual_flow(sh, stack, &new, &new_image)?;
             reset(sh, stack, tools, &old_image, file)?;
             let (ours, report) =
-                timed_gap(sh, stack, || tools.run(&["prod-full-update", "--json"]))?;
+                timed_gap(sh, stack, || tools.run(sh, &["prod-full-update", "--json"]))?;
             let report = deployed(&report)?;
             eprintln!(
                 "stack: {} users, run {run}/{}: migration alone {}; manual flow {}; prod-full-update {} (its report: {})",
@@ -237,7 +189,7 @@ fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools) -> anyhow::Result<Once
     let mut noop_took = Duration::ZERO;
     let (noop_gaps, _) = timed_gap(sh, stack, || {
         let started = Instant::now();
-        let out = tools.run(&["prod-full-update", "--json"]);
+        let out = tools.run(sh, &["prod-full-update", "--json"]);
         noop_took = started.elapsed();
         out
     })?;
@@ -297,6 +249,26 @@ fn manual_flow(sh: &Shell, stack: &Stack, new: &Stack, new_image: &str) -> anyho
     Ok(gaps)
 }
 
+/// Starts the old release (schema head 3) and names its image so that no deploy's pruning
+/// removes it; then one untimed `prod-full-update` from `data`, which builds the new images
+/// (no measured deploy builds anything new). Returns the old image's id.
+pub(super) fn prepare(
+    sh: &Shell,
+    stack: &Stack,
+    tools: &Tools,
+    data: &Path,
+    group: &str,
+) -> anyhow::Result<String> {
+    eprintln!("{group}: starting the old release (schema head 3)");
+    tools.run(sh, &["first-deploy", "--schema-head", "3"])?;
+    let old_image = image_id(sh, &stack.bot_image)?;
+    tag(sh, &old_image, &format!("{}-bench-old", stack.bot_image))?;
+    reset(sh, stack, tools, &old_image, data)?;
+    eprintln!("{group}: one untimed prod-full-update first (it builds the new images)");
+    deployed(&tools.run(sh, &["prod-full-update", "--json"])?)?;
+    Ok(old_image)
+}
+
 /// Brings the stack to where every run starts: the old release serving the kept database of
 /// `data` at revision 3, in a new volume.
 pub(super) fn reset(
@@ -308,8 +280,9 @@ pub(super) fn reset(
 ) -> anyhow::Result<()> {
     take_down(sh, stack)?;
     tag(sh, old_image, &stack.bot_image)?;
-    tools.run(&["restore", path_str(data)?])?;
-    let report = last_json(&tools.run(&["prod-migrate", "--json"])?)?;
+    tools.run(sh, &["restore", path_str(data)?])?;
+    let out = tools.run(sh, &["prod-migrate", "--json"])?;
+    let report = database::last_json(&out, "prod-migrate")?;
     if report["revision_after"] != 3 {
         bail!("the old release did not start at revision 3: {report}");
     }
@@ -320,7 +293,7 @@ pub(super) fn reset(
 
 /// The report of a deploy that must have migrated from revision 3 to the head.
 pub(super) fn deployed(out: &str) -> anyhow::Result<Value> {
-    let report = last_json(out)?;
+    let report = database::last_json(out, "prod-full-update")?;
     let head = migrations::head();
     if report["revision_before"] != 3 || report["revision_after"] != head {
         bail!("the deploy did not migrate from revision 3 to {head}: {report}");
@@ -346,14 +319,10 @@ fn steps(report: &Value) -> String {
 
 /// `bot db upgrade` alone on a fresh, warm copy of `template`, timed from spawn to exit; the
 /// result must be current at the head.
-fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Duration> {
+fn migrate_alone(sh: &Shell, bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Duration> {
     warm_copy_whole(template, work)?;
-    let result = time(bot, &["db", "upgrade"], &[("DATABASE_PATH", work)]).and_then(|took| {
-        let (state, version) = state(bot, work)?;
-        let head = u64::from(migrations::head());
-        if state != State::Current || version != Some(head) {
-            bail!("after `bot db upgrade` the copy is {state} at revision {version:?}, not current at {head}");
-        }
+    let result = bot_db(bot, work, &["upgrade"]).and_then(|took| {
+        expect_current(sh, bot, work, "after `bot db upgrade` the copy")?;
         Ok(took)
     });
     fresh(work);
@@ -361,47 +330,43 @@ fn migrate_alone(bot: &Path, template: &Path, work: &Path) -> anyhow::Result<Dur
 }
 
 impl Tools {
+    /// The tools for runs of the Compose project `project`, with `bot` and a copy of this
+    /// xtask.
+    pub(super) fn new(bot: &Path, project: &'static str) -> anyhow::Result<Tools> {
+        let dir = work_dir().join("stack");
+        std::fs::create_dir_all(&dir)?;
+        let xtask = own_copy(Path::new("/proc/self/exe"), "xtask")?;
+        Ok(Tools {
+            bot: bot.to_owned(),
+            xtask,
+            dir,
+            project,
+        })
+    }
+
+    /// Runs `work` on the project's demo stack; what the benchmark makes in Docker is removed
+    /// before and after.
+    pub(super) fn on_stack<T>(
+        &self,
+        sh: &Shell,
+        work: impl FnOnce(&Stack) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Stack, T)> {
+        let stack = Stack::new(sh, self.project, true)?;
+        remove(sh, &stack);
+        let result = work(&stack);
+        remove(sh, &stack);
+        Ok((stack, result?))
+    }
+
     /// Runs this very xtask (its copy) with `args` for the benchmark project; returns its
     /// stdout.
-    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(&self.xtask)
-            .args(args)
-            .args(xtask_options(self.project))
-            .env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", self.xtask.display()))?;
-        if !output.status.success() {
-            bail!(
-                "cargo xtask {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    pub(super) fn run(&self, sh: &Shell, args: &[&str]) -> anyhow::Result<String> {
+        let (xtask, options) = (&self.xtask, xtask_options(self.project));
+        let what = format!("cargo xtask {}", args.join(" "));
+        let command =
+            cmd!(sh, "{xtask} {args...} {options...}").env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS);
+        Ok(process::run_within(command, &what, UNTIMED_LIMIT)?.stdout)
     }
-}
-
-/// A copy of this xtask's binary: a build of xtask while the benchmark runs replaces the file
-/// it was started from.
-pub(super) fn own_copy() -> anyhow::Result<PathBuf> {
-    let dir = work_dir().join("bin");
-    std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("xtask");
-    let _ = std::fs::remove_file(&copy);
-    std::fs::copy("/proc/self/exe", &copy)
-        .with_context(|| format!("cannot copy this xtask to {}", copy.display()))?;
-    Ok(copy)
-}
-
-/// The last line of `out` that is a JSON object.
-fn last_json(out: &str) -> anyhow::Result<Value> {
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("no JSON report")?;
-    serde_json::from_str(line).context("a report that is not JSON")
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -514,10 +479,8 @@ pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, Stri
         .stdout
         .lines()
         .next()
-        .context("the stand-in is not running")?
-        .trim()
-        .to_owned();
-    let state = crate::docker::inspect(sh, &id)?;
+        .context("the stand-in is not running")?;
+    let state = crate::docker::inspect(sh, id.trim())?;
     Ok((state.id, state.started_at))
 }
 
@@ -530,19 +493,14 @@ pub(super) fn wait_for_polls(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
 fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow::Result<()> {
     let since = now_ms();
     let (standin, _) = standin(sh, stack)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if poll_times(sh, &standin)?
-            .iter()
-            .filter(|t| **t > since)
-            .count()
-            >= calls
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let polled = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let times = poll_times(sh, &standin)?;
+        Ok(times.iter().filter(|t| **t > since).count() >= calls)
+    })?;
+    if !polled {
+        bail!("the bot did not poll the stand-in within 60 s")
     }
-    bail!("the bot did not poll the stand-in within 60 s")
+    Ok(())
 }
 
 /// When the stand-in (container `id`) saw each `getUpdates` call arrive, in ms since the Unix
@@ -633,102 +591,38 @@ fn take_down(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
 }
 
 /// Removes everything the benchmark made in Docker and its backup folder.
-pub(super) fn remove(sh: &Shell, stack: &Stack) {
-    let _ = stack
-        .cmd(sh)
-        .args(["down", "-v", "--remove-orphans"])
-        .quiet()
-        .ignore_status()
-        .output();
+fn remove(sh: &Shell, stack: &Stack) {
+    let _ = take_down(sh, stack);
     for suffix in ["-bench-old", "-bench-new"] {
         let name = format!("{}{suffix}", stack.bot_image);
-        let _ = cmd!(sh, "docker image rm {name}")
-            .quiet()
-            .ignore_status()
-            .output();
+        let _ = process::output(cmd!(sh, "docker image rm {name}"));
     }
     let state = crate::project::root().join("backups").join(&stack.project);
     let _ = std::fs::remove_dir_all(state);
 }
 
-/// The kept database of `users` users at revision 3, made when missing or when `bot db status`
-/// no longer reads it as revision 3 (e.g. a migration file changed).
-pub(super) fn dataset(bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
+/// The kept database of `users` users at revision 3 (see [`kept`]): a stamped revision-3
+/// database built by the engine on this machine, in WAL mode as the bot leaves it (every
+/// deploy and the migration alone find it so).
+pub(super) fn dataset(sh: &Shell, bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("revision-3-{}-g{GENERATOR}.db", label(users)));
-    if path.exists() {
-        match state(bot, &path) {
-            Ok((State::Behind, Some(3))) => return Ok(path),
-            Ok((state, version)) => eprintln!(
-                "stack: {} is {state} at revision {version:?}, not revision 3: making it again",
-                path.display()
-            ),
-            Err(e) => eprintln!(
-                "stack: {} is unreadable ({e:#}): making it again",
-                path.display()
-            ),
-        }
-        fresh(&path);
-    }
-    eprintln!(
-        "stack: creating a database of {} users at revision 3",
-        label(users)
-    );
-    revision_3_database(&path, users)?;
-    let (state, version) = state(bot, &path)?;
-    if state != State::Behind || version != Some(3) {
-        bail!(
-            "the generated {} is {state} at revision {version:?}, not revision 3",
-            path.display()
-        );
-    }
+    kept(sh, bot, &path, 3, "stack", |partial| {
+        let mut db = migrations::Database::open(partial)?;
+        db.upgrade(|_| {})?;
+        db.downgrade(3, |_| {})?;
+        db.connection().execute_batch(&format!(
+            "PRAGMA synchronous = OFF;
+             BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {users})
+             INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, language_code)
+             SELECT 500000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0, 'en' FROM n;
+             INSERT INTO command_log (user_id, command) SELECT id, '/start' FROM users;
+             COMMIT;
+             PRAGMA journal_mode = WAL;"
+        ))?;
+        Ok(())
+    })?;
     Ok(path)
-}
-
-/// A stamped revision-3 database with `users` users, built by the engine on this machine, in
-/// WAL mode as the bot leaves it (every deploy and the migration alone find it so).
-fn revision_3_database(path: &Path, users: u64) -> anyhow::Result<()> {
-    let partial = path.with_extension("partial.db");
-    fresh(&partial);
-    let mut db = migrations::Database::open(&partial)?;
-    db.upgrade(|_| {})?;
-    db.downgrade(3, |_| {})?;
-    db.connection().execute_batch(&format!(
-        "PRAGMA synchronous = OFF;
-         BEGIN;
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {users})
-         INSERT INTO users (telegram_id, username, first_name, last_name, is_admin, language_code)
-         SELECT 500000000 + i, 'user' || i, 'First' || i, 'Last' || i, i % 100 = 0, 'en' FROM n;
-         INSERT INTO command_log (user_id, command) SELECT id, '/start' FROM users;
-         COMMIT;
-         PRAGMA journal_mode = WAL;"
-    ))?;
-    drop(db);
-    File::open(&partial)?.sync_all()?;
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
-    }
-    std::fs::rename(&partial, path)?;
-    Ok(())
-}
-
-/// `bot db status --json` of `db`: its state and revision.
-pub(super) fn state(bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
-    let output = Command::new(bot)
-        .args(["db", "status", "--json"])
-        .env("DATABASE_PATH", db)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", bot.display()))?;
-    if !output.status.success() {
-        bail!(
-            "bot db status on {}: {}",
-            db.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let status: migrations::json::StatusReport = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("bot db status --json on {}", db.display()))?;
-    Ok((status.state, status.version.map(u64::from)))
 }
 
 /// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to`
@@ -743,29 +637,6 @@ pub(super) fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
         );
     }
     super::warm_copy(from, to)
-}
-
-/// The 1-minute load average.
-pub(super) fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// Samples as shown: the median, then the lowest and highest.
-fn spread(samples: &[Duration]) -> String {
-    let mid = median(samples.to_vec());
-    match (samples.iter().min(), samples.iter().max()) {
-        (Some(low), Some(high)) if samples.len() > 1 => format!(
-            "{} (median of {}; min–max {}–{})",
-            show(mid),
-            samples.len(),
-            show(*low),
-            show(*high)
-        ),
-        _ => format!("{} (1 run)", show(mid)),
-    }
 }
 
 /// How many outages the runs had: "1 outage in each run", "1–2 outages per run".
@@ -900,13 +771,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: &Once, method: String) -> (Se
     (deploy, bot)
 }
 
-fn method(
-    stack: &Stack,
-    plan: &Plan,
-    results: &[AtSize],
-    took: Duration,
-    (load_before, load_after): (String, String),
-) -> String {
+fn method(stack: &Stack, plan: &Plan, results: &[AtSize], clock: &Clock) -> String {
     let sizes = results
         .iter()
         .map(|r| format!("{} users ({})", label(r.users), size(r.bytes)))
@@ -929,11 +794,11 @@ fn method(
          - the seed's manual flow, on the same images, data and compose file: `up -d bot` with the new image, a one-off `run --rm -T bot db upgrade`, `restart bot`.\n\
          - ours: `cargo xtask prod-full-update --json {options}`. Its migration container opens and checks the file while the old bot still serves; once the old bot has exited, it takes the pre-deploy backup (a full copy, by SQLite's online backup API) and migrates; the new bot, started by Compose meanwhile, waits for the schema and serves once it is current.\n\n\
          Downtime is read at the stand-in, which notes when each `getUpdates` call arrives and holds each long poll {cap} ms at most, so that a serving bot calls again every {cap} ms plus a round trip. A gap of more than {OUTAGE_MS} ms between two calls, from the last call before the measured command began until the bot had called 3 times after it ended, is an outage, counted whole; downtime is the sum of the outages. A gap begins at the old bot's last call, which it was still holding when it stopped, so it overstates the downtime by less than one poll interval; it ends at the new bot's first `getUpdates`, after its `getMe`, `deleteWebhook` and `setMyCommands`. A run fails if the stand-in restarted meanwhile. A cell gives the median of the {runs} runs, the lowest and the highest, and how many outages the runs had; targets compare medians. The no-op rows are one more `prod-full-update` right after the last timed one at {first} users, timed alone.\n\n\
-         This run of the section took {took}; the load average (1 minute) was {load_before} at its start and {load_after} at its end.",
+         {}.",
+        clock.summary(""),
         compose = stack.flavour.describe(),
         settle = show(SETTLE),
         cap = POLL_CAP_MS,
-        took = long(took),
     )
 }
 

@@ -4,13 +4,11 @@
 //! release binaries as processes on this machine; the last one runs the demo stack in Docker, as
 //! the deploy section does.
 
-use migrations::State;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,12 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use xshell::{Shell, cmd};
+use xshell::{Cmd, Shell, cmd};
 
 use super::engine::{bot_db, sql, sqlite3};
 use super::stack::{self, Tools, now_ms};
 use super::{
-    Measurement, Section, fresh, label, long, median, release_binaries, show, size, work_dir,
+    Clock, Measurement, Section, expect_current, fresh, kept, label, long, median,
+    release_binaries, show, size, spread, wait_until, work_dir,
 };
 use crate::compose::Stack;
 use crate::process;
@@ -89,22 +88,16 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Plan {
-        if quick {
-            Plan {
-                burst_users: 50,
-                waiting_users: 20,
-                stats_users: 100_000,
-                deploy_users: 10_000,
-                quick,
-            }
-        } else {
-            Plan {
-                burst_users: 300,
-                waiting_users: 50,
-                stats_users: 10_000_000,
-                deploy_users: 100_000,
-                quick,
-            }
+        let (burst_users, waiting_users, stats_users, deploy_users) = match quick {
+            true => (50, 20, 100_000, 10_000),
+            false => (300, 50, 10_000_000, 100_000),
+        };
+        Plan {
+            burst_users,
+            waiting_users,
+            stats_users,
+            deploy_users,
+            quick,
         }
     }
 }
@@ -155,13 +148,17 @@ struct Deploy {
 
 /// Runs the section. `quick`: a smoke run with fewer users, whose numbers mean nothing.
 pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
-    let started = Instant::now();
-    let load_before = stack::load();
+    let clock = Clock::start();
     let plan = Plan::new(quick);
     let dir = work_dir().join("telegram");
     std::fs::create_dir_all(&dir)?;
     let (bot, standin) = release_binaries(sh)?;
-    let local = Local { bot, standin, dir };
+    let local = Local {
+        sh,
+        bot,
+        standin,
+        dir,
+    };
 
     eprintln!(
         "telegram: replies per second, {} users sending /start at once",
@@ -190,7 +187,7 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
     );
 
     eprintln!("telegram: /stats at {} users", label(plan.stats_users));
-    let stats = local.stats(sh, plan.stats_users)?;
+    let stats = local.stats(plan.stats_users)?;
     eprintln!(
         "telegram: upgrade to the head {}; /stats {:?}; /help {:?}",
         show(stats.upgrade),
@@ -214,21 +211,16 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
     let compose = Stack::new(sh, PROJECT, true)
         .map(|s| s.flavour.describe())
         .unwrap_or_else(|_| "Compose".into());
-    let method = method(
-        &plan,
-        &compose,
-        started.elapsed(),
-        (load_before, stack::load()),
-    );
     Ok(Section {
         title: "Bot under Telegram's rules".into(),
-        method,
+        method: method(&plan, &compose, &clock),
         rows: rows(&burst, &waiting, &stats, &deploy),
     })
 }
 
 /// The programs and the folder of the runs on this machine.
-struct Local {
+struct Local<'a> {
+    sh: &'a Shell,
     /// The static release `bot` (a copy).
     bot: PathBuf,
     /// The static release `telegram-standin` (a copy).
@@ -244,7 +236,7 @@ struct Pair {
     control: Control,
 }
 
-impl Local {
+impl Local<'_> {
     /// A new folder for a run, and its database's path.
     fn folder(&self, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
         let folder = self.dir.join(format!("run-{name}"));
@@ -269,53 +261,40 @@ impl Local {
     ) -> anyhow::Result<Pair> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut command = Command::new(&self.standin);
-        command
-            .arg("serve")
-            .args(["--listen", &addr.to_string()])
-            .args(serve)
+        let (sh, standin, bot, listen) = (self.sh, &self.standin, &self.bot, addr.to_string());
+        let command = cmd!(sh, "{standin} serve --listen {listen} {serve...}")
             .env("STANDIN_TOKEN", TOKEN)
             .env_remove("STANDIN_MAX_LONG_POLL_MS");
-        let mut standin = Running::spawn("telegram-standin", command, &folder.join("standin.log"))?;
+        let standin = Running::spawn("telegram-standin", command, &folder.join("standin.log"))?;
         let control = Control(addr);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control.get("/control/health").is_err() {
+        let every = Duration::from_millis(50);
+        if !wait_until(Duration::from_secs(10), every, || {
             standin.alive()?;
-            if Instant::now() > deadline {
-                bail!("the stand-in did not answer on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Ok(control.get("/control/health").is_ok())
+        })? {
+            bail!("the stand-in did not answer on {addr} within 10 s");
         }
-        let mut command = Command::new(&self.bot);
-        command.arg("run");
+        let mut command = cmd!(sh, "{bot} run");
         for name in BOT_SETTINGS {
-            command.env_remove(name);
+            command = command.env_remove(name);
         }
-        command
+        let command = command
             .env("BOT_TOKEN", TOKEN)
             .env("TELEGRAM_API_URL", format!("http://{addr}"))
             .env("DATABASE_PATH", db)
             .env("HEARTBEAT_PATH", folder.join("heartbeat"))
-            .env("RUST_LOG", "info");
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut bot = Running::spawn("bot", command, &folder.join("bot.log"))?;
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
+        let bot = Running::spawn("bot", command, &folder.join("bot.log"))?;
         // Its first getUpdates returns at once; the second is a long poll, held.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while control.stats()?["calls"]["getupdates"]
-            .as_u64()
-            .unwrap_or(0)
-            < 2
-        {
+        if !wait_until(Duration::from_secs(60), every, || {
             bot.alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "the bot did not poll the stand-in within 60 s:\n{}",
-                    bot.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Ok(control.stats()?["calls"]["getupdates"].as_u64() >= Some(2))
+        })? {
+            bail!(
+                "the bot did not poll the stand-in within 60 s:\n{}",
+                bot.log_tail()
+            );
         }
         Ok(Pair {
             bot,
@@ -324,26 +303,21 @@ impl Local {
         })
     }
 
-    /// `users` distinct users send /start at once, with 50 ms latency and Telegram's limits.
-    fn burst(&self, users: usize) -> anyhow::Result<Burst> {
-        let (folder, db) = self.folder("replies")?;
+    /// A run `name` on a new database, against a stand-in with 50 ms latency and Telegram's
+    /// limits: the pair and the database.
+    fn limited(&self, name: &str) -> anyhow::Result<(Pair, PathBuf)> {
+        let (folder, db) = self.folder(name)?;
         bot_db(&self.bot, &db, &["upgrade"])?;
         let latency = LATENCY_MS.to_string();
-        let mut pair = self.start(
-            &folder,
-            &db,
-            &["--latency-ms", &latency, "--telegram-limits"],
-            &[],
-        )?;
+        let serve = ["--latency-ms", &latency, "--telegram-limits"];
+        Ok((self.start(&folder, &db, &serve, &[])?, db))
+    }
+
+    /// `users` distinct users send /start at once, with 50 ms latency and Telegram's limits.
+    fn burst(&self, users: usize) -> anyhow::Result<Burst> {
+        let (pair, db) = self.limited("replies")?;
         let ids: Vec<i64> = (0..users as i64).map(|i| BURST_FIRST + i).collect();
-        let messages: Vec<Value> = ids.iter().map(|&id| start_message(id)).collect();
-        let posted = now_ms();
-        let (_, before) = pair.control.post_batch(&messages)?;
-        let sent = pair
-            .control
-            .wait_sent(before, Duration::from_secs(300), |sent| {
-                answered_chats(sent, &ids) == ids.len()
-            })?;
+        let (posted, _, sent) = pair.control.start_all(&ids, Duration::from_secs(300))?;
         pair.bot.alive()?;
         let last = sent
             .iter()
@@ -351,7 +325,7 @@ impl Local {
             .map(|m| m.at_ms)
             .max()
             .unwrap_or(posted);
-        let rate_limited = pair.control.stats()?["rate_limited"].as_u64().unwrap_or(0);
+        let rate_limited = pair.control.rate_limited()?;
         drop(pair);
         fresh(&db);
         Ok(Burst {
@@ -365,15 +339,7 @@ impl Local {
     /// One chat's answer meets a 429 (`retry_after` 15 s); meanwhile `users` others send /help,
     /// 5 a second.
     fn waiting(&self, users: usize) -> anyhow::Result<Waiting> {
-        let (folder, db) = self.folder("waiting")?;
-        bot_db(&self.bot, &db, &["upgrade"])?;
-        let latency = LATENCY_MS.to_string();
-        let mut pair = self.start(
-            &folder,
-            &db,
-            &["--latency-ms", &latency, "--telegram-limits"],
-            &[],
-        )?;
+        let (pair, db) = self.limited("waiting")?;
         let control = pair.control;
         control.post(
             "/control/faults",
@@ -381,14 +347,12 @@ impl Local {
         )?;
         let first = WAITING_FIRST;
         let first_posted = now_ms();
-        let (_, before) = control.post_message(&help_message(first))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control.stats()?["rate_limited"].as_u64().unwrap_or(0) == 0 {
+        let before = control.post_message(&help_message(first))?;
+        if !wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
             pair.bot.alive()?;
-            if Instant::now() > deadline {
-                bail!("the first chat's answer did not meet the 429 within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            Ok(control.rate_limited()? > 0)
+        })? {
+            bail!("the first chat's answer did not meet the 429 within 10 s");
         }
         let mut posted = Vec::new();
         let started = Instant::now();
@@ -417,7 +381,7 @@ impl Local {
             .filter_map(|&(id, at)| answer_at(id).map(|a| handled_after(at, a, LATENCY_MS)))
             .collect();
         let first_delay = answer_at(first).map(|a| handled_after(first_posted, a, LATENCY_MS));
-        let rate_limited = control.stats()?["rate_limited"].as_u64().unwrap_or(0);
+        let rate_limited = control.rate_limited()?;
         drop(pair);
         fresh(&db);
         Ok(Waiting {
@@ -430,8 +394,8 @@ impl Local {
 
     /// /stats and /help of an admin, on a fresh copy of the kept database of `users` users,
     /// upgraded to the head.
-    fn stats(&self, sh: &Shell, users: u64) -> anyhow::Result<Stats> {
-        let (kept, made) = self.dataset(sh, users)?;
+    fn stats(&self, users: u64) -> anyhow::Result<Stats> {
+        let (kept, made) = self.dataset(users)?;
         let bytes = std::fs::metadata(&kept)?.len();
         let (folder, db) = self.folder("stats")?;
         stack::warm_copy_whole(&kept, &db)?;
@@ -455,15 +419,9 @@ impl Local {
         users: u64,
     ) -> anyhow::Result<(Duration, Vec<Duration>, Vec<Duration>)> {
         let upgrade = bot_db(&self.bot, db, &["upgrade"])?;
-        let (state, version) = stack::state(&self.bot, db)?;
-        let head = u64::from(migrations::head());
-        if state != State::Current || version != Some(head) {
-            bail!(
-                "after `bot db upgrade` the copy is {state} at revision {version:?}, not current at {head}"
-            );
-        }
+        expect_current(self.sh, &self.bot, db, "after `bot db upgrade` the copy")?;
         let admin = ADMIN.to_string();
-        let mut pair = self.start(
+        let pair = self.start(
             folder,
             db,
             &[],
@@ -498,50 +456,20 @@ impl Local {
         Ok((upgrade, stats, help))
     }
 
-    /// The kept database of `users` users at revision 4 (made when missing, or when `bot db
-    /// status` no longer reads it as revision 4), and how long making it took when it was made.
-    fn dataset(&self, sh: &Shell, users: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
+    /// The kept database of `users` users at revision 4 (see [`kept`]), and how long making
+    /// it took when this run made it.
+    fn dataset(&self, users: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
+        let sh = self.sh;
         let path = self
             .dir
             .join(format!("revision-4-{}-g{GENERATOR}.db", label(users)));
-        if path.exists() {
-            match stack::state(&self.bot, &path) {
-                Ok((State::Behind, Some(4))) => return Ok((path, None)),
-                Ok((state, version)) => eprintln!(
-                    "telegram: {} is {state} at revision {version:?}, not revision 4: making it again",
-                    path.display()
-                ),
-                Err(e) => eprintln!(
-                    "telegram: {} is unreadable ({e:#}): making it again",
-                    path.display()
-                ),
-            }
-            fresh(&path);
-        }
         let sqlite3 = sqlite3(sh)?;
-        eprintln!(
-            "telegram: creating a database of {} users at revision 4",
-            label(users)
-        );
-        let started = Instant::now();
-        let partial = path.with_extension("partial.db");
-        fresh(&partial);
-        bot_db(&self.bot, &partial, &["upgrade"])?;
-        bot_db(&self.bot, &partial, &["downgrade", "--to", "4"])?;
-        sql(&sqlite3, &partial, &fill_script(users, now_ms() / 1000))?;
-        File::open(&partial)?.sync_all()?;
-        let (state, version) = stack::state(&self.bot, &partial)?;
-        if state != State::Behind || version != Some(4) {
-            bail!(
-                "the generated {} is {state} at revision {version:?}, not revision 4",
-                partial.display()
-            );
-        }
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", partial.display()));
-        }
-        std::fs::rename(&partial, &path)?;
-        Ok((path, Some(started.elapsed())))
+        let made = kept(sh, &self.bot, &path, 4, "telegram", |partial| {
+            bot_db(&self.bot, partial, &["upgrade"])?;
+            bot_db(&self.bot, partial, &["downgrade", "--to", "4"])?;
+            sql(sh, &sqlite3, partial, &fill_script(users, now_ms() / 1000))
+        })?;
+        Ok((path, made))
     }
 }
 
@@ -590,20 +518,10 @@ fn fill_script(users: u64, now: u64) -> String {
 /// users at revision 3 in the demo stack, messages posted all along, `prod-full-update` to the
 /// head meanwhile; then every answer counted.
 fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> anyhow::Result<Deploy> {
-    let dir = work_dir().join("stack");
-    std::fs::create_dir_all(&dir)?;
-    let data = stack::dataset(bot, &dir, users)?;
-    let tools = Tools {
-        bot: bot.to_owned(),
-        xtask: stack::own_copy()?,
-        dir,
-        project: PROJECT,
-    };
-    let stack = Stack::new(sh, PROJECT, true)?;
-    stack::remove(sh, &stack);
-    let result = deploy_run(sh, &stack, &tools, &data, users);
-    stack::remove(sh, &stack);
-    result
+    let tools = Tools::new(bot, PROJECT)?;
+    let data = stack::dataset(sh, bot, &tools.dir, users)?;
+    let (_, deploy) = tools.on_stack(sh, |stack| deploy_run(sh, stack, &tools, &data, users))?;
+    Ok(deploy)
 }
 
 fn deploy_run(
@@ -613,16 +531,9 @@ fn deploy_run(
     data: &Path,
     users: u64,
 ) -> anyhow::Result<Deploy> {
-    eprintln!("telegram: starting the old release (schema head 3)");
-    tools.run(&["first-deploy", "--schema-head", "3"])?;
-    let old_image = stack::image_id(sh, &stack.bot_image)?;
-    // A name no deploy's pruning removes (taken away by `stack::remove`).
-    stack::tag(sh, &old_image, &format!("{}-bench-old", stack.bot_image))?;
     // One deploy first, without load: it builds the new images, the stand-in's too, which the
     // measured deploy would otherwise replace (and with it the stand-in's record of answers).
-    stack::reset(sh, stack, tools, &old_image, data)?;
-    eprintln!("telegram: one prod-full-update without load first (it builds the new images)");
-    stack::deployed(&tools.run(&["prod-full-update", "--json"])?)?;
+    let old_image = stack::prepare(sh, stack, tools, data, "telegram")?;
     stack::reset(sh, stack, tools, &old_image, data)?;
     let standin = stack::standin(sh, stack)?;
     let control = Control(container_addr(sh, &standin.0)?);
@@ -635,11 +546,7 @@ fn deploy_run(
 
     // Every user registers first.
     let ids: Vec<i64> = (0..LOAD_USERS).map(|i| LOAD_FIRST + i).collect();
-    let messages: Vec<Value> = ids.iter().map(|&id| start_message(id)).collect();
-    let (_, before) = control.post_batch(&messages)?;
-    let sent = control.wait_sent(before, Duration::from_secs(60), |sent| {
-        answered_chats(sent, &ids) == ids.len()
-    })?;
+    let (_, before, sent) = control.start_all(&ids, Duration::from_secs(60))?;
     if answered_chats(&sent, &ids) != ids.len() {
         bail!("the old bot did not answer every user's /start within 60 s");
     }
@@ -670,7 +577,7 @@ fn deploy_run(
     let from = now_ms();
     let started = Instant::now();
     let deployed = tools
-        .run(&["prod-full-update", "--json"])
+        .run(sh, &["prod-full-update", "--json"])
         .and_then(|out| stack::deployed(&out));
     let took = started.elapsed();
     let to = now_ms();
@@ -759,37 +666,32 @@ fn container_addr(sh: &Shell, id: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("docker gave the stand-in the address {ip:?}"))
 }
 
-/// A program this benchmark started, in its own process group (a signal to xtask stops it);
-/// stopped when dropped.
+/// A program this benchmark started, its output in a log: in its own process group (a signal
+/// to xtask stops it), stopped with its group when dropped.
 struct Running {
     name: &'static str,
-    child: Child,
+    started: process::Started,
     log: PathBuf,
-    _tracked: process::Tracked,
 }
 
 impl Running {
-    fn spawn(name: &'static str, mut command: Command, log: &Path) -> anyhow::Result<Running> {
+    fn spawn(name: &'static str, command: Cmd<'_>, log: &Path) -> anyhow::Result<Running> {
         let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        crate::signals::own_group(&mut command)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        let child = command
-            .spawn()
+        let out = file.try_clone()?;
+        let started = process::Argv::from(command)
+            .start_with(|e| e.stdin_null().stdout_file(out).stderr_file(file))
             .with_context(|| format!("cannot start the {name}"))?;
-        let tracked = process::Tracked::new(child.id());
         Ok(Running {
             name,
-            child,
+            started,
             log: log.to_owned(),
-            _tracked: tracked,
         })
     }
 
     /// Fails when it has exited.
-    fn alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+    fn alive(&self) -> anyhow::Result<()> {
+        if let Some(output) = self.started.try_wait() {
+            let status = output.status;
             bail!("the {} exited ({status}):\n{}", self.name, self.log_tail());
         }
         Ok(())
@@ -797,24 +699,6 @@ impl Running {
 
     fn log_tail(&self) -> String {
         process::tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 20)
-    }
-}
-
-impl Drop for Running {
-    /// SIGTERM (the bot finishes its chats and closes the database), then SIGKILL after 15 s.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on our own child's pid; no memory is shared.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -845,29 +729,31 @@ impl Control {
         self.get("/control/stats")
     }
 
-    /// Queues one user's message; returns its update id and the sequence number of the last
-    /// message sent before it.
-    fn post_message(&self, message: &Value) -> anyhow::Result<(i64, u64)> {
-        let answer = self.post("/control/messages", message)?;
-        Ok((
-            answer["update_id"].as_i64().context("no update_id")?,
-            answer["sent_before"].as_u64().context("no sent_before")?,
-        ))
+    /// The 429s the stand-in has answered.
+    fn rate_limited(&self) -> anyhow::Result<u64> {
+        Ok(self.stats()?["rate_limited"].as_u64().unwrap_or(0))
     }
 
-    /// Queues many users' messages at once (one `getUpdates` can see them all).
-    fn post_batch(&self, messages: &[Value]) -> anyhow::Result<(Vec<i64>, u64)> {
-        let answer = self.post("/control/messages/batch", &json!(messages))?;
-        let ids = answer["update_ids"]
-            .as_array()
-            .context("no update_ids")?
+    /// Queues one user's message; returns the sequence number of the last message sent before
+    /// it.
+    fn post_message(&self, message: &Value) -> anyhow::Result<u64> {
+        let answer = self.post("/control/messages", message)?;
+        answer["sent_before"].as_u64().context("no sent_before")
+    }
+
+    /// `users` send /start at once, queued in one batch (one `getUpdates` can see them all):
+    /// when they were posted (ms), the sequence number of the last message sent before, and the
+    /// answers, read until each user has one or `timeout` has passed.
+    fn start_all(&self, users: &[i64], timeout: Duration) -> anyhow::Result<(u64, u64, Vec<Sent>)> {
+        let messages: Vec<Value> = users
             .iter()
-            .filter_map(Value::as_i64)
+            .map(|&id| json!({"user_id": id, "text": "/start", "first_name": format!("Load {id}")}))
             .collect();
-        Ok((
-            ids,
-            answer["sent_before"].as_u64().context("no sent_before")?,
-        ))
+        let posted = now_ms();
+        let answer = self.post("/control/messages/batch", &json!(messages))?;
+        let before = answer["sent_before"].as_u64().context("no sent_before")?;
+        let done = |sent: &[Sent]| answered_chats(sent, users) == users.len();
+        Ok((posted, before, self.wait_sent(before, timeout, done)?))
     }
 
     /// The messages sent after sequence number `after` (to `chat`), waiting up to `wait` for one.
@@ -908,7 +794,7 @@ impl Control {
     /// just before posting to its `sendMessage`'s arrival (no latency in this run).
     fn ask(&self, user: i64, text: &str) -> anyhow::Result<(String, Duration)> {
         let posted = now_ms();
-        let (_, before) = self.post_message(&json!({"user_id": user, "text": text}))?;
+        let before = self.post_message(&json!({"user_id": user, "text": text}))?;
         let answer = self
             .sent(before, Some(user), Duration::from_secs(30))?
             .into_iter()
@@ -952,10 +838,6 @@ impl Control {
         }
         serde_json::from_str(body).with_context(|| format!("{method} {path}: not JSON: {body}"))
     }
-}
-
-fn start_message(id: i64) -> Value {
-    json!({"user_id": id, "text": "/start", "first_name": format!("Load {id}")})
 }
 
 fn help_message(id: i64) -> Value {
@@ -1035,13 +917,7 @@ fn rows(
             "/stats at {at} users ({}), from posting to the answer",
             size(stats.bytes)
         ),
-        ours: format!(
-            "{} (median of {}; min–max {}–{})",
-            show(stats_median),
-            stats.stats.len(),
-            show(stats.stats.iter().min().copied().unwrap_or_default()),
-            show(stats.stats.iter().max().copied().unwrap_or_default())
-        ),
+        ours: spread(&stats.stats),
         baseline: format!(
             "/help, the same way: {} (median of {})",
             show(median(stats.help.clone())),
@@ -1103,12 +979,7 @@ fn rows(
     rows
 }
 
-fn method(
-    plan: &Plan,
-    compose: &str,
-    took: Duration,
-    (load_before, load_after): (String, String),
-) -> String {
+fn method(plan: &Plan, compose: &str, clock: &Clock) -> String {
     let smoke = if plan.quick {
         "**A smoke run (`--quick`): fewer users, /stats at 100k users, the deploy at 10k. It checks that the code runs; its numbers mean nothing.**\n\n"
     } else {
@@ -1120,7 +991,8 @@ fn method(
          - A chat waiting out a 429: the same stand-in, with one 429 (`retry_after` {RETRY_AFTER_SECS} s) put on the next `sendMessage` (`/control/faults`). A user sends /help and the answer meets the 429; once it has, {waiting} other users send /help one after another, one every {every} ms, while that chat waits. The row gives the worst and the median of their delays, beside the waiting chat's own; the stand-in's count of 429s includes the one put there.\n\
          - /stats: a database of {stats} users, made once and kept in `target/bench/telegram/`: `bot db upgrade` on a new file, `bot db downgrade --to 4`, then the `sqlite3` shell fills `users` (registered over two years, last seen within 30 days) and `command_log` (one row per user within 90 days) from recursive CTEs in one transaction (journal off, `synchronous=OFF`, the schema's indexes dropped first and made again). Each run takes a fresh copy of it, written through the page cache and flushed, and upgrades the copy with `bot db upgrade` (timed: revision 5 fills the /stats summaries from the rows). The bot then serves it, with `ADMIN_IDS` naming the admin and `BOT_RATE_LIMITS=off`, against a stand-in without latency or limits. The admin sends /start, one /help and one /stats untimed, then /help and /stats in turn, {samples} of each; a cell is the median. Both write the command log with the update's id, so /help shows the bot's own time and /stats adds the reading of the numbers. The /stats answer must count every user.\n\
          - Duplicates during a deploy: the demo stack in Docker ({compose}, project `{PROJECT}`), started as the deploy section starts each run: the old release (schema head 3) serving the deploy section's kept database of {deploy} users at revision 3 (after one `prod-full-update` without load, which builds the new images, so that the measured one replaces only the bot). {LOAD_USERS} users send /start; then a loader on this machine posts one message every {load_every} ms to the stand-in's control API (at its container's address), from the users in turn, each writing every {per_user} s, under the per-user limit. Each message is a command the bot does not know, named uniquely (`/d17`): the bot logs it as it logs /help (with the update's id) and answers with its name, so every answer is matched to its message. {settle} later `cargo xtask prod-full-update --json` migrates to revision {head} and replaces the bot; the loader goes on until the new bot polls, and {settle} more; then the answers are awaited (up to {within} s) and counted: a duplicate is a second answer to one message, unanswered a message without one, other answers are neither (an apology).\n\n\
-         This run of the section took {took}; the load average (1 minute) was {load_before} at its start and {load_after} at its end.",
+         {}.",
+        clock.summary(""),
         burst = plan.burst_users,
         waiting = plan.waiting_users,
         every = WAITING_EVERY.as_millis(),
@@ -1132,7 +1004,6 @@ fn method(
         settle = show(stack::SETTLE),
         head = migrations::head(),
         within = ANSWERS_WITHIN.as_secs(),
-        took = long(took),
     )
 }
 

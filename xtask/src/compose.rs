@@ -133,6 +133,17 @@ impl Stack {
             .env("BOT_ENV_FILE", &self.env_file)
     }
 
+    /// The variables [`Stack::cmd`] gives Compose, as a shell would set them before the
+    /// command (a dry run shows them so).
+    pub fn env_shown(&self) -> String {
+        format!(
+            "BOT_IMAGE={} STANDIN_IMAGE={} BOT_ENV_FILE={}",
+            self.bot_image,
+            self.standin_image,
+            self.env_file.display()
+        )
+    }
+
     /// Writes `docker/.env`, the variables file Compose reads beside the compose file, with this
     /// stack's image tags and environment file: by hand, `docker-compose -f
     /// docker/docker-compose.prod.yml -p <project> run --rm bot db status` then needs no

@@ -1,7 +1,7 @@
 //! Building the static binaries and the `scratch` images.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use xshell::{Cmd, Shell, cmd};
@@ -173,6 +173,31 @@ pub fn image_builds<'a>(sh: &'a Shell, stack: &Stack) -> Vec<(Cmd<'a>, String)> 
             (build, tag.clone())
         })
         .collect()
+}
+
+/// Whether the bot image `image` holds the very `bot` binary at `binary`: then a build from
+/// this checkout gives the same image (the build's cache), and a deploy replaces nothing. Read
+/// through a container that is created, copied from and removed, never started.
+pub fn holds_binary(
+    sh: &Shell,
+    image: &str,
+    binary: &Path,
+    labels: &[String],
+) -> anyhow::Result<bool> {
+    let helper = docker::Throwaway::create(
+        sh,
+        cmd!(sh, "docker create {labels...} {image}"),
+        "reading the image's binary",
+    )?;
+    let copy = crate::database::TempFile::new("image-binary");
+    let source = format!("{}:/bot", helper.id);
+    let target = &copy.0;
+    process::run(
+        cmd!(sh, "docker cp {source} {target}"),
+        "reading the image's binary",
+    )?;
+    let same = std::fs::read(&copy.0)? == std::fs::read(binary)?;
+    Ok(same)
 }
 
 /// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`:

@@ -17,7 +17,7 @@ use crate::journal;
 use crate::process;
 use crate::signals;
 
-use super::{Changes, Deploy, Found, describe, shared::*, short};
+use super::{Changes, Deploy, Found, Route, describe, shared::*, short};
 
 impl Deploy<'_> {
     /// The name the pre-deploy backup of `status` gets in the backup folder.
@@ -43,21 +43,17 @@ impl Deploy<'_> {
         stack: &Stack,
         status: &DbStatus,
         found: Found<'_>,
+        route: Route,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
         let (sh, run) = (self.sh, self.run);
         let Found {
-            before,
-            fix_owner,
-            image_changes,
+            before, fix_owner, ..
         } = found;
         if database::needs_migration(status) && !database::volume_exists(sh, stack) {
             database::create_volume(sh, stack)?;
         }
-        let running = before.filter(|c| c.status == "running");
-        if let Some(old) =
-            running.filter(|_| database::needs_migration(status) && image_changes && !fix_owner)
-        {
+        if let Some(old) = before.filter(|_| route == Route::Fast) {
             return self.replace_and_migrate(stack, status, old, changes);
         }
         if database::needs_migration(status) {
@@ -180,7 +176,7 @@ impl Deploy<'_> {
         };
         if let Err(e) = signals::checkpoint() {
             waiting.cancel();
-            remove_container(sh, &new_bot.id);
+            remove_container(&new_bot.id);
             return Err(e);
         }
         journal::volume(format!(
@@ -211,7 +207,7 @@ impl Deploy<'_> {
                     short(&old.id)
                 ));
             }
-        } else if let Err(e) = try_remove_container(sh, &new_bot.id) {
+        } else if let Err(e) = try_remove_container(&new_bot.id) {
             // Nothing was migrated and the old bot may still serve: the new one goes, and
             // when it cannot (the engine went away), the error says what runs.
             let at = super::where_flags(self.args);
@@ -404,26 +400,22 @@ fn old_bot_stopped(old_id: &str) -> bool {
 }
 
 /// Removes a container whatever its state (`docker rm -f`); a failure is only said.
-fn remove_container(sh: &xshell::Shell, id: &str) {
-    if let Err(e) = try_remove_container(sh, id) {
+fn remove_container(id: &str) {
+    if let Err(e) = try_remove_container(id) {
         eprintln!("warning: {e:#}");
     }
 }
 
 /// Removes a container whatever its state (`docker rm -f`).
-fn try_remove_container(sh: &xshell::Shell, id: &str) -> anyhow::Result<()> {
-    process::run(
-        xshell::cmd!(sh, "docker rm -f {id}"),
-        "removing the new bot's container",
-    )
-    .map(drop)
+fn try_remove_container(id: &str) -> anyhow::Result<()> {
+    process::run(force_remove_argv(id), "removing the new bot's container").map(drop)
 }
 
 /// Removes every container of the bot service but `old` (what a failed `start_beside` left).
 fn remove_beside(sh: &xshell::Shell, stack: &Stack, old: &ContainerState) {
     if let Ok(containers) = stack.bot_containers(sh) {
         for container in containers.iter().filter(|c| c.id != old.id) {
-            remove_container(sh, &container.id);
+            remove_container(&container.id);
         }
     }
 }

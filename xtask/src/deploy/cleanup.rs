@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use xshell::{Shell, cmd};
+use xshell::Shell;
 
 use crate::compose::Stack;
 use crate::database;
@@ -34,29 +34,23 @@ impl Deploy<'_> {
     }
 
     /// Leaves the bot service one container when a killed deploy left two (the fast path
-    /// starts the new bot beside the old one): the one that has run longest of those running
-    /// stays (the old bot, when it still serves; else the new one), or the newest when none
-    /// runs. `containers` come newest first, as `docker ps` lists them; returns those left.
+    /// starts the new bot beside the old one): the one [`kept_bot_container`] names stays.
+    /// Returns those left.
     pub(super) fn remove_extra_bot_containers(
         &self,
         containers: Vec<ContainerState>,
     ) -> Vec<ContainerState> {
-        if containers.len() < 2 || !containers.iter().all(ContainerState::is_ours) {
+        let Some(keep) = kept_bot_container(&containers) else {
             return containers;
-        }
-        let keep = containers
-            .iter()
-            .rposition(ContainerState::is_running)
-            .unwrap_or(0);
+        };
         let mut left = Vec::new();
         for (i, container) in containers.into_iter().enumerate() {
             if i == keep {
                 left.push(container);
                 continue;
             }
-            let id = &container.id;
             let removed = process::run(
-                cmd!(self.sh, "docker rm -f {id}"),
+                force_remove_argv(&container.id),
                 "removing a bot container a killed deploy left",
             );
             match removed {

@@ -8,36 +8,52 @@ use xshell::cmd;
 
 use crate::backups;
 use crate::compose::Stack;
-use crate::database::{self, BackupPlace, MigrationContainer, MigrationLabels};
+use crate::database::{self, BackupPlace, DbStatus, MigrationContainer, MigrationLabels};
 use crate::docker::{self, ContainerState, Throwaway};
 use crate::images;
-use crate::old_app;
+use crate::old_app::{self, OldApp};
 use crate::process;
 
-use super::shared::{remove_argv, stop_argv};
-use super::{Deploy, Mode, describe};
+use super::shared::{force_remove_argv, kept_bot_container, remove_argv, stop_argv};
+use super::{Deploy, Found, Mode, Route, describe, refuse_import_over_a_database};
 
 impl Deploy<'_> {
     /// Prints what the deploy would do and changes nothing: no image, container, volume or
-    /// backup is touched. The plan of migrations comes from this build's engine; each Docker
-    /// and Compose command is made by the same function the deploy runs it from (ids not known
-    /// before the deploy shown as `<...>`).
+    /// backup is touched. It reads what the deploy reads, takes the deploy's route
+    /// ([`Found::route`]) and shows each Docker and Compose command as the function the deploy
+    /// runs it from makes it (ids the deploy learns as it goes shown as `<...>`); the plan of
+    /// migrations comes from this build's engine.
     pub(super) fn dry_run(
         &self,
         stack: &Stack,
-        before: Option<&ContainerState>,
+        containers: Vec<ContainerState>,
+        env_changes: bool,
     ) -> anyhow::Result<()> {
         let (sh, run) = (self.sh, self.run);
         let mut plan = Vec::new();
         let shown = |command: process::Argv| command.shown();
+        let compose =
+            |command: xshell::Cmd<'_>| format!("{} {}", stack.env_shown(), shown(command.into()));
         // Held while the plan runs the built binary: another build must not replace it.
-        let bot = match self.mode {
-            Mode::Migrate | Mode::Recover => None,
-            _ => Some(run.step("build binaries", || {
+        let binaries = match self.mode.builds() {
+            true => Some(run.step("build binaries", || {
                 images::build_binaries(sh, self.args.schema_head)
             })?),
+            false => None,
         };
-        if bot.is_some() {
+        // The bot containers a killed deploy left beside the one the deploy keeps.
+        let kept = kept_bot_container(&containers);
+        for (i, extra) in containers.iter().enumerate() {
+            if kept.is_some_and(|keep| keep != i) {
+                plan.push(format!(
+                    "check machine: {} # a bot container a killed deploy left",
+                    shown(force_remove_argv(&extra.id))
+                ));
+            }
+        }
+        let found_container = containers.get(kept.unwrap_or(0));
+        let before = found_container.filter(|c| c.is_ours());
+        if binaries.is_some() {
             for (build, _) in images::image_builds(sh, stack) {
                 plan.push(format!("build images: {}", shown(build.into())));
             }
@@ -47,125 +63,193 @@ impl Deploy<'_> {
         run.edit().revision_before = from;
         run.edit().revision_after = to;
         let image = docker::image_id(sh, &stack.bot_image)?;
-        // Read only: the size and revision the migration container's labels carry.
+        let labels = database::helper_labels(&stack.project);
+        // The deploy's comparison of image ids, made before the build: a build of the very
+        // binary the project's image holds gives that image again.
+        let image_changes = match (before, &image, &binaries) {
+            (None, _, _) => true,
+            (Some(c), Some(tag), Some(built)) => {
+                c.image_id != *tag || !images::holds_binary(sh, tag, &built.bot(), &labels)?
+            }
+            (Some(c), tag, _) => Some(&c.image_id) != tag.as_ref(),
+        };
+        // What the deploy reads: the database (None: not known before the first build), the
+        // old app, the volume's ownership.
         let mut status = match &image {
             Some(_) => Some(database::status(sh, stack, &stack.bot_image)?),
+            None if !database::volume_exists(sh, stack) => {
+                Some(DbStatus::empty(to.unwrap_or_default()))
+            }
             None => None,
         };
-        let old_app_present = before.is_some_and(|c| !c.is_ours());
-        let from_old_app = old_app_present || self.import.import.is_some();
-        if from_old_app {
-            let name = before.map_or_else(|| "(none)".to_owned(), |c| c.name.clone());
-            let importing = !self.import.fresh;
+        let old_app_present = found_container.is_some_and(|c| !c.is_ours());
+        let importing = (old_app_present || self.import.import.is_some()) && !self.import.fresh;
+        let mut old = OldApp::default();
+        if old_app_present || self.import.import.is_some() {
             if image.is_some() && importing {
                 // Reading only: the same search and check the deploy makes first.
-                let old = run.step("look for the old app", || {
-                    old_app::look(sh, &stack.bot_image, before, self.import)
+                old = run.step("look for the old app", || {
+                    old_app::look(sh, &stack.bot_image, found_container, self.import)
                 })?;
-                if let Some(planned) = &old.import {
-                    let matched = planned.checked.status.effective_version();
-                    plan.push(format!(
-                        "look for the old app: found {} ({})",
-                        planned.source,
-                        describe(&planned.checked.status)
-                    ));
-                    // The imported copy is adopted at the revision it matches: only the
-                    // migrations after it run.
-                    migrations.retain(|(file, _)| {
-                        file.split('_')
-                            .next()
-                            .and_then(|n| n.parse::<u32>().ok())
-                            .is_some_and(|n| Some(n) > matched)
-                    });
-                    run.edit().revision_before = matched;
-                    run.edit().state_before = Some(planned.checked.status.state.to_string());
-                    status = Some(planned.checked.status.clone());
-                }
-            } else if importing {
-                plan.push(format!(
-                    "look for the old app: {name} is not ours; after the build its mounts are searched for its database (bot db find-databases) and the one found is checked on a copy (a dry run before the first build cannot search; the migrations below assume an empty volume)"
-                ));
-            }
-            if let Some(c) = before.filter(|c| old_app_present && c.is_running()) {
-                plan.push(format!("stop old app: {}", shown(stop_argv(&c.id))));
-            }
-            if importing {
-                plan.push(format!(
-                    "import database: # bot db import <its database> into {}:/data (the backup API); it is adopted at the revision it matches",
-                    stack.volume()
-                ));
+            } else {
+                old.container = found_container.filter(|_| old_app_present).cloned();
             }
         }
-        // The deploy's own choice of path (`Deploy::change`): the fast one for a new image
-        // with pending migrations while the bot serves and owns its files.
-        let running = before.filter(|c| c.is_ours() && c.status == "running");
-        let pending = !migrations.is_empty();
-        let image_changes =
-            self.mode.builds() || running.is_none_or(|c| Some(&c.image_id) != image.as_ref());
-        let fix_owner = match (&image, from_old_app) {
-            (Some(_), false) => {
+        if let Some(planned) = &old.import {
+            if let Some(volume) = &status {
+                refuse_import_over_a_database(stack, volume, &old)?;
+            }
+            let matched = planned.checked.status.effective_version();
+            plan.push(format!(
+                "look for the old app: found {} ({})",
+                planned.source,
+                describe(&planned.checked.status)
+            ));
+            // The imported copy is adopted at the revision it matches: only the migrations
+            // after it run.
+            migrations.retain(|(file, _)| {
+                file.split('_')
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| Some(n) > matched)
+            });
+            run.edit().revision_before = matched;
+            run.edit().state_before = Some(planned.checked.status.state.to_string());
+            status = Some(planned.checked.status.clone());
+        } else if importing {
+            status = None;
+            plan.push(format!(
+                "look for the old app: # {} is not ours or --import names a database; after the build its database is found (bot db find-databases) and checked on a copy (a dry run before the first build cannot search)",
+                found_container.map_or("(none)", |c| c.name.as_str())
+            ));
+        }
+        if let Some(status) = &status {
+            database::refuse_unsafe(status)?;
+        }
+        let fix_owner = match (&image, &old.import, importing) {
+            (Some(_), None, false) => {
                 !database::fix_ownership(sh, stack, &stack.bot_image, true)?.is_empty()
             }
             _ => false,
         };
-        let fast = running.filter(|_| pending && image_changes && !fix_owner && !from_old_app);
-        let place = match self.mode.builds() {
+        let found = Found {
+            before,
+            fix_owner,
+            image_changes,
+        };
+        // Unknown before the first build (an import not yet searched): as the import brings it.
+        let migrates = status.as_ref().is_none_or(database::needs_migration);
+        let route = match &status {
+            Some(status) => found.route(status, &old, env_changes),
+            None if importing => Route::FromOldApp,
+            None => Route::Slow,
+        };
+        if route == Route::NothingToDo {
+            run.info("dry run: nothing was changed; the deploy would have nothing to do");
+            if stack.demo {
+                plan.push(format!(
+                    "nothing to do: {} # the stand-in may be missing",
+                    compose(stack.up_cmd(sh))
+                ));
+            }
+        }
+        let running = before.filter(|c| c.status == "running");
+        let place = match binaries.is_some() {
             true => BackupPlace::in_volume("pre-deploy.db"),
             false => BackupPlace::for_image(sh, &stack.bot_image, "pre-deploy.db"),
         };
-        let version = status.as_ref().and_then(|s| s.effective_version());
-        let backup_name = backups::name(&stack.project, &self.time, version, None);
+        let backup_name = match &status {
+            Some(status) => {
+                backups::name(&stack.project, &self.time, status.effective_version(), None)
+            }
+            None => format!("{}-{}-r<revision>.db", stack.project, self.time),
+        };
         let labels = MigrationLabels {
             deploy: &self.time,
             backup_name: &backup_name,
             bytes: status.as_ref().map_or(0, |s| s.copy_bytes()),
         };
         let migration = "<migration>";
-        if pending {
+        let prepare_migration = |plan: &mut Vec<String>, waiting: bool| {
             let create = MigrationContainer::create_cmd(
                 sh,
                 stack,
                 &stack.bot_image,
                 &labels,
                 &place,
-                fast.is_some(),
+                waiting,
             );
-            plan.push(format!("prepare migration: {}", shown(create.into())));
-        }
-        if let Some(old) = fast {
-            plan.push(format!(
-                "start migration, waiting: {}",
-                shown(MigrationContainer::start_argv(migration, true))
-            ));
-            plan.push(format!(
-                "start new bot: {}",
-                shown(stack.beside_cmd(sh).into())
-            ));
-            plan.push(format!(
-                "migrate database: {} # `go` to the waiting migration the moment it has exited",
-                shown(stop_argv(&old.id))
-            ));
-            plan.push(format!("migrate database: {}", shown(remove_argv(&old.id))));
-        } else {
-            if let Some(c) = running {
-                plan.push(format!("stop bot: {}", shown(stop_argv(&c.id))));
+            let mut create = shown(create.into());
+            if status.is_none() {
+                // The size of a database not found yet.
+                create = create.replace("org.tgbot.bytes=0", "org.tgbot.bytes=<size>");
             }
-            if fix_owner {
+            plan.push(format!("prepare migration: {create}"));
+        };
+        match route {
+            Route::NothingToDo => {}
+            Route::FromOldApp => {
+                if let Some(c) = old.container.as_ref().filter(|c| c.is_running()) {
+                    plan.push(format!("stop old app: {}", shown(stop_argv(&c.id))));
+                }
+                if importing {
+                    plan.push(format!(
+                        "import database: # bot db import <its database> into {}:/data (the backup API); it is adopted at the revision it matches",
+                        stack.volume()
+                    ));
+                }
+                if migrates {
+                    prepare_migration(&mut plan, false);
+                    plan.push(format!(
+                        "migrate database: {}",
+                        shown(MigrationContainer::start_argv(migration, false))
+                    ));
+                }
+            }
+            Route::Fast => {
+                let old_bot = running.expect("the fast path replaces a running bot");
+                prepare_migration(&mut plan, true);
                 plan.push(format!(
-                    "fix volume ownership: # bot db fix-ownership --owner {} in a container on {}",
-                    database::BOT_OWNER,
-                    stack.volume()
+                    "start migration, waiting: {}",
+                    shown(MigrationContainer::start_argv(migration, true))
                 ));
-            }
-            if pending {
+                plan.push(format!("start new bot: {}", compose(stack.beside_cmd(sh))));
+                plan.push(format!(
+                    "migrate database: {} # `go` to the waiting migration the moment it has exited",
+                    shown(stop_argv(&old_bot.id))
+                ));
                 plan.push(format!(
                     "migrate database: {}",
-                    shown(MigrationContainer::start_argv(migration, false))
+                    shown(remove_argv(&old_bot.id))
                 ));
+            }
+            Route::Slow => {
+                if migrates {
+                    prepare_migration(&mut plan, false);
+                }
+                if let Some(c) = running {
+                    plan.push(format!("stop bot: {}", shown(stop_argv(&c.id))));
+                }
+                if fix_owner {
+                    plan.push(format!(
+                        "fix volume ownership: # bot db fix-ownership --owner {} in a container on {}",
+                        database::BOT_OWNER,
+                        stack.volume()
+                    ));
+                }
+                if migrates {
+                    plan.push(format!(
+                        "migrate database: {}",
+                        shown(MigrationContainer::start_argv(migration, false))
+                    ));
+                }
             }
         }
         // The engine takes no backup of an empty database (nothing to lose).
-        if pending && status.as_ref().is_some_and(|s| s.state != State::Empty) {
+        if route != Route::NothingToDo
+            && migrates
+            && status.as_ref().is_none_or(|s| s.state != State::Empty)
+        {
             let copy = database::copy_out_cmd(
                 sh,
                 &format!("{migration}:{}", place.path),
@@ -173,17 +257,23 @@ impl Deploy<'_> {
             );
             plan.push(format!("save backup: {}", shown(copy.into())));
         }
-        if old_app_present {
+        if let Some(c) = old
+            .container
+            .as_ref()
+            .filter(|_| route == Route::FromOldApp)
+        {
             plan.push(format!(
                 "keep old app's container: # docker commit {} and a stopped copy out of Compose's sight",
-                before.map_or("", |c| c.name.as_str())
+                c.name
             ));
         }
-        if fast.is_none() {
-            plan.push(format!("start bot: {}", shown(stack.up_cmd(sh).into())));
+        if matches!(route, Route::Slow | Route::FromOldApp) {
+            plan.push(format!("start bot: {}", compose(stack.up_cmd(sh))));
         }
-        plan.push("wait until healthy: docker container inspect <bot-container> # until it reports healthy".into());
-        run.info("dry run: nothing was changed. The deploy would:");
+        if route != Route::NothingToDo {
+            plan.push("wait until healthy: docker container inspect <bot-container> # until it reports healthy".into());
+            run.info("dry run: nothing was changed. The deploy would:");
+        }
         for line in &plan {
             run.info(&format!("  {line}"));
         }

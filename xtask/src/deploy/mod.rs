@@ -153,6 +153,50 @@ struct Found<'a> {
     image_changes: bool,
 }
 
+/// Which way a deploy goes: one rule, [`Found::route`], for the deploy and its dry run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The bot runs this image and environment, healthy, on a current database it owns.
+    NothingToDo,
+    /// The old app's container is the bot, or `--import` brings its database ([`from_old_app`]).
+    FromOldApp,
+    /// A new image with changes to the database while the bot serves: the migration waits,
+    /// ready, and the new bot starts beside the old one ([`change`]).
+    Fast,
+    /// Stop, fix ownership, migrate, start ([`change`]).
+    Slow,
+}
+
+impl Found<'_> {
+    /// The route for the database in `status` and what the old app left (`old`); `env_changes`:
+    /// the environment file differs from the last deploy's.
+    fn route(&self, status: &DbStatus, old: &OldApp, env_changes: bool) -> Route {
+        let running = self.before.is_some_and(|c| c.status == "running");
+        // A bot that runs but is not healthy (a killed deploy left it so) is no reason for
+        // "nothing to do": it is started again with this environment and waited for.
+        let healthy = self
+            .before
+            .is_some_and(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
+        let migrates = database::needs_migration(status);
+        if !self.image_changes
+            && !migrates
+            && !env_changes
+            && running
+            && healthy
+            && !self.fix_owner
+            && old.container.is_none()
+        {
+            Route::NothingToDo
+        } else if old.container.is_some() || old.import.is_some() {
+            Route::FromOldApp
+        } else if running && migrates && self.image_changes && !self.fix_owner {
+            Route::Fast
+        } else {
+            Route::Slow
+        }
+    }
+}
+
 /// What the deploy changed so far, for the rollback.
 #[derive(Default)]
 struct Changes {
@@ -176,15 +220,17 @@ impl Deploy<'_> {
         let stack = check_machine(sh, args, true, run)?;
         let mut all_containers = stack.bot_containers(sh)?;
         old_app::refuse_a_scaled_old_app(&all_containers)?;
-        if !args.dry_run {
-            all_containers = self.remove_extra_bot_containers(all_containers);
+        let (last, env_hash) = self.last_change_and_env(&stack)?;
+        let env_changes =
+            last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
+        if args.dry_run {
+            return self.dry_run(&stack, all_containers, env_changes);
         }
+        all_containers = self.remove_extra_bot_containers(all_containers);
         let found_container = all_containers.into_iter().next();
         // The old app's container is no previous bot of ours: it is handled by `old_app`.
         let before = found_container.clone().filter(ContainerState::is_ours);
         let running = before.as_ref().is_some_and(|c| c.status == "running");
-        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
-        let env_hash = sha256_file(&stack.env_file)?;
         let env_before = last.as_ref().and_then(|r| r.env_after.clone());
         journal::update(|r| {
             r.image_before = before.as_ref().map(|c| c.image_id.clone());
@@ -192,9 +238,6 @@ impl Deploy<'_> {
             r.env_sha256 = Some(env_hash.clone());
         });
 
-        if args.dry_run {
-            return self.dry_run(&stack, found_container.as_ref());
-        }
         self.finish_unfinished_runs()?;
         self.save_leftover_backups(&stack)?;
 
@@ -209,22 +252,13 @@ impl Deploy<'_> {
         let wrong_owner = self.check_volume_ownership(&stack, &old)?;
 
         let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
-        let env_changes =
-            last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
-        let database_changes = database::needs_migration(&status);
-        // A bot that runs but is not healthy (a killed deploy left it so) is no reason for
-        // "nothing to do": it is started again with this environment and waited for.
-        let healthy = before
-            .as_ref()
-            .is_some_and(|c| c.health.as_deref().is_none_or(|h| h == "healthy"));
-        if !image_changes
-            && !database_changes
-            && !env_changes
-            && running
-            && healthy
-            && wrong_owner.is_empty()
-            && old.container.is_none()
-        {
+        let found = Found {
+            before: before.as_ref(),
+            fix_owner: !wrong_owner.is_empty(),
+            image_changes,
+        };
+        let route = found.route(&status, &old, env_changes);
+        if route == Route::NothingToDo {
             run.info("nothing to do: the bot runs this image and environment, and the database is current");
             if args.demo {
                 stack.up(sh)?; // the stand-in may be missing; the running bot is left alone
@@ -233,7 +267,7 @@ impl Deploy<'_> {
             return Ok(());
         }
 
-        if database_changes && status.state != State::Empty {
+        if database::needs_migration(&status) && status.state != State::Empty {
             run.step("check room for the backup", || {
                 backups::require_room(sh, &self.state_dir, status.copy_bytes())
             })?;
@@ -254,15 +288,9 @@ impl Deploy<'_> {
         )?;
 
         let mut changes = Changes::default();
-        let found = Found {
-            before: before.as_ref(),
-            fix_owner: !wrong_owner.is_empty(),
-            image_changes,
-        };
-        let result = if old.container.is_some() || old.import.is_some() {
-            self.replace_old_app(&stack, &status, &old, &mut changes)
-        } else {
-            self.change(&stack, &status, found, &mut changes)
+        let result = match route {
+            Route::FromOldApp => self.replace_old_app(&stack, &status, &old, &mut changes),
+            _ => self.change(&stack, &status, found, route, &mut changes),
         };
         if let Some(stopped) = changes
             .stopped_at
@@ -281,6 +309,16 @@ impl Deploy<'_> {
         backups::prune_and_tell(run, &self.state_dir, &stack.project, args.keep)?;
         self.prune_release_tags(&stack, &previous.previous_tag.0);
         Ok(())
+    }
+
+    /// The project's last deploy that changed the stack, and the hash of the environment file
+    /// this one deploys (the two tell whether the environment changes).
+    fn last_change_and_env(
+        &self,
+        stack: &Stack,
+    ) -> anyhow::Result<(Option<history::Record>, String)> {
+        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
+        Ok((last, sha256_file(&stack.env_file)?))
     }
 
     /// Keeps the image this deploy replaces, by a name the rollback can start. `-previous`
@@ -475,24 +513,7 @@ impl Deploy<'_> {
             database::status(sh, stack, &stack.bot_image)
         })?;
         if let Some(planned) = &old.import {
-            if status.state != State::Empty {
-                let interrupted = old
-                    .container
-                    .as_ref()
-                    .filter(|c| !c.is_running())
-                    .map(|c| format!(
-                        " The old app's container {} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {}`.",
-                        c.name, c.name
-                    ))
-                    .unwrap_or_default();
-                return Err(exit::refused(format!(
-                    "the volume {} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
-                    stack.volume(),
-                    describe(&status),
-                    planned.source,
-                    stack.volume()
-                )));
-            }
+            refuse_import_over_a_database(stack, &status, old)?;
             status = planned.checked.status.clone();
         }
         run.edit().state_before = Some(status.state.to_string());
@@ -522,6 +543,34 @@ impl Deploy<'_> {
         }
         Ok(wrong_owner)
     }
+}
+
+/// Refuses an import (`old.import`) into a volume that holds a database already (`status`):
+/// the deploy and its dry run both stop here, having changed nothing.
+fn refuse_import_over_a_database(
+    stack: &Stack,
+    status: &DbStatus,
+    old: &OldApp,
+) -> anyhow::Result<()> {
+    let Some(planned) = old.import.as_ref().filter(|_| status.state != State::Empty) else {
+        return Ok(());
+    };
+    let interrupted = old
+            .container
+            .as_ref()
+            .filter(|c| !c.is_running())
+            .map(|c| format!(
+                " The old app's container {} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {}`.",
+                c.name, c.name
+            ))
+            .unwrap_or_default();
+    Err(exit::refused(format!(
+        "the volume {} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
+        stack.volume(),
+        describe(status),
+        planned.source,
+        stack.volume()
+    )))
 }
 
 /// Whether the deploy can cost something (a bot that serves stops, data is migrated or brought

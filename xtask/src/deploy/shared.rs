@@ -13,7 +13,7 @@ use xshell::{Shell, cmd};
 
 use crate::compose::Stack;
 use crate::database::DbStatus;
-use crate::docker;
+use crate::docker::{self, ContainerState};
 use crate::exit;
 use crate::history::{self, Record};
 use crate::journal;
@@ -181,6 +181,27 @@ pub fn refuse_a_second_running_bot(sh: &Shell, stack: &Stack) -> anyhow::Result<
 /// Stops a container (SIGTERM; the bot exits within a second).
 pub fn stop_container(id: &str) -> anyhow::Result<()> {
     process::run(stop_argv(id), "stopping the bot").map(drop)
+}
+
+/// `docker rm -f` for a container `id` whatever its state.
+pub fn force_remove_argv(id: &str) -> process::Argv {
+    process::Argv::new("docker", ["rm", "-f", id])
+}
+
+/// Of the bot service's containers (newest first, as `docker ps` lists them), the one a deploy
+/// keeps when a killed deploy left several: the one that has run longest of those running (the
+/// old bot, when it still serves; else the new one), or the newest when none runs. None when
+/// nothing is to be removed (one container, or some not ours: the old app's).
+pub fn kept_bot_container(containers: &[ContainerState]) -> Option<usize> {
+    if containers.len() < 2 || !containers.iter().all(ContainerState::is_ours) {
+        return None;
+    }
+    Some(
+        containers
+            .iter()
+            .rposition(ContainerState::is_running)
+            .unwrap_or(0),
+    )
 }
 
 /// `docker rm` for the old bot's container `id` once stopped (the fast path's last command).

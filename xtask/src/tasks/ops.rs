@@ -29,6 +29,8 @@ pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             return Ok(());
         }
         deploy::confirm(args.yes, "Restart the bot?")?;
+        // What a killed task left (its helper containers, labelled) goes with the next one.
+        crate::database::remove_leftover_helpers(sh, &stack.project)?;
         run.edit().changed = true;
         let id = &container.id;
         run.step("restart bot", || {
@@ -69,6 +71,7 @@ pub fn down(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                 stack.volume()
             ),
         )?;
+        crate::database::remove_leftover_helpers(sh, &stack.project)?;
         run.edit().changed = true;
         run.step("stop stack", || stack.down(sh))
     })

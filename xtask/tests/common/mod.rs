@@ -2,6 +2,7 @@
 //! runs it, and ways to look into the volume.
 #![allow(dead_code)]
 
+pub mod plan;
 pub mod ssh;
 
 use std::io::{BufRead, BufReader};

@@ -532,21 +532,34 @@ pub fn deploy_acted_on(
 /// log returned second the engine it was given (DOCKER_HOST, DOCKER_CONTEXT) and its arguments,
 /// as `DOCKER_HOST=... DOCKER_CONTEXT=... :: docker ARGS`, before running the real one.
 pub fn logging_bin(dir: &Path) -> (PathBuf, PathBuf) {
+    let note = "DOCKER_HOST=${DOCKER_HOST-<unset>} DOCKER_CONTEXT=${DOCKER_CONTEXT-<unset>} :: ";
+    wrappers(dir, note, "")
+}
+
+/// `docker` and `docker-compose` in a folder of their own (returned first), each writing
+/// `{note}{program} ARGS` to the log (returned second), then running the real one; the
+/// `docker` one runs the shell `docker_prelude` first (which may block a command).
+pub fn wrappers(dir: &Path, note: &str, docker_prelude: &str) -> (PathBuf, PathBuf) {
     let bin = dir.join("logbin");
     std::fs::create_dir_all(&bin).unwrap();
-    let log = dir.join("engine-commands.log");
+    let log = dir.join("commands.log");
     for program in ["docker", "docker-compose"] {
         let real = std::env::var("PATH")
             .unwrap()
             .split(':')
             .map(|d| Path::new(d).join(program))
-            .find(|p| p.is_file())
+            .find(|p| p.is_file() && !p.starts_with(&bin))
             .unwrap_or_else(|| panic!("{program} is not on PATH"));
+        let prelude = if program == "docker" {
+            docker_prelude
+        } else {
+            ""
+        };
         let script = bin.join(program);
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\necho \"DOCKER_HOST=${{DOCKER_HOST-<unset>}} DOCKER_CONTEXT=${{DOCKER_CONTEXT-<unset>}} :: {program} $*\" >> {log}\nexec {real} \"$@\"\n",
+                "#!/bin/sh\necho \"{note}{program} $*\" >> {log}\n{prelude}\nexec {real} \"$@\"\n",
                 log = log.display(),
                 real = real.display()
             ),

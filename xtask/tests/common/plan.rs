@@ -12,34 +12,8 @@ use super::{Project, report, steps, text};
 /// real one. `docker_prelude` is shell run by the `docker` wrapper before it (to block a
 /// command). Returns the PATH to use and the log.
 pub fn wrapped_path(dir: &Path, docker_prelude: &str) -> (String, PathBuf) {
-    let bin = dir.join("logbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let log = dir.join("commands.log");
+    let (bin, log) = super::wrappers(dir, "", docker_prelude);
     let path = std::env::var("PATH").unwrap();
-    for program in ["docker", "docker-compose"] {
-        let real = path
-            .split(':')
-            .map(|d| Path::new(d).join(program))
-            .find(|p| p.is_file() && !p.starts_with(&bin))
-            .unwrap_or_else(|| panic!("{program} is not on PATH"));
-        let prelude = if program == "docker" {
-            docker_prelude
-        } else {
-            ""
-        };
-        let script = bin.join(program);
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"{program} $*\" >> {log}\n{prelude}\nexec {real} \"$@\"\n",
-                log = log.display(),
-                real = real.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
     (format!("{}:{path}", bin.display()), log)
 }
 

@@ -317,11 +317,13 @@ impl Deploy<'_> {
                 "/tmp/bot-new"
             };
             let owner = database::BOT_OWNER;
+            // Labelled as a helper: a dry run killed meanwhile leaves it to the next task.
+            let labels = database::helper_labels(&stack.project);
             let helper = Throwaway::create(
                 sh,
                 cmd!(
                     sh,
-                    "docker create --user {owner} -v {mount} --entrypoint {entry} {image} db upgrade --adopt --dry-run --json"
+                    "docker create {labels...} --user {owner} -v {mount} --entrypoint {entry} {image} db upgrade --adopt --dry-run --json"
                 ),
                 "preparing the plan",
             )?;

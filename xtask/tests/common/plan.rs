@@ -89,14 +89,32 @@ pub fn same_command(planned: &str, ran: &str) -> bool {
 }
 
 pub fn stands_for(p: &str, r: &str) -> bool {
-    let (Some(open), Some(close)) = (p.find('<'), p.find('>')) else {
+    // The planned word's literal pieces between its `<...>`, found in `r` in order.
+    let mut pieces = Vec::new();
+    let mut rest = p;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>') else {
+            break;
+        };
+        pieces.push(&rest[..open]);
+        rest = &rest[open + close + 1..];
+    }
+    if pieces.is_empty() {
         return false;
-    };
-    let (before, after) = (&p[..open], &p[close + 1..]);
-    open < close
-        && r.len() > before.len() + after.len()
-        && r.starts_with(before)
-        && r.ends_with(after)
+    }
+    pieces.push(rest);
+    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+    if r.len() < first.len() + last.len() || !r.starts_with(first) || !r.ends_with(last) {
+        return false;
+    }
+    let mut middle = &r[first.len()..r.len() - last.len()];
+    for piece in &pieces[1..pieces.len() - 1] {
+        match middle.find(piece) {
+            Some(at) => middle = &middle[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Runs `task` as a dry run, then for real with the logging wrappers; checks that each planned

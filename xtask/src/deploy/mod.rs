@@ -624,6 +624,91 @@ mod tests {
         assert!(!question(false, &status, &OldApp::default()).contains("migrate"));
     }
 
+    fn bot(status: &str, health: &str) -> ContainerState {
+        ContainerState {
+            id: "abc".into(),
+            image_id: "sha256:old".into(),
+            status: status.into(),
+            health: Some(health.into()),
+            health_output: None,
+            started_at: String::new(),
+            restart_count: 0,
+            exit_code: 0,
+            name: "p-bot-1".into(),
+            config_image: "tgbot-bot:p".into(),
+            labels: [(crate::docker::OUR_LABEL.to_owned(), "bot".to_owned())].into(),
+            mounts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_rule_chooses_the_route_of_the_deploy_and_of_its_dry_run() {
+        let (serving, unhealthy) = (bot("running", "healthy"), bot("running", "unhealthy"));
+        let none = OldApp::default();
+        let (mut current, mut behind) = (DbStatus::empty(4), DbStatus::empty(4));
+        current.state = State::Current;
+        behind.state = State::Behind;
+        let (serving, unhealthy) = (&serving, &unhealthy);
+        let found = |before, image_changes, fix_owner| Found {
+            before,
+            fix_owner,
+            image_changes,
+        };
+        let cases = [
+            (
+                found(Some(serving), false, false),
+                &current,
+                false,
+                Route::NothingToDo,
+            ),
+            (
+                found(Some(serving), false, false),
+                &current,
+                true,
+                Route::Slow,
+            ),
+            (
+                found(Some(unhealthy), false, false),
+                &current,
+                false,
+                Route::Slow,
+            ),
+            (
+                found(Some(serving), true, false),
+                &behind,
+                false,
+                Route::Fast,
+            ),
+            (
+                found(Some(serving), false, false),
+                &behind,
+                false,
+                Route::Slow,
+            ),
+            (
+                found(Some(serving), true, true),
+                &behind,
+                false,
+                Route::Slow,
+            ),
+            (found(None, true, false), &behind, false, Route::Slow),
+        ];
+        for (found, status, env_changes, route) in cases {
+            assert_eq!(
+                found.route(status, &none, env_changes),
+                route,
+                "{:?}",
+                status.state
+            );
+        }
+        let old_app = OldApp {
+            container: Some(bot("running", "healthy")),
+            ..OldApp::default()
+        };
+        let found = found(None, true, false);
+        assert_eq!(found.route(&behind, &old_app, false), Route::FromOldApp);
+    }
+
     #[test]
     fn only_a_deploy_that_can_cost_something_asks() {
         let none = OldApp::default();

@@ -123,8 +123,23 @@ impl Deploy<'_> {
                 found_container.map_or("(none)", |c| c.name.as_str())
             ));
         }
-        if let Some(status) = &status {
-            database::refuse_unsafe(status)?;
+        match status.as_mut() {
+            // The project's image is older than this build, whose engine the deploy reads the
+            // database with: this build's plan (made above, which refuses what it cannot
+            // migrate) says whether there is anything to do.
+            Some(status)
+                if binaries.is_some()
+                    && old.import.is_none()
+                    && (status.state == State::Ahead || !database::needs_migration(status)) =>
+            {
+                status.state = match migrations.is_empty() {
+                    true => State::Current,
+                    false => State::Behind,
+                };
+            }
+            Some(_) if binaries.is_some() && old.import.is_none() => {}
+            Some(status) => database::refuse_unsafe(status)?,
+            None => {}
         }
         let fix_owner = match (&image, &old.import, importing) {
             (Some(_), None, false) => {

@@ -444,19 +444,12 @@ impl MigrationContainer {
         )
     }
 
-    /// `docker start` for the migration container `id`: attached, and with its stdin when it
-    /// waits for `go`.
-    pub fn start_argv(id: &str, waiting: bool) -> process::Argv {
-        let attach = if waiting { "-ai" } else { "-a" };
-        process::Argv::new("docker", ["start", attach, id])
-    }
-
     /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
     /// and waiting.
     pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
         let (stdin_reader, stdin) = std::io::pipe().context("cannot make a pipe")?;
         let (stderr, stderr_writer) = std::io::pipe().context("cannot make a pipe")?;
-        let started = Self::start_argv(&self.id, true)
+        let started = docker::start_argv(&self.id, true)
             .start_with(|e| {
                 e.stdin_file(stdin_reader)
                     .stdout_capture()
@@ -498,7 +491,7 @@ impl MigrationContainer {
     /// Runs it to the end; returns what `bot db upgrade --json` reported.
     pub fn run(&self) -> anyhow::Result<UpgradeReport> {
         let out = process::run_within(
-            Self::start_argv(&self.id, false),
+            docker::start_argv(&self.id, false),
             "migrating the database",
             process::migration_limit(self.bytes),
         )?;

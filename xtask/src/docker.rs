@@ -245,9 +245,15 @@ impl<'a> Throwaway<'a> {
 
     /// Starts it and waits for its end within `limit`: what it printed.
     pub fn run(&self, what: &str, limit: Duration) -> anyhow::Result<process::Finished> {
-        let (sh, id) = (self.sh, &self.id);
-        process::run_within(cmd!(sh, "docker start -a {id}"), what, limit)
+        process::run_within(start_argv(&self.id, false), what, limit)
     }
+}
+
+/// `docker start` for a created container `id`, attached, and with its stdin when `stdin`
+/// (a migration container that waits for `go`): what the tasks run, and what a dry run shows.
+pub fn start_argv(id: &str, stdin: bool) -> process::Argv {
+    let attach = if stdin { "-ai" } else { "-a" };
+    process::Argv::new("docker", ["start", attach, id])
 }
 
 impl Drop for Throwaway<'_> {

@@ -217,7 +217,7 @@ impl Deploy<'_> {
                     prepare_migration(&mut plan, false);
                     plan.push(format!(
                         "migrate database: {}",
-                        shown(MigrationContainer::start_argv(migration, false))
+                        shown(docker::start_argv(migration, false))
                     ));
                 }
             }
@@ -226,7 +226,7 @@ impl Deploy<'_> {
                 prepare_migration(&mut plan, true);
                 plan.push(format!(
                     "start migration, waiting: {}",
-                    shown(MigrationContainer::start_argv(migration, true))
+                    shown(docker::start_argv(migration, true))
                 ));
                 plan.push(format!("start new bot: {}", compose(stack.beside_cmd(sh))));
                 plan.push(format!(
@@ -255,7 +255,7 @@ impl Deploy<'_> {
                 if migrates {
                     plan.push(format!(
                         "migrate database: {}",
-                        shown(MigrationContainer::start_argv(migration, false))
+                        shown(docker::start_argv(migration, false))
                     ));
                 }
             }

@@ -190,14 +190,9 @@ pub fn holds_binary(
         "reading the image's binary",
     )?;
     let copy = crate::database::TempFile::new("image-binary");
-    let source = format!("{}:/bot", helper.id);
-    let target = &copy.0;
-    process::run(
-        cmd!(sh, "docker cp {source} {target}"),
-        "reading the image's binary",
-    )?;
-    let same = std::fs::read(&copy.0)? == std::fs::read(binary)?;
-    Ok(same)
+    let bytes = std::fs::metadata(binary)?.len();
+    crate::database::copy_out(sh, &format!("{}:/bot", helper.id), &copy.0, bytes)?;
+    Ok(std::fs::read(&copy.0)? == std::fs::read(binary)?)
 }
 
 /// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`:

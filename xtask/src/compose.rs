@@ -3,6 +3,7 @@
 //! hands to Compose are registered to be scrubbed (see [`crate::secrets`]) before any command
 //! of the stack runs.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -128,20 +129,26 @@ impl Stack {
         if self.demo {
             c = c.args(["--profile", "demo"]);
         }
-        c.env("BOT_IMAGE", &self.bot_image)
-            .env("STANDIN_IMAGE", &self.standin_image)
-            .env("BOT_ENV_FILE", &self.env_file)
+        self.compose_vars()
+            .into_iter()
+            .fold(c, |c, (name, value)| c.env(name, value))
+    }
+
+    /// The variables the compose file reads: the images and the environment file.
+    fn compose_vars(&self) -> [(&'static str, OsString); 3] {
+        [
+            ("BOT_IMAGE", self.bot_image.clone().into()),
+            ("STANDIN_IMAGE", self.standin_image.clone().into()),
+            ("BOT_ENV_FILE", self.env_file.clone().into()),
+        ]
     }
 
     /// The variables [`Stack::cmd`] gives Compose, as a shell would set them before the
     /// command (a dry run shows them so).
     pub fn env_shown(&self) -> String {
-        format!(
-            "BOT_IMAGE={} STANDIN_IMAGE={} BOT_ENV_FILE={}",
-            self.bot_image,
-            self.standin_image,
-            self.env_file.display()
-        )
+        self.compose_vars()
+            .map(|(name, value)| format!("{name}={}", value.to_string_lossy()))
+            .join(" ")
     }
 
     /// Writes `docker/.env`, the variables file Compose reads beside the compose file, with this

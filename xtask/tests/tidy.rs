@@ -33,7 +33,7 @@ fn the_readme_gives_the_deploy_and_test_commands_and_ci_runs_the_test_command() 
         "README shows the deploy command"
     );
     let test = test_command();
-    assert_eq!(test, "cargo test --workspace --locked");
+    assert_eq!(test, "cargo nextest run --workspace --locked");
     assert!(readme.contains(&test), "README shows the test command");
     let ci = read(".ci/run");
     assert_eq!(
@@ -43,7 +43,7 @@ fn the_readme_gives_the_deploy_and_test_commands_and_ci_runs_the_test_command() 
         1,
         ".ci/run runs `cargo xtask ci`, the one list of what CI runs"
     );
-    for listed in ["cargo fmt", "cargo clippy", "cargo test"] {
+    for listed in ["cargo fmt", "cargo clippy", "cargo test", "cargo nextest"] {
         assert!(
             !ci.lines().any(|l| l.trim_start().starts_with(listed)),
             ".ci/run lists {listed} again: it belongs in xtask/src/tasks/ci.rs"

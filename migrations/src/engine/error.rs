@@ -367,14 +367,10 @@ impl Error {
     /// The same error, a lock held too long now blamed on readers: for the statements of a
     /// write transaction, which in rollback-journal mode wait for readers to finish before
     /// they may write the file (a cache spill, or COMMIT).
-    pub(super) fn blocked_by_readers(self) -> Error {
-        match self {
-            Error::Busy { path, waited, .. } => Error::Busy {
-                path,
-                holder: LockHolder::Readers,
-                waited,
-            },
-            other => other,
+    pub(super) fn blocked_by_readers(mut self) -> Error {
+        if let Error::Busy { holder, .. } = &mut self {
+            *holder = LockHolder::Readers;
         }
+        self
     }
 }

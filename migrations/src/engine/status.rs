@@ -168,12 +168,10 @@ pub(crate) fn decide(
         if live.tables.is_empty() && foreign.is_none() {
             return Status::empty(head);
         }
+        status.state = foreign
+            .as_ref()
+            .map_or(State::Unstamped, |_| State::Foreign);
         status.foreign = foreign;
-        status.state = if status.foreign.is_some() {
-            State::Foreign
-        } else {
-            State::Unstamped
-        };
         match find_match(live, catalog) {
             Ok(matched) => {
                 status.matches = Some(matched);

@@ -5,8 +5,9 @@ use xshell::{Shell, cmd};
 
 use crate::docker;
 
-/// The README's test command, run last (xtask/tests/tidy.rs keeps the README saying it).
-pub const TEST_COMMAND: &str = "cargo test --workspace --locked";
+/// The README's test command, run last (xtask/tests/tidy.rs keeps the README saying it):
+/// nextest runs each test in its own process, scheduled by `.config/nextest.toml`.
+pub const TEST_COMMAND: &str = "cargo nextest run --workspace --locked";
 
 /// Runs fmt, clippy, check-migrations and the tests; stops at the first failure.
 pub fn run(sh: &Shell) -> anyhow::Result<()> {

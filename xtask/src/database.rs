@@ -71,20 +71,22 @@ impl BackupPlace {
             path: format!("{BACKUP_VOLUME}/{file}"),
             // SQLite's temporary files (the sorts of an index build or a GROUP BY) go there
             // too: in the container's own layer they made a migration twice as slow.
-            create_args: vec![
-                "-v".into(),
-                BACKUP_VOLUME.into(),
-                "-e".into(),
-                format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
+            create_args: [
+                "-v",
+                BACKUP_VOLUME,
+                "-e",
+                &format!("SQLITE_TMPDIR={BACKUP_VOLUME}"),
                 // The bot service's hardening (docker-compose.prod.yml), which a container
                 // made by `docker create` does not inherit: it writes only to the volumes
                 // (/data, and its copy and temporary files here), as the bot's own user.
-                "--read-only".into(),
-                "--cap-drop".into(),
-                "ALL".into(),
-                "--security-opt".into(),
-                "no-new-privileges".into(),
-            ],
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -386,7 +388,7 @@ impl MigrationContainer {
         image: &str,
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
-        Self::create_with(sh, stack, image, labels, &[])
+        Self::create_with(sh, stack, image, labels, false)
     }
 
     /// Creates one that opens and checks the database, then waits for `go` on its stdin.
@@ -396,7 +398,7 @@ impl MigrationContainer {
         image: &str,
         labels: &MigrationLabels,
     ) -> anyhow::Result<MigrationContainer> {
-        Self::create_with(sh, stack, image, labels, &["--wait-for-go"])
+        Self::create_with(sh, stack, image, labels, true)
     }
 
     fn create_with(
@@ -404,10 +406,10 @@ impl MigrationContainer {
         stack: &Stack,
         image: &str,
         labels: &MigrationLabels,
-        extra: &[&str],
+        waiting: bool,
     ) -> anyhow::Result<MigrationContainer> {
         let place = BackupPlace::for_image(sh, image, "pre-deploy.db");
-        let create = Self::create_cmd(sh, stack, image, labels, &place, !extra.is_empty());
+        let create = Self::create_cmd(sh, stack, image, labels, &place, waiting);
         let id = process::run(create, "preparing the migration")?
             .stdout
             .trim()
@@ -432,11 +434,7 @@ impl MigrationContainer {
     ) -> xshell::Cmd<'a> {
         let mount = format!("{}:/data", stack.volume());
         let label_args = labels.args(stack, place);
-        let (stdin, extra): (&[&str], &[&str]) = if waiting {
-            (&["-i"], &["--wait-for-go"])
-        } else {
-            (&[], &[])
-        };
+        let (stdin, extra) = (waiting.then_some("-i"), waiting.then_some("--wait-for-go"));
         let (volume, backup) = (&place.create_args, &place.path);
         cmd!(
             sh,
@@ -567,10 +565,8 @@ pub struct WaitingMigration {
 impl WaitingMigration {
     /// Lets it migrate; returns what `bot db upgrade --json` reported.
     pub fn go(mut self) -> anyhow::Result<UpgradeReport> {
-        if let Some(mut stdin) = self.stdin.take() {
-            std::io::Write::write_all(&mut stdin, b"go\n")
-                .context("cannot tell the migration to go")?;
-        }
+        self.tell(b"go\n")
+            .context("cannot tell the migration to go")?;
         let (ended, errors) = self.finish();
         match ended {
             Ok((status, stdout)) if status.success() => {
@@ -586,10 +582,16 @@ impl WaitingMigration {
 
     /// Tells it to stop without changing anything.
     pub fn cancel(mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = std::io::Write::write_all(&mut stdin, b"cancel\n");
-        }
+        let _ = self.tell(b"cancel\n");
         let _ = self.finish();
+    }
+
+    /// Writes `word` to its standard input, then closes it (once: later words go nowhere).
+    fn tell(&mut self, word: &[u8]) -> std::io::Result<()> {
+        let stdin = self.stdin.take();
+        stdin.map_or(Ok(()), |mut stdin| {
+            std::io::Write::write_all(&mut stdin, word)
+        })
     }
 
     /// Closes its standard input and waits for it within the migration's limit (else stops
@@ -689,22 +691,16 @@ pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Left
         .iter()
         .map(|id| {
             let state = docker::inspect(sh, id)?;
-            let name = state.labels.get(BACKUP_NAME_LABEL).cloned();
-            let bytes = state
-                .labels
-                .get(BYTES_LABEL)
-                .and_then(|b| b.parse().ok())
-                // Made by a release before the label.
-                .unwrap_or(process::UNKNOWN_SIZE);
+            let label = |key: &str| state.labels.get(key).cloned();
             Ok(Leftover {
                 id: id.to_owned(),
                 running: state.status == "running",
-                backup_name: name,
-                bytes,
-                backup_path: state
-                    .labels
-                    .get(BACKUP_PATH_LABEL)
-                    .cloned()
+                backup_name: label(BACKUP_NAME_LABEL),
+                // Made by a release before the label: the size is not known.
+                bytes: label(BYTES_LABEL)
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(process::UNKNOWN_SIZE),
+                backup_path: label(BACKUP_PATH_LABEL)
                     .unwrap_or_else(|| BACKUP_IN_CONTAINER.to_owned()),
             })
         })
@@ -721,19 +717,17 @@ pub fn save_leftover_backups(
     dir: &Path,
 ) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
     let (mut saved, mut running) = (Vec::new(), Vec::new());
-    for Leftover {
-        id,
-        running: is_running,
-        backup_name: name,
-        bytes,
-        backup_path,
-    } in leftover_migrations(sh, &stack.project)?
-    {
-        if is_running {
-            running.push(id);
+    for leftover in leftover_migrations(sh, &stack.project)? {
+        let container = MigrationContainer {
+            id: leftover.id,
+            bytes: leftover.bytes,
+            backup_path: leftover.backup_path,
+        };
+        if leftover.running {
+            running.push(container.id);
             continue;
         }
-        if let Some(name) = name {
+        if let Some(name) = leftover.backup_name {
             let mut host_file = dir.join(&name);
             // A file already there under that name is trusted only when it is a sound copy (a
             // copy killed halfway is not): else the backup is saved beside it.
@@ -743,11 +737,6 @@ pub fn save_leftover_backups(
             if !host_file.exists() {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
-                let container = MigrationContainer {
-                    id: id.clone(),
-                    bytes,
-                    backup_path: backup_path.clone(),
-                };
                 match container.copy_backup(sh, &host_file) {
                     Ok(()) => {
                         crate::backups::seal(&host_file)?;
@@ -761,18 +750,14 @@ pub fn save_leftover_backups(
                     Err(e) => {
                         let _ = std::fs::remove_file(&host_file);
                         return Err(e.context(format!(
-                            "the pre-deploy backup in container {id} could not be saved; the container is kept"
+                            "the pre-deploy backup in container {} could not be saved; the container is kept",
+                            container.id
                         )));
                     }
                 }
             }
         }
-        MigrationContainer {
-            id,
-            bytes,
-            backup_path,
-        }
-        .remove(sh);
+        container.remove(sh);
     }
     Ok((saved, running))
 }

@@ -30,7 +30,7 @@
 //! the first time it is needed: nothing is pulled, and no program ever runs from it.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -132,7 +132,7 @@ impl Here {
 /// A held deploy lock; released when dropped (or when the process dies).
 pub struct DeployLock {
     /// The marker container's id, removed on drop.
-    marker: Option<String>,
+    marker: String,
     _file: File,
 }
 
@@ -140,16 +140,14 @@ pub struct DeployLock {
 /// checkout (who commits is who deploys, also in CI), else `$USER` or `$LOGNAME`, else the
 /// user id.
 pub fn operator() -> String {
-    static OPERATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    OPERATOR
-        .get_or_init(|| {
-            git_user_name()
-                .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-                .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
-                // SAFETY: getuid has no preconditions and touches no memory of ours.
-                .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
-        })
-        .clone()
+    static OPERATOR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        git_user_name()
+            .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+            // SAFETY: getuid has no preconditions and touches no memory of ours.
+            .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+    });
+    OPERATOR.clone()
 }
 
 /// `git config user.name` in the project's checkout, when git runs and one is set.
@@ -217,9 +215,7 @@ impl Holder {
                 Ok(Some(_)) | Err(()) => Liveness::Alive,
             };
         }
-        if self.since_unix > 0
-            && here.now_unix > self.since_unix
-            && here.now_unix - self.since_unix > MAX_HOLD.as_secs()
+        if self.since_unix > 0 && here.now_unix.saturating_sub(self.since_unix) > MAX_HOLD.as_secs()
         {
             return Liveness::Dead(format!(
                 "it was taken more than {} hours ago on another machine or container, longer than any deploy takes",
@@ -246,7 +242,7 @@ impl DeployLock {
         let file = lock_file(&lock_dir()?, &engine, project, &holder)?;
         let marker = take_marker(sh, project, &holder, &Here::now())?;
         Ok(DeployLock {
-            marker: Some(marker),
+            marker,
             _file: file,
         })
     }
@@ -255,9 +251,7 @@ impl DeployLock {
 impl Drop for DeployLock {
     fn drop(&mut self) {
         // The marker goes first (by id: it is ours), then the file lock with the file.
-        if let Some(id) = self.marker.take() {
-            remove_container(&id);
-        }
+        remove_container(&self.marker);
     }
 }
 
@@ -293,10 +287,7 @@ fn refusal(holder: &Holder, liveness: &Liveness, marker: &str) -> anyhow::Error 
 /// The folder of the file locks: `$HOME/.local/state/tgbot/locks`, else a private folder in the
 /// temporary directory.
 fn lock_dir() -> anyhow::Result<PathBuf> {
-    let uid = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
-    };
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
     let home = std::env::var_os("HOME");
     let preferred = lock_dir_for(home.as_deref().map(Path::new), uid);
     if std::fs::create_dir_all(&preferred).is_ok() {
@@ -318,7 +309,7 @@ fn lock_dir_for(home: Option<&Path>, uid: u32) -> PathBuf {
 /// Creates `dir` readable by its owner only and checks it is a folder of ours (not a link
 /// someone else put in a shared temporary directory).
 fn private_dir(dir: &Path, uid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
     let meta = std::fs::symlink_metadata(dir)
         .with_context(|| format!("cannot create the lock folder {}", dir.display()))?;
@@ -345,7 +336,7 @@ fn lock_file(dir: &Path, engine: &str, project: &str, holder: &Holder) -> anyhow
     let dir = dir.join(engine_key(engine));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{project}.lock"));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -355,8 +346,7 @@ fn lock_file(dir: &Path, engine: &str, project: &str, holder: &Holder) -> anyhow
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(match serde_json::from_str::<Holder>(&text) {
                 Ok(other) => refusal(&other, &Liveness::Alive, &marker_name(project)),
                 Err(_) => exit::locked(format!(
@@ -370,9 +360,7 @@ fn lock_file(dir: &Path, engine: &str, project: &str, holder: &Holder) -> anyhow
         }
     }
     file.set_len(0)?;
-    file.rewind()?;
-    file.write_all(serde_json::to_string(holder)?.as_bytes())?;
-    file.flush()?;
+    file.write_all_at(serde_json::to_string(holder)?.as_bytes(), 0)?;
     Ok(file)
 }
 
@@ -510,12 +498,9 @@ fn read_trimmed(path: &str) -> String {
 }
 
 fn host_name() -> String {
-    let name = read_trimmed("/proc/sys/kernel/hostname");
-    if name.is_empty() {
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into())
-    } else {
-        name
-    }
+    Some(read_trimmed("/proc/sys/kernel/hostname"))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()))
 }
 
 fn boot_id() -> String {
@@ -604,15 +589,13 @@ mod tests {
             .unwrap();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Locked);
         let message = error.to_string();
-        assert!(
-            message.contains("another deploy of this project is running: prod-full-update by"),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("(pid {} on host ", std::process::id())),
-            "{message}"
-        );
-        assert!(message.contains("since 20261125T070000Z"), "{message}");
+        for part in [
+            "another deploy of this project is running: prod-full-update by",
+            &format!("(pid {} on host ", std::process::id()),
+            "since 20261125T070000Z",
+        ] {
+            assert!(message.contains(part), "{message}");
+        }
         // Another engine or another project is another lock.
         drop(lock_file(&dir, "E:2", "p", &first).unwrap());
         drop(lock_file(&dir, "E:1", "q", &first).unwrap());

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Output};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use xshell::Cmd;
 
 use crate::secrets;
@@ -46,15 +46,6 @@ pub struct Finished {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
-}
-
-impl Finished {
-    fn of(output: &Output) -> Finished {
-        Finished {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Finished {
@@ -106,8 +97,8 @@ impl Argv {
     pub fn dir(self, dir: &Path) -> Argv {
         Argv {
             expression: self.expression.dir(dir),
-            shown: self.shown,
             dir: Some(dir.to_owned()),
+            ..self
         }
     }
 
@@ -271,13 +262,10 @@ impl Drop for Tracked {
 /// the limit (and was stopped).
 pub fn output(command: impl Into<Argv>) -> std::io::Result<Output> {
     let started = command.into().start()?;
-    match started.wait_within("looking up", DEFAULT_TIMEOUT) {
-        Ok(output) => Ok(output.clone()),
-        Err(e) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{e:#}"),
-        )),
-    }
+    started
+        .wait_within("looking up", DEFAULT_TIMEOUT)
+        .cloned()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{e:#}")))
 }
 
 /// Runs `command` to the end within [`DEFAULT_TIMEOUT`]; see [`run_within`].
@@ -294,7 +282,8 @@ pub fn run_within(
     timeout: Duration,
 ) -> anyhow::Result<Finished> {
     let command = command.into();
-    let (status, finished) = run_argv_to_end(&command, what, timeout)?;
+    let shown = command.shown.clone();
+    let (status, finished) = run_to_end(command, what, timeout)?;
     if !status.success() {
         let code = status
             .code()
@@ -302,8 +291,7 @@ pub fn run_within(
         return Err(Exited {
             code: status.code(),
             message: secrets::scrub(&format!(
-                "{what}: `{}` exited with {code}:\n{}",
-                command.shown,
+                "{what}: `{shown}` exited with {code}:\n{}",
                 tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
             )),
             stdout: finished.stdout,
@@ -351,28 +339,18 @@ pub fn run_to_end(
     what: &str,
     timeout: Duration,
 ) -> anyhow::Result<(ExitStatus, Finished)> {
-    run_argv_to_end(&command.into(), what, timeout)
-}
-
-fn run_argv_to_end(
-    command: &Argv,
-    what: &str,
-    timeout: Duration,
-) -> anyhow::Result<(ExitStatus, Finished)> {
     let what = secrets::scrub(what);
-    let started = match command.start() {
-        Ok(started) => started,
-        Err(e) => bail!("{what}: {e}"),
-    };
+    let started = command.into().start().map_err(|e| anyhow!("{what}: {e}"))?;
     let output = started.wait_within(&what, timeout)?;
-    Ok((output.status, Finished::of(output)))
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    Ok((output.status, Finished { stdout, stderr }))
 }
 
 /// Runs `command` with what it prints shown line by line as it comes (`logs -f`), scrubbed of
 /// the environment file's secrets, until it ends, the user stops it (Ctrl-C stops its group),
 /// or nobody reads this tool's output any more (`| head`). Fails when it exits non-zero.
 pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::{AtomicBool, Ordering};
     let command = command.into();
     let (out_reader, out_writer) = std::io::pipe().context("cannot make a pipe")?;
@@ -387,25 +365,11 @@ pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
     let reader_gone = std::sync::Arc::new(AtomicBool::new(false));
     let gone = reader_gone.clone();
     std::thread::spawn(move || {
-        let mut out = std::io::stdout().lock();
-        for line in BufReader::new(out_reader)
-            .split(b'\n')
-            .map_while(Result::ok)
-        {
-            if writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_err() {
-                gone.store(true, Ordering::SeqCst); // the reader went away (`| head`)
-                break;
-            }
+        if !forward_lines(out_reader, std::io::stdout().lock()) {
+            gone.store(true, Ordering::SeqCst); // the reader went away (`| head`)
         }
     });
-    std::thread::spawn(move || {
-        for line in BufReader::new(err_reader)
-            .split(b'\n')
-            .map_while(Result::ok)
-        {
-            eprintln!("{}", secrets::scrub(&String::from_utf8_lossy(&line)));
-        }
-    });
+    std::thread::spawn(move || forward_lines(err_reader, std::io::stderr()));
     let status = loop {
         if let Some(output) = started.wait_briefly(Duration::from_millis(100)) {
             break output.status;
@@ -421,6 +385,16 @@ pub fn stream(command: impl Into<Argv>) -> anyhow::Result<()> {
         bail!("`{}` exited with {status}", command.shown());
     }
     Ok(())
+}
+
+/// Copies `reader`'s lines to `out`, scrubbed of the environment file's secrets, until the
+/// reader ends (true) or `out` can no longer be written (false).
+fn forward_lines(reader: impl std::io::Read, mut out: impl std::io::Write) -> bool {
+    use std::io::BufRead;
+    std::io::BufReader::new(reader)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .all(|line| writeln!(out, "{}", secrets::scrub(&String::from_utf8_lossy(&line))).is_ok())
 }
 
 /// The last `lines` lines of what a command printed, indented, scrubbed of the environment
@@ -498,24 +472,6 @@ mod tests {
     }
 
     #[test]
-    fn a_command_that_outlives_its_timeout_is_stopped_and_named() {
-        let sh = xshell::Shell::new().unwrap();
-        let started = Instant::now();
-        let error = run_within(
-            sh.cmd("sleep").arg("30"),
-            "waiting for nothing",
-            Duration::from_millis(300),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(
-            error.starts_with("waiting for nothing: `sleep 30` did not finish within 0.3s"),
-            "{error}"
-        );
-    }
-
-    #[test]
     fn a_command_runs_where_and_with_what_its_shell_set() {
         let sh = xshell::Shell::new().unwrap();
         sh.change_dir("/tmp");
@@ -532,25 +488,31 @@ mod tests {
         assert!(!removed.contains("XTASK_PROCESS_TEST"), "{removed}");
     }
 
+    /// A command that outlives its timeout is stopped and named. The second takes its process
+    /// group along: `timeout` runs `sleep` as its child, which holds the output pipes open, so
+    /// stopping only `timeout` would leave the wait hanging on them for 30 s.
     #[test]
-    fn a_command_stopped_at_its_timeout_takes_its_process_group_along() {
-        // `timeout` runs `sleep` as its child, which holds the output pipes open: stopping
-        // only `timeout` would leave the wait hanging on them for 30 s.
-        let started = Instant::now();
-        let error = run_within(
-            Argv::new("timeout", ["60", "sleep", "30"]),
-            "waiting for a family",
-            Duration::from_millis(300),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
-        assert!(
-            error.starts_with(
-                "waiting for a family: `timeout 60 sleep 30` did not finish within 0.3s"
+    fn a_command_stopped_at_its_timeout_is_named_and_takes_its_process_group_along() {
+        let sh = xshell::Shell::new().unwrap();
+        let cases = [
+            (
+                Argv::from(sh.cmd("sleep").arg("30")),
+                "waiting for nothing: `sleep 30` did not finish within 0.3s",
             ),
-            "{error}"
-        );
+            (
+                Argv::new("timeout", ["60", "sleep", "30"]),
+                "waiting for a family: `timeout 60 sleep 30` did not finish within 0.3s",
+            ),
+        ];
+        for (command, expected) in cases {
+            let what = expected.split(':').next().unwrap();
+            let started = Instant::now();
+            let error = run_within(command, what, Duration::from_millis(300))
+                .unwrap_err()
+                .to_string();
+            assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+            assert!(error.starts_with(expected), "{error}");
+        }
     }
 
     #[test]

@@ -64,9 +64,7 @@ struct Parsed {
 /// Reads and registers `path`; refuses it (exit 4) when a line is not KEY=VALUE, naming the
 /// line by its number only. Its secrets are registered even then.
 pub fn load(path: &Path) -> anyhow::Result<EnvFile> {
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = parse(&String::from_utf8_lossy(&text), &file_name(path));
-    add(&parsed.secrets);
+    let parsed = read_and_add(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !parsed.malformed.is_empty() {
         return Err(exit::not_ready(malformed_message(path, &parsed.malformed)));
     }
@@ -76,18 +74,19 @@ pub fn load(path: &Path) -> anyhow::Result<EnvFile> {
 /// Registers the secrets of `path` once (a missing or unreadable file adds nothing; a malformed
 /// one adds what could be read and its bad lines' content).
 pub fn register_file(path: &Path) {
-    {
-        let registry = registry();
-        if registry.files.iter().any(|f| f == path) {
-            return;
-        }
+    // Looked up apart: `read_and_add` takes the registry's lock again.
+    let known = registry().files.iter().any(|f| f == path);
+    if !known && read_and_add(path).is_ok() {
+        registry().files.push(path.to_owned());
     }
-    let Ok(bytes) = std::fs::read(path) else {
-        return;
-    };
-    let parsed = parse(&String::from_utf8_lossy(&bytes), &file_name(path));
+}
+
+/// Reads and parses `path`, and registers its secrets.
+fn read_and_add(path: &Path) -> std::io::Result<Parsed> {
+    let text = std::fs::read(path)?;
+    let parsed = parse(&String::from_utf8_lossy(&text), &file_name(path));
     add(&parsed.secrets);
-    registry().files.push(path.to_owned());
+    Ok(parsed)
 }
 
 /// Registers the values of an environment file's text (for the tests of the layers that scrub).
@@ -98,24 +97,17 @@ pub fn register_text(text: &str) {
 
 /// `text` with every registered secret replaced by its variable's name.
 pub fn scrub(text: &str) -> String {
-    let registry = registry();
-    scrub_with(&registry.secrets, text)
+    scrub_with(&registry().secrets, text)
 }
 
 /// Scrubs every string (and object key) in a JSON value.
 pub fn scrub_json(value: &mut Value) {
-    let registry = registry();
-    scrub_json_with(&registry.secrets, value);
+    scrub_json_with(&registry().secrets, value);
 }
 
 fn scrub_json_with(secrets: &[Secret], value: &mut Value) {
     match value {
-        Value::String(s) => {
-            let clean = scrub_with(secrets, s);
-            if clean != *s {
-                *s = clean;
-            }
-        }
+        Value::String(s) => *s = scrub_with(secrets, s),
         Value::Array(items) => items.iter_mut().for_each(|v| scrub_json_with(secrets, v)),
         Value::Object(map) => {
             let entries = std::mem::take(map);
@@ -194,8 +186,7 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 }
 
 fn add(secrets: &[Secret]) {
-    let mut registry = registry();
-    merge(&mut registry.secrets, secrets);
+    merge(&mut registry().secrets, secrets);
 }
 
 /// Adds `new` to `all`, without duplicates (the first variable named keeps a value hidden
@@ -219,8 +210,7 @@ fn parse(text: &str, name: &str) -> Parsed {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let fed = Rc::new(Cell::new(0));
     let reader = LineByLine {
-        lines: lines.clone(),
-        next: 0,
+        lines: &lines,
         offset: 0,
         fed: fed.clone(),
     };
@@ -329,41 +319,37 @@ fn bare_key(line: &str) -> bool {
 
 /// Percent-encodes every byte outside RFC 3986's unreserved characters.
 fn url_encode(text: &str, upper: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else if upper {
-            out.push_str(&format!("%{b:02X}"));
-        } else {
-            out.push_str(&format!("%{b:02x}"));
-        }
-    }
-    out
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ if upper => format!("%{b:02X}"),
+            _ => format!("%{b:02x}"),
+        })
+        .collect()
 }
 
 /// Hands dotenvy's buffered reader one physical line per read, and counts the lines handed out:
 /// after each item, the count is the number of the last line that item read.
 struct LineByLine<'a> {
-    lines: Vec<&'a str>,
-    next: usize,
+    lines: &'a [&'a str],
+    /// How much of the next line was handed out already, in bytes.
     offset: usize,
+    /// The lines handed out whole, so the index of the next one.
     fed: Rc<Cell<usize>>,
 }
 
 impl Read for LineByLine<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(line) = self.lines.get(self.next) else {
+        let Some(line) = self.lines.get(self.fed.get()) else {
             return Ok(0);
         };
-        let rest = &line.as_bytes()[self.offset..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
+        let n = (&line.as_bytes()[self.offset..]).read(buf)?;
         self.offset += n;
         if self.offset == line.len() {
-            self.next += 1;
+            self.fed.set(self.fed.get() + 1);
             self.offset = 0;
-            self.fed.set(self.next);
         }
         Ok(n)
     }

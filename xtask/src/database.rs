@@ -109,7 +109,7 @@ pub fn parse_last<T: DeserializeOwned>(out: &str, what: &str) -> anyhow::Result<
 /// ran it: the bot's [`ErrorReport`], if it printed one.
 pub fn bot_failure(error: &anyhow::Error) -> Option<ErrorReport> {
     let exited = error.downcast_ref::<process::Exited>()?;
-    serde_json::from_value(last_json(&exited.stdout, "the bot").ok()?).ok()
+    parse_last(&exited.stdout, "the bot").ok()
 }
 
 /// Whether the project's volume exists.
@@ -173,8 +173,7 @@ pub fn status_or_damaged(
     image: &str,
 ) -> anyhow::Result<Result<DbStatus, String>> {
     if !volume_exists(sh, stack) {
-        let head = image_head(sh, image)?;
-        return Ok(Ok(DbStatus::empty(head)));
+        return Ok(Ok(DbStatus::empty(image_head(sh, image)?)));
     }
     let out = match bot_once(
         sh,
@@ -203,8 +202,7 @@ fn image_head(sh: &Shell, image: &str) -> anyhow::Result<u32> {
         ),
         "reading the image's schema head",
     )?;
-    let status: StatusReport = parse_last(&out.stdout, "`bot db status --json`")?;
-    Ok(status.head)
+    parse_last::<StatusReport>(&out.stdout, "`bot db status --json`").map(|status| status.head)
 }
 
 /// Refuses, before anything changes, the states only a person can resolve.

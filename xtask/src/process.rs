@@ -150,19 +150,16 @@ impl From<Cmd<'_>> for Argv {
         let shown = cmd.to_string();
         let command = std::process::Command::from(cmd);
         let mut expression = duct::cmd(command.get_program(), command.get_args());
-        let dir = command.get_current_dir().map(Path::to_owned);
-        if let Some(dir) = &dir {
-            expression = expression.dir(dir);
-        }
         for (key, value) in command.get_envs() {
             expression = match value {
                 Some(value) => expression.env(key, value),
                 None => expression.env_remove(key),
             };
         }
-        Argv {
-            dir,
-            ..Argv::of(expression, &shown)
+        let argv = Argv::of(expression, &shown);
+        match command.get_current_dir() {
+            Some(dir) => argv.dir(dir),
+            None => argv,
         }
     }
 }

@@ -284,14 +284,11 @@ fn parse(text: &str, name: &str) -> Parsed {
 /// The value of the assignment in `chunk` (the physical lines of one item, after any comments
 /// and blank lines before it) as written: after the first `=`, and without its quotes.
 fn as_written(chunk: &[&str]) -> Vec<String> {
-    let start = chunk
+    let logical: String = chunk
         .iter()
-        .position(|l| {
-            let l = l.trim();
-            !l.is_empty() && !l.starts_with('#')
-        })
-        .unwrap_or(chunk.len());
-    let logical = chunk[start..].concat();
+        .skip_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
+        .copied()
+        .collect();
     let Some((_, raw)) = logical.split_once('=') else {
         return Vec::new();
     };

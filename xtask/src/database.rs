@@ -2,6 +2,7 @@
 //! throw-away containers and never opens the live database itself. Files move in and out with
 //! `docker cp` through created containers, which works with a remote DOCKER_HOST too.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -587,9 +588,7 @@ impl WaitingMigration {
     /// Writes `word` to its standard input, then closes it (once: later words go nowhere).
     fn tell(&mut self, word: &[u8]) -> std::io::Result<()> {
         let stdin = self.stdin.take();
-        stdin.map_or(Ok(()), |mut stdin| {
-            std::io::Write::write_all(&mut stdin, word)
-        })
+        stdin.map_or(Ok(()), |mut stdin| stdin.write_all(word))
     }
 
     /// Closes its standard input and waits for it within the migration's limit (else stops

@@ -239,12 +239,9 @@ impl DeployLock {
     ) -> anyhow::Result<DeployLock> {
         let engine = engine_id(sh)?;
         let holder = Holder::me(task, since);
-        let file = lock_file(&lock_dir()?, &engine, project, &holder)?;
+        let _file = lock_file(&lock_dir()?, &engine, project, &holder)?;
         let marker = take_marker(sh, project, &holder, &Here::now())?;
-        Ok(DeployLock {
-            marker,
-            _file: file,
-        })
+        Ok(DeployLock { marker, _file })
     }
 }
 

@@ -359,24 +359,21 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
             "--quick is a smoke run of the stack and telegram sections; the engine section has none"
         );
     }
-    let wanted = |group: &str| {
-        (args.only.is_empty() && !(args.quick && group == "engine"))
-            || args
-                .only
-                .iter()
-                .any(|g| g == group || (g == "stack" && matches!(group, "deploy" | "bot")))
+    // A group is run when `--only` is not given or names it (or one of its sections).
+    let wanted = |names: &[&str]| {
+        args.only.is_empty() || args.only.iter().any(|g| names.contains(&g.as_str()))
     };
     std::fs::create_dir_all(work_dir())?;
     let mut sections = Vec::new();
-    if wanted("engine") {
+    if wanted(&["engine"]) && !args.quick {
         sections.push(engine::run(sh)?);
     }
-    if wanted("deploy") || wanted("bot") {
+    if wanted(&["stack", "deploy", "bot"]) {
         let (deploy, bot) = stack::run(sh, args.quick)?;
         sections.push(deploy);
         sections.push(bot);
     }
-    if wanted("telegram") {
+    if wanted(&["telegram"]) {
         sections.push(telegram::run(sh, args.quick)?);
     }
     let output = project::root().join(args.output());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use xshell::{Shell, cmd};
+use xshell::{Cmd, Shell, cmd};
 
 use super::engine::bot_db;
 use super::{
@@ -82,16 +82,6 @@ struct AtSize {
     manual: Vec<Gaps>,
 }
 
-/// The no-op update and the bot, measured once after the last deploy at the first size.
-struct Once {
-    noop_took: Duration,
-    noop_gaps: Gaps,
-    restarted: bool,
-    memory: f64,
-    size: u64,
-    load: (u64, f64, f64),
-}
-
 /// Runs the stack benchmarks: the deploy section and the bot section. `quick`: a smoke run of
 /// the code paths (one small size, two runs each), whose numbers mean nothing.
 pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
@@ -108,7 +98,7 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
     let (stack, (results, once)) =
         tools.on_stack(sh, |stack| measure(sh, stack, &tools, &plan, &data))?;
     let method = method(&stack, &plan, &results, &clock);
-    Ok(sections(&plan, &results, &once, method))
+    Ok(sections(&plan, &results, once, method))
 }
 
 /// The programs and folder every measurement uses.
@@ -175,16 +165,23 @@ fn measure(
             at.ours.push(ours);
         }
         if once.is_none() {
-            once = Some(noop_and_bot(sh, stack, tools)?);
+            once = Some(noop_and_bot(sh, stack, tools, &label(users))?);
         }
         results.push(at);
     }
     Ok((results, once.context("nothing was measured")?))
 }
 
-/// Right after a deploy: `prod-full-update` again (nothing to do), then the bot idle and
-/// under load.
-fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools) -> anyhow::Result<Once> {
+/// The rows measured once, after the last deploy at the first size: the no-op update's (in the
+/// deploy section) and the bot's (its own section).
+struct Once {
+    noop: [Measurement; 2],
+    bot: [Measurement; 3],
+}
+
+/// Right after a deploy at `first` users: `prod-full-update` again (nothing to do), then the
+/// bot idle and under load.
+fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools, first: &str) -> anyhow::Result<Once> {
     let container_before = started_at(sh, stack)?;
     let mut noop_took = Duration::ZERO;
     let (noop_gaps, _) = timed_gap(sh, stack, || {
@@ -205,35 +202,74 @@ fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools) -> anyhow::Result<Once
     )?;
     wait_for_calls(sh, stack, 1)?;
     std::thread::sleep(Duration::from_secs(5));
-    Ok(Once {
-        noop_took,
-        noop_gaps,
-        restarted,
-        memory: idle_memory(sh, stack)?,
-        size: image_size(sh, &stack.bot_image)?,
-        load: throughput(sh, stack)?,
-    })
+    let memory = idle_memory(sh, stack)?;
+    let size = image_size(sh, &stack.bot_image)?;
+    let (messages, seconds, per_second) = throughput(sh, stack)?;
+    let stopped = !noop_gaps.outages.is_empty();
+    let noop = [
+        Measurement {
+            name: format!("no-op `prod-full-update`: time (at {first} users)"),
+            ours: show(noop_took),
+            baseline: String::new(),
+            target: "under 5 s".into(),
+            met: noop_took < Duration::from_secs(5),
+        },
+        Measurement {
+            name: "no-op `prod-full-update`: downtime".into(),
+            ours: format!(
+                "{} ({}; longest gap between polls {})",
+                match (restarted, stopped) {
+                    (true, _) => "the bot restarted",
+                    (false, false) => "none",
+                    (false, true) => "the bot stopped polling",
+                },
+                if restarted {
+                    "container restarted"
+                } else {
+                    "same container, never stopped"
+                },
+                show(noop_gaps.longest)
+            ),
+            baseline: String::new(),
+            target: "zero".into(),
+            met: !restarted && !stopped,
+        },
+    ];
+    let bot = [
+        Measurement {
+            name: "idle memory".into(),
+            ours: format!("{memory:.1} MiB"),
+            baseline: String::new(),
+            target: "under 30 MiB".into(),
+            met: memory < 30.0,
+        },
+        Measurement {
+            name: "image size".into(),
+            ours: format!("{:.1} MB", size as f64 / 1e6),
+            baseline: String::new(),
+            target: "under 20 MB".into(),
+            met: size < 20_000_000,
+        },
+        Measurement {
+            name: "messages handled per second through the stand-in".into(),
+            ours: format!("{per_second:.0}/s ({messages} messages in {seconds:.2} s)"),
+            baseline: String::new(),
+            target: "(measured)".into(),
+            met: messages == 1000,
+        },
+    ];
+    Ok(Once { noop, bot })
 }
 
 /// The seed's manual flow on the same images: `up -d` with the new image, a one-off
 /// `bot db upgrade`, `restart`.
 fn manual_flow(sh: &Shell, stack: &Stack, new: &Stack, new_image: &str) -> anyhow::Result<Gaps> {
-    let compose = |args: &[&str], what: &str| {
-        process::run(
-            new.cmd(sh)
-                .args(args)
-                .env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS),
-            what,
-        )
-        .map(drop)
-    };
+    let step = |args: &[&str], what: &str| process::run(compose(sh, new).args(args), what);
     let (gaps, _) = timed_gap(sh, stack, || {
-        compose(&["up", "-d", "bot"], "manual: up -d")?;
-        compose(
-            &["run", "--rm", "-T", "bot", "db", "upgrade"],
-            "manual: one-off migrate",
-        )?;
-        compose(&["restart", "bot"], "manual: restart")?;
+        step(&["up", "-d", "bot"], "manual: up -d")?;
+        let migrate = ["run", "--rm", "-T", "bot", "db", "upgrade"];
+        step(&migrate, "manual: one-off migrate")?;
+        step(&["restart", "bot"], "manual: restart")?;
         wait_for_polls(sh, stack)?;
         Ok(String::new())
     })?;
@@ -578,16 +614,15 @@ fn throughput(sh: &Shell, stack: &Stack) -> anyhow::Result<(u64, f64, f64)> {
     ))
 }
 
+/// A Compose command for `stack`, the stand-in's long polls held [`POLL_CAP_MS`] at most.
+fn compose<'a>(sh: &'a Shell, stack: &Stack) -> Cmd<'a> {
+    stack.cmd(sh).env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS)
+}
+
 /// Removes the stack's containers, network and volume (the deploy history stays).
 fn take_down(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
-    process::run(
-        stack
-            .cmd(sh)
-            .args(["down", "-v", "--remove-orphans"])
-            .env("STANDIN_MAX_LONG_POLL_MS", POLL_CAP_MS),
-        "removing the benchmark's stack and volume",
-    )
-    .map(drop)
+    let down = compose(sh, stack).args(["down", "-v", "--remove-orphans"]);
+    process::run(down, "removing the benchmark's stack and volume").map(drop)
 }
 
 /// Removes everything the benchmark made in Docker and its backup folder.
@@ -654,7 +689,7 @@ fn totals(runs: &[Gaps]) -> Vec<Duration> {
     runs.iter().map(Gaps::total).collect()
 }
 
-fn sections(plan: &Plan, results: &[AtSize], once: &Once, method: String) -> (Section, Section) {
+fn sections(plan: &Plan, results: &[AtSize], once: Once, method: String) -> (Section, Section) {
     let mut rows = Vec::new();
     for at in results {
         let ours = median(totals(&at.ours));
@@ -703,70 +738,19 @@ fn sections(plan: &Plan, results: &[AtSize], once: &Once, method: String) -> (Se
             met: !targeted || ratio * MANUAL_RATIO < 1.0,
         });
     }
-    let first = label(plan.sizes[0]);
-    rows.push(Measurement {
-        name: format!("no-op `prod-full-update`: time (at {first} users)"),
-        ours: show(once.noop_took),
-        baseline: String::new(),
-        target: "under 5 s".into(),
-        met: once.noop_took < Duration::from_secs(5),
-    });
-    rows.push(Measurement {
-        name: "no-op `prod-full-update`: downtime".into(),
-        ours: format!(
-            "{} ({}; longest gap between polls {})",
-            if once.restarted {
-                "the bot restarted"
-            } else if once.noop_gaps.outages.is_empty() {
-                "none"
-            } else {
-                "the bot stopped polling"
-            },
-            if once.restarted {
-                "container restarted"
-            } else {
-                "same container, never stopped"
-            },
-            show(once.noop_gaps.longest)
-        ),
-        baseline: String::new(),
-        target: "zero".into(),
-        met: !once.restarted && once.noop_gaps.outages.is_empty(),
-    });
+    rows.extend(once.noop);
     let deploy = Section {
         title: "Deploy".into(),
         method,
         rows,
     };
-    let (messages, seconds, per_second) = once.load;
+    let first = label(plan.sizes[0]);
     let bot = Section {
         title: "Bot".into(),
         method: format!(
             "The static release binary in its `scratch` image, running in the demo stack right after the no-op deploy above (at {first} users), the stand-in then made again with its default long poll (held up to 10 s, as Telegram holds it). Memory is `docker stats` after 5 s idle; throughput is `telegram-standin load`: 1,000 distinct users send /start at once, timed until every one got its answer."
         ),
-        rows: vec![
-            Measurement {
-                name: "idle memory".into(),
-                ours: format!("{:.1} MiB", once.memory),
-                baseline: String::new(),
-                target: "under 30 MiB".into(),
-                met: once.memory < 30.0,
-            },
-            Measurement {
-                name: "image size".into(),
-                ours: format!("{:.1} MB", once.size as f64 / 1e6),
-                baseline: String::new(),
-                target: "under 20 MB".into(),
-                met: once.size < 20_000_000,
-            },
-            Measurement {
-                name: "messages handled per second through the stand-in".into(),
-                ours: format!("{per_second:.0}/s ({messages} messages in {seconds:.2} s)"),
-                baseline: String::new(),
-                target: "(measured)".into(),
-                met: messages == 1000,
-            },
-        ],
+        rows: once.bot.into(),
     };
     (deploy, bot)
 }

@@ -102,50 +102,6 @@ impl Plan {
     }
 }
 
-/// The replies run.
-struct Burst {
-    users: usize,
-    answered: usize,
-    took: Duration,
-    rate_limited: u64,
-}
-
-/// The waiting run.
-struct Waiting {
-    /// Each other user's delay (of those answered).
-    delays: Vec<Duration>,
-    users: usize,
-    /// The delay of the chat that met the 429, if it was answered.
-    first: Option<Duration>,
-    rate_limited: u64,
-}
-
-/// The /stats run.
-struct Stats {
-    users: u64,
-    bytes: u64,
-    /// How long making the kept database took, when this run made it.
-    made: Option<Duration>,
-    /// `bot db upgrade` from revision 4 to 5 of the copy.
-    upgrade: Duration,
-    stats: Vec<Duration>,
-    help: Vec<Duration>,
-}
-
-/// The deploy run.
-struct Deploy {
-    users: u64,
-    messages: usize,
-    /// Messages posted while `prod-full-update` ran.
-    during: usize,
-    duplicates: usize,
-    unanswered: usize,
-    /// Answers that are neither a message's own nor a second one (an apology, say).
-    others: usize,
-    took: Duration,
-    report: Value,
-}
-
 /// Runs the section. `quick`: a smoke run with fewer users, whose numbers mean nothing.
 pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
     let clock = Clock::start();
@@ -159,62 +115,19 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
         standin,
         dir,
     };
-
-    eprintln!(
-        "telegram: replies per second, {} users sending /start at once",
-        plan.burst_users
-    );
-    let burst = local.burst(plan.burst_users)?;
-    eprintln!(
-        "telegram: {} of {} answered in {}, {} 429s",
-        burst.answered,
-        burst.users,
-        show(burst.took),
-        burst.rate_limited
-    );
-
-    eprintln!(
-        "telegram: a chat waits out a 429 while {} others send /help",
-        plan.waiting_users
-    );
-    let waiting = local.waiting(plan.waiting_users)?;
-    eprintln!(
-        "telegram: {} of {} answered, worst {}, the chat with the 429 after {}",
-        waiting.delays.len(),
-        waiting.users,
-        waiting.delays.iter().max().map_or("-".into(), |d| show(*d)),
-        waiting.first.map_or("-".into(), show)
-    );
-
-    eprintln!("telegram: /stats at {} users", label(plan.stats_users));
-    let stats = local.stats(plan.stats_users)?;
-    eprintln!(
-        "telegram: upgrade to the head {}; /stats {:?}; /help {:?}",
-        show(stats.upgrade),
-        stats.stats.iter().map(|d| show(*d)).collect::<Vec<_>>(),
-        stats.help.iter().map(|d| show(*d)).collect::<Vec<_>>()
-    );
-
-    eprintln!(
-        "telegram: duplicates during prod-full-update under load, at {} users (Docker, project {PROJECT})",
-        label(plan.deploy_users)
-    );
-    let deploy = deploy_under_load(sh, &local.bot, plan.deploy_users);
-    match &deploy {
-        Ok(d) => eprintln!(
-            "telegram: {} messages, {} during the deploy: {} duplicates, {} unanswered, {} other answers",
-            d.messages, d.during, d.duplicates, d.unanswered, d.others
-        ),
-        Err(e) => eprintln!("telegram: the deploy run failed: {e:#}"),
-    }
-
+    let mut rows = vec![
+        local.burst(plan.burst_users)?,
+        local.waiting(plan.waiting_users)?,
+    ];
+    rows.extend(local.stats(plan.stats_users)?);
+    rows.push(deploy_under_load(sh, &local.bot, plan.deploy_users));
     let compose = Stack::new(sh, PROJECT, true)
         .map(|s| s.flavour.describe())
         .unwrap_or_else(|_| "Compose".into());
     Ok(Section {
         title: "Bot under Telegram's rules".into(),
         method: method(&plan, &compose, &clock),
-        rows: rows(&burst, &waiting, &stats, &deploy),
+        rows,
     })
 }
 
@@ -259,8 +172,7 @@ impl Local<'_> {
         serve: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Pair> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let (sh, standin, bot, listen) = (self.sh, &self.standin, &self.bot, addr.to_string());
         let command = cmd!(sh, "{standin} serve --listen {listen} {serve...}")
             .env("STANDIN_TOKEN", TOKEN)
@@ -274,11 +186,11 @@ impl Local<'_> {
         })? {
             bail!("the stand-in did not answer on {addr} within 10 s");
         }
-        let mut command = cmd!(sh, "{bot} run");
-        for name in BOT_SETTINGS {
-            command = command.env_remove(name);
-        }
-        let command = command
+        let command = BOT_SETTINGS
+            .iter()
+            .fold(cmd!(sh, "{bot} run"), |command, name| {
+                command.env_remove(name)
+            })
             .env("BOT_TOKEN", TOKEN)
             .env("TELEGRAM_API_URL", format!("http://{addr}"))
             .env("DATABASE_PATH", db)
@@ -314,7 +226,8 @@ impl Local<'_> {
     }
 
     /// `users` distinct users send /start at once, with 50 ms latency and Telegram's limits.
-    fn burst(&self, users: usize) -> anyhow::Result<Burst> {
+    fn burst(&self, users: usize) -> anyhow::Result<Measurement> {
+        eprintln!("telegram: replies per second, {users} users sending /start at once");
         let (pair, db) = self.limited("replies")?;
         let ids: Vec<i64> = (0..users as i64).map(|i| BURST_FIRST + i).collect();
         let (posted, _, sent) = pair.control.start_all(&ids, Duration::from_secs(300))?;
@@ -328,17 +241,31 @@ impl Local<'_> {
         let rate_limited = pair.control.rate_limited()?;
         drop(pair);
         fresh(&db);
-        Ok(Burst {
-            users,
-            answered: answered_chats(&sent, &ids),
-            took: handled_after(posted, last, LATENCY_MS),
-            rate_limited,
+        let answered = answered_chats(&sent, &ids);
+        let took = handled_after(posted, last, LATENCY_MS);
+        eprintln!(
+            "telegram: {answered} of {users} answered in {}, {rate_limited} 429s",
+            show(took)
+        );
+        let per_second = answered as f64 / took.as_secs_f64().max(0.001);
+        Ok(Measurement {
+            name: format!(
+                "replies per second through the stand-in, 50 ms latency and Telegram's limits on: {users} users send /start at once"
+            ),
+            ours: format!(
+                "{per_second:.1}/s ({answered} of {users} answered in {}); 429s from the stand-in: {rate_limited}",
+                show(took)
+            ),
+            baseline: "Telegram's limit: 30 messages/s overall, 1/s per chat".into(),
+            target: "(measured); every user answered, no 429".into(),
+            met: answered == users && rate_limited == 0,
         })
     }
 
     /// One chat's answer meets a 429 (`retry_after` 15 s); meanwhile `users` others send /help,
     /// 5 a second.
-    fn waiting(&self, users: usize) -> anyhow::Result<Waiting> {
+    fn waiting(&self, users: usize) -> anyhow::Result<Measurement> {
+        eprintln!("telegram: a chat waits out a 429 while {users} others send /help");
         let (pair, db) = self.limited("waiting")?;
         let control = pair.control;
         control.post(
@@ -376,7 +303,8 @@ impl Local<'_> {
                 .map(|m| m.at_ms)
                 .min()
         };
-        let delays = posted
+        // Each other user's delay (of those answered).
+        let delays: Vec<Duration> = posted
             .iter()
             .filter_map(|&(id, at)| answer_at(id).map(|a| handled_after(at, a, LATENCY_MS)))
             .collect();
@@ -384,17 +312,38 @@ impl Local<'_> {
         let rate_limited = control.rate_limited()?;
         drop(pair);
         fresh(&db);
-        Ok(Waiting {
-            delays,
-            users,
-            first: first_delay,
-            rate_limited,
+        let (worst, answered) = (delays.iter().max().copied(), delays.len());
+        eprintln!(
+            "telegram: {answered} of {users} answered, worst {}, the chat with the 429 after {}",
+            worst.map_or("-".into(), show),
+            first_delay.map_or("-".into(), show)
+        );
+        Ok(Measurement {
+            name: format!(
+                "worst delay of an answer while another chat waits out a 429 (retry_after {RETRY_AFTER_SECS} s), 50 ms latency and Telegram's limits on"
+            ),
+            ours: match worst {
+                Some(worst) => format!(
+                    "worst {}, median {} ({answered} of {users} users answered; 429s from the stand-in: {rate_limited})",
+                    show(worst),
+                    show(median(delays))
+                ),
+                None => format!("none of {users} users answered"),
+            },
+            baseline: format!(
+                "the chat that met the 429: answered after {}; the issue: {ISSUE_WORST} for every chat",
+                first_delay.map_or("never".into(), show)
+            ),
+            target: format!("worst under {}", show(WORST_DELAY)),
+            met: answered == users && worst.is_some_and(|w| w < WORST_DELAY),
         })
     }
 
     /// /stats and /help of an admin, on a fresh copy of the kept database of `users` users,
     /// upgraded to the head.
-    fn stats(&self, users: u64) -> anyhow::Result<Stats> {
+    fn stats(&self, users: u64) -> anyhow::Result<[Measurement; 2]> {
+        let at = label(users);
+        eprintln!("telegram: /stats at {at} users");
         let (kept, made) = self.dataset(users)?;
         let bytes = std::fs::metadata(&kept)?.len();
         let (folder, db) = self.folder("stats")?;
@@ -402,14 +351,41 @@ impl Local<'_> {
         let result = self.stats_on(&folder, &db, users);
         fresh(&db);
         let (upgrade, stats, help) = result?;
-        Ok(Stats {
-            users,
-            bytes,
-            made,
-            upgrade,
-            stats,
-            help,
-        })
+        let shown = |samples: &[Duration]| samples.iter().map(|d| show(*d)).collect::<Vec<_>>();
+        eprintln!(
+            "telegram: upgrade to the head {}; /stats {:?}; /help {:?}",
+            show(upgrade),
+            shown(&stats),
+            shown(&help)
+        );
+        Ok([
+            Measurement {
+                name: format!(
+                    "/stats at {at} users ({}), from posting to the answer",
+                    size(bytes)
+                ),
+                ours: spread(&stats),
+                baseline: format!(
+                    "/help, the same way: {} (median of {})",
+                    show(median(help.clone())),
+                    help.len()
+                ),
+                target: format!("under {}", show(STATS_TARGET)),
+                met: median(stats) < STATS_TARGET,
+            },
+            Measurement {
+                name: format!(
+                    "`bot db upgrade` from revision 4 to {} at {at} users (revision 5 fills the /stats summaries)",
+                    migrations::head()
+                ),
+                ours: show(upgrade),
+                baseline: made.map_or(String::new(), |made| {
+                    format!("making the database took {}", long(made))
+                }),
+                target: "(measured)".into(),
+                met: true,
+            },
+        ])
     }
 
     fn stats_on(
@@ -517,11 +493,30 @@ fn fill_script(users: u64, now: u64) -> String {
 /// The deploy run: the old release serving the deploy section's kept database of `users`
 /// users at revision 3 in the demo stack, messages posted all along, `prod-full-update` to the
 /// head meanwhile; then every answer counted.
-fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> anyhow::Result<Deploy> {
-    let tools = Tools::new(bot, PROJECT)?;
-    let data = stack::dataset(sh, bot, &tools.dir, users)?;
-    let (_, deploy) = tools.on_stack(sh, |stack| deploy_run(sh, stack, &tools, &data, users))?;
-    Ok(deploy)
+fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> Measurement {
+    eprintln!(
+        "telegram: duplicates during prod-full-update under load, at {} users (Docker, project {PROJECT})",
+        label(users)
+    );
+    let measured = Tools::new(bot, PROJECT).and_then(|tools| {
+        let data = stack::dataset(sh, bot, &tools.dir, users)?;
+        let (_, row) = tools.on_stack(sh, |stack| deploy_run(sh, stack, &tools, &data, users))?;
+        Ok(row)
+    });
+    measured.unwrap_or_else(|e| {
+        eprintln!("telegram: the deploy run failed: {e:#}");
+        let reason = format!("{e:#}");
+        Measurement {
+            name: "duplicate answers during `prod-full-update` under load".into(),
+            ours: format!(
+                "not measured: {}",
+                reason.lines().next().unwrap_or("").replace('|', "/")
+            ),
+            baseline: String::new(),
+            target: "0 duplicates, none unanswered".into(),
+            met: false,
+        }
+    })
 }
 
 fn deploy_run(
@@ -530,7 +525,7 @@ fn deploy_run(
     tools: &Tools,
     data: &Path,
     users: u64,
-) -> anyhow::Result<Deploy> {
+) -> anyhow::Result<Measurement> {
     // One deploy first, without load: it builds the new images, the stand-in's too, which the
     // measured deploy would otherwise replace (and with it the stand-in's record of answers).
     let old_image = stack::prepare(sh, stack, tools, data, "telegram")?;
@@ -596,6 +591,7 @@ fn deploy_run(
     if stack::standin(sh, stack)? != standin {
         bail!("the stand-in restarted during the run, so its record of answers is cut");
     }
+    // Messages posted while `prod-full-update` ran.
     let during = loaded
         .iter()
         .filter(|(_, _, at)| (from..=to).contains(at))
@@ -609,13 +605,13 @@ fn deploy_run(
             sent.iter().filter_map(|m| answer_key(m, &ids)).collect();
         expected.iter().all(|k| answered.contains(k))
     };
-    let sent = control.wait_sent(before, ANSWERS_WITHIN, done)?;
+    let mut sent = control.wait_sent(before, ANSWERS_WITHIN, done)?;
     // A late second answer has a moment to show.
     std::thread::sleep(stack::SETTLE);
     let seen_up_to = sent.iter().map(|m| m.seq).max().unwrap_or(before);
-    let mut sent = sent;
     sent.extend(control.sent(seen_up_to, None, Duration::ZERO)?);
     let mut counts: HashMap<(i64, String), usize> = HashMap::new();
+    // Answers that are neither a message's own nor a second one (an apology, say).
     let mut others = 0;
     for message in sent.iter().filter(|m| ids.contains(&m.chat_id)) {
         match answer_key(message, &ids).filter(|k| expected.contains(k)) {
@@ -623,15 +619,31 @@ fn deploy_run(
             None => others += 1,
         }
     }
-    Ok(Deploy {
-        users,
-        messages: posted.len(),
-        during,
-        duplicates: counts.values().map(|n| n.saturating_sub(1)).sum(),
-        unanswered: expected.iter().filter(|k| !counts.contains_key(*k)).count(),
-        others,
-        took,
-        report,
+    let messages = posted.len();
+    let duplicates: usize = counts.values().map(|n| n.saturating_sub(1)).sum();
+    let unanswered = expected.iter().filter(|k| !counts.contains_key(*k)).count();
+    eprintln!(
+        "telegram: {messages} messages, {during} during the deploy: {duplicates} duplicates, {unanswered} unanswered, {others} other answers"
+    );
+    Ok(Measurement {
+        name: format!(
+            "duplicate answers during `prod-full-update` under load (revision 3 to {}, {} users)",
+            migrations::head(),
+            label(users)
+        ),
+        ours: format!(
+            "{duplicates} duplicates; {unanswered} of {messages} messages unanswered ({during} posted during the deploy); {others} other answers"
+        ),
+        baseline: format!(
+            "the deploy took {}{}",
+            show(took),
+            report["downtime_seconds"]
+                .as_f64()
+                .map(|s| format!(", downtime until healthy {s:.2} s"))
+                .unwrap_or_default()
+        ),
+        target: "0 duplicates, none unanswered".into(),
+        met: duplicates == 0 && unanswered == 0 && others == 0,
     })
 }
 
@@ -861,122 +873,6 @@ fn sleep_until(at: Instant) {
     if at > now {
         std::thread::sleep(at - now);
     }
-}
-
-fn rows(
-    burst: &Burst,
-    waiting: &Waiting,
-    stats: &Stats,
-    deploy: &anyhow::Result<Deploy>,
-) -> Vec<Measurement> {
-    let mut rows = Vec::new();
-    let per_second = burst.answered as f64 / burst.took.as_secs_f64().max(0.001);
-    rows.push(Measurement {
-        name: format!(
-            "replies per second through the stand-in, 50 ms latency and Telegram's limits on: {} users send /start at once",
-            burst.users
-        ),
-        ours: format!(
-            "{per_second:.1}/s ({} of {} answered in {}); 429s from the stand-in: {}",
-            burst.answered,
-            burst.users,
-            show(burst.took),
-            burst.rate_limited
-        ),
-        baseline: "Telegram's limit: 30 messages/s overall, 1/s per chat".into(),
-        target: "(measured); every user answered, no 429".into(),
-        met: burst.answered == burst.users && burst.rate_limited == 0,
-    });
-    let worst = waiting.delays.iter().max().copied();
-    let answered = waiting.delays.len();
-    rows.push(Measurement {
-        name: format!(
-            "worst delay of an answer while another chat waits out a 429 (retry_after {RETRY_AFTER_SECS} s), 50 ms latency and Telegram's limits on"
-        ),
-        ours: match worst {
-            Some(worst) => format!(
-                "worst {}, median {} ({answered} of {} users answered; 429s from the stand-in: {})",
-                show(worst),
-                show(median(waiting.delays.clone())),
-                waiting.users,
-                waiting.rate_limited
-            ),
-            None => format!("none of {} users answered", waiting.users),
-        },
-        baseline: format!(
-            "the chat that met the 429: answered after {}; the issue: {ISSUE_WORST} for every chat",
-            waiting.first.map_or("never".into(), show)
-        ),
-        target: format!("worst under {}", show(WORST_DELAY)),
-        met: answered == waiting.users && worst.is_some_and(|w| w < WORST_DELAY),
-    });
-    let at = label(stats.users);
-    let stats_median = median(stats.stats.clone());
-    rows.push(Measurement {
-        name: format!(
-            "/stats at {at} users ({}), from posting to the answer",
-            size(stats.bytes)
-        ),
-        ours: spread(&stats.stats),
-        baseline: format!(
-            "/help, the same way: {} (median of {})",
-            show(median(stats.help.clone())),
-            stats.help.len()
-        ),
-        target: format!("under {}", show(STATS_TARGET)),
-        met: stats_median < STATS_TARGET,
-    });
-    rows.push(Measurement {
-        name: format!(
-            "`bot db upgrade` from revision 4 to {} at {at} users (revision 5 fills the /stats summaries)",
-            migrations::head()
-        ),
-        ours: show(stats.upgrade),
-        baseline: match stats.made {
-            Some(made) => format!("making the database took {}", long(made)),
-            None => String::new(),
-        },
-        target: "(measured)".into(),
-        met: true,
-    });
-    rows.push(match deploy {
-        Ok(d) => Measurement {
-            name: format!(
-                "duplicate answers during `prod-full-update` under load (revision 3 to {}, {} users)",
-                migrations::head(),
-                label(d.users)
-            ),
-            ours: format!(
-                "{} duplicates; {} of {} messages unanswered ({} posted during the deploy); {} other answers",
-                d.duplicates, d.unanswered, d.messages, d.during, d.others
-            ),
-            baseline: format!(
-                "the deploy took {}{}",
-                show(d.took),
-                d.report["downtime_seconds"]
-                    .as_f64()
-                    .map(|s| format!(", downtime until healthy {s:.2} s"))
-                    .unwrap_or_default()
-            ),
-            target: "0 duplicates, none unanswered".into(),
-            met: d.duplicates == 0 && d.unanswered == 0 && d.others == 0,
-        },
-        Err(e) => Measurement {
-            name: "duplicate answers during `prod-full-update` under load".into(),
-            ours: format!(
-                "not measured: {}",
-                format!("{e:#}")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .replace('|', "/")
-            ),
-            baseline: String::new(),
-            target: "0 duplicates, none unanswered".into(),
-            met: false,
-        },
-    });
-    rows
 }
 
 fn method(plan: &Plan, compose: &str, clock: &Clock) -> String {

@@ -457,9 +457,19 @@ fn a_rollback_whose_own_health_wait_fails_still_names_what_it_set_aside() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let project = Project::new("rb-unnamed");
     project.deployed_at_revision_3(USERS, false, &[]);
+    // The new bot never gets healthy (Telegram rejects its token): with a limit of 0 alone, a
+    // new bot that started beside the old one may already be healthy when the wait begins.
+    let wrong = common::env_file(&project.dir, "wrong.env", "999999:WRONG-e2e-token");
     let update = project.xtask(
         "prod-full-update",
-        &["--yes", "--json", "--health-timeout", "0"],
+        &[
+            "--yes",
+            "--json",
+            "--health-timeout",
+            "0",
+            "--env-file",
+            wrong.to_str().unwrap(),
+        ],
     );
     assert_eq!(update.status.code(), Some(1), "{}", text(&update));
     let outcome = report(&update);

@@ -74,6 +74,11 @@ impl Binaries {
 /// for the other, and keeps it in the returned value.
 pub fn build_binaries(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<Binaries> {
     let lock = build_lock()?;
+    seed_target_dir(
+        sh,
+        &target_dir(schema_head),
+        &other_target_dirs(schema_head),
+    );
     compile(sh, schema_head)?;
     Ok(Binaries {
         dir: release_dir(schema_head),
@@ -89,6 +94,62 @@ fn target_dir(schema_head: Option<u32>) -> PathBuf {
     match schema_head {
         Some(head) => target.join(format!("schema-head-{head}")),
         None => target,
+    }
+}
+
+/// The target folders of this checkout's other release builds (the current one's and the
+/// older ones'), the current one's first.
+fn other_target_dirs(schema_head: Option<u32>) -> Vec<PathBuf> {
+    let target = project::root().join("target");
+    let mut dirs = vec![target.clone()];
+    if let Ok(entries) = std::fs::read_dir(&target) {
+        let mut older: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("schema-head-"))
+            .map(|e| e.path())
+            .collect();
+        older.sort();
+        dirs.extend(older);
+    }
+    let own = target_dir(schema_head);
+    dirs.retain(|dir| *dir != own);
+    dirs
+}
+
+/// A release build's folder that has no static build yet starts as a copy of another's that
+/// has one: the dependencies are the same, so only the workspace's crates compile, not every
+/// dependency (minutes on a new machine, once per schema head). The copy is made beside and
+/// renamed into place, so a failed one (a full disk) leaves nothing half-written; it is then
+/// only said, and the build compiles from nothing.
+fn seed_target_dir(sh: &Shell, target: &Path, others: &[PathBuf]) {
+    if target.join(TARGET).join("release").exists() {
+        return;
+    }
+    let Some(source) = others
+        .iter()
+        .find(|dir| dir.join(TARGET).join("release").exists())
+    else {
+        return;
+    };
+    for dir in ["release", TARGET] {
+        let (from, to) = (source.join(dir), target.join(dir));
+        if to.exists() || !from.exists() {
+            continue;
+        }
+        let partial = target.join(format!(".{dir}.seeding"));
+        let _ = std::fs::remove_dir_all(&partial);
+        let copied = std::fs::create_dir_all(target)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| process::run(cmd!(sh, "cp -a {from} {partial}"), "copying"))
+            .and_then(|_| Ok(std::fs::rename(&partial, &to)?));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&partial);
+            eprintln!(
+                "could not start {} from {} ({e:#}); it is built from nothing",
+                to.display(),
+                from.display()
+            );
+        }
     }
 }
 
@@ -291,6 +352,37 @@ pub fn prune_release_tags(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_release_folder_starts_from_another_build_and_an_existing_one_is_left_alone() {
+        let root = std::env::temp_dir().join(format!("xtask-seed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let sh = Shell::new().unwrap();
+        let built = root.join("target");
+        let artifact = built.join(TARGET).join("release/deps/libdep.rlib");
+        std::fs::create_dir_all(artifact.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(built.join("release/build")).unwrap();
+        std::fs::write(&artifact, "compiled").unwrap();
+        let older = built.join("schema-head-3");
+        let never_built = root.join("never-built");
+
+        seed_target_dir(&sh, &older, &[never_built.clone(), built.clone()]);
+        let seeded = older.join(TARGET).join("release/deps/libdep.rlib");
+        assert_eq!(std::fs::read_to_string(&seeded).unwrap(), "compiled");
+        assert!(older.join("release/build").is_dir());
+        assert!(!older.join(format!(".{TARGET}.seeding")).exists());
+
+        // A folder with a build of its own is never overwritten.
+        std::fs::write(&seeded, "its own").unwrap();
+        std::fs::write(&artifact, "newer elsewhere").unwrap();
+        seed_target_dir(&sh, &older, &[built]);
+        assert_eq!(std::fs::read_to_string(&seeded).unwrap(), "its own");
+
+        // Nothing to start from: nothing is made.
+        seed_target_dir(&sh, &root.join("alone"), &[never_built]);
+        assert!(!root.join("alone").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn release_tags_are_told_from_other_projects_and_other_tags() {

@@ -136,11 +136,19 @@ fn seed_target_dir(sh: &Shell, target: &Path, others: &[PathBuf]) {
         if to.exists() || !from.exists() {
             continue;
         }
-        let partial = target.join(format!(".{dir}.seeding"));
-        let _ = std::fs::remove_dir_all(&partial);
+        // A name of this run's own: the copy of a run killed with SIGKILL goes on in its own
+        // process group, and must neither be copied into nor renamed into place. What earlier
+        // runs left is removed where it can be (a copy still writing keeps its folder).
+        let prefix = format!(".{dir}.seeding");
+        for entry in std::fs::read_dir(target).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let partial = target.join(format!("{prefix}.{}", std::process::id()));
         let copied = std::fs::create_dir_all(target)
             .map_err(anyhow::Error::from)
-            .and_then(|()| process::run(cmd!(sh, "cp -a {from} {partial}"), "copying"))
+            .and_then(|()| process::run(cmd!(sh, "cp -a -T {from} {partial}"), "copying"))
             .and_then(|_| Ok(std::fs::rename(&partial, &to)?));
         if let Err(e) = copied {
             let _ = std::fs::remove_dir_all(&partial);
@@ -354,6 +362,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_copy_left_running_by_a_killed_run_never_ends_up_in_place() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = std::env::temp_dir().join(format!("xtask-seed-orphan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let sh = Shell::new().unwrap();
+        let built = root.join("target");
+        for i in 0..2000 {
+            let file = built.join(TARGET).join(format!("release/deps/lib{i}.rlib"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, "compiled").unwrap();
+        }
+        std::fs::create_dir_all(built.join("release/build")).unwrap();
+        let older = built.join("schema-head-3");
+        // The copy of a run killed with SIGKILL (cp has a process group of its own) still writes.
+        let orphan_dir = older.join(format!(".{TARGET}.seeding.1"));
+        let done = Arc::new(AtomicBool::new(false));
+        let orphan = {
+            let (dir, done) = (orphan_dir.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    let _ = std::fs::create_dir_all(dir.join("release/deps"));
+                    let _ =
+                        std::fs::write(dir.join(format!("release/deps/orphan{}", i % 50)), "half");
+                    i += 1;
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seed_target_dir(&sh, &older, &[built.clone()]);
+        done.store(true, Ordering::SeqCst);
+        orphan.join().unwrap();
+        assert!(
+            !older.join(TARGET).join(TARGET).exists(),
+            "copied into a folder"
+        );
+        let seeded = std::fs::read_dir(older.join(TARGET).join("release/deps")).unwrap();
+        assert_eq!(
+            seeded.count(),
+            2000,
+            "the seeded folder is a whole copy of the build"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn a_new_release_folder_starts_from_another_build_and_an_existing_one_is_left_alone() {
         let root = std::env::temp_dir().join(format!("xtask-seed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -370,7 +425,11 @@ mod tests {
         let seeded = older.join(TARGET).join("release/deps/libdep.rlib");
         assert_eq!(std::fs::read_to_string(&seeded).unwrap(), "compiled");
         assert!(older.join("release/build").is_dir());
-        assert!(!older.join(format!(".{TARGET}.seeding")).exists());
+        assert!(
+            !older
+                .join(format!(".{TARGET}.seeding.{}", std::process::id()))
+                .exists()
+        );
 
         // A folder with a build of its own is never overwritten.
         std::fs::write(&seeded, "its own").unwrap();

@@ -392,7 +392,7 @@ mod tests {
             })
         };
         std::thread::sleep(std::time::Duration::from_millis(50));
-        seed_target_dir(&sh, &older, &[built.clone()]);
+        seed_target_dir(&sh, &older, std::slice::from_ref(&built));
         done.store(true, Ordering::SeqCst);
         orphan.join().unwrap();
         assert!(

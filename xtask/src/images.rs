@@ -121,7 +121,7 @@ fn other_target_dirs(schema_head: Option<u32>) -> Vec<PathBuf> {
 /// dependency (minutes on a new machine, once per schema head). The copy is made beside and
 /// renamed into place, so a failed one (a full disk) leaves nothing half-written; it is then
 /// only said, and the build compiles from nothing.
-fn seed_target_dir(sh: &Shell, target: &Path, others: &[PathBuf]) {
+pub fn seed_target_dir(sh: &Shell, target: &Path, others: &[PathBuf]) {
     if target.join(TARGET).join("release").exists() {
         return;
     }

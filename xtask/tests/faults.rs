@@ -221,20 +221,13 @@ fn a_build_that_fails_to_compile_never_stops_the_running_bot() {
     // Its release build starts from the one the deploy above made (the dependencies are the
     // same): only the workspace's crates compile, and the bot's fails.
     let release_target = xtask::images::release_dir(Some(3));
-    let built = release_target.ancestors().nth(2).unwrap();
-    std::fs::create_dir_all(copy.join("target")).unwrap();
-    for dir in ["release", xtask::images::TARGET] {
-        let from = built.join(dir);
-        let seeded = run(
-            "cp",
-            &[
-                "-a",
-                from.to_str().unwrap(),
-                copy.join("target").to_str().unwrap(),
-            ],
-        );
-        assert!(seeded.status.success(), "{}", text(&seeded));
-    }
+    let built = release_target.ancestors().nth(2).unwrap().to_path_buf();
+    xtask::images::seed_target_dir(&common::shell(), &copy.join("target"), &[built]);
+    let seeded = copy
+        .join("target")
+        .join(xtask::images::TARGET)
+        .join("release");
+    assert!(seeded.is_dir(), "the copy's release folder was seeded");
     let main = copy.join("bot/src/main.rs");
     let mut source = std::fs::read_to_string(&main).unwrap();
     source.push_str("\ncompile_error!(\"injected by the broken-build test\");\n");

@@ -380,41 +380,19 @@ impl MigrationLabels<'_> {
 }
 
 impl MigrationContainer {
-    /// Creates it (nothing runs yet).
+    /// Creates it from the project's image (nothing runs yet); when `waiting`, one that opens
+    /// and checks the database, then waits for `go` on its stdin.
     pub fn create(
         sh: &Shell,
         stack: &Stack,
-        image: &str,
-        labels: &MigrationLabels,
-    ) -> anyhow::Result<MigrationContainer> {
-        Self::create_with(sh, stack, image, labels, false)
-    }
-
-    /// Creates one that opens and checks the database, then waits for `go` on its stdin.
-    pub fn create_waiting(
-        sh: &Shell,
-        stack: &Stack,
-        image: &str,
-        labels: &MigrationLabels,
-    ) -> anyhow::Result<MigrationContainer> {
-        Self::create_with(sh, stack, image, labels, true)
-    }
-
-    fn create_with(
-        sh: &Shell,
-        stack: &Stack,
-        image: &str,
         labels: &MigrationLabels,
         waiting: bool,
     ) -> anyhow::Result<MigrationContainer> {
-        let place = BackupPlace::for_image(sh, image, "pre-deploy.db");
-        let create = Self::create_cmd(sh, stack, image, labels, &place, waiting);
-        let id = process::run(create, "preparing the migration")?
-            .stdout
-            .trim()
-            .to_owned();
+        let place = BackupPlace::for_image(sh, &stack.bot_image, "pre-deploy.db");
+        let create = Self::create_cmd(sh, stack, labels, &place, waiting);
+        let id = process::run(create, "preparing the migration")?.stdout;
         Ok(MigrationContainer {
-            id,
+            id: id.trim().to_owned(),
             bytes: labels.bytes,
             backup_path: place.path,
         })
@@ -426,7 +404,6 @@ impl MigrationContainer {
     pub fn create_cmd<'a>(
         sh: &'a Shell,
         stack: &Stack,
-        image: &str,
         labels: &MigrationLabels,
         place: &BackupPlace,
         waiting: bool,
@@ -434,15 +411,15 @@ impl MigrationContainer {
         let mount = format!("{}:/data", stack.volume());
         let label_args = labels.args(stack, place);
         let (stdin, extra) = (waiting.then_some("-i"), waiting.then_some("--wait-for-go"));
-        let (volume, backup) = (&place.create_args, &place.path);
+        let (volume, backup, image) = (&place.create_args, &place.path, &stack.bot_image);
         cmd!(
             sh,
             "docker create {label_args...} {volume...} {stdin...} --user {BOT_OWNER} -v {mount} {image} db upgrade --adopt --backup-to {backup} {extra...} --json"
         )
     }
 
-    /// Starts one made by [`MigrationContainer::create_waiting`] and returns once it is ready
-    /// and waiting.
+    /// Starts one made `waiting` by [`MigrationContainer::create`] and returns once it is
+    /// ready and waiting.
     pub fn start_waiting(&self) -> anyhow::Result<WaitingMigration> {
         let (stdin_reader, stdin) = std::io::pipe().context("cannot make a pipe")?;
         let (stderr, stderr_writer) = std::io::pipe().context("cannot make a pipe")?;
@@ -667,43 +644,6 @@ pub fn restore_from_host(
     parse_last(&out.stdout, "`bot db restore --json`")
 }
 
-/// A migration container an earlier run left.
-pub struct Leftover {
-    /// Its id.
-    pub id: String,
-    /// Whether it still runs (a migration at work is never interrupted).
-    pub running: bool,
-    /// The name its backup gets in the backup folder.
-    pub backup_name: Option<String>,
-    /// The size of the database it migrated.
-    pub bytes: u64,
-    /// Where its backup is inside it.
-    pub backup_path: String,
-}
-
-/// Migration containers of `project` that an earlier run left (killed, or unable to copy the
-/// backup out).
-pub fn leftover_migrations(sh: &Shell, project: &str) -> anyhow::Result<Vec<Leftover>> {
-    labelled_containers(sh, project, MIGRATION_ROLE)?
-        .iter()
-        .map(|id| {
-            let state = docker::inspect(sh, id)?;
-            let label = |key: &str| state.labels.get(key).cloned();
-            Ok(Leftover {
-                id: id.to_owned(),
-                running: state.status == "running",
-                backup_name: label(BACKUP_NAME_LABEL),
-                // Made by a release before the label: the size is not known.
-                bytes: label(BYTES_LABEL)
-                    .and_then(|b| b.parse().ok())
-                    .unwrap_or(process::UNKNOWN_SIZE),
-                backup_path: label(BACKUP_PATH_LABEL)
-                    .unwrap_or_else(|| BACKUP_IN_CONTAINER.to_owned()),
-            })
-        })
-        .collect()
-}
-
 /// Saves the pre-deploy backups that migration containers of earlier runs still hold into
 /// `dir` (under the name each was labelled with, checked), then removes those containers.
 /// Returns the backups saved and the running containers left alone (a migration still at
@@ -714,17 +654,25 @@ pub fn save_leftover_backups(
     dir: &Path,
 ) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
     let (mut saved, mut running) = (Vec::new(), Vec::new());
-    for leftover in leftover_migrations(sh, &stack.project)? {
-        let container = MigrationContainer {
-            id: leftover.id,
-            bytes: leftover.bytes,
-            backup_path: leftover.backup_path,
-        };
-        if leftover.running {
-            running.push(container.id);
+    let leftovers = labelled_containers(sh, &stack.project, MIGRATION_ROLE)?
+        .iter()
+        .map(|id| docker::inspect(sh, id))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for state in leftovers {
+        if state.status == "running" {
+            running.push(state.id);
             continue;
         }
-        if let Some(name) = leftover.backup_name {
+        let label = |key: &str| state.labels.get(key).cloned();
+        let container = MigrationContainer {
+            id: state.id.clone(),
+            // Made by a release before the label: the size is not known.
+            bytes: label(BYTES_LABEL)
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(process::UNKNOWN_SIZE),
+            backup_path: label(BACKUP_PATH_LABEL).unwrap_or_else(|| BACKUP_IN_CONTAINER.to_owned()),
+        };
+        if let Some(name) = label(BACKUP_NAME_LABEL) {
             let mut host_file = dir.join(&name);
             // A file already there under that name is trusted only when it is a sound copy (a
             // copy killed halfway is not): else the backup is saved beside it.

@@ -146,37 +146,28 @@ pub fn inspect(sh: &Shell, id: &str) -> anyhow::Result<ContainerState> {
     let all: Value = serde_json::from_str(&out.stdout).context("docker inspect printed no JSON")?;
     let c = &all[0];
     let health = &c["State"]["Health"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     Ok(ContainerState {
         id: c["Id"].as_str().unwrap_or(id).to_owned(),
-        image_id: c["Image"].as_str().unwrap_or_default().to_owned(),
-        status: c["State"]["Status"].as_str().unwrap_or_default().to_owned(),
+        image_id: text(&c["Image"]),
+        status: text(&c["State"]["Status"]),
         health: health["Status"].as_str().map(str::to_owned),
         health_output: health["Log"]
             .as_array()
             .and_then(|log| log.last())
             .and_then(|last| last["Output"].as_str())
             .map(|s| s.trim().to_owned()),
-        started_at: c["State"]["StartedAt"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        started_at: text(&c["State"]["StartedAt"]),
         restart_count: c["RestartCount"].as_u64().unwrap_or(0),
         exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(0),
-        name: c["Name"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned(),
-        config_image: c["Config"]["Image"].as_str().unwrap_or_default().to_owned(),
+        name: text(&c["Name"]).trim_start_matches('/').to_owned(),
+        config_image: text(&c["Config"]["Image"]),
         labels: c["Config"]["Labels"]
             .as_object()
-            .map(|labels| {
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect(),
         mounts: c["Mounts"]
             .as_array()
             .map(|mounts| mounts.iter().filter_map(mount).collect())
@@ -200,18 +191,14 @@ fn mount(m: &Value) -> Option<Mount> {
 /// The last lines a container logged.
 pub fn logs_tail(sh: &Shell, id: &str, lines: usize) -> String {
     let lines = lines.to_string();
-    crate::process::output(cmd!(sh, "docker logs --tail {lines} {id}"))
-        .map(|out| {
-            process::tail(
-                &format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                usize::MAX,
-            )
-        })
-        .unwrap_or_default()
+    let Ok(out) = process::output(cmd!(sh, "docker logs --tail {lines} {id}")) else {
+        return String::new();
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    process::tail(&format!("{stdout}{stderr}"), usize::MAX)
 }
 
 /// A created container that tasks use once and throw away: files copied in, started to the

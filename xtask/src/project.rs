@@ -122,41 +122,25 @@ trait Fill {
     fn fill(&self, args: &mut StackArgs);
 }
 
-impl Fill for Confirm {
-    fn fill(&self, args: &mut StackArgs) {
-        args.yes = self.yes;
-    }
+/// Each group's field is the [`StackArgs`] field of the same name.
+macro_rules! fill {
+    ($($group:ty => $field:ident),*) => {
+        $(impl Fill for $group {
+            fn fill(&self, args: &mut StackArgs) {
+                args.$field = self.$field;
+            }
+        })*
+    };
 }
 
-impl Fill for Json {
-    fn fill(&self, args: &mut StackArgs) {
-        args.json = self.json;
-    }
-}
-
-impl Fill for DryRun {
-    fn fill(&self, args: &mut StackArgs) {
-        args.dry_run = self.dry_run;
-    }
-}
-
-impl Fill for Keep {
-    fn fill(&self, args: &mut StackArgs) {
-        args.keep = self.keep;
-    }
-}
-
-impl Fill for HealthTimeout {
-    fn fill(&self, args: &mut StackArgs) {
-        args.health_timeout = self.health_timeout;
-    }
-}
-
-impl Fill for SchemaHead {
-    fn fill(&self, args: &mut StackArgs) {
-        args.schema_head = self.schema_head;
-    }
-}
+fill!(
+    Confirm => yes,
+    Json => json,
+    DryRun => dry_run,
+    Keep => keep,
+    HealthTimeout => health_timeout,
+    SchemaHead => schema_head
+);
 
 impl From<&Where> for StackArgs {
     fn from(at: &Where) -> StackArgs {
@@ -240,15 +224,8 @@ impl StackArgs {
     /// for the local engine, `<backup dir>/<engine>/<project>` for another one (see
     /// [`crate::host::Engine::folder`]).
     pub fn state_dir(&self, project: &str) -> PathBuf {
-        let base = self
-            .backup_dir
-            .clone()
-            .unwrap_or_else(|| root().join("backups"));
-        let base = if base.is_absolute() {
-            base
-        } else {
-            root().join(base)
-        };
+        // A relative folder is the repository's; joining an absolute one gives it unchanged.
+        let base = root().join(self.backup_dir.as_deref().unwrap_or(Path::new("backups")));
         match crate::host::Engine::current().folder() {
             Some(engine) => base.join(engine).join(project),
             None => base.join(project),

@@ -25,19 +25,6 @@ impl Deploy<'_> {
         backups::name(&stack.project, &self.time, status.effective_version(), None)
     }
 
-    /// The labels of this deploy's migration container.
-    pub(super) fn labels<'a>(
-        &'a self,
-        backup_name: &'a str,
-        status: &DbStatus,
-    ) -> MigrationLabels<'a> {
-        MigrationLabels {
-            deploy: &self.time,
-            backup_name,
-            bytes: status.copy_bytes(),
-        }
-    }
-
     pub(super) fn change(
         &self,
         stack: &Stack,
@@ -89,35 +76,23 @@ impl Deploy<'_> {
     }
 
     /// Step "prepare migration": creates the labelled migration container (one that waits for
-    /// "go" on the fast path) and notes in the history where its backup will be.
+    /// "go" on the fast path) and notes in the history where its backup will be, before anything
+    /// runs: a run killed after this point leaves a line that leads to it.
     pub(super) fn prepare_migration(
         &self,
         stack: &Stack,
         status: &DbStatus,
         waiting: bool,
     ) -> anyhow::Result<MigrationContainer> {
-        let sh = self.sh;
         let backup_name = self.backup_name(stack, status);
-        let labels = self.labels(&backup_name, status);
+        let labels = MigrationLabels {
+            deploy: &self.time,
+            backup_name: &backup_name,
+            bytes: status.copy_bytes(),
+        };
         let migration = self.run.step("prepare migration", || {
-            if waiting {
-                MigrationContainer::create_waiting(sh, stack, &stack.bot_image, &labels)
-            } else {
-                MigrationContainer::create(sh, stack, &stack.bot_image, &labels)
-            }
+            MigrationContainer::create(self.sh, stack, &labels, waiting)
         })?;
-        self.note_migration_prepared(status, &migration, &backup_name);
-        Ok(migration)
-    }
-
-    /// Notes in the history where this deploy's pre-deploy backup will be, before anything runs:
-    /// a run killed after this point leaves a line that leads to it.
-    pub(super) fn note_migration_prepared(
-        &self,
-        status: &DbStatus,
-        migration: &MigrationContainer,
-        backup_name: &str,
-    ) {
         let file = self.state_dir.join(backup_name);
         journal::update(|r| {
             r.backup = Some(file.clone());
@@ -128,6 +103,7 @@ impl Deploy<'_> {
                 file.display()
             ));
         });
+        Ok(migration)
     }
 
     /// Waits until the new bot is healthy, and notes when it began to serve.
@@ -243,56 +219,54 @@ impl Deploy<'_> {
             .migration
             .as_ref()
             .context("no migration container")?;
-        {
-            let applied = outcome.upgrade.applied.len();
-            run.detail(format!(
-                "{}applied {applied} migrations, now at revision {}",
-                outcome
-                    .adopted
-                    .map(|v| format!("adopted revision {v}, "))
-                    .unwrap_or_default(),
-                outcome.upgrade.to
-            ));
-            run.edit().revision_after = Some(outcome.upgrade.to);
-            journal::volume(format!(
-                "migrated to revision {}; the pre-deploy backup is in container {}",
-                outcome.upgrade.to,
-                short(&migration.id)
-            ));
-            if outcome.backup.is_some() {
-                let host_file = self.state_dir.join(self.backup_name(stack, status));
-                let saved = run.step("save backup", || {
-                    migration.copy_backup(sh, &host_file)?;
-                    backups::seal(&host_file).map(drop)
-                });
-                match saved {
-                    Ok(()) => {
-                        journal::volume(format!(
-                            "migrated to revision {}; the pre-deploy backup is saved as {}",
-                            outcome.upgrade.to,
-                            host_file.display()
-                        ));
-                        run.detail(host_file.display().to_string());
-                        run.edit().backup = Some(host_file.clone());
-                        changes.backup_on_host = Some(host_file);
-                    }
-                    // The migration is committed and the new bot may serve already: a copy
-                    // this machine could not take is no reason to undo a good deploy. The
-                    // backup stays in the labelled migration container, which the next
-                    // `backup` or deploy saves.
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&host_file);
-                        let warning = format!(
-                            "the pre-deploy backup could not be saved as {} ({e:#}); it is kept in container {}, and the next `cargo xtask backup` or deploy saves it once the folder has room",
-                            host_file.display(),
-                            short(&migration.id)
-                        );
-                        run.info(&format!("warning: {warning}"));
-                        run.edit().warnings.push(warning);
-                        // The name it will have once saved: `rollback` finds it there.
-                        run.edit().backup = Some(host_file.clone());
-                        changes.backup_pending = true;
-                    }
+        let applied = outcome.upgrade.applied.len();
+        run.detail(format!(
+            "{}applied {applied} migrations, now at revision {}",
+            outcome
+                .adopted
+                .map(|v| format!("adopted revision {v}, "))
+                .unwrap_or_default(),
+            outcome.upgrade.to
+        ));
+        run.edit().revision_after = Some(outcome.upgrade.to);
+        journal::volume(format!(
+            "migrated to revision {}; the pre-deploy backup is in container {}",
+            outcome.upgrade.to,
+            short(&migration.id)
+        ));
+        if outcome.backup.is_some() {
+            let host_file = self.state_dir.join(self.backup_name(stack, status));
+            let saved = run.step("save backup", || {
+                migration.copy_backup(sh, &host_file)?;
+                backups::seal(&host_file).map(drop)
+            });
+            match saved {
+                Ok(()) => {
+                    journal::volume(format!(
+                        "migrated to revision {}; the pre-deploy backup is saved as {}",
+                        outcome.upgrade.to,
+                        host_file.display()
+                    ));
+                    run.detail(host_file.display().to_string());
+                    run.edit().backup = Some(host_file.clone());
+                    changes.backup_on_host = Some(host_file);
+                }
+                // The migration is committed and the new bot may serve already: a copy
+                // this machine could not take is no reason to undo a good deploy. The
+                // backup stays in the labelled migration container, which the next
+                // `backup` or deploy saves.
+                Err(e) => {
+                    let _ = std::fs::remove_file(&host_file);
+                    let warning = format!(
+                        "the pre-deploy backup could not be saved as {} ({e:#}); it is kept in container {}, and the next `cargo xtask backup` or deploy saves it once the folder has room",
+                        host_file.display(),
+                        short(&migration.id)
+                    );
+                    run.info(&format!("warning: {warning}"));
+                    run.edit().warnings.push(warning);
+                    // The name it will have once saved: `rollback` finds it there.
+                    run.edit().backup = Some(host_file.clone());
+                    changes.backup_pending = true;
                 }
             }
         }

@@ -67,12 +67,6 @@ impl Deploy<'_> {
         left
     }
 
-    /// Saves what migration containers of earlier runs left (see [`save_leftover_backups`]);
-    /// refuses while one of them still runs.
-    pub(super) fn save_leftover_backups(&self, stack: &Stack) -> anyhow::Result<()> {
-        save_leftover_backups(self.sh, stack, &self.state_dir, self.run)
-    }
-
     /// Removes the project's release tags beyond the newest `--keep`, never the tag of an
     /// image that runs, that `-previous` or the project's tag names, or that the history's
     /// last change went from or to. A failure is only said: the deploy is done.

@@ -185,22 +185,20 @@ impl Deploy<'_> {
             bytes: status.as_ref().map_or(0, |s| s.copy_bytes()),
         };
         let migration = "<migration>";
-        let prepare_migration = |plan: &mut Vec<String>, waiting: bool| {
-            let create = MigrationContainer::create_cmd(
-                sh,
-                stack,
-                &stack.bot_image,
-                &labels,
-                &place,
-                waiting,
-            );
-            let mut create = shown(create.into());
-            if status.is_none() {
-                // The size of a database not found yet.
-                create = create.replace("org.tgbot.bytes=0", "org.tgbot.bytes=<size>");
-            }
-            plan.push(format!("prepare migration: {create}"));
+        let prepare_migration = |waiting: bool| {
+            let create = MigrationContainer::create_cmd(sh, stack, &labels, &place, waiting);
+            let create = shown(create.into());
+            // The size of a database not found yet.
+            let create = match status {
+                None => create.replace("org.tgbot.bytes=0", "org.tgbot.bytes=<size>"),
+                Some(_) => create,
+            };
+            format!("prepare migration: {create}")
         };
+        let migrate = format!(
+            "migrate database: {}",
+            shown(docker::start_argv(migration, false))
+        );
         match route {
             Route::NothingToDo => {}
             Route::FromOldApp => {
@@ -214,33 +212,28 @@ impl Deploy<'_> {
                     ));
                 }
                 if migrates {
-                    prepare_migration(&mut plan, false);
-                    plan.push(format!(
-                        "migrate database: {}",
-                        shown(docker::start_argv(migration, false))
-                    ));
+                    plan.extend([prepare_migration(false), migrate]);
                 }
             }
             Route::Fast => {
                 let old_bot = running.expect("the fast path replaces a running bot");
-                prepare_migration(&mut plan, true);
-                plan.push(format!(
-                    "start migration, waiting: {}",
-                    shown(docker::start_argv(migration, true))
-                ));
-                plan.push(format!("start new bot: {}", compose(stack.beside_cmd(sh))));
-                plan.push(format!(
-                    "migrate database: {} # `go` to the waiting migration the moment it has exited",
-                    shown(stop_argv(&old_bot.id))
-                ));
-                plan.push(format!(
-                    "migrate database: {}",
-                    shown(remove_argv(&old_bot.id))
-                ));
+                plan.extend([
+                    prepare_migration(true),
+                    format!(
+                        "start migration, waiting: {}",
+                        shown(docker::start_argv(migration, true))
+                    ),
+                    format!("start new bot: {}", compose(stack.beside_cmd(sh))),
+                    format!(
+                        "migrate database: {} # `go` to the waiting migration the moment it has exited",
+                        shown(stop_argv(&old_bot.id))
+                    ),
+                    format!("migrate database: {}", shown(remove_argv(&old_bot.id))),
+                ]);
             }
             Route::Slow => {
                 if migrates {
-                    prepare_migration(&mut plan, false);
+                    plan.push(prepare_migration(false));
                 }
                 if let Some(c) = running {
                     plan.push(format!("stop bot: {}", shown(stop_argv(&c.id))));
@@ -253,10 +246,7 @@ impl Deploy<'_> {
                     ));
                 }
                 if migrates {
-                    plan.push(format!(
-                        "migrate database: {}",
-                        shown(docker::start_argv(migration, false))
-                    ));
+                    plan.push(migrate);
                 }
             }
         }

@@ -220,7 +220,10 @@ impl Deploy<'_> {
         let stack = check_machine(sh, args, true, run)?;
         let mut all_containers = stack.bot_containers(sh)?;
         old_app::refuse_a_scaled_old_app(&all_containers)?;
-        let (last, env_hash) = self.last_change_and_env(&stack)?;
+        // The project's last deploy that changed the stack, and the hash of the environment
+        // file this one deploys (the two tell whether the environment changes).
+        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
+        let env_hash = sha256_file(&stack.env_file)?;
         let env_changes =
             last.as_ref().and_then(|r| r.env_sha256.as_deref()) != Some(env_hash.as_str());
         if args.dry_run {
@@ -239,7 +242,7 @@ impl Deploy<'_> {
         });
 
         self.finish_unfinished_runs()?;
-        self.save_leftover_backups(&stack)?;
+        save_leftover_backups(sh, &stack, &self.state_dir, run)?;
 
         self.build_images(&stack)?;
         let image_id = docker::image_id(sh, &stack.bot_image)?.context("the bot image vanished")?;
@@ -311,16 +314,6 @@ impl Deploy<'_> {
         Ok(())
     }
 
-    /// The project's last deploy that changed the stack, and the hash of the environment file
-    /// this one deploys (the two tell whether the environment changes).
-    fn last_change_and_env(
-        &self,
-        stack: &Stack,
-    ) -> anyhow::Result<(Option<history::Record>, String)> {
-        let last = history::last_change(&history::read(&self.state_dir)?).cloned();
-        Ok((last, sha256_file(&stack.env_file)?))
-    }
-
     /// Keeps the image this deploy replaces, by a name the rollback can start. `-previous`
     /// moves only here, when a different image is about to replace the running one: a no-op, a
     /// refused deploy or a failed build leave it naming the release before the last change.
@@ -388,7 +381,8 @@ impl Deploy<'_> {
         let failed_step = run.report().last_failed_step();
         run.edit().failed_step = failed_step;
         let from_old_app = old.container.is_some() || old.import.is_some();
-        let outcome = if from_old_app || changes.stopped_at.is_some() || changes.migrated {
+        let rolls_back = from_old_app || changes.stopped_at.is_some() || changes.migrated;
+        let outcome = if rolls_back {
             run.info(&format!("a step failed: {error:#}\nrolling back"));
             signals::rolling_back();
             if from_old_app {
@@ -402,8 +396,7 @@ impl Deploy<'_> {
         };
         let error = match outcome {
             Ok(set_aside) => {
-                run.edit().rolled_back =
-                    from_old_app || changes.stopped_at.is_some() || changes.migrated;
+                run.edit().rolled_back = rolls_back;
                 match set_aside {
                     Some(set_aside) => error.context(set_aside),
                     None => error,
@@ -476,32 +469,27 @@ impl Deploy<'_> {
         found_container: Option<&ContainerState>,
     ) -> anyhow::Result<OldApp> {
         let (sh, run) = (self.sh, self.run);
-        let old = if found_container.is_some_and(|c| !c.is_ours()) || self.import.import.is_some() {
-            let old = run.step("look for the old app", || {
-                old_app::look(sh, &stack.bot_image, found_container, self.import)
-            })?;
-            if let Some(c) = &old.container {
-                run.detail(format!(
-                    "the bot container {} is not ours (image {}): the old app",
-                    c.name, c.config_image
-                ));
-            }
-            if let Some(planned) = &old.import {
-                run.detail(format!(
-                    "its database: {} ({}{})",
-                    planned.source,
-                    describe(&planned.checked.status),
-                    planned
-                        .checked
-                        .users
-                        .map(|u| format!(", {u} users"))
-                        .unwrap_or_default()
-                ));
-            }
-            old
-        } else {
-            OldApp::default()
-        };
+        if found_container.is_none_or(ContainerState::is_ours) && self.import.import.is_none() {
+            return Ok(OldApp::default());
+        }
+        let old = run.step("look for the old app", || {
+            old_app::look(sh, &stack.bot_image, found_container, self.import)
+        })?;
+        if let Some(c) = &old.container {
+            run.detail(format!(
+                "the bot container {} is not ours (image {}): the old app",
+                c.name, c.config_image
+            ));
+        }
+        if let Some(planned) = &old.import {
+            let users = planned.checked.users.map(|u| format!(", {u} users"));
+            run.detail(format!(
+                "its database: {} ({}{})",
+                planned.source,
+                describe(&planned.checked.status),
+                users.unwrap_or_default()
+            ));
+        }
         Ok(old)
     }
 
@@ -648,52 +636,24 @@ mod tests {
         let (mut current, mut behind) = (DbStatus::empty(4), DbStatus::empty(4));
         current.state = State::Current;
         behind.state = State::Behind;
-        let (serving, unhealthy) = (&serving, &unhealthy);
         let found = |before, image_changes, fix_owner| Found {
             before,
             fix_owner,
             image_changes,
         };
+        let (s, u) = (Some(&serving), Some(&unhealthy));
+        // (the bot before, image changes, ownership to fix, database, env changes, route)
         let cases = [
-            (
-                found(Some(serving), false, false),
-                &current,
-                false,
-                Route::NothingToDo,
-            ),
-            (
-                found(Some(serving), false, false),
-                &current,
-                true,
-                Route::Slow,
-            ),
-            (
-                found(Some(unhealthy), false, false),
-                &current,
-                false,
-                Route::Slow,
-            ),
-            (
-                found(Some(serving), true, false),
-                &behind,
-                false,
-                Route::Fast,
-            ),
-            (
-                found(Some(serving), false, false),
-                &behind,
-                false,
-                Route::Slow,
-            ),
-            (
-                found(Some(serving), true, true),
-                &behind,
-                false,
-                Route::Slow,
-            ),
-            (found(None, true, false), &behind, false, Route::Slow),
+            (s, false, false, &current, false, Route::NothingToDo),
+            (s, false, false, &current, true, Route::Slow),
+            (u, false, false, &current, false, Route::Slow),
+            (s, true, false, &behind, false, Route::Fast),
+            (s, false, false, &behind, false, Route::Slow),
+            (s, true, true, &behind, false, Route::Slow),
+            (None, true, false, &behind, false, Route::Slow),
         ];
-        for (found, status, env_changes, route) in cases {
+        for (before, image_changes, fix_owner, status, env_changes, route) in cases {
+            let found = found(before, image_changes, fix_owner);
             assert_eq!(
                 found.route(status, &none, env_changes),
                 route,

@@ -225,9 +225,7 @@ pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyho
         if state.health.as_deref() == Some("healthy") {
             return Ok(());
         }
-        if state.status == "exited"
-            || state.status == "dead"
-            || state.status == "restarting"
+        if matches!(state.status.as_str(), "exited" | "dead" | "restarting")
             || state.restart_count > 0
         {
             bail!(
@@ -254,16 +252,14 @@ pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyho
 pub fn describe(status: &DbStatus) -> String {
     let revision = status.version.map_or("none".into(), |v| v.to_string());
     match status.state {
-        State::Unstamped | State::Foreign => match status.matches {
-            Some(m) => format!(
-                "{}: tables without our history, matching revision {m} (head {})",
-                status.state, status.head
-            ),
-            None => format!(
-                "{}: tables without our history, matching no revision (head {})",
-                status.state, status.head
-            ),
-        },
+        State::Unstamped | State::Foreign => format!(
+            "{}: tables without our history, matching {} (head {})",
+            status.state,
+            status
+                .matches
+                .map_or("no revision".into(), |m| format!("revision {m}")),
+            status.head
+        ),
         State::Empty => format!("empty (head {})", status.head),
         state => format!("{state}: revision {revision} (head {})", status.head),
     }

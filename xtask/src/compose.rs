@@ -335,30 +335,20 @@ mod tests {
 
     #[test]
     fn the_flavour_is_told_from_the_version_commands() {
-        assert_eq!(
-            Flavour::from_versions(Some("2.27.0\n"), Some("1.29.2")),
-            Some(Flavour::Plugin("2.27.0".into()))
-        );
-        assert_eq!(
-            Flavour::from_versions(Some("v2.20.2"), None),
-            Some(Flavour::Plugin("2.20.2".into()))
-        );
-        assert_eq!(
-            Flavour::from_versions(None, Some("1.29.2\n")),
-            Some(Flavour::V1("1.29.2".into()))
-        );
-        assert_eq!(
-            Flavour::from_versions(None, Some("2.24.6")),
-            Some(Flavour::Plugin("2.24.6".into())),
-            "a standalone v2"
-        );
-        assert_eq!(
-            Flavour::from_versions(Some("5.0.1"), None),
-            Some(Flavour::Plugin("5.0.1".into())),
-            "and later"
-        );
-        assert_eq!(Flavour::from_versions(None, None), None);
-        assert_eq!(Flavour::from_versions(Some(""), Some("")), None);
+        let plugin = |v: &str| Some(Flavour::Plugin(v.into()));
+        let cases = [
+            (Some("2.27.0\n"), Some("1.29.2"), plugin("2.27.0")),
+            (Some("v2.20.2"), None, plugin("2.20.2")),
+            (None, Some("1.29.2\n"), Some(Flavour::V1("1.29.2".into()))),
+            (None, Some("2.24.6"), plugin("2.24.6")), // a standalone v2
+            (Some("5.0.1"), None, plugin("5.0.1")),   // and later
+            (None, None, None),
+            (Some(""), Some(""), None),
+        ];
+        for (plugin, standalone, flavour) in cases {
+            let found = Flavour::from_versions(plugin, standalone);
+            assert_eq!(found, flavour, "{plugin:?} {standalone:?}");
+        }
     }
 
     #[test]

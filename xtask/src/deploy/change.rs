@@ -67,9 +67,7 @@ impl Deploy<'_> {
             let outcome = run.step("migrate database", || migration.run())?;
             self.record_migration(stack, status, &outcome, changes)?;
         }
-        if changes.stopped_at.is_none() {
-            changes.stopped_at = Some(Instant::now());
-        }
+        changes.stopped_at.get_or_insert_with(Instant::now);
         signals::checkpoint()?;
         run.step("start bot", || stack.up(sh))?;
         self.wait_until_serving(stack, changes)
@@ -161,16 +159,15 @@ impl Deploy<'_> {
             short(&migration_id),
             short(&new_bot.id)
         ));
-        let mut replaced = None;
+        let mut stopped_at = None;
         let outcome = run.step("migrate database", || {
-            let r = stop_then_go(&old.id, waiting);
-            replaced = Some((r.stopped_at, r.went));
-            r.migration
+            let (stopped, migration) = stop_then_go(&old.id, waiting);
+            stopped_at = stopped;
+            migration
         });
-        let (stopped_at, went) = replaced.unwrap_or((None, false));
         changes.stopped_at = stopped_at;
-        changes.migrated = went;
-        if went {
+        changes.migrated = stopped_at.is_some();
+        if changes.migrated {
             // The old bot is stopped: its container goes, as Compose's own replacement would
             // remove it, so that the service has one container again.
             let removed = process::run(
@@ -188,13 +185,9 @@ impl Deploy<'_> {
             // when it cannot (the engine went away), the error says what runs.
             let at = super::where_flags(self.args);
             // One line: what `docker rm` said last (the engine's own words) is enough here.
-            let said = format!("{e:#}");
-            let said = said
-                .lines()
-                .map(str::trim)
-                .rfind(|l| !l.is_empty())
-                .unwrap_or_default()
-                .to_owned();
+            let error = format!("{e:#}");
+            let said = error.lines().map(str::trim).rfind(|l| !l.is_empty());
+            let said = said.unwrap_or_default();
             return Err(outcome.err().unwrap_or_else(|| anyhow::anyhow!("the deploy stopped")).context(format!(
                 "the new bot's container {} may run beside the old one with the same token: it could not be removed ({said}); once the engine answers, `cargo xtask status{at}` shows it and the next deploy (or `cargo xtask recover{at}`) removes it",
                 short(&new_bot.id)
@@ -273,20 +266,14 @@ impl Deploy<'_> {
         Ok(())
     }
 }
-/// What happened while the old bot stopped.
-struct Replaced {
-    /// When the old bot exited, if it did.
-    stopped_at: Option<Instant>,
-    /// Whether the migration was told to go (so the database may have changed).
-    went: bool,
-    /// What the migration reported.
-    migration: anyhow::Result<UpgradeReport>,
-}
-
 /// Stops the old bot (`docker stop`, its grace period as Compose's) and tells the waiting
 /// migration to go the moment it has exited: `docker wait` printed its exit code, or the
-/// engine says it no longer runs.
-fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
+/// engine says it no longer runs. Returns when the old bot exited, if it did (only then was the
+/// migration told to go, so that the database may have changed), and what the migration said.
+fn stop_then_go(
+    old_id: &str,
+    waiting: database::WaitingMigration,
+) -> (Option<Instant>, anyhow::Result<UpgradeReport>) {
     let quiet =
         |argv: process::Argv| argv.start_with(|e| e.stdin_null().stdout_null().stderr_capture());
     let spawned = quiet(process::Argv::new("docker", ["wait", old_id]))
@@ -295,13 +282,8 @@ fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
         Ok(both) => both,
         Err(e) => {
             waiting.cancel();
-            return Replaced {
-                stopped_at: None,
-                went: false,
-                migration: Err(anyhow::anyhow!(
-                    "cannot run docker to stop the old bot: {e}"
-                )),
-            };
+            let error = anyhow::anyhow!("cannot run docker to stop the old bot: {e}");
+            return (None, Err(error));
         }
     };
     let deadline = Instant::now() + process::DEFAULT_TIMEOUT;
@@ -349,11 +331,7 @@ fn stop_then_go(old_id: &str, waiting: database::WaitingMigration) -> Replaced {
     if let Err(e) = stop.wait_within(stopping, STOP_ENDS) {
         eprintln!("warning: {e:#}");
     }
-    Replaced {
-        stopped_at,
-        went: stopped,
-        migration,
-    }
+    (stopped_at, migration)
 }
 
 /// How long `docker stop` may still take once the deploy is past waiting for it.

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use anyhow::bail;
 use xshell::cmd;
 
 use crate::compose::Stack;
@@ -53,11 +52,9 @@ impl Deploy<'_> {
         }
         if database::needs_migration(&status) {
             let migration = self.prepare_migration(stack, &status, false)?;
-            changes.migration = Some(migration);
+            let migration = changes.migration.insert(migration);
             changes.migrated = true;
-            let outcome = run.step("migrate database", || {
-                changes.migration.as_ref().expect("just set").run()
-            })?;
+            let outcome = run.step("migrate database", || migration.run())?;
             self.record_migration(stack, &status, &outcome, changes)?;
         }
         if let Some(container) = &old.container {
@@ -70,9 +67,7 @@ impl Deploy<'_> {
             ));
             changes.kept = Some(kept);
         }
-        if changes.stopped_at.is_none() {
-            changes.stopped_at = Some(Instant::now());
-        }
+        changes.stopped_at.get_or_insert_with(Instant::now);
         run.step("start bot", || stack.up(sh))?;
         self.wait_until_serving(stack, changes)?;
         if let (Some(kept), Some(container)) = (&changes.kept, &old.container) {
@@ -104,25 +99,21 @@ impl Deploy<'_> {
             .into_iter()
             .filter(ContainerState::is_ours);
         for container in ours {
-            let id = container.id;
             if let Err(e) = run.step("rollback: remove new bot", || {
-                process::run(cmd!(sh, "docker rm -f {id}"), "removing the new bot").map(drop)
+                process::run(force_remove_argv(&container.id), "removing the new bot").map(drop)
             }) {
                 failures.push(format!("{e:#}"));
             }
         }
+        if changes.migration.is_some()
+            && !changes.imported
+            && changes.migrated
+            && let Err(e) = self.restore_pre_deploy_database(stack, changes)
+        {
+            failures.push(format!("{e:#}"));
+        }
         if let Some(migration) = changes.migration.take() {
-            if !changes.imported && changes.migrated {
-                changes.migration = Some(migration);
-                if let Err(e) = self.restore_pre_deploy_database(stack, changes) {
-                    failures.push(format!("{e:#}"));
-                }
-                if let Some(migration) = changes.migration.take() {
-                    migration.remove(sh);
-                }
-            } else {
-                migration.remove(sh);
-            }
+            migration.remove(sh);
         }
         if changes.imported {
             // The volume was empty before the import (checked), so nothing of value goes.
@@ -162,10 +153,7 @@ impl Deploy<'_> {
                 )),
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", failures.join("\n"))
-        }
+        anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ use xshell::cmd;
 use crate::backups;
 use crate::compose::Stack;
 use crate::database;
+use crate::docker::ContainerState;
 use crate::journal;
 use crate::process;
 
@@ -28,10 +29,7 @@ impl Deploy<'_> {
         previous: &Previous,
     ) -> anyhow::Result<Option<String>> {
         let (sh, run) = (self.sh, self.run);
-        if let Some(container) = stack
-            .bot_container(sh)?
-            .filter(|c| c.status == "running" || c.status == "restarting")
-        {
+        if let Some(container) = stack.bot_container(sh)?.filter(ContainerState::is_running) {
             stop_container(&container.id)?;
         }
         // A migration that committed nothing (refused before its first commit, e.g. because
@@ -60,36 +58,28 @@ impl Deploy<'_> {
                 Some("set-aside-by-rollback"),
             );
             let host_file = self.state_dir.join(name);
-            let copied = database::copy_from_volume(
-                sh,
-                stack,
-                &stack.bot_image,
-                &set_aside.file,
-                &host_file,
-                changes
-                    .migration
-                    .as_ref()
-                    .map_or(process::UNKNOWN_SIZE, |m| m.bytes),
-            )
-            .and_then(|()| backups::seal(&host_file).map(drop));
-            match copied {
-                Ok(()) => Some(host_file),
-                Err(e) => {
-                    run.info(&format!(
-                        "warning: the set-aside database stays in the volume only ({}): {e:#}",
-                        set_aside.file
-                    ));
-                    None
-                }
+            let bytes = changes
+                .migration
+                .as_ref()
+                .map_or(process::UNKNOWN_SIZE, |m| m.bytes);
+            let image = &stack.bot_image;
+            let copied =
+                database::copy_from_volume(sh, stack, image, &set_aside.file, &host_file, bytes)
+                    .and_then(|()| backups::seal(&host_file).map(drop));
+            if let Err(e) = &copied {
+                run.info(&format!(
+                    "warning: the set-aside database stays in the volume only ({}): {e:#}",
+                    set_aside.file
+                ));
             }
+            copied.ok().map(|()| host_file)
         });
+        let copied_to = kept_on_host.map(|h| format!(", copied to {}", h.display()));
         let set_aside = set_aside.map(|s| {
             format!(
                 "the database the new bot served was set aside before the pre-deploy backup was put back: {}{} ({}); the previous bot does not have them",
                 s.file,
-                kept_on_host
-                    .map(|h| format!(", copied to {}", h.display()))
-                    .unwrap_or_default(),
+                copied_to.unwrap_or_default(),
                 s.rows
             )
         });
@@ -104,12 +94,11 @@ impl Deploy<'_> {
             }
         }
         // Said whatever fails from here on: what was set aside is never left unnamed.
-        let with_set_aside = |error: anyhow::Error| match &set_aside {
-            Some(text) => error.context(text.clone()),
-            None => error,
-        };
         self.start_previous(stack, previous)
-            .map_err(with_set_aside)?;
+            .map_err(|error| match &set_aside {
+                Some(text) => error.context(text.clone()),
+                None => error,
+            })?;
         Ok(set_aside)
     }
 
@@ -188,12 +177,10 @@ impl Deploy<'_> {
             restored.restored.rows.as_ref(),
             committed,
         );
+        let revision = self.run.report().revision_before;
         journal::volume(format!(
             "put back from the pre-deploy backup (revision {})",
-            self.run
-                .report()
-                .revision_before
-                .map_or("none".into(), |r| r.to_string())
+            revision.map_or("none".into(), |r| r.to_string())
         ));
         if let Some(s) = &set_aside {
             self.run

@@ -119,16 +119,12 @@ impl Stack {
     /// A compose command with the project, file, profile and image variables set.
     pub fn cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
         secrets::register_file(&self.env_file);
-        let file = &self.compose_file;
-        let project = &self.project;
-        let base = match self.flavour {
-            Flavour::V1(_) => cmd!(sh, "docker-compose"),
-            Flavour::Plugin(_) => cmd!(sh, "docker compose"),
+        let (file, project) = (&self.compose_file, &self.project);
+        let profile = ["--profile", "demo"].into_iter().filter(|_| self.demo);
+        let c = match self.flavour {
+            Flavour::V1(_) => cmd!(sh, "docker-compose -f {file} -p {project} {profile...}"),
+            Flavour::Plugin(_) => cmd!(sh, "docker compose -f {file} -p {project} {profile...}"),
         };
-        let mut c = base.args(["-f"]).arg(file).args(["-p", project]);
-        if self.demo {
-            c = c.args(["--profile", "demo"]);
-        }
         self.compose_vars()
             .into_iter()
             .fold(c, |c, (name, value)| c.env(name, value))
@@ -277,11 +273,8 @@ impl Stack {
 
     /// The `up -d` command for the bot (and the stand-in in demo runs).
     pub fn up_cmd<'a>(&self, sh: &'a Shell) -> Cmd<'a> {
-        let mut services = vec!["bot"];
-        if self.demo {
-            services.push("telegram-standin");
-        }
-        self.cmd(sh).args(["up", "-d"]).args(services)
+        let standin = self.demo.then_some("telegram-standin");
+        self.cmd(sh).args(["up", "-d", "bot"]).args(standin)
     }
 
     /// The services' logs (`-f` follows), line by line to this terminal, scrubbed.

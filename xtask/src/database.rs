@@ -49,14 +49,8 @@ impl BackupPlace {
     /// image has its folder, else in `/tmp` (images built before it).
     pub fn for_image(sh: &Shell, image: &str, file: &str) -> BackupPlace {
         let format = format!("{{{{index .Config.Labels \"{BACKUP_VOLUME_LABEL}\"}}}}");
-        let has_volume = process::output(cmd!(
-            sh,
-            "docker image inspect --format {format} {image}"
-        ))
-        .is_ok_and(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == BACKUP_VOLUME
-        });
-        if has_volume {
+        let label = docker::image_inspect(sh, image, &format);
+        if label.is_ok_and(|label| label.as_deref() == Some(BACKUP_VOLUME)) {
             BackupPlace::in_volume(file)
         } else {
             BackupPlace {
@@ -176,14 +170,8 @@ pub fn status_or_damaged(
     if !volume_exists(sh, stack) {
         return Ok(Ok(DbStatus::empty(image_head(sh, image)?)));
     }
-    let out = match bot_once(
-        sh,
-        stack,
-        image,
-        BOT_OWNER,
-        &["db", "status", "--json"],
-        "reading the database's state",
-    ) {
+    let (args, what) = (["db", "status", "--json"], "reading the database's state");
+    let out = match bot_once(sh, stack, image, BOT_OWNER, &args, what) {
         Ok(out) => out,
         // Not SQLite at all, or damaged: told by the bot's exit code, not by its words.
         Err(e) if bot_failure(&e).is_some_and(|f| f.exit_code == ExitCode::BadFile) => {
@@ -256,14 +244,8 @@ pub fn fix_ownership(
     if check_only {
         args.push("--check");
     }
-    let out = bot_once(
-        sh,
-        stack,
-        image,
-        "0:0",
-        &args,
-        "checking who owns the database files",
-    )?;
+    let what = "checking who owns the database files";
+    let out = bot_once(sh, stack, image, "0:0", &args, what)?;
     let report: OwnershipReport = parse_last(&out.stdout, "`bot db fix-ownership`")?;
     Ok(report
         .wrong
@@ -308,17 +290,15 @@ pub const HELPER_ROLE: &str = "helper";
 /// `--label` options for a helper container of `project`: the project, the role, and the
 /// running task's start time (from its history line), so that a later run can find it.
 pub fn helper_labels(project: &str) -> Vec<String> {
-    let mut labels = vec![
+    let deploy = crate::journal::read(|r| format!("{DEPLOY_LABEL}={}", r.time));
+    [
         format!("{PROJECT_LABEL}={project}"),
         format!("{ROLE_LABEL}={HELPER_ROLE}"),
-    ];
-    if let Some(time) = crate::journal::read(|r| r.time.clone()) {
-        labels.push(format!("{DEPLOY_LABEL}={time}"));
-    }
-    labels
-        .into_iter()
-        .flat_map(|label| ["--label".to_owned(), label])
-        .collect()
+    ]
+    .into_iter()
+    .chain(deploy)
+    .flat_map(|label| ["--label".to_owned(), label])
+    .collect()
 }
 
 /// The ids of every container (running or not) of `project` labelled with `role`.

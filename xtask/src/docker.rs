@@ -33,8 +33,13 @@ pub fn check_daemon(sh: &Shell) -> anyhow::Result<String> {
 
 /// The id of an image, or None when there is no such image.
 pub fn image_id(sh: &Shell, image: &str) -> anyhow::Result<Option<String>> {
-    let format = "{{.Id}}";
-    let out = crate::process::output(cmd!(sh, "docker image inspect --format {format} {image}"))?;
+    image_inspect(sh, image, "{{.Id}}")
+}
+
+/// What `docker image inspect --format <format>` prints for an image, or None when there is no
+/// such image.
+pub fn image_inspect(sh: &Shell, image: &str, format: &str) -> anyhow::Result<Option<String>> {
+    let out = process::output(cmd!(sh, "docker image inspect --format {format} {image}"))?;
     Ok(out
         .status
         .success()

@@ -6,7 +6,6 @@ use migrations::State;
 use migrations::json::PlanReport;
 use xshell::cmd;
 
-use crate::backups;
 use crate::compose::Stack;
 use crate::database::{self, BackupPlace, DbStatus, MigrationContainer, MigrationLabels};
 use crate::docker::{self, ContainerState, Throwaway};
@@ -141,12 +140,10 @@ impl Deploy<'_> {
             Some(status) => database::refuse_unsafe(status)?,
             None => {}
         }
-        let fix_owner = match (&image, &old.import, importing) {
-            (Some(_), None, false) => {
-                !database::fix_ownership(sh, stack, &stack.bot_image, true)?.is_empty()
-            }
-            _ => false,
-        };
+        let fix_owner = image.is_some()
+            && old.import.is_none()
+            && !importing
+            && !database::fix_ownership(sh, stack, &stack.bot_image, true)?.is_empty();
         let found = Found {
             before,
             fix_owner,
@@ -174,9 +171,7 @@ impl Deploy<'_> {
             false => BackupPlace::for_image(sh, &stack.bot_image, "pre-deploy.db"),
         };
         let backup_name = match &status {
-            Some(status) => {
-                backups::name(&stack.project, &self.time, status.effective_version(), None)
-            }
+            Some(status) => self.backup_name(stack, status),
             None => format!("{}-{}-r<revision>.db", stack.project, self.time),
         };
         let labels = MigrationLabels {

@@ -283,25 +283,12 @@ mod tests {
 
     #[test]
     fn confirm_asks_unless_yes_and_refuses_without_a_terminal() {
-        let mut nothing = std::io::Cursor::new(Vec::new());
-        confirm_on(true, "go?", false, &mut nothing).unwrap();
-        let error = confirm_on(false, "go?", false, &mut nothing).unwrap_err();
+        confirm_on(true, "go?", false, &mut &b""[..]).unwrap();
+        let error = confirm_on(false, "go?", false, &mut &b""[..]).unwrap_err();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Usage);
         assert!(error.to_string().contains("--yes"));
-        confirm_on(
-            false,
-            "go?",
-            true,
-            &mut std::io::Cursor::new(b"y\n".to_vec()),
-        )
-        .unwrap();
-        let no = confirm_on(
-            false,
-            "go?",
-            true,
-            &mut std::io::Cursor::new(b"n\n".to_vec()),
-        )
-        .unwrap_err();
+        confirm_on(false, "go?", true, &mut &b"y\n"[..]).unwrap();
+        let no = confirm_on(false, "go?", true, &mut &b"n\n"[..]).unwrap_err();
         assert!(no.to_string().contains("nothing was changed"));
     }
 }

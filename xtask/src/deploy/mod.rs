@@ -252,13 +252,10 @@ impl Deploy<'_> {
         let old = self.look_for_old_app(&stack, found_container.as_ref())?;
         let status = self.read_database(&stack, &old)?;
 
-        let wrong_owner = self.check_volume_ownership(&stack, &old)?;
-
-        let image_changes = before.as_ref().is_none_or(|c| c.image_id != image_id);
         let found = Found {
             before: before.as_ref(),
-            fix_owner: !wrong_owner.is_empty(),
-            image_changes,
+            fix_owner: self.check_volume_ownership(&stack, &old)?,
+            image_changes: before.as_ref().is_none_or(|c| c.image_id != image_id),
         };
         let route = found.route(&status, &old, env_changes);
         if route == Route::NothingToDo {
@@ -282,13 +279,7 @@ impl Deploy<'_> {
         // From the first change until the bot serves again (or the rollback ends), a signal is
         // held: stopping halfway would leave the bot down.
         let _critical = signals::Critical::enter();
-        let previous = self.keep_previous_image(
-            &stack,
-            before.as_ref(),
-            image_changes,
-            env_before.clone(),
-            running,
-        )?;
+        let previous = self.keep_previous_image(&stack, found, env_before, running)?;
 
         let mut changes = Changes::default();
         let result = match route {
@@ -322,8 +313,7 @@ impl Deploy<'_> {
     fn keep_previous_image(
         &self,
         stack: &Stack,
-        before: Option<&ContainerState>,
-        image_changes: bool,
+        found: Found<'_>,
         env_before: Option<PathBuf>,
         was_running: bool,
     ) -> anyhow::Result<Previous> {
@@ -334,11 +324,12 @@ impl Deploy<'_> {
         // failure, or its new bot still waiting beside a stopped old one): the way back stays
         // the one that deploy recorded (taken over when this run ends well). Only the old bot
         // itself, still serving, is replaced as usual.
-        let left_by_a_killed_replacement = journal::replaced_image()
-            .is_some_and(|replaced| !was_running || before.is_none_or(|c| c.image_id != replaced));
-        let image = match before {
+        let left_by_a_killed_replacement = journal::replaced_image().is_some_and(|replaced| {
+            !was_running || found.before.is_none_or(|c| c.image_id != replaced)
+        });
+        let image = match found.before {
             Some(_) if left_by_a_killed_replacement => None,
-            Some(container) if image_changes => {
+            Some(container) if found.image_changes => {
                 let image = &container.image_id;
                 process::run(
                     cmd!(sh, "docker tag {image} {previous_tag}"),
@@ -358,7 +349,7 @@ impl Deploy<'_> {
         });
         Ok(Previous {
             image,
-            image_id: before.map(|c| c.image_id.clone()),
+            image_id: found.before.map(|c| c.image_id.clone()),
             previous_tag: (previous_tag, previous_tag_before),
             env_file: env_before.filter(|p| p.exists()),
             was_running,
@@ -512,24 +503,23 @@ impl Deploy<'_> {
         Ok(status)
     }
 
-    /// Step "check volume ownership": the database files in the volume the bot's user does not
-    /// own (the old app's root-owned file), to give to it.
-    fn check_volume_ownership(&self, stack: &Stack, old: &OldApp) -> anyhow::Result<Vec<String>> {
+    /// Step "check volume ownership": whether database files in the volume belong to someone
+    /// other than the bot's user (the old app's root-owned file), to give to it.
+    fn check_volume_ownership(&self, stack: &Stack, old: &OldApp) -> anyhow::Result<bool> {
         let (sh, run) = (self.sh, self.run);
-        let wrong_owner = if old.import.is_some() {
-            Vec::new() // the import gives the copy to the bot
-        } else {
-            run.step("check volume ownership", || {
-                database::fix_ownership(sh, stack, &stack.bot_image, true)
-            })?
-        };
+        if old.import.is_some() {
+            return Ok(false); // the import gives the copy to the bot
+        }
+        let wrong_owner = run.step("check volume ownership", || {
+            database::fix_ownership(sh, stack, &stack.bot_image, true)
+        })?;
         if !wrong_owner.is_empty() {
             run.detail(format!(
                 "owned by someone else, to give to the bot: {}",
                 wrong_owner.join(", ")
             ));
         }
-        Ok(wrong_owner)
+        Ok(!wrong_owner.is_empty())
     }
 }
 

@@ -161,16 +161,16 @@ pub fn describe_unfinished(record: &Record) -> String {
 /// bot container runs (scaled by hand, or left by a killed deploy): it stops one bot, and
 /// another would keep writing into the database being replaced.
 pub fn refuse_a_second_running_bot(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
-    let running: Vec<_> = stack
+    let names: Vec<String> = stack
         .bot_containers(sh)?
         .into_iter()
-        .filter(docker::ContainerState::is_running)
+        .filter(ContainerState::is_running)
+        .map(|c| c.name)
         .collect();
-    if running.len() > 1 {
-        let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+    if names.len() > 1 {
         return Err(exit::refused(format!(
             "{} bot containers run ({}): this task stops one bot before it replaces the database, and another would keep writing into it. Nothing was changed. Leave one: `cargo xtask prod-full-update` removes a container a killed deploy left, or remove the extra one (`docker rm -f {}`), then run this again",
-            running.len(),
+            names.len(),
             names.join(", "),
             names[1..].join(" ")
         )));
@@ -193,15 +193,11 @@ pub fn force_remove_argv(id: &str) -> process::Argv {
 /// old bot, when it still serves; else the new one), or the newest when none runs. None when
 /// nothing is to be removed (one container, or some not ours: the old app's).
 pub fn kept_bot_container(containers: &[ContainerState]) -> Option<usize> {
-    if containers.len() < 2 || !containers.iter().all(ContainerState::is_ours) {
-        return None;
-    }
-    Some(
-        containers
-            .iter()
-            .rposition(ContainerState::is_running)
-            .unwrap_or(0),
-    )
+    let several_ours = containers.len() > 1 && containers.iter().all(ContainerState::is_ours);
+    several_ours.then(|| {
+        let running = containers.iter().rposition(ContainerState::is_running);
+        running.unwrap_or(0)
+    })
 }
 
 /// `docker rm` for the old bot's container `id` once stopped (the fast path's last command).

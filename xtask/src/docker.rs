@@ -13,8 +13,7 @@ use crate::process;
 /// Checks the daemon answers; the error says how to start it.
 pub fn check_daemon(sh: &Shell) -> anyhow::Result<String> {
     let format = "{{.Server.Version}}";
-    let output = crate::process::output(cmd!(sh, "docker version --format {format}"));
-    match output {
+    match process::output(cmd!(sh, "docker version --format {format}")) {
         Ok(out) if out.status.success() => {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         }
@@ -101,13 +100,12 @@ impl Mount {
             MountSource::Bind(path) => ("bind", path),
             MountSource::Volume(name) => ("volume", name),
         };
-        [
-            format!("type={kind}"),
-            csv_field(&format!("src={source}")),
-            csv_field(&format!("dst={destination}")),
-            "readonly".to_owned(),
-        ]
-        .join(",")
+        let (src, dst) = (format!("src={source}"), format!("dst={destination}"));
+        format!(
+            "type={kind},{},{},readonly",
+            csv_field(&src),
+            csv_field(&dst)
+        )
     }
 }
 

@@ -83,15 +83,10 @@ impl Deploy<'_> {
             .ok()
             .and_then(|records| history::last_change(&records).cloned())
         {
-            needed.extend(last.image_before);
-            needed.extend(last.image_after);
+            needed.extend(last.image_before.into_iter().chain(last.image_after));
         }
-        if let Some((before, after)) =
-            journal::read(|r| (r.image_before.clone(), r.image_after.clone()))
-        {
-            needed.extend(before);
-            needed.extend(after);
-        }
+        let this_run = journal::read(|r| [r.image_before.clone(), r.image_after.clone()]);
+        needed.extend(this_run.into_iter().flatten().flatten());
         match images::prune_release_tags(sh, stack, self.args.keep, &needed) {
             Ok(removed) if !removed.is_empty() => self.run.info(&format!(
                 "removed {} old release tag{} (keeping the newest {})",

@@ -533,21 +533,18 @@ fn refuse_import_over_a_database(
     let Some(planned) = old.import.as_ref().filter(|_| status.state != State::Empty) else {
         return Ok(());
     };
-    let interrupted = old
-            .container
-            .as_ref()
-            .filter(|c| !c.is_running())
-            .map(|c| format!(
-                " The old app's container {} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {}`.",
-                c.name, c.name
-            ))
-            .unwrap_or_default();
+    let interrupted = match old.container.as_ref().filter(|c| !c.is_running()) {
+        Some(c) => format!(
+            " The old app's container {0} is stopped, as an interrupted deploy leaves it: to go on with the database in the volume, run this deploy again with --fresh; to go back to the old app, `docker start {0}`.",
+            c.name
+        ),
+        None => String::new(),
+    };
+    let volume = stack.volume();
     Err(exit::refused(format!(
-        "the volume {} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
-        stack.volume(),
+        "the volume {volume} already holds a database ({}); importing {} would replace it, so this deploy changed nothing.{interrupted} To import anyway, move that database away first (`docker volume rm {volume}` once no container uses it); to deploy with what the volume holds, pass --fresh.",
         describe(status),
         planned.source,
-        stack.volume()
     )))
 }
 

@@ -432,10 +432,8 @@ impl MigrationContainer {
             stdin: Some(stdin),
             errors: Some(errors),
         };
-        if ready_rx
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .is_err()
-        {
+        let ready = ready_rx.recv_timeout(std::time::Duration::from_secs(120));
+        if ready.is_err() {
             let (_, errors) = waiting.finish();
             bail!("the migration container did not get ready within 120 s: {errors}");
         }

@@ -233,6 +233,8 @@ impl Deploy<'_> {
                 migration.copy_backup(sh, &host_file)?;
                 backups::seal(&host_file).map(drop)
             });
+            // Saved or not: the name it has (or will have once saved, where `rollback` finds it).
+            run.edit().backup = Some(host_file.clone());
             match saved {
                 Ok(()) => {
                     journal::volume(format!(
@@ -241,7 +243,6 @@ impl Deploy<'_> {
                         host_file.display()
                     ));
                     run.detail(host_file.display().to_string());
-                    run.edit().backup = Some(host_file.clone());
                     changes.backup_on_host = Some(host_file);
                 }
                 // The migration is committed and the new bot may serve already: a copy
@@ -257,8 +258,6 @@ impl Deploy<'_> {
                     );
                     run.info(&format!("warning: {warning}"));
                     run.edit().warnings.push(warning);
-                    // The name it will have once saved: `rollback` finds it there.
-                    run.edit().backup = Some(host_file.clone());
                     changes.backup_pending = true;
                 }
             }

@@ -89,16 +89,14 @@ impl Mode {
 /// ` --host H -p P` as far as they are not the defaults: the commands a message names reach
 /// the same engine and project when typed as shown.
 pub(super) fn where_flags(args: &StackArgs) -> String {
-    let host = crate::host::Engine::current()
-        .remote()
-        .map(|h| format!(" --host {h}"))
-        .unwrap_or_default();
-    let project = args
-        .project_name
-        .as_deref()
-        .map(|p| format!(" -p {p}"))
-        .unwrap_or_default();
-    format!("{host}{project}")
+    let mut flags = String::new();
+    if let Some(host) = crate::host::Engine::current().remote() {
+        flags += &format!(" --host {host}");
+    }
+    if let Some(project) = &args.project_name {
+        flags += &format!(" -p {project}");
+    }
+    flags
 }
 
 /// Runs a deploy of the given mode: takes the lock, deploys, records the deploy.

@@ -179,6 +179,7 @@ fn build_lock() -> anyhow::Result<File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open the build lock {}", path.display()))?;
+    let cannot = || format!("cannot lock {}", path.display());
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -186,12 +187,9 @@ fn build_lock() -> anyhow::Result<File> {
                 "waiting for another build of this checkout to finish (lock {})",
                 path.display()
             );
-            file.lock()
-                .with_context(|| format!("cannot lock {}", path.display()))?;
+            file.lock().with_context(cannot)?;
         }
-        Err(TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(cannot),
     }
     Ok(file)
 }

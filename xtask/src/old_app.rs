@@ -439,52 +439,34 @@ pub struct Kept {
 /// root, privileged mode.
 fn host_options(host_config: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    let strings = |key: &str| -> Vec<String> {
-        host_config[key]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let mut add = |flag: &str, value: String| out.extend([flag.to_owned(), value]);
+    let object = |key: &str| host_config[key].as_object().into_iter().flatten();
+    let strings = |key: &str| {
+        let values = host_config[key].as_array().into_iter().flatten();
+        values.filter_map(Value::as_str).map(str::to_owned)
     };
-    if let Some(ports) = host_config["PortBindings"].as_object() {
-        for (container_port, bindings) in ports {
-            for binding in bindings.as_array().into_iter().flatten() {
-                let ip = binding["HostIp"].as_str().unwrap_or("");
-                let host_port = binding["HostPort"].as_str().unwrap_or("");
-                let spec = if ip.is_empty() {
-                    format!("{host_port}:{container_port}")
-                } else {
-                    format!("{ip}:{host_port}:{container_port}")
-                };
-                out.extend(["--publish".to_owned(), spec]);
+    for (container_port, bindings) in object("PortBindings") {
+        for binding in bindings.as_array().into_iter().flatten() {
+            let host_port = binding["HostPort"].as_str().unwrap_or("");
+            match binding["HostIp"].as_str().unwrap_or("") {
+                "" => add("--publish", format!("{host_port}:{container_port}")),
+                ip => add("--publish", format!("{ip}:{host_port}:{container_port}")),
             }
         }
     }
-    for host in strings("ExtraHosts") {
-        out.extend(["--add-host".to_owned(), host]);
-    }
-    if let Some(tmpfs) = host_config["Tmpfs"].as_object() {
-        for (path, options) in tmpfs {
-            let options = options.as_str().unwrap_or("");
-            let spec = if options.is_empty() {
-                path.clone()
-            } else {
-                format!("{path}:{options}")
-            };
-            out.extend(["--tmpfs".to_owned(), spec]);
+    strings("ExtraHosts").for_each(|host| add("--add-host", host));
+    for (path, options) in object("Tmpfs") {
+        match options.as_str().unwrap_or("") {
+            "" => add("--tmpfs", path.clone()),
+            options => add("--tmpfs", format!("{path}:{options}")),
         }
     }
-    for cap in strings("CapAdd") {
-        out.extend(["--cap-add".to_owned(), cap]);
-    }
-    for cap in strings("CapDrop") {
-        out.extend(["--cap-drop".to_owned(), cap]);
-    }
-    for option in strings("SecurityOpt") {
-        out.extend(["--security-opt".to_owned(), option]);
+    for (key, flag) in [
+        ("CapAdd", "--cap-add"),
+        ("CapDrop", "--cap-drop"),
+        ("SecurityOpt", "--security-opt"),
+    ] {
+        strings(key).for_each(|value| add(flag, value));
     }
     for (key, flag) in [
         ("Memory", "--memory"),
@@ -497,21 +479,17 @@ fn host_options(host_config: &Value) -> Vec<String> {
             } else {
                 value.to_string()
             };
-            out.extend([flag.to_owned(), value]);
+            add(flag, value);
         }
     }
-    if let Some(driver) = host_config["LogConfig"]["Type"]
-        .as_str()
-        .filter(|d| !d.is_empty())
-    {
-        out.extend(["--log-driver".to_owned(), driver.to_owned()]);
-        if let Some(options) = host_config["LogConfig"]["Config"].as_object() {
-            for (key, value) in options {
-                out.extend([
-                    "--log-opt".to_owned(),
-                    format!("{key}={}", value.as_str().unwrap_or("")),
-                ]);
-            }
+    let log = &host_config["LogConfig"];
+    if let Some(driver) = log["Type"].as_str().filter(|d| !d.is_empty()) {
+        add("--log-driver", driver.to_owned());
+        for (key, value) in log["Config"].as_object().into_iter().flatten() {
+            add(
+                "--log-opt",
+                format!("{key}={}", value.as_str().unwrap_or("")),
+            );
         }
     }
     for (key, flag) in [
@@ -543,25 +521,17 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
     let host_options = host_options(&raw["HostConfig"]);
     let networks = raw["NetworkSettings"]["Networks"]
         .as_object()
-        .map(|all| {
-            all.iter()
-                .map(|(name, n)| {
-                    let aliases = n["Aliases"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str())
-                                // Docker adds the short id itself.
-                                .filter(|x| !old.id.starts_with(x))
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (name.clone(), aliases)
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .map(|(name, n)| {
+            let aliases = n["Aliases"].as_array().into_iter().flatten();
+            // Docker adds the short id itself.
+            let aliases = aliases
+                .filter_map(Value::as_str)
+                .filter(|x| !old.id.starts_with(x));
+            (name.clone(), aliases.map(str::to_owned).collect())
         })
-        .unwrap_or_default();
+        .collect();
     let image = format!("tgbot-old-app:{}", stack.project);
     let id = &old.id;
     process::run_within(
@@ -570,7 +540,7 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
         process::copy_limit(0),
     )?;
     let copy_name = format!("{}-kept-by-tgbot", old.name);
-    let _ = crate::process::output(cmd!(sh, "docker rm -f {copy_name}"));
+    remove_container(sh, &copy_name);
     let kept_for = format!("{KEPT_LABEL}={}", stack.project);
     process::run(
         cmd!(
@@ -598,11 +568,6 @@ fn inspect_raw(sh: &Shell, id: &str) -> anyhow::Result<Value> {
     Ok(all[0].clone())
 }
 
-fn exists(sh: &Shell, id: &str) -> bool {
-    crate::process::output(cmd!(sh, "docker container inspect {id}"))
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Starts the old app again. The container itself when Compose has not removed it yet;
 /// otherwise it is recreated from the kept image with its own name, labels (so its Compose
 /// manages it again), mounts, restart policy and networks. Returns its name.
@@ -612,7 +577,9 @@ pub fn bring_back(
     kept: Option<&Kept>,
     start: bool,
 ) -> anyhow::Result<String> {
-    if exists(sh, old_id) {
+    if process::output(cmd!(sh, "docker container inspect {old_id}"))
+        .is_ok_and(|o| o.status.success())
+    {
         if start {
             process::run(
                 cmd!(sh, "docker start {old_id}"),
@@ -620,8 +587,7 @@ pub fn bring_back(
             )?;
         }
         if let Some(kept) = kept {
-            let copy = &kept.copy_name;
-            let _ = crate::process::output(cmd!(sh, "docker rm -f {copy}"));
+            remove_container(sh, &kept.copy_name);
         }
         return Ok(inspect_raw(sh, old_id)?["Name"]
             .as_str()
@@ -632,38 +598,28 @@ pub fn bring_back(
     let Some(kept) = kept else {
         bail!("the old app's container {old_id} is gone and no copy of it was kept");
     };
-    let Kept {
-        original_name: name,
-        image,
-        copy_name: copy,
-        restart_policy: restart,
-        networks,
-        host_options,
-        ..
-    } = kept;
+    let (name, copy, restart) = (&kept.original_name, &kept.copy_name, &kept.restart_policy);
     let mut create = cmd!(
         sh,
         "docker create --name {name} --volumes-from {copy} --restart {restart}"
     )
-    .args(host_options);
-    if let Some((network, aliases)) = networks.first() {
-        create = create.args(["--network", network]);
-        for alias in aliases {
-            create = create.args(["--network-alias", alias]);
-        }
+    .args(&kept.host_options);
+    if let Some((network, aliases)) = kept.networks.first() {
+        let aliases = aliases.iter().flat_map(|a| ["--network-alias", a.as_str()]);
+        create = create.args(["--network", network]).args(aliases);
     }
-    let id = process::run(create.arg(image), "recreating the old app's container")?
-        .stdout
-        .trim()
-        .to_owned();
-    for (network, aliases) in networks.iter().skip(1) {
-        let alias_args: Vec<String> = aliases
-            .iter()
-            .flat_map(|a| ["--alias".to_owned(), a.clone()])
-            .collect();
+    let id = process::run(
+        create.arg(&kept.image),
+        "recreating the old app's container",
+    )?
+    .stdout
+    .trim()
+    .to_owned();
+    for (network, aliases) in kept.networks.iter().skip(1) {
+        let aliases = aliases.iter().flat_map(|a| ["--alias", a.as_str()]);
         process::run(
             cmd!(sh, "docker network connect")
-                .args(alias_args)
+                .args(aliases)
                 .args([network, &id]),
             "connecting the old app to its network",
         )?;
@@ -671,8 +627,13 @@ pub fn bring_back(
     if start {
         process::run(cmd!(sh, "docker start {id}"), "starting the old app again")?;
     }
-    let _ = crate::process::output(cmd!(sh, "docker rm -f {copy}"));
+    remove_container(sh, copy);
     Ok(name.clone())
+}
+
+/// `docker rm -f`, whatever it answers.
+fn remove_container(sh: &Shell, name: &str) {
+    let _ = process::output(cmd!(sh, "docker rm -f {name}"));
 }
 
 #[cfg(test)]

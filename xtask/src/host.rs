@@ -31,15 +31,10 @@ pub struct SshTarget {
 impl SshTarget {
     /// `ssh`'s arguments before the remote command: `[-l user] [-p port] -- server`.
     pub fn args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if let Some(user) = &self.user {
-            args.extend(["-l".to_owned(), user.clone()]);
-        }
-        if let Some(port) = self.port {
-            args.extend(["-p".to_owned(), port.to_string()]);
-        }
-        args.extend(["--".to_owned(), self.server.clone()]);
-        args
+        let user = self.user.iter().flat_map(|u| ["-l".to_owned(), u.clone()]);
+        let port = self.port.iter().flat_map(|p| ["-p".into(), p.to_string()]);
+        let server = ["--".to_owned(), self.server.clone()];
+        user.chain(port).chain(server).collect()
     }
 }
 
@@ -64,9 +59,7 @@ impl Engine {
 
     /// The address, for messages and reports ("the local engine" when it is the default one).
     pub fn describe(&self) -> String {
-        self.host
-            .clone()
-            .unwrap_or_else(|| "the local engine".into())
+        self.remote().unwrap_or("the local engine").into()
     }
 
     /// The address when the engine is not this machine's default one.
@@ -189,16 +182,10 @@ fn checked_address(host: &str) -> anyhow::Result<String> {
             if name.is_empty() || name == "[]" {
                 return Err(bad("no server"));
             }
-            let mut checked = format!("{scheme}://");
-            if let Some(user) = user {
-                checked.push_str(user);
-                checked.push('@');
-            }
-            checked.push_str(&name.to_ascii_lowercase());
-            if let Some(port) = port {
-                checked.push_str(&format!(":{port}"));
-            }
-            Ok(checked)
+            let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let name = name.to_ascii_lowercase();
+            Ok(format!("{scheme}://{user}{name}{port}"))
         }
         _ => Err(bad("an unknown scheme")),
     }
@@ -206,32 +193,26 @@ fn checked_address(host: &str) -> anyhow::Result<String> {
 
 /// `server[:port]` or `[v6]:port` taken apart; the port must be 1 to 65535.
 fn split_port(server: &str) -> Result<(&str, Option<u16>), String> {
-    let (name, port) = if server.starts_with('[') {
-        match server.split_once("]:") {
-            Some((name, port)) => (&server[..name.len() + 1], Some(port)),
-            None => (server, None),
-        }
+    let split = if server.starts_with('[') {
+        let split = server.split_once("]:");
+        split.map(|(name, port)| (&server[..name.len() + 1], port))
     } else {
-        match server.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (server, None),
-        }
+        server.rsplit_once(':')
     };
-    match port {
-        None => Ok((name, None)),
-        Some(port) => match port.parse::<u16>() {
-            Ok(port) if port > 0 => Ok((name, Some(port))),
-            _ => Err(format!("the port {port:?} is not a number from 1 to 65535")),
-        },
+    let Some((name, port)) = split else {
+        return Ok((server, None));
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok((name, Some(port))),
+        _ => Err(format!("the port {port:?} is not a number from 1 to 65535")),
     }
 }
 
 /// The engine of a Docker context (`None`: the current one).
 fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
-    let mut args = vec!["context", "inspect"];
-    args.extend(name);
     let out = std::process::Command::new("docker")
-        .args(&args)
+        .args(["context", "inspect"])
+        .args(name)
         .stdin(std::process::Stdio::null())
         .output()?;
     let shown = name.unwrap_or("(current)");
@@ -287,23 +268,15 @@ mod tests {
 
     #[test]
     fn a_remote_engine_has_a_folder_of_its_own() {
-        assert_eq!(
-            engine("ssh://deploy@server:2222").folder().unwrap(),
-            "ssh-deploy@server_3a2222"
-        );
-        assert_eq!(
-            engine("ssh://deploy@server_2222").folder().unwrap(),
-            "ssh-deploy@server_5f2222",
-            "an alias with an underscore is another engine"
-        );
-        assert_eq!(
-            engine("tcp://10.0.0.5:2376").folder().unwrap(),
-            "tcp-10.0.0.5_3a2376"
-        );
-        assert_eq!(
-            engine("unix:///srv/other.sock").folder().unwrap(),
-            "unix-_2fsrv_2fother.sock"
-        );
+        for (host, folder) in [
+            ("ssh://deploy@server:2222", "ssh-deploy@server_3a2222"),
+            // An alias with an underscore is another engine.
+            ("ssh://deploy@server_2222", "ssh-deploy@server_5f2222"),
+            ("tcp://10.0.0.5:2376", "tcp-10.0.0.5_3a2376"),
+            ("unix:///srv/other.sock", "unix-_2fsrv_2fother.sock"),
+        ] {
+            assert_eq!(engine(host).folder().unwrap(), folder, "{host}");
+        }
     }
 
     #[test]

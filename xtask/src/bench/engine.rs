@@ -154,12 +154,8 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
     let clock = Clock::start();
     let bot = release_binaries(sh)?.0;
     let sqlite3 = sqlite3(sh)?;
-    let version = process::run(cmd!(sh, "{sqlite3} --version"), "sqlite3 --version")?
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_owned();
+    let version = process::run(cmd!(sh, "{sqlite3} --version"), "sqlite3 --version")?.stdout;
+    let version = version.split_whitespace().next().unwrap_or("?");
     let dir = work_dir().join("engine");
     std::fs::create_dir_all(&dir)?;
     remove_old(&dir, &OLD_FILES, "engine");
@@ -214,11 +210,10 @@ pub fn run(sh: &Shell) -> anyhow::Result<Section> {
     }
     // The rows by command, each command's in size order (the sort is stable).
     cells.sort_by_key(|c| c.op);
-    let rows = cells.iter().map(Cell::measurement).collect();
     Ok(Section {
         title: "Migration engine: how cost grows".into(),
-        method: method(&version, &bench.alembic.versions, kept, generating, &clock),
-        rows,
+        method: method(version, &bench.alembic.versions, kept, generating, &clock),
+        rows: cells.iter().map(Cell::measurement).collect(),
     })
 }
 
@@ -395,10 +390,7 @@ fn rebuild_script(path: &Path, checked: bool) -> anyhow::Result<PathBuf> {
                 m.file
             );
         }
-        script.push_str(&format!(
-            "PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\n",
-            m.up
-        ));
+        script += &format!("PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{}\n", m.up);
         if checked {
             script.push_str(&format!(
                 "PRAGMA foreign_key_check;\nINSERT INTO schema_history (version, name, checksum, how) VALUES ({}, '{}', '{}', 'applied');\n",
@@ -440,9 +432,7 @@ pub(super) fn sql(sh: &Shell, sqlite3: &Path, db: &Path, script: &str) -> anyhow
 
 /// `bot db ARGS` on `db`, timed.
 pub(super) fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Duration> {
-    let mut all = vec!["db"];
-    all.extend_from_slice(args);
-    time(bot, &all, &[("DATABASE_PATH", db)])
+    time(bot, &[&["db"], args].concat(), &[("DATABASE_PATH", db)])
 }
 
 /// Alembic, installed in a virtual environment, and a project whose four revisions mirror
@@ -459,14 +449,10 @@ impl Alembic {
     /// An `alembic.ini` pointed at `db`.
     fn ini(&self, dir: &Path, users: u64, db: &Path) -> anyhow::Result<PathBuf> {
         let ini = dir.join(format!("alembic/alembic-{}.ini", label(users)));
-        std::fs::write(
-            &ini,
-            format!(
-                "[alembic]\nscript_location = {}\nsqlalchemy.url = sqlite:///{}\n",
-                self.scripts.display(),
-                db.display()
-            ),
-        )?;
+        let (scripts, db) = (self.scripts.display(), db.display());
+        let text =
+            format!("[alembic]\nscript_location = {scripts}\nsqlalchemy.url = sqlite:///{db}\n");
+        std::fs::write(&ini, text)?;
         Ok(ini)
     }
 }
@@ -503,11 +489,8 @@ fn alembic(sh: &Shell, dir: &Path) -> anyhow::Result<Alembic> {
     )?;
     for k in 1..=4u32 {
         let m = migrations::migration(k).with_context(|| format!("no migration {k}"))?;
-        let down = if k == 1 {
-            "None".to_owned()
-        } else {
-            format!("'r{:04}'", k - 1)
-        };
+        let down = (k > 1).then(|| format!("'r{:04}'", k - 1));
+        let down = down.unwrap_or_else(|| "None".into());
         std::fs::write(
             revisions.join(format!("r{k:04}.py")),
             format!(

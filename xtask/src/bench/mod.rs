@@ -443,16 +443,12 @@ fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
 }
 
 fn render(sections: &[Section], args: &Args, earlier: &str) -> String {
-    let mut command = String::from("cargo xtask bench");
-    if !args.only.is_empty() {
-        command.push_str(&format!(" --only {}", args.only.join(",")));
-    }
-    if args.quick {
-        command.push_str(" --quick");
-    }
-    if let Some(output) = &args.output {
-        command.push_str(&format!(" --output {}", output.display()));
-    }
+    let only = (!args.only.is_empty()).then(|| format!(" --only {}", args.only.join(",")));
+    let only = only.unwrap_or_default();
+    let quick = if args.quick { " --quick" } else { "" };
+    let output = args.output.as_deref().map(Path::display);
+    let output = output.map(|o| format!(" --output {o}")).unwrap_or_default();
+    let command = format!("cargo xtask bench{only}{quick}{output}");
     let date = crate::clock::minute();
     let mut out = format!(
         "# Benchmarks\n\nProduced by `{command}` on {date}, {}. Every number below comes from that one run, except in sections marked with the run they come from (a run with `--only` keeps the other sections); run `cargo xtask bench` to refresh them all.\n",
@@ -461,15 +457,12 @@ fn render(sections: &[Section], args: &Args, earlier: &str) -> String {
     for section in sections {
         out.push_str(&format!("\n## {}\n\n{}\n\n| measurement | ours | compared with | target | met |\n| --- | --- | --- | --- | --- |\n", section.title, section.method));
         for row in &section.rows {
+            let baseline = Some(row.baseline.as_str()).filter(|b| !b.is_empty());
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} |\n",
                 row.name,
                 row.ours,
-                if row.baseline.is_empty() {
-                    "-"
-                } else {
-                    &row.baseline
-                },
+                baseline.unwrap_or("-"),
                 row.target,
                 if row.met { "yes" } else { "**no**" }
             ));

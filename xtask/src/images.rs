@@ -24,12 +24,10 @@ pub struct Built {
 /// Builds `bot` (and, in demo runs, `telegram-standin`) as static binaries, then their images
 /// from a context folder that holds only what the images need.
 pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Result<Built> {
-    let root = project::root();
     // Held until the images are built: the binaries and the context folder are this checkout's
     // one copy, which another build must not replace meanwhile.
     let binaries = build_binaries(sh, schema_head)?;
-    let release = &binaries.dir;
-    let context = root.join(DOCKER_CONTEXT);
+    let context = project::root().join(DOCKER_CONTEXT);
     // A fresh folder and fresh copies: the legacy builder can take a hard-linked binary for an
     // unchanged one and ship the old image.
     if context.exists() {
@@ -39,7 +37,7 @@ pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Res
         std::fs::create_dir_all(context.join(dir))?;
     }
     for binary in ["bot", "telegram-standin"] {
-        std::fs::copy(release.join(binary), context.join(binary))?;
+        std::fs::copy(binaries.dir.join(binary), context.join(binary))?;
     }
     for (build, tag) in image_builds(sh, stack) {
         process::run(build, &format!("building the image {tag}"))?;
@@ -74,11 +72,8 @@ impl Binaries {
 /// for the other, and keeps it in the returned value.
 pub fn build_binaries(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<Binaries> {
     let lock = build_lock()?;
-    seed_target_dir(
-        sh,
-        &target_dir(schema_head),
-        &other_target_dirs(schema_head),
-    );
+    let others = other_target_dirs(schema_head);
+    seed_target_dir(sh, &target_dir(schema_head), &others);
     compile(sh, schema_head)?;
     Ok(Binaries {
         dir: release_dir(schema_head),
@@ -198,18 +193,13 @@ fn compile(sh: &Shell, schema_head: Option<u32>) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let head = schema_head.map(|h| h.to_string()).unwrap_or_default();
     let target_dir = target_dir(schema_head);
+    let rustflags = format!("CARGO_TARGET_{}_RUSTFLAGS", TARGET.replace('-', "_"));
     process::run_within(
         cmd!(
             sh,
             "{cargo} build --release --locked --target {TARGET} --target-dir {target_dir} -p bot -p telegram-standin"
         )
-        .env(
-            format!(
-                "CARGO_TARGET_{}_RUSTFLAGS",
-                TARGET.to_uppercase().replace('-', "_")
-            ),
-            "-C target-feature=+crt-static",
-        )
+        .env(rustflags.to_uppercase(), "-C target-feature=+crt-static")
         .env("TGBOT_SCHEMA_HEAD", head),
         "building the static binaries",
         std::time::Duration::from_secs(3600),
@@ -225,21 +215,18 @@ const DOCKER_CONTEXT: &str = "target/docker-context";
 pub fn image_builds<'a>(sh: &'a Shell, stack: &Stack) -> Vec<(Cmd<'a>, String)> {
     let root = project::root();
     let context = root.join(DOCKER_CONTEXT);
-    let mut images = vec![("docker/Dockerfile", &stack.bot_image)];
-    if stack.demo {
-        images.push(("docker/standin.Dockerfile", &stack.standin_image));
-    }
-    images
-        .into_iter()
-        .map(|(file, tag)| {
-            let dockerfile = root.join(file);
-            let build = cmd!(
-                sh,
-                "docker build --quiet -f {dockerfile} -t {tag} {context}"
-            );
-            (build, tag.clone())
-        })
-        .collect()
+    let standin = ("docker/standin.Dockerfile", &stack.standin_image);
+    let images = [("docker/Dockerfile", &stack.bot_image)];
+    let images = images.into_iter().chain(stack.demo.then_some(standin));
+    let build = |(file, tag): (&str, &String)| {
+        let dockerfile = root.join(file);
+        let build = cmd!(
+            sh,
+            "docker build --quiet -f {dockerfile} -t {tag} {context}"
+        );
+        (build, tag.clone())
+    };
+    images.map(build).collect()
 }
 
 /// Whether the bot image `image` holds the very `bot` binary at `binary`: then a build from
@@ -262,10 +249,9 @@ pub fn holds_binary(
     Ok(std::fs::read(&copy.0)? == std::fs::read(binary)?)
 }
 
-/// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`:
-/// `<project>-<git revision or "nogit">-<time>`, as a deploy makes it. Another project whose
-/// name starts with this one's (`p` and `p-x`) never matches: the rest must be exactly a
-/// revision and a time.
+/// Whether `tag` (the part after `tgbot-bot:`) is a release tag of `project`: `<project>-<git
+/// revision or "nogit">-<time>`, as a deploy makes it. Another project whose name starts with this
+/// one's (`p` and `p-x`) never matches: the rest must be exactly a revision and a time.
 pub fn is_release_tag_of(tag: &str, project: &str) -> bool {
     let Some(rest) = tag
         .strip_prefix(project)

@@ -1,8 +1,7 @@
-//! The old app: a `bot` container of the project that is not ours (the app this workspace
-//! replaces, which made its tables with its own create-all). Its database is found through
-//! that container's mounts and brought into our volume while the old app is stopped; the
-//! container is kept, stopped, until the new bot is healthy, and put back running when the
-//! deploy fails.
+//! The old app: a `bot` container of the project that is not ours (the app this workspace replaces,
+//! which made its tables with its own create-all). Its database is found through that container's
+//! mounts and brought into our volume while the old app is stopped; the container is kept, stopped,
+//! until the new bot is healthy, and put back running when the deploy fails.
 //!
 //! Compose finds a service's container by its labels, which Docker cannot change, so the first
 //! `up` of our stack would remove the old container. Before that `up`, the old container is

@@ -435,8 +435,7 @@ pub(super) fn bot_db(bot: &Path, db: &Path, args: &[&str]) -> anyhow::Result<Dur
     time(bot, &[&["db"], args].concat(), &[("DATABASE_PATH", db)])
 }
 
-/// Alembic, installed in a virtual environment, and a project whose four revisions mirror
-/// ours.
+/// Alembic, installed in a virtual environment, and a project whose four revisions mirror ours.
 struct Alembic {
     program: PathBuf,
     /// `script_location` of the project.

@@ -91,10 +91,9 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
     // while a bot serves), and a copy of its `bot` for the migration alone.
     let tools = Tools::new(&release_binaries(sh)?.0, PROJECT)?;
     remove_old(&tools.dir, &OLD_FILES, "stack");
-    let mut data = Vec::new();
-    for &users in &plan.sizes {
-        data.push((users, dataset(sh, &tools.bot, &tools.dir, users)?));
-    }
+    let data = (plan.sizes.iter())
+        .map(|&users| Ok((users, dataset(sh, &tools.bot, &tools.dir, users)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (stack, (results, once)) =
         tools.on_stack(sh, |stack| measure(sh, stack, &tools, &plan, &data))?;
     let method = method(&stack, &plan, &results, &clock);
@@ -174,10 +173,7 @@ fn measure(
 
 /// The rows measured once, after the last deploy at the first size: the no-op update's (in the
 /// deploy section) and the bot's (its own section).
-struct Once {
-    noop: [Measurement; 2],
-    bot: [Measurement; 3],
-}
+type Once = ([Measurement; 2], [Measurement; 3]);
 
 /// Right after a deploy at `first` users: `prod-full-update` again (nothing to do), then the
 /// bot idle and under load.
@@ -258,7 +254,7 @@ fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools, first: &str) -> anyhow
             met: messages == 1000,
         },
     ];
-    Ok(Once { noop, bot })
+    Ok((noop, bot))
 }
 
 /// The seed's manual flow on the same images: `up -d` with the new image, a one-off
@@ -270,7 +266,7 @@ fn manual_flow(sh: &Shell, stack: &Stack, new: &Stack, new_image: &str) -> anyho
         let migrate = ["run", "--rm", "-T", "bot", "db", "upgrade"];
         step(&migrate, "manual: one-off migrate")?;
         step(&["restart", "bot"], "manual: restart")?;
-        wait_for_polls(sh, stack)?;
+        wait_for_calls(sh, stack, 3)?;
         Ok(String::new())
     })?;
     let running = stack
@@ -322,7 +318,7 @@ pub(super) fn reset(
     if report["revision_after"] != 3 {
         bail!("the old release did not start at revision 3: {report}");
     }
-    wait_for_polls(sh, stack)?;
+    wait_for_calls(sh, stack, 3)?;
     std::thread::sleep(SETTLE);
     Ok(())
 }
@@ -366,8 +362,7 @@ fn migrate_alone(sh: &Shell, bot: &Path, template: &Path, work: &Path) -> anyhow
 }
 
 impl Tools {
-    /// The tools for runs of the Compose project `project`, with `bot` and a copy of this
-    /// xtask.
+    /// The tools for runs of the Compose project `project`, with `bot` and a copy of this xtask.
     pub(super) fn new(bot: &Path, project: &'static str) -> anyhow::Result<Tools> {
         let dir = work_dir().join("stack");
         std::fs::create_dir_all(&dir)?;
@@ -394,8 +389,7 @@ impl Tools {
         Ok((stack, result?))
     }
 
-    /// Runs this very xtask (its copy) with `args` for the benchmark project; returns its
-    /// stdout.
+    /// Runs this very xtask (its copy) with `args` for the benchmark project; returns its stdout.
     pub(super) fn run(&self, sh: &Shell, args: &[&str]) -> anyhow::Result<String> {
         let (xtask, options) = (&self.xtask, xtask_options(self.project));
         let what = format!("cargo xtask {}", args.join(" "));
@@ -492,7 +486,7 @@ fn timed_gap(
     let before = standin(sh, stack)?;
     let from = now_ms();
     let output = work()?;
-    wait_for_polls(sh, stack)?;
+    wait_for_calls(sh, stack, 3)?;
     let to = now_ms();
     if standin(sh, stack)? != before {
         bail!("the stand-in restarted during the measured work, so its record of polls is cut");
@@ -520,13 +514,9 @@ pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, Stri
     Ok((state.id, state.started_at))
 }
 
-/// Waits until the bot has polled again after whatever just happened.
-pub(super) fn wait_for_polls(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
-    wait_for_calls(sh, stack, 3)
-}
-
-/// Waits until the bot has called `getUpdates` `calls` times from now on.
-fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow::Result<()> {
+/// Waits until the bot has called `getUpdates` `calls` times from now on (3: it has polled again
+/// after whatever just happened).
+pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow::Result<()> {
     let since = now_ms();
     let (standin, _) = standin(sh, stack)?;
     let polled = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
@@ -738,7 +728,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: Once, method: String) -> (Sec
             met: !targeted || ratio * MANUAL_RATIO < 1.0,
         });
     }
-    rows.extend(once.noop);
+    rows.extend(once.0);
     let deploy = Section {
         title: "Deploy".into(),
         method,
@@ -750,7 +740,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: Once, method: String) -> (Sec
         method: format!(
             "The static release binary in its `scratch` image, running in the demo stack right after the no-op deploy above (at {first} users), the stand-in then made again with its default long poll (held up to 10 s, as Telegram holds it). Memory is `docker stats` after 5 s idle; throughput is `telegram-standin load`: 1,000 distinct users send /start at once, timed until every one got its answer."
         ),
-        rows: once.bot.into(),
+        rows: once.1.into(),
     };
     (deploy, bot)
 }

@@ -27,8 +27,7 @@ use super::{
 use crate::compose::Stack;
 use crate::process;
 
-/// The Compose project of the deploy run: its own, so that another benchmark's stack is left
-/// alone.
+/// The Compose project of the deploy run: its own, so that another benchmark's stack is left alone.
 const PROJECT: &str = "tgbot-bench-telegram";
 /// The token the stand-in accepts (its default) and the bot is given.
 const TOKEN: &str = "123456:DEMO-TOKEN";
@@ -578,7 +577,7 @@ fn deploy_run(
     let to = now_ms();
     if deployed.is_ok() {
         // The loader goes on while the new bot serves.
-        let polled = stack::wait_for_polls(sh, stack);
+        let polled = stack::wait_for_calls(sh, stack, 3);
         std::thread::sleep(stack::SETTLE);
         polled?;
     }
@@ -746,8 +745,7 @@ impl Control {
         Ok(self.stats()?["rate_limited"].as_u64().unwrap_or(0))
     }
 
-    /// Queues one user's message; returns the sequence number of the last message sent before
-    /// it.
+    /// Queues one user's message; returns the sequence number of the last message sent before it.
     fn post_message(&self, message: &Value) -> anyhow::Result<u64> {
         let answer = self.post("/control/messages", message)?;
         answer["sent_before"].as_u64().context("no sent_before")

@@ -221,16 +221,16 @@ fn parse_source(sh: &Shell, spec: &str) -> anyhow::Result<Source> {
     })
 }
 
+/// Where a mount of the old container appears in the containers that read it.
+fn under_root(m: &Mount) -> String {
+    format!("{OLD_ROOT}{}", m.destination)
+}
+
 /// The old container's mounts as read-only `--mount` options under [`OLD_ROOT`].
 fn mount_args(old: &ContainerState) -> Vec<String> {
     old.mounts
         .iter()
-        .flat_map(|m| {
-            [
-                "--mount".to_owned(),
-                m.read_only_at(&format!("{OLD_ROOT}{}", m.destination)),
-            ]
-        })
+        .flat_map(|m| ["--mount".to_owned(), m.read_only_at(&under_root(m))])
         .collect()
 }
 
@@ -251,11 +251,7 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
     let found = if old.mounts.is_empty() {
         Vec::new()
     } else {
-        let mut places: Vec<String> = old
-            .mounts
-            .iter()
-            .map(|m| format!("{OLD_ROOT}{}", m.destination))
-            .collect();
+        let mut places: Vec<String> = old.mounts.iter().map(under_root).collect();
         places.sort();
         let out = process::run(
             cmd!(sh, "docker run --rm --user 0:0 --network none")

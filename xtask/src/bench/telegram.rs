@@ -157,8 +157,7 @@ impl Local<'_> {
                 .with_context(|| format!("cannot empty {}", folder.display()))?;
         }
         std::fs::create_dir_all(&folder)?;
-        let db = folder.join("bot.db");
-        Ok((folder, db))
+        Ok((folder.clone(), folder.join("bot.db")))
     }
 
     /// Starts `telegram-standin serve` with `serve` on a free local port, then `bot run` on `db`
@@ -185,11 +184,8 @@ impl Local<'_> {
         })? {
             bail!("the stand-in did not answer on {addr} within 10 s");
         }
-        let command = BOT_SETTINGS
-            .iter()
-            .fold(cmd!(sh, "{bot} run"), |command, name| {
-                command.env_remove(name)
-            })
+        let command = (BOT_SETTINGS.iter())
+            .fold(cmd!(sh, "{bot} run"), Cmd::env_remove)
             .env("BOT_TOKEN", TOKEN)
             .env("TELEGRAM_API_URL", format!("http://{addr}"))
             .env("DATABASE_PATH", db)
@@ -200,7 +196,7 @@ impl Local<'_> {
         // Its first getUpdates returns at once; the second is a long poll, held.
         if !wait_until(Duration::from_secs(60), every, || {
             bot.alive()?;
-            Ok(control.stats()?["calls"]["getupdates"].as_u64() >= Some(2))
+            Ok(control.get("/control/stats")?["calls"]["getupdates"].as_u64() >= Some(2))
         })? {
             bail!(
                 "the bot did not poll the stand-in within 60 s:\n{}",
@@ -273,7 +269,7 @@ impl Local<'_> {
         )?;
         let first = WAITING_FIRST;
         let first_posted = now_ms();
-        let before = control.post_message(&help_message(first))?;
+        let before = control.post_message(&json!({"user_id": first, "text": "/help"}))?;
         if !wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
             pair.bot.alive()?;
             Ok(control.rate_limited()? > 0)
@@ -286,7 +282,7 @@ impl Local<'_> {
             sleep_until(started + WAITING_EVERY * i as u32);
             let id = first + 1 + i as i64;
             let at = now_ms();
-            control.post_message(&help_message(id))?;
+            control.post_message(&json!({"user_id": id, "text": "/help"}))?;
             posted.push((id, at));
         }
         let mut chats: Vec<i64> = posted.iter().map(|(id, _)| *id).collect();
@@ -736,13 +732,11 @@ impl Control {
         self.call("POST", path, Some(body), Duration::from_secs(10))
     }
 
-    fn stats(&self) -> anyhow::Result<Value> {
-        self.get("/control/stats")
-    }
-
     /// The 429s the stand-in has answered.
     fn rate_limited(&self) -> anyhow::Result<u64> {
-        Ok(self.stats()?["rate_limited"].as_u64().unwrap_or(0))
+        Ok(self.get("/control/stats")?["rate_limited"]
+            .as_u64()
+            .unwrap_or(0))
     }
 
     /// Queues one user's message; returns the sequence number of the last message sent before it.
@@ -848,10 +842,6 @@ impl Control {
         }
         serde_json::from_str(body).with_context(|| format!("{method} {path}: not JSON: {body}"))
     }
-}
-
-fn help_message(id: i64) -> Value {
-    json!({"user_id": id, "text": "/help"})
 }
 
 /// How many of `chats` got at least one answer in `sent`.

@@ -392,12 +392,8 @@ impl Local<'_> {
         let upgrade = bot_db(&self.bot, db, &["upgrade"])?;
         expect_current(self.sh, &self.bot, db, "after `bot db upgrade` the copy")?;
         let admin = ADMIN.to_string();
-        let pair = self.start(
-            folder,
-            db,
-            &[],
-            &[("ADMIN_IDS", &admin), ("BOT_RATE_LIMITS", "off")],
-        )?;
+        let env = [("ADMIN_IDS", admin.as_str()), ("BOT_RATE_LIMITS", "off")];
+        let pair = self.start(folder, db, &[], &env)?;
         let control = pair.control;
         // Untimed: the admin registers, then one of each warms the bot.
         control.ask(ADMIN, "/start")?;

@@ -7,9 +7,7 @@ use anyhow::Context;
 use xshell::{Cmd, Shell, cmd};
 
 use crate::compose::Stack;
-use crate::docker;
-use crate::process;
-use crate::project;
+use crate::{docker, process, project};
 
 /// The target the static binaries are built for; always passed, so build scripts and proc-macros
 /// are not linked statically too.

@@ -10,8 +10,6 @@
 //! that image with its own name, labels, restart policy and networks.
 
 use migrations::Recovery;
-#[cfg(test)]
-use migrations::State;
 use migrations::json::{ExitCode as BotExit, ImportReport, Search};
 use std::path::{Path, PathBuf};
 
@@ -22,8 +20,7 @@ use xshell::{Shell, cmd};
 use crate::compose::Stack;
 use crate::database::{self, DbStatus};
 use crate::docker::{self, ContainerState, Mount, Throwaway};
-use crate::exit;
-use crate::process;
+use crate::{exit, process};
 
 /// Where the old app's mounts appear, read-only, in the containers that read them.
 const OLD_ROOT: &str = "/tgbot-old-app";
@@ -635,6 +632,7 @@ fn remove_container(sh: &Shell, name: &str) {
 mod tests {
     use super::*;
     use crate::docker::MountSource;
+    use migrations::State;
     use serde_json::json;
 
     fn old(mounts: &[(&str, MountSource)]) -> ContainerState {

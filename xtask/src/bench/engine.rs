@@ -13,8 +13,7 @@ use super::{
     Clock, Measurement, Section, UNTIMED_LIMIT, expect_current, fresh, kept, label, long, median,
     path_str, release_binaries, remove_old, show, size, time, warm_copy, work_dir,
 };
-use crate::process;
-use crate::project;
+use crate::{process, project};
 
 /// The sizes measured, in users.
 const SIZES: [u64; 4] = [10_000, 100_000, 1_000_000, 10_000_000];

@@ -202,6 +202,11 @@ fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools, first: &str) -> anyhow
     let size = image_size(sh, &stack.bot_image)?;
     let (messages, seconds, per_second) = throughput(sh, stack)?;
     let stopped = !noop_gaps.outages.is_empty();
+    let (downtime, container) = match (restarted, stopped) {
+        (true, _) => ("the bot restarted", "container restarted"),
+        (false, false) => ("none", "same container, never stopped"),
+        (false, true) => ("the bot stopped polling", "same container, never stopped"),
+    };
     let noop = [
         Measurement {
             name: format!("no-op `prod-full-update`: time (at {first} users)"),
@@ -213,17 +218,7 @@ fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools, first: &str) -> anyhow
         Measurement {
             name: "no-op `prod-full-update`: downtime".into(),
             ours: format!(
-                "{} ({}; longest gap between polls {})",
-                match (restarted, stopped) {
-                    (true, _) => "the bot restarted",
-                    (false, false) => "none",
-                    (false, true) => "the bot stopped polling",
-                },
-                if restarted {
-                    "container restarted"
-                } else {
-                    "same container, never stopped"
-                },
+                "{downtime} ({container}; longest gap between polls {})",
                 show(noop_gaps.longest)
             ),
             baseline: String::new(),
@@ -462,11 +457,8 @@ fn gaps(calls: &[u64], from: u64, to: u64) -> anyhow::Result<Gaps> {
             from - before
         );
     }
-    let window: Vec<u64> = calls
-        .into_iter()
-        .filter(|t| *t >= before && *t <= to)
-        .collect();
-    let all: Vec<(u64, u64)> = window.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+    calls.retain(|t| *t >= before && *t <= to);
+    let all: Vec<(u64, u64)> = calls.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
     let outages: Vec<(u64, u64)> = all.iter().copied().filter(|g| g.1 > OUTAGE_MS).collect();
     Ok(Gaps {
         outages: outages.iter().map(|g| Duration::from_millis(g.1)).collect(),

@@ -345,7 +345,6 @@ mod tests {
 
     #[test]
     fn a_copy_left_running_by_a_killed_run_never_ends_up_in_place() {
-        use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         let root = std::env::temp_dir().join(format!("xtask-seed-orphan-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -359,24 +358,19 @@ mod tests {
         std::fs::create_dir_all(built.join("release/build")).unwrap();
         let older = built.join("schema-head-3");
         // The copy of a run killed with SIGKILL (cp has a process group of its own) still writes.
-        let orphan_dir = older.join(format!(".{TARGET}.seeding.1"));
-        let done = Arc::new(AtomicBool::new(false));
-        let orphan = {
-            let (dir, done) = (orphan_dir.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !done.load(Ordering::SeqCst) {
-                    let _ = std::fs::create_dir_all(dir.join("release/deps"));
-                    let _ =
-                        std::fs::write(dir.join(format!("release/deps/orphan{}", i % 50)), "half");
-                    i += 1;
+        let deps = older.join(format!(".{TARGET}.seeding.1/release/deps"));
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in (0u64..).take_while(|_| !done.load(Ordering::SeqCst)) {
+                    let _ = std::fs::create_dir_all(&deps);
+                    let _ = std::fs::write(deps.join(format!("orphan{}", i % 50)), "half");
                 }
-            })
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        seed_target_dir(&sh, &older, std::slice::from_ref(&built));
-        done.store(true, Ordering::SeqCst);
-        orphan.join().unwrap();
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            seed_target_dir(&sh, &older, std::slice::from_ref(&built));
+            done.store(true, Ordering::SeqCst);
+        });
         assert!(
             !older.join(TARGET).join(TARGET).exists(),
             "copied into a folder"

@@ -338,9 +338,8 @@ fn pair(
 /// The kept database of `users` users at revision 3 (see [`kept`]), and how long generating
 /// it took in this run.
 fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
-    let db = bench
-        .dir
-        .join(format!("revision3-{}-g{GENERATOR}.db", label(users)));
+    let name = format!("revision3-{}-g{GENERATOR}.db", label(users));
+    let db = bench.dir.join(name);
     let made = kept(bench.sh, &bench.bot, &db, 3, "engine", |partial| {
         bot_db(&bench.bot, partial, &["upgrade"])?;
         bot_db(&bench.bot, partial, &["downgrade", "--to", "3"])?;

@@ -427,9 +427,8 @@ impl Local<'_> {
     /// it took when this run made it.
     fn dataset(&self, users: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
         let sh = self.sh;
-        let path = self
-            .dir
-            .join(format!("revision-4-{}-g{GENERATOR}.db", label(users)));
+        let name = format!("revision-4-{}-g{GENERATOR}.db", label(users));
+        let path = self.dir.join(name);
         let sqlite3 = sqlite3(sh)?;
         let made = kept(sh, &self.bot, &path, 4, "telegram", |partial| {
             bot_db(&self.bot, partial, &["upgrade"])?;

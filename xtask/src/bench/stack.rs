@@ -94,8 +94,7 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
     let data = (plan.sizes.iter())
         .map(|&users| Ok((users, dataset(sh, &tools.bot, &tools.dir, users)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (stack, (results, once)) =
-        tools.on_stack(sh, |stack| measure(sh, stack, &tools, &plan, &data))?;
+    let (stack, (results, once)) = tools.on_stack(sh, |demo| demo.measure(&plan, &data))?;
     let method = method(&stack, &plan, &results, &clock);
     Ok(sections(&plan, &results, once, method))
 }
@@ -112,210 +111,223 @@ pub(super) struct Tools {
     pub(super) project: &'static str,
 }
 
-fn measure(
-    sh: &Shell,
-    stack: &Stack,
-    tools: &Tools,
-    plan: &Plan,
-    data: &[(u64, PathBuf)],
-) -> anyhow::Result<(Vec<AtSize>, Once)> {
-    let first = &data.first().context("no size to measure")?.1;
-    let old_image = prepare(sh, stack, tools, first, "stack")?;
-    // A name for the new image, for the manual flow, that no deploy's pruning removes.
-    let new_image = image_id(sh, &stack.bot_image)?;
-    let mut new = stack.clone();
-    new.bot_image = format!("{}-bench-new", stack.bot_image);
-    tag(sh, &new_image, &new.bot_image)?;
-
-    let work = tools.dir.join("work-migrate.db");
-    let mut results = Vec::new();
-    let mut once = None;
-    for (users, file) in data {
-        let users = *users;
-        let mut at = AtSize {
-            users,
-            bytes: std::fs::metadata(file)?.len(),
-            ..AtSize::default()
-        };
-        migrate_alone(sh, &tools.bot, file, &work)?; // untimed: the binary and the cache warm
-        for run in 1..=plan.runs {
-            // The migration alone, on this machine with the stack down.
-            take_down(sh, stack)?;
-            std::thread::sleep(SETTLE);
-            let migration = migrate_alone(sh, &tools.bot, file, &work)?;
-            at.migration.push(migration);
-            // The manual flow, then ours, each from the same state.
-            reset(sh, stack, tools, &old_image, file)?;
-            let manual = manual_flow(sh, stack, &new, &new_image)?;
-            reset(sh, stack, tools, &old_image, file)?;
-            let (ours, report) =
-                timed_gap(sh, stack, || tools.run(sh, &["prod-full-update", "--json"]))?;
-            let report = deployed(&report)?;
-            eprintln!(
-                "stack: {} users, run {run}/{}: migration alone {}; manual flow {}; prod-full-update {} (its report: {})",
-                label(users),
-                plan.runs,
-                show(migration),
-                manual.describe(),
-                ours.describe(),
-                steps(&report)
-            );
-            at.manual.push(manual);
-            at.ours.push(ours);
-        }
-        if once.is_none() {
-            once = Some(noop_and_bot(sh, stack, tools, &label(users))?);
-        }
-        results.push(at);
-    }
-    Ok((results, once.context("nothing was measured")?))
-}
-
 /// The rows measured once, after the last deploy at the first size: the no-op update's (in the
 /// deploy section) and the bot's (its own section).
 type Once = ([Measurement; 2], [Measurement; 3]);
 
-/// Right after a deploy at `first` users: `prod-full-update` again (nothing to do), then the
-/// bot idle and under load.
-fn noop_and_bot(sh: &Shell, stack: &Stack, tools: &Tools, first: &str) -> anyhow::Result<Once> {
-    let container_before = started_at(sh, stack)?;
-    let mut noop_took = Duration::ZERO;
-    let (noop_gaps, _) = timed_gap(sh, stack, || {
-        let started = Instant::now();
-        let out = tools.run(sh, &["prod-full-update", "--json"]);
-        noop_took = started.elapsed();
-        out
-    })?;
-    let restarted = started_at(sh, stack)? != container_before;
-    // The bot idle and under load as with Telegram: the stand-in made again with its default
-    // long poll (held up to 10 s), not the benchmark's short one.
-    process::run(
-        stack
-            .cmd(sh)
-            .args(["up", "-d", "telegram-standin"])
-            .env_remove("STANDIN_MAX_LONG_POLL_MS"),
-        "starting the stand-in with its default long poll",
-    )?;
-    wait_for_calls(sh, stack, 1)?;
-    std::thread::sleep(Duration::from_secs(5));
-    let memory = idle_memory(sh, stack)?;
-    let size = image_size(sh, &stack.bot_image)?;
-    let (messages, seconds, per_second) = throughput(sh, stack)?;
-    let stopped = !noop_gaps.outages.is_empty();
-    let (downtime, container) = match (restarted, stopped) {
-        (true, _) => ("the bot restarted", "container restarted"),
-        (false, false) => ("none", "same container, never stopped"),
-        (false, true) => ("the bot stopped polling", "same container, never stopped"),
-    };
-    let noop = [
-        Measurement {
-            name: format!("no-op `prod-full-update`: time (at {first} users)"),
-            ours: show(noop_took),
-            baseline: String::new(),
-            target: "under 5 s".into(),
-            met: noop_took < Duration::from_secs(5),
-        },
-        Measurement {
-            name: "no-op `prod-full-update`: downtime".into(),
-            ours: format!(
-                "{downtime} ({container}; longest gap between polls {})",
-                show(noop_gaps.longest)
-            ),
-            baseline: String::new(),
-            target: "zero".into(),
-            met: !restarted && !stopped,
-        },
-    ];
-    let bot = [
-        Measurement {
-            name: "idle memory".into(),
-            ours: format!("{memory:.1} MiB"),
-            baseline: String::new(),
-            target: "under 30 MiB".into(),
-            met: memory < 30.0,
-        },
-        Measurement {
-            name: "image size".into(),
-            ours: format!("{:.1} MB", size as f64 / 1e6),
-            baseline: String::new(),
-            target: "under 20 MB".into(),
-            met: size < 20_000_000,
-        },
-        Measurement {
-            name: "messages handled per second through the stand-in".into(),
-            ours: format!("{per_second:.0}/s ({messages} messages in {seconds:.2} s)"),
-            baseline: String::new(),
-            target: "(measured)".into(),
-            met: messages == 1000,
-        },
-    ];
-    Ok((noop, bot))
-}
+/// A run on the project's demo stack: the shell, the stack and the tools every step uses.
+#[derive(Clone, Copy)]
+pub(super) struct Demo<'a>(pub &'a Shell, pub &'a Stack, pub &'a Tools);
 
-/// The seed's manual flow on the same images: `up -d` with the new image, a one-off
-/// `bot db upgrade`, `restart`.
-fn manual_flow(sh: &Shell, stack: &Stack, new: &Stack, new_image: &str) -> anyhow::Result<Gaps> {
-    let step = |args: &[&str], what: &str| process::run(compose(sh, new).args(args), what);
-    let (gaps, _) = timed_gap(sh, stack, || {
-        step(&["up", "-d", "bot"], "manual: up -d")?;
-        let migrate = ["run", "--rm", "-T", "bot", "db", "upgrade"];
-        step(&migrate, "manual: one-off migrate")?;
-        step(&["restart", "bot"], "manual: restart")?;
+impl Demo<'_> {
+    fn measure(self, plan: &Plan, data: &[(u64, PathBuf)]) -> anyhow::Result<(Vec<AtSize>, Once)> {
+        let Demo(sh, stack, tools) = self;
+        let first = &data.first().context("no size to measure")?.1;
+        let old_image = self.prepare(first, "stack")?;
+        // A name for the new image, for the manual flow, that no deploy's pruning removes.
+        let new_image = image_id(sh, &stack.bot_image)?;
+        let mut new = stack.clone();
+        new.bot_image = format!("{}-bench-new", stack.bot_image);
+        tag(sh, &new_image, &new.bot_image)?;
+
+        let work = tools.dir.join("work-migrate.db");
+        let mut results = Vec::new();
+        let mut once = None;
+        for (users, file) in data {
+            let users = *users;
+            let mut at = AtSize {
+                users,
+                bytes: std::fs::metadata(file)?.len(),
+                ..AtSize::default()
+            };
+            migrate_alone(sh, &tools.bot, file, &work)?; // untimed: the binary and the cache warm
+            for run in 1..=plan.runs {
+                // The migration alone, on this machine with the stack down.
+                take_down(sh, stack)?;
+                std::thread::sleep(SETTLE);
+                let migration = migrate_alone(sh, &tools.bot, file, &work)?;
+                at.migration.push(migration);
+                // The manual flow, then ours, each from the same state.
+                self.reset(&old_image, file)?;
+                let manual = self.manual_flow(&new, &new_image)?;
+                self.reset(&old_image, file)?;
+                let (ours, report) =
+                    self.timed_gap(|| tools.run(sh, &["prod-full-update", "--json"]))?;
+                let report = deployed(&report)?;
+                eprintln!(
+                    "stack: {} users, run {run}/{}: migration alone {}; manual flow {}; prod-full-update {} (its report: {})",
+                    label(users),
+                    plan.runs,
+                    show(migration),
+                    manual.describe(),
+                    ours.describe(),
+                    steps(&report)
+                );
+                at.manual.push(manual);
+                at.ours.push(ours);
+            }
+            if once.is_none() {
+                once = Some(self.noop_and_bot(&label(users))?);
+            }
+            results.push(at);
+        }
+        Ok((results, once.context("nothing was measured")?))
+    }
+
+    /// Right after a deploy at `first` users: `prod-full-update` again (nothing to do), then the
+    /// bot idle and under load.
+    fn noop_and_bot(self, first: &str) -> anyhow::Result<Once> {
+        let Demo(sh, stack, tools) = self;
+        let container_before = started_at(sh, stack)?;
+        let mut noop_took = Duration::ZERO;
+        let (noop_gaps, _) = self.timed_gap(|| {
+            let started = Instant::now();
+            let out = tools.run(sh, &["prod-full-update", "--json"]);
+            noop_took = started.elapsed();
+            out
+        })?;
+        let restarted = started_at(sh, stack)? != container_before;
+        // The bot idle and under load as with Telegram: the stand-in made again with its default
+        // long poll (held up to 10 s), not the benchmark's short one.
+        process::run(
+            stack
+                .cmd(sh)
+                .args(["up", "-d", "telegram-standin"])
+                .env_remove("STANDIN_MAX_LONG_POLL_MS"),
+            "starting the stand-in with its default long poll",
+        )?;
+        wait_for_calls(sh, stack, 1)?;
+        std::thread::sleep(Duration::from_secs(5));
+        let memory = idle_memory(sh, stack)?;
+        let size = image_size(sh, &stack.bot_image)?;
+        let (messages, seconds, per_second) = throughput(sh, stack)?;
+        let stopped = !noop_gaps.outages.is_empty();
+        let (downtime, container) = match (restarted, stopped) {
+            (true, _) => ("the bot restarted", "container restarted"),
+            (false, false) => ("none", "same container, never stopped"),
+            (false, true) => ("the bot stopped polling", "same container, never stopped"),
+        };
+        let noop = [
+            Measurement {
+                name: format!("no-op `prod-full-update`: time (at {first} users)"),
+                ours: show(noop_took),
+                baseline: String::new(),
+                target: "under 5 s".into(),
+                met: noop_took < Duration::from_secs(5),
+            },
+            Measurement {
+                name: "no-op `prod-full-update`: downtime".into(),
+                ours: format!(
+                    "{downtime} ({container}; longest gap between polls {})",
+                    show(noop_gaps.longest)
+                ),
+                baseline: String::new(),
+                target: "zero".into(),
+                met: !restarted && !stopped,
+            },
+        ];
+        let bot = [
+            Measurement {
+                name: "idle memory".into(),
+                ours: format!("{memory:.1} MiB"),
+                baseline: String::new(),
+                target: "under 30 MiB".into(),
+                met: memory < 30.0,
+            },
+            Measurement {
+                name: "image size".into(),
+                ours: format!("{:.1} MB", size as f64 / 1e6),
+                baseline: String::new(),
+                target: "under 20 MB".into(),
+                met: size < 20_000_000,
+            },
+            Measurement {
+                name: "messages handled per second through the stand-in".into(),
+                ours: format!("{per_second:.0}/s ({messages} messages in {seconds:.2} s)"),
+                baseline: String::new(),
+                target: "(measured)".into(),
+                met: messages == 1000,
+            },
+        ];
+        Ok((noop, bot))
+    }
+
+    /// The seed's manual flow on the same images: `up -d` with the new image, a one-off
+    /// `bot db upgrade`, `restart`.
+    fn manual_flow(self, new: &Stack, new_image: &str) -> anyhow::Result<Gaps> {
+        let Demo(sh, stack, _) = self;
+        let step = |args: &[&str], what: &str| process::run(compose(sh, new).args(args), what);
+        let (gaps, _) = self.timed_gap(|| {
+            step(&["up", "-d", "bot"], "manual: up -d")?;
+            let migrate = ["run", "--rm", "-T", "bot", "db", "upgrade"];
+            step(&migrate, "manual: one-off migrate")?;
+            step(&["restart", "bot"], "manual: restart")?;
+            wait_for_calls(sh, stack, 3)?;
+            Ok(String::new())
+        })?;
+        let running = stack
+            .bot_container(sh)?
+            .context("no bot container after the manual flow")?;
+        if running.image_id != new_image {
+            bail!(
+                "after the manual flow the bot runs {}, not the new image {new_image}",
+                running.image_id
+            );
+        }
+        Ok(gaps)
+    }
+
+    /// Starts the old release (schema head 3) and names its image so that no deploy's pruning
+    /// removes it; then one untimed `prod-full-update` from `data`, which builds the new images
+    /// (no measured deploy builds anything new). Returns the old image's id.
+    pub(super) fn prepare(self, data: &Path, group: &str) -> anyhow::Result<String> {
+        let Demo(sh, stack, tools) = self;
+        eprintln!("{group}: starting the old release (schema head 3)");
+        tools.run(sh, &["first-deploy", "--schema-head", "3"])?;
+        let old_image = image_id(sh, &stack.bot_image)?;
+        tag(sh, &old_image, &format!("{}-bench-old", stack.bot_image))?;
+        self.reset(&old_image, data)?;
+        eprintln!("{group}: one untimed prod-full-update first (it builds the new images)");
+        deployed(&tools.run(sh, &["prod-full-update", "--json"])?)?;
+        Ok(old_image)
+    }
+
+    /// Brings the stack to where every run starts: the old release serving the kept database of
+    /// `data` at revision 3, in a new volume.
+    pub(super) fn reset(self, old_image: &str, data: &Path) -> anyhow::Result<()> {
+        let Demo(sh, stack, tools) = self;
+        take_down(sh, stack)?;
+        tag(sh, old_image, &stack.bot_image)?;
+        tools.run(sh, &["restore", path_str(data)?])?;
+        let out = tools.run(sh, &["prod-migrate", "--json"])?;
+        let report = database::last_json(&out, "prod-migrate")?;
+        if report["revision_after"] != 3 {
+            bail!("the old release did not start at revision 3: {report}");
+        }
         wait_for_calls(sh, stack, 3)?;
-        Ok(String::new())
-    })?;
-    let running = stack
-        .bot_container(sh)?
-        .context("no bot container after the manual flow")?;
-    if running.image_id != new_image {
-        bail!(
-            "after the manual flow the bot runs {}, not the new image {new_image}",
-            running.image_id
-        );
+        std::thread::sleep(SETTLE);
+        Ok(())
     }
-    Ok(gaps)
-}
 
-/// Starts the old release (schema head 3) and names its image so that no deploy's pruning
-/// removes it; then one untimed `prod-full-update` from `data`, which builds the new images
-/// (no measured deploy builds anything new). Returns the old image's id.
-pub(super) fn prepare(
-    sh: &Shell,
-    stack: &Stack,
-    tools: &Tools,
-    data: &Path,
-    group: &str,
-) -> anyhow::Result<String> {
-    eprintln!("{group}: starting the old release (schema head 3)");
-    tools.run(sh, &["first-deploy", "--schema-head", "3"])?;
-    let old_image = image_id(sh, &stack.bot_image)?;
-    tag(sh, &old_image, &format!("{}-bench-old", stack.bot_image))?;
-    reset(sh, stack, tools, &old_image, data)?;
-    eprintln!("{group}: one untimed prod-full-update first (it builds the new images)");
-    deployed(&tools.run(sh, &["prod-full-update", "--json"])?)?;
-    Ok(old_image)
-}
-
-/// Brings the stack to where every run starts: the old release serving the kept database of
-/// `data` at revision 3, in a new volume.
-pub(super) fn reset(
-    sh: &Shell,
-    stack: &Stack,
-    tools: &Tools,
-    old_image: &str,
-    data: &Path,
-) -> anyhow::Result<()> {
-    take_down(sh, stack)?;
-    tag(sh, old_image, &stack.bot_image)?;
-    tools.run(sh, &["restore", path_str(data)?])?;
-    let out = tools.run(sh, &["prod-migrate", "--json"])?;
-    let report = database::last_json(&out, "prod-migrate")?;
-    if report["revision_after"] != 3 {
-        bail!("the old release did not start at revision 3: {report}");
+    /// Runs `work` and returns the gaps between `getUpdates` calls from just before it began until
+    /// the bot has polled 3 times after it ended. Fails when the stand-in restarted meanwhile (its
+    /// record of calls would be cut).
+    fn timed_gap(
+        self,
+        work: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<(Gaps, String)> {
+        let Demo(sh, stack, _) = self;
+        let before = standin(sh, stack)?;
+        let from = now_ms();
+        let output = work()?;
+        wait_for_calls(sh, stack, 3)?;
+        let to = now_ms();
+        if standin(sh, stack)? != before {
+            bail!("the stand-in restarted during the measured work, so its record of polls is cut");
+        }
+        let calls = poll_times(sh, &before.0)?;
+        Ok((gaps(&calls, from, to)?, output))
     }
-    wait_for_calls(sh, stack, 3)?;
-    std::thread::sleep(SETTLE);
-    Ok(())
 }
 
 /// The report of a deploy that must have migrated from revision 3 to the head.
@@ -375,11 +387,11 @@ impl Tools {
     pub(super) fn on_stack<T>(
         &self,
         sh: &Shell,
-        work: impl FnOnce(&Stack) -> anyhow::Result<T>,
+        work: impl FnOnce(Demo) -> anyhow::Result<T>,
     ) -> anyhow::Result<(Stack, T)> {
         let stack = Stack::new(sh, self.project, true)?;
         remove(sh, &stack);
-        let result = work(&stack);
+        let result = work(Demo(sh, &stack, self));
         remove(sh, &stack);
         Ok((stack, result?))
     }
@@ -464,26 +476,6 @@ fn gaps(calls: &[u64], from: u64, to: u64) -> anyhow::Result<Gaps> {
         starts: outages.iter().map(|g| g.0 as i64 - from as i64).collect(),
         longest: Duration::from_millis(all.iter().map(|g| g.1).max().unwrap_or(0)),
     })
-}
-
-/// Runs `work` and returns the gaps between `getUpdates` calls from just before it began until
-/// the bot has polled 3 times after it ended. Fails when the stand-in restarted meanwhile (its
-/// record of calls would be cut).
-fn timed_gap(
-    sh: &Shell,
-    stack: &Stack,
-    work: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<(Gaps, String)> {
-    let before = standin(sh, stack)?;
-    let from = now_ms();
-    let output = work()?;
-    wait_for_calls(sh, stack, 3)?;
-    let to = now_ms();
-    if standin(sh, stack)? != before {
-        bail!("the stand-in restarted during the measured work, so its record of polls is cut");
-    }
-    let calls = poll_times(sh, &before.0)?;
-    Ok((gaps(&calls, from, to)?, output))
 }
 
 /// The stand-in's container and when it started.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use xshell::{Cmd, Shell, cmd};
 
 use super::engine::{bot_db, sql, sqlite3};
-use super::stack::{self, Tools, now_ms};
+use super::stack::{self, Demo, Tools, now_ms};
 use super::{
     Clock, Measurement, Section, expect_current, fresh, kept, label, long, median,
     release_binaries, show, size, spread, wait_until, work_dir,
@@ -490,7 +490,7 @@ fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> Measurement {
     );
     let measured = Tools::new(bot, PROJECT).and_then(|tools| {
         let data = stack::dataset(sh, bot, &tools.dir, users)?;
-        let (_, row) = tools.on_stack(sh, |stack| deploy_run(sh, stack, &tools, &data, users))?;
+        let (_, row) = tools.on_stack(sh, |demo| deploy_run(demo, &data, users))?;
         Ok(row)
     });
     measured.unwrap_or_else(|e| {
@@ -509,17 +509,12 @@ fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> Measurement {
     })
 }
 
-fn deploy_run(
-    sh: &Shell,
-    stack: &Stack,
-    tools: &Tools,
-    data: &Path,
-    users: u64,
-) -> anyhow::Result<Measurement> {
+fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement> {
+    let Demo(sh, stack, tools) = demo;
     // One deploy first, without load: it builds the new images, the stand-in's too, which the
     // measured deploy would otherwise replace (and with it the stand-in's record of answers).
-    let old_image = stack::prepare(sh, stack, tools, data, "telegram")?;
-    stack::reset(sh, stack, tools, &old_image, data)?;
+    let old_image = demo.prepare(data, "telegram")?;
+    demo.reset(&old_image, data)?;
     let standin = stack::standin(sh, stack)?;
     let control = Control(container_addr(sh, &standin.0)?);
     control.get("/control/health").with_context(|| {

@@ -318,20 +318,17 @@ mod tests {
             let error = resolve(Some(bad), None).unwrap_err();
             assert_eq!(exit::code_of(&error), exit::ExitCode::Usage, "{bad}");
         }
-        assert_eq!(
-            resolve(Some("ssh://a@b"), None).unwrap().remote(),
-            Some("ssh://a@b")
-        );
-        assert_eq!(
-            resolve(Some("ssh://Deploy@Server.Example.COM:2222/"), None)
-                .unwrap()
-                .remote(),
-            Some("ssh://Deploy@server.example.com:2222"),
-            "a trailing slash dropped, the host name lower-cased, the user kept"
-        );
-        assert_eq!(
-            resolve(Some("ssh://root@[::1]:22"), None).unwrap().remote(),
-            Some("ssh://root@[::1]:22")
-        );
+        for (host, checked) in [
+            ("ssh://a@b", "ssh://a@b"),
+            // A trailing slash dropped, the host name lower-cased, the user kept.
+            (
+                "ssh://Deploy@Server.Example.COM:2222/",
+                "ssh://Deploy@server.example.com:2222",
+            ),
+            ("ssh://root@[::1]:22", "ssh://root@[::1]:22"),
+        ] {
+            let engine = resolve(Some(host), None).unwrap();
+            assert_eq!(engine.remote(), Some(checked), "{host}");
+        }
     }
 }

@@ -399,15 +399,14 @@ fn check(sh: &Shell, image: &str, source: &Source) -> anyhow::Result<Checked> {
 /// Copies the source into the volume (the old app must be stopped), checked, owned by the bot.
 pub fn import(sh: &Shell, stack: &Stack, image: &str, source: &Source) -> anyhow::Result<Checked> {
     let volume = format!("type=volume,src={},dst=/data", stack.volume());
-    let value = run_import(
+    Checked::from_json(&run_import(
         sh,
         image,
         source,
         &["--mount".to_owned(), volume],
         &["--owner", database::BOT_OWNER, "--json"],
         "importing the database",
-    )?;
-    Checked::from_json(&value)
+    )?)
 }
 
 /// The old container, kept out of Compose's sight until the new bot is healthy.
@@ -500,13 +499,9 @@ fn host_options(host_config: &Value) -> Vec<String> {
 /// under labels Compose does not look for.
 pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<Kept> {
     let raw = inspect_raw(sh, &old.id)?;
-    let restart_policy = match (
-        raw["HostConfig"]["RestartPolicy"]["Name"]
-            .as_str()
-            .filter(|p| !p.is_empty())
-            .unwrap_or("no"),
-        raw["HostConfig"]["RestartPolicy"]["MaximumRetryCount"].as_i64(),
-    ) {
+    let policy = &raw["HostConfig"]["RestartPolicy"];
+    let name = policy["Name"].as_str().filter(|p| !p.is_empty());
+    let restart_policy = match (name.unwrap_or("no"), policy["MaximumRetryCount"].as_i64()) {
         ("on-failure", Some(retries)) if retries > 0 => format!("on-failure:{retries}"),
         (name, _) => name.to_owned(),
     };
@@ -725,22 +720,12 @@ mod tests {
             ("/app/data", MountSource::Volume("v".into())),
             ("/app/bot_database.db", MountSource::Bind("/srv/db".into())),
         ]);
-        assert_eq!(
-            mount_holding(&c, "/app/data/x.db").unwrap().destination,
-            "/app/data"
-        );
-        assert_eq!(
-            mount_holding(&c, "/app/bot_database.db")
-                .unwrap()
-                .destination,
-            "/app/bot_database.db"
-        );
-        assert_eq!(
-            mount_holding(&c, "/app/other.db").unwrap().destination,
-            "/app"
-        );
-        assert!(mount_holding(&c, "/application/x.db").is_none());
-        assert!(mount_holding(&c, "/etc/x.db").is_none());
+        let held = |path| mount_holding(&c, path).map(|m| m.destination.as_str());
+        assert_eq!(held("/app/data/x.db"), Some("/app/data"));
+        assert_eq!(held("/app/bot_database.db"), Some("/app/bot_database.db"));
+        assert_eq!(held("/app/other.db"), Some("/app"));
+        assert_eq!(held("/application/x.db"), None);
+        assert_eq!(held("/etc/x.db"), None);
     }
 
     #[test]

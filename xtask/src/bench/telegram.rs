@@ -896,23 +896,13 @@ mod tests {
 
     #[test]
     fn answers_are_matched_to_their_messages_by_their_text() {
-        let chats = [7, 8];
-        assert_eq!(
-            answer_key(
-                &sent(7, "I don't know /d17. Send /help for the list of commands."),
-                &chats
-            ),
-            Some((7, "d17".into()))
-        );
-        assert_eq!(
-            answer_key(&sent(8, "Welcome, Load 8! You are registered."), &chats),
-            Some((8, "start".into()))
-        );
-        assert_eq!(
-            answer_key(&sent(8, "Sorry, something went wrong"), &chats),
-            None
-        );
-        assert_eq!(answer_key(&sent(9, "Welcome back"), &chats), None);
+        let key = |chat, text| answer_key(&sent(chat, text), &[7, 8]);
+        let unknown = "I don't know /d17. Send /help for the list of commands.";
+        assert_eq!(key(7, unknown), Some((7, "d17".into())));
+        let welcome = "Welcome, Load 8! You are registered.";
+        assert_eq!(key(8, welcome), Some((8, "start".into())));
+        assert_eq!(key(8, "Sorry, something went wrong"), None);
+        assert_eq!(key(9, "Welcome back"), None);
     }
 
     #[test]

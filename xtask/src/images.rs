@@ -115,13 +115,11 @@ fn other_target_dirs(schema_head: Option<u32>) -> Vec<PathBuf> {
 /// renamed into place, so a failed one (a full disk) leaves nothing half-written; it is then
 /// only said, and the build compiles from nothing.
 pub fn seed_target_dir(sh: &Shell, target: &Path, others: &[PathBuf]) {
-    if target.join(TARGET).join("release").exists() {
+    let built = |dir: &Path| dir.join(TARGET).join("release").exists();
+    if built(target) {
         return;
     }
-    let Some(source) = others
-        .iter()
-        .find(|dir| dir.join(TARGET).join("release").exists())
-    else {
+    let Some(source) = others.iter().find(|dir| built(dir)) else {
         return;
     };
     for dir in ["release", TARGET] {

@@ -17,6 +17,7 @@ use super::{
     own_copy, path_str, release_binaries, remove_old, show, size, spread, wait_until, work_dir,
 };
 use crate::compose::Stack;
+use crate::docker::ContainerState;
 use crate::{database, process};
 
 const PROJECT: &str = "tgbot-bench";
@@ -178,7 +179,7 @@ impl Demo<'_> {
     /// bot idle and under load.
     fn noop_and_bot(self, first: &str) -> anyhow::Result<Once> {
         let Demo(sh, stack, tools) = self;
-        let container_before = started_at(sh, stack)?;
+        let container_before = bot(sh, stack)?.started_at;
         let mut noop_took = Duration::ZERO;
         let (noop_gaps, _) = self.timed_gap(|| {
             let started = Instant::now();
@@ -186,7 +187,7 @@ impl Demo<'_> {
             noop_took = started.elapsed();
             out
         })?;
-        let restarted = started_at(sh, stack)? != container_before;
+        let restarted = bot(sh, stack)?.started_at != container_before;
         // The bot idle and under load as with Telegram: the stand-in made again with its default
         // long poll (held up to 10 s), not the benchmark's short one.
         process::run(
@@ -430,23 +431,15 @@ impl Gaps {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} ({})",
-            show(self.total()),
-            if self.outages.is_empty() {
-                format!("no outage, longest gap {}", show(self.longest))
-            } else {
-                format!(
-                    "outages {}",
-                    self.outages
-                        .iter()
-                        .zip(&self.starts)
-                        .map(|(d, at)| format!("{} from {:+.2} s", show(*d), *at as f64 / 1000.0))
-                        .collect::<Vec<_>>()
-                        .join(" + ")
-                )
-            }
-        )
+        let outages: Vec<String> = (self.outages.iter().zip(&self.starts))
+            .map(|(d, at)| format!("{} from {:+.2} s", show(*d), *at as f64 / 1000.0))
+            .collect();
+        let detail = if self.outages.is_empty() {
+            format!("no outage, longest gap {}", show(self.longest))
+        } else {
+            format!("outages {}", outages.join(" + "))
+        };
+        format!("{} ({detail})", show(self.total()))
     }
 }
 
@@ -537,15 +530,12 @@ pub(super) fn tag(sh: &Shell, id: &str, tag: &str) -> anyhow::Result<()> {
     process::run(cmd!(sh, "docker tag {id} {tag}"), "tagging an image").map(drop)
 }
 
-fn started_at(sh: &Shell, stack: &Stack) -> anyhow::Result<String> {
-    Ok(stack
-        .bot_container(sh)?
-        .context("no bot container")?
-        .started_at)
+fn bot(sh: &Shell, stack: &Stack) -> anyhow::Result<ContainerState> {
+    stack.bot_container(sh)?.context("no bot container")
 }
 
 fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
-    let id = stack.bot_container(sh)?.context("no bot container")?.id;
+    let id = bot(sh, stack)?.id;
     let format = "{{.MemUsage}}";
     let out = process::run(
         cmd!(sh, "docker stats --no-stream --format {format} {id}"),

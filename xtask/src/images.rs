@@ -308,10 +308,7 @@ pub fn prune_release_tags(
     keep: usize,
     needed: &[String],
 ) -> anyhow::Result<Vec<String>> {
-    let repository = stack
-        .bot_image
-        .split_once(':')
-        .map_or(stack.bot_image.as_str(), |(r, _)| r);
+    let repository = stack.bot_image.split(':').next().unwrap_or("");
     let format = "{{.Tag}} {{.ID}}";
     let listed = process::run(
         cmd!(

@@ -213,21 +213,18 @@ pub fn kept(
     group: &str,
     make: impl FnOnce(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<Duration>> {
+    let shown = path.display();
     if path.exists() {
         match state(sh, bot, path) {
             Ok((State::Behind, Some(r))) if r == revision => return Ok(None),
             Ok((state, version)) => eprintln!(
-                "{group}: {} is {state} at revision {version:?}, not revision {revision}: making it again",
-                path.display()
+                "{group}: {shown} is {state} at revision {version:?}, not revision {revision}: making it again"
             ),
-            Err(e) => eprintln!(
-                "{group}: {} is unreadable ({e:#}): making it again",
-                path.display()
-            ),
+            Err(e) => eprintln!("{group}: {shown} is unreadable ({e:#}): making it again"),
         }
         fresh(path);
     }
-    eprintln!("{group}: making {}", path.display());
+    eprintln!("{group}: making {shown}");
     let started = Instant::now();
     let partial = path.with_extension("partial.db");
     fresh(&partial);

@@ -285,8 +285,7 @@ impl Local<'_> {
             control.post_message(&json!({"user_id": id, "text": "/help"}))?;
             posted.push((id, at));
         }
-        let mut chats: Vec<i64> = posted.iter().map(|(id, _)| *id).collect();
-        chats.push(first);
+        let chats: Vec<i64> = (first..=first + users as i64).collect();
         let sent =
             control.wait_sent(before, Duration::from_secs(RETRY_AFTER_SECS + 60), |sent| {
                 answered_chats(sent, &chats) == chats.len()

@@ -92,9 +92,10 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<(Section, Section)> {
     // while a bot serves), and a copy of its `bot` for the migration alone.
     let tools = Tools::new(&release_binaries(sh)?.0, PROJECT)?;
     remove_old(&tools.dir, &OLD_FILES, "stack");
-    let data = (plan.sizes.iter())
-        .map(|&users| Ok((users, dataset(sh, &tools.bot, &tools.dir, users)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut data = Vec::new();
+    for &users in &plan.sizes {
+        data.push((users, dataset(sh, &tools.bot, &tools.dir, users)?));
+    }
     let (stack, (results, once)) = tools.on_stack(sh, |demo| demo.measure(&plan, &data))?;
     let method = method(&stack, &plan, &results, &clock);
     Ok(sections(&plan, &results, once, method))

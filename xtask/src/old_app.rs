@@ -678,23 +678,11 @@ mod tests {
             "Init": true,
             "ReadonlyRootfs": false,
         });
+        let expected = "--publish 127.0.0.1:18932:8080/tcp --add-host db:10.0.0.5 --tmpfs /run:size=1m \
+                        --cap-drop ALL --memory 67108864 --log-driver none --init";
         assert_eq!(
             host_options(&host_config),
-            vec![
-                "--publish",
-                "127.0.0.1:18932:8080/tcp",
-                "--add-host",
-                "db:10.0.0.5",
-                "--tmpfs",
-                "/run:size=1m",
-                "--cap-drop",
-                "ALL",
-                "--memory",
-                "67108864",
-                "--log-driver",
-                "none",
-                "--init",
-            ]
+            expected.split(' ').collect::<Vec<_>>()
         );
     }
 

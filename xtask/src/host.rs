@@ -45,16 +45,10 @@ impl Engine {
     }
 
     fn from_host(host: Option<String>) -> Engine {
+        let local = ["unix:///var/run/docker.sock", "unix:///run/docker.sock"];
         let host = host.filter(|h| !h.trim().is_empty());
-        let local = host.as_deref().is_none_or(|h| {
-            matches!(
-                h.trim_end_matches('/'),
-                "unix:///var/run/docker.sock" | "unix:///run/docker.sock"
-            )
-        });
-        Engine {
-            host: if local { None } else { host },
-        }
+        let host = host.filter(|h| !local.contains(&h.trim_end_matches('/')));
+        Engine { host }
     }
 
     /// The address, for messages and reports ("the local engine" when it is the default one).
@@ -95,12 +89,10 @@ impl Engine {
             None => (None, rest),
         };
         let (server, port) = split_port(server).unwrap_or((server, None));
+        let server = server.trim_start_matches('[').trim_end_matches(']');
         Some(SshTarget {
             user,
-            server: server
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            server: server.to_owned(),
             port,
         })
     }

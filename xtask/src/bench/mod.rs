@@ -383,12 +383,8 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", output.display()))?;
     print!("{report}");
     eprintln!("written to {}", output.display());
-    let missed: Vec<&str> = sections
-        .iter()
-        .flat_map(|s| &s.rows)
-        .filter(|r| !r.met)
-        .map(|r| r.name.as_str())
-        .collect();
+    let rows = sections.iter().flat_map(|s| &s.rows);
+    let missed: Vec<&str> = rows.filter(|r| !r.met).map(|r| r.name.as_str()).collect();
     if !missed.is_empty() {
         eprintln!("targets missed: {}", missed.join("; "));
     }

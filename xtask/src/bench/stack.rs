@@ -450,12 +450,9 @@ impl Gaps {
 fn gaps(calls: &[u64], from: u64, to: u64) -> anyhow::Result<Gaps> {
     let mut calls = calls.to_vec();
     calls.sort_unstable();
-    let before = calls
-        .iter()
-        .rev()
-        .find(|t| **t <= from)
-        .copied()
-        .context("the bot had not called getUpdates before the measured work began")?;
+    let before = calls.iter().rev().find(|t| **t <= from).copied();
+    let before =
+        before.context("the bot had not called getUpdates before the measured work began")?;
     if from - before > 1000 {
         bail!(
             "the bot was not polling when the measured work began: its last call was {} ms before",
@@ -482,11 +479,8 @@ pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, Stri
         ),
         "finding the stand-in",
     )?;
-    let id = out
-        .stdout
-        .lines()
-        .next()
-        .context("the stand-in is not running")?;
+    let id = out.stdout.lines().next();
+    let id = id.context("the stand-in is not running")?;
     let state = crate::docker::inspect(sh, id.trim())?;
     Ok((state.id, state.started_at))
 }
@@ -515,12 +509,9 @@ fn poll_times(sh: &Shell, id: &str) -> anyhow::Result<Vec<u64>> {
         "reading the stand-in's counters",
     )?;
     let stats: Value = serde_json::from_str(out.stdout.trim())?;
-    Ok(stats["get_updates_at_ms"]
-        .as_array()
-        .context("no get_updates_at_ms in the stand-in's stats")?
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect())
+    let calls = stats["get_updates_at_ms"].as_array();
+    let calls = calls.context("no get_updates_at_ms in the stand-in's stats")?;
+    Ok(calls.iter().filter_map(Value::as_u64).collect())
 }
 
 pub(super) fn image_id(sh: &Shell, image: &str) -> anyhow::Result<String> {

@@ -227,12 +227,8 @@ impl Local<'_> {
         let ids: Vec<i64> = (0..users as i64).map(|i| BURST_FIRST + i).collect();
         let (posted, _, sent) = pair.control.start_all(&ids, Duration::from_secs(300))?;
         pair.bot.alive()?;
-        let last = sent
-            .iter()
-            .filter(|m| ids.contains(&m.chat_id))
-            .map(|m| m.at_ms)
-            .max()
-            .unwrap_or(posted);
+        let answers = sent.iter().filter(|m| ids.contains(&m.chat_id));
+        let last = answers.map(|m| m.at_ms).max().unwrap_or(posted);
         let rate_limited = pair.control.rate_limited()?;
         drop(pair);
         fresh(&db);
@@ -291,9 +287,9 @@ impl Local<'_> {
                 answered_chats(sent, &chats) == chats.len()
             })?;
         pair.bot.alive()?;
-        let answer_at = |chat: i64| {
+        let answer_at = |id| {
             sent.iter()
-                .filter(|m| m.chat_id == chat)
+                .filter(|m| m.chat_id == id)
                 .map(|m| m.at_ms)
                 .min()
         };
@@ -409,10 +405,8 @@ impl Local<'_> {
         pair.bot.alive()?;
         drop(pair);
         // Every generated user and the admin.
-        let counted = answer
-            .lines()
-            .find_map(|l| l.strip_prefix("Users: "))
-            .and_then(|n| n.trim().parse::<u64>().ok());
+        let counted = answer.lines().find_map(|l| l.strip_prefix("Users: "));
+        let counted = counted.and_then(|n| n.trim().parse::<u64>().ok());
         if counted != Some(users + 1) {
             bail!(
                 "/stats counted {counted:?} users, not {} (its answer: {answer:?})",
@@ -576,10 +570,7 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
         bail!("the stand-in restarted during the run, so its record of answers is cut");
     }
     // Messages posted while `prod-full-update` ran.
-    let during = loaded
-        .iter()
-        .filter(|(_, _, at)| (from..=to).contains(at))
-        .count();
+    let during = loaded.iter().filter(|m| (from..=to).contains(&m.2)).count();
     posted.extend(loaded.into_iter().map(|(id, name, _)| (id, name)));
 
     // Every answer, matched to its message by its text.
@@ -609,6 +600,10 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
     eprintln!(
         "telegram: {messages} messages, {during} during the deploy: {duplicates} duplicates, {unanswered} unanswered, {others} other answers"
     );
+    let healthy = report["downtime_seconds"].as_f64();
+    let healthy = healthy.map_or(String::new(), |s| {
+        format!(", downtime until healthy {s:.2} s")
+    });
     Ok(Measurement {
         name: format!(
             "duplicate answers during `prod-full-update` under load (revision 3 to {}, {} users)",
@@ -618,14 +613,7 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
         ours: format!(
             "{duplicates} duplicates; {unanswered} of {messages} messages unanswered ({during} posted during the deploy); {others} other answers"
         ),
-        baseline: format!(
-            "the deploy took {}{}",
-            show(took),
-            report["downtime_seconds"]
-                .as_f64()
-                .map(|s| format!(", downtime until healthy {s:.2} s"))
-                .unwrap_or_default()
-        ),
+        baseline: format!("the deploy took {}{healthy}", show(took)),
         target: "0 duplicates, none unanswered".into(),
         met: duplicates == 0 && unanswered == 0 && others == 0,
     })
@@ -652,11 +640,8 @@ fn container_addr(sh: &Shell, id: &str) -> anyhow::Result<SocketAddr> {
         cmd!(sh, "docker inspect --format {format} {id}"),
         "finding the stand-in's address",
     )?;
-    let ip = out
-        .stdout
-        .split_whitespace()
-        .next()
-        .context("the stand-in's container has no address")?;
+    let ip = out.stdout.split_whitespace().next();
+    let ip = ip.context("the stand-in's container has no address")?;
     format!("{ip}:8081")
         .parse()
         .with_context(|| format!("docker gave the stand-in the address {ip:?}"))
@@ -788,11 +773,9 @@ impl Control {
     fn ask(&self, user: i64, text: &str) -> anyhow::Result<(String, Duration)> {
         let posted = now_ms();
         let before = self.post_message(&json!({"user_id": user, "text": text}))?;
-        let answer = self
-            .sent(before, Some(user), Duration::from_secs(30))?
-            .into_iter()
-            .next()
-            .with_context(|| format!("no answer to {text} within 30 s"))?;
+        let answers = self.sent(before, Some(user), Duration::from_secs(30))?;
+        let answer = answers.into_iter().next();
+        let answer = answer.with_context(|| format!("no answer to {text} within 30 s"))?;
         Ok((answer.text, handled_after(posted, answer.at_ms, 0)))
     }
 
@@ -821,11 +804,9 @@ impl Control {
         let (head, body) = response
             .split_once("\r\n\r\n")
             .with_context(|| format!("{method} {path}: no HTTP header in the answer"))?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("{method} {path}: no HTTP status in the answer"))?;
+        let status: Option<u16> = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        let status =
+            status.with_context(|| format!("{method} {path}: no HTTP status in the answer"))?;
         if status != 200 {
             bail!("{method} {path}: the stand-in answered {status}: {body}");
         }

@@ -287,9 +287,9 @@ impl Local<'_> {
                 answered_chats(sent, &chats) == chats.len()
             })?;
         pair.bot.alive()?;
-        let answer_at = |id| {
+        let answer_at = |chat: i64| {
             sent.iter()
-                .filter(|m| m.chat_id == id)
+                .filter(|m| m.chat_id == chat)
                 .map(|m| m.at_ms)
                 .min()
         };

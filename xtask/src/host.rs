@@ -221,10 +221,8 @@ fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
     let inspected: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("`docker context inspect {shown}` printed no JSON"))?;
     let context = &inspected[0];
-    let host = context["Endpoints"]["docker"]["Host"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("the Docker context {shown} names no engine"))?;
+    let host = context["Endpoints"]["docker"]["Host"].as_str();
+    let host = host.with_context(|| format!("the Docker context {shown} names no engine"))?;
     let has_tls = context["TLSMaterial"]
         .as_object()
         .is_some_and(|m| !m.is_empty());
@@ -234,7 +232,7 @@ fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
             context["Name"].as_str().unwrap_or(shown)
         )));
     }
-    Ok(Engine::from_host(Some(checked_address(&host)?)))
+    Ok(Engine::from_host(Some(checked_address(host)?)))
 }
 
 #[cfg(test)]

@@ -273,10 +273,10 @@ pub fn release_tags_to_prune(
     keep: usize,
     needed: &[String],
 ) -> Vec<String> {
-    let mut releases: Vec<&(String, String)> = tags
+    let releases = tags
         .iter()
-        .filter(|(tag, _)| is_release_tag_of(tag, project))
-        .collect();
+        .filter(|(tag, _)| is_release_tag_of(tag, project));
+    let mut releases: Vec<&(String, String)> = releases.collect();
     // Newest first, by the time at the tag's end.
     releases.sort_by(|a, b| {
         let time = |t: &str| t.rsplit('-').next().unwrap_or("").to_owned();
@@ -317,10 +317,8 @@ pub fn prune_release_tags(
         ),
         "listing the release tags",
     )?;
-    let tags: Vec<(String, String)> = listed
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_once(' '))
+    let tags = listed.stdout.lines().filter_map(|l| l.split_once(' '));
+    let tags: Vec<(String, String)> = tags
         .map(|(tag, id)| (tag.to_owned(), id.trim().to_owned()))
         .collect();
     let mut removed = Vec::new();

@@ -154,10 +154,9 @@ pub fn refuse_if_old_app(sh: &Shell, stack: &Stack, task: &str) -> anyhow::Resul
 /// scaled old app): stopping and keeping one while another still writes would lose writes.
 pub fn refuse_a_scaled_old_app(containers: &[ContainerState]) -> anyhow::Result<()> {
     if containers.len() > 1 && containers.iter().any(|c| !c.is_ours()) {
-        let names: Vec<String> = containers
-            .iter()
-            .map(|c| format!("{} ({}, image {})", c.name, c.status, c.config_image))
-            .collect();
+        let name =
+            |c: &ContainerState| format!("{} ({}, image {})", c.name, c.status, c.config_image);
+        let names: Vec<String> = containers.iter().map(name).collect();
         return Err(exit::refused(format!(
             "the project's bot service has {} containers: {}. The old app seems to be scaled; its database can only be brought over from one stopped writer. Scale it to one (`docker-compose -p <project> up -d --scale bot=1`, or stop and remove the extra containers), then deploy again. Nothing was changed.",
             containers.len(),
@@ -259,10 +258,8 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
             "looking for the old app's database on its mounts",
         )?;
         let listing = database::last_json(&out.stdout, "`bot db find-databases`")?;
-        candidates(
-            &serde_json::from_value(listing)
-                .context("`bot db find-databases` printed JSON of another shape")?,
-        )
+        let listing = serde_json::from_value(listing);
+        candidates(&listing.context("`bot db find-databases` printed JSON of another shape")?)
     };
     let mounts: Vec<String> = old.mounts.iter().map(|m| m.destination.clone()).collect();
     match found.as_slice() {
@@ -576,11 +573,9 @@ pub fn bring_back(
         if let Some(kept) = kept {
             remove_container(sh, &kept.copy_name);
         }
-        return Ok(inspect_raw(sh, old_id)?["Name"]
-            .as_str()
-            .unwrap_or(old_id)
-            .trim_start_matches('/')
-            .to_owned());
+        let raw = inspect_raw(sh, old_id)?;
+        let name = raw["Name"].as_str().unwrap_or(old_id);
+        return Ok(name.trim_start_matches('/').to_owned());
     }
     let Some(kept) = kept else {
         bail!("the old app's container {old_id} is gone and no copy of it was kept");
@@ -595,19 +590,15 @@ pub fn bring_back(
         let aliases = aliases.iter().flat_map(|a| ["--network-alias", a.as_str()]);
         create = create.args(["--network", network]).args(aliases);
     }
-    let id = process::run(
-        create.arg(&kept.image),
-        "recreating the old app's container",
-    )?
-    .stdout
-    .trim()
-    .to_owned();
+    let image = &kept.image;
+    let created = process::run(create.arg(image), "recreating the old app's container")?;
+    let id = created.stdout.trim();
     for (network, aliases) in kept.networks.iter().skip(1) {
         let aliases = aliases.iter().flat_map(|a| ["--alias", a.as_str()]);
         process::run(
             cmd!(sh, "docker network connect")
                 .args(aliases)
-                .args([network, &id]),
+                .args([network, id]),
             "connecting the old app to its network",
         )?;
     }

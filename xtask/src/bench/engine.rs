@@ -473,10 +473,8 @@ fn alembic(sh: &Shell, dir: &Path) -> anyhow::Result<Alembic> {
     }
     let python = venv.join("bin/python");
     let code = "import alembic, sqlalchemy; print('alembic', alembic.__version__ + ', SQLAlchemy', sqlalchemy.__version__)";
-    let versions = process::run(cmd!(sh, "{python} -c {code}"), "reading Alembic's version")?
-        .stdout
-        .trim()
-        .to_owned();
+    let out = process::run(cmd!(sh, "{python} -c {code}"), "reading Alembic's version")?;
+    let versions = out.stdout.trim().to_owned();
     let scripts = dir.join("alembic/env");
     let revisions = scripts.join("versions");
     std::fs::create_dir_all(&revisions)?;

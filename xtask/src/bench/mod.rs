@@ -329,10 +329,8 @@ impl Clock {
 
 /// The 1-minute load average.
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg.split_whitespace().next().unwrap_or("?").to_owned()
 }
 
 pub fn path_str(path: &Path) -> anyhow::Result<&str> {

@@ -191,13 +191,9 @@ impl Demo<'_> {
         let restarted = bot(sh, stack)?.started_at != container_before;
         // The bot idle and under load as with Telegram: the stand-in made again with its default
         // long poll (held up to 10 s), not the benchmark's short one.
-        process::run(
-            stack
-                .cmd(sh)
-                .args(["up", "-d", "telegram-standin"])
-                .env_remove("STANDIN_MAX_LONG_POLL_MS"),
-            "starting the stand-in with its default long poll",
-        )?;
+        let up = stack.cmd(sh).args(["up", "-d", "telegram-standin"]);
+        let up = up.env_remove("STANDIN_MAX_LONG_POLL_MS");
+        process::run(up, "starting the stand-in with its default long poll")?;
         wait_for_calls(sh, stack, 1)?;
         std::thread::sleep(Duration::from_secs(5));
         let memory = idle_memory(sh, stack)?;

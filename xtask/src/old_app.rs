@@ -544,10 +544,8 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
 }
 
 fn inspect_raw(sh: &Shell, id: &str) -> anyhow::Result<Value> {
-    let out = process::run(
-        cmd!(sh, "docker container inspect {id}"),
-        "inspecting the old app's container",
-    )?;
+    let inspect = cmd!(sh, "docker container inspect {id}");
+    let out = process::run(inspect, "inspecting the old app's container")?;
     let all: Value = serde_json::from_str(&out.stdout).context("docker inspect printed no JSON")?;
     Ok(all[0].clone())
 }

@@ -417,11 +417,8 @@ pub(super) fn sqlite3(sh: &Shell) -> anyhow::Result<PathBuf> {
 
 /// Runs a script in the `sqlite3` shell (untimed); fails when it prints an error.
 pub(super) fn sql(sh: &Shell, sqlite3: &Path, db: &Path, script: &str) -> anyhow::Result<()> {
-    let out = process::run_within(
-        cmd!(sh, "{sqlite3} -bail {db} {script}"),
-        "running SQL in the sqlite3 shell",
-        UNTIMED_LIMIT,
-    )?;
+    let shell = cmd!(sh, "{sqlite3} -bail {db} {script}");
+    let out = process::run_within(shell, "running SQL in the sqlite3 shell", UNTIMED_LIMIT)?;
     if !out.stderr.is_empty() {
         bail!("sqlite3 {}: {}", db.display(), out.stderr);
     }
@@ -461,15 +458,11 @@ fn alembic(sh: &Shell, dir: &Path) -> anyhow::Result<Alembic> {
     let program = venv.join("bin/alembic");
     if !program.exists() {
         eprintln!("installing Alembic from PyPI into {}", venv.display());
-        process::run(
-            cmd!(sh, "python3 -m venv {venv}"),
-            "creating the Python environment",
-        )?;
+        let create = cmd!(sh, "python3 -m venv {venv}");
+        process::run(create, "creating the Python environment")?;
         let pip = venv.join("bin/pip");
-        process::run(
-            cmd!(sh, "{pip} install --quiet alembic"),
-            "installing Alembic",
-        )?;
+        let install = cmd!(sh, "{pip} install --quiet alembic");
+        process::run(install, "installing Alembic")?;
     }
     let python = venv.join("bin/python");
     let code = "import alembic, sqlalchemy; print('alembic', alembic.__version__ + ', SQLAlchemy', sqlalchemy.__version__)";

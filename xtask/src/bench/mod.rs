@@ -240,10 +240,8 @@ pub fn kept(
 
 /// `bot db status --json` of `db`: its state and revision.
 pub fn state(sh: &Shell, bot: &Path, db: &Path) -> anyhow::Result<(State, Option<u64>)> {
-    let out = process::run(
-        cmd!(sh, "{bot} db status --json").env("DATABASE_PATH", db),
-        "bot db status",
-    )?;
+    let status = cmd!(sh, "{bot} db status --json").env("DATABASE_PATH", db);
+    let out = process::run(status, "bot db status")?;
     let status: DbStatus = database::parse_last(&out.stdout, "`bot db status --json`")?;
     Ok((status.state, status.version.map(u64::from)))
 }

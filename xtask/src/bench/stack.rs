@@ -500,10 +500,8 @@ pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow:
 /// epoch. Read with `docker exec`, far lighter than Compose v1 (a Python program) on the CPU
 /// the bot shares.
 fn poll_times(sh: &Shell, id: &str) -> anyhow::Result<Vec<u64>> {
-    let out = process::run(
-        cmd!(sh, "docker exec {id} /telegram-standin stats"),
-        "reading the stand-in's counters",
-    )?;
+    let stats = cmd!(sh, "docker exec {id} /telegram-standin stats");
+    let out = process::run(stats, "reading the stand-in's counters")?;
     let stats: Value = serde_json::from_str(out.stdout.trim())?;
     let calls = stats["get_updates_at_ms"].as_array();
     let calls = calls.context("no get_updates_at_ms in the stand-in's stats")?;
@@ -525,10 +523,8 @@ fn bot(sh: &Shell, stack: &Stack) -> anyhow::Result<ContainerState> {
 fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
     let id = bot(sh, stack)?.id;
     let format = "{{.MemUsage}}";
-    let out = process::run(
-        cmd!(sh, "docker stats --no-stream --format {format} {id}"),
-        "reading the bot's memory",
-    )?;
+    let stats = cmd!(sh, "docker stats --no-stream --format {format} {id}");
+    let out = process::run(stats, "reading the bot's memory")?;
     let used = out.stdout.split('/').next().unwrap_or("").trim().to_owned();
     let (number, unit) = used.split_at(
         used.find(|c: char| c.is_ascii_alphabetic())
@@ -548,10 +544,8 @@ fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
 
 fn image_size(sh: &Shell, image: &str) -> anyhow::Result<u64> {
     let format = "{{.Size}}";
-    let out = process::run(
-        cmd!(sh, "docker image inspect --format {format} {image}"),
-        "reading the image size",
-    )?;
+    let inspect = cmd!(sh, "docker image inspect --format {format} {image}");
+    let out = process::run(inspect, "reading the image size")?;
     out.stdout.trim().parse().context("docker printed no size")
 }
 

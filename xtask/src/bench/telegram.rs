@@ -636,10 +636,8 @@ fn answer_key(message: &Sent, chats: &[i64]) -> Option<(i64, String)> {
 /// A container's address on its Compose network, with the stand-in's port.
 fn container_addr(sh: &Shell, id: &str) -> anyhow::Result<SocketAddr> {
     let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}";
-    let out = process::run(
-        cmd!(sh, "docker inspect --format {format} {id}"),
-        "finding the stand-in's address",
-    )?;
+    let inspect = cmd!(sh, "docker inspect --format {format} {id}");
+    let out = process::run(inspect, "finding the stand-in's address")?;
     let ip = out.stdout.split_whitespace().next();
     let ip = ip.context("the stand-in's container has no address")?;
     format!("{ip}:8081")

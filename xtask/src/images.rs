@@ -234,11 +234,8 @@ pub fn holds_binary(
     binary: &Path,
     labels: &[String],
 ) -> anyhow::Result<bool> {
-    let helper = docker::Throwaway::create(
-        sh,
-        cmd!(sh, "docker create {labels...} {image}"),
-        "reading the image's binary",
-    )?;
+    let create = cmd!(sh, "docker create {labels...} {image}");
+    let helper = docker::Throwaway::create(sh, create, "reading the image's binary")?;
     let copy = crate::database::TempFile::new("image-binary");
     let bytes = std::fs::metadata(binary)?.len();
     crate::database::copy_out(sh, &format!("{}:/bot", helper.id), &copy.0, bytes)?;
@@ -310,13 +307,11 @@ pub fn prune_release_tags(
 ) -> anyhow::Result<Vec<String>> {
     let repository = stack.bot_image.split(':').next().unwrap_or("");
     let format = "{{.Tag}} {{.ID}}";
-    let listed = process::run(
-        cmd!(
-            sh,
-            "docker image ls --no-trunc --format {format} {repository}"
-        ),
-        "listing the release tags",
-    )?;
+    let list = cmd!(
+        sh,
+        "docker image ls --no-trunc --format {format} {repository}"
+    );
+    let listed = process::run(list, "listing the release tags")?;
     let tags = listed.stdout.lines().filter_map(|l| l.split_once(' '));
     let tags: Vec<(String, String)> = tags
         .map(|(tag, id)| (tag.to_owned(), id.trim().to_owned()))

@@ -249,14 +249,12 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
     } else {
         let mut places: Vec<String> = old.mounts.iter().map(under_root).collect();
         places.sort();
-        let out = process::run(
-            cmd!(sh, "docker run --rm --user 0:0 --network none")
-                .args(mount_args(old))
-                .arg(image)
-                .args(["db", "find-databases", "--json"])
-                .args(&places),
-            "looking for the old app's database on its mounts",
-        )?;
+        let find = cmd!(sh, "docker run --rm --user 0:0 --network none")
+            .args(mount_args(old))
+            .arg(image)
+            .args(["db", "find-databases", "--json"])
+            .args(&places);
+        let out = process::run(find, "looking for the old app's database on its mounts")?;
         let listing = database::last_json(&out.stdout, "`bot db find-databases`")?;
         let listing = serde_json::from_value(listing);
         candidates(&listing.context("`bot db find-databases` printed JSON of another shape")?)
@@ -328,17 +326,14 @@ fn run_import(
         }
         Source::HostFile(file) => (Vec::new(), HOST_FILE_IN_CONTAINER.to_owned(), Some(file)),
     };
-    let helper = Throwaway::create(
-        sh,
-        cmd!(sh, "docker create --user 0:0 --network none")
-            .args(database::helper_labels(project_of(image)))
-            .args(mounts)
-            .args(extra)
-            .arg(image)
-            .args(["db", "import", &inside])
-            .args(args),
-        "preparing the import",
-    )?;
+    let create = cmd!(sh, "docker create --user 0:0 --network none")
+        .args(database::helper_labels(project_of(image)))
+        .args(mounts)
+        .args(extra)
+        .arg(image)
+        .args(["db", "import", &inside])
+        .args(args);
+    let helper = Throwaway::create(sh, create, "preparing the import")?;
     let size = host_file.map_or(0, |file| std::fs::metadata(file).map_or(0, |m| m.len()));
     if let Some(file) = host_file {
         // The crash leftovers travel with the file, so SQLite recovers the copy.
@@ -526,13 +521,11 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
     let copy_name = format!("{}-kept-by-tgbot", old.name);
     remove_container(sh, &copy_name);
     let kept_for = format!("{KEPT_LABEL}={}", stack.project);
-    process::run(
-        cmd!(
-            sh,
-            "docker create --name {copy_name} --volumes-from {id} --network none --label com.docker.compose.project= --label com.docker.compose.service= --label com.docker.compose.oneoff=True --label {kept_for} {image}"
-        ),
-        "keeping the old app's container (a stopped copy)",
-    )?;
+    let create = cmd!(
+        sh,
+        "docker create --name {copy_name} --volumes-from {id} --network none --label com.docker.compose.project= --label com.docker.compose.service= --label com.docker.compose.oneoff=True --label {kept_for} {image}"
+    );
+    process::run(create, "keeping the old app's container (a stopped copy)")?;
     Ok(Kept {
         original_name: old.name.clone(),
         image,
@@ -563,10 +556,8 @@ pub fn bring_back(
         .is_ok_and(|o| o.status.success())
     {
         if start {
-            process::run(
-                cmd!(sh, "docker start {old_id}"),
-                "starting the old app again",
-            )?;
+            let docker_start = cmd!(sh, "docker start {old_id}");
+            process::run(docker_start, "starting the old app again")?;
         }
         if let Some(kept) = kept {
             remove_container(sh, &kept.copy_name);

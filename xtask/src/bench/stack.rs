@@ -468,13 +468,11 @@ fn gaps(calls: &[u64], from: u64, to: u64) -> anyhow::Result<Gaps> {
 /// The stand-in's container and when it started.
 pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, String)> {
     let project = format!("label=com.docker.compose.project={}", stack.project);
-    let out = process::run(
-        cmd!(
-            sh,
-            "docker ps -q --no-trunc --filter {project} --filter label=com.docker.compose.service=telegram-standin"
-        ),
-        "finding the stand-in",
-    )?;
+    let ps = cmd!(
+        sh,
+        "docker ps -q --no-trunc --filter {project} --filter label=com.docker.compose.service=telegram-standin"
+    );
+    let out = process::run(ps, "finding the stand-in")?;
     let id = out.stdout.lines().next();
     let id = id.context("the stand-in is not running")?;
     let state = crate::docker::inspect(sh, id.trim())?;

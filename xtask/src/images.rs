@@ -46,8 +46,7 @@ pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Res
     Ok(Built { bot })
 }
 
-/// The static binaries of one build, in `dir`; no other build of this checkout replaces them
-/// while this value lives.
+/// One build's static binaries in `dir`; no other build here replaces them while this value lives.
 pub struct Binaries {
     /// The folder holding `bot` and `telegram-standin`.
     pub dir: PathBuf,
@@ -296,9 +295,8 @@ pub fn release_tags_to_prune(
     pruned
 }
 
-/// Removes the release tags of `stack`'s project beyond the newest `keep` (see
-/// [`release_tags_to_prune`]); an image that other tags or containers still use stays (only
-/// its tag goes). Returns the tags removed.
+/// Removes `stack`'s release tags beyond the newest `keep` (see [`release_tags_to_prune`]); an
+/// image still in use elsewhere stays (only its tag goes). Returns the tags removed.
 pub fn prune_release_tags(
     sh: &Shell,
     stack: &Stack,

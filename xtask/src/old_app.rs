@@ -353,8 +353,7 @@ fn run_import(
     database::last_json(&out.stdout, "`bot db import`")
 }
 
-/// The project an image tag `tgbot-bot:<project>` belongs to, for the labels of the helper
-/// containers made with it.
+/// The project of an image tag `tgbot-bot:<project>`, for the labels of the helpers made with it.
 fn project_of(image: &str) -> &str {
     image.rsplit_once(':').map_or(image, |(_, project)| project)
 }
@@ -416,10 +415,9 @@ pub struct Kept {
     host_options: Vec<String>,
 }
 
-/// `docker create` options for the host settings of `host_config` (an inspect's `HostConfig`)
-/// that a recreated container would otherwise lose: published ports, extra hosts, tmpfs,
-/// capabilities, security options, memory and CPU limits, the log driver, init, a read-only
-/// root, privileged mode.
+/// `docker create` options for the host settings of `host_config` (an inspect's `HostConfig`) that
+/// a recreated container would otherwise lose: published ports, extra hosts, tmpfs, capabilities,
+/// security options, memory and CPU limits, log driver, init, read-only root, privileged mode.
 fn host_options(host_config: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let mut add = |flag: &str, value: String| out.extend([flag.to_owned(), value]);
@@ -469,10 +467,8 @@ fn host_options(host_config: &Value) -> Vec<String> {
     if let Some(driver) = log["Type"].as_str().filter(|d| !d.is_empty()) {
         add("--log-driver", driver.to_owned());
         for (key, value) in log["Config"].as_object().into_iter().flatten() {
-            add(
-                "--log-opt",
-                format!("{key}={}", value.as_str().unwrap_or("")),
-            );
+            let value = value.as_str().unwrap_or("");
+            add("--log-opt", format!("{key}={value}"));
         }
     }
     for (key, flag) in [

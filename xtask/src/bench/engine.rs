@@ -335,8 +335,7 @@ fn pair(
     Ok((median(a), median(b)))
 }
 
-/// The kept database of `users` users at revision 3 (see [`kept`]), and how long generating
-/// it took in this run.
+/// The kept database of `users` users at revision 3 (see [`kept`]), and this run's time making it.
 fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     let name = format!("revision3-{}-g{GENERATOR}.db", label(users));
     let db = bench.dir.join(name);
@@ -451,8 +450,7 @@ impl Alembic {
     }
 }
 
-/// Installs Alembic in a virtual environment (once) and writes an Alembic project whose four
-/// revisions mirror ours.
+/// Installs Alembic in a virtualenv (once) and writes a project whose four revisions mirror ours.
 fn alembic(sh: &Shell, dir: &Path) -> anyhow::Result<Alembic> {
     let venv = work_dir().join("venv");
     let program = venv.join("bin/alembic");

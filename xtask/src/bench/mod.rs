@@ -246,8 +246,7 @@ pub fn state(sh: &Shell, bot: &Path, db: &Path) -> anyhow::Result<(State, Option
     Ok((status.state, status.version.map(u64::from)))
 }
 
-/// Fails unless `bot db status` reads `db` as `want` at revision `revision`; `what` begins
-/// the error.
+/// Fails unless `bot db status` reads `db` as `want` at `revision`; `what` begins the error.
 pub fn expect_state(
     sh: &Shell,
     bot: &Path,

@@ -29,9 +29,8 @@ const RUNS: usize = 5;
 /// tens of milliseconds: a gap starts at the old bot's last call, which it was still holding
 /// when it stopped, so a gap overstates the downtime by less than one poll interval.
 const POLL_CAP_MS: &str = "25";
-/// A gap between two `getUpdates` calls longer than this is an outage: a serving bot calls
-/// again within the poll cap and a round trip, and stopping and starting a container takes
-/// longer than this.
+/// A gap between two `getUpdates` calls longer than this is an outage: a serving bot calls again
+/// within the poll cap and a round trip, and stopping and starting a container takes longer.
 const OUTAGE_MS: u64 = 150;
 /// What the deploy may add to the migration's own duration.
 const ALLOWANCE: Duration = Duration::from_millis(300);
@@ -250,8 +249,7 @@ impl Demo<'_> {
         Ok((noop, bot))
     }
 
-    /// The seed's manual flow on the same images: `up -d` with the new image, a one-off
-    /// `bot db upgrade`, `restart`.
+    /// The seed's manual flow: `up -d` with the new image, a one-off `bot db upgrade`, `restart`.
     fn manual_flow(self, new: &Stack, new_image: &str) -> anyhow::Result<Gaps> {
         let Demo(sh, stack, _) = self;
         let step = |args: &[&str], what: &str| process::run(compose(sh, new).args(args), what);
@@ -380,8 +378,7 @@ impl Tools {
         })
     }
 
-    /// Runs `work` on the project's demo stack; what the benchmark makes in Docker is removed
-    /// before and after.
+    /// Runs `work` on the demo stack, removing what the benchmark makes in Docker before and after.
     pub(super) fn on_stack<T>(
         &self,
         sh: &Shell,
@@ -440,9 +437,8 @@ impl Gaps {
     }
 }
 
-/// The gaps between the `getUpdates` calls (arrival times in ms) from the last one at or
-/// before `from` to the last one at or before `to`. Fails when the bot was not polling at
-/// `from` (no call in the second before).
+/// The gaps between `getUpdates` calls (arrivals in ms) from the last at or before `from` to the
+/// last at or before `to`. Fails unless the bot called in the second before `from`.
 fn gaps(calls: &[u64], from: u64, to: u64) -> anyhow::Result<Gaps> {
     let mut calls = calls.to_vec();
     calls.sort_unstable();
@@ -495,8 +491,7 @@ pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow:
 }
 
 /// When the stand-in (container `id`) saw each `getUpdates` call arrive, in ms since the Unix
-/// epoch. Read with `docker exec`, far lighter than Compose v1 (a Python program) on the CPU
-/// the bot shares.
+/// epoch. Read with `docker exec`, far lighter than Compose v1 (a Python program) on the bot's CPU.
 fn poll_times(sh: &Shell, id: &str) -> anyhow::Result<Vec<u64>> {
     let stats = cmd!(sh, "docker exec {id} /telegram-standin stats");
     let out = process::run(stats, "reading the stand-in's counters")?;
@@ -524,14 +519,10 @@ fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
     let stats = cmd!(sh, "docker stats --no-stream --format {format} {id}");
     let out = process::run(stats, "reading the bot's memory")?;
     let used = out.stdout.split('/').next().unwrap_or("").trim().to_owned();
-    let (number, unit) = used.split_at(
-        used.find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(used.len()),
-    );
-    let number: f64 = number
-        .trim()
-        .parse()
-        .with_context(|| format!("docker stats printed {used:?}"))?;
+    let digits = used.find(|c: char| c.is_ascii_alphabetic());
+    let (number, unit) = used.split_at(digits.unwrap_or(used.len()));
+    let number = number.trim().parse::<f64>();
+    let number = number.with_context(|| format!("docker stats printed {used:?}"))?;
     Ok(match unit {
         "KiB" | "kB" => number / 1024.0,
         "GiB" | "GB" => number * 1024.0,
@@ -603,9 +594,8 @@ pub(super) fn dataset(sh: &Shell, bot: &Path, dir: &Path, users: u64) -> anyhow:
     Ok(path)
 }
 
-/// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to`
-/// through the page cache, then flushes it: the copy starts warm and clean, as the database a
-/// restore just wrote.
+/// Copies `from` (its main file: it must have no `-wal` with content) to a new file `to` through
+/// the page cache, then flushes it: the copy starts warm and clean, as a restore leaves it.
 pub(super) fn warm_copy_whole(from: &Path, to: &Path) -> anyhow::Result<()> {
     let wal = PathBuf::from(format!("{}-wal", from.display()));
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {

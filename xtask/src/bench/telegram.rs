@@ -161,8 +161,7 @@ impl Local<'_> {
     }
 
     /// Starts `telegram-standin serve` with `serve` on a free local port, then `bot run` on `db`
-    /// against it with `env` (the other settings at their defaults), and waits until the bot
-    /// holds a long poll.
+    /// against it with `env` (other settings at their defaults), and waits for the bot's long poll.
     fn start(
         &self,
         folder: &Path,
@@ -253,8 +252,7 @@ impl Local<'_> {
         })
     }
 
-    /// One chat's answer meets a 429 (`retry_after` 15 s); meanwhile `users` others send /help,
-    /// 5 a second.
+    /// A chat's answer meets a 429 (retry_after 15 s) while `users` others send /help, 5 a second.
     fn waiting(&self, users: usize) -> anyhow::Result<Measurement> {
         eprintln!("telegram: a chat waits out a 429 while {users} others send /help");
         let (pair, db) = self.limited("waiting")?;
@@ -329,8 +327,7 @@ impl Local<'_> {
         })
     }
 
-    /// /stats and /help of an admin, on a fresh copy of the kept database of `users` users,
-    /// upgraded to the head.
+    /// /stats and /help of an admin on a fresh upgraded copy of the kept database of `users` users.
     fn stats(&self, users: u64) -> anyhow::Result<[Measurement; 2]> {
         let at = label(users);
         eprintln!("telegram: /stats at {at} users");
@@ -742,8 +739,7 @@ impl Control {
         serde_json::from_value(answer).context("the stand-in's sent messages")
     }
 
-    /// The messages sent after `after`, read as they come until `done` holds for them or
-    /// `timeout` has passed.
+    /// The messages sent after `after`, read as they come until `done` holds or `timeout` passes.
     fn wait_sent(
         &self,
         after: u64,

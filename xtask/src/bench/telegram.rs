@@ -486,12 +486,10 @@ fn deploy_under_load(sh: &Shell, bot: &Path, users: u64) -> Measurement {
     measured.unwrap_or_else(|e| {
         eprintln!("telegram: the deploy run failed: {e:#}");
         let reason = format!("{e:#}");
+        let reason = reason.lines().next().unwrap_or("").replace('|', "/");
         Measurement {
             name: "duplicate answers during `prod-full-update` under load".into(),
-            ours: format!(
-                "not measured: {}",
-                reason.lines().next().unwrap_or("").replace('|', "/")
-            ),
+            ours: format!("not measured: {reason}"),
             baseline: String::new(),
             target: "0 duplicates, none unanswered".into(),
             met: false,
@@ -837,7 +835,7 @@ fn method(plan: &Plan, compose: &str, clock: &Clock) -> String {
         "{smoke}The first rows run the static release binaries as processes on this machine, without Docker: `telegram-standin serve` on a free local port, and `bot run` against it with its defaults unless said (its outgoing messages within Telegram's limits, each chat's answers by a worker of its own, 20 messages a minute per user), on a database made by `bot db upgrade` in `target/bench/telegram/`. The stand-in notes when each `sendMessage` arrives; a delay runs from just before the message was posted to the control API (this machine's clock, to the millisecond) until the stand-in handled the answer: its `sendMessage`'s arrival plus the latency every call is held.\n\n\
          - Replies per second: the stand-in with `--latency-ms {LATENCY_MS} --telegram-limits` (every Bot API call held {LATENCY_MS} ms; a `sendMessage` over 1 a second per chat or 30 a second overall answered 429 with `retry_after`, as Telegram answers it). {burst} distinct users send /start in one batch (`/control/messages/batch`), timed until the last one's answer. The 429s are the stand-in's count (`rate_limited` of `/control/stats`).\n\
          - A chat waiting out a 429: the same stand-in, with one 429 (`retry_after` {RETRY_AFTER_SECS} s) put on the next `sendMessage` (`/control/faults`). A user sends /help and the answer meets the 429; once it has, {waiting} other users send /help one after another, one every {every} ms, while that chat waits. The row gives the worst and the median of their delays, beside the waiting chat's own; the stand-in's count of 429s includes the one put there.\n\
-         - /stats: a database of {stats} users, made once and kept in `target/bench/telegram/`: `bot db upgrade` on a new file, `bot db downgrade --to 4`, then the `sqlite3` shell fills `users` (registered over two years, last seen within 30 days) and `command_log` (one row per user within 90 days) from recursive CTEs in one transaction (journal off, `synchronous=OFF`, the schema's indexes dropped first and made again). Each run takes a fresh copy of it, written through the page cache and flushed, and upgrades the copy with `bot db upgrade` (timed: revision 5 fills the /stats summaries from the rows). The bot then serves it, with `ADMIN_IDS` naming the admin and `BOT_RATE_LIMITS=off`, against a stand-in without latency or limits. The admin sends /start, one /help and one /stats untimed, then /help and /stats in turn, {samples} of each; a cell is the median. Both write the command log with the update's id, so /help shows the bot's own time and /stats adds the reading of the numbers. The /stats answer must count every user.\n\
+         - /stats: a database of {stats} users, made once and kept in `target/bench/telegram/`: `bot db upgrade` on a new file, `bot db downgrade --to 4`, then the `sqlite3` shell fills `users` (registered over two years, last seen within 30 days) and `command_log` (one row per user within 90 days) from recursive CTEs in one transaction (journal off, `synchronous=OFF`, the schema's indexes dropped first and made again). Each run takes a fresh copy of it, written through the page cache and flushed, and upgrades the copy with `bot db upgrade` (timed: revision 5 fills the /stats summaries from the rows). The bot then serves it, with `ADMIN_IDS` naming the admin and `BOT_RATE_LIMITS=off`, against a stand-in without latency or limits. The admin sends /start, one /help and one /stats untimed, then /help and /stats in turn, {STATS_SAMPLES} of each; a cell is the median. Both write the command log with the update's id, so /help shows the bot's own time and /stats adds the reading of the numbers. The /stats answer must count every user.\n\
          - Duplicates during a deploy: the demo stack in Docker ({compose}, project `{PROJECT}`), started as the deploy section starts each run: the old release (schema head 3) serving the deploy section's kept database of {deploy} users at revision 3 (after one `prod-full-update` without load, which builds the new images, so that the measured one replaces only the bot). {LOAD_USERS} users send /start; then a loader on this machine posts one message every {load_every} ms to the stand-in's control API (at its container's address), from the users in turn, each writing every {per_user} s, under the per-user limit. Each message is a command the bot does not know, named uniquely (`/d17`): the bot logs it as it logs /help (with the update's id) and answers with its name, so every answer is matched to its message. {settle} later `cargo xtask prod-full-update --json` migrates to revision {head} and replaces the bot; the loader goes on until the new bot polls, and {settle} more; then the answers are awaited (up to {within} s) and counted: a duplicate is a second answer to one message, unanswered a message without one, other answers are neither (an apology).\n\n\
          {}.",
         clock.summary(""),
@@ -845,7 +843,6 @@ fn method(plan: &Plan, compose: &str, clock: &Clock) -> String {
         waiting = plan.waiting_users,
         every = WAITING_EVERY.as_millis(),
         stats = label(plan.stats_users),
-        samples = STATS_SAMPLES,
         deploy = label(plan.deploy_users),
         load_every = LOAD_EVERY.as_millis(),
         per_user = (LOAD_EVERY * LOAD_USERS as u32).as_secs(),

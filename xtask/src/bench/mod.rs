@@ -388,14 +388,9 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
 
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find(|l| l.starts_with("model name"));
+    let cpu = model.map_or("unknown CPU", |l| l.split(':').nth(1).unwrap_or("").trim());
     format!("{cores} cores ({cpu})")
 }
 

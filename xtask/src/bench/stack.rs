@@ -261,9 +261,8 @@ impl Demo<'_> {
             wait_for_calls(sh, stack, 3)?;
             Ok(String::new())
         })?;
-        let running = stack
-            .bot_container(sh)?
-            .context("no bot container after the manual flow")?;
+        let running = stack.bot_container(sh)?;
+        let running = running.context("no bot container after the manual flow")?;
         if running.image_id != new_image {
             bail!(
                 "after the manual flow the bot runs {}, not the new image {new_image}",

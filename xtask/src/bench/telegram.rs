@@ -120,9 +120,8 @@ pub fn run(sh: &Shell, quick: bool) -> anyhow::Result<Section> {
     ];
     rows.extend(local.stats(plan.stats_users)?);
     rows.push(deploy_under_load(sh, &local.bot, plan.deploy_users));
-    let compose = Stack::new(sh, PROJECT, true)
-        .map(|s| s.flavour.describe())
-        .unwrap_or_else(|_| "Compose".into());
+    let compose = Stack::new(sh, PROJECT, true).map(|s| s.flavour.describe());
+    let compose = compose.unwrap_or_else(|_| "Compose".into());
     Ok(Section {
         title: "Bot under Telegram's rules".into(),
         method: method(&plan, &compose, &clock),
@@ -544,9 +543,8 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
     eprintln!("telegram: prod-full-update under load");
     let from = now_ms();
     let started = Instant::now();
-    let deployed = tools
-        .run(sh, &["prod-full-update", "--json"])
-        .and_then(|out| stack::deployed(&out));
+    let deployed = tools.run(sh, &["prod-full-update", "--json"]);
+    let deployed = deployed.and_then(|out| stack::deployed(&out));
     let took = started.elapsed();
     let to = now_ms();
     if deployed.is_ok() {
@@ -701,9 +699,8 @@ impl Control {
 
     /// The 429s the stand-in has answered.
     fn rate_limited(&self) -> anyhow::Result<u64> {
-        Ok(self.get("/control/stats")?["rate_limited"]
-            .as_u64()
-            .unwrap_or(0))
+        let stats = self.get("/control/stats")?;
+        Ok(stats["rate_limited"].as_u64().unwrap_or(0))
     }
 
     /// Queues one user's message; returns the sequence number of the last message sent before it.

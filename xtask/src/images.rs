@@ -279,11 +279,8 @@ pub fn release_tags_to_prune(
         time(&b.0).cmp(&time(&a.0))
     });
     let keep = keep.max(1);
-    let mut kept_images: Vec<&str> = releases
-        .iter()
-        .take(keep)
-        .map(|(_, id)| id.as_str())
-        .collect();
+    let newest = releases.iter().take(keep).map(|(_, id)| id.as_str());
+    let mut kept_images: Vec<&str> = newest.collect();
     let mut pruned = Vec::new();
     for (tag, id) in releases.into_iter().skip(keep) {
         if needed.iter().any(|n| n == id) && !kept_images.contains(&id.as_str()) {

@@ -294,11 +294,9 @@ fn find_the_one(sh: &Shell, image: &str, old: &ContainerState) -> anyhow::Result
 /// The databases `bot db find-databases` listed, as paths inside the old container with their
 /// sizes; the runbook's path first.
 fn candidates(listing: &Search) -> Vec<(String, u64)> {
-    let mut found: Vec<(String, u64)> = listing
-        .databases
-        .iter()
-        .filter_map(|d| Some((d.path.strip_prefix(OLD_ROOT)?.to_owned(), d.bytes)))
-        .collect();
+    let listed = listing.databases.iter();
+    let inside = listed.filter_map(|d| Some((d.path.strip_prefix(OLD_ROOT)?.to_owned(), d.bytes)));
+    let mut found: Vec<(String, u64)> = inside.collect();
     found.sort_by_key(|(path, _)| path != RUNBOOK_PATH);
     found
 }

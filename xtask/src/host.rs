@@ -89,12 +89,8 @@ impl Engine {
             None => (None, rest),
         };
         let (server, port) = split_port(server).unwrap_or((server, None));
-        let server = server.trim_start_matches('[').trim_end_matches(']');
-        Some(SshTarget {
-            user,
-            server: server.to_owned(),
-            port,
-        })
+        let server: String = server.trim_start_matches('[').trim_end_matches(']').into();
+        Some(SshTarget { user, server, port })
     }
 
     /// The address to hand to Docker and Compose.

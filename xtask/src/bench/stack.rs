@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use xshell::{Cmd, Shell, cmd};
 
@@ -483,9 +483,7 @@ pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow:
         let times = poll_times(sh, &standin)?;
         Ok(times.iter().filter(|t| **t > since).count() >= calls)
     })?;
-    if !polled {
-        bail!("the bot did not poll the stand-in within 60 s")
-    }
+    ensure!(polled, "the bot did not poll the stand-in within 60 s");
     Ok(())
 }
 

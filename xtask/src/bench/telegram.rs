@@ -653,11 +653,8 @@ impl Running {
         let started = process::Argv::from(command)
             .start_with(|e| e.stdin_null().stdout_file(out).stderr_file(file))
             .with_context(|| format!("cannot start the {name}"))?;
-        Ok(Running {
-            name,
-            started,
-            log: log.to_owned(),
-        })
+        let log = log.to_owned();
+        Ok(Running { name, started, log })
     }
 
     /// Fails when it has exited.

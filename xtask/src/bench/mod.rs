@@ -409,8 +409,7 @@ fn earlier_sections(earlier: &str, measured: &[&str]) -> Vec<String> {
         let (heading, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
         let title = heading.trim();
         let title = title.split(" (from the run of").next().unwrap_or(title);
-        // A group's section may be renamed ("Migration engine: how cost grows"): the part
-        // before a colon names the group.
+        // A renamed section ("Migration engine: how cost grows") keeps its group before a colon.
         let group = |t: &str| t.split(':').next().unwrap_or(t).trim().to_owned();
         if measured.iter().any(|m| group(m) == group(title)) {
             continue;

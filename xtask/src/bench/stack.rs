@@ -474,8 +474,7 @@ pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, Stri
     Ok((state.id, state.started_at))
 }
 
-/// Waits until the bot has called `getUpdates` `calls` times from now on (3: it has polled again
-/// after whatever just happened).
+/// Waits until the bot has called `getUpdates` `calls` times from now on (3: it polls again).
 pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow::Result<()> {
     let since = now_ms();
     let (standin, _) = standin(sh, stack)?;
@@ -567,9 +566,8 @@ fn remove(sh: &Shell, stack: &Stack) {
     let _ = std::fs::remove_dir_all(state);
 }
 
-/// The kept database of `users` users at revision 3 (see [`kept`]): a stamped revision-3
-/// database built by the engine on this machine, in WAL mode as the bot leaves it (every
-/// deploy and the migration alone find it so).
+/// The kept database of `users` users at revision 3 (see [`kept`]), built by the engine here, in
+/// WAL mode as the bot leaves it (every deploy and the migration alone find it so).
 pub(super) fn dataset(sh: &Shell, bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("revision-3-{}-g{GENERATOR}.db", label(users)));
     kept(sh, bot, &path, 3, "stack", |partial| {

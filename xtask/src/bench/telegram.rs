@@ -208,8 +208,7 @@ impl Local<'_> {
         })
     }
 
-    /// A run `name` on a new database, against a stand-in with 50 ms latency and Telegram's
-    /// limits: the pair and the database.
+    /// A run `name` on a new database against a stand-in with 50 ms latency and Telegram's limits.
     fn limited(&self, name: &str) -> anyhow::Result<(Pair, PathBuf)> {
         let (folder, db) = self.folder(name)?;
         bot_db(&self.bot, &db, &["upgrade"])?;
@@ -412,8 +411,7 @@ impl Local<'_> {
         Ok((upgrade, stats, help))
     }
 
-    /// The kept database of `users` users at revision 4 (see [`kept`]), and how long making
-    /// it took when this run made it.
+    /// The kept `users`-user database at revision 4 (see [`kept`]), and this run's time making it.
     fn dataset(&self, users: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
         let sh = self.sh;
         let name = format!("revision-4-{}-g{GENERATOR}.db", label(users));

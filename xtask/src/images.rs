@@ -269,10 +269,10 @@ pub fn release_tags_to_prune(
     keep: usize,
     needed: &[String],
 ) -> Vec<String> {
-    let releases = tags
+    let mut releases: Vec<&(String, String)> = tags
         .iter()
-        .filter(|(tag, _)| is_release_tag_of(tag, project));
-    let mut releases: Vec<&(String, String)> = releases.collect();
+        .filter(|(tag, _)| is_release_tag_of(tag, project))
+        .collect();
     // Newest first, by the time at the tag's end.
     releases.sort_by(|a, b| {
         let time = |t: &str| t.rsplit('-').next().unwrap_or("").to_owned();

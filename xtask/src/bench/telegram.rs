@@ -552,9 +552,8 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
         polled?;
     }
     stop.store(true, Ordering::SeqCst);
-    let loaded = loader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the loader panicked"))?;
+    let joined = loader.join();
+    let loaded = joined.map_err(|_| anyhow::anyhow!("the loader panicked"))?;
     let report = deployed?;
     let loaded = loaded?;
     if stack::standin(sh, stack)? != standin {
@@ -782,9 +781,8 @@ impl Control {
             body.len()
         )?;
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .with_context(|| format!("{method} {path}: no answer from the stand-in"))?;
+        let read = stream.read_to_string(&mut response);
+        read.with_context(|| format!("{method} {path}: no answer from the stand-in"))?;
         let (head, body) = response
             .split_once("\r\n\r\n")
             .with_context(|| format!("{method} {path}: no HTTP header in the answer"))?;

@@ -101,10 +101,10 @@ impl Cell {
         self.ours.as_secs_f64() / self.theirs.as_secs_f64()
     }
 
-    /// The target as shown, and whether this cell meets it.
-    fn target(&self) -> (String, bool) {
+    fn measurement(&self) -> Measurement {
         let ratio = self.ratio();
-        match self.op {
+        // The target as shown, and whether this cell meets it.
+        let (target, met) = match self.op {
             Op::Status => (
                 format!("under {} ms", STATUS_LIMIT.as_millis()),
                 self.ours < STATUS_LIMIT,
@@ -115,11 +115,7 @@ impl Cell {
                 ratio <= REBUILD_RATIO,
             ),
             Op::RebuildSqlOnly | Op::Backup => ("(ratio reported)".into(), true),
-        }
-    }
-
-    fn measurement(&self) -> Measurement {
-        let (target, met) = self.target();
+        };
         Measurement {
             name: format!(
                 "{} at {} users ({})",
@@ -127,7 +123,7 @@ impl Cell {
                 label(self.users),
                 size(self.bytes)
             ),
-            ours: format!("{} ({:.2}x)", show(self.ours), self.ratio()),
+            ours: format!("{} ({ratio:.2}x)", show(self.ours)),
             baseline: format!("{}: {}", self.op.theirs(), show(self.theirs)),
             target,
             met,

@@ -324,8 +324,10 @@ fn run_import(
         }
         Source::HostFile(file) => (Vec::new(), HOST_FILE_IN_CONTAINER.to_owned(), Some(file)),
     };
+    // The project of the image tag `tgbot-bot:<project>`, for the helper's labels.
+    let project = image.rsplit_once(':').map_or(image, |(_, project)| project);
     let create = cmd!(sh, "docker create --user 0:0 --network none")
-        .args(database::helper_labels(project_of(image)))
+        .args(database::helper_labels(project))
         .args(mounts)
         .args(extra)
         .arg(image)
@@ -349,11 +351,6 @@ fn run_import(
     }
     let out = helper.run(what, process::copy_limit(size))?;
     database::last_json(&out.stdout, "`bot db import`")
-}
-
-/// The project of an image tag `tgbot-bot:<project>`, for the labels of the helpers made with it.
-fn project_of(image: &str) -> &str {
-    image.rsplit_once(':').map_or(image, |(_, project)| project)
 }
 
 /// Checks the source on a copy (the old app still runs) and reads its state.

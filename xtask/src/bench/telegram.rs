@@ -290,10 +290,9 @@ impl Local<'_> {
                 .min()
         };
         // Each other user's delay (of those answered).
-        let delays: Vec<Duration> = posted
-            .iter()
-            .filter_map(|&(id, at)| answer_at(id).map(|a| handled_after(at, a, LATENCY_MS)))
-            .collect();
+        let delay =
+            |&(id, at): &(i64, u64)| answer_at(id).map(|a| handled_after(at, a, LATENCY_MS));
+        let delays: Vec<Duration> = posted.iter().filter_map(delay).collect();
         let first_delay = answer_at(first).map(|a| handled_after(first_posted, a, LATENCY_MS));
         let rate_limited = control.rate_limited()?;
         drop(pair);

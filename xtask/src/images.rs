@@ -432,14 +432,8 @@ mod tests {
         // 6 and 5 are the newest two; 1 is needed (what `-previous` names); 4, 3, 2 go.
         assert_eq!(pruned, vec![tag(4), tag(3), tag(2)]);
         // Re-runs of the running image: its newest tag stays, the others go.
-        let reruns: Vec<(String, String)> = (1..=4)
-            .map(|n| {
-                (
-                    tag(n),
-                    if n == 1 { "sha256:a" } else { "sha256:b" }.to_owned(),
-                )
-            })
-            .collect();
+        let id = |n| if n == 1 { "sha256:a" } else { "sha256:b" }.to_owned();
+        let reruns: Vec<(String, String)> = (1..=4).map(|n| (tag(n), id(n))).collect();
         let needed = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
         assert_eq!(
             release_tags_to_prune(&reruns, "p", 1, &needed),

@@ -9,10 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
-use super::{
-    Clock, Measurement, Section, UNTIMED_LIMIT, expect_current, fresh, kept, label, long, median,
-    path_str, release_binaries, remove_old, show, size, time, warm_copy, work_dir,
-};
+use super::*;
 use crate::{process, project};
 
 /// The sizes measured, in users.

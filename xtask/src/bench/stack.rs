@@ -12,10 +12,7 @@ use serde_json::Value;
 use xshell::{Cmd, Shell, cmd};
 
 use super::engine::bot_db;
-use super::{
-    Clock, Measurement, Section, UNTIMED_LIMIT, expect_current, fresh, kept, label, median,
-    own_copy, path_str, release_binaries, remove_old, show, size, spread, wait_until, work_dir,
-};
+use super::*;
 use crate::compose::Stack;
 use crate::docker::ContainerState;
 use crate::{database, process};

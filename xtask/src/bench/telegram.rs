@@ -20,10 +20,7 @@ use xshell::{Cmd, Shell, cmd};
 
 use super::engine::{bot_db, sql, sqlite3};
 use super::stack::{self, Demo, Tools, now_ms};
-use super::{
-    Clock, Measurement, Section, expect_current, fresh, kept, label, long, median,
-    release_binaries, show, size, spread, wait_until, work_dir,
-};
+use super::*;
 use crate::compose::Stack;
 use crate::process;
 

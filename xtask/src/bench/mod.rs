@@ -184,11 +184,7 @@ pub fn warm_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     let mut copy =
         File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
     let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = source.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
+    while let n @ 1.. = source.read(&mut buffer)? {
         copy.write_all(&buffer[..n])?;
     }
     copy.sync_all()?;

@@ -339,11 +339,9 @@ fn steps(report: &Value) -> String {
         parts.push(format!("downtime until healthy {seconds:.2} s"));
     }
     for step in report["steps"].as_array().into_iter().flatten() {
-        parts.push(format!(
-            "{} {:.2} s",
-            step["name"].as_str().unwrap_or("?"),
-            step["seconds"].as_f64().unwrap_or(0.0)
-        ));
+        let name = step["name"].as_str().unwrap_or("?");
+        let seconds = step["seconds"].as_f64().unwrap_or(0.0);
+        parts.push(format!("{name} {seconds:.2} s"));
     }
     parts.join(", ")
 }

@@ -340,12 +340,9 @@ fn run_import(
         for suffix in ["", "-journal", "-wal"] {
             let from = PathBuf::from(format!("{}{suffix}", file.display()));
             if suffix.is_empty() || from.exists() {
-                helper.copy_in(
-                    &from,
-                    &format!("{inside}{suffix}"),
-                    "copying the database to import to Docker",
-                    process::copy_limit(size),
-                )?;
+                let to = format!("{inside}{suffix}");
+                let what = "copying the database to import to Docker";
+                helper.copy_in(&from, &to, what, process::copy_limit(size))?;
             }
         }
     }
@@ -504,11 +501,9 @@ pub fn keep(sh: &Shell, stack: &Stack, old: &ContainerState) -> anyhow::Result<K
         .collect();
     let image = format!("tgbot-old-app:{}", stack.project);
     let id = &old.id;
-    process::run_within(
-        cmd!(sh, "docker commit {id} {image}"),
-        "keeping the old app's container (docker commit)",
-        process::copy_limit(0),
-    )?;
+    let commit = cmd!(sh, "docker commit {id} {image}");
+    let what = "keeping the old app's container (docker commit)";
+    process::run_within(commit, what, process::copy_limit(0))?;
     let copy_name = format!("{}-kept-by-tgbot", old.name);
     remove_container(sh, &copy_name);
     let kept_for = format!("{KEPT_LABEL}={}", stack.project);
@@ -575,12 +570,9 @@ pub fn bring_back(
     let id = created.stdout.trim();
     for (network, aliases) in kept.networks.iter().skip(1) {
         let aliases = aliases.iter().flat_map(|a| ["--alias", a.as_str()]);
-        process::run(
-            cmd!(sh, "docker network connect")
-                .args(aliases)
-                .args([network, id]),
-            "connecting the old app to its network",
-        )?;
+        let connect = cmd!(sh, "docker network connect").args(aliases);
+        let connect = connect.args([network, id]);
+        process::run(connect, "connecting the old app to its network")?;
     }
     if start {
         process::run(cmd!(sh, "docker start {id}"), "starting the old app again")?;

@@ -205,10 +205,7 @@ fn context_engine(name: Option<&str>) -> anyhow::Result<Engine> {
         .output()?;
     let shown = name.unwrap_or("(current)");
     if !out.status.success() {
-        let set_by = match name {
-            Some(_) => "--context",
-            None => "DOCKER_CONTEXT or `docker context use`",
-        };
+        let set_by = name.map_or("DOCKER_CONTEXT or `docker context use`", |_| "--context");
         return Err(exit::usage(format!(
             "there is no Docker context {shown} (named by {set_by}): {}; `docker context ls` lists them, or pass --host",
             String::from_utf8_lossy(&out.stderr).trim()

@@ -117,11 +117,8 @@ pub fn time(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Res
         .with_context(|| format!("cannot run {}", program.display()))?;
     let took = started.elapsed();
     if !output.status.success() {
-        bail!(
-            "{} {args:?} failed: {}",
-            program.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!("{} {args:?} failed: {stderr}", program.display());
     }
     Ok(took)
 }

@@ -40,40 +40,33 @@ impl fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// Refused: nothing was changed.
-pub fn refused(message: impl Into<String>) -> anyhow::Error {
+/// An error that ends the task with `code`.
+pub fn with_code(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
     Exit {
-        code: ExitCode::Refused,
+        code,
         message: message.into(),
     }
     .into()
+}
+
+/// Refused: nothing was changed.
+pub fn refused(message: impl Into<String>) -> anyhow::Error {
+    with_code(ExitCode::Refused, message)
 }
 
 /// The machine is not ready.
 pub fn not_ready(message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code: ExitCode::NotReady,
-        message: message.into(),
-    }
-    .into()
+    with_code(ExitCode::NotReady, message)
 }
 
 /// Another deploy holds the lock.
 pub fn locked(message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code: ExitCode::Locked,
-        message: message.into(),
-    }
-    .into()
+    with_code(ExitCode::Locked, message)
 }
 
 /// A usage problem.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code: ExitCode::Usage,
-        message: message.into(),
-    }
-    .into()
+    with_code(ExitCode::Usage, message)
 }
 
 /// The exit code an error stands for.

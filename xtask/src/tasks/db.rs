@@ -10,7 +10,7 @@ use crate::compose::Stack;
 use crate::database::BOT_OWNER;
 use crate::deploy;
 use crate::docker;
-use crate::exit::{self, Exit, ExitCode};
+use crate::exit::{self, ExitCode};
 use crate::output::Run;
 use crate::process;
 use crate::project::{self, BackupOptions};
@@ -90,12 +90,10 @@ pub fn write(sh: &Shell, args: &Args, run: &Run) -> anyhow::Result<()> {
         require_image(sh, &stack)?;
         let shown = format!("bot db {}", args.command.join(" "));
         if stack_args.dry_run {
-            run.info(&format!(
+            return run.dry_run(&format!(
                 "dry run: would back up the database, then run `{}`",
                 run_cmd(sh, &stack, &args.command)
             ));
-            run.edit().dry_run = true;
-            return Ok(());
         }
         deploy::confirm(
             stack_args.yes,
@@ -161,17 +159,16 @@ fn run_db(
         Some(5) => ExitCode::Locked,
         _ => ExitCode::Failed,
     };
-    Err(Exit {
+    Err(exit::with_code(
         code,
-        message: format!(
+        format!(
             "`bot db {}` ended with exit {} (its own message is above)",
             command.join(" "),
             status
                 .code()
                 .map_or("by a signal".into(), |c| c.to_string())
         ),
-    }
-    .into())
+    ))
 }
 
 #[cfg(test)]

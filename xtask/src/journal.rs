@@ -22,13 +22,21 @@ struct Journal {
 
 static CURRENT: Mutex<Option<Journal>> = Mutex::new(None);
 
+fn current() -> std::sync::MutexGuard<'static, Option<Journal>> {
+    CURRENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn with<T>(work: impl FnOnce(&mut Journal) -> T) -> Option<T> {
-    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    current.as_mut().map(work)
+    current().as_mut().map(work)
 }
 
 fn write(journal: &Journal) {
-    if let Err(e) = history::save(&journal.state_dir, &journal.record) {
+    save(&journal.state_dir, &journal.record);
+}
+
+/// Saves `record`; a failure is only reported.
+fn save(state_dir: &Path, record: &Record) {
+    if let Err(e) = history::save(state_dir, record) {
         eprintln!("warning: the deploy history could not be updated: {e:#}");
     }
 }
@@ -45,7 +53,7 @@ pub fn begin(state_dir: &Path, mut record: Record) -> anyhow::Result<()> {
             state_dir.display()
         ))
     })?;
-    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Journal {
+    *current() = Some(Journal {
         state_dir: state_dir.to_owned(),
         record,
         inherited: Vec::new(),
@@ -106,7 +114,7 @@ pub fn replaced_image() -> Option<String> {
 
 /// Ends the running task's record with the report and the result, and writes it.
 pub fn finish(report: &Report, result: &anyhow::Result<()>) {
-    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut current = current();
     if let Some(mut journal) = current.take() {
         finish_record(&mut journal.record, report, result);
         let ended_well = journal.record.result.ended_well();
@@ -117,9 +125,7 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
                 let mut finished = old.clone();
                 finished.result = Outcome::Interrupted;
                 finished.finished_by = Some(by.clone());
-                if let Err(e) = history::save(&journal.state_dir, &finished) {
-                    eprintln!("warning: the deploy history could not be updated: {e:#}");
-                }
+                save(&journal.state_dir, &finished);
             }
         }
         write(&journal);
@@ -129,7 +135,7 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
 /// Ends the running task's record as stopped by `signal` (from the signal thread); returns the
 /// step it was in.
 pub fn interrupted(signal: &str) -> Option<String> {
-    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut current = current();
     let mut journal = current.take()?;
     journal.record.result = Outcome::Interrupted;
     let step = journal.record.step.clone();
@@ -194,7 +200,6 @@ pub fn inherit(record: &mut Record, old: &Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Progress;
 
     fn temp_dir(label: &str) -> PathBuf {
         let dir =
@@ -202,6 +207,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A record of a run that took the schema from revision `from` to `to`.
+    fn moved(from: u32, to: u32, result: Outcome) -> Record {
+        let mut record = Record {
+            result,
+            ..Record::default()
+        };
+        (record.revision_before, record.revision_after) = (Some(from), Some(to));
+        record
     }
 
     #[test]
@@ -240,29 +255,13 @@ mod tests {
         let dir = temp_dir("inherit");
         let backup = dir.join("proj-20261126T110000Z-rev3.db");
         std::fs::write(&backup, b"x").unwrap();
-        let killed = Record {
-            progress: Progress {
-                revision_before: Some(3),
-                revision_after: Some(3),
-                backup: Some(backup.clone()),
-                ..Progress::default()
-            },
-            task: "prod-full-update".into(),
-            image_before: Some("sha256:old".into()),
-            image_before_tag: Some("tgbot-bot:proj-previous".into()),
-            result: Outcome::Running,
-            ..Record::default()
-        };
+        let mut killed = moved(3, 3, Outcome::Running);
+        killed.backup = Some(backup.clone());
+        killed.task = "prod-full-update".into();
+        killed.image_before = Some("sha256:old".into());
+        killed.image_before_tag = Some("tgbot-bot:proj-previous".into());
         // The killed run's migration and new bot went on without it: nothing left to do.
-        let mut finisher = Record {
-            progress: Progress {
-                revision_before: Some(4),
-                revision_after: Some(4),
-                ..Progress::default()
-            },
-            result: Outcome::NothingToDo,
-            ..Record::default()
-        };
+        let mut finisher = moved(4, 4, Outcome::NothingToDo);
         inherit(&mut finisher, &killed);
         assert_eq!(finisher.result, Outcome::Ok);
         assert!(finisher.changed);
@@ -271,33 +270,17 @@ mod tests {
         assert_eq!(finisher.backup.as_deref(), Some(backup.as_path()));
 
         // A finisher that migrated and replaced the image itself keeps its own way back.
-        let mut own = Record {
-            progress: Progress {
-                revision_before: Some(3),
-                revision_after: Some(4),
-                backup: Some(dir.join("mine.db")),
-                ..Progress::default()
-            },
-            result: Outcome::Ok,
-            image_before: Some("sha256:mine".into()),
-            image_before_tag: Some("tgbot-bot:proj-previous".into()),
-            ..Record::default()
-        };
+        let mut own = moved(3, 4, Outcome::Ok);
+        own.backup = Some(dir.join("mine.db"));
+        own.image_before = Some("sha256:mine".into());
+        own.image_before_tag = Some("tgbot-bot:proj-previous".into());
         inherit(&mut own, &killed);
         assert_eq!(own.image_before.as_deref(), Some("sha256:mine"));
         assert_eq!(own.backup.as_deref(), Some(dir.join("mine.db").as_path()));
 
         // A backup the killed run never took is no way back.
         std::fs::remove_file(&backup).unwrap();
-        let mut nothing = Record {
-            progress: Progress {
-                revision_before: Some(4),
-                revision_after: Some(4),
-                ..Progress::default()
-            },
-            result: Outcome::NothingToDo,
-            ..Record::default()
-        };
+        let mut nothing = moved(4, 4, Outcome::NothingToDo);
         let killed_early = Record {
             image_before_tag: None,
             ..killed

@@ -10,8 +10,8 @@
 //! through the critical part.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
@@ -27,6 +27,11 @@ static UNBREAKABLE: Mutex<&str> = Mutex::new("");
 static HELD_NAME: Mutex<&str> = Mutex::new("");
 /// Process groups of the programs running now.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The value behind `mutex`, even when a thread panicked holding it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Starts the thread that handles the signals. Called once, at the start of `main`.
 pub fn install() {
@@ -54,10 +59,9 @@ fn on_signal(signal: i32) {
     let name = name(signal);
     if CRITICAL.load(Ordering::SeqCst) {
         let count = HELD.fetch_add(1, Ordering::SeqCst) + 1;
-        *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        *lock(&HELD_NAME) = name;
         if ROLLING_BACK.load(Ordering::SeqCst) {
-            let what = *UNBREAKABLE.lock().unwrap_or_else(|p| p.into_inner());
-            eprintln!("\n{name}: held; {what}");
+            eprintln!("\n{name}: held; {}", lock(&UNBREAKABLE));
         } else if count == 1 {
             eprintln!(
                 "\n{name}: held. The bot is being replaced, and stopping now would leave it down: this deploy ends once the bot serves again. Press Ctrl-C again to roll back instead."
@@ -69,12 +73,7 @@ fn on_signal(signal: i32) {
     }
     STOPPING.store(true, Ordering::SeqCst);
     let step = crate::journal::interrupted(name);
-    let groups: Vec<u32> = CHILDREN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .copied()
-        .collect();
+    let groups = lock(&CHILDREN).clone();
     for group in &groups {
         // The group's leader is the child: its pid is the group's id.
         // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
@@ -122,15 +121,12 @@ pub fn kill_group(pid: u32) {
 
 /// Notes a running child (its own group), so that a signal before the critical part stops it.
 pub fn track(pid: u32) {
-    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+    lock(&CHILDREN).push(pid);
 }
 
 /// Forgets a child that ended.
 pub fn untrack(pid: u32) {
-    CHILDREN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|p| *p != pid);
+    lock(&CHILDREN).retain(|p| *p != pid);
 }
 
 /// The critical part of a deploy, while it lives: signals are held.
@@ -149,7 +145,7 @@ impl Drop for Critical {
         CRITICAL.store(false, Ordering::SeqCst);
         ROLLING_BACK.store(false, Ordering::SeqCst);
         if HELD.load(Ordering::SeqCst) > 0 {
-            let name = *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner());
+            let name = *lock(&HELD_NAME);
             eprintln!("the {name} held during the deploy is honoured now: the task ends here");
         }
     }
@@ -163,7 +159,7 @@ pub fn rolling_back() {
 /// From now on every signal is held until the critical part ends (a task with no way back
 /// halfway: `rollback`, `restore`); `what` says on screen what runs.
 pub fn hold_all(what: &'static str) {
-    *UNBREAKABLE.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    *lock(&UNBREAKABLE) = what;
     ROLLING_BACK.store(true, Ordering::SeqCst);
 }
 
@@ -171,8 +167,10 @@ pub fn hold_all(what: &'static str) {
 /// deploy between its steps and while it waits.
 pub fn checkpoint() -> anyhow::Result<()> {
     if HELD.load(Ordering::SeqCst) >= 2 && !ROLLING_BACK.load(Ordering::SeqCst) {
-        let name = *HELD_NAME.lock().unwrap_or_else(|p| p.into_inner());
-        anyhow::bail!("stopped by a second {name}: rolling back, as asked");
+        anyhow::bail!(
+            "stopped by a second {}: rolling back, as asked",
+            lock(&HELD_NAME)
+        );
     }
     Ok(())
 }

@@ -8,8 +8,10 @@ use anyhow::Context;
 use migrations::BackupInfo;
 use xshell::{Shell, cmd};
 
+use crate::compose::Stack;
 use crate::exit;
 use crate::history::{self, Record};
+use crate::output::Run;
 use crate::process;
 
 /// A backup's file name: `<project>-<time>-r<revision>[-<label>].db`.
@@ -30,21 +32,34 @@ pub fn seal(file: &Path) -> anyhow::Result<BackupInfo> {
         .with_context(|| format!("the backup {} is not sound", file.display()))
 }
 
+/// The step "back up database": a checked copy of the live database of `stack` in `file` on
+/// this machine.
+pub fn back_up(
+    run: &Run,
+    sh: &Shell,
+    stack: &Stack,
+    file: &Path,
+    bytes: u64,
+) -> anyhow::Result<BackupInfo> {
+    run.step("back up database", || {
+        crate::database::back_up_to_host(sh, stack, &stack.bot_image, file, bytes)?;
+        seal(file)
+    })
+}
+
 /// The backups of `project` in `dir`, oldest first: `<project>-<time>...db`, the time starting
 /// with a digit (so project `p` does not take project `p-x`'s files for its own).
 pub fn list(dir: &Path, project: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| is_backup_of(n, project))
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| is_backup_of(n, project))
         })
-        .unwrap_or_default();
+        .collect();
     files.sort();
     files
 }
@@ -183,12 +198,7 @@ pub fn prune(dir: &Path, project: &str, keep: usize) -> anyhow::Result<Pruned> {
 
 /// Prunes, and says what it deleted and what it kept for a rollback. A failure to prune is
 /// reported, never fatal: the task's work is done by then.
-pub fn prune_and_tell(
-    run: &crate::output::Run,
-    dir: &Path,
-    project: &str,
-    keep: usize,
-) -> anyhow::Result<()> {
+pub fn prune_and_tell(run: &Run, dir: &Path, project: &str, keep: usize) -> anyhow::Result<()> {
     let pruned = match prune(dir, project, keep) {
         Ok(pruned) => pruned,
         Err(e) => {
@@ -280,12 +290,8 @@ mod tests {
             pruned.kept_for_rollback.is_empty(),
             "no history, no rollback"
         );
-        let left: Vec<String> = list(&dir, "p")
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            left,
+            names(&list(&dir, "p")),
             ["p-20261125T070300Z-r1.db", "p-20261125T070400Z-r1.db"]
         );
         for other in ["other-20261125T070000Z-r1.db", "p-x-20261125T070000Z-r1.db"] {
@@ -297,15 +303,15 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn change(time: &str, from: Option<u32>, to: Option<u32>, backup: Option<&str>) -> Record {
+    fn change(time: &str, from: u32, to: u32, backup: Option<&str>) -> Record {
         Record {
             time: time.into(),
             task: "prod-full-update".into(),
             result: Outcome::Ok,
             progress: Progress {
                 changed: true,
-                revision_before: from,
-                revision_after: to,
+                revision_before: Some(from),
+                revision_after: Some(to),
                 backup: backup.map(|b| PathBuf::from("/somewhere/backups/p").join(b)),
                 ..Progress::default()
             },
@@ -313,9 +319,9 @@ mod tests {
         }
     }
 
-    fn names(files: &[PathBuf]) -> Vec<String> {
+    fn names<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Vec<String> {
         files
-            .iter()
+            .into_iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect()
     }
@@ -357,8 +363,8 @@ mod tests {
         let all = files(&all.iter().map(String::as_str).collect::<Vec<_>>());
         let history = [change(
             "20261125T070000Z",
-            Some(3),
-            Some(4),
+            3,
+            4,
             Some("p-20261125T070000Z-r3.db"),
         )];
         let pruned = plan(&all, "p", 3, &history);
@@ -389,22 +395,12 @@ mod tests {
         ]);
         // The recorded backup was deleted by hand; the deploy before it went from 2 to 3.
         let history = [
-            change(
-                "20261125T060000Z",
-                Some(2),
-                Some(3),
-                Some("p-20261125T060000Z-r2.db"),
-            ),
-            change("20261125T063000Z", Some(3), Some(4), Some("gone.db")),
+            change("20261125T060000Z", 2, 3, Some("p-20261125T060000Z-r2.db")),
+            change("20261125T063000Z", 3, 4, Some("gone.db")),
         ];
         let pruned = plan(&all, "p", 1, &history);
-        let kept: Vec<String> = pruned
-            .kept_for_rollback
-            .iter()
-            .map(|(f, _)| f.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            kept,
+            names(pruned.kept_for_rollback.iter().map(|(f, _)| f)),
             [
                 "p-20261125T060000Z-r2.db",
                 "p-20261125T062000Z-r3-before-restore.db"
@@ -431,30 +427,15 @@ mod tests {
             "p-20261125T070000Z-r3.db",
             "p-20261125T071000Z-r3.db",
         ]);
-        let moved = change(
-            "20261125T060000Z",
-            Some(2),
-            Some(3),
-            Some("p-20261125T060000Z-r2.db"),
-        );
+        let moved = change("20261125T060000Z", 2, 3, Some("p-20261125T060000Z-r2.db"));
         let rollback = Record {
             task: "rollback".into(),
-            ..change("20261125T065000Z", Some(3), Some(2), None)
+            ..change("20261125T065000Z", 3, 2, None)
         };
-        let same_schema = change(
-            "20261125T066000Z",
-            Some(3),
-            Some(3),
-            Some("p-20261125T061000Z-r3.db"),
-        );
+        let same_schema = change("20261125T066000Z", 3, 3, Some("p-20261125T061000Z-r3.db"));
         let failed = Record {
             result: Outcome::RolledBack,
-            ..change(
-                "20261125T067000Z",
-                Some(2),
-                Some(3),
-                Some("p-20261125T060000Z-r2.db"),
-            )
+            ..change("20261125T067000Z", 2, 3, Some("p-20261125T060000Z-r2.db"))
         };
         // Undone by the rollback: nothing to protect.
         let pruned = plan(&all, "p", 1, &[moved.clone(), rollback, failed.clone()]);

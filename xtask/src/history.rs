@@ -129,24 +129,16 @@ pub fn save(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let line = serde_json::to_string(&scrubbed(record))?;
-    let mut found = false;
-    let mut text = String::with_capacity(old.len() + line.len() + 1);
-    for existing in old.lines() {
-        let same = !found
-            && serde_json::from_str::<Record>(existing)
-                .is_ok_and(|r| r.time == record.time && r.task == record.task);
-        if same {
-            found = true;
-            text.push_str(&line);
-        } else {
-            text.push_str(existing);
-        }
-        text.push('\n');
+    let mut lines: Vec<&str> = old.lines().collect();
+    let same = |existing: &&str| {
+        serde_json::from_str::<Record>(existing)
+            .is_ok_and(|r| r.time == record.time && r.task == record.task)
+    };
+    match lines.iter().position(same) {
+        Some(index) => lines[index] = &line,
+        None => lines.push(&line),
     }
-    if !found {
-        text.push_str(&line);
-        text.push('\n');
-    }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let temporary = state_dir.join(".deploys.jsonl.new");
     let mut out = std::fs::OpenOptions::new()
         .create(true)
@@ -281,26 +273,14 @@ mod tests {
             result: Outcome::Ok,
             ..Record::default()
         };
-        let noop = Record {
-            progress: Progress {
-                changed: false,
-                ..ok.progress.clone()
-            },
-            result: Outcome::Ok,
-            ..ok.clone()
-        };
+        let mut noop = ok.clone();
+        noop.changed = false;
         let failed = Record {
             result: Outcome::RolledBack,
             ..ok.clone()
         };
-        let older = Record {
-            progress: Progress {
-                revision_before: Some(2),
-                revision_after: Some(3),
-                ..ok.progress.clone()
-            },
-            ..ok.clone()
-        };
+        let mut older = ok.clone();
+        (older.revision_before, older.revision_after) = (Some(2), Some(3));
         for record in [&older, &ok, &noop, &failed] {
             append(&dir, record).unwrap();
         }

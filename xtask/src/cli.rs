@@ -38,7 +38,7 @@ enum Task {
     /// returns to where that deploy started.
     Recover(DeployArgs),
     /// Containers, health, database state.
-    Status(tasks::status::Args),
+    Status(project::LookOptions),
     /// Put a database file into the volume (it does not migrate).
     Restore(tasks::restore::Args),
     /// Go back to the image (and backup) from before the last deploy.
@@ -93,13 +93,11 @@ struct DeployArgs {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let Some(task) = cli.task else {
-        // `cargo xtask` alone lists the tasks.
         let _ = Cli::command().print_help();
         return std::process::ExitCode::SUCCESS;
     };
     // The engine is chosen before any thread starts: it becomes this process's DOCKER_HOST.
     if let Some(args) = task.stack_args() {
-        let args = &args;
         match host::resolve(args.host.as_deref(), args.context.as_deref()) {
             Ok(engine) => engine.apply(),
             Err(error) => return std::process::ExitCode::from(plain(Err(error)) as u8),
@@ -119,12 +117,9 @@ pub fn main() -> std::process::ExitCode {
         Task::ProdMigrate(args) => deploy_task(&sh, Mode::Migrate, args),
         Task::ProdFullUpdate(args) => deploy_task(&sh, Mode::FullUpdate, args),
         Task::Recover(args) => deploy_task(&sh, Mode::Recover, args),
-        Task::Restore(args) => {
-            let stack_args = args.stack_args();
-            reported(&sh, "restore", stack_args, move |sh, _, run| {
-                tasks::restore::run(sh, args, run)
-            })
-        }
+        Task::Restore(args) => reported(&sh, "restore", args.options.stack(), move |sh, _, run| {
+            tasks::restore::run(sh, args, run)
+        }),
         Task::Rollback(args) => reported(&sh, "rollback", args.stack(), tasks::rollback::run),
         Task::Backup(args) => reported(&sh, "backup", args.stack(), tasks::backup::run),
         Task::Restart(args) => reported(&sh, "restart", args.stack(), tasks::ops::restart),
@@ -139,14 +134,13 @@ pub fn main() -> std::process::ExitCode {
         Task::NewMigration(args) => plain(tasks::schema::new_migration(args)),
         Task::CheckMigrations(args) => plain(tasks::schema::check_migrations(args)),
         Task::Ci => plain(tasks::ci::run(&sh)),
-        Task::Status(args) => plain(tasks::status::run(&sh, args)),
+        Task::Status(args) => plain(tasks::status::run(&sh, &args.stack())),
         Task::Chat(args) => plain(tasks::chat::run(&sh, args)),
         Task::Db(args) => match args.kind() {
             Err(error) => plain(Err(error)),
             Ok(tasks::db::Kind::Reads) => plain(tasks::db::read(&sh, &args)),
             Ok(tasks::db::Kind::Writes) => {
-                let stack = args.options.stack();
-                reported(&sh, "db", stack, move |sh, _, run| {
+                reported(&sh, "db", args.options.stack(), |sh, _, run| {
                     tasks::db::write(sh, &args, run)
                 })
             }
@@ -164,11 +158,10 @@ impl Task {
             | Task::ProdMigrate(args)
             | Task::ProdFullUpdate(args)
             | Task::Recover(args) => Some(args.options.stack()),
-            Task::Status(args) => Some(args.options.stack()),
-            Task::Restore(args) => Some(args.stack_args()),
+            Task::Restore(args) => Some(args.options.stack()),
             Task::Rollback(args) => Some(args.stack()),
             Task::Backup(args) => Some(args.stack()),
-            Task::History(args) | Task::Doctor(args) => Some(args.stack()),
+            Task::History(args) | Task::Doctor(args) | Task::Status(args) => Some(args.stack()),
             Task::Restart(args) => Some(args.stack()),
             Task::Down(args) => Some(args.stack()),
             Task::Db(args) => Some(args.options.stack()),
@@ -202,7 +195,7 @@ fn reported(
     let mut report = run.edit();
     report.seconds = started.elapsed().as_secs_f64();
     report.result = Outcome::of_task(&result, &report);
-    let code = match &result {
+    let code = match result {
         Ok(()) if !report.warnings.is_empty() => ExitCode::Warning,
         Ok(()) => ExitCode::Success,
         Err(error) => {
@@ -210,8 +203,7 @@ fn reported(
             if report.failed_step.is_none() {
                 report.failed_step = report.last_failed_step();
             }
-            eprintln!("error: {}", secrets::scrub(&format!("{error:#}")));
-            exit::code_of(error)
+            plain(Err(error))
         }
     };
     report.exit_code = code as i32;

@@ -187,10 +187,8 @@ impl Holder {
         if !self.checkout.is_empty() {
             at.push_str(&format!(", checkout {}", self.checkout));
         }
-        format!(
-            "{} by {} ({at}) since {}",
-            self.task, self.operator, self.since
-        )
+        let (task, operator) = (&self.task, &self.operator);
+        format!("{task} by {operator} ({at}) since {}", self.since)
     }
 
     /// Whether the holder still runs, seen from `here`. Only a process in the same process table
@@ -264,10 +262,8 @@ pub fn held(sh: &Shell, project: &str) -> anyhow::Result<Option<Held>> {
 
 /// The refusal: who holds the lock and what to do.
 fn refusal(holder: &Holder, liveness: &Liveness, marker: &str) -> anyhow::Error {
-    let mut message = format!(
-        "another deploy of this project is running: {}",
-        holder.describe()
-    );
+    let who = holder.describe();
+    let mut message = format!("another deploy of this project is running: {who}");
     if *liveness == Liveness::Elsewhere {
         message.push_str(&format!(
             ", on another machine or in another container (this one cannot check whether it still runs); wait for it to finish, then retry. If it is gone for good, remove its lock with `docker rm -f {marker}`; a lock older than {} hours is taken over by the next deploy",
@@ -372,17 +368,13 @@ fn marker_name(project: &str) -> String {
 /// The engine's id; when the engine cannot be reached, the error says how to start it (exit 4).
 fn engine_id(sh: &Shell) -> anyhow::Result<String> {
     let format = "{{.ID}}";
-    match process::run_within(
-        cmd!(sh, "docker info --format {format}"),
-        "reading the Docker engine's id",
-        DOCKER_TIMEOUT,
-    ) {
-        Ok(out) => Ok(out.stdout.trim().to_owned()),
-        Err(e) => {
+    let read = cmd!(sh, "docker info --format {format}");
+    process::run_within(read, "reading the Docker engine's id", DOCKER_TIMEOUT)
+        .map(|out| out.stdout.trim().to_owned())
+        .or_else(|e| {
             crate::docker::check_daemon(sh)?;
             Err(e)
-        }
-    }
+        })
 }
 
 /// Creates the marker for `holder`, removing a dead holder's; returns its container id.
@@ -472,10 +464,8 @@ fn remove_container(id: &str) {
         eprintln!("warning: could not remove the deploy lock {id}");
         return;
     };
-    if removing
-        .wait_within("removing the deploy lock", DOCKER_TIMEOUT)
-        .is_err()
-    {
+    let removed = removing.wait_within("removing the deploy lock", DOCKER_TIMEOUT);
+    if removed.is_err() {
         eprintln!("warning: the deploy lock {id} was not removed; the next deploy removes it");
     }
 }
@@ -562,14 +552,9 @@ mod tests {
             lock_dir_for(Some(Path::new("/root")), 0),
             Path::new("/root/.local/state/tgbot/locks")
         );
-        assert_eq!(
-            lock_dir_for(Some(Path::new("relative")), 7),
-            std::env::temp_dir().join("tgbot-locks-7")
-        );
-        assert_eq!(
-            lock_dir_for(None, 7),
-            std::env::temp_dir().join("tgbot-locks-7")
-        );
+        let fallback = std::env::temp_dir().join("tgbot-locks-7");
+        assert_eq!(lock_dir_for(Some(Path::new("relative")), 7), fallback);
+        assert_eq!(lock_dir_for(None, 7), fallback);
         assert_eq!(engine_key("DF3D:TJJZ:RW3C:6X6I"), "DF3D-TJJZ-RW3C-6X6I");
         assert_eq!(engine_key("../x"), "---x");
         assert_eq!(engine_key(""), "engine");

@@ -51,6 +51,13 @@ impl Run {
         eprintln!("{}", secrets::scrub(line));
     }
 
+    /// Ends a dry run: prints what the task would do and marks the report.
+    pub fn dry_run(&self, plan: &str) -> anyhow::Result<()> {
+        self.info(plan);
+        self.edit().dry_run = true;
+        Ok(())
+    }
+
     /// Runs one named step, showing it while it runs and recording it in the report.
     pub fn step<T>(
         &self,

@@ -77,24 +77,19 @@ pub fn take(
     let name = backups::name(&stack.project, time, live.effective_version(), None);
     let host_file = state_dir.join(&name);
     if args.dry_run {
-        run.info(&format!(
+        return run.dry_run(&format!(
             "dry run: would back up {} ({} bytes) to {}",
             stack.volume(),
             live.copy_bytes(),
             host_file.display()
         ));
-        run.edit().dry_run = true;
-        return Ok(());
     }
     run.step("check room for the backup", || {
         backups::require_room(sh, state_dir, live.copy_bytes())
     })?;
     // Named before the copy starts: a killed copy's `.partial` is found by the next run.
     journal::update(|r| r.backup = Some(host_file.clone()));
-    let info = run.step("back up database", || {
-        database::back_up_to_host(sh, stack, &stack.bot_image, &host_file, live.copy_bytes())?;
-        backups::seal(&host_file)
-    })?;
+    let info = backups::back_up(run, sh, stack, &host_file, live.copy_bytes())?;
     run.detail(format!(
         "{} ({} bytes, integrity ok, revision {:?})",
         host_file.display(),

@@ -119,25 +119,17 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         for c in &checks {
-            println!(
-                "{}",
-                secrets::scrub(&format!(
-                    "{} {}: {}",
-                    if c.ok { "ok  " } else { "FAIL" },
-                    c.name,
-                    c.detail
-                ))
-            );
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            let line = format!("{mark} {}: {}", c.name, c.detail);
+            println!("{}", secrets::scrub(&line));
             if !c.ok {
                 println!("     fix: {}", secrets::scrub(&c.fix));
             }
         }
     }
+    let message = format!("{failed} of {} checks failed", checks.len());
     if failed > 0 {
-        return Err(exit::not_ready(format!(
-            "{failed} of {} checks failed",
-            checks.len()
-        )));
+        return Err(exit::not_ready(message));
     }
     Ok(())
 }
@@ -146,20 +138,16 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
 /// with no terminal to answer one).
 fn ssh_login(sh: &Shell, target: &SshTarget) -> Check {
     let args = target.args();
-    let shown_args = args.clone();
+    let shown: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    let shown = format!("ssh {}", shown.join(" "));
     let login = process::output(cmd!(
         sh,
         "ssh -o BatchMode=yes -o ConnectTimeout=10 {args...} true"
     ));
-    let shown = format!(
-        "ssh {}",
-        shown_args
-            .iter()
-            .filter(|a| *a != "--")
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
     let (ok, detail) = match &login {
         Ok(out) if out.status.success() => (true, format!("`{shown}` logs in")),
         Ok(out) => (

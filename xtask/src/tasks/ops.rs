@@ -21,12 +21,10 @@ pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             exit::not_ready("there is no bot container; deploy first (`cargo xtask first-deploy`)")
         })?;
         if args.dry_run {
-            run.info(&format!(
+            return run.dry_run(&format!(
                 "dry run: would run `docker restart {}` and wait until healthy",
                 deploy::short(&container.id)
             ));
-            run.edit().dry_run = true;
-            return Ok(());
         }
         deploy::confirm(args.yes, "Restart the bot?")?;
         // What a killed task left (its helper containers, labelled) goes with the next one.
@@ -40,13 +38,7 @@ pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             )
             .map(drop)
         })?;
-        run.step("wait until healthy", || {
-            deploy::wait_until_healthy(
-                sh,
-                &stack,
-                std::time::Duration::from_secs(args.health_timeout),
-            )
-        })
+        super::wait_until_healthy(run, sh, &stack, args)
     })
 }
 
@@ -56,13 +48,11 @@ pub fn down(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         let stack = deploy::check_machine(sh, args, false, run)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "down")?;
         if args.dry_run {
-            run.info(&format!(
+            return run.dry_run(&format!(
                 "dry run: would stop and remove the containers of {}; the volume {} stays",
                 stack.project,
                 stack.volume()
             ));
-            run.edit().dry_run = true;
-            return Ok(());
         }
         deploy::confirm(
             args.yes,

@@ -15,7 +15,7 @@ use crate::docker;
 use crate::exit;
 use crate::images;
 use crate::output::Run;
-use crate::project::{BackupOptions, StackArgs};
+use crate::project::BackupOptions;
 
 /// The live database's path in the volume, as the bot's container sees it.
 const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
@@ -24,16 +24,9 @@ const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    options: BackupOptions,
+    pub options: BackupOptions,
     /// The SQLite database file to put in place.
     file: PathBuf,
-}
-
-impl Args {
-    /// What the task runs with.
-    pub fn stack_args(&self) -> StackArgs {
-        self.options.stack()
-    }
 }
 
 /// Replaces the live database with FILE, backing the live one up first.
@@ -48,7 +41,7 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
         incoming.state.name(),
         incoming.revision.map_or("none".into(), |r| r.to_string())
     ));
-    let stack_args = args.stack_args();
+    let stack_args = args.options.stack();
     deploy::locked_and_recorded(sh, &stack_args, "restore", run, |state_dir, time| {
         let stack = deploy::check_machine(sh, &stack_args, false, run)?;
         if !stack_args.dry_run {
@@ -104,9 +97,7 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
                     state_dir.display()
                 ));
             }
-            run.info(&format!("  restore: docker cp {} <restore container> && bot db restore (as root, then owned by {})", file.display(), database::BOT_OWNER));
-            run.edit().dry_run = true;
-            return Ok(());
+            return run.dry_run(&format!("  restore: docker cp {} <restore container> && bot db restore (as root, then owned by {})", file.display(), database::BOT_OWNER));
         }
         let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
         deploy::confirm(
@@ -166,16 +157,7 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
                 Some("before-restore"),
             );
             let host_file = state_dir.join(name);
-            run.step("back up database", || {
-                database::back_up_to_host(
-                    sh,
-                    &stack,
-                    &stack.bot_image,
-                    &host_file,
-                    live.copy_bytes(),
-                )?;
-                backups::seal(&host_file).map(drop)
-            })?;
+            backups::back_up(run, sh, &stack, &host_file, live.copy_bytes())?;
             run.edit().backup = Some(host_file.clone());
             backups::prune_and_tell(run, state_dir, &stack.project, stack_args.keep)?;
         }

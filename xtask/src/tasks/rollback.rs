@@ -93,16 +93,14 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             question.push('?');
         }
         if args.dry_run {
-            run.info(&format!("dry run: nothing was changed. {question}"));
-            run.edit().dry_run = true;
-            return Ok(());
+            return run.dry_run(&format!("dry run: nothing was changed. {question}"));
         }
         // Read and checked while the bot still runs: a rollback that cannot keep the current
         // database first never stops the bot.
-        let live = match &backup {
-            Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
-            None => None,
-        };
+        let live = backup
+            .as_ref()
+            .map(|_| database::status(sh, &stack, &stack.bot_image))
+            .transpose()?;
         if let Some(live) = live.as_ref().filter(|l| l.state != State::Empty) {
             run.step("check room for the backup", || {
                 backups::require_room(sh, state_dir, live.copy_bytes())
@@ -128,15 +126,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             crate::signals::rolling_back();
             let restarted = run
                 .step("start the bot that ran", || stack.up(sh))
-                .and_then(|()| {
-                    run.step("wait until healthy", || {
-                        deploy::wait_until_healthy(
-                            sh,
-                            &stack,
-                            std::time::Duration::from_secs(args.health_timeout),
-                        )
-                    })
-                });
+                .and_then(|()| super::wait_until_healthy(run, sh, &stack, args));
             match restarted {
                 Ok(()) => error.context(
                     "the rollback stopped before the previous image started: the bot that ran before runs again (`cargo xtask status` shows its database)",
@@ -155,16 +145,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                     live.effective_version(),
                     Some("before-rollback"),
                 ));
-                if let Err(e) = run.step("back up database", || {
-                    database::back_up_to_host(
-                        sh,
-                        &stack,
-                        &stack.bot_image,
-                        &keep,
-                        live.copy_bytes(),
-                    )?;
-                    backups::seal(&keep).map(drop)
-                }) {
+                if let Err(e) = backups::back_up(run, sh, &stack, &keep, live.copy_bytes()) {
                     let _ = std::fs::remove_file(&keep);
                     return Err(start_again(e));
                 }
@@ -199,13 +180,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             r.env_after = last.env_before.clone();
         });
         run.step("start previous bot", || stack.up(sh))?;
-        run.step("wait until healthy", || {
-            deploy::wait_until_healthy(
-                sh,
-                &stack,
-                std::time::Duration::from_secs(args.health_timeout),
-            )
-        })?;
+        super::wait_until_healthy(run, sh, &stack, args)?;
         run.edit().revision_after = last.revision_before;
         run.edit().image = Some(format!("{tag} ({})", deploy::short(image_before)));
         Ok(())

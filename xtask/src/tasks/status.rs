@@ -12,55 +12,40 @@ use crate::docker;
 use crate::history;
 use crate::host::Engine;
 use crate::lock::{self, Liveness};
-use crate::project::{self, LookOptions};
-
-/// Arguments of `status`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub options: LookOptions,
-}
+use crate::project::{self, StackArgs};
+use crate::report::Outcome;
 
 /// Prints the status; `--json` prints one object.
-pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
+pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
     docker::check_daemon(sh)?;
-    let stack_args = args.options.stack();
-    let stack = project::stack(sh, &stack_args)?;
+    let stack = project::stack(sh, stack_args)?;
     let container = stack.bot_container(sh)?;
     let image = docker::image_id(sh, &stack.bot_image)?;
-    let database = match image {
-        Some(_) => Some(database::status(sh, &stack, &stack.bot_image)?),
-        None => None,
-    };
+    let database = image
+        .as_ref()
+        .map(|_| database::status(sh, &stack, &stack.bot_image))
+        .transpose()?;
     let state_dir = stack_args.state_dir(&stack.project);
     let last_backup = backups::list(&state_dir, &stack.project).pop();
     let records = history::read(&state_dir)?;
     // The lock is the engine's, whatever the backup folder: see `lock`.
     let held = lock::held(sh, &stack.project)?;
     // Where the data came from: the last deploy that imported it and ended well.
-    let imported_from = records
-        .iter()
-        .rev()
-        .find(|r| r.result == crate::report::Outcome::Ok && r.imported_from.is_some())
-        .map(|r| {
-            format!(
-                "{} (by {} at {})",
-                r.imported_from.as_deref().unwrap_or(""),
-                r.task,
-                r.time
-            )
-        });
+    let imported_from = records.iter().rev().find_map(|r| {
+        let from = r
+            .imported_from
+            .as_ref()
+            .filter(|_| r.result == Outcome::Ok)?;
+        Some(format!("{from} (by {} at {})", r.task, r.time))
+    });
     // A refused rollback or a backup is not "the last deploy": each is shown apart.
-    let last_deploy = records
-        .iter()
-        .rev()
-        .find(|r| history::is_deploy(&r.task))
-        .cloned();
-    let last_other = records
-        .iter()
-        .rev()
-        .find(|r| !history::is_deploy(&r.task))
-        .cloned();
+    let last = |deploy: bool| {
+        records
+            .iter()
+            .rev()
+            .find(|r| history::is_deploy(&r.task) == deploy)
+    };
+    let (last_deploy, last_other) = (last(true), last(false));
     // A run that started and never ended: running now if it holds the lock, else killed.
     let running_since = held
         .as_ref()
@@ -154,18 +139,12 @@ pub fn run(sh: &Shell, args: Args) -> anyhow::Result<()> {
         "last backup: {}",
         last_backup.map_or("none".into(), |b| b.display().to_string())
     );
-    match last_deploy {
-        Some(d) => println!(
-            "last deploy: {} {} by {}: {}",
-            d.time, d.task, d.operator, d.result
-        ),
-        None => println!("last deploy: none recorded"),
-    }
+    let ran =
+        |r: &history::Record| format!("{} {} by {}: {}", r.time, r.task, r.operator, r.result);
+    let last_deploy = last_deploy.map_or("none recorded".into(), ran);
+    println!("last deploy: {last_deploy}");
     if let Some(t) = last_other {
-        println!(
-            "last task:   {} {} by {}: {}",
-            t.time, t.task, t.operator, t.result
-        );
+        println!("last task:   {}", ran(t));
     }
     for run in &unfinished {
         println!(

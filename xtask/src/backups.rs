@@ -268,22 +268,15 @@ mod tests {
             name("p", "T", None, Some("before-restore")),
             "p-T-rnone-before-restore.db"
         );
-        let dir = std::env::temp_dir().join(format!("xtask-prune-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for minute in 0..5 {
-            std::fs::write(
-                dir.join(name(
-                    "p",
-                    &format!("20261125T07{minute:02}00Z"),
-                    Some(1),
-                    None,
-                )),
-                b"x",
-            )
-            .unwrap();
+        let dir = crate::testing::temp_dir("prune");
+        let others = ["other-20261125T070000Z-r1.db", "p-x-20261125T070000Z-r1.db"];
+        let times = (0..5).map(|minute| format!("20261125T07{minute:02}00Z"));
+        for file in times
+            .map(|t| name("p", &t, Some(1), None))
+            .chain(others.map(String::from))
+        {
+            std::fs::write(dir.join(file), b"x").unwrap();
         }
-        std::fs::write(dir.join("other-20261125T070000Z-r1.db"), b"x").unwrap();
-        std::fs::write(dir.join("p-x-20261125T070000Z-r1.db"), b"x").unwrap();
         let pruned = prune(&dir, "p", 2).unwrap();
         assert_eq!(pruned.removed.len(), 3);
         assert!(
@@ -294,7 +287,7 @@ mod tests {
             names(&list(&dir, "p")),
             ["p-20261125T070300Z-r1.db", "p-20261125T070400Z-r1.db"]
         );
-        for other in ["other-20261125T070000Z-r1.db", "p-x-20261125T070000Z-r1.db"] {
+        for other in others {
             assert!(
                 dir.join(other).exists(),
                 "another project's backups are left alone"
@@ -326,47 +319,40 @@ mod tests {
             .collect()
     }
 
-    fn files(names: &[&str]) -> Vec<PathBuf> {
-        names.iter().map(|n| Path::new("/b/p").join(n)).collect()
+    fn files(names: &[impl AsRef<str>]) -> Vec<PathBuf> {
+        names
+            .iter()
+            .map(|n| Path::new("/b/p").join(n.as_ref()))
+            .collect()
     }
 
     #[test]
     fn the_revision_is_read_from_a_backups_name() {
-        assert_eq!(
-            revision_in_name("p-20261125T070000Z-r4.db", "p"),
-            Some(Some(4))
-        );
-        assert_eq!(
-            revision_in_name("p-20261125T070000Z-r12-before-restore.db", "p"),
-            Some(Some(12))
-        );
-        assert_eq!(
-            revision_in_name("p-20261125T070000Z-rnone.db", "p"),
-            Some(None)
-        );
-        assert_eq!(
-            revision_in_name("my-bot-20261125T070000Z-r3.db", "my-bot"),
-            Some(Some(3))
-        );
-        assert_eq!(revision_in_name("p-x-20261125T070000Z-r3.db", "p"), None);
-        assert_eq!(revision_in_name("p-20261125T070000Z-r3.db.tmp", "p"), None);
+        for (name, project, revision) in [
+            ("p-20261125T070000Z-r4.db", "p", Some(Some(4))),
+            (
+                "p-20261125T070000Z-r12-before-restore.db",
+                "p",
+                Some(Some(12)),
+            ),
+            ("p-20261125T070000Z-rnone.db", "p", Some(None)),
+            ("my-bot-20261125T070000Z-r3.db", "my-bot", Some(Some(3))),
+            ("p-x-20261125T070000Z-r3.db", "p", None),
+            ("p-20261125T070000Z-r3.db.tmp", "p", None),
+        ] {
+            assert_eq!(revision_in_name(name, project), revision, "{name}");
+        }
     }
 
     #[test]
     fn ten_backups_after_a_schema_moving_deploy_keep_the_one_rollback_restores() {
         // A deploy moved the schema from 3 to 4, backing up at revision 3 first; ten backups
         // followed at revision 4.
-        let mut all = vec!["p-20261125T070000Z-r3.db".to_owned()];
-        for minute in 1..=10 {
-            all.push(format!("p-20261125T07{minute:02}00Z-r4.db"));
-        }
-        let all = files(&all.iter().map(String::as_str).collect::<Vec<_>>());
-        let history = [change(
-            "20261125T070000Z",
-            3,
-            4,
-            Some("p-20261125T070000Z-r3.db"),
-        )];
+        let recorded = "p-20261125T070000Z-r3.db";
+        let mut all = vec![recorded.to_owned()];
+        all.extend((1..=10).map(|minute| format!("p-20261125T07{minute:02}00Z-r4.db")));
+        let all = files(&all);
+        let history = [change("20261125T070000Z", 3, 4, Some(recorded))];
         let pruned = plan(&all, "p", 3, &history);
         assert_eq!(pruned.removed.len(), 7, "{pruned:?}");
         assert_eq!(
@@ -411,12 +397,8 @@ mod tests {
             names(&pruned.removed),
             ["p-20261125T061000Z-r3.db", "p-20261125T070000Z-r4.db"]
         );
-        assert!(
-            pruned.kept_for_rollback[1]
-                .1
-                .contains("newest backup at revision 3"),
-            "{pruned:?}"
-        );
+        let (_, reason) = &pruned.kept_for_rollback[1];
+        assert!(reason.contains("newest backup at revision 3"), "{pruned:?}");
     }
 
     #[test]

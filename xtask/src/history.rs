@@ -256,29 +256,22 @@ fn table_unscrubbed(records: &[Record]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::temp_dir;
 
     #[test]
     fn records_round_trip_and_the_last_change_is_found() {
-        let dir = std::env::temp_dir().join(format!("xtask-history-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let ok = Record {
-            progress: Progress {
-                changed: true,
-                revision_before: Some(3),
-                revision_after: Some(4),
-                ..Progress::default()
-            },
+        let dir = temp_dir("history");
+        let mut ok = Record {
             time: "20261125T070000Z".into(),
             task: "prod-full-update".into(),
-            result: Outcome::Ok,
             ..Record::default()
         };
+        ok.changed = true;
+        (ok.revision_before, ok.revision_after) = (Some(3), Some(4));
         let mut noop = ok.clone();
         noop.changed = false;
-        let failed = Record {
-            result: Outcome::RolledBack,
-            ..ok.clone()
-        };
+        let mut failed = ok.clone();
+        failed.result = Outcome::RolledBack;
         let mut older = ok.clone();
         (older.revision_before, older.revision_after) = (Some(2), Some(3));
         for record in [&older, &ok, &noop, &failed] {
@@ -291,10 +284,8 @@ mod tests {
             (last.revision_before, last.revision_after),
             (Some(3), Some(4))
         );
-        let rollback = Record {
-            task: "rollback".into(),
-            ..ok.clone()
-        };
+        let mut rollback = ok.clone();
+        rollback.task = "rollback".into();
         append(&dir, &rollback).unwrap();
         let records = read(&dir).unwrap();
         let before_that = last_change(&records).unwrap();
@@ -319,18 +310,14 @@ mod tests {
     #[test]
     fn a_record_is_written_with_its_text_scrubbed_and_its_paths_as_they_are() {
         secrets::register_text("BOT_TOKEN=717171:HISTORYtestSECRET\nDATA_DIR=/srv/history-test\n");
-        let dir = std::env::temp_dir().join(format!("xtask-history-secret-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let record = Record {
-            progress: Progress {
-                backup: Some(PathBuf::from("/srv/history-test/backup.db")),
-                ..Progress::default()
-            },
+        let dir = temp_dir("history-secret");
+        let mut record = Record {
             task: "prod-migrate".into(),
             result: Outcome::Failed,
             error: Some("log: token 717171:HISTORYtestSECRET in /srv/history-test".into()),
             ..Record::default()
         };
+        record.backup = Some(PathBuf::from("/srv/history-test/backup.db"));
         append(&dir, &record).unwrap();
         let written = std::fs::read_to_string(file(&dir)).unwrap();
         assert!(!written.contains("HISTORYtestSECRET"), "{written}");

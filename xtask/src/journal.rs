@@ -30,10 +30,6 @@ fn with<T>(work: impl FnOnce(&mut Journal) -> T) -> Option<T> {
     current().as_mut().map(work)
 }
 
-fn write(journal: &Journal) {
-    save(&journal.state_dir, &journal.record);
-}
-
 /// Saves `record`; a failure is only reported.
 fn save(state_dir: &Path, record: &Record) {
     if let Err(e) = history::save(state_dir, record) {
@@ -65,7 +61,7 @@ pub fn begin(state_dir: &Path, mut record: Record) -> anyhow::Result<()> {
 pub fn update(change: impl FnOnce(&mut Record)) {
     with(|journal| {
         change(&mut journal.record);
-        write(journal);
+        save(&journal.state_dir, &journal.record);
     });
 }
 
@@ -82,7 +78,7 @@ pub fn progress(report: &Report, step: Option<&str>) {
         if let Some(step) = step {
             journal.record.step = Some(step.to_owned());
         }
-        write(journal);
+        save(&journal.state_dir, &journal.record);
     });
 }
 
@@ -128,7 +124,7 @@ pub fn finish(report: &Report, result: &anyhow::Result<()>) {
                 save(&journal.state_dir, &finished);
             }
         }
-        write(&journal);
+        save(&journal.state_dir, &journal.record);
     }
 }
 
@@ -145,7 +141,7 @@ pub fn interrupted(signal: &str) -> Option<String> {
             .map(|s| format!(" during step \"{s}\""))
             .unwrap_or_default()
     ));
-    write(&journal);
+    save(&journal.state_dir, &journal.record);
     step
 }
 
@@ -200,14 +196,7 @@ pub fn inherit(record: &mut Record, old: &Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_dir(label: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("xtask-journal-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testing::temp_dir;
 
     /// A record of a run that took the schema from revision `from` to `to`.
     fn moved(from: u32, to: u32, result: Outcome) -> Record {
@@ -221,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_running_line_is_replaced_in_place_and_other_lines_stay() {
-        let dir = temp_dir("save");
+        let dir = temp_dir("journal-save");
         let earlier = Record {
             time: "20261126T100000Z".into(),
             task: "backup".into(),
@@ -252,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_finishing_run_takes_over_the_way_back_of_the_run_it_finished() {
-        let dir = temp_dir("inherit");
+        let dir = temp_dir("journal-inherit");
         let backup = dir.join("proj-20261126T110000Z-rev3.db");
         std::fs::write(&backup, b"x").unwrap();
         let mut killed = moved(3, 3, Outcome::Running);

@@ -23,3 +23,15 @@ pub mod report;
 pub mod secrets;
 pub mod signals;
 pub mod tasks;
+
+/// What the unit tests share.
+#[cfg(test)]
+mod testing {
+    /// An empty folder for the test named `label`, `xtask-<label>-<pid>` in the temporary one.
+    pub fn temp_dir(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -520,6 +520,7 @@ fn parse_start(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::temp_dir;
 
     /// The history names who deployed: git's user in this checkout, or the login, never
     /// "unknown".
@@ -540,12 +541,6 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-lock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn the_lock_file_depends_on_the_engine_and_the_project_not_the_backup_folder() {
         assert_eq!(
@@ -563,7 +558,7 @@ mod tests {
 
     #[test]
     fn a_second_holder_is_refused_naming_the_first_and_a_released_lock_is_free() {
-        let dir = temp("file");
+        let dir = temp_dir("lock-file");
         let first = Holder::me("prod-full-update", "20261125T070000Z");
         let held = lock_file(&dir, "E:1", "p", &first).unwrap();
         let error = lock_file(&dir, "E:1", "p", &Holder::me("prod-migrate", "T"))
@@ -588,7 +583,7 @@ mod tests {
 
     #[test]
     fn a_file_lock_whose_holder_died_is_free() {
-        let dir = temp("dead");
+        let dir = temp_dir("lock-dead");
         std::fs::create_dir_all(dir.join("E")).unwrap();
         let file = dir.join("E").join("p.lock");
         // Another process takes the same operating-system lock, then is killed with SIGKILL.

@@ -436,8 +436,7 @@ mod tests {
 
     #[test]
     fn what_a_failing_command_prints_of_the_environment_file_is_scrubbed() {
-        let dir = std::env::temp_dir().join(format!("xtask-process-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::temp_dir("process");
         let env = dir.join("echoed.env");
         std::fs::write(
             &env,

@@ -121,16 +121,11 @@ fn scrub_json_with(secrets: &[Secret], value: &mut Value) {
 }
 
 fn malformed_message(path: &Path, lines: &[usize]) -> String {
+    let path = path.display();
+    let numbers: Vec<String> = lines.iter().map(usize::to_string).collect();
     let which = match lines {
-        [one] => format!("line {one} of {} is", path.display()),
-        many => format!(
-            "lines {} of {} are",
-            many.iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            path.display()
-        ),
+        [one] => format!("line {one} of {path} is"),
+        _ => format!("lines {} of {path} are", numbers.join(", ")),
     };
     format!(
         "{which} not KEY=VALUE (the content is not shown: it may hold a secret). Write each setting as NAME=value on a line of its own (NAME: letters, digits and _, not starting with a digit; quote a value holding spaces or #, e.g. NAME=\"a b\"), start a comment with #, or remove the line"
@@ -223,12 +218,10 @@ fn parse(text: &str, name: &str) -> Parsed {
         done = now;
         match item {
             Ok((key, value)) => {
-                secrets.extend(Secret::new(&key, &value));
-                secrets.extend(
-                    as_written(chunk)
-                        .into_iter()
-                        .filter_map(|raw| Secret::new(&key, &raw)),
-                );
+                let written = as_written(chunk);
+                for raw in std::iter::once(&value).chain(&written) {
+                    secrets.extend(Secret::new(&key, raw));
+                }
                 parsed.env.vars.push((key, value));
             }
             Err(dotenvy::Error::LineParse(line, _)) => {
@@ -550,8 +543,7 @@ mod tests {
 
     #[test]
     fn a_file_is_loaded_refused_and_registered() {
-        let dir = std::env::temp_dir().join(format!("xtask-secrets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::temp_dir("secrets");
         let good = dir.join("good.env");
         std::fs::write(&good, "BOT_TOKEN=777:registered-UNIQUE-value\n").unwrap();
         assert_eq!(

@@ -30,15 +30,11 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             // A killed backup changed nothing (its copy was a `.partial` file): this one
             // closes its line once it ends well. Killed deploys are left to a deploy or
             // `recover`, which finish them.
-            let killed_backups: Vec<_> = deploy::unfinished_runs(state_dir, time)?
-                .into_iter()
-                .filter(|earlier| earlier.task == "backup")
-                .collect();
+            let mut killed_backups = deploy::unfinished_runs(state_dir, time)?;
+            killed_backups.retain(|earlier| earlier.task == "backup");
             for earlier in &killed_backups {
-                let line = format!(
-                    "{}; a backup changes nothing, and this one closes it",
-                    deploy::describe_unfinished(earlier)
-                );
+                let killed = deploy::describe_unfinished(earlier);
+                let line = format!("{killed}; a backup changes nothing, and this one closes it");
                 run.info(&line);
                 run.edit().finished_earlier.push(line);
                 // Its copy out of Docker, cut short: never a backup.

@@ -222,32 +222,20 @@ fn table_unscrubbed(records: &[Record]) -> String {
     for r in records {
         let revision = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         let took: f64 = r.steps.iter().map(|s| s.seconds).sum();
+        let git = r.git_revision.as_deref().unwrap_or("-");
+        let git = &git[..git.len().min(9)];
+        let (before, after) = (revision(r.revision_before), revision(r.revision_after));
+        let moved = format!("{before}->{after}");
+        let down = r
+            .downtime_seconds
+            .map_or("-".into(), |d| format!("{d:.1}s"));
+        let step = r.step.as_deref().filter(|_| r.result == Outcome::Running);
+        let step = step.map(|s| format!(" (step \"{s}\")")).unwrap_or_default();
+        let error = r.error.as_deref().map(|e| e.lines().next().unwrap_or(""));
+        let error = error.map(|e| format!(": {e}")).unwrap_or_default();
         out.push_str(&format!(
-            "{:<17} {:<17} {:<10} {:<9} {:<8} {:>9} {:>8.1}s  {}{}\n",
-            r.time,
-            r.task,
-            r.operator,
-            r.git_revision
-                .as_deref()
-                .map_or("-", |g| &g[..g.len().min(9)]),
-            format!(
-                "{}->{}",
-                revision(r.revision_before),
-                revision(r.revision_after)
-            ),
-            r.downtime_seconds
-                .map_or("-".to_owned(), |d| format!("{d:.1}s")),
-            took,
-            r.result,
-            r.step
-                .as_deref()
-                .filter(|_| r.result == Outcome::Running)
-                .map(|s| format!(" (step \"{s}\")"))
-                .unwrap_or_default()
-                + &r.error
-                    .as_deref()
-                    .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
-                    .unwrap_or_default()
+            "{:<17} {:<17} {:<10} {git:<9} {moved:<8} {down:>9} {took:>8.1}s  {}{step}{error}\n",
+            r.time, r.task, r.operator, r.result
         ));
     }
     out

@@ -209,45 +209,33 @@ impl Report {
     }
 
     fn human_unscrubbed(&self) -> String {
-        let mut out = format!(
-            "{} on project {}: {}\n",
-            self.task, self.project, self.result
-        );
+        let (task, project, result) = (&self.task, &self.project, self.result);
+        let mut out = format!("{task} on project {project}: {result}\n");
         let revision = |r: Option<u32>| r.map_or("none".to_owned(), |r| r.to_string());
-        if self.revision_before.is_some()
-            || self.revision_after.is_some()
-            || self.state_before.is_some()
-        {
-            out.push_str(&format!(
-                "  database: revision {} -> {}{}\n",
-                revision(self.revision_before),
-                revision(self.revision_after),
-                self.state_before
-                    .as_deref()
-                    .map(|s| format!(" (was {s})"))
-                    .unwrap_or_default()
-            ));
+        let was = self.state_before.as_deref().map(|s| format!(" (was {s})"));
+        if self.revision_before.is_some() || self.revision_after.is_some() || was.is_some() {
+            let before = revision(self.revision_before);
+            let after = revision(self.revision_after);
+            let was = was.unwrap_or_default();
+            out.push_str(&format!("  database: revision {before} -> {after}{was}\n"));
         }
-        if let Some(imported) = &self.imported_from {
-            out.push_str(&format!("  data:     {imported}\n"));
+        let backup = self.backup.as_ref().map(|b| b.display().to_string());
+        let downtime = self.downtime_seconds.map(|d| format!("{d:.1}s"));
+        let optional = [
+            ("data:    ", &self.imported_from),
+            ("old app: ", &self.old_app),
+            ("backup:  ", &backup),
+            ("image:   ", &self.image),
+            ("downtime:", &downtime),
+        ];
+        for (label, value) in optional {
+            if let Some(value) = value {
+                out.push_str(&format!("  {label} {value}\n"));
+            }
         }
-        if let Some(old_app) = &self.old_app {
-            out.push_str(&format!("  old app:  {old_app}\n"));
-        }
-        if let Some(backup) = &self.backup {
-            out.push_str(&format!("  backup:   {}\n", backup.display()));
-        }
-        if let Some(image) = &self.image {
-            out.push_str(&format!("  image:    {image}\n"));
-        }
-        if let Some(downtime) = self.downtime_seconds {
-            out.push_str(&format!("  downtime: {downtime:.1}s\n"));
-        }
-        out.push_str(&format!(
-            "  changed:  {}\n  took:     {:.1}s\n",
-            if self.changed { "yes" } else { "nothing" },
-            self.seconds
-        ));
+        let changed = if self.changed { "yes" } else { "nothing" };
+        let took = self.seconds;
+        out.push_str(&format!("  changed:  {changed}\n  took:     {took:.1}s\n"));
         if let Some(step) = &self.failed_step {
             out.push_str(&format!("  failed:   step \"{step}\"\n"));
         }

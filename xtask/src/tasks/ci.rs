@@ -20,11 +20,7 @@ pub fn run(sh: &Shell) -> anyhow::Result<()> {
         "{cargo} clippy --workspace --all-targets --locked -- -D warnings"
     )
     .run()?;
-    super::schema::check_migrations(super::schema::CheckArgs {
-        release: false,
-        json: false,
-        dir: None,
-    })?;
+    super::schema::check_migrations(super::schema::CheckArgs::default())?;
     let test = TEST_COMMAND
         .strip_prefix("cargo ")
         .expect("the test command is a cargo command")

@@ -150,21 +150,15 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
             })?;
             run.detail(format!("kept as {}", damaged_copy.display()));
         } else if live.state != State::Empty {
-            let name = backups::name(
-                &stack.project,
-                time,
-                live.effective_version(),
-                Some("before-restore"),
-            );
+            let revision = live.effective_version();
+            let name = backups::name(&stack.project, time, revision, Some("before-restore"));
             let host_file = state_dir.join(name);
             backups::back_up(run, sh, &stack, &host_file, live.copy_bytes())?;
             run.edit().backup = Some(host_file.clone());
             backups::prune_and_tell(run, state_dir, &stack.project, stack_args.keep)?;
         }
-        crate::journal::volume(format!(
-            "being replaced by {} (the bot is stopped)",
-            file.display()
-        ));
+        let shown = file.display();
+        crate::journal::volume(format!("being replaced by {shown} (the bot is stopped)"));
         run.step("restore database", || {
             database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
                 .map(drop)

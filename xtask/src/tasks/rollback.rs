@@ -139,12 +139,9 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         if let Some(backup) = &backup {
             let live = live.as_ref().expect("read above");
             if live.state != State::Empty {
-                let keep = state_dir.join(backups::name(
-                    &stack.project,
-                    time,
-                    live.effective_version(),
-                    Some("before-rollback"),
-                ));
+                let revision = live.effective_version();
+                let name = backups::name(&stack.project, time, revision, Some("before-rollback"));
+                let keep = state_dir.join(name);
                 if let Err(e) = backups::back_up(run, sh, &stack, &keep, live.copy_bytes()) {
                     let _ = std::fs::remove_file(&keep);
                     return Err(start_again(e));
@@ -155,11 +152,10 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                 "being put back from {} by the rollback (the bot is stopped)",
                 backup.display()
             ));
-            if let Err(e) = run.step("restore database", || {
+            run.step("restore database", || {
                 database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
-            }) {
-                return Err(start_again(e));
-            }
+            })
+            .map_err(&start_again)?;
             crate::journal::volume(format!(
                 "put back from {} (revision {:?}); the previous image starts next",
                 backup.display(),

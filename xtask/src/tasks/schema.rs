@@ -27,7 +27,7 @@ pub struct NewArgs {
 }
 
 /// The options of `check-migrations`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct CheckArgs {
     /// After a passing check, record every new up file as released in
     /// `migrations/sql/released.sha256` (do it in the commit that ships them).

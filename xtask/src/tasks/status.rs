@@ -51,10 +51,8 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
         .as_ref()
         .filter(|h| matches!(h.liveness, Liveness::Alive | Liveness::Elsewhere))
         .map(|h| h.holder.since.clone());
-    let unfinished: Vec<&history::Record> = history::unfinished(&records)
-        .into_iter()
-        .filter(|r| running_since.as_deref() != Some(r.time.as_str()))
-        .collect();
+    let mut unfinished = history::unfinished(&records);
+    unfinished.retain(|r| running_since.as_deref() != Some(r.time.as_str()));
     let old_app = container.as_ref().filter(|c| !c.is_ours());
     if stack_args.json {
         let value = json!({

@@ -597,22 +597,16 @@ mod tests {
             .expect("python3 runs");
         let me = Holder::me("prod-migrate", "T");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let error = loop {
             match lock_file(&dir, "E", "p", &me) {
-                Err(e) => {
-                    assert_eq!(exit::code_of(&e), exit::ExitCode::Locked);
-                    break;
-                }
-                Ok(lock) => {
-                    drop(lock);
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the other process never took the lock"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                Err(e) => break e,
+                Ok(lock) => drop(lock),
             }
-        }
+            let waiting = std::time::Instant::now() < deadline;
+            assert!(waiting, "the other process never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(exit::code_of(&error), exit::ExitCode::Locked);
         holder.kill().unwrap();
         holder.wait().unwrap();
         lock_file(&dir, "E", "p", &me).expect("the dead holder's lock is free");
@@ -630,42 +624,30 @@ mod tests {
         let pid = child.id();
         let started = process_start(pid).unwrap();
         child.wait().unwrap();
-        let gone = Holder {
-            pid,
-            process_start: started,
-            ..me.clone()
-        };
+        let mut gone = me.clone();
+        (gone.pid, gone.process_start) = (pid, started);
         assert!(
             matches!(gone.liveness(&here), Liveness::Dead(ref why) if why.contains("is gone")),
             "{:?}",
             gone.liveness(&here)
         );
 
-        let reused = Holder {
-            process_start: me.process_start.map(|s| s + 1),
-            ..me.clone()
-        };
+        let mut reused = me.clone();
+        reused.process_start = me.process_start.map(|s| s + 1);
         assert!(matches!(reused.liveness(&here), Liveness::Dead(_)));
     }
 
     #[test]
     fn a_holder_elsewhere_is_honoured_until_max_hold() {
         let here = Here::now();
-        let elsewhere = Holder {
-            boot_id: "another-machine".into(),
-            pid: 1,
-            ..Holder::me("prod-full-update", "T")
-        };
+        let mut elsewhere = Holder::me("prod-full-update", "T");
+        let mut other_container = elsewhere.clone();
+        (elsewhere.boot_id, elsewhere.pid) = ("another-machine".into(), 1);
         assert_eq!(elsewhere.liveness(&here), Liveness::Elsewhere);
-        let other_container = Holder {
-            pid_namespace: "pid:[1]".into(),
-            ..Holder::me("prod-full-update", "T")
-        };
+        other_container.pid_namespace = "pid:[1]".into();
         assert_eq!(other_container.liveness(&here), Liveness::Elsewhere);
-        let old = Holder {
-            since_unix: here.now_unix - MAX_HOLD.as_secs() - 1,
-            ..elsewhere.clone()
-        };
+        let mut old = elsewhere.clone();
+        old.since_unix = here.now_unix - MAX_HOLD.as_secs() - 1;
         assert!(matches!(old.liveness(&here), Liveness::Dead(_)));
         let message = refusal(&elsewhere, &Liveness::Elsewhere, "p-deploy-lock").to_string();
         assert!(

@@ -145,26 +145,21 @@ pub fn plan(files: &[PathBuf], project: &str, keep: usize, records: &[Record]) -
                     .iter()
                     .position(|f| file_name(f).as_deref() == Some(recorded.as_str()))
             });
+        let (task, time) = (&change.task, &change.time);
         if let Some(index) = recorded {
-            reasons.push((
-                index,
-                format!(
-                    "`rollback` restores it to undo the {} of {} (revision {from} -> {to})",
-                    change.task, change.time
-                ),
-            ));
+            let reason = format!(
+                "`rollback` restores it to undo the {task} of {time} (revision {from} -> {to})"
+            );
+            reasons.push((index, reason));
         }
         let newest_at = files.iter().rposition(|f| {
             file_name(f).and_then(|n| revision_in_name(&n, project)) == Some(Some(from))
         });
         if let Some(index) = newest_at.filter(|i| Some(*i) != recorded) {
-            reasons.push((
-                index,
-                format!(
-                    "the newest backup at revision {from}, which the {} of {} moved the schema from (to {to})",
-                    change.task, change.time
-                ),
-            ));
+            let reason = format!(
+                "the newest backup at revision {from}, which the {task} of {time} moved the schema from (to {to})"
+            );
+            reasons.push((index, reason));
         }
     }
     let mut pruned = Pruned::default();
@@ -207,20 +202,19 @@ pub fn prune_and_tell(run: &Run, dir: &Path, project: &str, keep: usize) -> anyh
         }
     };
     let keep = keep.max(1);
-    if !pruned.removed.is_empty() {
+    let count = pruned.removed.len();
+    if count > 0 {
+        let s = if count == 1 { "" } else { "s" };
         run.info(&format!(
-            "pruned {} old backup{} (keeping the newest {keep})",
-            pruned.removed.len(),
-            if pruned.removed.len() == 1 { "" } else { "s" }
+            "pruned {count} old backup{s} (keeping the newest {keep})"
         ));
     }
     for (file, reason) in &pruned.kept_for_rollback {
-        run.info(&format!(
-            "kept {} as well: {reason}",
-            file.file_name().map_or(file.display().to_string(), |n| n
-                .to_string_lossy()
-                .into_owned())
-        ));
+        let name = file
+            .file_name()
+            .unwrap_or(file.as_os_str())
+            .to_string_lossy();
+        run.info(&format!("kept {name} as well: {reason}"));
     }
     Ok(())
 }

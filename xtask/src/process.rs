@@ -282,9 +282,7 @@ pub fn run_within(
     let shown = command.shown.clone();
     let (status, finished) = run_to_end(command, what, timeout)?;
     if !status.success() {
-        let code = status
-            .code()
-            .map_or("a signal".to_owned(), |c| c.to_string());
+        let code = status.code().map_or("a signal".into(), |c| c.to_string());
         return Err(Exited {
             code: status.code(),
             message: secrets::scrub(&format!(
@@ -412,50 +410,49 @@ mod tests {
 
     use super::*;
 
+    /// What `command` printed; it must succeed.
+    fn printed(command: impl Into<Argv>) -> String {
+        run(command, "printing").unwrap().stdout
+    }
+
+    /// The error of `command`, run for `what`; it must fail.
+    fn failure(command: impl Into<Argv>, what: &str) -> String {
+        run(command, what).unwrap_err().to_string()
+    }
+
     #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail("a\nb\n\nc\n", 2), "    b\n    c");
         assert_eq!(tail("", 3), "");
     }
+
     #[test]
     fn a_failing_command_names_itself_and_its_output() {
         let sh = xshell::Shell::new().unwrap();
-        let error = run(sh.cmd("ls").arg("/no/such/path"), "listing")
-            .unwrap_err()
-            .to_string();
+        let error = failure(sh.cmd("ls").arg("/no/such/path"), "listing");
         assert!(
             error.starts_with("listing: `ls /no/such/path` exited with 2"),
             "{error}"
         );
         assert!(error.contains("No such file"), "{error}");
-        assert_eq!(
-            run(sh.cmd("echo").arg("hi"), "echo").unwrap().stdout,
-            "hi\n"
-        );
+        assert_eq!(printed(sh.cmd("echo").arg("hi")), "hi\n");
     }
 
     #[test]
     fn what_a_failing_command_prints_of_the_environment_file_is_scrubbed() {
         let dir = crate::testing::temp_dir("process");
         let env = dir.join("echoed.env");
-        std::fs::write(
-            &env,
-            "BOT_TOKEN=515151:PROCESStestSECRETvalue\nDB_PASSWORD=process-test-password\n",
-        )
-        .unwrap();
+        let text = "BOT_TOKEN=515151:PROCESStestSECRETvalue\nDB_PASSWORD=process-test-password\n";
+        std::fs::write(&env, text).unwrap();
         secrets::load(&env).unwrap();
         let sh = xshell::Shell::new().unwrap();
         // Prints the file's lines, then fails on the missing one: a tool echoing the file.
-        let error = run(
-            sh.cmd("grep")
-                .arg("-H")
-                .arg(".")
-                .arg(&env)
-                .arg("/no/such/file"),
-            "echoing",
-        )
-        .unwrap_err()
-        .to_string();
+        let grep = sh
+            .cmd("grep")
+            .args(["-H", "."])
+            .arg(&env)
+            .arg("/no/such/file");
+        let error = failure(grep, "echoing");
         assert!(error.contains("BOT_TOKEN=<BOT_TOKEN>"), "{error}");
         assert!(error.contains("DB_PASSWORD=<DB_PASSWORD>"), "{error}");
         assert!(
@@ -472,15 +469,11 @@ mod tests {
         let sh = xshell::Shell::new().unwrap();
         sh.change_dir("/tmp");
         sh.set_var("XTASK_PROCESS_TEST", "from the shell");
-        assert_eq!(run(sh.cmd("pwd"), "printing").unwrap().stdout, "/tmp\n");
-        let env = run(sh.cmd("env").env("XTASK_OWN", "its own"), "printing")
-            .unwrap()
-            .stdout;
+        assert_eq!(printed(sh.cmd("pwd")), "/tmp\n");
+        let env = printed(sh.cmd("env").env("XTASK_OWN", "its own"));
         assert!(env.contains("XTASK_PROCESS_TEST=from the shell\n"), "{env}");
         assert!(env.contains("XTASK_OWN=its own\n"), "{env}");
-        let removed = run(sh.cmd("env").env_remove("XTASK_PROCESS_TEST"), "printing")
-            .unwrap()
-            .stdout;
+        let removed = printed(sh.cmd("env").env_remove("XTASK_PROCESS_TEST"));
         assert!(!removed.contains("XTASK_PROCESS_TEST"), "{removed}");
     }
 
@@ -525,9 +518,7 @@ mod tests {
 
     #[test]
     fn a_program_that_cannot_run_says_so() {
-        let error = run(Argv::new("/no/such/program", ["x"]), "running nothing")
-            .unwrap_err()
-            .to_string();
+        let error = failure(Argv::new("/no/such/program", ["x"]), "running nothing");
         assert!(
             error.starts_with("running nothing: cannot run `/no/such/program x`"),
             "{error}"

@@ -235,13 +235,8 @@ fn parse(text: &str, name: &str) -> Parsed {
                 let placeholder = format!("line {first} of {name}");
                 secrets.extend(Secret::new(&placeholder, content));
                 // And what follows its first `=` or blank: the value, if the line has one.
-                for (_, rest) in [
-                    content.split_once('='),
-                    content.split_once(char::is_whitespace),
-                ]
-                .into_iter()
-                .flatten()
-                {
+                let at_blank = content.split_once(char::is_whitespace);
+                for (_, rest) in [content.split_once('='), at_blank].into_iter().flatten() {
                     secrets.extend(Secret::new(&placeholder, rest));
                     secrets.extend(Secret::new(&placeholder, unquote(rest.trim())));
                 }
@@ -259,17 +254,13 @@ fn parse(text: &str, name: &str) -> Parsed {
     // The token first, so that a value also pasted elsewhere is named after it.
     secrets.sort_by_key(|s| s.key != "BOT_TOKEN");
     // URL-encoded, with upper- and lower-case hex digits.
-    let encoded: Vec<Secret> = secrets
-        .iter()
-        .flat_map(|s| {
-            [true, false]
-                .map(|upper| url_encode(&s.value, upper))
-                .into_iter()
-                .filter(|v| *v != s.value)
-                .filter_map(|v| Secret::new(&s.key, &v))
-        })
-        .collect();
-    secrets.extend(encoded);
+    for s in secrets.clone() {
+        for encoded in [true, false].map(|upper| url_encode(&s.value, upper)) {
+            if encoded != s.value {
+                secrets.extend(Secret::new(&s.key, &encoded));
+            }
+        }
+    }
     merge(&mut parsed.secrets, &secrets);
     parsed
 }

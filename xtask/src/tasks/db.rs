@@ -73,10 +73,8 @@ pub fn read(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     let stack = project::stack(sh, &args.options.stack())?;
     require_image(sh, &stack)?;
     if args.options.dry_run.dry_run {
-        eprintln!(
-            "dry run: would run `{}`",
-            run_cmd(sh, &stack, &args.command)
-        );
+        let command = run_cmd(sh, &stack, &args.command);
+        eprintln!("dry run: would run `{command}`");
         return Ok(());
     }
     run_db(sh, &stack, &args.command, process::DEFAULT_TIMEOUT)
@@ -145,11 +143,9 @@ fn run_db(
     command: &[String],
     limit: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let (status, finished) = process::run_to_end(
-        run_cmd(sh, stack, command),
-        &format!("running `bot db {}`", command.join(" ")),
-        limit,
-    )?;
+    let shown = command.join(" ");
+    let what = format!("running `bot db {shown}`");
+    let (status, finished) = process::run_to_end(run_cmd(sh, stack, command), &what, limit)?;
     print!("{}", crate::secrets::scrub(&finished.stdout));
     eprint!("{}", crate::secrets::scrub(&finished.stderr));
     let code = match status.code() {
@@ -159,16 +155,11 @@ fn run_db(
         Some(5) => ExitCode::Locked,
         _ => ExitCode::Failed,
     };
-    Err(exit::with_code(
-        code,
-        format!(
-            "`bot db {}` ended with exit {} (its own message is above)",
-            command.join(" "),
-            status
-                .code()
-                .map_or("by a signal".into(), |c| c.to_string())
-        ),
-    ))
+    let ended = status
+        .code()
+        .map_or("by a signal".into(), |c| c.to_string());
+    let message = format!("`bot db {shown}` ended with exit {ended} (its own message is above)");
+    Err(exit::with_code(code, message))
 }
 
 #[cfg(test)]

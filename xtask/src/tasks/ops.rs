@@ -31,12 +31,9 @@ pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         crate::database::remove_leftover_helpers(sh, &stack.project)?;
         run.edit().changed = true;
         let id = &container.id;
+        let restart = xshell::cmd!(sh, "docker restart -t 10 {id}");
         run.step("restart bot", || {
-            crate::process::run(
-                xshell::cmd!(sh, "docker restart -t 10 {id}"),
-                "restarting the bot",
-            )
-            .map(drop)
+            crate::process::run(restart, "restarting the bot").map(drop)
         })?;
         super::wait_until_healthy(run, sh, &stack, args)
     })
@@ -47,20 +44,16 @@ pub fn down(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
     deploy::locked_and_recorded(sh, args, "down", run, |_, _| {
         let stack = deploy::check_machine(sh, args, false, run)?;
         crate::old_app::refuse_if_old_app(sh, &stack, "down")?;
+        let (project, volume) = (&stack.project, stack.volume());
         if args.dry_run {
             return run.dry_run(&format!(
-                "dry run: would stop and remove the containers of {}; the volume {} stays",
-                stack.project,
-                stack.volume()
+                "dry run: would stop and remove the containers of {project}; the volume {volume} stays"
             ));
         }
-        deploy::confirm(
-            args.yes,
-            &format!(
-                "Stop the bot and remove its containers? (the volume {} and its database stay)",
-                stack.volume()
-            ),
-        )?;
+        let question = format!(
+            "Stop the bot and remove its containers? (the volume {volume} and its database stay)"
+        );
+        deploy::confirm(args.yes, &question)?;
         crate::database::remove_leftover_helpers(sh, &stack.project)?;
         run.edit().changed = true;
         run.step("stop stack", || stack.down(sh))

@@ -9,10 +9,8 @@ pub fn run(args: &StackArgs) -> anyhow::Result<()> {
     let dir = args.state_dir(&project);
     let records = history::read(&dir)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"project": project, "deploys": records})
-        );
+        let value = serde_json::json!({"project": project, "deploys": records});
+        println!("{value}");
     } else if records.is_empty() {
         println!(
             "no deploys recorded for project {project} in {}",

@@ -89,38 +89,32 @@ pub fn new_migration(args: NewArgs) -> anyhow::Result<()> {
     let version = existing.len() as u32 + 1;
     let up = format!("{version:04}_{}.up.sql", args.name);
     let down = format!("{version:04}_{}.down.sql", args.name);
-    for file in [&up, &down] {
-        if dir.join(file).exists() {
-            return Err(exit::refused(format!(
-                "{} exists; nothing was written",
-                dir.join(file).display()
-            )));
-        }
+    let paths = [dir.join(&up), dir.join(&down)];
+    if let Some(path) = paths.iter().find(|p| p.exists()) {
+        let message = format!("{} exists; nothing was written", path.display());
+        return Err(exit::refused(message));
     }
-    let files = [
-        (up.clone(), header(&up, version, true, &down)),
-        (down.clone(), header(&down, version, false, &up)),
+    let texts = [
+        header(&up, version, true, &down),
+        header(&down, version, false, &up),
     ];
     if !args.dry_run {
-        for (file, text) in &files {
-            let path = dir.join(file);
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        for (path, text) in paths.iter().zip(&texts) {
+            fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         }
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "task": "new-migration",
-                "revision": version,
-                "files": [dir.join(&up), dir.join(&down)],
-                "dry_run": args.dry_run,
-            })
-        );
+        let value = serde_json::json!({
+            "task": "new-migration",
+            "revision": version,
+            "files": paths,
+            "dry_run": args.dry_run,
+        });
+        println!("{value}");
     } else {
         let verb = if args.dry_run { "would write" } else { "wrote" };
-        for (file, _) in &files {
-            eprintln!("{verb} {}", dir.join(file).display());
+        for path in &paths {
+            eprintln!("{verb} {}", path.display());
         }
         eprintln!(
             "next: write the SQL, then run `cargo xtask check-migrations` (the bot's code must \
@@ -150,15 +144,13 @@ pub fn check_migrations(args: CheckArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "task": "check-migrations",
-                "result": "ok",
-                "report": report,
-                "released_now": released,
-            })
-        );
+        let value = serde_json::json!({
+            "task": "check-migrations",
+            "result": "ok",
+            "report": report,
+            "released_now": released,
+        });
+        println!("{value}");
     } else {
         eprintln!(
             "ok: {} revisions apply on a fresh database, {} down files round-trip, {} released unchanged",

@@ -85,22 +85,14 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
                 "marker": h.marker,
                 // true: running; false: dead (the next deploy takes the lock over); null: on
                 // another machine or container, not checkable from here.
-                "alive": match &h.liveness {
-                    Liveness::Alive => json!(true),
-                    Liveness::Dead(_) => json!(false),
-                    Liveness::Elsewhere => json!(null),
-                },
+                "alive": (h.liveness != Liveness::Elsewhere).then_some(h.liveness == Liveness::Alive),
             })),
         });
         println!("{value}");
         return Ok(());
     }
-    println!(
-        "project:     {} ({}, {})",
-        stack.project,
-        stack.flavour.describe(),
-        Engine::current().describe()
-    );
+    let (flavour, engine) = (stack.flavour.describe(), Engine::current().describe());
+    println!("project:     {} ({flavour}, {engine})", stack.project);
     match &container {
         Some(c) if !c.is_ours() => println!(
             "bot:         {} is the old app's container ({}, image {}), not ours; `cargo xtask first-deploy` brings its database over",

@@ -133,18 +133,11 @@ pub fn plan(files: &[PathBuf], project: &str, keep: usize, records: &[Record]) -
         if change.revision_after == Some(from) {
             continue;
         }
-        let to = change
-            .revision_after
-            .map_or("?".to_owned(), |r| r.to_string());
-        let recorded = change
-            .backup
-            .as_deref()
-            .and_then(file_name)
-            .and_then(|recorded| {
-                files
-                    .iter()
-                    .position(|f| file_name(f).as_deref() == Some(recorded.as_str()))
-            });
+        let to = change.revision_after.map_or("?".into(), |r| r.to_string());
+        let recorded_name = change.backup.as_deref().and_then(file_name);
+        let recorded = files
+            .iter()
+            .position(|f| recorded_name.is_some() && file_name(f) == recorded_name);
         let (task, time) = (&change.task, &change.time);
         if let Some(index) = recorded {
             let reason = format!(
@@ -163,12 +156,10 @@ pub fn plan(files: &[PathBuf], project: &str, keep: usize, records: &[Record]) -
         }
     }
     let mut pruned = Pruned::default();
-    for (index, file) in files.iter().enumerate().take(old) {
+    for (index, file) in files.iter().cloned().enumerate().take(old) {
         match reasons.iter().find(|(i, _)| *i == index) {
-            Some((_, reason)) => pruned
-                .kept_for_rollback
-                .push((file.clone(), reason.clone())),
-            None => pruned.removed.push(file.clone()),
+            Some((_, reason)) => pruned.kept_for_rollback.push((file, reason.clone())),
+            None => pruned.removed.push(file),
         }
     }
     pruned

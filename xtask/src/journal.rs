@@ -135,12 +135,10 @@ pub fn interrupted(signal: &str) -> Option<String> {
     let mut journal = current.take()?;
     journal.record.result = Outcome::Interrupted;
     let step = journal.record.step.clone();
-    journal.record.error = Some(format!(
-        "stopped by {signal}{} before anything was changed",
-        step.as_deref()
-            .map(|s| format!(" during step \"{s}\""))
-            .unwrap_or_default()
-    ));
+    let during = step.as_deref().map(|s| format!(" during step \"{s}\""));
+    let during = during.unwrap_or_default();
+    let error = format!("stopped by {signal}{during} before anything was changed");
+    journal.record.error = Some(error);
     save(&journal.state_dir, &journal.record);
     step
 }

@@ -84,7 +84,11 @@ pub fn register_file(path: &Path) {
 /// Reads and parses `path`, and registers its secrets.
 fn read_and_add(path: &Path) -> std::io::Result<Parsed> {
     let text = std::fs::read(path)?;
-    let parsed = parse(&String::from_utf8_lossy(&text), &file_name(path));
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let parsed = parse(&String::from_utf8_lossy(&text), &name);
     add(&parsed.secrets);
     Ok(parsed)
 }
@@ -110,8 +114,7 @@ fn scrub_json_with(secrets: &[Secret], value: &mut Value) {
         Value::String(s) => *s = scrub_with(secrets, s),
         Value::Array(items) => items.iter_mut().for_each(|v| scrub_json_with(secrets, v)),
         Value::Object(map) => {
-            let entries = std::mem::take(map);
-            for (key, mut v) in entries {
+            for (key, mut v) in std::mem::take(map) {
                 scrub_json_with(secrets, &mut v);
                 map.insert(scrub_with(secrets, &key), v);
             }
@@ -129,13 +132,6 @@ fn malformed_message(path: &Path, lines: &[usize]) -> String {
     };
     format!(
         "{which} not KEY=VALUE (the content is not shown: it may hold a secret). Write each setting as NAME=value on a line of its own (NAME: letters, digits and _, not starting with a digit; quote a value holding spaces or #, e.g. NAME=\"a b\"), start a comment with #, or remove the line"
-    )
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
     )
 }
 

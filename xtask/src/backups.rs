@@ -201,10 +201,7 @@ pub fn prune_and_tell(run: &Run, dir: &Path, project: &str, keep: usize) -> anyh
         ));
     }
     for (file, reason) in &pruned.kept_for_rollback {
-        let name = file
-            .file_name()
-            .unwrap_or(file.as_os_str())
-            .to_string_lossy();
+        let name = file.file_name().unwrap_or(file.as_os_str()).display();
         run.info(&format!("kept {name} as well: {reason}"));
     }
     Ok(())
@@ -255,11 +252,9 @@ mod tests {
         );
         let dir = crate::testing::temp_dir("prune");
         let others = ["other-20261125T070000Z-r1.db", "p-x-20261125T070000Z-r1.db"];
-        let times = (0..5).map(|minute| format!("20261125T07{minute:02}00Z"));
-        for file in times
-            .map(|t| name("p", &t, Some(1), None))
-            .chain(others.map(String::from))
-        {
+        let ours =
+            (0..5).map(|minute| name("p", &format!("20261125T07{minute:02}00Z"), Some(1), None));
+        for file in ours.chain(others.map(String::from)) {
             std::fs::write(dir.join(file), b"x").unwrap();
         }
         let pruned = prune(&dir, "p", 2).unwrap();

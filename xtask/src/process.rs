@@ -447,12 +447,7 @@ mod tests {
         secrets::load(&env).unwrap();
         let sh = xshell::Shell::new().unwrap();
         // Prints the file's lines, then fails on the missing one: a tool echoing the file.
-        let grep = sh
-            .cmd("grep")
-            .args(["-H", "."])
-            .arg(&env)
-            .arg("/no/such/file");
-        let error = failure(grep, "echoing");
+        let error = failure(xshell::cmd!(sh, "grep -H . {env} /no/such/file"), "echoing");
         assert!(error.contains("BOT_TOKEN=<BOT_TOKEN>"), "{error}");
         assert!(error.contains("DB_PASSWORD=<DB_PASSWORD>"), "{error}");
         assert!(

@@ -84,11 +84,8 @@ pub fn register_file(path: &Path) {
 /// Reads and parses `path`, and registers its secrets.
 fn read_and_add(path: &Path) -> std::io::Result<Parsed> {
     let text = std::fs::read(path)?;
-    let name = path
-        .file_name()
-        .unwrap_or(path.as_os_str())
-        .to_string_lossy();
-    let parsed = parse(&String::from_utf8_lossy(&text), &name);
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let parsed = parse(&String::from_utf8_lossy(&text), &name.to_string_lossy());
     add(&parsed.secrets);
     Ok(parsed)
 }

@@ -226,9 +226,8 @@ fn table_unscrubbed(records: &[Record]) -> String {
         let git = &git[..git.len().min(9)];
         let (before, after) = (revision(r.revision_before), revision(r.revision_after));
         let moved = format!("{before}->{after}");
-        let down = r
-            .downtime_seconds
-            .map_or("-".into(), |d| format!("{d:.1}s"));
+        let down = r.downtime_seconds.map(|d| format!("{d:.1}s"));
+        let down = down.as_deref().unwrap_or("-");
         let step = r.step.as_deref().filter(|_| r.result == Outcome::Running);
         let step = step.map(|s| format!(" (step \"{s}\")")).unwrap_or_default();
         let error = r.error.as_deref().map(|e| e.lines().next().unwrap_or(""));

@@ -421,17 +421,15 @@ mod tests {
         );
         assert!(!message.contains("hunter2") && !message.contains("MY SECRET"));
         // What a tool prints of the bad line is hidden too, named by its number.
-        assert_eq!(
-            scrubbed(
-                &file,
-                "line 4: unexpected character \" \" in variable name \"MY SECRET=hunter2-hunter2\""
+        for (text, expected) in [
+            (
+                "line 4: unexpected character \" \" in variable name \"MY SECRET=hunter2-hunter2\"",
+                "line 4: unexpected character \" \" in variable name \"<line 4 of .env>\"",
             ),
-            "line 4: unexpected character \" \" in variable name \"<line 4 of .env>\""
-        );
-        assert_eq!(
-            scrubbed(&file, "got hunter2-hunter2"),
-            "got <line 4 of .env>"
-        );
+            ("got hunter2-hunter2", "got <line 4 of .env>"),
+        ] {
+            assert_eq!(scrubbed(&file, text), expected, "{text}");
+        }
     }
 
     #[test]
@@ -452,32 +450,28 @@ mod tests {
         let file = format!(
             "BOT_TOKEN={TOKEN}\nPROXY_URL=\"http://u:p%ss@relay:3128\"\nPLAIN=pa$$word-123\nADMIN_IDS=12345678\nDEBUG=1\nRUST_LOG=info\n"
         );
-        let cases = [
+        let get_me = format!("GET https://api.telegram.org/bot{TOKEN}/getMe");
+        for (text, expected) in [
             (
-                format!("GET https://api.telegram.org/bot{TOKEN}/getMe"),
+                &*get_me,
                 "GET https://api.telegram.org/bot<BOT_TOKEN>/getMe",
             ),
+            ("split: SECRETsecretSECRETsecret", "split: <BOT_TOKEN>"),
             (
-                "split: SECRETsecretSECRETsecret".to_owned(),
-                "split: <BOT_TOKEN>",
-            ),
-            (
-                "encoded: 424242%3ASECRETsecretSECRETsecret, 424242%3aSECRETsecretSECRETsecret"
-                    .to_owned(),
+                "encoded: 424242%3ASECRETsecretSECRETsecret, 424242%3aSECRETsecretSECRETsecret",
                 "encoded: <BOT_TOKEN>, <BOT_TOKEN>",
             ),
             (
-                "proxy http://u:p%ss@relay:3128 refused".to_owned(),
+                "proxy http://u:p%ss@relay:3128 refused",
                 "proxy <PROXY_URL> refused",
             ),
             (
-                "as written pa$$word-123, and substituted: pa-123".to_owned(),
+                "as written pa$$word-123, and substituted: pa-123",
                 "as written <PLAIN>, and substituted: <PLAIN>",
             ),
-            ("admins 12345678.".to_owned(), "admins <ADMIN_IDS>."),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(scrubbed(&file, &text), expected, "{text}");
+            ("admins 12345678.", "admins <ADMIN_IDS>."),
+        ] {
+            assert_eq!(scrubbed(&file, text), expected, "{text}");
         }
     }
 
@@ -505,11 +499,8 @@ mod tests {
 
     #[test]
     fn json_is_scrubbed_inside_its_strings() {
-        let secrets = parse(
-            &format!("BOT_TOKEN={TOKEN}\nQUOTE='a \"quoted\" value'\n"),
-            ".env",
-        )
-        .secrets;
+        let file = format!("BOT_TOKEN={TOKEN}\nQUOTE='a \"quoted\" value'\n");
+        let secrets = parse(&file, ".env").secrets;
         let mut value = serde_json::json!({
             "error": format!("log: token {TOKEN} and a \"quoted\" value"),
             "steps": [{"detail": "SECRETsecretSECRETsecret"}],

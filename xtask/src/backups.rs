@@ -210,10 +210,8 @@ pub fn prune_and_tell(run: &Run, dir: &Path, project: &str, keep: usize) -> anyh
 /// Free bytes in the file system holding `dir` (`df`, which every Linux has).
 pub fn free_bytes(sh: &Shell, dir: &Path) -> anyhow::Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let out = process::run(
-        cmd!(sh, "df --output=avail -B1 {dir}"),
-        "reading the free disk space",
-    )?;
+    let df = cmd!(sh, "df --output=avail -B1 {dir}");
+    let out = process::run(df, "reading the free disk space")?;
     out.stdout
         .lines()
         .nth(1)

@@ -87,11 +87,7 @@ pub fn file(state_dir: &Path) -> PathBuf {
 /// leads to its file; they come from this program, not from what a tool printed.
 fn scrubbed(record: &Record) -> Record {
     let mut clean = record.clone();
-    let scrub = |text: &mut Option<String>| {
-        if let Some(text) = text {
-            *text = secrets::scrub(text);
-        }
-    };
+    let scrub = |text: &mut Option<String>| *text = text.as_deref().map(secrets::scrub);
     scrub(&mut clean.error);
     scrub(&mut clean.progress.imported_from);
     for step in &mut clean.progress.steps {

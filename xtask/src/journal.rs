@@ -111,21 +111,21 @@ pub fn replaced_image() -> Option<String> {
 /// Ends the running task's record with the report and the result, and writes it.
 pub fn finish(report: &Report, result: &anyhow::Result<()>) {
     let mut current = current();
-    if let Some(mut journal) = current.take() {
-        finish_record(&mut journal.record, report, result);
-        let ended_well = journal.record.result.ended_well();
-        if ended_well {
-            let by = format!("{} {}", journal.record.task, journal.record.time);
-            for old in &journal.inherited {
-                inherit(&mut journal.record, old);
-                let mut finished = old.clone();
-                finished.result = Outcome::Interrupted;
-                finished.finished_by = Some(by.clone());
-                save(&journal.state_dir, &finished);
-            }
+    let Some(mut journal) = current.take() else {
+        return;
+    };
+    finish_record(&mut journal.record, report, result);
+    if journal.record.result.ended_well() {
+        let by = format!("{} {}", journal.record.task, journal.record.time);
+        for old in &journal.inherited {
+            inherit(&mut journal.record, old);
+            let mut finished = old.clone();
+            finished.result = Outcome::Interrupted;
+            finished.finished_by = Some(by.clone());
+            save(&journal.state_dir, &finished);
         }
-        save(&journal.state_dir, &journal.record);
     }
+    save(&journal.state_dir, &journal.record);
 }
 
 /// Ends the running task's record as stopped by `signal` (from the signal thread); returns the

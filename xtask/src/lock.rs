@@ -384,15 +384,12 @@ fn take_marker(sh: &Shell, project: &str, holder: &Holder, here: &Here) -> anyho
     let project_label = format!("tgbot.deploy-lock.project={project}");
     let mut imported = false;
     for _ in 0..4 {
-        let created = process::run_within(
-            cmd!(
-                sh,
-                "docker create --name {name} --label {label} --label {project_label} {MARKER_IMAGE} deploy-lock"
-            ),
-            "creating the deploy lock on the Docker engine",
-            DOCKER_TIMEOUT,
+        let create = cmd!(
+            sh,
+            "docker create --name {name} --label {label} --label {project_label} {MARKER_IMAGE} deploy-lock"
         );
-        let error = match created {
+        let what = "creating the deploy lock on the Docker engine";
+        let error = match process::run_within(create, what, DOCKER_TIMEOUT) {
             Ok(out) => return Ok(out.stdout.trim().to_owned()),
             Err(e) => e,
         };
@@ -422,11 +419,9 @@ fn take_marker(sh: &Shell, project: &str, holder: &Holder, here: &Here) -> anyho
 
 /// The marker's container id and holder, or None when there is no container of that name.
 fn inspect_marker(sh: &Shell, name: &str) -> anyhow::Result<Option<(String, Holder)>> {
-    let out = match process::run_within(
-        cmd!(sh, "docker container inspect {name}"),
-        "reading the deploy lock on the Docker engine",
-        DOCKER_TIMEOUT,
-    ) {
+    let inspect = cmd!(sh, "docker container inspect {name}");
+    let what = "reading the deploy lock on the Docker engine";
+    let out = match process::run_within(inspect, what, DOCKER_TIMEOUT) {
         Ok(out) => out,
         Err(e) if format!("{e:#}").contains("No such") => return Ok(None),
         Err(e) => return Err(e),
@@ -449,11 +444,9 @@ fn inspect_marker(sh: &Shell, name: &str) -> anyhow::Result<Option<(String, Hold
 fn import_marker_image(sh: &Shell) -> anyhow::Result<()> {
     let tar = std::env::temp_dir().join(format!("tgbot-lock-{}.tar", std::process::id()));
     std::fs::write(&tar, [0u8; 1024]).with_context(|| format!("cannot write {}", tar.display()))?;
-    let result = process::run_within(
-        cmd!(sh, "docker import {tar} {MARKER_IMAGE}"),
-        "making the deploy lock's empty image",
-        DOCKER_TIMEOUT,
-    );
+    let import = cmd!(sh, "docker import {tar} {MARKER_IMAGE}");
+    let what = "making the deploy lock's empty image";
+    let result = process::run_within(import, what, DOCKER_TIMEOUT);
     let _ = std::fs::remove_file(&tar);
     result.map(drop)
 }

@@ -182,7 +182,6 @@ impl Report {
         Report {
             task: task.to_owned(),
             project: project.to_owned(),
-            result: Outcome::Ok,
             ..Report::default()
         }
     }

@@ -164,10 +164,8 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         }
         // The project's tag names the image that runs, so later tasks start this one too.
         let main_tag = &stack.bot_image;
-        crate::process::run(
-            xshell::cmd!(sh, "docker tag {image_before} {main_tag}"),
-            "tagging the previous image",
-        )?;
+        let tag_it = xshell::cmd!(sh, "docker tag {image_before} {main_tag}");
+        crate::process::run(tag_it, "tagging the previous image")?;
         if let Some(env) = last.env_before.as_ref().filter(|e| e.exists()) {
             stack.env_file = env.clone();
         }

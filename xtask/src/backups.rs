@@ -196,9 +196,8 @@ pub fn prune_and_tell(run: &Run, dir: &Path, project: &str, keep: usize) -> anyh
     let count = pruned.removed.len();
     if count > 0 {
         let s = if count == 1 { "" } else { "s" };
-        run.info(&format!(
-            "pruned {count} old backup{s} (keeping the newest {keep})"
-        ));
+        let line = format!("pruned {count} old backup{s} (keeping the newest {keep})");
+        run.info(&line);
     }
     for (file, reason) in &pruned.kept_for_rollback {
         let name = file.file_name().unwrap_or(file.as_os_str()).display();
@@ -278,7 +277,6 @@ mod tests {
         Record {
             time: time.into(),
             task: "prod-full-update".into(),
-            result: Outcome::Ok,
             progress: Progress {
                 changed: true,
                 revision_before: Some(from),

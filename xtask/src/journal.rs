@@ -212,7 +212,6 @@ mod tests {
         let earlier = Record {
             time: "20261126T100000Z".into(),
             task: "backup".into(),
-            result: Outcome::Ok,
             ..Record::default()
         };
         history::append(&dir, &earlier).unwrap();

@@ -412,9 +412,8 @@ fn take_marker(sh: &Shell, project: &str, holder: &Holder, here: &Here) -> anyho
             None => return Err(error),
         }
     }
-    Err(exit::locked(format!(
-        "the deploy lock {name} keeps changing hands; retry in a moment"
-    )))
+    let message = format!("the deploy lock {name} keeps changing hands; retry in a moment");
+    Err(exit::locked(message))
 }
 
 /// The marker's container id and holder, or None when there is no container of that name.

@@ -85,14 +85,11 @@ impl Run {
         let result = work();
         let seconds = started.elapsed().as_secs_f64();
         let ok = result.is_ok();
-        let line = format!(
-            "{} {name} ({seconds:.1}s)",
-            if ok { "ok  " } else { "FAIL" }
-        );
         if let Some(bar) = spinner {
             bar.finish_and_clear();
         }
-        eprintln!("{line}");
+        let mark = if ok { "ok  " } else { "FAIL" };
+        eprintln!("{mark} {name} ({seconds:.1}s)");
         self.edit().steps.push(StepReport {
             name: name.to_owned(),
             seconds,

@@ -157,7 +157,6 @@ impl Secret {
     }
 }
 
-#[derive(Default)]
 struct Registry {
     files: Vec<PathBuf>,
     /// Longest first, so that a value holding another is hidden whole.

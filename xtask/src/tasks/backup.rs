@@ -20,11 +20,10 @@ use crate::project::StackArgs;
 pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
     deploy::locked_and_recorded(sh, args, "backup", run, |state_dir, time| {
         let stack = deploy::check_machine(sh, args, false, run)?;
-        if crate::docker::image_id(sh, &stack.bot_image)?.is_none() {
-            return Err(exit::not_ready(format!(
-                "there is no image {}; deploy first",
-                stack.bot_image
-            )));
+        let image = &stack.bot_image;
+        if crate::docker::image_id(sh, image)?.is_none() {
+            let message = format!("there is no image {image}; deploy first");
+            return Err(exit::not_ready(message));
         }
         if !args.dry_run {
             // A killed backup changed nothing (its copy was a `.partial` file): this one

@@ -114,11 +114,11 @@ pub fn write(sh: &Shell, args: &Args, run: &Run) -> anyhow::Result<()> {
 }
 
 fn require_image(sh: &Shell, stack: &Stack) -> anyhow::Result<()> {
-    if docker::image_id(sh, &stack.bot_image)?.is_none() {
-        return Err(exit::not_ready(format!(
-            "there is no image {}; deploy first (`cargo xtask first-deploy`)",
-            stack.bot_image
-        )));
+    let image = &stack.bot_image;
+    if docker::image_id(sh, image)?.is_none() {
+        let message =
+            format!("there is no image {image}; deploy first (`cargo xtask first-deploy`)");
+        return Err(exit::not_ready(message));
     }
     Ok(())
 }

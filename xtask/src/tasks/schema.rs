@@ -81,10 +81,9 @@ pub fn new_migration(args: NewArgs) -> anyhow::Result<()> {
         )
     })?;
     if let Some(m) = existing.iter().find(|m| m.name == args.name) {
-        return Err(exit::refused(format!(
-            "{} already has the name {:?}; pick another name",
-            m.file, args.name
-        )));
+        let (file, name) = (&m.file, &args.name);
+        let message = format!("{file} already has the name {name:?}; pick another name");
+        return Err(exit::refused(message));
     }
     let version = existing.len() as u32 + 1;
     let up = format!("{version:04}_{}.up.sql", args.name);

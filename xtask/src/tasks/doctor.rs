@@ -150,13 +150,7 @@ fn ssh_login(sh: &Shell, target: &SshTarget) -> Check {
     ));
     let (ok, detail) = match &login {
         Ok(out) if out.status.success() => (true, format!("`{shown}` logs in")),
-        Ok(out) => (
-            false,
-            format!(
-                "`{shown}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ),
+        Ok(out) => (false, format!("`{shown}` failed: {}", stderr(out))),
         Err(e) => (false, format!("the ssh command is missing ({e})")),
     };
     Check {
@@ -174,19 +168,12 @@ fn ssh_login(sh: &Shell, target: &SshTarget) -> Check {
 /// `ssh://` address even when the Docker CLI gets there.
 fn compose_reaches(sh: &Shell, stack: &Stack, engine: &Engine) -> Check {
     let listed = process::output(stack.cmd(sh).args(["ps", "-q"]));
+    let flavour = stack.flavour.describe();
     let (ok, detail) = match &listed {
-        Ok(out) if out.status.success() => (
-            true,
-            format!("{} reaches {}", stack.flavour.describe(), engine.describe()),
-        ),
-        Ok(out) => (
-            false,
-            format!(
-                "`{} ps` failed: {}",
-                stack.flavour.describe(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ),
+        Ok(out) if out.status.success() => {
+            (true, format!("{flavour} reaches {}", engine.describe()))
+        }
+        Ok(out) => (false, format!("`{flavour} ps` failed: {}", stderr(out))),
         Err(e) => (false, e.to_string()),
     };
     // docker-py's own words when paramiko is missing, not any traceback that names it.
@@ -207,4 +194,9 @@ fn compose_reaches(sh: &Shell, stack: &Stack, engine: &Engine) -> Check {
         detail,
         fix,
     }
+}
+
+/// What a command printed on stderr, trimmed.
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
 }

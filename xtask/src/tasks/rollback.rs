@@ -78,11 +78,8 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             }
         }
         run.edit().revision_before = last.revision_after;
-        let mut question = format!(
-            "Roll back the deploy of {} to image {}",
-            last.time,
-            deploy::short(image_before)
-        );
+        let (when, image) = (&last.time, deploy::short(image_before));
+        let mut question = format!("Roll back the deploy of {when} to image {image}");
         if let Some(backup) = &backup {
             question.push_str(&format!(
                 " and the database to the backup taken before it ({}, revision {:?})? What the bot wrote since then is lost (the current database is backed up first).",
@@ -176,7 +173,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         run.step("start previous bot", || stack.up(sh))?;
         super::wait_until_healthy(run, sh, &stack, args)?;
         run.edit().revision_after = last.revision_before;
-        run.edit().image = Some(format!("{tag} ({})", deploy::short(image_before)));
+        run.edit().image = Some(format!("{tag} ({image})"));
         Ok(())
     })
 }

@@ -85,12 +85,9 @@ pub fn take(
     // Named before the copy starts: a killed copy's `.partial` is found by the next run.
     journal::update(|r| r.backup = Some(host_file.clone()));
     let info = backups::back_up(run, sh, stack, &host_file, live.copy_bytes())?;
-    run.detail(format!(
-        "{} ({} bytes, integrity ok, revision {:?})",
-        host_file.display(),
-        info.bytes,
-        info.revision
-    ));
+    let (shown, bytes, revision) = (host_file.display(), info.bytes, info.revision);
+    let detail = format!("{shown} ({bytes} bytes, integrity ok, revision {revision:?})");
+    run.detail(detail);
     run.edit().backup = Some(host_file.clone());
     backups::prune_and_tell(run, state_dir, &stack.project, args.keep)?;
     Ok(())

@@ -125,10 +125,8 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
     if let Some(imported) = &imported_from {
         println!("data:        {imported}");
     }
-    println!(
-        "last backup: {}",
-        last_backup.map_or("none".into(), |b| b.display().to_string())
-    );
+    let last_backup = last_backup.map(|b| b.display().to_string());
+    println!("last backup: {}", last_backup.as_deref().unwrap_or("none"));
     let ran =
         |r: &history::Record| format!("{} {} by {}: {}", r.time, r.task, r.operator, r.result);
     let last_deploy = last_deploy.map_or("none recorded".into(), ran);
@@ -137,10 +135,8 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
         println!("last task:   {}", ran(t));
     }
     for run in &unfinished {
-        println!(
-            "unfinished:  {}. Run `cargo xtask recover` (or deploy again) to finish it",
-            deploy::describe_unfinished(run)
-        );
+        let killed = deploy::describe_unfinished(run);
+        println!("unfinished:  {killed}. Run `cargo xtask recover` (or deploy again) to finish it");
     }
     match &held {
         None => println!("lock:        free"),

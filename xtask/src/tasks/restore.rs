@@ -33,13 +33,13 @@ pub struct Args {
 pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
     let file = std::fs::canonicalize(&args.file)
         .map_err(|e| exit::usage(format!("{}: {e}", args.file.display())))?;
+    let shown = file.display();
     let incoming = migrations::inspect_copy(&file)
-        .map_err(|e| exit::refused(format!("{}: {e}; nothing was changed", file.display())))?;
+        .map_err(|e| exit::refused(format!("{shown}: {e}; nothing was changed")))?;
+    let state = incoming.state.name();
+    let revision = incoming.revision.map_or("none".into(), |r| r.to_string());
     run.info(&format!(
-        "{}: integrity ok, {}, revision {}",
-        file.display(),
-        incoming.state.name(),
-        incoming.revision.map_or("none".into(), |r| r.to_string())
+        "{shown}: integrity ok, {state}, revision {revision}"
     ));
     let stack_args = args.options.stack();
     deploy::locked_and_recorded(sh, &stack_args, "restore", run, |state_dir, time| {
@@ -97,26 +97,20 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
                     state_dir.display()
                 ));
             }
-            return run.dry_run(&format!("  restore: docker cp {} <restore container> && bot db restore (as root, then owned by {})", file.display(), database::BOT_OWNER));
+            return run.dry_run(&format!("  restore: docker cp {shown} <restore container> && bot db restore (as root, then owned by {})", database::BOT_OWNER));
         }
         let damaged_copy = state_dir.join(format!("damaged-{}-{time}.db", stack.project));
-        deploy::confirm(
-            stack_args.yes,
-            &match &damage {
-                Some(_) => format!(
-                    "The database in volume {} is damaged. Replace it with {}? The bot will be stopped; the damaged file is kept as {} and, in the volume, as bot_database.db.damaged-<time>.",
-                    stack.volume(),
-                    file.display(),
-                    damaged_copy.display()
-                ),
-                None => format!(
-                    "Replace the database in volume {} ({}) with {}? The bot will be stopped.",
-                    stack.volume(),
-                    deploy::describe(&live),
-                    file.display()
-                ),
-            },
-        )?;
+        let (volume, kept) = (stack.volume(), damaged_copy.display());
+        let question = match &damage {
+            Some(_) => format!(
+                "The database in volume {volume} is damaged. Replace it with {shown}? The bot will be stopped; the damaged file is kept as {kept} and, in the volume, as bot_database.db.damaged-<time>."
+            ),
+            None => format!(
+                "Replace the database in volume {volume} ({}) with {shown}? The bot will be stopped.",
+                deploy::describe(&live)
+            ),
+        };
+        deploy::confirm(stack_args.yes, &question)?;
         if live.state != State::Empty && damage.is_none() {
             run.step("check room for the backup", || {
                 backups::require_room(sh, state_dir, live.copy_bytes())
@@ -157,7 +151,6 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
             run.edit().backup = Some(host_file.clone());
             backups::prune_and_tell(run, state_dir, &stack.project, stack_args.keep)?;
         }
-        let shown = file.display();
         crate::journal::volume(format!("being replaced by {shown} (the bot is stopped)"));
         run.step("restore database", || {
             database::restore_from_host(sh, &stack, &stack.bot_image, &file, damage.is_some())
@@ -166,14 +159,12 @@ pub fn run(sh: &Shell, args: Args, run: &Run) -> anyhow::Result<()> {
         let after = database::status(sh, &stack, &stack.bot_image)
             .context("reading the restored database")?;
         run.edit().revision_after = after.effective_version();
+        let after = deploy::describe(&after);
         crate::journal::volume(format!(
-            "restored from {}: {}; the bot is stopped",
-            file.display(),
-            deploy::describe(&after)
+            "restored from {shown}: {after}; the bot is stopped"
         ));
         run.info(&format!(
-            "restored: the database is {}. The bot stays stopped; next: `cargo xtask prod-migrate` (or prod-full-update) to bring it to head and start it",
-            deploy::describe(&after)
+            "restored: the database is {after}. The bot stays stopped; next: `cargo xtask prod-migrate` (or prod-full-update) to bring it to head and start it"
         ));
         Ok(())
     })

@@ -26,12 +26,12 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                 deploy::describe_unfinished(run)
             )));
         }
-        let last = history::last_change(&records).cloned().ok_or_else(|| {
-            exit::refused(format!(
-                "there is no deploy to roll back in {}",
-                history::file(state_dir).display()
-            ))
-        })?;
+        let Some(last) = history::last_change(&records).cloned() else {
+            let file = history::file(state_dir);
+            let message = format!("there is no deploy to roll back in {}", file.display());
+            return Err(exit::refused(message));
+        };
+        let (from, to) = (last.revision_before, last.revision_after);
         let (Some(tag), Some(image_before)) = (&last.image_before_tag, &last.image_before) else {
             return Err(exit::refused(format!(
                 "the last deploy ({}, {}) started the first bot of this project; there is nothing before it to go back to",
@@ -50,13 +50,11 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                 deploy::short(image_before)
             )));
         }
-        let schema_moved = last.revision_before != last.revision_after;
+        let schema_moved = from != to;
         let backup = last.backup.clone().filter(|_| schema_moved);
         if schema_moved && backup.as_ref().is_none_or(|b| !b.exists()) {
             return Err(exit::refused(format!(
-                "the last deploy moved the schema ({:?} -> {:?}) but its backup {} is gone; restore a backup by hand with `cargo xtask restore`",
-                last.revision_before,
-                last.revision_after,
+                "the last deploy moved the schema ({from:?} -> {to:?}) but its backup {} is gone; restore a backup by hand with `cargo xtask restore`",
                 backup.map_or("(none)".into(), |b| b.display().to_string())
             )));
         }
@@ -68,23 +66,21 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                     backup.display()
                 ))
             })?;
-            if info.revision != last.revision_before {
+            if info.revision != from {
                 return Err(exit::refused(format!(
-                    "the backup {} is at revision {:?}, not {:?} as the deploy it undoes recorded; nothing was changed. Restore the right backup by hand with `cargo xtask restore FILE`",
+                    "the backup {} is at revision {:?}, not {from:?} as the deploy it undoes recorded; nothing was changed. Restore the right backup by hand with `cargo xtask restore FILE`",
                     backup.display(),
-                    info.revision,
-                    last.revision_before
+                    info.revision
                 )));
             }
         }
-        run.edit().revision_before = last.revision_after;
+        run.edit().revision_before = to;
         let (when, image) = (&last.time, deploy::short(image_before));
         let mut question = format!("Roll back the deploy of {when} to image {image}");
         if let Some(backup) = &backup {
             question.push_str(&format!(
-                " and the database to the backup taken before it ({}, revision {:?})? What the bot wrote since then is lost (the current database is backed up first).",
-                backup.display(),
-                last.revision_before
+                " and the database to the backup taken before it ({}, revision {from:?})? What the bot wrote since then is lost (the current database is backed up first).",
+                backup.display()
             ));
         } else {
             question.push('?');
@@ -154,9 +150,8 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             })
             .map_err(&start_again)?;
             crate::journal::volume(format!(
-                "put back from {} (revision {:?}); the previous image starts next",
-                backup.display(),
-                last.revision_before
+                "put back from {} (revision {from:?}); the previous image starts next",
+                backup.display()
             ));
         }
         // The project's tag names the image that runs, so later tasks start this one too.
@@ -172,7 +167,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         });
         run.step("start previous bot", || stack.up(sh))?;
         super::wait_until_healthy(run, sh, &stack, args)?;
-        run.edit().revision_after = last.revision_before;
+        run.edit().revision_after = from;
         run.edit().image = Some(format!("{tag} ({image})"));
         Ok(())
     })

@@ -85,11 +85,9 @@ fn on_signal(signal: i32) {
     // ignores SIGTERM is not left behind. No waiting: a wait would let the task see its child
     // end and report a failure of its own before this exit.
     groups.iter().copied().for_each(kill_group);
-    eprintln!(
-        "\nstopped by {name}{}; nothing was changed",
-        step.map(|s| format!(" during step \"{s}\""))
-            .unwrap_or_default()
-    );
+    let during = step.map(|s| format!(" during step \"{s}\""));
+    let during = during.unwrap_or_default();
+    eprintln!("\nstopped by {name}{during}; nothing was changed");
     std::process::exit(128 + signal);
 }
 

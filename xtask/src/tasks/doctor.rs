@@ -74,6 +74,7 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
         },
     });
     let state_dir = args.state_dir(&project);
+    let shown = state_dir.display();
     let image = stack
         .as_ref()
         .filter(|_| daemon.is_ok())
@@ -87,10 +88,7 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
             .as_ref()
             .is_ok_and(|f| *f > needed + needed / 10 + 64 * 1024),
         detail: match &free {
-            Ok(f) => format!(
-                "{f} bytes free in {}, the database has {needed}",
-                state_dir.display()
-            ),
+            Ok(f) => format!("{f} bytes free in {shown}, the database has {needed}"),
             Err(e) => e.to_string(),
         },
         fix: "free some space, or pass --backup-dir to a roomier disk".into(),

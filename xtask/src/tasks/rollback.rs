@@ -60,16 +60,15 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         }
         if let Some(backup) = &backup {
             // Checked before anything stops: a backup that cannot be restored is no way back.
+            let shown = backup.display();
             let info = migrations::inspect_copy(backup).map_err(|e| {
                 exit::refused(format!(
-                    "the backup the rollback would restore, {}, is not sound ({e}); nothing was changed. Restore another backup by hand with `cargo xtask restore FILE`",
-                    backup.display()
+                    "the backup the rollback would restore, {shown}, is not sound ({e}); nothing was changed. Restore another backup by hand with `cargo xtask restore FILE`"
                 ))
             })?;
             if info.revision != from {
                 return Err(exit::refused(format!(
-                    "the backup {} is at revision {:?}, not {from:?} as the deploy it undoes recorded; nothing was changed. Restore the right backup by hand with `cargo xtask restore FILE`",
-                    backup.display(),
+                    "the backup {shown} is at revision {:?}, not {from:?} as the deploy it undoes recorded; nothing was changed. Restore the right backup by hand with `cargo xtask restore FILE`",
                     info.revision
                 )));
             }
@@ -141,17 +140,16 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
                 }
                 run.edit().backup = Some(keep.clone());
             }
+            let shown = backup.display();
             crate::journal::volume(format!(
-                "being put back from {} by the rollback (the bot is stopped)",
-                backup.display()
+                "being put back from {shown} by the rollback (the bot is stopped)"
             ));
             run.step("restore database", || {
                 database::restore_from_host(sh, &stack, tag, backup, false).map(drop)
             })
             .map_err(&start_again)?;
             crate::journal::volume(format!(
-                "put back from {} (revision {from:?}); the previous image starts next",
-                backup.display()
+                "put back from {shown} (revision {from:?}); the previous image starts next"
             ));
         }
         // The project's tag names the image that runs, so later tasks start this one too.

@@ -127,18 +127,16 @@ pub fn new_migration(args: NewArgs) -> anyhow::Result<()> {
 /// Checks every migration; with `--release`, records the new ones as released.
 pub fn check_migrations(args: CheckArgs) -> anyhow::Result<()> {
     let dir = sql_dir(args.dir.as_deref());
+    let shown = dir.display();
     let report = check::check_dir(&dir).map_err(|e| match e {
         check::CheckError::Io { .. } => {
-            anyhow::Error::new(e).context(format!("checking the migrations in {}", dir.display()))
+            anyhow::Error::new(e).context(format!("checking the migrations in {shown}"))
         }
-        other => exit::refused(format!(
-            "the migrations in {} fail the check: {other}",
-            dir.display()
-        )),
+        other => exit::refused(format!("the migrations in {shown} fail the check: {other}")),
     })?;
     let released = if args.release {
         check::release(&dir)
-            .with_context(|| format!("recording the released migrations in {}", dir.display()))?
+            .with_context(|| format!("recording the released migrations in {shown}"))?
     } else {
         Vec::new()
     };

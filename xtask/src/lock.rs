@@ -553,9 +553,8 @@ mod tests {
         let dir = temp_dir("lock-file");
         let first = Holder::me("prod-full-update", "20261125T070000Z");
         let held = lock_file(&dir, "E:1", "p", &first).unwrap();
-        let error = lock_file(&dir, "E:1", "p", &Holder::me("prod-migrate", "T"))
-            .err()
-            .unwrap();
+        let second = Holder::me("prod-migrate", "T");
+        let error = lock_file(&dir, "E:1", "p", &second).err().unwrap();
         assert_eq!(exit::code_of(&error), exit::ExitCode::Locked);
         let message = error.to_string();
         for part in [

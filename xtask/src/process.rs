@@ -502,11 +502,11 @@ mod tests {
     #[test]
     fn a_streamed_command_passes_on_its_verdict() {
         stream(Argv::new("echo", ["streamed"])).unwrap();
-        let error = stream(Argv::new("ls", ["/no/such/path"]))
-            .unwrap_err()
-            .to_string();
+        let error = stream(Argv::new("ls", ["/no/such/path"])).unwrap_err();
         assert!(
-            error.starts_with("`ls /no/such/path` exited with"),
+            error
+                .to_string()
+                .starts_with("`ls /no/such/path` exited with"),
             "{error}"
         );
     }

@@ -72,12 +72,9 @@ pub fn take(
     let name = backups::name(&stack.project, time, live.effective_version(), None);
     let host_file = state_dir.join(&name);
     if args.dry_run {
-        return run.dry_run(&format!(
-            "dry run: would back up {} ({} bytes) to {}",
-            stack.volume(),
-            live.copy_bytes(),
-            host_file.display()
-        ));
+        let (volume, bytes, file) = (stack.volume(), live.copy_bytes(), host_file.display());
+        let plan = format!("dry run: would back up {volume} ({bytes} bytes) to {file}");
+        return run.dry_run(&plan);
     }
     run.step("check room for the backup", || {
         backups::require_room(sh, state_dir, live.copy_bytes())

@@ -88,18 +88,15 @@ pub fn write(sh: &Shell, args: &Args, run: &Run) -> anyhow::Result<()> {
         require_image(sh, &stack)?;
         let shown = format!("bot db {}", args.command.join(" "));
         if stack_args.dry_run {
-            return run.dry_run(&format!(
-                "dry run: would back up the database, then run `{}`",
-                run_cmd(sh, &stack, &args.command)
-            ));
+            let command = run_cmd(sh, &stack, &args.command);
+            let plan = format!("dry run: would back up the database, then run `{command}`");
+            return run.dry_run(&plan);
         }
-        deploy::confirm(
-            stack_args.yes,
-            &format!(
-                "This will back up the database of project {}, then run `{shown}` on it while the bot keeps running. Go ahead?",
-                stack.project
-            ),
-        )?;
+        let project = &stack.project;
+        let question = format!(
+            "This will back up the database of project {project}, then run `{shown}` on it while the bot keeps running. Go ahead?"
+        );
+        deploy::confirm(stack_args.yes, &question)?;
         run.edit().changed = true;
         super::backup::take(sh, &stack, stack_args, state_dir, time, run)?;
         run.step(&format!("run {shown}"), || {

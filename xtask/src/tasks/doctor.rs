@@ -82,11 +82,10 @@ pub fn run(sh: &Shell, args: &StackArgs) -> anyhow::Result<()> {
     let live = image.and_then(|s| database::status(sh, s, &s.bot_image).ok());
     let free = backups::free_bytes(sh, &state_dir);
     let needed = live.as_ref().map_or(0, |l| l.copy_bytes());
+    let room = needed + needed / 10 + 64 * 1024;
     checks.push(Check {
         name: "room for a backup",
-        ok: free
-            .as_ref()
-            .is_ok_and(|f| *f > needed + needed / 10 + 64 * 1024),
+        ok: free.as_ref().is_ok_and(|f| *f > room),
         detail: match &free {
             Ok(f) => format!("{f} bytes free in {shown}, the database has {needed}"),
             Err(e) => e.to_string(),

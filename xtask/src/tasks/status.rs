@@ -11,7 +11,7 @@ use crate::deploy;
 use crate::docker;
 use crate::history;
 use crate::host::Engine;
-use crate::lock::{self, Liveness};
+use crate::lock::{self, Held, Liveness};
 use crate::project::{self, StackArgs};
 use crate::report::Outcome;
 
@@ -47,12 +47,10 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
     };
     let (last_deploy, last_other) = (last(true), last(false));
     // A run that started and never ended: running now if it holds the lock, else killed.
-    let running_since = held
-        .as_ref()
-        .filter(|h| matches!(h.liveness, Liveness::Alive | Liveness::Elsewhere))
-        .map(|h| h.holder.since.clone());
+    let not_dead = |h: &&Held| !matches!(h.liveness, Liveness::Dead(_));
+    let running = held.as_ref().filter(not_dead);
     let mut unfinished = history::unfinished(&records);
-    unfinished.retain(|r| running_since.as_deref() != Some(r.time.as_str()));
+    unfinished.retain(|r| running.is_none_or(|h| h.holder.since != r.time));
     let old_app = container.as_ref().filter(|c| !c.is_ours());
     if stack_args.json {
         let value = json!({

@@ -103,12 +103,8 @@ pub fn main() -> std::process::ExitCode {
             Err(error) => return std::process::ExitCode::from(plain(Err(error)) as u8),
         }
     }
-    let sh = match Shell::new() {
-        Ok(sh) => sh,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let Ok(sh) = Shell::new().inspect_err(|e| eprintln!("error: {e}")) else {
+        return std::process::ExitCode::FAILURE;
     };
     sh.change_dir(project::root());
     signals::install();

@@ -42,11 +42,8 @@ impl std::error::Error for Exit {}
 
 /// An error that ends the task with `code`.
 pub fn with_code(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code,
-        message: message.into(),
-    }
-    .into()
+    let message = message.into();
+    Exit { code, message }.into()
 }
 
 /// Refused: nothing was changed.

@@ -185,11 +185,8 @@ impl Started {
     /// Waits at most `up_to` for it to end, and leaves it running past that: for a caller that
     /// watches more than one thing within a deadline of its own.
     pub fn wait_briefly(&self, up_to: Duration) -> Option<&Output> {
-        let ended = self
-            .handle
-            .wait_timeout(up_to.min(LONGEST_WAIT))
-            .ok()
-            .flatten();
+        let up_to = up_to.min(LONGEST_WAIT);
+        let ended = self.handle.wait_timeout(up_to).ok().flatten();
         crate::signals::wait_if_stopping();
         ended
     }
@@ -283,12 +280,11 @@ pub fn run_within(
     let (status, finished) = run_to_end(command, what, timeout)?;
     if !status.success() {
         let code = status.code().map_or("a signal".into(), |c| c.to_string());
+        let output = tail(&format!("{}{}", finished.stderr, finished.stdout), 25);
+        let message = secrets::scrub(&format!("{what}: `{shown}` exited with {code}:\n{output}"));
         return Err(Exited {
             code: status.code(),
-            message: secrets::scrub(&format!(
-                "{what}: `{shown}` exited with {code}:\n{}",
-                tail(&format!("{}{}", finished.stderr, finished.stdout), 25)
-            )),
+            message,
             stdout: finished.stdout,
         }
         .into());

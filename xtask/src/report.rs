@@ -188,11 +188,8 @@ impl Report {
 
     /// The name of the last step that failed.
     pub fn last_failed_step(&self) -> Option<String> {
-        self.steps
-            .iter()
-            .rev()
-            .find(|s| s.result == "failed")
-            .map(|s| s.name.clone())
+        let failed = self.steps.iter().rev().find(|s| s.result == "failed");
+        failed.map(|s| s.name.clone())
     }
 
     /// The report as one line of JSON, every string in it scrubbed.

@@ -45,11 +45,8 @@ pub struct EnvFile {
 impl EnvFile {
     /// The value of `key` (the last one when it is set twice).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        let last = self.vars.iter().rev().find(|(k, _)| k == key);
+        last.map(|(_, v)| v.as_str())
     }
 }
 
@@ -265,11 +262,10 @@ fn as_written(chunk: &[&str]) -> Vec<String> {
         .skip_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
         .copied()
         .collect();
-    let Some((_, raw)) = logical.split_once('=') else {
-        return Vec::new();
-    };
-    let raw = raw.trim();
-    vec![raw.to_owned(), unquote(raw).to_owned()]
+    let raw = logical.split_once('=').map(|(_, raw)| raw.trim());
+    raw.map_or_else(Vec::new, |raw| {
+        vec![raw.to_owned(), unquote(raw).to_owned()]
+    })
 }
 
 fn unquote(text: &str) -> &str {

@@ -25,6 +25,11 @@ pub fn timestamp() -> String {
     basic(OffsetDateTime::now_utc())
 }
 
+/// Milliseconds since the Unix epoch, as the stand-in and the lock's records count time.
+pub fn unix_ms() -> u64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
+}
+
 /// UTC time to the minute as `2026-11-25T06:44Z`, for the benchmarks' page.
 pub fn minute() -> String {
     OffsetDateTime::now_utc()

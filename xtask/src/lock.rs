@@ -32,7 +32,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ impl Here {
         Here {
             boot_id: boot_id(),
             pid_namespace: pid_namespace(),
-            now_unix: now_unix(),
+            now_unix: crate::clock::unix_ms() / 1000,
         }
     }
 }
@@ -171,7 +171,7 @@ impl Holder {
             host: host_name(),
             since: since.to_owned(),
             checkout: crate::project::root().display().to_string(),
-            since_unix: now_unix(),
+            since_unix: crate::clock::unix_ms() / 1000,
             boot_id: boot_id(),
             pid_namespace: pid_namespace(),
             process_start: process_start(pid).ok().flatten(),
@@ -463,12 +463,6 @@ fn remove_container(id: &str) {
 }
 
 // ---- this process ----
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)

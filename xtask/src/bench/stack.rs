@@ -5,7 +5,7 @@
 //! idle memory, image size and throughput.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
@@ -13,6 +13,7 @@ use xshell::{Cmd, Shell, cmd};
 
 use super::engine::bot_db;
 use super::*;
+use crate::clock::unix_ms;
 use crate::compose::Stack;
 use crate::docker::ContainerState;
 use crate::{database, process};
@@ -310,10 +311,10 @@ impl Demo<'_> {
     ) -> anyhow::Result<(Gaps, String)> {
         let Demo(sh, stack, _) = self;
         let before = standin(sh, stack)?;
-        let from = now_ms();
+        let from = unix_ms();
         let output = work()?;
         wait_for_calls(sh, stack, 3)?;
-        let to = now_ms();
+        let to = unix_ms();
         if standin(sh, stack)? != before {
             bail!("the stand-in restarted during the measured work, so its record of polls is cut");
         }
@@ -395,12 +396,6 @@ impl Tools {
     }
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What the stand-in saw while some work ran.
 #[derive(Debug, Clone, PartialEq)]
 struct Gaps {
@@ -471,7 +466,7 @@ pub(super) fn standin(sh: &Shell, stack: &Stack) -> anyhow::Result<(String, Stri
 
 /// Waits until the bot has called `getUpdates` `calls` times from now on (3: it polls again).
 pub(super) fn wait_for_calls(sh: &Shell, stack: &Stack, calls: usize) -> anyhow::Result<()> {
-    let since = now_ms();
+    let since = unix_ms();
     let (standin, _) = standin(sh, stack)?;
     let polled = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
         let times = poll_times(sh, &standin)?;
@@ -523,10 +518,10 @@ fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
 }
 
 fn image_size(sh: &Shell, image: &str) -> anyhow::Result<u64> {
-    let format = "{{.Size}}";
-    let inspect = cmd!(sh, "docker image inspect --format {format} {image}");
-    let out = process::run(inspect, "reading the image size")?;
-    out.stdout.trim().parse().context("docker printed no size")
+    let size = crate::docker::image_inspect(sh, image, "{{.Size}}")?;
+    size.with_context(|| format!("no image {image}"))?
+        .parse()
+        .context("docker printed no size")
 }
 
 fn throughput(sh: &Shell, stack: &Stack) -> anyhow::Result<(u64, f64, f64)> {

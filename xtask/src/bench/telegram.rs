@@ -19,8 +19,9 @@ use serde_json::{Value, json};
 use xshell::{Cmd, Shell, cmd};
 
 use super::engine::{bot_db, sql, sqlite3};
-use super::stack::{self, Demo, Tools, now_ms};
+use super::stack::{self, Demo, Tools};
 use super::*;
+use crate::clock::unix_ms;
 use crate::compose::Stack;
 use crate::process;
 
@@ -179,7 +180,8 @@ impl Local<'_> {
         })? {
             bail!("the stand-in did not answer on {addr} within 10 s");
         }
-        let command = (BOT_SETTINGS.iter())
+        let command = BOT_SETTINGS
+            .iter()
             .fold(cmd!(sh, "{bot} run"), Cmd::env_remove)
             .env("BOT_TOKEN", TOKEN)
             .env("TELEGRAM_API_URL", format!("http://{addr}"))
@@ -257,7 +259,7 @@ impl Local<'_> {
             &json!({"method": "sendMessage", "kind": "too_many_requests", "retry_after": RETRY_AFTER_SECS, "times": 1}),
         )?;
         let first = WAITING_FIRST;
-        let first_posted = now_ms();
+        let first_posted = unix_ms();
         let before = control.post_message(&json!({"user_id": first, "text": "/help"}))?;
         if !wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
             pair.bot.alive()?;
@@ -270,7 +272,7 @@ impl Local<'_> {
         for i in 0..users {
             sleep_until(started + WAITING_EVERY * i as u32);
             let id = first + 1 + i as i64;
-            let at = now_ms();
+            let at = unix_ms();
             control.post_message(&json!({"user_id": id, "text": "/help"}))?;
             posted.push((id, at));
         }
@@ -416,7 +418,7 @@ impl Local<'_> {
         let made = kept(sh, &self.bot, &path, 4, "telegram", |partial| {
             bot_db(&self.bot, partial, &["upgrade"])?;
             bot_db(&self.bot, partial, &["downgrade", "--to", "4"])?;
-            sql(sh, &sqlite3, partial, &fill_script(users, now_ms() / 1000))
+            sql(sh, &sqlite3, partial, &fill_script(users, unix_ms() / 1000))
         })?;
         Ok((path, made))
     }
@@ -525,7 +527,7 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
                 sleep_until(started + LOAD_EVERY * step);
                 let id = LOAD_FIRST + i64::from(step) % LOAD_USERS;
                 let name = format!("d{step}");
-                let at = now_ms();
+                let at = unix_ms();
                 control.post_message(&json!({"user_id": id, "text": format!("/{name}")}))?;
                 out.push((id, name, at));
                 step += 1;
@@ -535,12 +537,12 @@ fn deploy_run(demo: Demo, data: &Path, users: u64) -> anyhow::Result<Measurement
     };
     std::thread::sleep(stack::SETTLE);
     eprintln!("telegram: prod-full-update under load");
-    let from = now_ms();
+    let from = unix_ms();
     let started = Instant::now();
     let deployed = tools.run(sh, &["prod-full-update", "--json"]);
     let deployed = deployed.and_then(|out| stack::deployed(&out));
     let took = started.elapsed();
-    let to = now_ms();
+    let to = unix_ms();
     if deployed.is_ok() {
         // The loader goes on while the new bot serves.
         let polled = stack::wait_for_calls(sh, stack, 3);
@@ -707,7 +709,7 @@ impl Control {
             .iter()
             .map(|&id| json!({"user_id": id, "text": "/start", "first_name": format!("Load {id}")}))
             .collect();
-        let posted = now_ms();
+        let posted = unix_ms();
         let answer = self.post("/control/messages/batch", &json!(messages))?;
         let before = answer["sent_before"].as_u64().context("no sent_before")?;
         let done = |sent: &[Sent]| answered_chats(sent, users) == users.len();
@@ -750,7 +752,7 @@ impl Control {
     /// `user` sends `text` in their private chat; returns the bot's answer and the time from
     /// just before posting to its `sendMessage`'s arrival (no latency in this run).
     fn ask(&self, user: i64, text: &str) -> anyhow::Result<(String, Duration)> {
-        let posted = now_ms();
+        let posted = unix_ms();
         let before = self.post_message(&json!({"user_id": user, "text": text}))?;
         let answers = self.sent(before, Some(user), Duration::from_secs(30))?;
         let answer = answers.into_iter().next();

@@ -14,6 +14,11 @@ use crate::config::redact;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest pause between retries after network errors or 5xx.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest pause after a 409 Conflict: under half a long poll (`polling::POLL_TIMEOUT_SECS`,
+/// 10 s). While two instances poll with one token, each then ends the other's poll with its
+/// own before that poll can succeed, so the run of 409s the health check counts is not broken
+/// by the chance of a poll that happened to end just before the other's retry.
+pub const MAX_CONFLICT_BACKOFF: Duration = Duration::from_secs(4);
 
 /// What a failed request means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +161,9 @@ impl RetryPolicy {
         }
         match failure {
             Failure::RetryAfter(wait) => Some(wait),
+            Failure::Conflict if self.idempotent => {
+                Some(backoff(self.failures, took).min(MAX_CONFLICT_BACKOFF))
+            }
             f if self.idempotent || f.safe_to_retry() => Some(backoff(self.failures, took)),
             _ => None,
         }
@@ -260,6 +268,25 @@ mod tests {
         for (error, expected) in cases {
             assert_eq!(Failure::of(&error), expected, "{error}");
         }
+    }
+
+    #[test]
+    fn a_poll_ended_by_409s_is_retried_before_the_other_instances_poll_could_succeed() {
+        let mut polls = RetryPolicy::reads();
+        let waits: Vec<Duration> = (0..8)
+            .map(|_| polls.after(Failure::Conflict, Duration::ZERO).unwrap())
+            .collect();
+        assert_eq!(waits[..3], [1, 2, 4].map(Duration::from_secs));
+        assert!(
+            waits.iter().all(|w| *w <= MAX_CONFLICT_BACKOFF),
+            "{waits:?}"
+        );
+        assert!(
+            MAX_CONFLICT_BACKOFF * 2 < Duration::from_secs(10),
+            "a long poll's 10 s"
+        );
+        let mut reply = RetryPolicy::reply(5);
+        assert_eq!(reply.after(Failure::Conflict, Duration::ZERO), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::chats::{Chats, Finished, MAX_IN_FLIGHT, Shared};
 use crate::commands::Command;
 use crate::config::{AdminIds, Config, Telegram};
-use crate::failures::{Failure, RetryPolicy, describe, token_rejected};
+use crate::failures::{Failure, MAX_CONFLICT_BACKOFF, RetryPolicy, describe, token_rejected};
 use crate::handled::Recorder;
 use crate::health::Health;
 use crate::migrating;
@@ -27,6 +27,8 @@ use crate::store::{Owner, Store, Verdict};
 
 /// Seconds a `getUpdates` long poll may be held by Telegram (inside teloxide's 17 s timeout).
 const POLL_TIMEOUT_SECS: u32 = 10;
+// Two instances end each other's polls before either can succeed (see MAX_CONFLICT_BACKOFF).
+const _: () = assert!(MAX_CONFLICT_BACKOFF.as_secs() * 2 < POLL_TIMEOUT_SECS as u64);
 /// The longest the last `getUpdates`, which confirms the offset at a stop, may take.
 /// Updates fetched and not yet confirmed beyond which the offset moves past a chat that is
 /// still being answered, so that the others' new messages come (`getUpdates` gives 100 at most).

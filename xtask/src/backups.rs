@@ -134,10 +134,15 @@ pub fn plan(files: &[PathBuf], project: &str, keep: usize, records: &[Record]) -
             continue;
         }
         let to = change.revision_after.map_or("?".into(), |r| r.to_string());
-        let recorded_name = change.backup.as_deref().and_then(file_name);
-        let recorded = files
-            .iter()
-            .position(|f| recorded_name.is_some() && file_name(f) == recorded_name);
+        let recorded = change
+            .backup
+            .as_deref()
+            .and_then(file_name)
+            .and_then(|recorded| {
+                files
+                    .iter()
+                    .position(|f| file_name(f).as_deref() == Some(recorded.as_str()))
+            });
         let (task, time) = (&change.task, &change.time);
         if let Some(index) = recorded {
             let reason = format!(

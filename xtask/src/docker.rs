@@ -47,6 +47,7 @@ pub fn image_inspect(sh: &Shell, image: &str, format: &str) -> anyhow::Result<Op
 
 /// What a container is doing.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Default))]
 pub struct ContainerState {
     /// Its id.
     pub id: String,

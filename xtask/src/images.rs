@@ -46,7 +46,8 @@ pub fn build(sh: &Shell, stack: &Stack, schema_head: Option<u32>) -> anyhow::Res
     Ok(Built { bot })
 }
 
-/// One build's static binaries in `dir`; no other build here replaces them while this value lives.
+/// The static binaries of one build, in `dir`; no other build of this checkout replaces them
+/// while this value lives.
 pub struct Binaries {
     /// The folder holding `bot` and `telegram-standin`.
     pub dir: PathBuf,
@@ -293,14 +294,18 @@ pub fn release_tags_to_prune(
 }
 
 /// Removes `stack`'s release tags beyond the newest `keep` (see [`release_tags_to_prune`]); an
-/// image still in use elsewhere stays (only its tag goes). Returns the tags removed.
+/// image that other tags or containers still use stays (only its tag goes). Returns the tags
+/// removed.
 pub fn prune_release_tags(
     sh: &Shell,
     stack: &Stack,
     keep: usize,
     needed: &[String],
 ) -> anyhow::Result<Vec<String>> {
-    let repository = stack.bot_image.split(':').next().unwrap_or("");
+    let (repository, _) = stack
+        .bot_image
+        .split_once(':')
+        .unwrap_or((&stack.bot_image, ""));
     let format = "{{.Tag}} {{.ID}}";
     let list = cmd!(
         sh,

@@ -122,8 +122,10 @@ impl Here {
     /// Where this process runs.
     pub fn now() -> Here {
         Here {
-            boot_id: boot_id(),
-            pid_namespace: pid_namespace(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             now_unix: crate::clock::unix_ms() / 1000,
         }
     }
@@ -163,7 +165,7 @@ fn git_user_name() -> Option<String> {
 impl Holder {
     /// This process, running `task` since `since`.
     pub fn me(task: &str, since: &str) -> Holder {
-        let pid = std::process::id();
+        let (pid, here) = (std::process::id(), Here::now());
         Holder {
             task: task.to_owned(),
             operator: operator(),
@@ -171,9 +173,9 @@ impl Holder {
             host: host_name(),
             since: since.to_owned(),
             checkout: crate::project::root().display().to_string(),
-            since_unix: crate::clock::unix_ms() / 1000,
-            boot_id: boot_id(),
-            pid_namespace: pid_namespace(),
+            since_unix: here.now_unix,
+            boot_id: here.boot_id,
+            pid_namespace: here.pid_namespace,
             process_start: process_start(pid).ok().flatten(),
         }
     }
@@ -474,16 +476,6 @@ fn host_name() -> String {
     Some(read_trimmed("/proc/sys/kernel/hostname"))
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()))
-}
-
-fn boot_id() -> String {
-    read_trimmed("/proc/sys/kernel/random/boot_id")
-}
-
-fn pid_namespace() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
 }
 
 /// When process `pid` started (field 22 of `/proc/<pid>/stat`): `Ok(None)` when there is no such

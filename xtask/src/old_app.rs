@@ -598,14 +598,8 @@ mod tests {
             id: "abc".into(),
             image_id: "sha256:1".into(),
             status: "running".into(),
-            health: None,
-            health_output: None,
-            started_at: String::new(),
-            restart_count: 0,
-            exit_code: 0,
             name: "docker_bot_1".into(),
             config_image: "oldbot:latest".into(),
-            labels: Default::default(),
             mounts: mounts
                 .iter()
                 .map(|(d, s)| Mount {
@@ -613,6 +607,7 @@ mod tests {
                     source: s.clone(),
                 })
                 .collect(),
+            ..ContainerState::default()
         }
     }
 

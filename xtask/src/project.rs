@@ -13,7 +13,7 @@ use crate::secrets;
 /// What a task runs with: where (the project, its engine, its files) and how (questions,
 /// output, limits). Built from the options the task takes ([`Where`] and the groups below),
 /// with the defaults for those it does not take.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StackArgs {
     /// Answer yes to every question.
     pub yes: bool,
@@ -145,15 +145,18 @@ fill!(
 impl From<&Where> for StackArgs {
     fn from(at: &Where) -> StackArgs {
         StackArgs {
+            yes: false,
             demo: at.demo,
             project_name: at.project_name.clone(),
             host: at.host.clone(),
             context: at.context.clone(),
+            json: false,
+            dry_run: false,
             backup_dir: at.backup_dir.clone(),
             keep: 10,
             env_file: at.env_file.clone(),
             health_timeout: 90,
-            ..StackArgs::default()
+            schema_head: None,
         }
     }
 }

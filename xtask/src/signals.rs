@@ -61,7 +61,9 @@ fn on_signal(signal: i32) {
         let count = HELD.fetch_add(1, Ordering::SeqCst) + 1;
         *lock(&HELD_NAME) = name;
         if ROLLING_BACK.load(Ordering::SeqCst) {
-            eprintln!("\n{name}: held; {}", lock(&UNBREAKABLE));
+            // Copied out: the lock is not held while stderr is written.
+            let what = *lock(&UNBREAKABLE);
+            eprintln!("\n{name}: held; {what}");
         } else if count == 1 {
             eprintln!(
                 "\n{name}: held. The bot is being replaced, and stopping now would leave it down: this deploy ends once the bot serves again. Press Ctrl-C again to roll back instead."
@@ -85,8 +87,7 @@ fn on_signal(signal: i32) {
     // ignores SIGTERM is not left behind. No waiting: a wait would let the task see its child
     // end and report a failure of its own before this exit.
     groups.iter().copied().for_each(kill_group);
-    let during = step.map(|s| format!(" during step \"{s}\""));
-    let during = during.unwrap_or_default();
+    let during = step.map_or_else(String::new, |s| format!(" during step \"{s}\""));
     eprintln!("\nstopped by {name}{during}; nothing was changed");
     std::process::exit(128 + signal);
 }

@@ -328,7 +328,8 @@ fn pair(
     Ok((median(a), median(b)))
 }
 
-/// The kept database of `users` users at revision 3 (see [`kept`]), and this run's time making it.
+/// The kept database of `users` users at revision 3 (see [`kept`]), and how long generating
+/// it took in this run.
 fn template(bench: &Bench, users: u64) -> anyhow::Result<(PathBuf, Duration)> {
     let name = format!("revision3-{}-g{GENERATOR}.db", label(users));
     let db = bench.dir.join(name);

@@ -112,7 +112,10 @@ pub(super) struct Tools {
 
 /// The rows measured once, after the last deploy at the first size: the no-op update's (in the
 /// deploy section) and the bot's (its own section).
-type Once = ([Measurement; 2], [Measurement; 3]);
+struct Once {
+    noop: [Measurement; 2],
+    bot: [Measurement; 3],
+}
 
 /// A run on the project's demo stack: the shell, the stack and the tools every step uses.
 #[derive(Clone, Copy)]
@@ -244,10 +247,11 @@ impl Demo<'_> {
                 met: messages == 1000,
             },
         ];
-        Ok((noop, bot))
+        Ok(Once { noop, bot })
     }
 
-    /// The seed's manual flow: `up -d` with the new image, a one-off `bot db upgrade`, `restart`.
+    /// The seed's manual flow on the same images: `up -d` with the new image, a one-off
+    /// `bot db upgrade`, `restart`.
     fn manual_flow(self, new: &Stack, new_image: &str) -> anyhow::Result<Gaps> {
         let Demo(sh, stack, _) = self;
         let step = |args: &[&str], what: &str| process::run(compose(sh, new).args(args), what);
@@ -518,10 +522,10 @@ fn idle_memory(sh: &Shell, stack: &Stack) -> anyhow::Result<f64> {
 }
 
 fn image_size(sh: &Shell, image: &str) -> anyhow::Result<u64> {
-    let size = crate::docker::image_inspect(sh, image, "{{.Size}}")?;
-    size.with_context(|| format!("no image {image}"))?
-        .parse()
-        .context("docker printed no size")
+    let format = "{{.Size}}";
+    let inspect = cmd!(sh, "docker image inspect --format {format} {image}");
+    let out = process::run(inspect, "reading the image size")?;
+    out.stdout.trim().parse().context("docker printed no size")
 }
 
 fn throughput(sh: &Shell, stack: &Stack) -> anyhow::Result<(u64, f64, f64)> {
@@ -556,8 +560,9 @@ fn remove(sh: &Shell, stack: &Stack) {
     let _ = std::fs::remove_dir_all(state);
 }
 
-/// The kept database of `users` users at revision 3 (see [`kept`]), built by the engine here, in
-/// WAL mode as the bot leaves it (every deploy and the migration alone find it so).
+/// The kept database of `users` users at revision 3 (see [`kept`]): a stamped revision-3
+/// database built by the engine here, in WAL mode as the bot leaves it (every deploy and the
+/// migration alone find it so).
 pub(super) fn dataset(sh: &Shell, bot: &Path, dir: &Path, users: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("revision-3-{}-g{GENERATOR}.db", label(users)));
     kept(sh, bot, &path, 3, "stack", |partial| {
@@ -651,7 +656,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: Once, method: String) -> (Sec
         });
     }
     rows.extend(against_manual);
-    rows.extend(once.0);
+    rows.extend(once.noop);
     let deploy = Section {
         title: "Deploy".into(),
         method,
@@ -663,7 +668,7 @@ fn sections(plan: &Plan, results: &[AtSize], once: Once, method: String) -> (Sec
         method: format!(
             "The static release binary in its `scratch` image, running in the demo stack right after the no-op deploy above (at {first} users), the stand-in then made again with its default long poll (held up to 10 s, as Telegram holds it). Memory is `docker stats` after 5 s idle; throughput is `telegram-standin load`: 1,000 distinct users send /start at once, timed until every one got its answer."
         ),
-        rows: once.1.into(),
+        rows: once.bot.into(),
     };
     (deploy, bot)
 }

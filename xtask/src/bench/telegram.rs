@@ -207,7 +207,8 @@ impl Local<'_> {
         })
     }
 
-    /// A run `name` on a new database against a stand-in with 50 ms latency and Telegram's limits.
+    /// A run `name` on a new database, against a stand-in with 50 ms latency and Telegram's
+    /// limits: the pair and the database.
     fn limited(&self, name: &str) -> anyhow::Result<(Pair, PathBuf)> {
         let (folder, db) = self.folder(name)?;
         bot_db(&self.bot, &db, &["upgrade"])?;
@@ -276,7 +277,9 @@ impl Local<'_> {
             control.post_message(&json!({"user_id": id, "text": "/help"}))?;
             posted.push((id, at));
         }
-        let chats: Vec<i64> = (first..=first + users as i64).collect();
+        let chats: Vec<i64> = std::iter::once(first)
+            .chain(posted.iter().map(|(id, _)| *id))
+            .collect();
         let sent =
             control.wait_sent(before, Duration::from_secs(RETRY_AFTER_SECS + 60), |sent| {
                 answered_chats(sent, &chats) == chats.len()
@@ -323,7 +326,8 @@ impl Local<'_> {
         })
     }
 
-    /// /stats and /help of an admin on a fresh upgraded copy of the kept database of `users` users.
+    /// /stats and /help of an admin, on a fresh copy of the kept database of `users` users,
+    /// upgraded to the head.
     fn stats(&self, users: u64) -> anyhow::Result<[Measurement; 2]> {
         let at = label(users);
         eprintln!("telegram: /stats at {at} users");
@@ -409,7 +413,8 @@ impl Local<'_> {
         Ok((upgrade, stats, help))
     }
 
-    /// The kept `users`-user database at revision 4 (see [`kept`]), and this run's time making it.
+    /// The kept database of `users` users at revision 4 (see [`kept`]), and how long making
+    /// it took when this run made it.
     fn dataset(&self, users: u64) -> anyhow::Result<(PathBuf, Option<Duration>)> {
         let sh = self.sh;
         let name = format!("revision-4-{}-g{GENERATOR}.db", label(users));

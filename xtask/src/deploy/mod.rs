@@ -250,9 +250,10 @@ impl Deploy<'_> {
         let old = self.look_for_old_app(&stack, found_container.as_ref())?;
         let status = self.read_database(&stack, &old)?;
 
+        let fix_owner = self.check_volume_ownership(&stack, &old)?;
         let found = Found {
             before: before.as_ref(),
-            fix_owner: self.check_volume_ownership(&stack, &old)?,
+            fix_owner,
             image_changes: before.as_ref().is_none_or(|c| c.image_id != image_id),
         };
         let route = found.route(&status, &old, env_changes);
@@ -603,14 +604,10 @@ mod tests {
             image_id: "sha256:old".into(),
             status: status.into(),
             health: Some(health.into()),
-            health_output: None,
-            started_at: String::new(),
-            restart_count: 0,
-            exit_code: 0,
             name: "p-bot-1".into(),
             config_image: "tgbot-bot:p".into(),
             labels: [(crate::docker::OUR_LABEL.to_owned(), "bot".to_owned())].into(),
-            mounts: Vec::new(),
+            ..ContainerState::default()
         }
     }
 

@@ -50,8 +50,8 @@ fn sql_dir(dir: Option<&Path>) -> PathBuf {
 
 /// The header written at the top of a new file.
 pub fn header(file: &str, version: u32, up: bool, pair: &str) -> String {
-    let previous = version - 1;
     let what = if up {
+        let previous = version - 1;
         format!("brings the database from revision {previous} to {version}; undone by {pair}")
     } else {
         format!("undoes {pair}: it must bring the schema back exactly to the previous revision")

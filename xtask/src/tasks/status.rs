@@ -11,7 +11,7 @@ use crate::deploy;
 use crate::docker;
 use crate::history;
 use crate::host::Engine;
-use crate::lock::{self, Held, Liveness};
+use crate::lock::{self, Liveness};
 use crate::project::{self, StackArgs};
 use crate::report::Outcome;
 
@@ -47,8 +47,9 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
     };
     let (last_deploy, last_other) = (last(true), last(false));
     // A run that started and never ended: running now if it holds the lock, else killed.
-    let not_dead = |h: &&Held| !matches!(h.liveness, Liveness::Dead(_));
-    let running = held.as_ref().filter(not_dead);
+    let running = held
+        .as_ref()
+        .filter(|h| matches!(h.liveness, Liveness::Alive | Liveness::Elsewhere));
     let mut unfinished = history::unfinished(&records);
     unfinished.retain(|r| running.is_none_or(|h| h.holder.since != r.time));
     let old_app = container.as_ref().filter(|c| !c.is_ours());
@@ -83,7 +84,11 @@ pub fn run(sh: &Shell, stack_args: &StackArgs) -> anyhow::Result<()> {
                 "marker": h.marker,
                 // true: running; false: dead (the next deploy takes the lock over); null: on
                 // another machine or container, not checkable from here.
-                "alive": (h.liveness != Liveness::Elsewhere).then_some(h.liveness == Liveness::Alive),
+                "alive": match &h.liveness {
+                    Liveness::Alive => Some(true),
+                    Liveness::Dead(_) => Some(false),
+                    Liveness::Elsewhere => None,
+                },
             })),
         });
         println!("{value}");

@@ -355,7 +355,7 @@ pub fn run(command: DbCommand, json: bool, path: &Path) -> anyhow::Result<()> {
         }
         Err(error) => {
             let code = exit_code(&error);
-            let mut message = format!("{error:#}");
+            let mut message = crate::failures::chain(error.as_ref());
             if let Some(remedy) = error
                 .chain()
                 .find_map(|e| e.downcast_ref::<Error>())

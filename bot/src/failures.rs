@@ -202,7 +202,7 @@ pub fn describe(error: &RequestError, token: &str) -> String {
 
 /// An error and its chain of sources, joined with ": ", skipping a source whose text its
 /// parent already shows.
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

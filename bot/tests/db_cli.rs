@@ -1698,6 +1698,12 @@ fn a_backup_that_is_not_the_state_the_migration_starts_from_stops_it_before_its_
     ] {
         assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
     }
+    // The gate's error is the error's source and leads its message: said once, not twice.
+    assert_eq!(
+        stderr.matches("a rollback would restore it").count(),
+        1,
+        "{stderr}"
+    );
     assert!(!rest.contains("the database is at revision"), "{rest}");
     assert_eq!(
         std::fs::read(&db).unwrap(),

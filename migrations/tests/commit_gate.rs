@@ -81,6 +81,12 @@ fn a_gate_error_leaves_the_database_at_its_revision_with_nothing_applied() {
         "the copy is unfit; the transaction was rolled back before its COMMIT and the database was left as it was (at revision 3)"
     );
     assert!(!error.is_refusal() && !error.is_bad_file());
+    let cause = std::error::Error::source(&error).map(ToString::to_string);
+    assert_eq!(
+        cause.as_deref(),
+        Some("the copy is unfit"),
+        "the gate's error is the source"
+    );
     assert_eq!(
         *asked.lock().unwrap(),
         // Asked once, under the write lock, before anything of the step is committed.

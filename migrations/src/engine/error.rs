@@ -193,8 +193,8 @@ pub enum Error {
     )]
     HeldBack {
         at: Option<u32>,
-        /// Why the gate held it back, as the gate said it. Not a `#[source]`: the message leads
-        /// with it, and a chain of sources would print it twice.
+        /// Why the gate held it back; the message leads with it (`bot db` then prints it once).
+        #[source]
         cause: super::GateError,
     },
     /// After a migration, `count` rows of `table` (the first such) refer to missing parents.

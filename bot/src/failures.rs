@@ -200,18 +200,25 @@ pub fn describe(error: &RequestError, token: &str) -> String {
     redact(&text, token)
 }
 
-/// An error and its chain of sources, joined with ": ", skipping a source whose text its
-/// parent already shows.
+/// An error and its chain of sources, joined with ": " as anyhow's `{:#}` joins them, except
+/// that a source its parent already shows is left out: the parent's text is the source's, opens
+/// with it and a `;` (as the engine's `HeldBack` does), or ends with `: ` and it (as teloxide's
+/// errors do). Text that merely contains it elsewhere (a path, a word the user typed) does not
+/// count, and an empty source is kept, as anyhow shows it.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = error.source();
+    let (mut parent, mut source) = (text.clone(), error.source());
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
+        let shown = !cause_text.is_empty()
+            && (parent == cause_text
+                || parent.starts_with(&format!("{cause_text};"))
+                || parent.ends_with(&format!(": {cause_text}")));
+        if !shown {
             text.push_str(": ");
             text.push_str(&cause_text);
         }
-        source = cause.source();
+        (parent, source) = (cause_text, cause.source());
     }
     text
 }
@@ -414,6 +421,28 @@ mod tests {
         assert!(text.contains("not JSON"), "{text}");
         let unknown = RequestError::Api(ApiError::Unknown("token 1:SECRET leaked".into()));
         assert!(!describe(&unknown, "1:SECRET").contains("SECRET"));
+    }
+
+    #[test]
+    fn a_chain_leaves_out_only_a_cause_its_parent_opens_or_closes_with() {
+        let chained = |cause: &str, parent: &str| {
+            chain(
+                anyhow::anyhow!(cause.to_owned())
+                    .context(parent.to_owned())
+                    .as_ref(),
+            )
+        };
+        let cases = [
+            ("unfit", "unfit; rolled back", "unfit; rolled back"),
+            ("reset", "An I/O error: reset", "An I/O error: reset"),
+            ("same", "same", "same"),
+            ("x y", "x y is not a revision", "x y is not a revision: x y"),
+            ("/a b", "cannot use /a b/c", "cannot use /a b/c: /a b"),
+            ("", "failed", "failed: "),
+        ];
+        for (cause, parent, shown) in cases {
+            assert_eq!(chained(cause, parent), shown, "{cause:?} under {parent:?}");
+        }
     }
 
     #[test]

@@ -196,11 +196,15 @@ task_options!(
 );
 task_options!(
     /// `rollback`'s options.
-    RollbackOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, health: HealthTimeout }
+    RollbackOptions { confirm: Confirm, json: Json, dry_run: DryRun, health: HealthTimeout }
 );
 task_options!(
-    /// The options of the tasks that back up and change the database (`backup`, `restore`, `db`).
-    BackupOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, schema_head: SchemaHead }
+    /// The options of the tasks that back up and change the database (`backup`, `db`).
+    BackupOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep }
+);
+task_options!(
+    /// `restore`'s options: [`BackupOptions`], and the schema head of an image it builds.
+    RestoreOptions { confirm: Confirm, json: Json, dry_run: DryRun, keep: Keep, schema_head: SchemaHead }
 );
 task_options!(
     /// `restart`'s options.

@@ -15,7 +15,7 @@ use crate::docker;
 use crate::exit;
 use crate::images;
 use crate::output::Run;
-use crate::project::BackupOptions;
+use crate::project::RestoreOptions;
 
 /// The live database's path in the volume, as the bot's container sees it.
 const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
@@ -24,7 +24,7 @@ const DATABASE_IN_VOLUME: &str = "/data/bot_database.db";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub options: BackupOptions,
+    pub options: RestoreOptions,
     /// The SQLite database file to put in place.
     file: PathBuf,
 }

@@ -110,10 +110,7 @@ impl Deploy<'_> {
         stack: &Stack,
         changes: &mut Changes,
     ) -> anyhow::Result<()> {
-        let timeout = Duration::from_secs(self.args.health_timeout);
-        self.run.step("wait until healthy", || {
-            wait_until_healthy(self.sh, stack, timeout)
-        })?;
+        wait_until_healthy_step(self.run, self.sh, stack, self.args)?;
         changes.serving_at = Some(Instant::now());
         Ok(())
     }

@@ -29,7 +29,7 @@ pub use cleanup::save_leftover_backups;
 pub use shared::{
     check_machine, confirm, describe, describe_unfinished, locked_and_recorded,
     refuse_a_second_running_bot, short, stop_argv, stop_container, unfinished_runs,
-    wait_until_healthy,
+    wait_until_healthy, wait_until_healthy_step,
 };
 
 use migrations::State;

@@ -210,6 +210,19 @@ pub fn stop_argv(id: &str) -> process::Argv {
     process::Argv::new("docker", ["stop", "-t", "10", id])
 }
 
+/// Step "wait until healthy": [`wait_until_healthy`] within `--health-timeout`.
+pub fn wait_until_healthy_step(
+    run: &Run,
+    sh: &Shell,
+    stack: &Stack,
+    args: &StackArgs,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.health_timeout);
+    run.step("wait until healthy", || {
+        wait_until_healthy(sh, stack, timeout)
+    })
+}
+
 /// Waits until the bot's container reports healthy; fails at once when it exits or restarts.
 pub fn wait_until_healthy(sh: &Shell, stack: &Stack, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

@@ -35,7 +35,7 @@ pub fn restart(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
         run.step("restart bot", || {
             crate::process::run(restart, "restarting the bot").map(drop)
         })?;
-        super::wait_until_healthy(run, sh, &stack, args)
+        deploy::wait_until_healthy_step(run, sh, &stack, args)
     })
 }
 

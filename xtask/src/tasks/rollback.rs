@@ -118,7 +118,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             crate::signals::rolling_back();
             let restarted = run
                 .step("start the bot that ran", || stack.up(sh))
-                .and_then(|()| super::wait_until_healthy(run, sh, &stack, args));
+                .and_then(|()| deploy::wait_until_healthy_step(run, sh, &stack, args));
             match restarted {
                 Ok(()) => error.context(
                     "the rollback stopped before the previous image started: the bot that ran before runs again (`cargo xtask status` shows its database)",
@@ -164,7 +164,7 @@ pub fn run(sh: &Shell, args: &StackArgs, run: &Run) -> anyhow::Result<()> {
             r.env_after = last.env_before.clone();
         });
         run.step("start previous bot", || stack.up(sh))?;
-        super::wait_until_healthy(run, sh, &stack, args)?;
+        deploy::wait_until_healthy_step(run, sh, &stack, args)?;
         run.edit().revision_after = from;
         run.edit().image = Some(format!("{tag} ({image})"));
         Ok(())
